@@ -1,0 +1,123 @@
+"""A device's channel to an edge server, with byte accounting and gRPC errors turned into Python ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from splitft.codec import MESSAGE_LIMIT_BYTES
+from splitft.errors import InvalidArgument, error_from_grpc
+from splitft.v1 import dataplane_pb2 as pb
+from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WireStats:
+    """Serialized bytes of every message this connection sent and received."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+def _read(value: str | bytes | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class EdgeConnection:
+    """A channel to one edge server.
+
+    insecure=True gives plaintext gRPC for local experiments; otherwise `ca` (and, for mutual TLS,
+    `cert` and `key`) are PEM paths or bytes.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        insecure: bool = False,
+        ca: str | bytes | Path | None = None,
+        cert: str | bytes | Path | None = None,
+        key: str | bytes | Path | None = None,
+        server_name: str | None = None,
+        timeout: float = 120.0,
+        interceptors: Iterable[grpc.UnaryUnaryClientInterceptor | grpc.StreamStreamClientInterceptor] = (),
+    ) -> None:
+        if not address or ":" not in address:
+            raise InvalidArgument(f"edge address must be HOST:PORT, got {address!r}")
+        self.address = address
+        self.timeout = timeout
+        self.stats = WireStats()
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if insecure:
+            channel = grpc.insecure_channel(address, options=options)
+        else:
+            if ca is None:
+                raise InvalidArgument("a TLS connection needs ca= (or pass insecure=True for a local experiment)")
+            creds = grpc.ssl_channel_credentials(_read(ca), _read(key), _read(cert))
+            channel = grpc.secure_channel(address, creds, options=options)
+        self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+        self.stub = pb_grpc.DataPlaneStub(self.channel)
+
+    def call(self, method: str, request: Any) -> Any:
+        """A unary call, counting bytes and raising splitft errors."""
+        self.stats.bytes_sent += request.ByteSize()
+        try:
+            response = getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_grpc(exc.code(), exc.details() or "") from None
+        self.stats.bytes_received += response.ByteSize()
+        return response
+
+    def stream(self, method: str, requests: Iterable[Any] | Any) -> list[Any]:
+        """A response-streaming call; `requests` is an iterable for a request stream, else one message."""
+        if hasattr(requests, "ByteSize"):
+            self.stats.bytes_sent += requests.ByteSize()
+            sent = requests
+        else:
+            sent = self._count_sent(requests)
+        try:
+            responses = list(getattr(self.stub, method)(sent, timeout=self.timeout))
+        except grpc.RpcError as exc:
+            raise error_from_grpc(exc.code(), exc.details() or "") from None
+        self.stats.bytes_received += sum(r.ByteSize() for r in responses)
+        return responses
+
+    def _count_sent(self, requests: Iterable[Any]) -> Iterator[Any]:
+        for request in requests:
+            self.stats.bytes_sent += request.ByteSize()
+            yield request
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.call("ListModels", pb.ListModelsRequest()).models)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects, or raise Unavailable."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise error_from_grpc(grpc.StatusCode.UNAVAILABLE, f"edge {self.address} not reachable") from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> EdgeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+

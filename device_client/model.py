@@ -1,0 +1,202 @@
+"""SplitModel: the device's half of a split Hugging Face model, trained with LoRA through peft.
+
+The device holds the embeddings, blocks[0:k], blocks[L-j:L], the final norm and the head; the
+trunk blocks[k:L-j] run on an edge server. Raw inputs and labels never leave the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from device_client.connection import EdgeConnection
+from device_client.optim import make_split_optimizer
+from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
+from splitft.codec import check_codec
+from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft.loading import LoadedSpan, device_view, load_span, read_config
+from splitft.lora import trunk_lora_json
+from splitft.spans import SplitSpec
+from splitft.v1 import dataplane_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    bytes_sent: int  # serialized bytes this model's connection sent to the edge
+    bytes_received: int
+    steps: int  # optimizer steps taken
+    forwards: int  # trunk forwards (training and inference)
+
+
+class SplitModel(nn.Module):
+    """A Hugging Face model cut between this device and an edge server."""
+
+    def __init__(self, span: LoadedSpan, peft_model: PeftModel, spec: SplitSpec, edge: EdgeConnection,
+                 trunk: RemoteTrunk, context: ForwardContext, model_name: str) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+        self.spec = spec
+        self.model_dir = span.model_dir
+        self.model_name = model_name
+        self.config = span.config
+        self.family = span.family
+        self._edge = edge
+        self._trunk = trunk
+        self._context = context
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        edge: EdgeConnection,
+        device_layers: int,
+        head_layers: int = 0,
+        lora_config: LoraConfig,
+        trunk_lora: bool = True,
+        codec: str = "raw",
+        model: str | None = None,
+        seed: int | None = None,
+    ) -> SplitModel:
+        """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
+
+        `model` names the model on the edge (default: the directory's base name). `seed` seeds the
+        trunk adapter's initialisation (default: drawn from torch's global RNG, so
+        `torch.manual_seed` makes the whole split model reproducible).
+        """
+        if not isinstance(lora_config, LoraConfig):
+            raise InvalidArgument(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}")
+        check_codec(codec)
+        config, _family = read_config(model_dir)
+        num_layers = _num_layers(config)
+        spec = SplitSpec(num_layers, device_layers, head_layers)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        device_config = _device_lora_config(lora_config, model_dir)
+        request = pb.OpenSessionRequest(
+            model=model or Path(model_dir).name, device_layers=device_layers, head_layers=head_layers, codec=codec,
+            trunk_lora=trunk_lora, lora_config_json=trunk_lora_json(lora_config) if trunk_lora else "",
+            seed=seed, model_type=config.model_type, num_layers=num_layers, hidden_size=config.hidden_size)
+        opened = edge.call("OpenSession", request)
+        trunk = RemoteTrunk(edge, opened, codec)
+        try:
+            return cls._build(model_dir, spec, device_config, edge, trunk, request.model)
+        except BaseException:
+            trunk.close()
+            raise
+
+    @classmethod
+    def _build(cls, model_dir: str | Path, spec: SplitSpec, lora_config: LoraConfig, edge: EdgeConnection,
+               trunk: RemoteTrunk, model_name: str) -> SplitModel:
+        context = ForwardContext()
+        entry = TrunkEntry(trunk, context)
+        span = load_span(model_dir, lambda root, family: device_view(root, family, spec.trunk_start,
+                                                                     spec.trunk_stop, entry), init_missing=True)
+        lora_config = _save_new_modules(lora_config, span.new_parameters)
+        try:
+            peft_model = get_peft_model(span.root, lora_config)
+        except ValueError as exc:
+            raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
+        return cls(span, peft_model, spec, edge, trunk, context, model_name)
+
+    def forward(self, **inputs: Any) -> Any:
+        """Same inputs and outputs as the Hugging Face class (e.g. loss and logits)."""
+        if self._trunk.closed:
+            raise FailedPrecondition("this split model is closed")
+        if "input_ids" in inputs or "inputs_embeds" in inputs:
+            inputs.setdefault("use_cache", False)
+        self._context.attention_mask = inputs.get("attention_mask")
+        try:
+            return self.peft_model(**inputs)
+        finally:
+            self._context.attention_mask = None
+
+    def configure_optimizer(self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any) -> torch.optim.Optimizer:
+        """An optimizer over the device adapter that also steps the trunk adapter on the edge."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        trunk = self._trunk if self._trunk.trainable else None
+        self._optimizer = make_split_optimizer(optimizer_cls, params, trunk, **hparams)
+        return self._optimizer
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's adapter weights: device modules and the trunk's, under peft's names."""
+        device_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+        trunk_state = self._trunk.export_adapter()
+        overlap = set(device_state) & set(trunk_state)
+        if overlap:
+            raise FailedPrecondition(f"device and trunk adapters overlap on {sorted(overlap)[:3]}")
+        return {**device_state, **trunk_state}
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Write ONE standard peft adapter (adapter_config.json + adapter_model.safetensors)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = self.adapter_state_dict()
+        config = copy.deepcopy(self.peft_model.peft_config["default"])
+        config.base_model_name_or_path = str(self.model_dir)
+        config.inference_mode = True
+        config.save_pretrained(str(out))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        logger.info("saved adapter with %d tensors to %s", len(state), out)
+        return out
+
+    @property
+    def stats(self) -> SplitStats:
+        wire = self._edge.stats
+        return SplitStats(wire.bytes_sent, wire.bytes_received, self._trunk.steps, self._trunk.forwards)
+
+    @property
+    def session_id(self) -> str:
+        return self._trunk.session_id
+
+    def trainable_parameters(self) -> dict[str, int]:
+        device = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"device": device, "trunk": self._trunk.trainable_parameters}
+
+    def close(self) -> None:
+        """Close the session on the edge (idempotent)."""
+        self._trunk.close()
+
+    def __enter__(self) -> SplitModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _num_layers(config: Any) -> int:
+    for attr in ("num_hidden_layers", "n_layer"):
+        if isinstance(getattr(config, attr, None), int):
+            return int(getattr(config, attr))
+    raise InvalidArgument("cannot tell the number of blocks from the model config")
+
+
+def _device_lora_config(lora_config: LoraConfig, model_dir: str | Path) -> LoraConfig:
+    config = copy.deepcopy(lora_config)
+    config.base_model_name_or_path = str(model_dir)
+    return config
+
+
+def _save_new_modules(config: LoraConfig, new_parameters: list[str]) -> LoraConfig:
+    """A head the checkpoint lacks (e.g. a new classifier) must train and be saved with the adapter."""
+    owners = sorted({name.rpartition(".")[0] for name in new_parameters})
+    saved = set(config.modules_to_save or [])
+    missing = [o for o in owners if o.rpartition(".")[2] not in saved and o not in saved]
+    if not missing:
+        return config
+    logger.info("training and saving new head modules with the adapter: %s", ", ".join(missing))
+    config = copy.deepcopy(config)
+    config.modules_to_save = sorted(saved | {o.rpartition(".")[2] for o in missing})
+    return config

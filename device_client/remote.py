@@ -1,0 +1,171 @@
+"""The edge, seen from the device: one session's trunk as a local autograd operation.
+
+`TrunkEntry` sits where the first trunk block was. In forward it sends the activations (plus the
+attention mask and position ids the edge needs to rebuild masks and rotary tables) and returns
+the trunk's output; in backward it sends the output gradient and returns the input gradient. The
+autograd context keeps only ids, never tensors that live on the edge.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from device_client.connection import EdgeConnection
+from splitft.codec import parts_to_tensors, tensors_to_parts
+from splitft.errors import NotFound
+from splitft.v1 import dataplane_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ForwardContext:
+    """What the device's forward call knows that the blocks' arguments do not carry."""
+
+    attention_mask: torch.Tensor | None = None
+
+
+class RemoteTrunk:
+    """One open session on an edge: forward, backward, optimizer and export calls."""
+
+    def __init__(self, conn: EdgeConnection, opened: pb.OpenSessionResponse, codec: str) -> None:
+        self.conn = conn
+        self.session_id = opened.session_id
+        self.trainable_parameters = opened.trunk_trainable_parameters
+        self.codec = codec
+        self.steps = 0
+        self.forwards = 0
+        self.closed = False
+        self._ids = itertools.count(1)
+        self._zero_grad_pending = False
+
+    @property
+    def trainable(self) -> bool:
+        return self.trainable_parameters > 0
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        extras: dict[str, torch.Tensor],
+        *,
+        training: bool,
+        requires_grad: bool,
+        need_input_grad: bool,
+    ) -> tuple[int, torch.Tensor]:
+        forward_id = next(self._ids)
+        header = pb.ForwardHeader(session_id=self.session_id, forward_id=forward_id, training=training,
+                                  requires_grad=requires_grad, need_input_grad=need_input_grad)
+        tensors = {"hidden": hidden, **extras}
+        requests = itertools.chain(
+            [pb.ForwardRequest(header=header)],
+            (pb.ForwardRequest(part=p) for p in tensors_to_parts(tensors, self.codec)),
+        )
+        responses = self.conn.stream("Forward", requests)
+        out = parts_to_tensors(r.part for r in responses)["hidden"]
+        self.forwards += 1
+        return forward_id, out.to(hidden.dtype)
+
+    def backward(self, forward_id: int, grad: torch.Tensor) -> torch.Tensor | None:
+        header = pb.BackwardHeader(session_id=self.session_id, forward_id=forward_id,
+                                   zero_grad_first=self._take_zero_grad())
+        requests = itertools.chain(
+            [pb.BackwardRequest(header=header)],
+            (pb.BackwardRequest(part=p) for p in tensors_to_parts({"grad": grad.contiguous()}, self.codec)),
+        )
+        responses = self.conn.stream("Backward", requests)
+        return parts_to_tensors(r.part for r in responses).get("grad")
+
+    def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
+        self.conn.call("ConfigureOptimizer", pb.ConfigureOptimizerRequest(
+            session_id=self.session_id, name=name, hparams_json=json.dumps(hparams)))
+
+    def mark_zero_grad(self) -> None:
+        """Zeroing is lazy: the next call that touches gradients tells the edge to zero first."""
+        self._zero_grad_pending = True
+
+    def grad_norm_sq(self) -> float:
+        response = self.conn.call("GradNorm", pb.GradNormRequest(
+            session_id=self.session_id, zero_grad_first=self._take_zero_grad()))
+        return float(response.sum_of_squares)
+
+    def step(self, hparams: dict[str, Any], grad_scale: float) -> None:
+        response = self.conn.call("Step", pb.StepRequest(
+            session_id=self.session_id, hparams_json=json.dumps(hparams), grad_scale=grad_scale,
+            zero_grad_first=self._take_zero_grad()))
+        self.steps = int(response.steps)
+
+    def export_adapter(self) -> dict[str, torch.Tensor]:
+        responses = self.conn.stream("ExportAdapter", pb.ExportAdapterRequest(session_id=self.session_id))
+        return parts_to_tensors(r.part for r in responses)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.conn.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id))
+        except NotFound:
+            logger.info("session %s was already gone on the edge", self.session_id)
+
+    def _take_zero_grad(self) -> bool:
+        pending, self._zero_grad_pending = self._zero_grad_pending, False
+        return pending
+
+
+class _TrunkFunction(torch.autograd.Function):
+    """h_k -> h_{L-j} through the edge; backward sends dL/dh_{L-j} and returns dL/dh_k."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, anchor: torch.Tensor, trunk: RemoteTrunk,
+                extras: dict[str, torch.Tensor], training: bool, need_input_grad: bool) -> torch.Tensor:
+        forward_id, out = trunk.forward(hidden, extras, training=training, requires_grad=True,
+                                        need_input_grad=need_input_grad)
+        ctx.trunk = trunk
+        ctx.forward_id = forward_id
+        ctx.need_input_grad = need_input_grad
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        grad_in = ctx.trunk.backward(ctx.forward_id, grad_out)
+        if grad_in is not None:
+            grad_in = grad_in.to(grad_out.dtype)
+        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None
+
+
+class TrunkEntry(nn.Module):
+    """Stands where trunk block k was: runs blocks[k:L-j] on the edge."""
+
+    def __init__(self, trunk: RemoteTrunk | None, context: ForwardContext) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.context = context
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.trunk is None:
+            raise RuntimeError("the split model is closed")
+        extras = {}
+        if self.context.attention_mask is not None:
+            extras["attention_mask"] = self.context.attention_mask
+        positions = kwargs.get("position_ids")
+        if isinstance(positions, torch.Tensor):
+            extras["position_ids"] = positions
+        need_input_grad = hidden_states.requires_grad
+        if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable):
+            # The anchor makes the output require grad even when the input does not (only the
+            # trunk adapter trains), so autograd still calls backward and the edge gets its grads.
+            anchor = torch.empty(0, requires_grad=True)
+            return _TrunkFunction.apply(hidden_states, anchor, self.trunk, extras, self.training, need_input_grad)
+        _, out = self.trunk.forward(hidden_states.detach(), extras, training=self.training, requires_grad=False,
+                                    need_input_grad=False)
+        return out
+
+

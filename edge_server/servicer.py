@@ -1,0 +1,130 @@
+"""Thin gRPC transport: messages -> tensors -> session compute -> messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from edge_server.errors import translate_errors
+from edge_server.sessions import SessionManager
+from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
+from splitft.errors import InvalidArgument
+from splitft.lora import trunk_lora_from_json
+from splitft.v1 import dataplane_pb2 as pb
+from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
+    """First message: the header; the rest: tensor parts. Returns (header, tensors)."""
+    iterator = iter(requests)
+    first = next(iterator, None)
+    if first is None or first.WhichOneof("item") != "header":
+        raise InvalidArgument(f"stream must start with a {header_type.__name__}")
+    assembler = TensorAssembler(max_tensor_bytes)
+    for message in iterator:
+        if message.WhichOneof("item") != "part":
+            raise InvalidArgument("only tensor parts may follow the header")
+        assembler.add(message.part)
+    return first.header, assembler.finish()
+
+
+class DataPlaneServicer(pb_grpc.DataPlaneServicer):
+    def __init__(self, sessions: SessionManager, *, max_tensor_bytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.sessions = sessions
+        self.max_tensor_bytes = max_tensor_bytes
+        self.chunk_bytes = chunk_bytes
+
+    @translate_errors
+    def ListModels(self, request, context):
+        models = []
+        for name, served in sorted(self.sessions.registry.models.items()):
+            config = served.span.config
+            models.append(pb.ModelInfo(name=name, family=served.span.family.name,
+                                       architecture=type(served.span.root).__name__,
+                                       num_layers=served.num_layers, hidden_size=config.hidden_size))
+        return pb.ListModelsResponse(models=models)
+
+    @translate_errors
+    def OpenSession(self, request, context):
+        lora = trunk_lora_from_json(request.lora_config_json) if request.trunk_lora else None
+        session = self.sessions.open(
+            request.model,
+            device_layers=request.device_layers,
+            head_layers=request.head_layers,
+            codec=request.codec or "raw",
+            lora_config=lora,
+            seed=request.seed,
+            expect=(request.model_type, request.num_layers, request.hidden_size),
+        )
+        return pb.OpenSessionResponse(
+            session_id=session.session_id,
+            trunk_start=session.spec.trunk_start,
+            trunk_stop=session.spec.trunk_stop,
+            trunk_trainable_parameters=session.trainable_parameters,
+            ttl_seconds=int(self.sessions.ttl_seconds),
+        )
+
+    @translate_errors
+    def CloseSession(self, request, context):
+        self.sessions.close(request.session_id)
+        return pb.CloseSessionResponse()
+
+    @translate_errors
+    def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
+        header, tensors = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
+        session = self.sessions.get(header.session_id)
+        with session.lock:
+            out = session.forward(header.forward_id, tensors, training=header.training,
+                                  requires_grad=header.requires_grad, need_input_grad=header.need_input_grad)
+        for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
+            yield pb.ForwardResponse(part=part)
+
+    @translate_errors
+    def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
+        header, tensors = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
+        if set(tensors) != {"grad"}:
+            raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
+        session = self.sessions.get(header.session_id)
+        with session.lock:
+            grad = session.backward(header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first)
+        if grad is not None:
+            for part in tensor_parts("grad", grad, session.codec, self.chunk_bytes):
+                yield pb.BackwardResponse(part=part)
+
+    @translate_errors
+    def ConfigureOptimizer(self, request, context):
+        session = self.sessions.get(request.session_id)
+        with session.lock:
+            session.configure_optimizer(request.name, request.hparams_json)
+        return pb.ConfigureOptimizerResponse()
+
+    @translate_errors
+    def GradNorm(self, request, context):
+        session = self.sessions.get(request.session_id)
+        with session.lock:
+            total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
+        return pb.GradNormResponse(sum_of_squares=total)
+
+    @translate_errors
+    def Step(self, request, context):
+        session = self.sessions.get(request.session_id)
+        with session.lock:
+            steps = session.step(request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first)
+        return pb.StepResponse(steps=steps)
+
+    @translate_errors
+    def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
+        session = self.sessions.get(request.session_id)
+        with session.lock:
+            state = session.export_adapter()
+        for name, tensor in state.items():
+            for part in tensor_parts(name, tensor, "raw", self.chunk_bytes):
+                yield pb.ExportAdapterResponse(part=part)
+
+
+def add_to_server(servicer: DataPlaneServicer, server: grpc.Server) -> None:
+    pb_grpc.add_DataPlaneServicer_to_server(servicer, server)

@@ -1,0 +1,255 @@
+"""One device's session on the edge: its view of the shared trunk, its adapter, optimizer and graphs.
+
+Plain compute, no gRPC. The frozen trunk weights are shared by every session; a session owns a
+shallow copy of the trunk's modules (so per-session LoRA layers, train/eval mode and autograd
+graphs never touch another session) plus its adapter parameters and optimizer state.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from torch import nn
+
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitft.loading import LoadedSpan
+from splitft.spans import SplitSpec, Skipped
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "AdamW": torch.optim.AdamW,
+    "Adam": torch.optim.Adam,
+    "SGD": torch.optim.SGD,
+}
+MAX_PENDING_FORWARDS = 64  # kept graphs per session; the oldest is dropped beyond this
+MAX_TOKENS = 1 << 20  # batch x sequence per forward
+_SEED_LOCK = threading.Lock()  # peft initialises adapters from the global RNG
+
+
+@dataclass
+class Pending:
+    """A forward whose graph is kept until the device sends its backward."""
+
+    inputs: torch.Tensor
+    output: torch.Tensor
+
+
+def share_modules(root: nn.Module) -> nn.Module:
+    """A copy of `root`'s module tree whose parameters and buffers are the very same tensors."""
+    memo: dict[int, object] = {id(t): t for t in root.parameters()}
+    memo.update({id(t): t for t in root.buffers()})
+    return copy.deepcopy(root, memo)
+
+
+class TrunkSession:
+    """The edge half of one split model."""
+
+    def __init__(
+        self,
+        session_id: str,
+        span: LoadedSpan,
+        spec: SplitSpec,
+        codec: str,
+        lora_config: LoraConfig | None,
+        seed: int,
+    ) -> None:
+        self.session_id = session_id
+        self.span = span
+        self.spec = spec
+        self.codec = codec
+        self.lock = threading.Lock()
+        self.last_used = time.monotonic()
+        self.steps = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending: OrderedDict[int, Pending] = OrderedDict()
+        root = share_modules(span.root)
+        blocks = root.get_submodule(span.family.blocks_path)
+        for i in range(len(blocks)):
+            if i not in spec.trunk_range:
+                blocks[i] = Skipped(f"block {i}")
+        self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
+        self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
+        self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def forward(
+        self,
+        forward_id: int,
+        inputs: dict[str, torch.Tensor],
+        *,
+        training: bool,
+        requires_grad: bool,
+        need_input_grad: bool,
+    ) -> torch.Tensor:
+        hidden, mask, positions = self._check_inputs(inputs)
+        self.root.train(training)
+        keep = requires_grad and (need_input_grad or bool(self.trainable))
+        if keep and need_input_grad:
+            hidden.requires_grad_(True)
+        with torch.set_grad_enabled(keep):
+            out = self.span.family.run_trunk(
+                self.root, hidden, mask, positions, self.spec.trunk_start, self.spec.trunk_stop
+            )
+        if keep:
+            self._keep(forward_id, Pending(hidden, out))
+        return out.detach()
+
+    def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
+        pending = self._pending.pop(forward_id, None)
+        if pending is None:
+            raise NotFound(f"no kept forward {forward_id} in session {self.session_id} (already used or expired)")
+        if grad.shape != pending.output.shape:
+            raise InvalidArgument(f"grad shape {list(grad.shape)} != forward output shape {list(pending.output.shape)}")
+        if grad.dtype != pending.output.dtype:
+            raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.output.dtype}")
+        if zero_grad_first:
+            self._zero_grad()
+        pending.output.backward(grad)
+        return pending.inputs.grad if pending.inputs.requires_grad else None
+
+    def configure_optimizer(self, name: str, hparams_json: str) -> None:
+        if name not in OPTIMIZERS:
+            raise InvalidArgument(f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}")
+        hparams = _parse_hparams(hparams_json)
+        if not self.trainable:
+            return
+        try:
+            self.optimizer = OPTIMIZERS[name](self.trainable, **hparams)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"invalid {name} hyper-parameters {hparams}: {exc}") from exc
+
+    def grad_norm_sq(self, *, zero_grad_first: bool) -> float:
+        if zero_grad_first:
+            self._zero_grad()
+        total = 0.0
+        for p in self.trainable:
+            if p.grad is not None:
+                total += float(torch.linalg.vector_norm(p.grad, 2.0).item()) ** 2
+        return total
+
+    def step(self, hparams_json: str, grad_scale: float, *, zero_grad_first: bool) -> int:
+        if zero_grad_first:
+            self._zero_grad()
+        if self.trainable:
+            if self.optimizer is None:
+                raise FailedPrecondition("step before ConfigureOptimizer")
+            self._update_hparams(_parse_hparams(hparams_json))
+            if grad_scale and grad_scale != 1.0:
+                if not math.isfinite(grad_scale) or grad_scale < 0:
+                    raise InvalidArgument(f"grad_scale must be a finite non-negative number, got {grad_scale}")
+                for p in self.trainable:
+                    if p.grad is not None:
+                        p.grad.mul_(grad_scale)
+            self.optimizer.step()
+        self.steps += 1
+        return self.steps
+
+    def export_adapter(self) -> dict[str, torch.Tensor]:
+        if self.peft_model is None:
+            return {}
+        state = get_peft_model_state_dict(self.peft_model)
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def release(self) -> None:
+        """Drop graphs, adapter and optimizer state so their memory can be freed."""
+        self._pending.clear()
+        self.optimizer = None
+        self.trainable = []
+        self.peft_model = None
+
+    def _keep(self, forward_id: int, pending: Pending) -> None:
+        self._pending[forward_id] = pending
+        while len(self._pending) > MAX_PENDING_FORWARDS:
+            dropped, _ = self._pending.popitem(last=False)
+            logger.warning("session %s: dropped kept forward %d (more than %d pending)",
+                           self.session_id, dropped, MAX_PENDING_FORWARDS)
+
+    def _zero_grad(self) -> None:
+        for p in self.trainable:
+            p.grad = None
+
+    def _update_hparams(self, hparams: dict[str, object]) -> None:
+        assert self.optimizer is not None
+        for group in self.optimizer.param_groups:
+            for key, value in hparams.items():
+                if key not in group or key == "params":
+                    raise InvalidArgument(f"unknown optimizer hyper-parameter {key!r}")
+                group[key] = tuple(value) if isinstance(value, list) else value
+
+    def _check_inputs(
+        self, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        unknown = set(inputs) - {"hidden", "attention_mask", "position_ids"}
+        if unknown:
+            raise InvalidArgument(f"unexpected forward tensors {sorted(unknown)}")
+        hidden = inputs.get("hidden")
+        if hidden is None:
+            raise InvalidArgument("forward needs a 'hidden' tensor")
+        hidden_size = self.span.config.hidden_size
+        if hidden.dim() != 3 or hidden.shape[-1] != hidden_size or hidden.shape[0] < 1 or hidden.shape[1] < 1:
+            raise InvalidArgument(f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}")
+        if hidden.shape[0] * hidden.shape[1] > MAX_TOKENS:
+            raise InvalidArgument(f"batch x tokens {hidden.shape[0] * hidden.shape[1]} exceeds {MAX_TOKENS}")
+        dtype = next(iter(self.span.root.parameters())).dtype
+        if hidden.dtype != dtype:
+            raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")
+        mask = _check_index_tensor(inputs.get("attention_mask"), "attention_mask", hidden.shape[0], hidden.shape[1])
+        positions = _check_index_tensor(inputs.get("position_ids"), "position_ids", hidden.shape[0], hidden.shape[1])
+        if positions is not None and positions.dtype == torch.bool:
+            raise InvalidArgument("position_ids must be an integer tensor")
+        return hidden, mask, positions
+
+
+def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: int) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if t.dtype.is_floating_point:
+        raise InvalidArgument(f"{name} must be an integer or bool tensor, got {t.dtype}")
+    if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != tokens:
+        raise InvalidArgument(f"{name} must have shape [{batch} or 1, {tokens}], got {list(t.shape)}")
+    return t
+
+
+def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> nn.Module:
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return get_peft_model(root, config)
+        except ValueError as exc:
+            raise InvalidArgument(f"LoRA config does not fit the trunk blocks: {exc}") from exc
+
+
+def _parse_hparams(text: str) -> dict[str, object]:
+    if not text:
+        return {}
+    try:
+        hparams = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"hparams_json is not valid JSON: {exc}") from exc
+    if not isinstance(hparams, dict):
+        raise InvalidArgument("hparams_json must be a JSON object")
+    for key, value in hparams.items():
+        ok = isinstance(value, (int, float, bool)) or (
+            isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        )
+        if not ok:
+            raise InvalidArgument(f"hyper-parameter {key!r} must be a number, bool or list of numbers")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(f"hyper-parameter {key!r} must be finite")
+    return hparams

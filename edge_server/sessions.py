@@ -1,0 +1,122 @@
+"""Session bookkeeping on the edge: open, look up, close, and expire idle sessions."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+
+from peft import LoraConfig
+
+from edge_server.registry import ModelRegistry
+from edge_server.session import TrunkSession
+from splitft.codec import check_codec
+from splitft.errors import FailedPrecondition, NotFound, ResourceExhausted
+from splitft.spans import SplitSpec
+
+logger = logging.getLogger(__name__)
+
+
+class SessionManager:
+    """Thread-safe map of live sessions, with a TTL for idle ones."""
+
+    def __init__(self, registry: ModelRegistry, *, ttl_seconds: float = 600.0, max_sessions: int = 64) -> None:
+        self.registry = registry
+        self.ttl_seconds = ttl_seconds
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, TrunkSession] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def open(
+        self,
+        model: str,
+        *,
+        device_layers: int,
+        head_layers: int,
+        codec: str,
+        lora_config: LoraConfig | None,
+        seed: int,
+        expect: tuple[str, int, int] | None = None,
+    ) -> TrunkSession:
+        served = self.registry.get(model)
+        if expect is not None:
+            _check_same_model(served.span.config, served.num_layers, expect)
+        spec = SplitSpec(served.num_layers, device_layers, head_layers)
+        check_codec(codec)
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
+        session_id = secrets.token_hex(16)
+        session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed)
+        with self._lock:
+            self._sessions[session_id] = session
+        logger.info("opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
+                    session_id, model, spec.trunk_start, spec.trunk_stop, session.trainable_parameters)
+        return session
+
+    def get(self, session_id: str) -> TrunkSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"unknown session {session_id!r} (never opened, closed, or expired)")
+        session.touch()
+        return session
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise NotFound(f"unknown session {session_id!r} (never opened, closed, or expired)")
+        with session.lock:
+            session.release()
+        logger.info("closed session %s", session_id)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def expire_idle(self) -> list[str]:
+        """Drop sessions idle for longer than the TTL; returns their ids."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [sid for sid, s in self._sessions.items() if now - s.last_used > self.ttl_seconds]
+            sessions = [self._sessions.pop(sid) for sid in expired]
+        for session in sessions:
+            with session.lock:
+                session.release()
+            logger.info("session %s expired after %.0f s idle", session.session_id, self.ttl_seconds)
+        return expired
+
+    def start_reaper(self, interval: float | None = None) -> None:
+        period = interval if interval is not None else max(0.05, min(30.0, self.ttl_seconds / 4))
+        self._reaper = threading.Thread(target=self._reap_loop, args=(period,), name="session-reaper", daemon=True)
+        self._reaper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=5)
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.release()
+
+    def _reap_loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.expire_idle()
+            except Exception:  # the reaper must outlive any single bad session
+                logger.exception("session reaper failed")
+
+
+def _check_same_model(config, num_layers: int, expect: tuple[str, int, int]) -> None:
+    model_type, layers, hidden = expect
+    mine = (config.model_type, num_layers, config.hidden_size)
+    theirs = (model_type or mine[0], layers or mine[1], hidden or mine[2])
+    if mine != theirs:
+        raise FailedPrecondition(
+            f"device model (type, layers, hidden) {theirs} does not match the edge's {mine}"
+        )

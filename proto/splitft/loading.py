@@ -1,0 +1,210 @@
+"""Load one side of a split model: build it on `meta`, cut it, read only that side's tensors.
+
+The device never materialises trunk weights and the edge never the embeddings or head: the model
+class is built with parameters on `meta` (buffers such as rotary tables are computed for real from
+the config), the other side's modules are replaced by placeholders, and only the remaining
+parameters are read from the safetensors files with `safe_open`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+
+from splitft.errors import InvalidArgument, NotFound
+from splitft.families import Family, family_for
+from splitft.spans import Skipped
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedSpan:
+    """One side of a split model, ready to run."""
+
+    root: nn.Module  # the task model (e.g. LlamaForCausalLM) with the other side replaced
+    config: PretrainedConfig
+    family: Family
+    model_dir: Path
+    new_parameters: list[str] = field(default_factory=list)  # not in the checkpoint, freshly initialised
+    bytes_read: int = 0  # tensor bytes read from the checkpoint
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.root.get_submodule(self.family.blocks_path))
+
+
+def read_config(model_dir: str | Path) -> tuple[PretrainedConfig, Family]:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise NotFound(f"{path} is not a model directory: no config.json")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"cannot read the model config in {path}: {exc}") from exc
+    return config, family_for(config)
+
+
+def build_meta_model(config: PretrainedConfig, family: Family, **config_overrides: object) -> nn.Module:
+    """The task model with every parameter on `meta` and real buffers."""
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    cls = family.model_class(config)
+    with init_empty_weights(include_buffers=False):
+        root = cls(config)
+    return root
+
+
+def device_view(root: nn.Module, family: Family, start: int, stop: int, entry: nn.Module) -> None:
+    """Replace blocks[start:stop] with `entry` (calls the edge) followed by pass-through placeholders."""
+    blocks = root.get_submodule(family.blocks_path)
+    blocks[start] = entry
+    for i in range(start + 1, stop):
+        blocks[i] = Skipped(f"trunk block {i}")
+
+
+def edge_view(root: nn.Module, family: Family, start: int, stop: int) -> None:
+    """Keep blocks[start:stop] and parameter-free modules (rotary tables); skip everything else."""
+    blocks = root.get_submodule(family.blocks_path)
+    for i in range(len(blocks)):
+        if not start <= i < stop:
+            blocks[i] = Skipped(f"device block {i}")
+    _skip_outside(root, "", family.blocks_path)
+
+
+def _skip_outside(module: nn.Module, prefix: str, keep: str) -> None:
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if path == keep:
+            continue
+        if keep.startswith(path + "."):
+            _skip_outside(child, path + ".", keep)
+        elif any(True for _ in child.parameters()):
+            setattr(module, name, Skipped(path))
+
+
+def load_span(
+    model_dir: str | Path,
+    cut: Callable[[nn.Module, Family], None],
+    *,
+    init_missing: bool,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedSpan:
+    """Build the model on meta, apply `cut`, and read only the parameters that remain.
+
+    `init_missing`: initialise parameters the checkpoint lacks (a new classification head) instead
+    of failing; only the device, which owns the head, should allow it.
+    """
+    config, family = read_config(model_dir)
+    root = build_meta_model(config, family)
+    cut(root, family)
+    wanted = {name: p for name, p in root.named_parameters(remove_duplicate=False)}
+    state, bytes_read = _read_tensors(Path(model_dir), root, set(wanted))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    root.load_state_dict(state, strict=False, assign=True)
+    _tie_weights(root, set(state))
+    new = _missing_parameters(root)
+    if new and not init_missing:
+        raise InvalidArgument(f"checkpoint in {model_dir} lacks weights this side needs: {', '.join(new[:8])}")
+    if new:
+        _initialise(root, new, dtype)
+        logger.info("initialised %d tensors absent from the checkpoint: %s", len(new), ", ".join(new))
+    _check_materialised(root)
+    root.requires_grad_(False)
+    root.eval()
+    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read)
+
+
+def _checkpoint_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / f for f in files]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise NotFound(f"no safetensors weights in {model_dir} (model.safetensors or its index)")
+
+
+def _read_tensors(model_dir: Path, root: nn.Module, wanted: set[str]) -> tuple[dict[str, torch.Tensor], int]:
+    rename = _key_renamer(root, wanted)
+    state: dict[str, torch.Tensor] = {}
+    bytes_read = 0
+    for path in _checkpoint_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                name = rename(key)
+                if name in wanted and name not in state:
+                    state[name] = f.get_tensor(key)
+                    bytes_read += state[name].numel() * state[name].element_size()
+    return state, bytes_read
+
+
+def _key_renamer(root: nn.Module, wanted: set[str]) -> Callable[[str], str]:
+    """Map a checkpoint key to the model's parameter name, as transformers' own loader would.
+
+    Uses transformers' conversion mapping (legacy layouts, e.g. old ViT checkpoints) and its
+    base-model prefix rule (a `BertModel` checkpoint loads into `BertForSequenceClassification`).
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(root)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    prefix = getattr(root, "base_model_prefix", None) or None
+    meta_names = dict.fromkeys(wanted, True)
+
+    def rename(key: str) -> str:
+        name, _ = rename_source_key(key, renamings, converters, prefix, meta_names)
+        return name
+
+    return rename
+
+
+def _tie_weights(root: nn.Module, loaded: set[str]) -> None:
+    """Tie output embeddings to input embeddings where the config asks and both live here."""
+    if not hasattr(root, "get_expanded_tied_weights_keys"):
+        return
+    for target, source in root.get_expanded_tied_weights_keys(all_submodels=True).items():
+        if target in loaded or source not in loaded:
+            continue
+        try:
+            source_param = root.get_parameter(source)
+            owner_name, _, attr = target.rpartition(".")
+            owner = root.get_submodule(owner_name)
+        except AttributeError:
+            continue
+        if isinstance(owner, Skipped):
+            continue
+        setattr(owner, attr, source_param)
+
+
+def _missing_parameters(root: nn.Module) -> list[str]:
+    return [name for name, p in root.named_parameters() if p.is_meta]
+
+
+def _initialise(root: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+    """Initialise absent parameters with the model's own `_init_weights` (e.g. a new classifier)."""
+    owners = {name.rpartition(".")[0] for name in names}
+    for owner_name in sorted(owners):
+        owner = root.get_submodule(owner_name)
+        owner.to_empty(device="cpu", recurse=False)
+        owner.to(dtype)
+        with torch.no_grad():
+            root._init_weights(owner)  # type: ignore[operator]
+
+
+def _check_materialised(root: nn.Module) -> None:
+    for name, tensor in list(root.named_parameters()) + list(root.named_buffers()):
+        if tensor.is_meta:
+            raise InvalidArgument(f"{name} was left on the meta device after loading")

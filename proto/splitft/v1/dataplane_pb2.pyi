@@ -1,0 +1,219 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "shape", "dtype", "codec", "total_bytes", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    codec: str
+    total_bytes: int
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., codec: _Optional[str] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class TensorPart(_message.Message):
+    __slots__ = ("tensor", "chunk")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    tensor: Tensor
+    chunk: TensorChunk
+    def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_LORA_FIELD_NUMBER: _ClassVar[int]
+    LORA_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    device_layers: int
+    head_layers: int
+    codec: str
+    trunk_lora: bool
+    lora_config_json: str
+    seed: int
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_START_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_STOP_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    trunk_start: int
+    trunk_stop: int
+    trunk_trainable_parameters: int
+    ttl_seconds: int
+    def __init__(self, session_id: _Optional[str] = ..., trunk_start: _Optional[int] = ..., trunk_stop: _Optional[int] = ..., trunk_trainable_parameters: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ForwardHeader(_message.Message):
+    __slots__ = ("session_id", "forward_id", "training", "requires_grad", "need_input_grad")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
+    NEED_INPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    forward_id: int
+    training: bool
+    requires_grad: bool
+    need_input_grad: bool
+    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., training: _Optional[bool] = ..., requires_grad: _Optional[bool] = ..., need_input_grad: _Optional[bool] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("header", "part")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    header: ForwardHeader
+    part: TensorPart
+    def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class ForwardResponse(_message.Message):
+    __slots__ = ("part",)
+    PART_FIELD_NUMBER: _ClassVar[int]
+    part: TensorPart
+    def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class BackwardHeader(_message.Message):
+    __slots__ = ("session_id", "forward_id", "zero_grad_first")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    forward_id: int
+    zero_grad_first: bool
+    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+
+class BackwardRequest(_message.Message):
+    __slots__ = ("header", "part")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    header: BackwardHeader
+    part: TensorPart
+    def __init__(self, header: _Optional[_Union[BackwardHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class BackwardResponse(_message.Message):
+    __slots__ = ("part",)
+    PART_FIELD_NUMBER: _ClassVar[int]
+    part: TensorPart
+    def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class ConfigureOptimizerRequest(_message.Message):
+    __slots__ = ("session_id", "name", "hparams_json")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    hparams_json: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., hparams_json: _Optional[str] = ...) -> None: ...
+
+class ConfigureOptimizerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GradNormRequest(_message.Message):
+    __slots__ = ("session_id", "zero_grad_first")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    zero_grad_first: bool
+    def __init__(self, session_id: _Optional[str] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+
+class GradNormResponse(_message.Message):
+    __slots__ = ("sum_of_squares",)
+    SUM_OF_SQUARES_FIELD_NUMBER: _ClassVar[int]
+    sum_of_squares: float
+    def __init__(self, sum_of_squares: _Optional[float] = ...) -> None: ...
+
+class StepRequest(_message.Message):
+    __slots__ = ("session_id", "hparams_json", "grad_scale", "zero_grad_first")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    GRAD_SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    hparams_json: str
+    grad_scale: float
+    zero_grad_first: bool
+    def __init__(self, session_id: _Optional[str] = ..., hparams_json: _Optional[str] = ..., grad_scale: _Optional[float] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+
+class StepResponse(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    def __init__(self, steps: _Optional[int] = ...) -> None: ...
+
+class ExportAdapterRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportAdapterResponse(_message.Message):
+    __slots__ = ("part",)
+    PART_FIELD_NUMBER: _ClassVar[int]
+    part: TensorPart
+    def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "family", "architecture", "num_layers", "hidden_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    family: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., architecture: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
