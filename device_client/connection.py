@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from splitft.codec import MESSAGE_LIMIT_BYTES
 from splitft.errors import InvalidArgument, error_from_grpc
 from splitft.v1 import dataplane_pb2 as pb
@@ -66,7 +65,9 @@ class EdgeConnection:
             channel = grpc.insecure_channel(address, options=options)
         else:
             if ca is None:
-                raise InvalidArgument("a TLS connection needs ca= (or pass insecure=True for a local experiment)")
+                raise InvalidArgument(
+                    "a TLS connection needs ca= (or pass insecure=True for a local experiment)"
+                )
             creds = grpc.ssl_channel_credentials(_read(ca), _read(key), _read(cert))
             channel = grpc.secure_channel(address, creds, options=options)
         self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
@@ -119,5 +120,3 @@ class EdgeConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-

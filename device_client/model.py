@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
-from torch import nn
-
-from device_client.connection import EdgeConnection
-from device_client.optim import make_split_optimizer
-from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from splitft.codec import check_codec
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.loading import LoadedSpan, device_view, load_span, read_config
 from splitft.lora import trunk_lora_json
 from splitft.spans import SplitSpec
 from splitft.v1 import dataplane_pb2 as pb
+from torch import nn
+
+from device_client.connection import EdgeConnection
+from device_client.optim import make_split_optimizer
+from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,16 @@ class SplitStats:
 class SplitModel(nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
 
-    def __init__(self, span: LoadedSpan, peft_model: PeftModel, spec: SplitSpec, edge: EdgeConnection,
-                 trunk: RemoteTrunk, context: ForwardContext, model_name: str) -> None:
+    def __init__(
+        self,
+        span: LoadedSpan,
+        peft_model: PeftModel,
+        spec: SplitSpec,
+        edge: EdgeConnection,
+        trunk: RemoteTrunk,
+        context: ForwardContext,
+        model_name: str,
+    ) -> None:
         super().__init__()
         self.peft_model = peft_model
         self.spec = spec
@@ -70,12 +78,14 @@ class SplitModel(nn.Module):
         codec: str = "raw",
         model: str | None = None,
         seed: int | None = None,
+        config_overrides: dict[str, Any] | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
         `model` names the model on the edge (default: the directory's base name). `seed` seeds the
         trunk adapter's initialisation (default: drawn from torch's global RNG, so
-        `torch.manual_seed` makes the whole split model reproducible).
+        `torch.manual_seed` makes the whole split model reproducible). `config_overrides` change
+        device-side config fields such as `num_labels` for a new classification head.
         """
         if not isinstance(lora_config, LoraConfig):
             raise InvalidArgument(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}")
@@ -86,24 +96,46 @@ class SplitModel(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         device_config = _device_lora_config(lora_config, model_dir)
         request = pb.OpenSessionRequest(
-            model=model or Path(model_dir).name, device_layers=device_layers, head_layers=head_layers, codec=codec,
-            trunk_lora=trunk_lora, lora_config_json=trunk_lora_json(lora_config) if trunk_lora else "",
-            seed=seed, model_type=config.model_type, num_layers=num_layers, hidden_size=config.hidden_size)
+            model=model or Path(model_dir).name,
+            device_layers=device_layers,
+            head_layers=head_layers,
+            codec=codec,
+            trunk_lora=trunk_lora,
+            lora_config_json=trunk_lora_json(lora_config) if trunk_lora else "",
+            seed=seed,
+            model_type=config.model_type,
+            num_layers=num_layers,
+            hidden_size=config.hidden_size,
+        )
         opened = edge.call("OpenSession", request)
         trunk = RemoteTrunk(edge, opened, codec)
         try:
-            return cls._build(model_dir, spec, device_config, edge, trunk, request.model)
+            return cls._build(
+                model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}
+            )
         except BaseException:
             trunk.close()
             raise
 
     @classmethod
-    def _build(cls, model_dir: str | Path, spec: SplitSpec, lora_config: LoraConfig, edge: EdgeConnection,
-               trunk: RemoteTrunk, model_name: str) -> SplitModel:
+    def _build(
+        cls,
+        model_dir: str | Path,
+        spec: SplitSpec,
+        lora_config: LoraConfig,
+        edge: EdgeConnection,
+        trunk: RemoteTrunk,
+        model_name: str,
+        overrides: dict[str, Any],
+    ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
-        span = load_span(model_dir, lambda root, family: device_view(root, family, spec.trunk_start,
-                                                                     spec.trunk_stop, entry), init_missing=True)
+        span = load_span(
+            model_dir,
+            lambda root, family: device_view(root, family, spec.trunk_start, spec.trunk_stop, entry),
+            init_missing=True,
+            config_overrides=overrides,
+        )
         lora_config = _save_new_modules(lora_config, span.new_parameters)
         try:
             peft_model = get_peft_model(span.root, lora_config)
@@ -123,7 +155,9 @@ class SplitModel(nn.Module):
         finally:
             self._context.attention_mask = None
 
-    def configure_optimizer(self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any) -> torch.optim.Optimizer:
+    def configure_optimizer(
+        self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any
+    ) -> torch.optim.Optimizer:
         """An optimizer over the device adapter that also steps the trunk adapter on the edge."""
         params = [p for p in self.parameters() if p.requires_grad]
         trunk = self._trunk if self._trunk.trainable else None
@@ -148,7 +182,11 @@ class SplitModel(nn.Module):
         config.base_model_name_or_path = str(self.model_dir)
         config.inference_mode = True
         config.save_pretrained(str(out))
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(out / ADAPTER_WEIGHTS),
+            metadata={"format": "pt"},
+        )
         logger.info("saved adapter with %d tensors to %s", len(state), out)
         return out
 

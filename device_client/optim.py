@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from splitft.errors import InvalidArgument
 
 from device_client.remote import RemoteTrunk
-from splitft.errors import InvalidArgument
 
 EDGE_OPTIMIZERS = ("AdamW", "Adam", "SGD")
 _SCALARS = (int, float, bool)
@@ -29,13 +29,18 @@ def group_hparams(group: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
-        if isinstance(value, _SCALARS) or (isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)):
+        if isinstance(value, _SCALARS) or (
+            isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)
+        ):
             out[key] = list(value) if isinstance(value, tuple) else value
     return out
 
 
 def make_split_optimizer(
-    cls: type[torch.optim.Optimizer], params: Iterable[torch.nn.Parameter], trunk: RemoteTrunk | None, **hparams: Any
+    cls: type[torch.optim.Optimizer],
+    params: Iterable[torch.nn.Parameter],
+    trunk: RemoteTrunk | None,
+    **hparams: Any,
 ) -> torch.optim.Optimizer:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise InvalidArgument(f"configure_optimizer needs a torch.optim.Optimizer class, got {cls!r}")

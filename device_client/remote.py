@@ -11,17 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
-from device_client.connection import EdgeConnection
 from splitft.codec import parts_to_tensors, tensors_to_parts
 from splitft.errors import NotFound
 from splitft.v1 import dataplane_pb2 as pb
+from torch import nn
+
+from device_client.connection import EdgeConnection
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +60,13 @@ class RemoteTrunk:
         need_input_grad: bool,
     ) -> tuple[int, torch.Tensor]:
         forward_id = next(self._ids)
-        header = pb.ForwardHeader(session_id=self.session_id, forward_id=forward_id, training=training,
-                                  requires_grad=requires_grad, need_input_grad=need_input_grad)
+        header = pb.ForwardHeader(
+            session_id=self.session_id,
+            forward_id=forward_id,
+            training=training,
+            requires_grad=requires_grad,
+            need_input_grad=need_input_grad,
+        )
         tensors = {"hidden": hidden, **extras}
         requests = itertools.chain(
             [pb.ForwardRequest(header=header)],
@@ -74,8 +78,9 @@ class RemoteTrunk:
         return forward_id, out.to(hidden.dtype)
 
     def backward(self, forward_id: int, grad: torch.Tensor) -> torch.Tensor | None:
-        header = pb.BackwardHeader(session_id=self.session_id, forward_id=forward_id,
-                                   zero_grad_first=self._take_zero_grad())
+        header = pb.BackwardHeader(
+            session_id=self.session_id, forward_id=forward_id, zero_grad_first=self._take_zero_grad()
+        )
         requests = itertools.chain(
             [pb.BackwardRequest(header=header)],
             (pb.BackwardRequest(part=p) for p in tensors_to_parts({"grad": grad.contiguous()}, self.codec)),
@@ -84,22 +89,33 @@ class RemoteTrunk:
         return parts_to_tensors(r.part for r in responses).get("grad")
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
-        self.conn.call("ConfigureOptimizer", pb.ConfigureOptimizerRequest(
-            session_id=self.session_id, name=name, hparams_json=json.dumps(hparams)))
+        self.conn.call(
+            "ConfigureOptimizer",
+            pb.ConfigureOptimizerRequest(
+                session_id=self.session_id, name=name, hparams_json=json.dumps(hparams)
+            ),
+        )
 
     def mark_zero_grad(self) -> None:
         """Zeroing is lazy: the next call that touches gradients tells the edge to zero first."""
         self._zero_grad_pending = True
 
     def grad_norm_sq(self) -> float:
-        response = self.conn.call("GradNorm", pb.GradNormRequest(
-            session_id=self.session_id, zero_grad_first=self._take_zero_grad()))
+        response = self.conn.call(
+            "GradNorm", pb.GradNormRequest(session_id=self.session_id, zero_grad_first=self._take_zero_grad())
+        )
         return float(response.sum_of_squares)
 
     def step(self, hparams: dict[str, Any], grad_scale: float) -> None:
-        response = self.conn.call("Step", pb.StepRequest(
-            session_id=self.session_id, hparams_json=json.dumps(hparams), grad_scale=grad_scale,
-            zero_grad_first=self._take_zero_grad()))
+        response = self.conn.call(
+            "Step",
+            pb.StepRequest(
+                session_id=self.session_id,
+                hparams_json=json.dumps(hparams),
+                grad_scale=grad_scale,
+                zero_grad_first=self._take_zero_grad(),
+            ),
+        )
         self.steps = int(response.steps)
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
@@ -124,10 +140,18 @@ class _TrunkFunction(torch.autograd.Function):
     """h_k -> h_{L-j} through the edge; backward sends dL/dh_{L-j} and returns dL/dh_k."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, anchor: torch.Tensor, trunk: RemoteTrunk,
-                extras: dict[str, torch.Tensor], training: bool, need_input_grad: bool) -> torch.Tensor:
-        forward_id, out = trunk.forward(hidden, extras, training=training, requires_grad=True,
-                                        need_input_grad=need_input_grad)
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        anchor: torch.Tensor,
+        trunk: RemoteTrunk,
+        extras: dict[str, torch.Tensor],
+        training: bool,
+        need_input_grad: bool,
+    ) -> torch.Tensor:
+        forward_id, out = trunk.forward(
+            hidden, extras, training=training, requires_grad=True, need_input_grad=need_input_grad
+        )
         ctx.trunk = trunk
         ctx.forward_id = forward_id
         ctx.need_input_grad = need_input_grad
@@ -163,9 +187,10 @@ class TrunkEntry(nn.Module):
             # The anchor makes the output require grad even when the input does not (only the
             # trunk adapter trains), so autograd still calls backward and the edge gets its grads.
             anchor = torch.empty(0, requires_grad=True)
-            return _TrunkFunction.apply(hidden_states, anchor, self.trunk, extras, self.training, need_input_grad)
-        _, out = self.trunk.forward(hidden_states.detach(), extras, training=self.training, requires_grad=False,
-                                    need_input_grad=False)
+            return _TrunkFunction.apply(
+                hidden_states, anchor, self.trunk, extras, self.training, need_input_grad
+            )
+        _, out = self.trunk.forward(
+            hidden_states.detach(), extras, training=self.training, requires_grad=False, need_input_grad=False
+        )
         return out
-
-

@@ -43,8 +43,14 @@ def load_trunk(name: str, model_dir: Path) -> ServedModel:
     trainable = [n for n, p in span.root.named_parameters() if p.requires_grad]
     if trainable:
         raise RuntimeError(f"trunk of {name} is not frozen: {trainable[:5]}")
-    logger.info("loaded trunk %s (%s, %d blocks, %.1f MB read) from %s", name, span.family.name,
-                span.num_layers, span.bytes_read / 1e6, model_dir)
+    logger.info(
+        "loaded trunk %s (%s, %d blocks, %.1f MB read) from %s",
+        name,
+        span.family.name,
+        span.num_layers,
+        span.bytes_read / 1e6,
+        model_dir,
+    )
     return ServedModel(name, span)
 
 

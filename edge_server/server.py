@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from splitft.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
+from splitft.errors import InvalidArgument
+from splitft.v1 import dataplane_pb2
 
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
-from splitft.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
-from splitft.errors import InvalidArgument
-from splitft.v1 import dataplane_pb2
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"].full_name
@@ -54,8 +54,9 @@ class EdgeServer:
             raise InvalidArgument("TLS is not configured: pass --insecure for a local experiment")
         self.config = config
         self.registry = registry or ModelRegistry.from_dirs(config.model_dirs)
-        self.sessions = SessionManager(self.registry, ttl_seconds=config.session_ttl,
-                                       max_sessions=config.max_sessions)
+        self.sessions = SessionManager(
+            self.registry, ttl_seconds=config.session_ttl, max_sessions=config.max_sessions
+        )
         self.health = health.HealthServicer()
         options = [
             ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
@@ -64,8 +65,10 @@ class EdgeServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
         add_to_server(DataPlaneServicer(self.sessions, max_tensor_bytes=config.max_tensor_bytes), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        logger.warning("edge serves PLAINTEXT gRPC (--insecure): activations and adapters are readable "
-                       "by anyone on the network; use only for local experiments")
+        logger.warning(
+            "edge serves PLAINTEXT gRPC (--insecure): activations and adapters are readable "
+            "by anyone on the network; use only for local experiments"
+        )
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise InvalidArgument(f"cannot bind {config.host}:{config.port}")

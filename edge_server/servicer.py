@@ -6,14 +6,14 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import grpc
-
-from edge_server.errors import translate_errors
-from edge_server.sessions import SessionManager
 from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 from splitft.errors import InvalidArgument
 from splitft.lora import trunk_lora_from_json
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+
+from edge_server.errors import translate_errors
+from edge_server.sessions import SessionManager
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
 
 
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
-    def __init__(self, sessions: SessionManager, *, max_tensor_bytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(
+        self, sessions: SessionManager, *, max_tensor_bytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ):
         self.sessions = sessions
         self.max_tensor_bytes = max_tensor_bytes
         self.chunk_bytes = chunk_bytes
@@ -43,9 +45,15 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         models = []
         for name, served in sorted(self.sessions.registry.models.items()):
             config = served.span.config
-            models.append(pb.ModelInfo(name=name, family=served.span.family.name,
-                                       architecture=type(served.span.root).__name__,
-                                       num_layers=served.num_layers, hidden_size=config.hidden_size))
+            models.append(
+                pb.ModelInfo(
+                    name=name,
+                    family=served.span.family.name,
+                    architecture=type(served.span.root).__name__,
+                    num_layers=served.num_layers,
+                    hidden_size=config.hidden_size,
+                )
+            )
         return pb.ListModelsResponse(models=models)
 
     @translate_errors
@@ -78,8 +86,13 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         header, tensors = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
         session = self.sessions.get(header.session_id)
         with session.lock:
-            out = session.forward(header.forward_id, tensors, training=header.training,
-                                  requires_grad=header.requires_grad, need_input_grad=header.need_input_grad)
+            out = session.forward(
+                header.forward_id,
+                tensors,
+                training=header.training,
+                requires_grad=header.requires_grad,
+                need_input_grad=header.need_input_grad,
+            )
         for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
             yield pb.ForwardResponse(part=part)
 
@@ -90,7 +103,9 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         session = self.sessions.get(header.session_id)
         with session.lock:
-            grad = session.backward(header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first)
+            grad = session.backward(
+                header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
+            )
         if grad is not None:
             for part in tensor_parts("grad", grad, session.codec, self.chunk_bytes):
                 yield pb.BackwardResponse(part=part)
@@ -113,7 +128,9 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     def Step(self, request, context):
         session = self.sessions.get(request.session_id)
         with session.lock:
-            steps = session.step(request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first)
+            steps = session.step(
+                request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first
+            )
         return pb.StepResponse(steps=steps)
 
     @translate_errors

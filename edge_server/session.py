@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-from torch import nn
-
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import LoadedSpan
-from splitft.spans import SplitSpec, Skipped
+from splitft.spans import Skipped, SplitSpec
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,19 @@ class TrunkSession:
         return out.detach()
 
     def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
-        pending = self._pending.pop(forward_id, None)
+        pending = self._pending.get(forward_id)
         if pending is None:
-            raise NotFound(f"no kept forward {forward_id} in session {self.session_id} (already used or expired)")
+            raise NotFound(
+                f"no kept forward {forward_id} in session {self.session_id} (already used or expired)"
+            )
+        # Validate before consuming the kept graph: a malformed gradient must not cost the forward.
         if grad.shape != pending.output.shape:
-            raise InvalidArgument(f"grad shape {list(grad.shape)} != forward output shape {list(pending.output.shape)}")
+            raise InvalidArgument(
+                f"grad shape {list(grad.shape)} != forward output shape {list(pending.output.shape)}"
+            )
         if grad.dtype != pending.output.dtype:
             raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.output.dtype}")
+        del self._pending[forward_id]
         if zero_grad_first:
             self._zero_grad()
         pending.output.backward(grad)
@@ -125,13 +131,15 @@ class TrunkSession:
 
     def configure_optimizer(self, name: str, hparams_json: str) -> None:
         if name not in OPTIMIZERS:
-            raise InvalidArgument(f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}")
+            raise InvalidArgument(
+                f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}"
+            )
         hparams = _parse_hparams(hparams_json)
         if not self.trainable:
             return
         try:
             self.optimizer = OPTIMIZERS[name](self.trainable, **hparams)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, IndexError) as exc:
             raise InvalidArgument(f"invalid {name} hyper-parameters {hparams}: {exc}") from exc
 
     def grad_norm_sq(self, *, zero_grad_first: bool) -> float:
@@ -152,7 +160,9 @@ class TrunkSession:
             self._update_hparams(_parse_hparams(hparams_json))
             if grad_scale and grad_scale != 1.0:
                 if not math.isfinite(grad_scale) or grad_scale < 0:
-                    raise InvalidArgument(f"grad_scale must be a finite non-negative number, got {grad_scale}")
+                    raise InvalidArgument(
+                        f"grad_scale must be a finite non-negative number, got {grad_scale}"
+                    )
                 for p in self.trainable:
                     if p.grad is not None:
                         p.grad.mul_(grad_scale)
@@ -177,8 +187,12 @@ class TrunkSession:
         self._pending[forward_id] = pending
         while len(self._pending) > MAX_PENDING_FORWARDS:
             dropped, _ = self._pending.popitem(last=False)
-            logger.warning("session %s: dropped kept forward %d (more than %d pending)",
-                           self.session_id, dropped, MAX_PENDING_FORWARDS)
+            logger.warning(
+                "session %s: dropped kept forward %d (more than %d pending)",
+                self.session_id,
+                dropped,
+                MAX_PENDING_FORWARDS,
+            )
 
     def _zero_grad(self) -> None:
         for p in self.trainable:
@@ -186,10 +200,19 @@ class TrunkSession:
 
     def _update_hparams(self, hparams: dict[str, object]) -> None:
         assert self.optimizer is not None
+        # Check every value against the kind it replaces before touching any group: a wrongly
+        # shaped value (betas of length 1, a bool for lr) would otherwise break every later step.
         for group in self.optimizer.param_groups:
             for key, value in hparams.items():
                 if key not in group or key == "params":
                     raise InvalidArgument(f"unknown optimizer hyper-parameter {key!r}")
+                if not _same_kind(group[key], value):
+                    raise InvalidArgument(
+                        f"optimizer hyper-parameter {key!r} = {value!r} does not fit its "
+                        f"current value {group[key]!r}"
+                    )
+        for group in self.optimizer.param_groups:
+            for key, value in hparams.items():
                 group[key] = tuple(value) if isinstance(value, list) else value
 
     def _check_inputs(
@@ -203,17 +226,37 @@ class TrunkSession:
             raise InvalidArgument("forward needs a 'hidden' tensor")
         hidden_size = self.span.config.hidden_size
         if hidden.dim() != 3 or hidden.shape[-1] != hidden_size or hidden.shape[0] < 1 or hidden.shape[1] < 1:
-            raise InvalidArgument(f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}")
+            raise InvalidArgument(
+                f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}"
+            )
         if hidden.shape[0] * hidden.shape[1] > MAX_TOKENS:
             raise InvalidArgument(f"batch x tokens {hidden.shape[0] * hidden.shape[1]} exceeds {MAX_TOKENS}")
         dtype = next(iter(self.span.root.parameters())).dtype
         if hidden.dtype != dtype:
             raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")
-        mask = _check_index_tensor(inputs.get("attention_mask"), "attention_mask", hidden.shape[0], hidden.shape[1])
-        positions = _check_index_tensor(inputs.get("position_ids"), "position_ids", hidden.shape[0], hidden.shape[1])
+        mask = _check_index_tensor(
+            inputs.get("attention_mask"), "attention_mask", hidden.shape[0], hidden.shape[1]
+        )
+        positions = _check_index_tensor(
+            inputs.get("position_ids"), "position_ids", hidden.shape[0], hidden.shape[1]
+        )
         if positions is not None and positions.dtype == torch.bool:
             raise InvalidArgument("position_ids must be an integer tensor")
+        if mask is not None and mask.shape[0] != hidden.shape[0]:
+            # A [1, tokens] mask is accepted for every row; not every family's mask builder broadcasts it.
+            mask = mask.expand(hidden.shape[0], -1)
         return hidden, mask, positions
+
+
+def _same_kind(current: object, value: object) -> bool:
+    """Whether `value` (parsed JSON) may replace the optimizer hyper-parameter `current`."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, (tuple, list)):
+        return isinstance(value, list) and len(value) == len(current)
+    if isinstance(current, (int, float, torch.Tensor)):
+        return isinstance(value, (int, float))
+    return False
 
 
 def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: int) -> torch.Tensor | None:
@@ -231,7 +274,8 @@ def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         try:
             return get_peft_model(root, config)
-        except ValueError as exc:
+        except (ValueError, TypeError, AttributeError, KeyError, re.error) as exc:
+            # peft does not type-check fields such as rank_pattern or a target_modules regex.
             raise InvalidArgument(f"LoRA config does not fit the trunk blocks: {exc}") from exc
 
 

@@ -8,12 +8,12 @@ import threading
 import time
 
 from peft import LoraConfig
-
-from edge_server.registry import ModelRegistry
-from edge_server.session import TrunkSession
 from splitft.codec import check_codec
 from splitft.errors import FailedPrecondition, NotFound, ResourceExhausted
 from splitft.spans import SplitSpec
+
+from edge_server.registry import ModelRegistry
+from edge_server.session import TrunkSession
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 class SessionManager:
     """Thread-safe map of live sessions, with a TTL for idle ones."""
 
-    def __init__(self, registry: ModelRegistry, *, ttl_seconds: float = 600.0, max_sessions: int = 64) -> None:
+    def __init__(
+        self, registry: ModelRegistry, *, ttl_seconds: float = 600.0, max_sessions: int = 64
+    ) -> None:
         self.registry = registry
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
@@ -53,8 +55,14 @@ class SessionManager:
         session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed)
         with self._lock:
             self._sessions[session_id] = session
-        logger.info("opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
-                    session_id, model, spec.trunk_start, spec.trunk_stop, session.trainable_parameters)
+        logger.info(
+            "opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
+            session_id,
+            model,
+            spec.trunk_start,
+            spec.trunk_stop,
+            session.trainable_parameters,
+        )
         return session
 
     def get(self, session_id: str) -> TrunkSession:
@@ -92,7 +100,9 @@ class SessionManager:
 
     def start_reaper(self, interval: float | None = None) -> None:
         period = interval if interval is not None else max(0.05, min(30.0, self.ttl_seconds / 4))
-        self._reaper = threading.Thread(target=self._reap_loop, args=(period,), name="session-reaper", daemon=True)
+        self._reaper = threading.Thread(
+            target=self._reap_loop, args=(period,), name="session-reaper", daemon=True
+        )
         self._reaper.start()
 
     def stop(self) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
+from splitft.tiny import FAMILY_NAMES, lora_config_for, make_batch
 
 from device_client import SplitModel
-from splitft.tiny import FAMILY_NAMES, lora_config_for, make_batch
 
 STEPS = 10
 ACCUMULATION = 2
@@ -35,11 +35,20 @@ def _train(model, optimizer, scheduler, batches, clip: float) -> list[float]:
 def test_split_training_matches_local_peft(family, tiny_models, conn, tmp_path):
     tiny = tiny_models[family]
     torch.manual_seed(0)
-    split = SplitModel.from_pretrained(tiny.path, edge=conn, model=family, device_layers=1, head_layers=1,
-                                       lora_config=lora_config_for(family), trunk_lora=True, codec="raw")
+    split = SplitModel.from_pretrained(
+        tiny.path,
+        edge=conn,
+        model=family,
+        device_layers=1,
+        head_layers=1,
+        lora_config=lora_config_for(family),
+        trunk_lora=True,
+        codec="raw",
+    )
     split.save_adapter(tmp_path / "initial")
-    reference = PeftModel.from_pretrained(tiny.model_class.from_pretrained(tiny.path), tmp_path / "initial",
-                                          is_trainable=True)
+    reference = PeftModel.from_pretrained(
+        tiny.model_class.from_pretrained(tiny.path), tmp_path / "initial", is_trainable=True
+    )
     generator = torch.Generator().manual_seed(1)
     distinct = [make_batch(family, generator) for _ in range(4)]
     batches = [distinct[i % 4] for i in range(STEPS * ACCUMULATION)]
@@ -72,8 +81,14 @@ def test_split_training_matches_local_peft(family, tiny_models, conn, tmp_path):
 def test_saved_adapter_reproduces_eval_logits(family, tiny_models, conn, tmp_path):
     tiny = tiny_models[family]
     torch.manual_seed(3)
-    split = SplitModel.from_pretrained(tiny.path, edge=conn, model=family, device_layers=2, head_layers=1,
-                                       lora_config=lora_config_for(family))
+    split = SplitModel.from_pretrained(
+        tiny.path,
+        edge=conn,
+        model=family,
+        device_layers=2,
+        head_layers=1,
+        lora_config=lora_config_for(family),
+    )
     opt = split.configure_optimizer(torch.optim.AdamW, lr=1e-2)
     generator = torch.Generator().manual_seed(4)
     for _ in range(3):
@@ -85,7 +100,9 @@ def test_saved_adapter_reproduces_eval_logits(family, tiny_models, conn, tmp_pat
     split.eval()
     with torch.no_grad():
         logits_split = split(**batch).logits
-    loaded = PeftModel.from_pretrained(tiny.model_class.from_pretrained(tiny.path), tmp_path / "adapter").eval()
+    loaded = PeftModel.from_pretrained(
+        tiny.model_class.from_pretrained(tiny.path), tmp_path / "adapter"
+    ).eval()
     with torch.no_grad():
         logits_loaded = loaded(**batch).logits
     torch.testing.assert_close(logits_split, logits_loaded, atol=1e-5, rtol=0)

@@ -143,7 +143,7 @@ class TensorAssembler:
             raise InvalidArgument(f"tensor {header.name!r} sent twice")
         if header.total_bytes > self.max_tensor_bytes:
             raise ResourceExhausted(
-                f"tensor {header.name!r} declares {header.total_bytes} bytes; limit is {self.max_tensor_bytes}"
+                f"tensor {header.name!r}: {header.total_bytes} bytes; limit is {self.max_tensor_bytes}"
             )
         self._header = header
         self._buffer = bytearray()
@@ -155,7 +155,7 @@ class TensorAssembler:
         self.bytes_received += len(data)
         if len(self._buffer) > self._header.total_bytes:
             raise InvalidArgument(
-                f"tensor {self._header.name!r} carries more bytes than its declared {self._header.total_bytes}"
+                f"tensor {self._header.name!r}: more bytes than the declared {self._header.total_bytes}"
             )
 
     def _flush(self) -> None:
@@ -169,9 +169,13 @@ class TensorAssembler:
 def _decode_checked(header: pb.Tensor, data: bytearray) -> torch.Tensor:
     name = header.name
     if header.dtype not in DTYPES:
-        raise InvalidArgument(f"tensor {name!r}: unknown dtype {header.dtype!r}; supported: {', '.join(DTYPES)}")
+        raise InvalidArgument(
+            f"tensor {name!r}: unknown dtype {header.dtype!r}; supported: {', '.join(DTYPES)}"
+        )
     if header.codec not in CODECS:
-        raise InvalidArgument(f"tensor {name!r}: unknown codec {header.codec!r}; supported: {', '.join(CODECS)}")
+        raise InvalidArgument(
+            f"tensor {name!r}: unknown codec {header.codec!r}; supported: {', '.join(CODECS)}"
+        )
     shape = tuple(int(d) for d in header.shape)
     if any(d < 0 for d in shape) or len(shape) > 8:
         raise InvalidArgument(f"tensor {name!r}: invalid shape {list(shape)}")
@@ -194,5 +198,3 @@ def parts_to_tensors(
     for part in parts:
         assembler.add(part)
     return assembler.finish()
-
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -36,6 +37,10 @@ class Family:
     run_trunk: TrunkRunner
     example_task: str  # what the task model does, for messages and docs
 
+    def blocks(self, root: nn.Module) -> nn.ModuleList:
+        """The block list of a task model of this family."""
+        return cast(nn.ModuleList, root.get_submodule(self.blocks_path))
+
     def model_class(self, config: PretrainedConfig) -> type[nn.Module]:
         mapping: dict[str, str] = getattr(modeling_auto, self.class_mapping)
         class_name = mapping.get(config.model_type)
@@ -50,13 +55,15 @@ def _run_llama(root: nn.Module, hidden, attention_mask, position_ids, start: int
     # model's own forward (with the other blocks and the final norm skipped) rebuilds exactly the
     # masks (causal or sliding-window, per layer) and rotary tables the whole model would use.
     base = root.get_submodule("model")
-    out = base(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = base(
+        inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
     return out.last_hidden_state
 
 
 def _run_gpt2(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
-    blocks = root.get_submodule("transformer.h")
-    config = root.config
+    blocks = cast(nn.ModuleList, root.get_submodule("transformer.h"))
+    config = _config(root)
     if attention_mask is not None:
         attention_mask = attention_mask.view(hidden.shape[0], -1)
     mask = create_causal_mask(
@@ -67,14 +74,15 @@ def _run_gpt2(root: nn.Module, hidden, attention_mask, position_ids, start: int,
         position_ids=position_ids,
     )
     for i in range(start, stop):
-        hidden = blocks[i](hidden, None, mask, None, encoder_attention_mask=None, use_cache=False,
-                           position_ids=position_ids)
+        hidden = blocks[i](
+            hidden, None, mask, None, encoder_attention_mask=None, use_cache=False, position_ids=position_ids
+        )
     return hidden
 
 
 def _run_bert(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
-    blocks = root.get_submodule("bert.encoder.layer")
-    config = root.config
+    blocks = cast(nn.ModuleList, root.get_submodule("bert.encoder.layer"))
+    config = _config(root)
     if config.is_decoder:
         raise UnsupportedModel("BERT-style models are supported as encoders (is_decoder=False) only")
     mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
@@ -84,22 +92,50 @@ def _run_bert(root: nn.Module, hidden, attention_mask, position_ids, start: int,
 
 
 def _run_vit(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
-    blocks = root.get_submodule("vit.layers")
-    mask = create_bidirectional_mask(config=root.config, inputs_embeds=hidden, attention_mask=None)
+    blocks = cast(nn.ModuleList, root.get_submodule("vit.layers"))
+    mask = create_bidirectional_mask(config=_config(root), inputs_embeds=hidden, attention_mask=None)
     for i in range(start, stop):
         hidden = blocks[i](hidden, mask)
     return hidden
 
 
+def _config(root: nn.Module) -> PretrainedConfig:
+    return cast(PretrainedConfig, root.config)
+
+
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama", "mistral", "qwen2"), "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "model.layers",
-           _run_llama, "causal language modelling"),
-    Family("gpt2", ("gpt2",), "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "transformer.h", _run_gpt2,
-           "causal language modelling"),
-    Family("bert", ("bert",), "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "bert.encoder.layer",
-           _run_bert, "sequence classification"),
-    Family("vit", ("vit",), "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "vit.layers", _run_vit,
-           "image classification"),
+    Family(
+        "llama",
+        ("llama", "mistral", "qwen2"),
+        "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+        "model.layers",
+        _run_llama,
+        "causal language modelling",
+    ),
+    Family(
+        "gpt2",
+        ("gpt2",),
+        "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+        "transformer.h",
+        _run_gpt2,
+        "causal language modelling",
+    ),
+    Family(
+        "bert",
+        ("bert",),
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+        "bert.encoder.layer",
+        _run_bert,
+        "sequence classification",
+    ),
+    Family(
+        "vit",
+        ("vit",),
+        "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+        "vit.layers",
+        _run_vit,
+        "image classification",
+    ),
 )
 
 

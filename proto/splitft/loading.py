@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
@@ -40,7 +41,7 @@ class LoadedSpan:
 
     @property
     def num_layers(self) -> int:
-        return len(self.root.get_submodule(self.family.blocks_path))
+        return len(self.family.blocks(self.root))
 
 
 def read_config(model_dir: str | Path) -> tuple[PretrainedConfig, Family]:
@@ -66,7 +67,7 @@ def build_meta_model(config: PretrainedConfig, family: Family, **config_override
 
 def device_view(root: nn.Module, family: Family, start: int, stop: int, entry: nn.Module) -> None:
     """Replace blocks[start:stop] with `entry` (calls the edge) followed by pass-through placeholders."""
-    blocks = root.get_submodule(family.blocks_path)
+    blocks = family.blocks(root)
     blocks[start] = entry
     for i in range(start + 1, stop):
         blocks[i] = Skipped(f"trunk block {i}")
@@ -74,7 +75,7 @@ def device_view(root: nn.Module, family: Family, start: int, stop: int, entry: n
 
 def edge_view(root: nn.Module, family: Family, start: int, stop: int) -> None:
     """Keep blocks[start:stop] and parameter-free modules (rotary tables); skip everything else."""
-    blocks = root.get_submodule(family.blocks_path)
+    blocks = family.blocks(root)
     for i in range(len(blocks)):
         if not start <= i < stop:
             blocks[i] = Skipped(f"device block {i}")
@@ -98,6 +99,7 @@ def load_span(
     *,
     init_missing: bool,
     dtype: torch.dtype = torch.float32,
+    config_overrides: dict[str, object] | None = None,
 ) -> LoadedSpan:
     """Build the model on meta, apply `cut`, and read only the parameters that remain.
 
@@ -105,7 +107,7 @@ def load_span(
     of failing; only the device, which owns the head, should allow it.
     """
     config, family = read_config(model_dir)
-    root = build_meta_model(config, family)
+    root = build_meta_model(config, family, **(config_overrides or {}))
     cut(root, family)
     wanted = {name: p for name, p in root.named_parameters(remove_duplicate=False)}
     state, bytes_read = _read_tensors(Path(model_dir), root, set(wanted))
@@ -114,7 +116,9 @@ def load_span(
     _tie_weights(root, set(state))
     new = _missing_parameters(root)
     if new and not init_missing:
-        raise InvalidArgument(f"checkpoint in {model_dir} lacks weights this side needs: {', '.join(new[:8])}")
+        raise InvalidArgument(
+            f"checkpoint in {model_dir} lacks weights this side needs: {', '.join(new[:8])}"
+        )
     if new:
         _initialise(root, new, dtype)
         logger.info("initialised %d tensors absent from the checkpoint: %s", len(new), ", ".join(new))
@@ -158,9 +162,9 @@ def _key_renamer(root: nn.Module, wanted: set[str]) -> Callable[[str], str]:
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, rename_source_key
 
-    transforms = get_model_conversion_mapping(root)
-    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    transforms = get_model_conversion_mapping(root)  # type: ignore[arg-type]
+    renamings: list[Any] = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters: list[Any] = [t for t in transforms if isinstance(t, WeightConverter)]
     prefix = getattr(root, "base_model_prefix", None) or None
     meta_names = dict.fromkeys(wanted, True)
 
@@ -173,9 +177,10 @@ def _key_renamer(root: nn.Module, wanted: set[str]) -> Callable[[str], str]:
 
 def _tie_weights(root: nn.Module, loaded: set[str]) -> None:
     """Tie output embeddings to input embeddings where the config asks and both live here."""
-    if not hasattr(root, "get_expanded_tied_weights_keys"):
+    expand = getattr(root, "get_expanded_tied_weights_keys", None)
+    if expand is None:
         return
-    for target, source in root.get_expanded_tied_weights_keys(all_submodels=True).items():
+    for target, source in expand(all_submodels=True).items():
         if target in loaded or source not in loaded:
             continue
         try:

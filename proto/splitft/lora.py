@@ -57,7 +57,9 @@ def trunk_lora_from_json(text: str) -> LoraConfig:
         raise InvalidArgument("lora_config_json must be a JSON object")
     unknown = sorted(set(fields) - set(_TRUNK_FIELDS))
     if unknown:
-        raise InvalidArgument(f"lora_config_json has unsupported fields {unknown}; allowed: {list(_TRUNK_FIELDS)}")
+        raise InvalidArgument(
+            f"lora_config_json has unsupported fields {unknown}; allowed: {list(_TRUNK_FIELDS)}"
+        )
     check_trunk_fields(fields)
     try:
         return LoraConfig(**fields)
@@ -76,7 +78,9 @@ def check_trunk_fields(fields: dict[str, Any]) -> None:
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise InvalidArgument(f"lora_dropout must be in [0, 1), got {dropout!r}")
     if fields.get("bias", "none") != "none":
-        raise InvalidArgument("bias must be 'none' when the trunk trains LoRA: trunk biases are shared and frozen")
+        raise InvalidArgument(
+            "bias must be 'none' when the trunk trains LoRA: trunk biases are shared and frozen"
+        )
     if fields.get("init_lora_weights", True) not in _SAFE_INITS:
         raise InvalidArgument(
             f"init_lora_weights={fields.get('init_lora_weights')!r} rewrites base weights; the shared trunk "

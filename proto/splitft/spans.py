@@ -43,7 +43,9 @@ def check_split(num_layers: int, device_layers: int, head_layers: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
     if device_layers < 1:
-        raise InvalidArgument(f"device_layers must be >= 1 (raw inputs must not leave the device), got {device_layers}")
+        raise InvalidArgument(
+            f"device_layers must be >= 1 (raw inputs must not leave the device), got {device_layers}"
+        )
     if head_layers < 0:
         raise InvalidArgument(f"head_layers must be >= 0, got {head_layers}")
     if device_layers + head_layers >= num_layers:

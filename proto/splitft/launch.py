@@ -1,0 +1,112 @@
+"""Start an edge server as a real subprocess on loopback and wait until it is healthy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from splitft.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(address: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll the standard gRPC health service until it answers SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise Unavailable(
+                    f"edge process exited with code {process.returncode} before becoming healthy"
+                )
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise Unavailable(f"edge at {address} not healthy after {timeout:.0f} s")
+
+
+class EdgeProcess:
+    """`splitft edge serve --insecure` in a child process; a context manager that stops it with SIGTERM."""
+
+    def __init__(
+        self,
+        model_args: Sequence[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        cmd = [
+            sys.executable,
+            "-m",
+            "splitft.cli",
+            "edge",
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            "--insecure",
+        ]
+        for arg in model_args:
+            cmd += ["--model-dir", arg]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        self.cmd = cmd + list(extra_args)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> EdgeProcess:
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env)
+        wait_healthy(self.address, timeout, self.process)
+        logger.info("edge process %d healthy at %s", self.process.pid, self.address)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> EdgeProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

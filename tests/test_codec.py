@@ -1,0 +1,120 @@
+"""Tensor codec: round trips per codec, chunking, and every malformed stream the assembler refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitft.codec import TensorAssembler, expected_bytes, parts_to_tensors, tensor_parts, tensors_to_parts
+from splitft.errors import InvalidArgument, ResourceExhausted
+from splitft.v1 import dataplane_pb2 as pb
+
+
+def _roundtrip(tensor: torch.Tensor, codec: str, chunk_bytes: int = 1 << 20) -> torch.Tensor:
+    return parts_to_tensors(tensor_parts("t", tensor, codec, chunk_bytes))["t"]
+
+
+def _sample() -> torch.Tensor:
+    return torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0)) * 10
+
+
+def test_raw_is_bit_exact() -> None:
+    x = _sample()
+    out = _roundtrip(x, "raw")
+    assert out.dtype == torch.float32
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize(("codec", "rel_err"), [("fp16", 2**-11), ("bf16", 2**-8)])
+def test_lossy_codecs_have_bounded_error(codec: str, rel_err: float) -> None:
+    x = _sample()
+    out = _roundtrip(x, codec)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    # round-to-nearest: relative error at most half an ulp of the wire format's mantissa
+    assert torch.all((out - x).abs() <= x.abs() * rel_err + 1e-6)
+    assert not torch.equal(out, x)  # it really went through the lossy format
+
+
+@pytest.mark.parametrize("codec", ["raw", "fp16", "bf16"])
+def test_integer_and_bool_tensors_always_travel_raw(codec: str) -> None:
+    ids = torch.tensor([[1, 2**40 + 3, -7]], dtype=torch.int64)
+    mask = torch.tensor([[True, False, True]])
+    parts = list(tensors_to_parts({"ids": ids, "mask": mask}, codec))
+    assert [p.tensor.total_bytes for p in parts] == [ids.numel() * 8, mask.numel()]
+    out = parts_to_tensors(parts)
+    assert torch.equal(out["ids"], ids) and out["ids"].dtype == torch.int64
+    assert torch.equal(out["mask"], mask) and out["mask"].dtype == torch.bool
+
+
+def test_small_chunks_split_and_reassemble() -> None:
+    x = _sample()  # 105 floats = 420 bytes
+    parts = list(tensor_parts("t", x, "raw", chunk_bytes=100))
+    kinds = [p.WhichOneof("part") for p in parts]
+    assert kinds == ["tensor"] + ["chunk"] * 4
+    assert len(parts[0].tensor.data) == 100 and parts[0].tensor.total_bytes == 420
+    assert torch.equal(parts_to_tensors(parts)["t"], x)
+
+
+def test_empty_tensor_roundtrips() -> None:
+    x = torch.empty(0, 4)
+    assert _roundtrip(x, "raw").shape == (0, 4)
+
+
+def _header(**fields: object) -> pb.TensorPart:
+    base: dict[str, object] = dict(name="t", shape=[2, 2], dtype="float32", codec="raw", total_bytes=16,
+                                   data=b"\0" * 16)
+    base.update(fields)
+    return pb.TensorPart(tensor=pb.Tensor(**base))
+
+
+def _assemble(*parts: pb.TensorPart, max_tensor_bytes: int = 1 << 30) -> dict[str, torch.Tensor]:
+    assembler = TensorAssembler(max_tensor_bytes)
+    for part in parts:
+        assembler.add(part)
+    return assembler.finish()
+
+
+def _chunk(data: bytes) -> pb.TensorPart:
+    return pb.TensorPart(chunk=pb.TensorChunk(data=data))
+
+
+def test_well_formed_header_assembles() -> None:
+    assert torch.equal(_assemble(_header())["t"], torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        ([_chunk(b"\0" * 4)], "before any tensor header"),
+        ([_header(data=b"\0" * 12)], "truncated"),
+        ([_header(data=b"\0" * 8), _chunk(b"\0" * 4)], "truncated"),
+        ([_header(total_bytes=12, data=b"\0" * 12)], "needs 16 bytes"),
+        ([_header(data=b"\0" * 17)], "more bytes"),
+        ([_header(data=b"\0" * 12), _chunk(b"\0" * 8)], "more bytes"),
+        ([_header(dtype="complex64")], "unknown dtype"),
+        ([_header(codec="int4")], "unknown codec"),
+        ([_header(shape=[-2, -2])], "invalid shape"),
+        ([_header(), _header()], "sent twice"),
+        ([_header(name="")], "without a name"),
+        ([pb.TensorPart()], "empty tensor part"),
+    ],
+    ids=["chunk-first", "truncated-header", "truncated-chunks", "size-mismatch", "too-many-header",
+         "too-many-chunks", "dtype", "codec", "negative-dim", "duplicate", "no-name", "empty-part"],
+)
+def test_assembler_rejects_malformed_streams(parts: list[pb.TensorPart], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        _assemble(*parts)
+
+
+def test_declared_size_over_limit_is_resource_exhausted() -> None:
+    # Refused at the header, before any byte of the payload is buffered.
+    with pytest.raises(ResourceExhausted, match="limit is 8"):
+        _assemble(_header(), max_tensor_bytes=8)
+    with pytest.raises(ResourceExhausted):
+        _assemble(_header(shape=[1 << 38], total_bytes=1 << 40, data=b""))
+
+
+def test_expected_bytes_follows_wire_dtype() -> None:
+    assert expected_bytes((2, 3), torch.float32, "raw") == 24
+    assert expected_bytes((2, 3), torch.float32, "fp16") == 12
+    assert expected_bytes((2, 3), torch.int64, "bf16") == 48
