@@ -24,7 +24,7 @@ from splitft.v1 import dataplane_pb2 as pb
 from torch import nn
 
 from device_client.connection import EdgeConnection
-from device_client.optim import make_split_optimizer
+from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class SplitModel(nn.Module):
         self._edge = edge
         self._trunk = trunk
         self._context = context
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: SplitOptimizer | None = None
 
     @classmethod
     def from_pretrained(

@@ -41,12 +41,12 @@ def make_split_optimizer(
     params: Iterable[torch.nn.Parameter],
     trunk: RemoteTrunk | None,
     **hparams: Any,
-) -> torch.optim.Optimizer:
+) -> SplitOptimizer:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise InvalidArgument(f"configure_optimizer needs a torch.optim.Optimizer class, got {cls!r}")
     if trunk is not None and trunk.trainable and cls.__name__ not in EDGE_OPTIMIZERS:
         raise InvalidArgument(f"the edge can run {EDGE_OPTIMIZERS} for the trunk adapter, not {cls.__name__}")
-    split_cls = type(f"Split{cls.__name__}", (_SplitMixin, cls), {})
+    split_cls = type(f"Split{cls.__name__}", (SplitOptimizer, cls), {})
     optimizer = split_cls(list(params), **hparams)
     optimizer._trunk = trunk
     optimizer._grad_scale = 1.0
@@ -58,8 +58,8 @@ def make_split_optimizer(
     return optimizer
 
 
-class _SplitMixin:
-    """Mixed in before a torch optimizer class; `self` is that optimizer."""
+class SplitOptimizer(torch.optim.Optimizer):
+    """Mixed in before a torch optimizer class (e.g. AdamW): steps the device and the trunk together."""
 
     _trunk: RemoteTrunk | None
     _grad_scale: float
@@ -73,14 +73,14 @@ class _SplitMixin:
     def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise InvalidArgument("closures are not supported by the split optimizer")
-        loss = super().step()  # type: ignore[misc]
+        loss = super().step()
         if self._trunk is not None:
             self._trunk.step(self._current_hparams(), self._grad_scale)
         self._grad_scale = 1.0
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none)  # type: ignore[misc]
+        super().zero_grad(set_to_none)
         if self._trunk is not None:
             self._trunk.mark_zero_grad()
         self._grad_scale = 1.0

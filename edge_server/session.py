@@ -16,9 +16,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import LoadedSpan
 from splitft.spans import Skipped, SplitSpec
@@ -73,7 +74,7 @@ class TrunkSession:
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         root = share_modules(span.root)
-        blocks = root.get_submodule(span.family.blocks_path)
+        blocks = span.family.blocks(root)
         for i in range(len(blocks)):
             if i not in spec.trunk_range:
                 blocks[i] = Skipped(f"block {i}")
@@ -269,7 +270,7 @@ def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: i
     return t
 
 
-def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> nn.Module:
+def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
     with _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -279,7 +280,7 @@ def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> nn.Module:
             raise InvalidArgument(f"LoRA config does not fit the trunk blocks: {exc}") from exc
 
 
-def _parse_hparams(text: str) -> dict[str, object]:
+def _parse_hparams(text: str) -> dict[str, Any]:
     if not text:
         return {}
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from splitft.codec import TensorAssembler, expected_bytes, parts_to_tensors, tensor_parts, tensors_to_parts
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb
@@ -61,8 +60,9 @@ def test_empty_tensor_roundtrips() -> None:
 
 
 def _header(**fields: object) -> pb.TensorPart:
-    base: dict[str, object] = dict(name="t", shape=[2, 2], dtype="float32", codec="raw", total_bytes=16,
-                                   data=b"\0" * 16)
+    base: dict[str, object] = dict(
+        name="t", shape=[2, 2], dtype="float32", codec="raw", total_bytes=16, data=b"\0" * 16
+    )
     base.update(fields)
     return pb.TensorPart(tensor=pb.Tensor(**base))
 
@@ -98,8 +98,20 @@ def test_well_formed_header_assembles() -> None:
         ([_header(name="")], "without a name"),
         ([pb.TensorPart()], "empty tensor part"),
     ],
-    ids=["chunk-first", "truncated-header", "truncated-chunks", "size-mismatch", "too-many-header",
-         "too-many-chunks", "dtype", "codec", "negative-dim", "duplicate", "no-name", "empty-part"],
+    ids=[
+        "chunk-first",
+        "truncated-header",
+        "truncated-chunks",
+        "size-mismatch",
+        "too-many-header",
+        "too-many-chunks",
+        "dtype",
+        "codec",
+        "negative-dim",
+        "duplicate",
+        "no-name",
+        "empty-part",
+    ],
 )
 def test_assembler_rejects_malformed_streams(parts: list[pb.TensorPart], match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):

@@ -8,10 +8,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
+from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 SEEDS = (11, 22, 33, 44)
 STEPS = 5
@@ -28,9 +28,17 @@ def _build(stack: ExitStack, tiny: TinyModel, address: str, seed: int) -> SplitM
     # model on the main thread, each right after seeding, so its start does not depend on scheduling.
     torch.manual_seed(seed)
     conn = stack.enter_context(EdgeConnection(address, insecure=True))
-    return stack.enter_context(SplitModel.from_pretrained(
-        tiny.path, edge=conn, model="llama", device_layers=1, head_layers=1, seed=seed,
-        lora_config=lora_config_for("llama")))
+    return stack.enter_context(
+        SplitModel.from_pretrained(
+            tiny.path,
+            edge=conn,
+            model="llama",
+            device_layers=1,
+            head_layers=1,
+            seed=seed,
+            lora_config=lora_config_for("llama"),
+        )
+    )
 
 
 def _train(model: SplitModel, seed: int, start: threading.Barrier | None = None) -> Result:

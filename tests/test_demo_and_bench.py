@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer, BertForSequenceClassification
-
 from splitft.bench import StepBenchConfig, run_step_bench
 from splitft.demo import DemoConfig, default_model_dir, run_demo
 from splitft.stdlib_task import build_stdlib_task
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 
 @pytest.mark.slow
@@ -25,7 +24,9 @@ def test_demo_learns_and_saves_a_loadable_adapter(tmp_path):
 
     # The adapter is plain peft: it loads on the whole model and predicts like the split model did.
     task = build_stdlib_task(max_per_class=40)
-    base = BertForSequenceClassification.from_pretrained(str(default_model_dir()), num_labels=len(task.labels))
+    base = BertForSequenceClassification.from_pretrained(
+        str(default_model_dir()), num_labels=len(task.labels)
+    )
     model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir()))
     texts = [e.text for e in task.heldout]

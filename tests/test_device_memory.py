@@ -1,16 +1,16 @@
-"""Each side holds only its own spans: the device never has trunk weights, the edge never embeddings or head."""
+"""Each side holds only its spans: the device never has trunk weights, the edge never embeddings or head."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from splitft.families import FAMILIES, Family
+from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 from torch import nn
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.families import FAMILIES, Family
-from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 
 K, J, L = 1, 1, 4  # device blocks before the trunk, after it, and blocks in every tiny model
 TRUNK = range(K, L - J)
@@ -27,18 +27,27 @@ def _block_index(name: str, blocks_path: str) -> int | None:
 
 def _block_parameters(model: nn.Module, blocks_path: str, keep: range) -> int:
     blocks = model.get_submodule(blocks_path)
+    assert isinstance(blocks, nn.ModuleList)
     return sum(p.numel() for i in keep for p in blocks[i].parameters())
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_device_holds_only_its_spans(family: str, tiny_models: dict[str, TinyModel], conn: EdgeConnection) -> None:
+def test_device_holds_only_its_spans(
+    family: str, tiny_models: dict[str, TinyModel], conn: EdgeConnection
+) -> None:
     tiny = tiny_models[family]
     full = tiny.model_class.from_pretrained(tiny.path)
     blocks_path = _family(family).blocks_path
     expected = sum(p.numel() for p in full.parameters()) - _block_parameters(full, blocks_path, TRUNK)
 
-    with SplitModel.from_pretrained(tiny.path, edge=conn, model=family, device_layers=K, head_layers=J,
-                                    lora_config=lora_config_for(family)) as model:
+    with SplitModel.from_pretrained(
+        tiny.path,
+        edge=conn,
+        model=family,
+        device_layers=K,
+        head_layers=J,
+        lora_config=lora_config_for(family),
+    ) as model:
         named = dict(model.named_parameters())
         # peft adds LoRA factors and a trainable copy of new/saved heads (`modules_to_save`); the
         # frozen original of such a head stays as `original_module` and is counted like the full model's.

@@ -13,15 +13,20 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
 
 
 def _generated(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name.endswith(GENERATED_SUFFIXES)}
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     # The script runs `python -m grpc_tools.protoc`: put this interpreter's bin first so it finds
     # the grpc_tools (and protoc version) of the project's environment, not a system one.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    result = subprocess.run(["bash", str(ROOT / "proto" / "generate.sh"), str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(ROOT / "proto" / "generate.sh"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     fresh = _generated(tmp_path / "splitft" / "v1")
     committed = _generated(COMMITTED)

@@ -45,8 +45,9 @@ def _digest_in_subprocess(hash_seed: str, pre_imports: str) -> str:
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     script = _DIGEST_SCRIPT.format(pre_imports=pre_imports)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     return result.stdout.strip()
 
 

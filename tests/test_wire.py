@@ -16,13 +16,13 @@ import pytest
 import torch
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-
-from device_client import EdgeConnection, SplitModel
-from edge_server import EdgeServer
 from splitft.codec import parts_to_tensors
 from splitft.families import FAMILIES
 from splitft.tiny import TinyModel, lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
+
+from device_client import EdgeConnection, SplitModel
+from edge_server import EdgeServer
 
 FAMILIES_UNDER_TEST = ("bert", "llama", "vit")  # sequence classification, causal LM, pixels
 DEVICE_LAYERS, HEAD_LAYERS, NUM_LAYERS = 1, 1, 4
@@ -38,8 +38,12 @@ class RecordedCall:
     responses: list[Message] = field(default_factory=list)
 
 
-class Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-               grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class Recorder(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Records every message as it is actually sent or received, for all four call shapes."""
 
     def __init__(self) -> None:
@@ -62,24 +66,29 @@ class Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercept
             call.responses.append(outcome.result())
         return outcome
 
-    def intercept_unary_unary(self, continuation: Callable, details: grpc.ClientCallDetails, request: Message) -> Any:
+    def intercept_unary_unary(
+        self, continuation: Callable, details: grpc.ClientCallDetails, request: Message
+    ) -> Any:
         call = self._start(details)
         call.requests.append(request)
         return self._unary_response(continuation(details, request), call)
 
-    def intercept_unary_stream(self, continuation: Callable, details: grpc.ClientCallDetails,
-                               request: Message) -> Any:
+    def intercept_unary_stream(
+        self, continuation: Callable, details: grpc.ClientCallDetails, request: Message
+    ) -> Any:
         call = self._start(details)
         call.requests.append(request)
         return self._tap(continuation(details, request), call.responses)
 
-    def intercept_stream_unary(self, continuation: Callable, details: grpc.ClientCallDetails,
-                               request_iterator: Iterator[Message]) -> Any:
+    def intercept_stream_unary(
+        self, continuation: Callable, details: grpc.ClientCallDetails, request_iterator: Iterator[Message]
+    ) -> Any:
         call = self._start(details)
         return self._unary_response(continuation(details, self._tap(request_iterator, call.requests)), call)
 
-    def intercept_stream_stream(self, continuation: Callable, details: grpc.ClientCallDetails,
-                                request_iterator: Iterator[Message]) -> Any:
+    def intercept_stream_stream(
+        self, continuation: Callable, details: grpc.ClientCallDetails, request_iterator: Iterator[Message]
+    ) -> Any:
         call = self._start(details)
         return self._tap(continuation(details, self._tap(request_iterator, call.requests)), call.responses)
 
@@ -93,8 +102,12 @@ class Run:
 
 
 @pytest.fixture(scope="module", params=FAMILIES_UNDER_TEST)
-def run(request: pytest.FixtureRequest, tiny_models: dict[str, TinyModel], edge: EdgeServer,
-        tmp_path_factory: pytest.TempPathFactory) -> Run:
+def run(
+    request: pytest.FixtureRequest,
+    tiny_models: dict[str, TinyModel],
+    edge: EdgeServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Run:
     family: str = request.param
     tiny = tiny_models[family]
     recorder = Recorder()
@@ -102,8 +115,14 @@ def run(request: pytest.FixtureRequest, tiny_models: dict[str, TinyModel], edge:
     batches = [make_batch(family, generator) for _ in range(3)]
     torch.manual_seed(0)
     with EdgeConnection(edge.address, insecure=True, interceptors=[recorder]) as conn:
-        model = SplitModel.from_pretrained(tiny.path, edge=conn, model=family, device_layers=DEVICE_LAYERS,
-                                           head_layers=HEAD_LAYERS, lora_config=lora_config_for(family))
+        model = SplitModel.from_pretrained(
+            tiny.path,
+            edge=conn,
+            model=family,
+            device_layers=DEVICE_LAYERS,
+            head_layers=HEAD_LAYERS,
+            lora_config=lora_config_for(family),
+        )
         optimizer = model.configure_optimizer(torch.optim.AdamW, lr=1e-2)
         model.train()
         for batch in batches[:2]:
@@ -116,7 +135,12 @@ def run(request: pytest.FixtureRequest, tiny_models: dict[str, TinyModel], edge:
             model(**batches[2])
         model.save_adapter(tmp_path_factory.mktemp(f"wire-{family}"))
         model.close()
-    secrets = {f"{name}[{i}]": t for i, b in enumerate(batches) for name, t in b.items() if name != "attention_mask"}
+    secrets = {
+        f"{name}[{i}]": tensor
+        for i, batch in enumerate(batches)
+        for name, tensor in batch.items()
+        if name != "attention_mask"
+    }
     return Run(family, tiny, recorder.calls, secrets)
 
 
@@ -141,8 +165,12 @@ def _parts(message: Message) -> Iterator[pb.TensorPart]:
 
 
 def _all_tensors(run: Run) -> list[tuple[str, str, torch.Tensor]]:
-    return [(call.method, name, tensor) for call in run.calls for stream in _tensor_streams(call)
-            for name, tensor in stream.items()]
+    return [
+        (call.method, name, tensor)
+        for call in run.calls
+        for stream in _tensor_streams(call)
+        for name, tensor in stream.items()
+    ]
 
 
 def _contains(haystack: torch.Tensor, needle: torch.Tensor) -> bool:
@@ -160,9 +188,17 @@ def _contains(haystack: torch.Tensor, needle: torch.Tensor) -> bool:
 
 def test_only_known_methods_and_session_control(run: Run) -> None:
     methods = {call.method for call in run.calls}
-    assert methods <= {"OpenSession", "ConfigureOptimizer", "Forward", "Backward", "GradNorm", "Step",
-                       "ExportAdapter", "CloseSession"}
-    assert {"Forward", "Backward", "GradNorm", "Step", "ExportAdapter"} <= methods  # the run exercised them all
+    assert methods <= {
+        "OpenSession",
+        "ConfigureOptimizer",
+        "Forward",
+        "Backward",
+        "GradNorm",
+        "Step",
+        "ExportAdapter",
+        "CloseSession",
+    }
+    assert {"Forward", "Backward", "GradNorm", "Step", "ExportAdapter"} <= methods  # the run used them all
 
 
 def test_raw_bytes_travel_only_inside_tensors(run: Run) -> None:
@@ -201,14 +237,20 @@ def test_no_frozen_weight_crosses(run: Run) -> None:
     for method, name, tensor in _all_tensors(run):
         for weight_name, weight in weights.items():
             if weight.shape == tensor.shape:
-                assert not torch.equal(weight.detach(), tensor), f"{method} tensor {name!r} equals {weight_name}"
+                leak = torch.equal(weight.detach(), tensor)
+                assert not leak, f"{method} tensor {name!r} equals {weight_name}"
 
 
 def test_export_carries_only_trunk_lora(run: Run) -> None:
     blocks_path = next(f for f in FAMILIES if f.name == run.family).blocks_path
     block_of = re.compile(rf"(?:^|\.){re.escape(blocks_path)}\.(\d+)\.")
-    exported = {name for call in run.calls if call.method == "ExportAdapter"
-                for stream in _tensor_streams(call) for name in stream}
+    exported = {
+        name
+        for call in run.calls
+        if call.method == "ExportAdapter"
+        for stream in _tensor_streams(call)
+        for name in stream
+    }
     assert exported
     for name in exported:
         match = block_of.search(name)

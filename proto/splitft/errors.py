@@ -56,6 +56,12 @@ class NotFound(SplitftError, LookupError):
     code = ErrorCode.NOT_FOUND
 
 
+class AlreadyExists(SplitftError):
+    """Something would be overwritten or created twice."""
+
+    code = ErrorCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(SplitftError):
     """The request is valid but the state does not allow it (e.g. step before configure)."""
 
@@ -90,6 +96,7 @@ _BY_GRPC = {code.grpc_status: code for code in ErrorCode}
 _CLASS_BY_CODE: dict[ErrorCode, type[SplitftError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidArgument,
     ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.ALREADY_EXISTS: AlreadyExists,
     ErrorCode.FAILED_PRECONDITION: FailedPrecondition,
     ErrorCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,

@@ -50,8 +50,8 @@ def check_split(num_layers: int, device_layers: int, head_layers: int) -> None:
         raise InvalidArgument(f"head_layers must be >= 0, got {head_layers}")
     if device_layers + head_layers >= num_layers:
         raise InvalidArgument(
-            f"device_layers + head_layers must leave at least one trunk block: {device_layers} + {head_layers} "
-            f">= {num_layers} blocks in the model"
+            f"device_layers + head_layers must leave at least one trunk block: "
+            f"{device_layers} + {head_layers} >= {num_layers} blocks in the model"
         )
 
 

@@ -93,10 +93,12 @@ def build_stdlib_task(
         class_train, class_heldout = _split(kept, heldout_fraction)
         train.extend(Example(text, label) for text in class_train)
         heldout.extend(Example(text, label) for text in class_heldout)
-        logger.debug("%s: %d texts, %d train, %d held out", name, len(texts), len(class_train),
-                     len(class_heldout))
-    logger.info("stdlib task over %s: %d train and %d held-out examples", ", ".join(labels), len(train),
-                len(heldout))
+        logger.debug(
+            "%s: %d texts, %d train, %d held out", name, len(texts), len(class_train), len(class_heldout)
+        )
+    logger.info(
+        "stdlib task over %s: %d train and %d held-out examples", ", ".join(labels), len(train), len(heldout)
+    )
     return TextTask(labels=labels, train=_sorted(train), heldout=_sorted(heldout))
 
 
@@ -114,7 +116,7 @@ def batches(
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
+        chunk = [examples[i] for i in order[start : start + batch_size]]
         yield [example.text for example in chunk], [example.label for example in chunk]
 
 
@@ -180,7 +182,7 @@ def _module_names(package: str) -> list[str]:
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         found = list(pkgutil.walk_packages(path, prefix=package + ".", onerror=_log_walk_error))
     for info in found:
-        relative = info.name[len(package) + 1:]
+        relative = info.name[len(package) + 1 :]
         if "test" in relative.lower() or any(part.startswith("_") for part in relative.split(".")):
             continue
         names.add(info.name)
