@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from splitft.codec import MESSAGE_LIMIT_BYTES
 from splitft.errors import InvalidArgument, error_from_grpc
+from splitft.tokens import METADATA_KEY
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 
@@ -34,8 +36,10 @@ def _read(value: str | bytes | Path | None) -> bytes | None:
 class EdgeConnection:
     """A channel to one edge server.
 
-    insecure=True gives plaintext gRPC for local experiments; otherwise `ca` (and, for mutual TLS,
-    `cert` and `key`) are PEM paths or bytes.
+    Mutual TLS by default: `ca` is the deployment CA that signed the edge's certificate, `cert` and
+    `key` this device's client certificate and key (PEM paths or bytes); `server_name` overrides the
+    name checked against the edge certificate. `token` is a session token sent with every call.
+    `insecure=True` gives plaintext gRPC, for local experiments only.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class EdgeConnection:
         cert: str | bytes | Path | None = None,
         key: str | bytes | Path | None = None,
         server_name: str | None = None,
+        token: str | None = None,
         timeout: float = 120.0,
         interceptors: Iterable[grpc.UnaryUnaryClientInterceptor | grpc.StreamStreamClientInterceptor] = (),
     ) -> None:
@@ -55,6 +60,8 @@ class EdgeConnection:
         self.address = address
         self.timeout = timeout
         self.stats = WireStats()
+        self.token = token
+        self._metadata = ((METADATA_KEY, f"Bearer {token}"),) if token else ()
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
             ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
@@ -68,6 +75,8 @@ class EdgeConnection:
                 raise InvalidArgument(
                     "a TLS connection needs ca= (or pass insecure=True for a local experiment)"
                 )
+            if (cert is None) != (key is None):
+                raise InvalidArgument("give both cert= and key= for a client certificate, or neither")
             creds = grpc.ssl_channel_credentials(_read(ca), _read(key), _read(cert))
             channel = grpc.secure_channel(address, creds, options=options)
         self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
@@ -77,7 +86,7 @@ class EdgeConnection:
         """A unary call, counting bytes and raising splitft errors."""
         self.stats.bytes_sent += request.ByteSize()
         try:
-            response = getattr(self.stub, method)(request, timeout=self.timeout)
+            response = getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_grpc(exc.code(), exc.details() or "") from None
         self.stats.bytes_received += response.ByteSize()
@@ -91,7 +100,7 @@ class EdgeConnection:
         else:
             sent = self._count_sent(requests)
         try:
-            responses = list(getattr(self.stub, method)(sent, timeout=self.timeout))
+            responses = list(getattr(self.stub, method)(sent, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
             raise error_from_grpc(exc.code(), exc.details() or "") from None
         self.stats.bytes_received += sum(r.ByteSize() for r in responses)

@@ -15,17 +15,18 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
-from splitft.codec import check_codec
-from splitft.errors import FailedPrecondition, InvalidArgument
-from splitft.loading import LoadedSpan, device_view, load_span, read_config
-from splitft.lora import trunk_lora_json
-from splitft.spans import SplitSpec
-from splitft.v1 import dataplane_pb2 as pb
 from torch import nn
 
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
+from splitft.codec import check_codec
+from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft.loading import LoadedSpan, device_view, load_span, read_config
+from splitft.lora import trunk_lora_json
+from splitft.spans import SplitSpec
+from splitft.tokens import unverified_claims
+from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class SplitModel(nn.Module):
             model_type=config.model_type,
             num_layers=num_layers,
             hidden_size=config.hidden_size,
+            session_id=unverified_claims(edge.token).session if edge.token else "",
         )
         opened = edge.call("OpenSession", request)
         trunk = RemoteTrunk(edge, opened, codec)

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from splitft.errors import InvalidArgument
 
 from device_client.remote import RemoteTrunk
+from splitft.errors import InvalidArgument
 
 EDGE_OPTIMIZERS = ("AdamW", "Adam", "SGD")
 _SCALARS = (int, float, bool)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from splitft.codec import parts_to_tensors, tensors_to_parts
-from splitft.errors import NotFound
-from splitft.v1 import dataplane_pb2 as pb
 from torch import nn
 
 from device_client.connection import EdgeConnection
+from splitft.codec import parts_to_tensors, tensors_to_parts
+from splitft.errors import NotFound
+from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+
 from splitft.errors import SplitftError
 
 logger = logging.getLogger(__name__)

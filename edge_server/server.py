@@ -7,16 +7,20 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from splitft.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
-from splitft.errors import InvalidArgument
-from splitft.v1 import dataplane_pb2
 
+from edge_server.auth import TokenInterceptor
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
+from splitft.certs import CertPaths
+from splitft.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
+from splitft.errors import InvalidArgument, NotFound
+from splitft.tokens import load_public_key
+from splitft.v1 import dataplane_pb2
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"].full_name
@@ -30,14 +34,23 @@ class EdgeConfig:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port
     insecure: bool = False  # plaintext gRPC; for local experiments only
+    certs_dir: str | None = None  # ca.pem, edge.pem, edge.key from `splitft certs init`: mutual TLS
+    token_issuer_keys: list[str] = field(default_factory=list)  # Ed25519 public keys (PEM paths)
+    edge_id: str = ""  # this edge's id, checked against a token's edge claim when it has one
     session_ttl: float = 600.0  # seconds an idle session lives
     max_sessions: int = 64
     max_workers: int = 16  # gRPC handler threads
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     grace_seconds: float = 10.0  # how long SIGTERM waits for in-flight calls
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.insecure and self.certs_dir:
+            raise InvalidArgument("choose either --certs (mutual TLS) or --insecure, not both")
+        if not self.insecure and not self.certs_dir:
+            raise InvalidArgument(
+                "refusing to serve without TLS: pass --certs DIR (from `splitft certs init`) for mutual TLS, "
+                "or --insecure for a local experiment"
+            )
         if not self.model_dirs:
             raise InvalidArgument("give at least one --model-dir")
         if not 0 <= self.port <= 65535:
@@ -46,12 +59,30 @@ class EdgeConfig:
             raise InvalidArgument("session TTL must be positive")
 
 
+def server_credentials(certs_dir: str | Path) -> grpc.ServerCredentials:
+    """Mutual TLS: the edge's certificate, and client certificates required and checked against the CA."""
+    paths = CertPaths(Path(certs_dir))
+    for path in (paths.ca_cert, paths.edge_cert, paths.edge_key):
+        if not path.is_file():
+            raise NotFound(f"{path} is missing: run `splitft certs init --dir {certs_dir} --host ...`")
+    pair = (paths.edge_key.read_bytes(), paths.edge_cert.read_bytes())
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=paths.ca_cert.read_bytes(), require_client_auth=True
+    )
+
+
+def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
+    if not config.token_issuer_keys:
+        return []
+    issuers = [load_public_key(path) for path in config.token_issuer_keys]
+    logger.info("edge requires session tokens from %d trusted issuer(s)", len(issuers))
+    return [TokenInterceptor(issuers)]
+
+
 class EdgeServer:
     """A running edge: registry, sessions, gRPC server and health service."""
 
     def __init__(self, config: EdgeConfig, registry: ModelRegistry | None = None) -> None:
-        if not config.insecure:
-            raise InvalidArgument("TLS is not configured: pass --insecure for a local experiment")
         self.config = config
         self.registry = registry or ModelRegistry.from_dirs(config.model_dirs)
         self.sessions = SessionManager(
@@ -62,17 +93,28 @@ class EdgeServer:
             ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
             ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
         ]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers), options=options)
-        add_to_server(DataPlaneServicer(self.sessions, max_tensor_bytes=config.max_tensor_bytes), self.server)
+        interceptors = _interceptors(config)
+        executor = futures.ThreadPoolExecutor(max_workers=config.max_workers)
+        self.server = grpc.server(executor, options=options, interceptors=interceptors)
+        servicer = DataPlaneServicer(
+            self.sessions, max_tensor_bytes=config.max_tensor_bytes, edge_id=config.edge_id
+        )
+        add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self._bind(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise InvalidArgument(f"cannot bind {config.host}:{config.port}")
+        self._stopped = threading.Event()
+
+    def _bind(self, address: str) -> int:
+        if self.config.certs_dir:
+            logger.info("edge serves mutual TLS with certificates from %s", self.config.certs_dir)
+            return self.server.add_secure_port(address, server_credentials(self.config.certs_dir))
         logger.warning(
             "edge serves PLAINTEXT gRPC (--insecure): activations and adapters are readable "
             "by anyone on the network; use only for local experiments"
         )
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
-        if self.port == 0:
-            raise InvalidArgument(f"cannot bind {config.host}:{config.port}")
-        self._stopped = threading.Event()
+        return self.server.add_insecure_port(address)
 
     @property
     def address(self) -> str:

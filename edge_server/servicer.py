@@ -6,14 +6,15 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import grpc
+
+from edge_server.auth import authorize_call, token_session
+from edge_server.errors import translate_errors
+from edge_server.sessions import SessionManager
 from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 from splitft.errors import InvalidArgument
 from splitft.lora import trunk_lora_from_json
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
-
-from edge_server.errors import translate_errors
-from edge_server.sessions import SessionManager
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,22 @@ def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
 
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     def __init__(
-        self, sessions: SessionManager, *, max_tensor_bytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+        self,
+        sessions: SessionManager,
+        *,
+        max_tensor_bytes: int,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        edge_id: str = "",
     ):
         self.sessions = sessions
         self.max_tensor_bytes = max_tensor_bytes
         self.chunk_bytes = chunk_bytes
+        self.edge_id = edge_id
+
+    def _session(self, session_id: str):
+        """The session a call names, if the call's token (when tokens are checked) covers it."""
+        authorize_call(session_id, edge_id=self.edge_id)
+        return self.sessions.get(session_id)
 
     @translate_errors
     def ListModels(self, request, context):
@@ -58,9 +70,13 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def OpenSession(self, request, context):
+        session_id = request.session_id or token_session() or None
+        if token_session() is not None:
+            authorize_call(session_id or "", model=request.model, edge_id=self.edge_id)
         lora = trunk_lora_from_json(request.lora_config_json) if request.trunk_lora else None
         session = self.sessions.open(
             request.model,
+            session_id=session_id,
             device_layers=request.device_layers,
             head_layers=request.head_layers,
             codec=request.codec or "raw",
@@ -78,13 +94,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def CloseSession(self, request, context):
+        authorize_call(request.session_id, edge_id=self.edge_id)
         self.sessions.close(request.session_id)
         return pb.CloseSessionResponse()
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
         header, tensors = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
-        session = self.sessions.get(header.session_id)
+        session = self._session(header.session_id)
         with session.lock:
             out = session.forward(
                 header.forward_id,
@@ -101,7 +118,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         header, tensors = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
-        session = self.sessions.get(header.session_id)
+        session = self._session(header.session_id)
         with session.lock:
             grad = session.backward(
                 header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
@@ -112,21 +129,21 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):
-        session = self.sessions.get(request.session_id)
+        session = self._session(request.session_id)
         with session.lock:
             session.configure_optimizer(request.name, request.hparams_json)
         return pb.ConfigureOptimizerResponse()
 
     @translate_errors
     def GradNorm(self, request, context):
-        session = self.sessions.get(request.session_id)
+        session = self._session(request.session_id)
         with session.lock:
             total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
         return pb.GradNormResponse(sum_of_squares=total)
 
     @translate_errors
     def Step(self, request, context):
-        session = self.sessions.get(request.session_id)
+        session = self._session(request.session_id)
         with session.lock:
             steps = session.step(
                 request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first
@@ -135,7 +152,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
-        session = self.sessions.get(request.session_id)
+        session = self._session(request.session_id)
         with session.lock:
             state = session.export_adapter()
         for name, tensor in state.items():

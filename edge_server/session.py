@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from torch import nn
+
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import LoadedSpan
 from splitft.spans import Skipped, SplitSpec
-from torch import nn
 
 logger = logging.getLogger(__name__)
 

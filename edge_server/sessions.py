@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
 
 from peft import LoraConfig
-from splitft.codec import check_codec
-from splitft.errors import FailedPrecondition, NotFound, ResourceExhausted
-from splitft.spans import SplitSpec
 
 from edge_server.registry import ModelRegistry
 from edge_server.session import TrunkSession
+from splitft.codec import check_codec
+from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from splitft.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class SessionManager:
@@ -36,6 +38,7 @@ class SessionManager:
         self,
         model: str,
         *,
+        session_id: str | None = None,
         device_layers: int,
         head_layers: int,
         codec: str,
@@ -51,9 +54,11 @@ class SessionManager:
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
-        session_id = secrets.token_hex(16)
+        session_id = _check_session_id(session_id) if session_id else secrets.token_hex(16)
         session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed)
         with self._lock:
+            if session_id in self._sessions:
+                raise AlreadyExists(f"session {session_id!r} is already open")
             self._sessions[session_id] = session
         logger.info(
             "opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
@@ -120,6 +125,12 @@ class SessionManager:
                 self.expire_idle()
             except Exception:  # the reaper must outlive any single bad session
                 logger.exception("session reaper failed")
+
+
+def _check_session_id(session_id: str) -> str:
+    if not _SESSION_ID.fullmatch(session_id):
+        raise InvalidArgument("session_id must be 1-128 characters of [A-Za-z0-9._:-]")
+    return session_id
 
 
 def _check_same_model(config, num_layers: int, expect: tuple[str, int, int]) -> None:

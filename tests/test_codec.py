@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from splitft.codec import TensorAssembler, expected_bytes, parts_to_tensors, tensor_parts, tensors_to_parts
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb

@@ -8,10 +8,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
-from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
+from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 SEEDS = (11, 22, 33, 44)
 STEPS = 5

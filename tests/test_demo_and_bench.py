@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from transformers import AutoTokenizer, BertForSequenceClassification
+
 from splitft.bench import StepBenchConfig, run_step_bench
 from splitft.demo import DemoConfig, default_model_dir, run_demo
 from splitft.stdlib_task import build_stdlib_task
-from transformers import AutoTokenizer, BertForSequenceClassification
 
 
 @pytest.mark.slow

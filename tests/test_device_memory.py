@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from splitft.families import FAMILIES, Family
-from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 from torch import nn
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
+from splitft.families import FAMILIES, Family
+from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 
 K, J, L = 1, 1, 4  # device blocks before the trunk, after it, and blocks in every tiny model
 TRUNK = range(K, L - J)

@@ -16,9 +16,9 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 from device_client import EdgeConnection, SplitModel
+from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 import splitft
 from splitft.stdlib_task import (
     DEFAULT_MAX_PER_CLASS,

@@ -86,6 +86,15 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
         raise AlreadyExists(f"refusing to overwrite {', '.join(existing)} (pass --force to replace)")
 
 
+def write_secret_files(private: dict[Path, bytes], public: dict[Path, bytes], *, force: bool) -> None:
+    """Write key material all-or-nothing: refuse before touching anything if a file exists."""
+    _refuse_existing([*private, *public], force)
+    for path, data in private.items():
+        _write(path, data, private=True, force=force)
+    for path, data in public.items():
+        _write(path, data, private=False, force=force)
+
+
 def _builder(subject: str, issuer: x509.Name | None, public_key, days: int) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])

@@ -33,12 +33,6 @@ def _edge_serve(args: argparse.Namespace) -> int:
 
     from edge_server import EdgeConfig, EdgeServer
 
-    if not args.insecure:
-        logger.error(
-            "refusing to start: TLS is not configured yet. Pass --insecure to serve plaintext gRPC "
-            "for a local experiment (activations and adapters would be readable on the network)."
-        )
-        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     config = EdgeConfig(
@@ -46,10 +40,64 @@ def _edge_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         insecure=args.insecure,
+        certs_dir=args.certs,
+        token_issuer_keys=args.token_issuer_key or [],
+        edge_id=args.edge_id,
         session_ttl=args.session_ttl,
         max_sessions=args.max_sessions,
     )
     EdgeServer(config).serve_forever()
+    return 0
+
+
+def _certs_init(args: argparse.Namespace) -> int:
+    from splitft.certs import init_ca
+
+    paths = init_ca(args.dir, args.host, force=args.force)
+    sys.stdout.write(
+        f"CA: {paths.ca_cert}\nedge certificate: {paths.edge_cert} (hosts: {', '.join(args.host)})\n"
+    )
+    return 0
+
+
+def _certs_device(args: argparse.Namespace) -> int:
+    from splitft.certs import issue_device
+
+    cert, key = issue_device(args.dir, args.name, force=args.force)
+    sys.stdout.write(f"device certificate: {cert}\ndevice key: {key}\n")
+    return 0
+
+
+def _tokens_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitft.certs import write_secret_files
+    from splitft.tokens import generate_issuer_key, private_key_pem, public_key_pem
+
+    key = generate_issuer_key()
+    out = Path(args.out)
+    write_secret_files(
+        {out / "issuer.key": private_key_pem(key)},
+        {out / "issuer.pub": public_key_pem(key)},
+        force=args.force,
+    )
+    sys.stdout.write(f"issuer private key: {out / 'issuer.key'}\nissuer public key: {out / 'issuer.pub'}\n")
+    return 0
+
+
+def _tokens_issue(args: argparse.Namespace) -> int:
+    from splitft.tokens import issue_token, load_private_key
+
+    token = issue_token(
+        load_private_key(args.key),
+        session=args.session,
+        device=args.device,
+        model=args.model,
+        edge=args.edge,
+        job=args.job,
+        ttl_seconds=args.ttl,
+    )
+    sys.stdout.write(token + "\n")
     return 0
 
 
@@ -109,13 +157,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument(
+        "--certs", default=None, metavar="DIR", help="mutual TLS with DIR/ca.pem, edge.pem, edge.key"
+    )
     serve.add_argument("--insecure", action="store_true", help="plaintext gRPC, for local experiments only")
+    serve.add_argument(
+        "--token-issuer-key",
+        action="append",
+        metavar="PEM",
+        help="trust session tokens signed by this Ed25519 public key; repeat for several",
+    )
+    serve.add_argument("--edge-id", default="", help="this edge's id, matched against a token's edge claim")
     serve.add_argument(
         "--session-ttl", type=float, default=600.0, help="seconds before an idle session is dropped"
     )
     serve.add_argument("--max-sessions", type=int, default=64)
     serve.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     serve.set_defaults(func=_edge_serve)
+
+    certs = commands.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
+        dest="certs_command", required=True
+    )
+    init = certs.add_parser("init", help="create the deployment CA and the edge's server certificate")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--host", action="append", required=True, help="DNS name or IP of the edge; repeatable")
+    init.add_argument("--force", action="store_true", help="replace existing files")
+    init.set_defaults(func=_certs_init)
+    device = certs.add_parser("device", help="issue a device's client certificate (CN = NAME)")
+    device.add_argument("--dir", required=True)
+    device.add_argument("--name", required=True)
+    device.add_argument("--force", action="store_true")
+    device.set_defaults(func=_certs_device)
+
+    tokens = commands.add_parser("tokens", help="session tokens").add_subparsers(
+        dest="tokens_command", required=True
+    )
+    keygen = tokens.add_parser("keygen", help="create an Ed25519 token issuer key pair")
+    keygen.add_argument("--out", required=True, help="writes OUT/issuer.key (0600) and OUT/issuer.pub")
+    keygen.add_argument("--force", action="store_true")
+    keygen.set_defaults(func=_tokens_keygen)
+    issue = tokens.add_parser("issue", help="sign a session token")
+    issue.add_argument("--key", required=True, help="the issuer's private key (PEM)")
+    issue.add_argument("--session", required=True)
+    issue.add_argument("--device", required=True, help="must equal the CN of the device's certificate")
+    issue.add_argument("--model", required=True, help="the model name on the edge")
+    issue.add_argument("--edge", default="", help="restrict to this edge id")
+    issue.add_argument("--job", default="")
+    issue.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    issue.set_defaults(func=_tokens_issue)
 
     demo = commands.add_parser("demo", help="fine-tune a real pretrained model split across a local edge")
     demo.add_argument(
@@ -158,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SplitftError as exc:
         logger.error("%s", exc.message)
+        return 2
+    except OSError as exc:
+        logger.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -26,10 +27,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(address: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_healthy(
+    address: str,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Poll the standard gRPC health service until it answers SERVING."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel_ctx = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel_ctx as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -47,7 +54,11 @@ def wait_healthy(address: str, timeout: float, process: subprocess.Popen | None 
 
 
 class EdgeProcess:
-    """`splitft edge serve --insecure` in a child process; a context manager that stops it with SIGTERM."""
+    """`splitft edge serve` in a child process; a context manager that stops it with SIGTERM.
+
+    Plaintext (`--insecure`) unless `tls` gives (certs dir, client cert, client key): then the edge
+    serves mutual TLS from that directory and the health check presents the client certificate.
+    """
 
     def __init__(
         self,
@@ -58,6 +69,7 @@ class EdgeProcess:
         extra_args: Sequence[str] = (),
         log_path: str | None = None,
         threads: int | None = None,
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -71,8 +83,9 @@ class EdgeProcess:
             host,
             "--port",
             str(self.port),
-            "--insecure",
         ]
+        cmd += ["--certs", tls[0]] if tls else ["--insecure"]
+        self.tls = tls
         for arg in model_args:
             cmd += ["--model-dir", arg]
         if threads is not None:
@@ -89,9 +102,17 @@ class EdgeProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env)
-        wait_healthy(self.address, timeout, self.process)
+        wait_healthy(self.address, timeout, self.process, self._credentials())
         logger.info("edge process %d healthy at %s", self.process.pid, self.address)
         return self
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls is None:
+            return None
+        certs, cert, key = (Path(p) for p in self.tls)
+        return grpc.ssl_channel_credentials(
+            (certs / "ca.pem").read_bytes(), key.read_bytes(), cert.read_bytes()
+        )
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.process is None or self.process.poll() is not None:

@@ -37,7 +37,7 @@ class TensorPart(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size")
+    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class OpenSessionRequest(_message.Message):
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     device_layers: int
     head_layers: int
@@ -58,7 +59,8 @@ class OpenSessionRequest(_message.Message):
     model_type: str
     num_layers: int
     hidden_size: int
-    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ...) -> None: ...
+    session_id: str
+    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds")
