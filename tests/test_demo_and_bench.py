@@ -42,7 +42,8 @@ def test_demo_learns_and_saves_a_loadable_adapter(tmp_path):
 def test_step_benchmark_reports_ratio_bytes_and_device_share():
     report = json.loads(run_step_bench(StepBenchConfig(layers=4, hidden=64, batch=2, tokens=16, repeats=2)))
     timing = report["step_seconds"]
-    assert timing["local_median"] > 0 and timing["split_median"] > 0 and timing["pairs"] == 2
+    assert timing["local_median"] > 0 and timing["split_mtls_median"] > 0 and timing["rounds"] == 2
+    assert timing["ratio_split_mtls_vs_split_insecure"] > 0
     wire = report["bytes_per_step"]
     # fp16 and bf16 halve the activation payload; the headers and ids around them stay.
     assert wire["fp16"]["total"] < 0.6 * wire["raw"]["total"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from splitft.errors import InvalidArgument, NotFound
-from splitft.launch import EdgeProcess
+from splitft.launch import EdgeProcess, LocalPki
 from splitft.stdlib_task import Example, TextTask, batches, build_stdlib_task
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def default_model_dir() -> Path:
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, object]:
     """Run the demo end to end; returns the summary it also prints and writes to OUT/summary.json."""
-    from device_client import EdgeConnection, SplitModel
+    from device_client import SplitModel
 
     console = console or Console()
     model_dir = Path(config.model_dir) if config.model_dir else default_model_dir()
@@ -72,9 +73,19 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
     )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     started = time.perf_counter()
-    with EdgeProcess([f"{EDGE_MODEL_NAME}={model_dir}"], log_path=str(out / "edge.log")) as edge:
-        console.print(f"[bold]edge[/]: process serving the trunk at {edge.address} (log: {out / 'edge.log'})")
-        with EdgeConnection(edge.address, insecure=True) as conn:
+    pki = LocalPki.create(out / "pki", device="demo-device")
+    edge_process = EdgeProcess(
+        [f"{EDGE_MODEL_NAME}={model_dir}"],
+        log_path=str(out / "edge.log"),
+        tls=pki.tls,
+        extra_args=pki.edge_args(),
+    )
+    with edge_process as edge:
+        console.print(
+            f"[bold]edge[/]: process serving the trunk at {edge.address} over mutual TLS with session "
+            f"tokens (certificates in {pki.directory}, log in {out / 'edge.log'})"
+        )
+        with pki.connect(edge.address, session=f"demo-{uuid.uuid4().hex[:8]}", model=EDGE_MODEL_NAME) as conn:
             torch.manual_seed(config.seed)
             model = SplitModel.from_pretrained(
                 model_dir,

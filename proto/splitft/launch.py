@@ -10,13 +10,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from splitft.certs import CertPaths, init_ca, issue_device, write_secret_files
 from splitft.errors import Unavailable
+from splitft.tokens import generate_issuer_key, issue_token, public_key_pem
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +135,47 @@ class EdgeProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@dataclass
+class LocalPki:
+    """A throw-away deployment for one machine: CA, edge and device certificates, token issuer."""
+
+    directory: Path
+    device: str
+    issuer: Ed25519PrivateKey
+
+    @classmethod
+    def create(cls, directory: Path, device: str = "device") -> LocalPki:
+        init_ca(directory, ["127.0.0.1", "localhost"], force=True)
+        issue_device(directory, device, force=True)
+        issuer = generate_issuer_key()
+        write_secret_files({}, {directory / "issuer.pub": public_key_pem(issuer)}, force=True)
+        return cls(directory, device, issuer)
+
+    @property
+    def issuer_pub(self) -> Path:
+        return self.directory / "issuer.pub"
+
+    @property
+    def tls(self) -> tuple[str, str, str]:
+        """(certs dir, client cert, client key) for EdgeProcess."""
+        paths = CertPaths(self.directory)
+        return str(self.directory), str(paths.device_cert(self.device)), str(paths.device_key(self.device))
+
+    def edge_args(self) -> list[str]:
+        return ["--token-issuer-key", str(self.issuer_pub)]
+
+    def connect(self, address: str, *, session: str, model: str):
+        """A device connection over mutual TLS carrying a fresh token for `session` on `model`."""
+        from device_client import EdgeConnection
+
+        paths = CertPaths(self.directory)
+        token = issue_token(self.issuer, session=session, device=self.device, model=model)
+        return EdgeConnection(
+            address,
+            ca=paths.ca_cert,
+            cert=paths.device_cert(self.device),
+            key=paths.device_key(self.device),
+            token=token,
+        )
