@@ -36,6 +36,7 @@ class EdgeConfig:
     insecure: bool = False  # plaintext gRPC; for local experiments only
     certs_dir: str | None = None  # ca.pem, edge.pem, edge.key from `splitft certs init`: mutual TLS
     token_issuer_keys: list[str] = field(default_factory=list)  # Ed25519 public keys (PEM paths)
+    token_issuer_pems: list[bytes] = field(default_factory=list)  # the same, as PEM bytes (control plane)
     edge_id: str = ""  # this edge's id, checked against a token's edge claim when it has one
     session_ttl: float = 600.0  # seconds an idle session lives
     max_sessions: int = 64
@@ -72,9 +73,10 @@ def server_credentials(certs_dir: str | Path) -> grpc.ServerCredentials:
 
 
 def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
-    if not config.token_issuer_keys:
+    sources: list[str | bytes] = [*config.token_issuer_keys, *config.token_issuer_pems]
+    if not sources:
         return []
-    issuers = [load_public_key(path) for path in config.token_issuer_keys]
+    issuers = [load_public_key(source) for source in sources]
     logger.info("edge requires session tokens from %d trusted issuer(s)", len(issuers))
     return [TokenInterceptor(issuers)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ def _configure_logging(level: str) -> None:
 
     handler = RichHandler(show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Library chatter a CLI user cannot act on: HF loading bars and deprecation notices from deps.
     from transformers.utils import logging as hf_logging
@@ -32,6 +33,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     import torch
 
     from edge_server import EdgeConfig, EdgeServer
+    from edge_server.registry import ModelRegistry
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,7 +48,106 @@ def _edge_serve(args: argparse.Namespace) -> int:
         session_ttl=args.session_ttl,
         max_sessions=args.max_sessions,
     )
-    EdgeServer(config).serve_forever()
+    registry = ModelRegistry.from_dirs(config.model_dirs)
+    link = _register_edge(args, config, registry) if args.control_plane else None
+    server = EdgeServer(config, registry)
+    if link is not None:
+        link.start(server.sessions.count)
+    try:
+        server.serve_forever()
+    finally:
+        if link is not None:
+            link.stop()
+    return 0
+
+
+def _register_edge(args: argparse.Namespace, config, registry):
+    """Register with the control plane; trust its token issuer and take the edge id it assigns."""
+    import socket
+
+    from edge_server.control import ControlPlaneLink
+    from splitft.errors import InvalidArgument
+
+    if config.port == 0:
+        raise InvalidArgument("--control-plane needs a fixed --port so devices can be told the address")
+    name = args.edge_name or socket.gethostname()
+    address = args.advertise_address or f"{config.host}:{config.port}"
+    link = ControlPlaneLink(
+        args.control_plane,
+        args.edge_secret or "",
+        name=name,
+        address=address,
+        models=sorted(registry.models),
+        max_sessions=config.max_sessions,
+    )
+    registration = link.register()
+    config.token_issuer_pems.append(registration.issuer_public_pem)
+    config.edge_id = registration.edge_id
+    return link
+
+
+def _control_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from splitft_control.app import create_app
+
+    app = create_app(_control_settings(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def _control_settings(args: argparse.Namespace):
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from splitft.errors import InvalidArgument
+    from splitft_control.settings import ControlSettings
+
+    overrides = {
+        "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "db_url": args.db,
+        "dev_mode": True if getattr(args, "dev", False) else None,
+        "certs_dir": Path(args.certs_dir) if getattr(args, "certs_dir", None) else None,
+    }
+    try:
+        return ControlSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise InvalidArgument("; ".join(e["msg"] for e in exc.errors())) from None
+
+
+def _control_migrate(args: argparse.Namespace) -> int:
+    from splitft_control import migrate
+    from splitft_control.store import make_engine
+
+    settings = _control_settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(make_engine(settings.database_url))
+    return 0
+
+
+def _control_keys(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from splitft_control import migrate
+    from splitft_control.store import Store, make_engine
+
+    settings = _control_settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    store = Store(engine)
+    if args.keys_command == "create":
+        row, key = store.create_api_key(name=args.name)
+        sys.stdout.write(f"{row.id} {key}\n")
+    elif args.keys_command == "revoke":
+        store.revoke_api_key(key_id=args.id)
+    else:
+        table = Table("id", "name", "created", "revoked")
+        for row in store.list_api_keys():
+            table.add_row(row.id, row.name, str(row.created_at), str(row.revoked_at or ""))
+        Console().print(table)
     return 0
 
 
@@ -168,12 +269,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust session tokens signed by this Ed25519 public key; repeat for several",
     )
     serve.add_argument("--edge-id", default="", help="this edge's id, matched against a token's edge claim")
+    serve.add_argument("--control-plane", default=None, metavar="URL", help="register and heartbeat here")
+    serve.add_argument(
+        "--edge-secret",
+        default=os.environ.get("SPLITFT_EDGE_SECRET"),
+        help="enrollment secret for --control-plane (default: $SPLITFT_EDGE_SECRET)",
+    )
+    serve.add_argument("--edge-name", default=None, help="name to register under (default: host name)")
+    serve.add_argument(
+        "--advertise-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="address devices dial (default: --host:--port)",
+    )
     serve.add_argument(
         "--session-ttl", type=float, default=600.0, help="seconds before an idle session is dropped"
     )
     serve.add_argument("--max-sessions", type=int, default=64)
     serve.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     serve.set_defaults(func=_edge_serve)
+
+    control = commands.add_parser("control", help="the REST control plane").add_subparsers(
+        dest="control_command", required=True
+    )
+    cserve = control.add_parser("serve", help="serve the control plane (FastAPI + uvicorn)")
+    cserve.add_argument("--host", default="127.0.0.1")
+    cserve.add_argument("--port", type=int, default=8080)
+    cserve.add_argument("--certs-dir", default=None, help="deployment CA that signs device CSRs")
+    cserve.add_argument(
+        "--dev", action="store_true", help="allow weak or missing secrets (local experiments)"
+    )
+    cserve.set_defaults(func=_control_serve)
+    cmigrate = control.add_parser("migrate", help="apply database migrations and exit")
+    cmigrate.set_defaults(func=_control_migrate)
+    ckeys = control.add_parser("keys", help="operator API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    kcreate = ckeys.add_parser("create", help="create a key; prints its id and the key once")
+    kcreate.add_argument("--name", required=True)
+    kcreate.set_defaults(func=_control_keys)
+    ckeys.add_parser("list", help="list keys").set_defaults(func=_control_keys)
+    krevoke = ckeys.add_parser("revoke", help="revoke a key by id")
+    krevoke.add_argument("--id", required=True)
+    krevoke.set_defaults(func=_control_keys)
+    for sub in (cserve, cmigrate, kcreate, krevoke, *[p for n, p in ckeys.choices.items() if n == "list"]):
+        sub.add_argument(
+            "--db", default=None, metavar="URL", help="SQLAlchemy URL (default: SQLite in --data-dir)"
+        )
+        sub.add_argument("--data-dir", default=None, help="default: ./splitft-data or $SPLITFT_DATA_DIR")
 
     certs = commands.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
         dest="certs_command", required=True

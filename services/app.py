@@ -1,0 +1,101 @@
+"""create_app(): the FastAPI control plane, its error translation, health and metrics routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from splitft import __version__
+from splitft.errors import SplitftError
+from splitft_control import migrate
+from splitft_control.routes import device_side, devices, edges, jobs
+from splitft_control.settings import ControlSettings
+from splitft_control.state import ControlState
+from splitft_control.store import Store, make_engine
+
+logger = logging.getLogger(__name__)
+
+
+def bootstrap_operator_key(store: Store, settings: ControlSettings) -> str | None:
+    """The first operator key: SPLITFT_OPERATOR_KEY, else generated; returns a generated key once."""
+    if settings.operator_key is not None:
+        if not store.api_key_valid(key=settings.operator_key):
+            store.create_api_key(name="bootstrap", key=settings.operator_key)
+        return None
+    if store.count_api_keys() == 0:
+        _, key = store.create_api_key(name="bootstrap")
+        return key
+    return None
+
+
+def build_state(settings: ControlSettings) -> ControlState:
+    settings.check_secrets()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    store = Store(engine)
+    generated = bootstrap_operator_key(store, settings)
+    if generated is not None:
+        # Shown exactly once; only its hash is stored.
+        logger.warning(
+            "generated the first operator API key (store it now, it is not shown again): %s", generated
+        )
+    return ControlState(settings, store)
+
+
+def create_app(settings: ControlSettings, state: ControlState | None = None) -> FastAPI:
+    control = state or build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        control.start()
+        yield
+        control.stop()
+
+    app = FastAPI(title="splitft control plane", version=__version__, lifespan=lifespan)
+    app.state.control = control
+    for router in (edges.router, devices.router, jobs.router, device_side.router):
+        app.include_router(router)
+    _add_observability(app, control)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SplitftError)
+    async def _domain_error(request: Request, exc: SplitftError) -> JSONResponse:
+        logger.info("%s %s -> %d: %s", request.method, request.url.path, exc.code.http_status, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.code.http_status == 401 else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.code.http_status, headers=headers)
+
+
+def _add_observability(app: FastAPI, control: ControlState) -> None:
+    @app.middleware("http")
+    async def _time_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        control.metrics.latency.labels(request.method, path, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        with control.store.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(control.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,75 @@
+"""What devices call: the next assignment, metrics, completion (adapter upload), failure."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from splitft.errors import InvalidArgument, ResourceExhausted
+from splitft.tokens import issue_token
+from splitft_control.archive import check_adapter_archive
+from splitft_control.deps import DeviceDep, State, StoreDep
+from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
+
+router = APIRouter(prefix="/v1", tags=["device"])
+
+
+@router.get(
+    "/assignments/next",
+    response_model=Assignment,
+    responses={204: {"description": "nothing assigned yet; poll again after Retry-After seconds"}},
+)
+def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
+    found = state.store.next_assignment(device_id=device.id)
+    if found is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Retry-After": "2"})
+    sess, job, edge = found
+    spec = JobCreate.model_validate(job.spec)
+    token = issue_token(
+        state.issuer,
+        session=sess.id,
+        device=device.name,
+        model=spec.model,
+        edge=edge.id,
+        job=job.id,
+        ttl_seconds=state.settings.token_ttl,
+    )
+    return Assignment(session_id=sess.id, job_id=job.id, edge_address=edge.address, token=token, spec=spec)
+
+
+@router.post("/sessions/{session_id}/metrics", status_code=status.HTTP_204_NO_CONTENT)
+def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, store: StoreDep) -> Response:
+    store.record_metrics(
+        session_id=session_id, device_id=device.id, points=[p.model_dump() for p in body.points]
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/sessions/{session_id}/complete",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def complete_session(session_id: str, request: Request, device: DeviceDep, state: State) -> Response:
+    """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed."""
+    limit = state.settings.max_adapter_bytes
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise ResourceExhausted(f"adapter upload exceeds {limit} bytes")
+    if not data:
+        raise InvalidArgument("empty adapter upload")
+    check_adapter_archive(bytes(data))
+    state.store.complete_session(session_id=session_id, device_id=device.id, adapter=bytes(data))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/sessions/{session_id}/fail", status_code=status.HTTP_204_NO_CONTENT)
+def fail_session(session_id: str, body: SessionFail, device: DeviceDep, store: StoreDep) -> Response:
+    store.fail_session(session_id=session_id, device_id=device.id, reason=body.reason)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,71 @@
+"""Devices: an operator creates one (one-time enrollment token); the device enrolls for a credential."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from fastapi import APIRouter, status
+
+from splitft.certs import sign_device_key
+from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft_control.deps import Operator, State, StoreDep
+from splitft_control.models import Device
+from splitft_control.schemas import DeviceCreate, DeviceCreated, DeviceEnroll, DeviceEnrolled, DevicePublic
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+
+
+def device_public(device: Device) -> DevicePublic:
+    return DevicePublic(
+        id=device.id,
+        name=device.name,
+        status=device.status,  # type: ignore[arg-type]
+        created_at=device.created_at,
+        enrolled_at=device.enrolled_at,
+    )
+
+
+@router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED, dependencies=[Operator])
+def create_device(body: DeviceCreate, store: StoreDep) -> DeviceCreated:
+    device, token = store.create_device(name=body.name)
+    return DeviceCreated(id=device.id, name=device.name, enrollment_token=token)
+
+
+@router.get("", response_model=list[DevicePublic], dependencies=[Operator])
+def list_devices(store: StoreDep) -> list[DevicePublic]:
+    return [device_public(d) for d in store.list_devices()]
+
+
+def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as exc:
+        raise InvalidArgument(f"csr_pem is not a PEM certificate signing request: {exc}") from None
+    if not csr.is_signature_valid:
+        raise InvalidArgument("csr_pem signature does not verify")
+    return csr
+
+
+@router.post("/enroll", response_model=DeviceEnrolled)
+def enroll_device(body: DeviceEnroll, state: State) -> DeviceEnrolled:
+    """Trade the one-time enrollment token for a credential; with a CSR, also a client certificate."""
+    csr = _parse_csr(body.csr_pem) if body.csr_pem else None
+    ca_dir = state.settings.ca_dir
+    if csr is not None and ca_dir is None:
+        raise FailedPrecondition("this control plane has no deployment CA to sign certificates (--certs-dir)")
+
+    def sign(name: str) -> str | None:
+        if csr is None or ca_dir is None:
+            return None
+        cert = sign_device_key(ca_dir, name, csr.public_key())
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    device, credential = state.store.enroll_device(enrollment_token=body.enrollment_token, sign=sign)
+    ca_pem = (ca_dir / "ca.pem").read_text() if ca_dir is not None else None
+    return DeviceEnrolled(
+        id=device.id,
+        name=device.name,
+        credential=credential,
+        certificate_pem=device.certificate_pem,
+        ca_pem=ca_pem,
+    )

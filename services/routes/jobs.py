@@ -1,0 +1,113 @@
+"""Jobs: create, list, inspect, cancel, metrics, and each device's finished adapter."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from splitft_control.deps import Operator, State, StoreDep
+from splitft_control.models import Job, JobSession
+from splitft_control.schemas import (
+    JobCreate,
+    JobMetrics,
+    JobPublic,
+    JobState,
+    MetricPoint,
+    SessionMetrics,
+    SessionPublic,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Operator])
+
+
+def session_public(sess: JobSession, device: str) -> SessionPublic:
+    return SessionPublic(
+        id=sess.id,
+        device=device,
+        edge_id=sess.edge_id,
+        state=sess.state,  # type: ignore[arg-type]
+        reason=sess.reason,
+        attempts=sess.attempts,
+        has_adapter=sess.adapter is not None,
+    )
+
+
+def job_public(job: Job, sessions: list[tuple[JobSession, str]]) -> JobPublic:
+    return JobPublic(
+        id=job.id,
+        name=job.name,
+        state=job.state,
+        reason=job.reason,  # type: ignore[arg-type]
+        spec=JobCreate.model_validate(job.spec),
+        sessions=[session_public(s, d) for s, d in sessions],
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+    )
+
+
+@router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+def create_job(body: JobCreate, state: State) -> JobPublic:
+    job = state.store.create_job(name=body.name, spec=body.model_dump(mode="json"), device_names=body.devices)
+    state.store.place_waiting()
+    return job_public(*state.store.get_job(job_id=job.id))
+
+
+@router.get("", response_model=list[JobPublic])
+def list_jobs(
+    store: StoreDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[JobPublic]:
+    return [
+        job_public(*store.get_job(job_id=j.id))
+        for j in store.list_jobs(state=state, limit=limit, offset=offset)
+    ]
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, store: StoreDep) -> JobPublic:
+    return job_public(*store.get_job(job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
+    store.cancel_job(job_id=job_id)
+    return job_public(*store.get_job(job_id=job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job_id: str, store: StoreDep) -> JobMetrics:
+    sessions = [
+        SessionMetrics(
+            session_id=sess.id,
+            device=device,
+            points=[
+                MetricPoint(
+                    step=m.step,
+                    loss=m.loss,
+                    examples_per_second=m.examples_per_second,
+                    bytes_sent=m.bytes_sent,
+                    bytes_received=m.bytes_received,
+                )
+                for m in points
+            ],
+        )
+        for sess, device, points in store.job_metrics(job_id=job_id)
+    ]
+    return JobMetrics(job_id=job_id, sessions=sessions)
+
+
+@router.get(
+    "/{job_id}/adapters/{device}",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the adapter as a .tar.gz"}},
+)
+def download_adapter(job_id: str, device: str, store: StoreDep) -> Response:
+    data = store.adapter(job_id=job_id, device_name=device)
+    return Response(
+        content=data,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{device}-adapter.tar.gz"'},
+    )

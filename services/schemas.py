@@ -1,0 +1,206 @@
+"""The control plane's REST contract: request (Create) and response (Public) shapes, under /v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+JobState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", "cancelled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- edges ---------------------------------------------------------------------------------------
+
+
+class EdgeCapacity(Strict):
+    memory_free_bytes: int = Field(0, ge=0, description="free accelerator/host memory for sessions")
+    max_sessions: int = Field(16, ge=1, le=100_000, description="sessions this edge accepts at once")
+
+
+class EdgeRegister(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="stable name; re-registering a name updates it")
+    address: str = Field(min_length=3, max_length=255, description="host:port devices dial for gRPC")
+    models: list[str] = Field(min_length=1, max_length=64, description="model names this edge serves")
+    capacity: EdgeCapacity = EdgeCapacity()
+
+
+class EdgeRegistered(Strict):
+    id: str
+    credential: str = Field(description="per-edge secret for heartbeats; shown once")
+    token_issuer_public_key: str = Field(description="PEM; the edge verifies session tokens with it")
+    heartbeat_interval_seconds: float
+
+
+class EdgeHeartbeat(Strict):
+    capacity: EdgeCapacity | None = None
+    active_sessions: int = Field(0, ge=0)
+
+
+class EdgePublic(Strict):
+    id: str
+    name: str
+    address: str
+    models: list[str]
+    capacity: EdgeCapacity
+    status: Literal["up", "down"]
+    active_sessions: int
+    last_heartbeat_at: datetime | None
+
+
+# --- devices -------------------------------------------------------------------------------------
+
+
+class DeviceCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="unique; becomes the CN of its client certificate")
+
+
+class DeviceCreated(Strict):
+    id: str
+    name: str
+    enrollment_token: str = Field(description="one-time; the device trades it for a credential")
+
+
+class DeviceEnroll(Strict):
+    enrollment_token: str = Field(min_length=8, max_length=512)
+    csr_pem: str | None = Field(None, max_length=16_384, description="PEM CSR for a client certificate")
+
+
+class DeviceEnrolled(Strict):
+    id: str
+    name: str
+    credential: str = Field(description="device secret for /v1/assignments and /v1/sessions; shown once")
+    certificate_pem: str | None = None
+    ca_pem: str | None = None
+
+
+class DevicePublic(Strict):
+    id: str
+    name: str
+    status: Literal["pending", "enrolled"]
+    created_at: datetime
+    enrolled_at: datetime | None
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class LoraSpec(Strict):
+    r: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1, max_length=64)
+    task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
+
+
+class OptimizerSpec(Strict):
+    name: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=10)
+
+
+class ScheduleSpec(Strict):
+    name: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+
+
+class JobCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
+    device_layers: int = Field(ge=1, le=1024)
+    head_layers: int = Field(0, ge=0, le=1024)
+    lora: LoraSpec
+    trunk_lora: bool = True
+    codec: Literal["raw", "fp16", "bf16"] = "raw"
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    steps: int | None = Field(None, ge=1, le=10_000_000)
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_length: int = Field(128, ge=8, le=8192)
+    num_labels: int | None = Field(None, ge=2, le=100_000, description="classes, for classification heads")
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> JobCreate:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError("devices must not repeat")
+        return self
+
+
+class SessionPublic(Strict):
+    id: str
+    device: str
+    edge_id: str | None
+    state: SessionState
+    reason: str
+    attempts: int
+    has_adapter: bool
+
+
+class JobPublic(Strict):
+    id: str
+    name: str
+    state: JobState
+    reason: str = Field(description="why the job waits or failed; empty when nothing to say")
+    spec: JobCreate
+    sessions: list[SessionPublic]
+    created_at: datetime
+    updated_at: datetime
+
+
+class MetricPoint(Strict):
+    step: int = Field(ge=0)
+    loss: float = Field(allow_inf_nan=False)
+    examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
+    bytes_sent: int | None = Field(None, ge=0)
+    bytes_received: int | None = Field(None, ge=0)
+
+
+class MetricsReport(Strict):
+    points: list[MetricPoint] = Field(min_length=1, max_length=10_000)
+
+
+class SessionMetrics(Strict):
+    session_id: str
+    device: str
+    points: list[MetricPoint]
+
+
+class JobMetrics(Strict):
+    job_id: str
+    sessions: list[SessionMetrics]
+
+
+class SessionFail(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+# --- device side ---------------------------------------------------------------------------------
+
+
+class Assignment(Strict):
+    session_id: str
+    job_id: str
+    edge_address: str
+    token: str = Field(description="signed session token for the edge")
+    spec: JobCreate
+
+
+class ApiKeyCreated(Strict):
+    id: str
+    name: str
+    key: str = Field(description="shown once")
+
+
+class Problem(Strict):
+    detail: str

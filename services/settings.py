@@ -1,0 +1,56 @@
+"""Control plane settings: flags or SPLITFT_* environment variables, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from splitft.errors import InvalidArgument
+
+_WEAK_SECRETS = {"", "changeme", "change-me", "secret", "password", "splitft", "default", "admin"}
+MIN_SECRET_LENGTH = 16
+
+
+class ControlSettings(BaseSettings):
+    """How the control plane runs; every field can come from SPLITFT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SPLITFT_", extra="ignore")
+
+    data_dir: Path = Field(Path("splitft-data"), description="SQLite file, issuer key and CA live here")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    dev_mode: bool = Field(False, description="allow weak or missing secrets, for a local experiment")
+    operator_key: str | None = Field(None, description="the first operator API key (else generated once)")
+    edge_secret: str | None = Field(None, description="shared secret edges enroll with")
+    certs_dir: Path | None = Field(None, description="deployment CA (ca.pem, ca.key) for device CSRs")
+    heartbeat_interval: float = Field(5.0, gt=0, description="how often edges should heartbeat (s)")
+    heartbeat_timeout: float = Field(20.0, gt=0, description="silence after which an edge is down (s)")
+    schedule_interval: float = Field(1.0, gt=0, description="scheduler period (s)")
+    token_ttl: int = Field(3600, gt=0, le=7 * 24 * 3600, description="session token lifetime (s)")
+    max_adapter_bytes: int = Field(512 * 1024 * 1024, gt=0, description="largest adapter upload")
+
+    def check_secrets(self) -> None:
+        """Refuse to serve with a missing, default or short secret, unless in dev mode."""
+        if self.dev_mode:
+            return
+        for name in ("edge_secret", "operator_key"):
+            value = getattr(self, name)
+            if name == "operator_key" and value is None:
+                continue  # generated at first start
+            if value is None or value.lower() in _WEAK_SECRETS or len(value) < MIN_SECRET_LENGTH:
+                raise InvalidArgument(
+                    f"SPLITFT_{name.upper()} must be set to a secret of at least {MIN_SECRET_LENGTH} "
+                    "characters that is not a default (or run with --dev for a local experiment)"
+                )
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'control.db').resolve()}"
+
+    @property
+    def ca_dir(self) -> Path | None:
+        if self.certs_dir is not None:
+            return self.certs_dir
+        default = self.data_dir / "certs"
+        return default if (default / "ca.key").is_file() else None
