@@ -22,7 +22,7 @@ from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from splitft.codec import check_codec
 from splitft.errors import FailedPrecondition, InvalidArgument
-from splitft.loading import LoadedSpan, device_view, load_span, read_config
+from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.lora import trunk_lora_json
 from splitft.spans import SplitSpec
 from splitft.tokens import unverified_claims
@@ -140,7 +140,8 @@ class SplitModel(nn.Module):
         )
         lora_config = _save_new_modules(lora_config, span.new_parameters)
         try:
-            peft_model = get_peft_model(span.root, lora_config)
+            with MODEL_CONSTRUCTION_LOCK:
+                peft_model = get_peft_model(span.root, lora_config)
         except ValueError as exc:
             raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
         return cls(span, peft_model, spec, edge, trunk, context, model_name)

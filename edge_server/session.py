@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
-from splitft.loading import LoadedSpan
+from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 MAX_PENDING_FORWARDS = 64  # kept graphs per session; the oldest is dropped beyond this
 MAX_TOKENS = 1 << 20  # batch x sequence per forward
-_SEED_LOCK = threading.Lock()  # peft initialises adapters from the global RNG
+# peft initialises adapters, and dropout draws masks, from torch's global RNG: sessions take turns
+# on it so each session's randomness depends only on its own seed, not on its neighbours' traffic.
+_SEED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -82,6 +84,8 @@ class TrunkSession:
         self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
         self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
+        self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
     @property
     def trainable_parameters(self) -> int:
@@ -105,12 +109,24 @@ class TrunkSession:
         if keep and need_input_grad:
             hidden.requires_grad_(True)
         with torch.set_grad_enabled(keep):
-            out = self.span.family.run_trunk(
-                self.root, hidden, mask, positions, self.spec.trunk_start, self.spec.trunk_stop
-            )
+            out = self._run(hidden, mask, positions, seeded=training and self.stochastic)
         if keep:
             self._keep(forward_id, Pending(hidden, out))
         return out.detach()
+
+    def _run(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None, *, seeded: bool
+    ) -> torch.Tensor:
+        """Run the trunk span; with dropout active, draw from this session's own RNG stream."""
+        run = self.span.family.run_trunk
+        start, stop = self.spec.trunk_start, self.spec.trunk_stop
+        if not seeded:
+            return run(self.root, hidden, mask, positions, start, stop)
+        with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            out = run(self.root, hidden, mask, positions, start, stop)
+            self._rng_state = torch.get_rng_state()
+        return out
 
     def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
         pending = self._pending.get(forward_id)
@@ -272,7 +288,7 @@ def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: i
 
 
 def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
-    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
+    with MODEL_CONSTRUCTION_LOCK, _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             return get_peft_model(root, config)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from splitft_control.scheduler import EdgeLoad, choose_edge
 
 ACTIVE_SESSION_STATES = ("assigned", "running")
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+_Row = TypeVar("_Row")
 
 
 def hash_secret(secret: str) -> str:
@@ -43,6 +44,13 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment
+
+
+def _get(s: Session, model: type[_Row], key: str) -> _Row | None:
+    """`s.get`, for ids straight from a URL: one no row can have is absent (PostgreSQL text refuses NUL)."""
+    if "\x00" in key:
+        return None
+    return s.get(model, key)
 
 
 def make_engine(url: str) -> Engine:
@@ -92,7 +100,7 @@ class Store:
 
     def revoke_api_key(self, *, key_id: str) -> None:
         with self.tx() as s:
-            row = s.get(ApiKey, key_id)
+            row = _get(s, ApiKey, key_id)
             if row is None:
                 raise NotFound(f"no API key {key_id!r}")
             row.revoked_at = utcnow()
@@ -135,7 +143,7 @@ class Store:
         self, *, edge_id: str, active_sessions: int, memory_free_bytes: int | None, max_sessions: int | None
     ) -> Edge:
         with self.tx() as s:
-            edge = s.get(Edge, edge_id)
+            edge = _get(s, Edge, edge_id)
             if edge is None:
                 raise NotFound(f"no edge {edge_id!r}")
             edge.last_heartbeat_at, edge.status, edge.active_sessions = utcnow(), "up", active_sessions
@@ -223,7 +231,7 @@ class Store:
 
     def get_job(self, *, job_id: str) -> tuple[Job, list[tuple[JobSession, str]]]:
         with self.tx() as s:
-            job = s.get(Job, job_id)
+            job = _get(s, Job, job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
             return job, self._sessions_of(s, job_id)
@@ -237,7 +245,7 @@ class Store:
 
     def cancel_job(self, *, job_id: str) -> Job:
         with self.tx() as s:
-            job = s.get(Job, job_id)
+            job = _get(s, Job, job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
             if job.state in FINAL_JOB_STATES:
@@ -337,7 +345,7 @@ class Store:
             return sess, job, edge
 
     def device_session(self, s: Session, *, session_id: str, device_id: str) -> JobSession:
-        sess = s.get(JobSession, session_id)
+        sess = _get(s, JobSession, session_id)
         if sess is None:
             raise NotFound(f"no session {session_id!r}")
         if sess.device_id != device_id:
@@ -371,7 +379,7 @@ class Store:
 
     def job_metrics(self, *, job_id: str) -> list[tuple[JobSession, str, list[Metric]]]:
         with self.tx() as s:
-            if s.get(Job, job_id) is None:
+            if _get(s, Job, job_id) is None:
                 raise NotFound(f"no job {job_id!r}")
             out = []
             for sess, device in self._sessions_of(s, job_id):
@@ -385,6 +393,8 @@ class Store:
 
     def adapter(self, *, job_id: str, device_name: str) -> bytes:
         with self.tx() as s:
+            if _get(s, Job, job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
             for sess, device in self._sessions_of(s, job_id):
                 if device == device_name:
                     if sess.adapter is None:
@@ -392,15 +402,13 @@ class Store:
                             f"device {device_name!r} has not finished (session {sess.state})"
                         )
                     return sess.adapter
-            if s.get(Job, job_id) is None:
-                raise NotFound(f"no job {job_id!r}")
             raise NotFound(f"device {device_name!r} is not part of job {job_id!r}")
 
 
 def _no_edge_reason(model: str, edges: list[EdgeLoad]) -> str:
     serving = [e for e in edges if model in e.models]
     if not edges:
-        return "no healthy edge is registered"
+        return f"no healthy edge is registered (needed: one serving model {model!r})"
     if not serving:
         return f"no healthy edge serves model {model!r}"
     return f"all {len(serving)} healthy edges serving {model!r} are full"

@@ -179,3 +179,92 @@ class LocalPki:
             key=paths.device_key(self.device),
             token=token,
         )
+
+
+class ControlProcess:
+    """`splitft control serve` in a child process; waits for /healthz, stops with SIGTERM."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        operator_key: str,
+        edge_secret: str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        db_url: str | None = None,
+        certs_dir: str | Path | None = None,
+        log_path: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "splitft.cli",
+            "control",
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
+        if db_url:
+            self.cmd += ["--db", db_url]
+        if certs_dir:
+            self.cmd += ["--certs-dir", str(certs_dir)]
+        self.env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            SPLITFT_OPERATOR_KEY=operator_key,
+            SPLITFT_EDGE_SECRET=edge_secret,
+            **(env or {}),
+        )
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ControlProcess:
+        import httpx
+
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Unavailable(f"control plane exited with code {self.process.returncode} before /healthz")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise Unavailable(f"control plane at {self.url} not healthy after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """Die abruptly, as a crash would (for restart tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> ControlProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

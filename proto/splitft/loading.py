@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ from splitft.families import Family, family_for
 from splitft.spans import Skipped
 
 logger = logging.getLogger(__name__)
+
+# accelerate's init_empty_weights patches nn.Module.register_parameter for the whole process while
+# it is active, so any module built meanwhile in another thread (a LoRA layer, another split model)
+# would get meta parameters. Everything in splitft that builds modules holds this lock.
+MODEL_CONSTRUCTION_LOCK = threading.RLock()
 
 
 @dataclass
@@ -60,7 +66,7 @@ def build_meta_model(config: PretrainedConfig, family: Family, **config_override
     for key, value in config_overrides.items():
         setattr(config, key, value)
     cls = family.model_class(config)
-    with init_empty_weights(include_buffers=False):
+    with MODEL_CONSTRUCTION_LOCK, init_empty_weights(include_buffers=False):
         root = cls(config)
     return root
 

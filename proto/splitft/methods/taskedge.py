@@ -1,0 +1,192 @@
+"""TaskEdge (Hu et al., arXiv 2504.03718): train < 0.1% of the weights, chosen per task.
+
+Importance of weight entry (i, j) of a Linear is the Wanda score `|W_ij| * ||X_j||_2`, where
+`||X_j||_2` is the norm of input feature j over every calibration token: a large weight on an
+input that the task actually excites matters; one on a silent input does not. The budget is
+spread evenly over the model: every output neuron of every target layer keeps the same number k
+of entries, so no layer is starved and none hoards the budget.
+
+Rounding: `k = max(1, floor(budget / total_rows))`, capped per layer at its `in_features`. The
+selection therefore never exceeds the budget, except when the budget is smaller than the number
+of output rows: then every row still gets one entry (a warning is logged).
+
+N:M mode (e.g. 2:4, for NVIDIA sparse tensor cores) keeps the top N of every M consecutive input
+columns in every row, so k is implied (`N * in / M` per row) and the budget does not size the
+selection; a warning is logged when the implied count exceeds it. Ties break toward the lower
+column index (stable sort), so the same data always gives the same mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitft.errors import InvalidArgument
+from splitft.methods.common import (
+    call_model,
+    checked_filters,
+    count_parameters,
+    eval_mode,
+    find_target_modules,
+    linear_weight,
+    token_mask_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskEdgeConfig:
+    """How many weights TaskEdge trains and where it looks for them."""
+
+    # Share of ALL model parameters (embeddings and heads included) to train; the paper uses < 0.1%.
+    budget_fraction: float = 0.001
+    # (N, M): keep N of every M consecutive input columns per row, for sparse tensor cores; sizes k.
+    n_m: tuple[int, int] | None = None
+    # Module-name filters (exact name or dotted suffix, as in peft); None: every Linear/Conv1D in
+    # the transformer blocks, so embeddings and task heads never take budget.
+    target_modules: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        fraction = self.budget_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise InvalidArgument(f"budget_fraction must be a number, got {type(fraction).__name__}")
+        if not 0.0 < fraction <= 1.0:
+            raise InvalidArgument(f"budget_fraction must be in (0, 1], got {fraction}")
+        if self.n_m is not None:
+            self.n_m = _checked_n_m(self.n_m)
+        if self.target_modules is not None:
+            self.target_modules = checked_filters(self.target_modules)
+
+
+def _checked_n_m(n_m: Any) -> tuple[int, int]:
+    if not isinstance(n_m, (tuple, list)) or len(n_m) != 2:
+        raise InvalidArgument(f"n_m must be a pair (N, M), got {n_m!r}")
+    n, m = n_m
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m)):
+        raise InvalidArgument(f"n_m must hold two integers, got {n_m!r}")
+    if not 1 <= n <= m:
+        raise InvalidArgument(f"n_m needs 1 <= N <= M, got N={n}, M={m}")
+    return n, m
+
+
+def _square_sums(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """Per input feature, the sum of squares over all tokens; padding tokens count zero."""
+    x = x.detach().to(torch.float64)
+    if token_mask is not None and tuple(x.shape[:-1]) == tuple(token_mask.shape):
+        x = x * token_mask.to(x.device, x.dtype).unsqueeze(-1)
+    return x.pow(2).reshape(-1, x.shape[-1]).sum(dim=0)
+
+
+def collect_input_norms(
+    model: nn.Module, batches: Iterable[Any], module_names: list[str]
+) -> dict[str, torch.Tensor]:
+    """`||X_j||_2` per input feature of each module over all calibration tokens (eval mode, no grad).
+
+    Batches are dicts of keyword arguments (HF style), tuples of positional inputs, or one tensor.
+    A dict's `attention_mask` keeps padding tokens out wherever a module input is `[batch, tokens, in]`.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            part = _square_sums(args[0], current_mask[0])
+            sums[name] = part if name not in sums else sums[name] + part
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in module_names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                current_mask[0] = token_mask_of(batch)
+                call_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [n for n in module_names if n not in sums]
+    if missing:
+        raise InvalidArgument(f"calibration never reached {missing[:3]} (no batches, or unused modules)")
+    return {n: sums[n].sqrt().to(torch.float32) for n in module_names}
+
+
+def importance(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
+    """Wanda score `|W_ij| * ||X_j||_2` for a weight in the Linear orientation `[out, in]`."""
+    if weight.dim() != 2 or input_norm.shape != (weight.shape[1],):
+        raise InvalidArgument(
+            f"input_norm {tuple(input_norm.shape)} does not match weight {tuple(weight.shape)}"
+        )
+    return weight.detach().abs().to(torch.float32) * input_norm.to(weight.device, torch.float32)[None, :]
+
+
+def taskedge_scores(model: nn.Module, input_norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Importance of every entry of every module in `input_norms`, Conv1D turned to `[out, in]`."""
+    return {n: importance(linear_weight(model.get_submodule(n)), norm) for n, norm in input_norms.items()}
+
+
+def _top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+
+
+def _top_n_of_m(scores: torch.Tensor, n: int, m: int, name: str) -> torch.Tensor:
+    rows, cols = scores.shape
+    if cols % m:
+        raise InvalidArgument(f"{name!r}: in_features={cols} is not a multiple of M={m}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.argsort(groups, dim=-1, descending=True, stable=True)[..., :n]
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True).reshape(rows, cols)
+
+
+def per_row_k(total_budget_entries: int, total_rows: int) -> int:
+    """Entries per output row: `max(1, floor(budget / rows))` (see the module docstring)."""
+    if total_budget_entries < total_rows:
+        logger.warning(
+            "budget of %d entries < %d output rows: one entry per row (%d entries)",
+            total_budget_entries,
+            total_rows,
+            total_rows,
+        )
+    return max(1, total_budget_entries // total_rows)
+
+
+def select_taskedge(
+    scores: dict[str, torch.Tensor], total_budget_entries: int, n_m: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Boolean `[out, in]` masks: the same k top-scored entries in every row of every layer, or N:M."""
+    if not scores:
+        raise InvalidArgument("no layers to select from")
+    if total_budget_entries < 1:
+        raise InvalidArgument(f"total_budget_entries must be >= 1, got {total_budget_entries}")
+    if n_m is not None:
+        n, m = _checked_n_m(n_m)
+        masks = {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
+    else:
+        k = per_row_k(total_budget_entries, sum(s.shape[0] for s in scores.values()))
+        masks = {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
+    chosen = sum(int(mask.sum()) for mask in masks.values())
+    if n_m is not None and chosen > total_budget_entries:
+        logger.warning("N:M %s implies %d entries, over the budget of %d", n_m, chosen, total_budget_entries)
+    logger.info("TaskEdge selected %d entries in %d layers", chosen, len(masks))
+    return masks
+
+
+def budget_entries(model: nn.Module, config: TaskEdgeConfig) -> int:
+    """The entry budget: `floor(budget_fraction * all parameters)`, at least 1."""
+    return max(1, math.floor(config.budget_fraction * count_parameters(model)))
+
+
+def taskedge_masks(
+    model: nn.Module, batches: Iterable[Any], config: TaskEdgeConfig
+) -> dict[str, torch.Tensor]:
+    """The whole method: targets, calibration norms, scores, per-row selection; masks for `apply_masks`."""
+    names = find_target_modules(model, config.target_modules)
+    scores = taskedge_scores(model, collect_input_norms(model, batches, names))
+    return select_taskedge(scores, budget_entries(model, config), config.n_m)
