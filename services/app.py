@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -74,6 +78,23 @@ def _add_error_handlers(app: FastAPI) -> None:
         logger.info("%s %s -> %d: %s", request.method, request.url.path, exc.code.http_status, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.code.http_status == 401 else None
         return JSONResponse({"detail": exc.message}, status_code=exc.code.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a NaN or Infinity there (Python's json accepts
+        # them in a body) makes the 422 itself fail to render: a 500.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats spelled as text, which strict JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _add_observability(app: FastAPI, control: ControlState) -> None:

@@ -8,6 +8,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
+# rather than fail in the database (a 500).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+# Integers that land in INTEGER / BIGINT columns must fit them (else the driver overflows: a 500).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 JobState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", "cancelled"]
 
@@ -20,13 +26,20 @@ class Strict(BaseModel):
 
 
 class EdgeCapacity(Strict):
-    memory_free_bytes: int = Field(0, ge=0, description="free accelerator/host memory for sessions")
+    memory_free_bytes: int = Field(
+        0, ge=0, le=INT64_MAX, description="free accelerator/host memory for sessions"
+    )
     max_sessions: int = Field(16, ge=1, le=100_000, description="sessions this edge accepts at once")
 
 
 class EdgeRegister(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="stable name; re-registering a name updates it")
-    address: str = Field(min_length=3, max_length=255, description="host:port devices dial for gRPC")
+    address: str = Field(
+        min_length=3,
+        max_length=255,
+        pattern=r"^[^\s\x00-\x1f\x7f]+$",  # no spaces or control characters (NUL breaks PostgreSQL)
+        description="host:port devices dial for gRPC",
+    )
     models: list[str] = Field(min_length=1, max_length=64, description="model names this edge serves")
     capacity: EdgeCapacity = EdgeCapacity()
 
@@ -40,7 +53,7 @@ class EdgeRegistered(Strict):
 
 class EdgeHeartbeat(Strict):
     capacity: EdgeCapacity | None = None
-    active_sessions: int = Field(0, ge=0)
+    active_sessions: int = Field(0, ge=0, le=INT32_MAX)
 
 
 class EdgePublic(Strict):
@@ -93,7 +106,7 @@ class DevicePublic(Strict):
 
 class LoraSpec(Strict):
     r: int = Field(8, ge=1, le=1024)
-    lora_alpha: float = Field(16, gt=0)
+    lora_alpha: float = Field(16, gt=0, allow_inf_nan=False)  # inf would reach devices as null
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1, max_length=64)
     task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
@@ -125,7 +138,7 @@ class JobCreate(Strict):
     batch_size: int = Field(16, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=8192)
     num_labels: int | None = Field(None, ge=2, le=100_000, description="classes, for classification heads")
-    clip_grad_norm: float | None = Field(1.0, gt=0)
+    clip_grad_norm: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
 
     @model_validator(mode="after")
@@ -159,11 +172,11 @@ class JobPublic(Strict):
 
 
 class MetricPoint(Strict):
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=INT32_MAX)
     loss: float = Field(allow_inf_nan=False)
     examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
-    bytes_sent: int | None = Field(None, ge=0)
-    bytes_received: int | None = Field(None, ge=0)
+    bytes_sent: int | None = Field(None, ge=0, le=INT64_MAX)
+    bytes_received: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class MetricsReport(Strict):
@@ -182,7 +195,7 @@ class JobMetrics(Strict):
 
 
 class SessionFail(Strict):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=2000, pattern=NO_NUL_PATTERN)
 
 
 # --- device side ---------------------------------------------------------------------------------

@@ -151,6 +151,42 @@ def _control_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_enroll(args: argparse.Namespace) -> int:
+    from device_client.credentials import enroll
+
+    credential = enroll(args.control_plane, args.token, args.out, force=args.force)
+    sys.stdout.write(
+        f"enrolled as {credential.device_name} ({credential.device_id}); credential in {args.out}\n"
+    )
+    return 0
+
+
+def _device_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from device_client.agent import run_device
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    summary = run_device(
+        args.credential,
+        args.data,
+        args.model_dir,
+        control_plane=args.control_plane,
+        max_sessions=args.max_sessions,
+        poll_interval=args.poll_interval,
+        insecure=args.insecure,
+        stop=stop,
+        record_dir=args.record_dir,
+    )
+    logger.info(
+        "device agent done: %d sessions completed, %d failed", len(summary.completed), len(summary.failed)
+    )
+    return 1 if summary.failed else 0
+
+
 def _certs_init(args: argparse.Namespace) -> int:
     from splitft.certs import init_ca
 
@@ -317,6 +353,36 @@ def build_parser() -> argparse.ArgumentParser:
             "--db", default=None, metavar="URL", help="SQLAlchemy URL (default: SQLite in --data-dir)"
         )
         sub.add_argument("--data-dir", default=None, help="default: ./splitft-data or $SPLITFT_DATA_DIR")
+
+    device_cmd = commands.add_parser("device", help="the device agent").add_subparsers(
+        dest="device_command", required=True
+    )
+    denroll = device_cmd.add_parser("enroll", help="trade an enrollment token for a credential file")
+    denroll.add_argument("--control-plane", required=True, metavar="URL")
+    denroll.add_argument("--token", required=True, help="the one-time enrollment token from POST /v1/devices")
+    denroll.add_argument("--out", required=True, help="credential file to write (0600)")
+    denroll.add_argument("--force", action="store_true")
+    denroll.set_defaults(func=_device_enroll)
+    drun = device_cmd.add_parser("run", help="poll for sessions and train them on local data")
+    drun.add_argument("--control-plane", default=None, metavar="URL", help="default: the credential file's")
+    drun.add_argument("--credential", required=True, help="credential file from `device enroll`")
+    drun.add_argument("--data", required=True, help='JSONL with {"text": ..., "label": int} per line')
+    drun.add_argument(
+        "--model-dir",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="local model directory for a model name the jobs use; repeatable",
+    )
+    drun.add_argument("--max-sessions", type=int, default=None, help="exit after this many sessions")
+    drun.add_argument("--poll-interval", type=float, default=2.0)
+    drun.add_argument("--insecure", action="store_true", help="dial edges in plaintext (local experiments)")
+    drun.add_argument(
+        "--record-dir",
+        default=None,
+        help="also keep each session's adapter and evaluation logits on a few examples here",
+    )
+    drun.set_defaults(func=_device_run)
 
     certs = commands.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
         dest="certs_command", required=True

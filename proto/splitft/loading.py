@@ -116,7 +116,8 @@ def load_span(
     root = build_meta_model(config, family, **(config_overrides or {}))
     cut(root, family)
     wanted = {name: p for name, p in root.named_parameters(remove_duplicate=False)}
-    state, bytes_read = _read_tensors(Path(model_dir), root, set(wanted))
+    shapes = {name: tuple(p.shape) for name, p in wanted.items()}
+    state, bytes_read = _read_tensors(Path(model_dir), root, shapes, allow_mismatch=init_missing)
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     root.load_state_dict(state, strict=False, assign=True)
     _tie_weights(root, set(state))
@@ -145,17 +146,33 @@ def _checkpoint_files(model_dir: Path) -> list[Path]:
     raise NotFound(f"no safetensors weights in {model_dir} (model.safetensors or its index)")
 
 
-def _read_tensors(model_dir: Path, root: nn.Module, wanted: set[str]) -> tuple[dict[str, torch.Tensor], int]:
-    rename = _key_renamer(root, wanted)
+def _read_tensors(
+    model_dir: Path, root: nn.Module, shapes: dict[str, tuple[int, ...]], *, allow_mismatch: bool
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Read the wanted tensors. A shape mismatch (a head for another number of labels) is skipped,
+    so the parameter is initialised afresh, where `allow_mismatch`; otherwise it is an error."""
+    rename = _key_renamer(root, set(shapes))
     state: dict[str, torch.Tensor] = {}
     bytes_read = 0
     for path in _checkpoint_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 name = rename(key)
-                if name in wanted and name not in state:
-                    state[name] = f.get_tensor(key)
-                    bytes_read += state[name].numel() * state[name].element_size()
+                if name not in shapes or name in state:
+                    continue
+                found = tuple(f.get_slice(key).get_shape())
+                if found != shapes[name]:
+                    if not allow_mismatch:
+                        raise InvalidArgument(
+                            f"{key} in {model_dir} has shape {list(found)}, the model expects "
+                            f"{list(shapes[name])}"
+                        )
+                    logger.info(
+                        "not loading %s: checkpoint shape %s != %s (new head)", key, found, shapes[name]
+                    )
+                    continue
+                state[name] = f.get_tensor(key)
+                bytes_read += state[name].numel() * state[name].element_size()
     return state, bytes_read
 
 

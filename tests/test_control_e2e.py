@@ -1,0 +1,128 @@
+"""End to end with real processes: control plane, edges and device agents on loopback.
+
+REST creates the job; devices enroll with CSRs and train over mutual TLS with tokens the control
+plane signed; adapters come back over REST and reproduce what the devices saw. Then the failures:
+an edge that dies mid-job, and a control plane killed mid-job and restarted on the same database.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+from splitft.demo import default_model_dir
+from splitft.loop import LocalLoop, write_jsonl
+from splitft.stdlib_task import build_stdlib_task
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+MODEL = "minilm"
+
+
+@pytest.fixture(scope="module")
+def task():
+    return build_stdlib_task(max_per_class=12)
+
+
+def _spec(devices: list[str], num_labels: int, steps: int = 3) -> dict:
+    return {
+        "name": "e2e",
+        "model": MODEL,
+        "device_layers": 2,
+        "head_layers": 1,
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "task_type": "SEQ_CLS"},
+        "steps": steps,
+        "batch_size": 8,
+        "max_length": 32,
+        "num_labels": num_labels,
+        "optimizer": {"name": "AdamW", "lr": 1e-3},
+        "devices": devices,
+    }
+
+
+def _model_arg() -> str:
+    return f"{MODEL}={default_model_dir()}"
+
+
+def _check_adapter_reproduces_device_logits(
+    loop: LocalLoop, job: dict, device: str, num_labels: int, tmp
+) -> None:
+    session = next(s for s in job["sessions"] if s["device"] == device)
+    adapter = loop.download_adapter(job["id"], device, tmp / device)
+    record = torch.load(loop.root / "records" / device / session["id"] / "eval_logits.pt")
+    base = BertForSequenceClassification.from_pretrained(str(default_model_dir()), num_labels=num_labels)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir()))
+    batch = tokenizer(
+        record["texts"], padding=True, truncation=True, max_length=record["max_length"], return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, record["logits"], atol=1e-5, rtol=0)
+
+
+def test_job_over_rest_succeeds_and_each_adapter_reproduces_its_device(tmp_path, task):
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [_model_arg()])
+        devices = ["phone-1", "phone-2"]
+        for i, name in enumerate(devices):
+            data = write_jsonl(task.train[i::2], tmp_path / f"{name}.jsonl")  # each device its own data
+            loop.start_agent(loop.enroll_device(name), data, _model_arg())
+        started = time.monotonic()
+        job = loop.create_job(_spec(devices, len(task.labels)))
+        job = loop.wait_job(job["id"], timeout=240)
+        assert job["state"] == "succeeded", job
+        assert all(s["has_adapter"] for s in job["sessions"])
+        metrics = loop.api("GET", f"/v1/jobs/{job['id']}/metrics").json()
+        assert all(s["points"] for s in metrics["sessions"])
+        for name in devices:
+            _check_adapter_reproduces_device_logits(loop, job, name, len(task.labels), tmp_path / "dl")
+        assert time.monotonic() - started < 240
+
+
+def test_sessions_of_a_dead_edge_are_placed_on_another(tmp_path, task):
+    with LocalLoop(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=3.0) as loop:
+        loop.start_edge("edge-a", [_model_arg()])
+        credential = loop.enroll_device("phone-1")  # enrolled, but its agent is not started yet
+        job = loop.create_job(_spec(["phone-1"], len(task.labels)))
+        edges = {e["name"]: e["id"] for e in loop.api("GET", "/v1/edges").json()}
+        assert loop.job(job["id"])["sessions"][0]["edge_id"] == edges["edge-a"]
+        loop.start_edge("edge-b", [_model_arg()])
+        edges = {e["name"]: e["id"] for e in loop.api("GET", "/v1/edges").json()}
+        loop.kill_edge("edge-a")
+        moved = loop.wait_job(
+            job["id"], until=lambda j: j["sessions"][0]["edge_id"] == edges["edge-b"], timeout=60
+        )
+        assert moved["sessions"][0]["attempts"] == 2
+        status = {e["name"]: e["status"] for e in loop.api("GET", "/v1/edges").json()}
+        assert status == {"edge-a": "down", "edge-b": "up"}
+        data = write_jsonl(task.train, tmp_path / "phone-1.jsonl")
+        loop.start_agent(credential, data, _model_arg())
+        assert loop.wait_job(job["id"], timeout=240)["state"] == "succeeded"
+
+
+def test_control_plane_restart_mid_job_loses_nothing(tmp_path, task):
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [_model_arg()])
+        credential = loop.enroll_device("phone-1")
+        job = loop.create_job(_spec(["phone-1"], len(task.labels), steps=40))
+        data = write_jsonl(task.train, tmp_path / "phone-1.jsonl")
+        loop.start_agent(credential, data, _model_arg())
+        loop.wait_job(job["id"], until=lambda j: j["sessions"][0]["state"] == "running", timeout=120)
+        # Wait for the first metrics so there is something to lose.
+        deadline = time.monotonic() + 120
+        while not loop.api("GET", f"/v1/jobs/{job['id']}/metrics").json()["sessions"][0]["points"]:
+            assert time.monotonic() < deadline, "no metrics reported"
+            time.sleep(0.5)
+        before = loop.api("GET", f"/v1/jobs/{job['id']}/metrics").json()["sessions"][0]["points"]
+        loop.restart_control(crash=True)
+        assert [d["name"] for d in loop.api("GET", "/v1/devices").json()] == ["phone-1"]
+        assert loop.job(job["id"])["state"] in ("running", "succeeded")
+        done = loop.wait_job(job["id"], timeout=240)
+        assert done["state"] == "succeeded", done
+        after = loop.api("GET", f"/v1/jobs/{job['id']}/metrics").json()["sessions"][0]["points"]
+        assert after[: len(before)] == before
+        assert after[-1]["step"] == 40
