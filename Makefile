@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy proto/splitft device_client edge_server
+	$(VENV)/bin/mypy proto/splitft device_client edge_server services
 
 proto: venv
 	PATH=$(VENV)/bin:$$PATH bash proto/generate.sh

@@ -41,7 +41,7 @@ class EdgeRegister(Strict):
         description="host:port devices dial for gRPC",
     )
     models: list[str] = Field(min_length=1, max_length=64, description="model names this edge serves")
-    capacity: EdgeCapacity = EdgeCapacity()
+    capacity: EdgeCapacity = Field(default_factory=EdgeCapacity)
 
 
 class EdgeRegistered(Strict):
@@ -131,8 +131,8 @@ class JobCreate(Strict):
     lora: LoraSpec
     trunk_lora: bool = True
     codec: Literal["raw", "fp16", "bf16"] = "raw"
-    optimizer: OptimizerSpec = OptimizerSpec()
-    schedule: ScheduleSpec = ScheduleSpec()
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     steps: int | None = Field(None, ge=1, le=10_000_000)
     epochs: int | None = Field(None, ge=1, le=10_000)
     batch_size: int = Field(16, ge=1, le=4096)

@@ -241,6 +241,26 @@ def _tokens_issue(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from splitft.demo import DemoConfig, run_demo
 
+    if not args.sdk:
+        from splitft.demo_loop import LoopDemoConfig, run_loop_demo
+
+        run_loop_demo(
+            LoopDemoConfig(
+                model_dir=args.model_dir,
+                epochs=args.epochs,
+                out_dir=args.out,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                lr=args.lr,
+                device_layers=args.device_layers,
+                head_layers=args.head_layers,
+                codec=args.codec,
+                max_per_class=args.max_per_class,
+                devices=args.devices,
+            )
+        )
+        return 0
+
     run_demo(
         DemoConfig(
             model_dir=args.model_dir,
@@ -419,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--model-dir", default=None, help="a supported model (default: packaged all-MiniLM-L6-v2)"
     )
+    demo.add_argument(
+        "--sdk",
+        action="store_true",
+        help="one device driving the SDK directly (no control plane), with a per-step progress bar",
+    )
+    demo.add_argument("--devices", type=int, default=3, help="device agents in the whole-loop demo")
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--max-length", type=int, default=64)
