@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._placement_lock = threading.Lock()
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -266,10 +268,16 @@ class Store:
         return [(row[0], row[1]) for row in rows]
 
     def place_waiting(self) -> int:
-        """Place waiting sessions on healthy edges with room; record why the others wait."""
+        """Place waiting sessions on healthy edges with room; record why the others wait.
+
+        One pass at a time: in this process a lock, across control-plane replicas on PostgreSQL a row
+        lock on the edges, so two passes never count the same free slot twice."""
         placed = 0
-        with self.tx() as s:
-            edges = list(s.scalars(select(Edge).where(Edge.status == "up")))
+        with self._placement_lock, self.tx() as s:
+            edge_query = select(Edge).where(Edge.status == "up").order_by(Edge.id)
+            if s.bind is not None and s.bind.dialect.name == "postgresql":
+                edge_query = edge_query.with_for_update()
+            edges = list(s.scalars(edge_query))
             load = {
                 e.id: EdgeLoad(e.id, e.name, list(e.models), e.max_sessions, self._load(s, e.id))
                 for e in edges
@@ -332,6 +340,7 @@ class Store:
                 .where(
                     JobSession.device_id == device_id,
                     JobSession.state.in_(ACTIVE_SESSION_STATES),
+                    Job.state.in_(("pending", "running")),
                     Edge.status == "up",
                 )
                 .order_by(JobSession.created_at)

@@ -50,3 +50,13 @@ def test_step_benchmark_reports_ratio_bytes_and_device_share():
     assert wire["bf16"]["total"] == wire["fp16"]["total"]
     share = report["device_share"]
     assert 0 < share["device_parameters"] < share["whole_model_parameters"]
+
+
+@pytest.mark.slow
+def test_control_benchmark_reports_latency_percentiles():
+    from splitft.bench_control import ControlBenchConfig, run_control_bench
+
+    report = json.loads(run_control_bench(ControlBenchConfig(clients=2, requests=5, jobs=2)))
+    assert report["requests"] == 10 and report["errors"] == 0
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]

@@ -296,6 +296,14 @@ def _bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_control(args: argparse.Namespace) -> int:
+    from splitft.bench_control import ControlBenchConfig, run_control_bench
+
+    config = ControlBenchConfig(clients=args.clients, requests=args.requests, jobs=args.jobs, db_url=args.db)
+    sys.stdout.write(run_control_bench(config) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitft", description="Device-edge split fine-tuning.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -472,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--device-layers", type=int, default=1)
     step.add_argument("--head-layers", type=int, default=1)
     step.set_defaults(func=_bench_step)
+    cbench = bench.add_parser("control", help="job-status latency of the control plane under concurrent load")
+    cbench.add_argument("--clients", type=int, default=16)
+    cbench.add_argument("--requests", type=int, default=200, help="per client")
+    cbench.add_argument("--jobs", type=int, default=50)
+    cbench.add_argument("--db", default=None, metavar="URL", help="default: SQLite in a temp dir")
+    cbench.set_defaults(func=_bench_control)
     return parser
 
 
