@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,14 @@ from torch import nn
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
+from device_client.selection import device_masks, global_k, save_selected
 from splitft.codec import check_codec
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.lora import trunk_lora_json
+from splitft.methods.sparse import apply_masks, sparse_state_dict
+from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.wire import method_to_json
 from splitft.spans import SplitSpec
 from splitft.tokens import unverified_claims
 from splitft.v1 import dataplane_pb2 as pb
@@ -47,15 +52,23 @@ class SplitModel(nn.Module):
     def __init__(
         self,
         span: LoadedSpan,
-        peft_model: PeftModel,
+        peft_model: PeftModel | None,
         spec: SplitSpec,
         edge: EdgeConnection,
         trunk: RemoteTrunk,
         context: ForwardContext,
         model_name: str,
+        method: TaskEdgeConfig | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.peft_model = peft_model
+        # A selection method trains the HF model's own (masked) weights: no peft wrapper.
+        self.root = span.root if peft_model is None else None
+        self.method = method
+        self.calibrated = False
+        self.new_parameters = span.new_parameters
+        self._overrides = overrides or {}
         self.spec = spec
         self.model_dir = span.model_dir
         self.model_name = model_name
@@ -74,12 +87,13 @@ class SplitModel(nn.Module):
         edge: EdgeConnection,
         device_layers: int,
         head_layers: int = 0,
-        lora_config: LoraConfig,
+        lora_config: LoraConfig | None = None,
         trunk_lora: bool = True,
         codec: str = "raw",
         model: str | None = None,
         seed: int | None = None,
         config_overrides: dict[str, Any] | None = None,
+        method: TaskEdgeConfig | LoraConfig | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -87,22 +101,27 @@ class SplitModel(nn.Module):
         trunk adapter's initialisation (default: drawn from torch's global RNG, so
         `torch.manual_seed` makes the whole split model reproducible). `config_overrides` change
         device-side config fields such as `num_labels` for a new classification head.
+
+        `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or a
+        `splitft.methods.TaskEdgeConfig`: then call `calibrate(batches)` before training, and only
+        the selected entries of both sides train, as sparse deltas.
         """
-        if not isinstance(lora_config, LoraConfig):
-            raise InvalidArgument(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}")
+        lora_config, selection = _resolve_method(lora_config, method)
         check_codec(codec)
         config, _family = read_config(model_dir)
         num_layers = _num_layers(config)
         spec = SplitSpec(num_layers, device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        device_config = _device_lora_config(lora_config, model_dir)
+        device_config = _device_lora_config(lora_config, model_dir) if lora_config is not None else None
+        trunk_lora = trunk_lora and lora_config is not None
         request = pb.OpenSessionRequest(
             model=model or Path(model_dir).name,
             device_layers=device_layers,
             head_layers=head_layers,
             codec=codec,
             trunk_lora=trunk_lora,
-            lora_config_json=trunk_lora_json(lora_config) if trunk_lora else "",
+            lora_config_json=trunk_lora_json(lora_config) if trunk_lora and lora_config is not None else "",
+            method_json=method_to_json(selection) if selection is not None else "",
             seed=seed,
             model_type=config.model_type,
             num_layers=num_layers,
@@ -113,7 +132,7 @@ class SplitModel(nn.Module):
         trunk = RemoteTrunk(edge, opened, codec)
         try:
             return cls._build(
-                model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}
+                model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}, selection
             )
         except BaseException:
             trunk.close()
@@ -124,11 +143,12 @@ class SplitModel(nn.Module):
         cls,
         model_dir: str | Path,
         spec: SplitSpec,
-        lora_config: LoraConfig,
+        lora_config: LoraConfig | None,
         edge: EdgeConnection,
         trunk: RemoteTrunk,
         model_name: str,
         overrides: dict[str, Any],
+        selection: TaskEdgeConfig | None = None,
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -138,6 +158,8 @@ class SplitModel(nn.Module):
             init_missing=True,
             config_overrides=overrides,
         )
+        if lora_config is None:
+            return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)
         lora_config = _save_new_modules(lora_config, span.new_parameters)
         try:
             with MODEL_CONSTRUCTION_LOCK:
@@ -154,22 +176,60 @@ class SplitModel(nn.Module):
             inputs.setdefault("use_cache", False)
         self._context.attention_mask = inputs.get("attention_mask")
         try:
-            return self.peft_model(**inputs)
+            return self._net(**inputs)
         finally:
             self._context.attention_mask = None
 
+    @property
+    def _net(self) -> nn.Module:
+        net = self.peft_model if self.peft_model is not None else self.root
+        assert net is not None
+        return net
+
+    def calibrate(self, batches: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """Select what trains (TaskEdge) from a few labels-free batches, on the device and the edge."""
+        if self.method is None:
+            raise FailedPrecondition("calibrate() is for selection methods; LoRA needs no calibration")
+        if self.calibrated:
+            raise FailedPrecondition("this split model is already calibrated")
+        assert self.root is not None
+        unlabeled = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
+        if not unlabeled:
+            raise InvalidArgument("calibrate() needs at least one batch")
+        k = global_k(self.model_dir, self.method, self._overrides)
+        self._trunk.start_calibration()
+        masks = device_masks(self, "root", self.root, unlabeled, self.method, k)
+        apply_masks(self.root, masks, freeze_model=True)
+        for name in self.new_parameters:  # a head the checkpoint lacks trains whole
+            self.root.get_parameter(name).requires_grad_(True)
+        trunk_selected = self._trunk.select_parameters(k)
+        self.calibrated = True
+        device_selected = sum(int(m.sum()) for m in masks.values())
+        logger.info("TaskEdge k=%d: %d device entries, %d trunk entries", k, device_selected, trunk_selected)
+        return {"k_per_row": k, "device": device_selected, "trunk": trunk_selected}
+
     def configure_optimizer(
         self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any
-    ) -> torch.optim.Optimizer:
+    ) -> SplitOptimizer:
         """An optimizer over the device adapter that also steps the trunk adapter on the edge."""
+        if self.method is not None and not self.calibrated:
+            raise FailedPrecondition(
+                "call calibrate(batches) before configure_optimizer with a selection method"
+            )
         params = [p for p in self.parameters() if p.requires_grad]
         trunk = self._trunk if self._trunk.trainable else None
         self._optimizer = make_split_optimizer(optimizer_cls, params, trunk, **hparams)
         return self._optimizer
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's adapter weights: device modules and the trunk's, under peft's names."""
-        device_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+        """The whole model's adapter weights: device modules and the trunk's, under peft's names
+        (LoRA), or the sparse deltas of both sides (selection methods)."""
+        if self.peft_model is not None:
+            device = get_peft_model_state_dict(self.peft_model)
+        else:
+            assert self.root is not None
+            device = sparse_state_dict(self.root)
+        device_state = {k: v.detach().clone() for k, v in device.items()}
         trunk_state = self._trunk.export_adapter()
         overlap = set(device_state) & set(trunk_state)
         if overlap:
@@ -181,6 +241,11 @@ class SplitModel(nn.Module):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         state = self.adapter_state_dict()
+        if self.peft_model is None:
+            assert self.root is not None
+            head = {name: self.root.get_parameter(name) for name in self.new_parameters}
+            meta = {"base_model": str(self.model_dir), "method": "taskedge"}
+            return save_selected(out, state, head, meta)
         config = copy.deepcopy(self.peft_model.peft_config["default"])
         config.base_model_name_or_path = str(self.model_dir)
         config.inference_mode = True
@@ -215,6 +280,21 @@ class SplitModel(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resolve_method(
+    lora_config: LoraConfig | None, method: TaskEdgeConfig | LoraConfig | None
+) -> tuple[LoraConfig | None, TaskEdgeConfig | None]:
+    if method is not None and lora_config is not None:
+        raise InvalidArgument("give either lora_config or method, not both")
+    chosen = method if method is not None else lora_config
+    if isinstance(chosen, LoraConfig):
+        return chosen, None
+    if isinstance(chosen, TaskEdgeConfig):
+        return None, chosen
+    raise InvalidArgument(
+        f"method must be a peft.LoraConfig or a TaskEdgeConfig, got {type(chosen).__name__}"
+    )
 
 
 def _num_layers(config: Any) -> int:

@@ -122,6 +122,17 @@ class RemoteTrunk:
         responses = self.conn.stream("ExportAdapter", pb.ExportAdapterRequest(session_id=self.session_id))
         return parts_to_tensors(r.part for r in responses)
 
+    def start_calibration(self) -> int:
+        response = self.conn.call("StartCalibration", pb.StartCalibrationRequest(session_id=self.session_id))
+        return int(response.target_rows)
+
+    def select_parameters(self, k_per_row: int) -> int:
+        response = self.conn.call(
+            "SelectParameters", pb.SelectParametersRequest(session_id=self.session_id, k_per_row=k_per_row)
+        )
+        self.trainable_parameters = int(response.selected)
+        return int(response.selected)
+
     def close(self) -> None:
         if self.closed:
             return

@@ -13,6 +13,7 @@ from edge_server.sessions import SessionManager
 from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 from splitft.errors import InvalidArgument
 from splitft.lora import trunk_lora_from_json
+from splitft.methods.wire import method_from_json
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 
@@ -83,6 +84,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             lora_config=lora,
             seed=request.seed,
             expect=(request.model_type, request.num_layers, request.hidden_size),
+            method=method_from_json(request.method_json) if request.method_json else None,
         )
         return pb.OpenSessionResponse(
             session_id=session.session_id,
@@ -158,6 +160,22 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         for name, tensor in state.items():
             for part in tensor_parts(name, tensor, "raw", self.chunk_bytes):
                 yield pb.ExportAdapterResponse(part=part)
+
+
+    @translate_errors
+    def StartCalibration(self, request, context):
+        session = self._session(request.session_id)
+        with session.lock:
+            rows = session.start_calibration()
+        return pb.StartCalibrationResponse(target_rows=rows)
+
+    @translate_errors
+    def SelectParameters(self, request, context):
+        session = self._session(request.session_id)
+        with session.lock:
+            chosen = session.select_parameters(request.k_per_row)
+            layers = len(session.selection.names) if session.selection is not None else 0
+        return pb.SelectParametersResponse(selected=chosen, layers=layers)
 
 
 def add_to_server(servicer: DataPlaneServicer, server: grpc.Server) -> None:

@@ -22,8 +22,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from edge_server.selection import TrunkSelection
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
+from splitft.methods.sparse import sparse_state_dict
+from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class TrunkSession:
         codec: str,
         lora_config: LoraConfig | None,
         seed: int,
+        method: TaskEdgeConfig | None = None,
     ) -> None:
         self.session_id = session_id
         self.span = span
@@ -84,6 +88,7 @@ class TrunkSession:
         self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
         self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.selection = TrunkSelection(self.root, method) if method is not None else None
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
@@ -114,12 +119,30 @@ class TrunkSession:
             self._keep(forward_id, Pending(hidden, out))
         return out.detach()
 
+    def start_calibration(self) -> int:
+        """Score the trunk from the forwards that follow; returns the target layers' output rows."""
+        if self.selection is None:
+            raise FailedPrecondition(
+                "this session trains LoRA (or nothing) on the trunk; no calibration needed"
+            )
+        self.selection.start()
+        return self.selection.rows
+
+    def select_parameters(self, k_per_row: int) -> int:
+        if self.selection is None:
+            raise FailedPrecondition("this session has no selection method")
+        chosen = self.selection.select(k_per_row)
+        self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        return chosen
+
     def _run(
         self, hidden: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None, *, seeded: bool
     ) -> torch.Tensor:
         """Run the trunk span; with dropout active, draw from this session's own RNG stream."""
         run = self.span.family.run_trunk
         start, stop = self.spec.trunk_start, self.spec.trunk_stop
+        if self.selection is not None:
+            self.selection.token_mask = mask  # padding tokens stay out of the calibration norms
         if not seeded:
             return run(self.root, hidden, mask, positions, start, stop)
         with _SEED_LOCK, torch.random.fork_rng(devices=[]):
@@ -189,6 +212,8 @@ class TrunkSession:
         return self.steps
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
+        if self.selection is not None:
+            return {k: v.detach().clone() for k, v in sparse_state_dict(self.root).items()}
         if self.peft_model is None:
             return {}
         state = get_peft_model_state_dict(self.peft_model)

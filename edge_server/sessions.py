@@ -14,6 +14,7 @@ from edge_server.registry import ModelRegistry
 from edge_server.session import TrunkSession
 from splitft.codec import check_codec
 from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class SessionManager:
         lora_config: LoraConfig | None,
         seed: int,
         expect: tuple[str, int, int] | None = None,
+        method: TaskEdgeConfig | None = None,
     ) -> TrunkSession:
         served = self.registry.get(model)
         if expect is not None:
@@ -55,7 +57,9 @@ class SessionManager:
             if len(self._sessions) >= self.max_sessions:
                 raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
         session_id = _check_session_id(session_id) if session_id else secrets.token_hex(16)
-        session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed)
+        if method is not None and lora_config is not None:
+            raise InvalidArgument("a session trains either a LoRA adapter or selected parameters, not both")
+        session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed, method=method)
         with self._lock:
             if session_id in self._sessions:
                 raise AlreadyExists(f"session {session_id!r} is already open")

@@ -37,7 +37,7 @@ class TensorPart(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id")
+    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class OpenSessionRequest(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_JSON_FIELD_NUMBER: _ClassVar[int]
     model: str
     device_layers: int
     head_layers: int
@@ -60,7 +61,8 @@ class OpenSessionRequest(_message.Message):
     num_layers: int
     hidden_size: int
     session_id: str
-    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+    method_json: str
+    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ..., method_json: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds")
@@ -195,6 +197,34 @@ class ExportAdapterResponse(_message.Message):
     PART_FIELD_NUMBER: _ClassVar[int]
     part: TensorPart
     def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class StartCalibrationRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class StartCalibrationResponse(_message.Message):
+    __slots__ = ("target_rows",)
+    TARGET_ROWS_FIELD_NUMBER: _ClassVar[int]
+    target_rows: int
+    def __init__(self, target_rows: _Optional[int] = ...) -> None: ...
+
+class SelectParametersRequest(_message.Message):
+    __slots__ = ("session_id", "k_per_row")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    K_PER_ROW_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    k_per_row: int
+    def __init__(self, session_id: _Optional[str] = ..., k_per_row: _Optional[int] = ...) -> None: ...
+
+class SelectParametersResponse(_message.Message):
+    __slots__ = ("selected", "layers")
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    selected: int
+    layers: int
+    def __init__(self, selected: _Optional[int] = ..., layers: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

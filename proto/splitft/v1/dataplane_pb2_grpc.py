@@ -79,6 +79,16 @@ class DataPlaneStub:
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.ExportAdapterRequest.SerializeToString,
                 response_deserializer=splitft_dot_v1_dot_dataplane__pb2.ExportAdapterResponse.FromString,
                 _registered_method=True)
+        self.StartCalibration = channel.unary_unary(
+                '/splitft.v1.DataPlane/StartCalibration',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.StartCalibrationRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.StartCalibrationResponse.FromString,
+                _registered_method=True)
+        self.SelectParameters = channel.unary_unary(
+                '/splitft.v1.DataPlane/SelectParameters',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneServicer:
@@ -140,6 +150,18 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartCalibration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectParameters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +209,16 @@ def add_DataPlaneServicer_to_server(servicer, server):
                     servicer.ExportAdapter,
                     request_deserializer=splitft_dot_v1_dot_dataplane__pb2.ExportAdapterRequest.FromString,
                     response_serializer=splitft_dot_v1_dot_dataplane__pb2.ExportAdapterResponse.SerializeToString,
+            ),
+            'StartCalibration': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCalibration,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.StartCalibrationRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.StartCalibrationResponse.SerializeToString,
+            ),
+            'SelectParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectParameters,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +464,60 @@ class DataPlane:
             '/splitft.v1.DataPlane/ExportAdapter',
             splitft_dot_v1_dot_dataplane__pb2.ExportAdapterRequest.SerializeToString,
             splitft_dot_v1_dot_dataplane__pb2.ExportAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCalibration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitft.v1.DataPlane/StartCalibration',
+            splitft_dot_v1_dot_dataplane__pb2.StartCalibrationRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.StartCalibrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitft.v1.DataPlane/SelectParameters',
+            splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
             options,
             channel_credentials,
             insecure,
