@@ -240,41 +240,24 @@ def _tokens_issue(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from splitft.demo import DemoConfig, run_demo
+    from splitft.demo_loop import LoopDemoConfig, run_loop_demo
 
-    if not args.sdk:
-        from splitft.demo_loop import LoopDemoConfig, run_loop_demo
-
-        run_loop_demo(
-            LoopDemoConfig(
-                model_dir=args.model_dir,
-                epochs=args.epochs,
-                out_dir=args.out,
-                batch_size=args.batch_size,
-                max_length=args.max_length,
-                lr=args.lr,
-                device_layers=args.device_layers,
-                head_layers=args.head_layers,
-                codec=args.codec,
-                max_per_class=args.max_per_class,
-                devices=args.devices,
-            )
-        )
-        return 0
-
-    run_demo(
-        DemoConfig(
-            model_dir=args.model_dir,
-            epochs=args.epochs,
-            out_dir=args.out,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            lr=args.lr,
-            device_layers=args.device_layers,
-            head_layers=args.head_layers,
-            codec=args.codec,
-            max_per_class=args.max_per_class,
-        )
+    common = dict(
+        model_dir=args.model_dir,
+        epochs=args.epochs,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        device_layers=args.device_layers,
+        head_layers=args.head_layers,
+        codec=args.codec,
+        max_per_class=args.max_per_class,
     )
+    if args.sdk:
+        run_demo(DemoConfig(**common))
+    else:
+        run_loop_demo(LoopDemoConfig(**common, devices=args.devices))
     return 0
 
 

@@ -31,6 +31,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
+    """SIGTERM (a graceful stop), then SIGKILL after `timeout`; the exit code, None if never started."""
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def wait_healthy(
     address: str,
     timeout: float,
@@ -119,14 +131,7 @@ class EdgeProcess:
         )
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return terminate(self.process, timeout)
 
     def __enter__(self) -> EdgeProcess:
         return self.start()
@@ -248,14 +253,7 @@ class ControlProcess:
         raise Unavailable(f"control plane at {self.url} not healthy after {timeout:.0f} s")
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return terminate(self.process, timeout)
 
     def kill(self) -> None:
         """Die abruptly, as a crash would (for restart tests)."""

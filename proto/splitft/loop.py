@@ -23,7 +23,7 @@ import httpx
 
 from splitft.certs import CertPaths, init_ca, issue_device
 from splitft.errors import Unavailable
-from splitft.launch import ControlProcess, EdgeProcess, free_port
+from splitft.launch import ControlProcess, EdgeProcess, free_port, terminate
 from splitft.stdlib_task import Example
 
 logger = logging.getLogger(__name__)
@@ -191,12 +191,7 @@ class LocalLoop:
 
     def stop(self) -> None:
         for process in self.agents:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            terminate(process, timeout=10)
         for edge in list(self.edges.values()):
             edge.stop()
         self.edges.clear()
