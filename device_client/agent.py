@@ -41,12 +41,17 @@ from splitft.errors import (
     Unavailable,
 )
 from splitft.loading import read_config
+from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.tokens import unverified_claims
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
 
-ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS)  # what /complete requires in the archive
+# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas.
+ADAPTER_LAYOUTS = (
+    ("adapter_config.json", ADAPTER_WEIGHTS),
+    ("sparse_config.json", "sparse_deltas.safetensors"),
+)
 SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
 MAX_REASON_CHARS = 500
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
@@ -68,6 +73,14 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class TaskEdgeSpec:
+    budget_fraction: float = 0.001
+    n_m: list[int] | None = None
+    target_modules: list[str] | None = None
+    calibration_batches: int = 4  # labels-free local batches the selection is scored on
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     name: str = "AdamW"  # AdamW, Adam or SGD: what the edge can run for the trunk adapter
     lr: float = 1e-3
@@ -86,7 +99,9 @@ class JobSpec:
 
     model: str  # the model's name on the edge, and the key of the agent's local model_dirs
     device_layers: int
-    lora: LoraSpec
+    lora: LoraSpec | None = None  # with method "lora"
+    method: str = "lora"  # "lora" or "taskedge"
+    taskedge: TaskEdgeSpec | None = None
     name: str = ""
     head_layers: int = 0
     trunk_lora: bool = True
@@ -117,14 +132,19 @@ def _build(cls: type[Any], raw: Any, nested: Mapping[str, type[Any]] | None = No
     known = {f.name for f in fields(cls)}
     values = {k: v for k, v in raw.items() if k in known}
     for name, sub in (nested or {}).items():
-        if name in values:
+        if values.get(name) is not None:
             values[name] = _build(sub, values[name])
     return cls(**values)
 
 
 def parse_assignment(raw: Any) -> Assignment:
     """An Assignment from the control plane's JSON; a malformed one is the server's fault."""
-    nested = {"lora": LoraSpec, "optimizer": OptimizerSpec, "schedule": ScheduleSpec}
+    nested = {
+        "lora": LoraSpec,
+        "taskedge": TaskEdgeSpec,
+        "optimizer": OptimizerSpec,
+        "schedule": ScheduleSpec,
+    }
     try:
         spec = _build(JobSpec, raw.get("spec") if isinstance(raw, dict) else None, nested)
         assignment = _build(Assignment, {**raw, "spec": spec})
@@ -226,8 +246,19 @@ def make_optimizer(model: SplitModel, spec: OptimizerSpec) -> torch.optim.Optimi
     return model.configure_optimizer(cls, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
+def taskedge_config(spec: JobSpec) -> TaskEdgeConfig:
+    te = spec.taskedge or TaskEdgeSpec()
+    return TaskEdgeConfig(
+        budget_fraction=te.budget_fraction,
+        n_m=tuple(te.n_m) if te.n_m else None,  # type: ignore[arg-type]
+        target_modules=te.target_modules,
+    )
+
+
 def lora_config(spec: JobSpec) -> peft.LoraConfig:
     """The job's LoRA as peft wants it; the agent's data are labelled texts, so only SEQ_CLS fits."""
+    if spec.lora is None:
+        raise InvalidArgument("a LoRA job needs a lora spec")
     if spec.lora.task_type not in (None, "SEQ_CLS"):
         raise InvalidArgument(f"the device agent trains sequence classifiers, not {spec.lora.task_type}")
     alpha = spec.lora.lora_alpha
@@ -243,7 +274,8 @@ def lora_config(spec: JobSpec) -> peft.LoraConfig:
 def pack_adapter(directory: str | Path) -> bytes:
     """The adapter directory as a .tar.gz of its top-level files, byte-identical for identical files."""
     root = Path(directory)
-    missing = [name for name in ADAPTER_FILES if not (root / name).is_file()]
+    layouts = [[name for name in layout if not (root / name).is_file()] for layout in ADAPTER_LAYOUTS]
+    missing = min(layouts, key=len)
     if missing:
         raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(missing)}")
     buffer = io.BytesIO()
@@ -496,6 +528,8 @@ class DeviceAgent:
             with self._connect(assignment) as conn:
                 with self._build_model(model_dir, conn, spec) as model:
                     self._check_labels(model)
+                    if spec.method == "taskedge":
+                        self._calibrate(model, tokenizer, spec, seed)
                     self._fit(model, tokenizer, assignment, seed)
                     if self.record_dir is not None:
                         self._record(model, tokenizer, assignment)
@@ -565,11 +599,25 @@ class DeviceAgent:
             model=spec.model,
             device_layers=spec.device_layers,
             head_layers=spec.head_layers,
-            lora_config=lora_config(spec),
+            method=taskedge_config(spec) if spec.method == "taskedge" else lora_config(spec),
             trunk_lora=spec.trunk_lora,
             codec=spec.codec,
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
         )
+
+    def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobSpec, seed: int) -> None:
+        """TaskEdge: score both sides on a few local batches (texts only, no labels) and select."""
+        count = (spec.taskedge or TaskEdgeSpec()).calibration_batches
+        batches = []
+        for texts, _labels in training_batches(self.examples, spec.batch_size, seed=seed, epochs=1):
+            enc = tokenizer(
+                texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt"
+            )
+            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+            if len(batches) == count:
+                break
+        selected = model.calibrate(batches)
+        logger.info("TaskEdge selected %d device and %d trunk entries", selected["device"], selected["trunk"])
 
     def _check_labels(self, model: SplitModel) -> None:
         num_labels = int(getattr(model.config, "num_labels", 0))

@@ -7,7 +7,11 @@ import tarfile
 
 from splitft.errors import InvalidArgument
 
-REQUIRED = {"adapter_config.json", "adapter_model.safetensors"}
+# A peft LoRA adapter, or a selection method's sparse deltas (see docs/methods.md).
+ADAPTER_LAYOUTS = (
+    {"adapter_config.json", "adapter_model.safetensors"},
+    {"sparse_config.json", "sparse_deltas.safetensors"},
+)
 
 
 def check_adapter_archive(data: bytes) -> None:
@@ -25,6 +29,6 @@ def check_adapter_archive(data: bytes) -> None:
         if not member.isfile() or name.startswith("/") or ".." in name.split("/") or "/" in name:
             raise InvalidArgument(f"adapter archive may hold only top-level files, found {member.name!r}")
         names.add(name)
-    missing = REQUIRED - names
-    if missing:
-        raise InvalidArgument(f"adapter archive lacks {sorted(missing)}")
+    if not any(layout <= names for layout in ADAPTER_LAYOUTS):
+        wanted = " or ".join(str(sorted(layout)) for layout in ADAPTER_LAYOUTS)
+        raise InvalidArgument(f"adapter archive lacks the files of an adapter: {wanted}; it has {sorted(names)}")

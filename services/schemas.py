@@ -112,6 +112,13 @@ class LoraSpec(Strict):
     task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
 
 
+class TaskEdgeSpec(Strict):
+    budget_fraction: float = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
+    n_m: tuple[int, int] | None = Field(None, description="N:M structure, e.g. [2, 4]")
+    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
+    calibration_batches: int = Field(4, ge=1, le=1000, description="labels-free batches scored on the device")
+
+
 class OptimizerSpec(Strict):
     name: Literal["AdamW", "Adam", "SGD"] = "AdamW"
     lr: float = Field(1e-3, gt=0, le=10)
@@ -128,7 +135,11 @@ class JobCreate(Strict):
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
     device_layers: int = Field(ge=1, le=1024)
     head_layers: int = Field(0, ge=0, le=1024)
-    lora: LoraSpec
+    method: Literal["lora", "taskedge"] = "lora"
+    lora: LoraSpec | None = Field(None, description="required when method is lora")
+    taskedge: TaskEdgeSpec | None = Field(
+        None, description="with method taskedge; defaults apply when absent"
+    )
     trunk_lora: bool = True
     codec: Literal["raw", "fp16", "bf16"] = "raw"
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -147,6 +158,10 @@ class JobCreate(Strict):
             raise ValueError("give exactly one of steps or epochs")
         if len(set(self.devices)) != len(self.devices):
             raise ValueError("devices must not repeat")
+        if self.method == "lora" and self.lora is None:
+            raise ValueError("method 'lora' needs a lora spec")
+        if self.method == "taskedge" and self.lora is not None:
+            raise ValueError("method 'taskedge' trains selected weights, not LoRA: drop the lora spec")
         return self
 
 

@@ -126,3 +126,30 @@ def test_control_plane_restart_mid_job_loses_nothing(tmp_path, task):
         after = loop.api("GET", f"/v1/jobs/{job['id']}/metrics").json()["sessions"][0]["points"]
         assert after[: len(before)] == before
         assert after[-1]["step"] == 40
+
+
+def test_taskedge_job_over_rest_returns_sparse_deltas_that_reproduce_the_device(tmp_path, task):
+    from device_client.selection import load_selected
+
+    spec = _spec(["phone-1"], len(task.labels))
+    spec.pop("lora")
+    spec.update(method="taskedge", taskedge={"budget_fraction": 0.002, "calibration_batches": 2})
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [_model_arg()])
+        data = write_jsonl(task.train, tmp_path / "phone-1.jsonl")
+        loop.start_agent(loop.enroll_device("phone-1"), data, _model_arg())
+        job = loop.wait_job(loop.create_job(spec)["id"], timeout=240)
+        assert job["state"] == "succeeded", job
+        adapter = loop.download_adapter(job["id"], "phone-1", tmp_path / "dl")
+        assert (adapter / "sparse_deltas.safetensors").is_file() and (adapter / "head.safetensors").is_file()
+        record = torch.load(loop.root / "records" / "phone-1" / job["sessions"][0]["id"] / "eval_logits.pt")
+    base = BertForSequenceClassification.from_pretrained(
+        str(default_model_dir()), num_labels=len(task.labels)
+    )
+    model = load_selected(base, adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir()))
+    batch = tokenizer(
+        record["texts"], padding=True, truncation=True, max_length=record["max_length"], return_tensors="pt"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, record["logits"], atol=1e-5, rtol=0)
