@@ -31,4 +31,6 @@ def check_adapter_archive(data: bytes) -> None:
         names.add(name)
     if not any(layout <= names for layout in ADAPTER_LAYOUTS):
         wanted = " or ".join(str(sorted(layout)) for layout in ADAPTER_LAYOUTS)
-        raise InvalidArgument(f"adapter archive lacks the files of an adapter: {wanted}; it has {sorted(names)}")
+        raise InvalidArgument(
+            f"adapter archive lacks the files of an adapter: {wanted}; it has {sorted(names)}"
+        )
