@@ -141,7 +141,7 @@ class JobCreate(Strict):
         None, description="with method taskedge; defaults apply when absent"
     )
     trunk_lora: bool = True
-    codec: Literal["raw", "fp16", "bf16"] = "raw"
+    codec: Literal["raw", "fp16", "bf16", "int8"] = "raw"
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     steps: int | None = Field(None, ge=1, le=10_000_000)

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
+from splitft import int8
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb
 
-CODECS: tuple[str, ...] = ("raw", "fp16", "bf16")
+CODECS: tuple[str, ...] = ("raw", "fp16", "bf16", "int8")
 LOSSLESS_CODECS: frozenset[str] = frozenset({"raw"})
 
 # Chunk size for streams; well under the channel's message limit (MESSAGE_LIMIT_BYTES).
@@ -64,12 +65,16 @@ def _wire_dtype(dtype: torch.dtype, codec: str) -> torch.dtype:
 
 def encode(tensor: torch.Tensor, codec: str) -> bytes:
     """Encoded payload of `tensor` under `codec`."""
+    if codec == "int8" and tensor.dtype.is_floating_point:
+        return int8.quantize(tensor)
     wire = tensor.detach().to(device="cpu", dtype=_wire_dtype(tensor.dtype, codec)).contiguous()
     return wire.view(torch.uint8).numpy().tobytes() if wire.numel() else b""
 
 
 def decode(data: bytes | bytearray, shape: tuple[int, ...], dtype: torch.dtype, codec: str) -> torch.Tensor:
     """Inverse of `encode`; the caller has checked that `data` has the expected length."""
+    if codec == "int8" and dtype.is_floating_point:
+        return int8.dequantize(data, shape, dtype)
     wire_dtype = _wire_dtype(dtype, codec)
     if not data:
         return torch.empty(shape, dtype=dtype)
@@ -78,6 +83,8 @@ def decode(data: bytes | bytearray, shape: tuple[int, ...], dtype: torch.dtype, 
 
 
 def expected_bytes(shape: tuple[int, ...], dtype: torch.dtype, codec: str) -> int:
+    if codec == "int8" and dtype.is_floating_point:
+        return int8.int8_bytes(shape)
     itemsize = torch.empty((), dtype=_wire_dtype(dtype, codec)).element_size()
     return math.prod(shape) * itemsize
 
