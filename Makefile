@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck proto bench clean
+.PHONY: venv demo test lint typecheck proto bench clean wheelhouse images docker-smoke
 
 venv: $(STAMP)
 
@@ -34,6 +34,33 @@ proto: venv
 
 bench: venv
 	$(VENV)/bin/splitft bench step
+
+# --- Deploy (docs/deploy.md). Not part of `make test` or CI: they need a Docker engine. ---
+DOCKER ?= docker
+BASE_IMAGE ?= python:3.11-slim
+WHEELHOUSE ?= 0
+IMAGE_TAG ?= 0.1.0
+DOCKER_BUILD_FLAGS ?=
+
+# Every wheel both images need (torch at the constraints.txt pin), for builds with no index access.
+# Build it with the Python version and platform of the image's base (3.11, Linux).
+wheelhouse: venv
+	$(PIP) wheel --quiet --wheel-dir wheelhouse -c constraints.txt 'setuptools>=68' torch '.[edge,control]'
+	rm -f wheelhouse/splitft-*.whl  # the images build splitft itself from the sources they copy
+	@ls wheelhouse | wc -l | xargs echo "wheels in wheelhouse:"
+
+# The two images; `make images WHEELHOUSE=1` installs only from ./wheelhouse (no index access).
+images:
+	mkdir -p wheelhouse  # the Dockerfiles copy it (empty unless WHEELHOUSE=1)
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f deploy/control-plane.Dockerfile -t splitft-control:$(IMAGE_TAG) \
+	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg WHEELHOUSE=$(WHEELHOUSE) .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f deploy/edge.Dockerfile -t splitft-edge:$(IMAGE_TAG) \
+	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg WHEELHOUSE=$(WHEELHOUSE) .
+
+# Build both images for real, bring the compose stack up, train one device job against it from this
+# host, fetch the adapter over REST, tear everything down. Slow (minutes); run before a release.
+docker-smoke: venv
+	PYTHON=$(PY) DOCKER=$(DOCKER) bash deploy/smoke.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

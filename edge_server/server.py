@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_server.auth import TokenInterceptor
+from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
@@ -43,6 +44,7 @@ class EdgeConfig:
     max_workers: int = 16  # gRPC handler threads
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     grace_seconds: float = 10.0  # how long SIGTERM waits for in-flight calls
+    metrics_port: int | None = None  # Prometheus /metrics over plain HTTP on host:port; None: off, 0: any
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:
@@ -56,6 +58,8 @@ class EdgeConfig:
             raise InvalidArgument("give at least one --model-dir")
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in [0, 65535], got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise InvalidArgument(f"metrics port must be in [0, 65535], got {self.metrics_port}")
         if self.session_ttl <= 0:
             raise InvalidArgument("session TTL must be positive")
 
@@ -98,8 +102,13 @@ class EdgeServer:
         interceptors = _interceptors(config)
         executor = futures.ThreadPoolExecutor(max_workers=config.max_workers)
         self.server = grpc.server(executor, options=options, interceptors=interceptors)
+        self.metrics = EdgeMetrics(self.registry, self.sessions)
+        self.metrics_port: int | None = None  # bound when started, if config.metrics_port is set
         servicer = DataPlaneServicer(
-            self.sessions, max_tensor_bytes=config.max_tensor_bytes, edge_id=config.edge_id
+            self.sessions,
+            max_tensor_bytes=config.max_tensor_bytes,
+            edge_id=config.edge_id,
+            metrics=self.metrics,
         )
         add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -125,6 +134,8 @@ class EdgeServer:
     def start(self) -> EdgeServer:
         self.server.start()
         self.sessions.start_reaper()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("edge listening on %s serving %s", self.address, sorted(self.registry.models))
@@ -137,6 +148,7 @@ class EdgeServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.sessions.stop()
+        self.metrics.stop()
         logger.info("edge stopped")
 
     def wait(self) -> None:

@@ -9,6 +9,7 @@ import grpc
 
 from edge_server.auth import authorize_call, token_session
 from edge_server.errors import translate_errors
+from edge_server.metrics import EdgeMetrics
 from edge_server.sessions import SessionManager
 from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 from splitft.errors import InvalidArgument
@@ -21,17 +22,19 @@ logger = logging.getLogger(__name__)
 
 
 def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
-    """First message: the header; the rest: tensor parts. Returns (header, tensors)."""
+    """First message: the header; the rest: tensor parts. Returns (header, tensors, bytes received)."""
     iterator = iter(requests)
     first = next(iterator, None)
     if first is None or first.WhichOneof("item") != "header":
         raise InvalidArgument(f"stream must start with a {header_type.__name__}")
     assembler = TensorAssembler(max_tensor_bytes)
+    size = first.ByteSize()
     for message in iterator:
         if message.WhichOneof("item") != "part":
             raise InvalidArgument("only tensor parts may follow the header")
+        size += message.ByteSize()
         assembler.add(message.part)
-    return first.header, assembler.finish()
+    return first.header, assembler.finish(), size
 
 
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
@@ -42,16 +45,23 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         max_tensor_bytes: int,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         edge_id: str = "",
+        metrics: EdgeMetrics | None = None,
     ):
         self.sessions = sessions
         self.max_tensor_bytes = max_tensor_bytes
         self.chunk_bytes = chunk_bytes
         self.edge_id = edge_id
+        self.metrics = metrics or EdgeMetrics(sessions.registry, sessions)
 
     def _session(self, session_id: str):
         """The session a call names, if the call's token (when tokens are checked) covers it."""
         authorize_call(session_id, edge_id=self.edge_id)
         return self.sessions.get(session_id)
+
+    def _sent(self, codec: str, message):
+        """Count an outgoing message's bytes, then hand it on."""
+        self.metrics.sent(codec, message.ByteSize())
+        return message
 
     @translate_errors
     def ListModels(self, request, context):
@@ -86,6 +96,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             expect=(request.model_type, request.num_layers, request.hidden_size),
             method=method_from_json(request.method_json) if request.method_json else None,
         )
+        self.metrics.track(session)
         return pb.OpenSessionResponse(
             session_id=session.session_id,
             trunk_start=session.spec.trunk_start,
@@ -98,13 +109,15 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     def CloseSession(self, request, context):
         authorize_call(request.session_id, edge_id=self.edge_id)
         self.sessions.close(request.session_id)
+        self.metrics.untrack(request.session_id)
         return pb.CloseSessionResponse()
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
-        header, tensors = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
+        header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
         session = self._session(header.session_id)
-        with session.lock:
+        self.metrics.received(session.codec, size)
+        with session.lock, self.metrics.time_step("forward", session):
             out = session.forward(
                 header.forward_id,
                 tensors,
@@ -113,21 +126,22 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 need_input_grad=header.need_input_grad,
             )
         for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
-            yield pb.ForwardResponse(part=part)
+            yield self._sent(session.codec, pb.ForwardResponse(part=part))
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
-        header, tensors = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
+        header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         session = self._session(header.session_id)
-        with session.lock:
+        self.metrics.received(session.codec, size)
+        with session.lock, self.metrics.time_step("backward", session):
             grad = session.backward(
                 header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
             )
         if grad is not None:
             for part in tensor_parts("grad", grad, session.codec, self.chunk_bytes):
-                yield pb.BackwardResponse(part=part)
+                yield self._sent(session.codec, pb.BackwardResponse(part=part))
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):
@@ -146,7 +160,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     @translate_errors
     def Step(self, request, context):
         session = self._session(request.session_id)
-        with session.lock:
+        with session.lock, self.metrics.time_step("optimizer", session):
             steps = session.step(
                 request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first
             )
@@ -159,8 +173,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             state = session.export_adapter()
         for name, tensor in state.items():
             for part in tensor_parts(name, tensor, "raw", self.chunk_bytes):
-                yield pb.ExportAdapterResponse(part=part)
-
+                yield self._sent("raw", pb.ExportAdapterResponse(part=part))
 
     @translate_errors
     def StartCalibration(self, request, context):

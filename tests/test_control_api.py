@@ -510,3 +510,24 @@ def test_hostile_input_is_a_4xx_on_every_database(any_db_client: TestClient) -> 
     created = assert_status(client.post("/v1/jobs", json=body, headers=OPERATOR), 201)
     assert created["spec"]["model"] == "odd\x00model"
     assert_status(client.get("/v1/jobs", headers=OPERATOR), 200)
+
+
+def test_jobs_take_a_method_and_refuse_mixed_or_missing_specs(client: TestClient) -> None:
+    add_device(client, "dev-m")
+    job = create_job(
+        client,
+        ["dev-m"],
+        method="taskedge",
+        lora=None,
+        taskedge={"budget_fraction": 0.002, "n_m": [2, 4], "calibration_batches": 2},
+    )
+    assert job["spec"]["method"] == "taskedge" and job["spec"]["taskedge"]["n_m"] == [2, 4]
+    base = {"name": "j", "model": "m", "device_layers": 1, "steps": 1, "devices": ["dev-m"]}
+    for bad in (
+        {**base},  # method lora (the default) without a lora spec
+        {**base, "method": "taskedge", "lora": {"target_modules": ["q"]}},  # both
+        {**base, "method": "tinytrain"},  # not a method jobs can run
+        {**base, "method": "taskedge", "taskedge": {"budget_fraction": 0}},
+    ):
+        response = client.post("/v1/jobs", json=bad, headers=bearer(OPERATOR_KEY))
+        assert response.status_code == 422, (bad, response.text)

@@ -41,8 +41,10 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/devices/enroll
 EDGE_NAME = "fuzz-fixture-edge-7f3a9c"
 SEEN: Counter[tuple[str, str, bool, int]] = Counter()  # (method, route, with credential, status) -> calls
 # Fuzzed requests the authorized run must get served at least once, or it only tested the gates.
+# (POST /v1/jobs is not here: a valid job needs a lora spec exactly when method is "lora", a rule
+# the schema cannot express, so small derandomized budgets rarely produce one; test_control_api
+# posts valid jobs of both methods.)
 MUST_BE_SERVED = {
-    ("POST", "/v1/jobs"),
     ("POST", "/v1/devices"),
     ("POST", "/v1/edges/register"),
     ("POST", "/v1/edges/{edge_id}/heartbeat"),

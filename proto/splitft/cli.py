@@ -22,11 +22,13 @@ def _configure_logging(level: str) -> None:
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Library chatter a CLI user cannot act on: HF loading bars and deprecation notices from deps.
-    from transformers.utils import logging as hf_logging
-
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the control-plane install (`splitft[control]`) has no model stack
+        return
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _edge_serve(args: argparse.Namespace) -> int:
@@ -47,6 +49,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         edge_id=args.edge_id,
         session_ttl=args.session_ttl,
         max_sessions=args.max_sessions,
+        metrics_port=args.metrics_port,
     )
     registry = ModelRegistry.from_dirs(config.model_dirs)
     link = _register_edge(args, config, registry) if args.control_plane else None
@@ -84,6 +87,46 @@ def _register_edge(args: argparse.Namespace, config, registry):
     config.token_issuer_pems.append(registration.issuer_public_pem)
     config.edge_id = registration.edge_id
     return link
+
+
+def _edge_health(args: argparse.Namespace) -> int:
+    """One gRPC health check (the container and Kubernetes probe): 0 when SERVING, else 1."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    if args.insecure:
+        channel = grpc.insecure_channel(args.address)
+    else:
+        channel = grpc.secure_channel(args.address, _health_credentials(args), options=options)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            logger.error("edge at %s is not healthy: %s %s", args.address, exc.code().name, exc.details())
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    sys.stdout.write(f"{args.address}: {status}\n")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_credentials(args: argparse.Namespace):
+    """Mutual TLS as a device: the deployment CA and a client certificate (default: devices/healthcheck)."""
+    from pathlib import Path
+
+    import grpc
+
+    from splitft.certs import CertPaths
+    from splitft.errors import InvalidArgument
+
+    if not args.certs:
+        raise InvalidArgument("give --certs DIR (mutual TLS with a client certificate) or --insecure")
+    paths = CertPaths(Path(args.certs))
+    cert = Path(args.cert) if args.cert else paths.device_cert("healthcheck")
+    key = Path(args.key) if args.key else paths.device_key("healthcheck")
+    return grpc.ssl_channel_credentials(paths.ca_cert.read_bytes(), key.read_bytes(), cert.read_bytes())
 
 
 def _control_serve(args: argparse.Namespace) -> int:
@@ -287,6 +330,17 @@ def _bench_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_methods(args: argparse.Namespace) -> int:
+    from splitft.bench_methods import MethodsBenchConfig, markdown_table, run_methods_bench
+
+    config = MethodsBenchConfig(
+        tasks=tuple(args.tasks), methods=tuple(args.methods), threads=args.threads, max_steps=args.max_steps
+    )
+    report = run_methods_bench(config)
+    sys.stdout.write((markdown_table(report) if args.markdown else report) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitft", description="Device-edge split fine-tuning.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -334,7 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-sessions", type=int, default=64)
     serve.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics over plain HTTP on --host:PORT (default: off; 9400 in the images)",
+    )
     serve.set_defaults(func=_edge_serve)
+    health = edge.add_parser("health", help="check an edge with the gRPC health service (exit 0 if SERVING)")
+    health.add_argument("--address", default="127.0.0.1:50051", metavar="HOST:PORT")
+    health.add_argument("--certs", default=None, metavar="DIR", help="mutual TLS with the CA DIR/ca.pem")
+    health.add_argument("--cert", default=None, help="default: DIR/devices/healthcheck.pem")
+    health.add_argument("--key", default=None, help="default: DIR/devices/healthcheck.key")
+    health.add_argument("--insecure", action="store_true", help="plaintext, for an edge run with --insecure")
+    health.add_argument("--server-name", default=None, help="name to verify in the edge certificate")
+    health.add_argument("--service", default="", help="service to check (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.set_defaults(func=_edge_health)
 
     control = commands.add_parser("control", help="the REST control plane").add_subparsers(
         dest="control_command", required=True
@@ -442,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float, default=2e-3)
     demo.add_argument("--device-layers", type=int, default=2)
     demo.add_argument("--head-layers", type=int, default=1)
-    demo.add_argument("--codec", default="raw", choices=["raw", "fp16", "bf16"])
+    demo.add_argument("--codec", default="raw", choices=["raw", "fp16", "bf16", "int8"])
     demo.add_argument("--max-per-class", type=int, default=160)
     demo.add_argument("--out", default="runs/demo", help="where the adapter and logs go")
     demo.set_defaults(func=_demo)
@@ -463,6 +534,20 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--device-layers", type=int, default=1)
     step.add_argument("--head-layers", type=int, default=1)
     step.set_defaults(func=_bench_step)
+    mbench = bench.add_parser("methods", help="LoRA vs TaskEdge vs TinyTrain vs head-only at equal budgets")
+    mbench.add_argument(
+        "--tasks", nargs="+", default=["classification", "causal_lm"], choices=["classification", "causal_lm"]
+    )
+    mbench.add_argument(
+        "--methods",
+        nargs="+",
+        default=["lora", "taskedge", "tinytrain", "head_only"],
+        choices=["lora", "taskedge", "tinytrain", "head_only"],
+    )
+    mbench.add_argument("--threads", type=int, default=2)
+    mbench.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke runs)")
+    mbench.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    mbench.set_defaults(func=_bench_methods)
     cbench = bench.add_parser("control", help="job-status latency of the control plane under concurrent load")
     cbench.add_argument("--clients", type=int, default=16)
     cbench.add_argument("--requests", type=int, default=200, help="per client")
