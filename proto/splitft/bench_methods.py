@@ -606,6 +606,11 @@ def _build_lora(spec: dict[str, Any], data: _Data) -> _Built:
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=plan["targets"], task_type=task_type)
     model, conn = _split_model(spec, lora)
     _reset_head(model, plan, int(spec["seed"]))
+    return _split_built(model, conn, {"rank": rank, "lora_alpha": 2 * rank})
+
+
+def _split_built(model: Any, conn: Any, details: dict[str, Any]) -> _Built:
+    """A method that runs across the split: wire bytes and trunk parameters come from the session."""
 
     def close() -> None:
         model.close()
@@ -614,7 +619,7 @@ def _build_lora(spec: dict[str, Any], data: _Data) -> _Built:
     return _Built(
         model,
         True,
-        {"rank": rank, "lora_alpha": 2 * rank},
+        details,
         close,
         lambda: (model.stats.bytes_sent, model.stats.bytes_received),
         lambda: int(model.trainable_parameters()["trunk"]),
@@ -628,18 +633,8 @@ def _build_taskedge(spec: dict[str, Any], data: _Data) -> _Built:
     model, conn = _split_model(spec, TaskEdgeConfig(budget_fraction=plan["budget_fraction"]))
     _reset_head(model, plan, int(spec["seed"]))
     selected = model.calibrate(data.calibration)  # labels are dropped before anything runs
-
-    def close() -> None:
-        model.close()
-        conn.close()
-
-    return _Built(
-        model,
-        True,
-        {"k_per_row": selected["k_per_row"], "calibration_batches": len(data.calibration)},
-        close,
-        lambda: (model.stats.bytes_sent, model.stats.bytes_received),
-        lambda: int(model.trainable_parameters()["trunk"]),
+    return _split_built(
+        model, conn, {"k_per_row": selected["k_per_row"], "calibration_batches": len(data.calibration)}
     )
 
 
