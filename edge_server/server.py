@@ -157,11 +157,18 @@ class EdgeServer:
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain in-flight calls and stop."""
 
+        stopping: list[threading.Thread] = []
+
         def _on_signal(signum: int, _frame: object) -> None:
             logger.info("signal %d: shutting down gracefully", signum)
-            threading.Thread(target=self.stop, daemon=True).start()
+            # stop() blocks while in-flight calls drain; a signal handler must not, so a thread does it.
+            thread = threading.Thread(target=self.stop, daemon=True)
+            stopping.append(thread)
+            thread.start()
 
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         self.start()
         self.wait()
+        for thread in stopping:  # let the stop finish (sessions released, "edge stopped" logged)
+            thread.join(timeout=self.config.grace_seconds + 5)
