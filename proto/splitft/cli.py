@@ -14,7 +14,7 @@ from splitft.errors import SplitftError
 logger = logging.getLogger("splitft")
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, *, model_stack: bool = True) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(show_path=False, rich_tracebacks=False)
@@ -23,6 +23,8 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Library chatter a CLI user cannot act on: HF loading bars and deprecation notices from deps.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if not model_stack:  # e.g. a health probe: importing transformers would cost most of its time
+        return
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # the control-plane install (`splitft[control]`) has no model stack
@@ -559,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    probe = args.command == "edge" and getattr(args, "edge_command", None) == "health"
+    _configure_logging(args.log_level, model_stack=not probe)
     try:
         return int(args.func(args))
     except SplitftError as exc:
