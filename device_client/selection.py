@@ -22,9 +22,8 @@ from splitft.methods.common import count_parameters, find_target_modules, linear
 from splitft.methods.sparse import load_sparse_deltas, save_sparse_deltas
 from splitft.methods.taskedge import (
     TaskEdgeConfig,
-    _top_k_per_row,
-    _top_n_of_m,
     collect_input_norms,
+    masks_from_scores,
     per_row_k,
     taskedge_scores,
 )
@@ -56,10 +55,7 @@ def device_masks(
     names = find_target_modules(root, config.target_modules)
     norms = collect_input_norms(model, batches, [f"{root_prefix}.{n}" for n in names])
     scores = taskedge_scores(root, {n: norms[f"{root_prefix}.{n}"] for n in names})
-    if config.n_m is not None:
-        n, m = config.n_m
-        return {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
-    return {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
+    return masks_from_scores(scores, k, config.n_m)
 
 
 def save_selected(

@@ -22,8 +22,7 @@ from splitft.methods.sparse import apply_masks
 from splitft.methods.taskedge import (
     TaskEdgeConfig,
     _square_sums,
-    _top_k_per_row,
-    _top_n_of_m,
+    masks_from_scores,
     taskedge_scores,
 )
 
@@ -85,11 +84,7 @@ class TrunkSelection:
         self.stop_hooks()
         norms = {n: self.sums[n].sqrt().to(torch.float32) for n in self.names}
         scores = taskedge_scores(self.root, norms)
-        if self.config.n_m is not None:
-            n, m = self.config.n_m
-            masks = {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
-        else:
-            masks = {name: _top_k_per_row(s, min(k_per_row, s.shape[1])) for name, s in scores.items()}
+        masks = masks_from_scores(scores, k_per_row, self.config.n_m)
         apply_masks(self.root, masks, freeze_model=True)
         self.selected = True
         chosen = sum(int(mask.sum()) for mask in masks.values())

@@ -22,7 +22,7 @@ from splitft_control import migrate
 from splitft_control.routes import device_side, devices, edges, jobs
 from splitft_control.settings import ControlSettings
 from splitft_control.state import ControlState
-from splitft_control.store import Store, make_engine
+from splitft_control.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ def bootstrap_operator_key(store: Store, settings: ControlSettings) -> str | Non
 
 def build_state(settings: ControlSettings) -> ControlState:
     settings.check_secrets()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
-    migrate.upgrade(engine)
-    store = Store(engine)
+    store = migrate.migrated_store(settings)
     generated = bootstrap_operator_key(store, settings)
     if generated is not None:
         # Shown exactly once; only its hash is stored.

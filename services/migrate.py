@@ -9,6 +9,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from splitft_control.settings import ControlSettings
+from splitft_control.store import Store, make_engine
+
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,3 +30,11 @@ def upgrade(engine: Engine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     logger.info("database schema is up to date (%s)", engine.url.render_as_string(hide_password=True))
+
+
+def migrated_store(settings: ControlSettings) -> Store:
+    """The store the settings name, its data dir created and its schema brought up to date."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    return Store(engine)

@@ -162,12 +162,9 @@ def _control_settings(args: argparse.Namespace):
 
 
 def _control_migrate(args: argparse.Namespace) -> int:
-    from splitft_control import migrate
-    from splitft_control.store import make_engine
+    from splitft_control.migrate import migrated_store
 
-    settings = _control_settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(make_engine(settings.database_url))
+    migrated_store(_control_settings(args))
     return 0
 
 
@@ -175,14 +172,9 @@ def _control_keys(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from splitft_control import migrate
-    from splitft_control.store import Store, make_engine
+    from splitft_control.migrate import migrated_store
 
-    settings = _control_settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
-    migrate.upgrade(engine)
-    store = Store(engine)
+    store = migrated_store(_control_settings(args))
     if args.keys_command == "create":
         row, key = store.create_api_key(name=args.name)
         sys.stdout.write(f"{row.id} {key}\n")

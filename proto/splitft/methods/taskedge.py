@@ -157,6 +157,19 @@ def per_row_k(total_budget_entries: int, total_rows: int) -> int:
     return max(1, total_budget_entries // total_rows)
 
 
+def masks_from_scores(
+    scores: dict[str, torch.Tensor], k: int, n_m: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Top-k entries of every row (k capped at the row length), or top-N of every M when `n_m` is set.
+
+    The one selection rule, shared by the whole-model path and both sides of the split (which
+    compute k for the whole model and then select their own layers with it)."""
+    if n_m is not None:
+        n, m = _checked_n_m(n_m)
+        return {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
+    return {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
+
+
 def select_taskedge(
     scores: dict[str, torch.Tensor], total_budget_entries: int, n_m: tuple[int, int] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -165,12 +178,8 @@ def select_taskedge(
         raise InvalidArgument("no layers to select from")
     if total_budget_entries < 1:
         raise InvalidArgument(f"total_budget_entries must be >= 1, got {total_budget_entries}")
-    if n_m is not None:
-        n, m = _checked_n_m(n_m)
-        masks = {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
-    else:
-        k = per_row_k(total_budget_entries, sum(s.shape[0] for s in scores.values()))
-        masks = {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
+    k = 0 if n_m is not None else per_row_k(total_budget_entries, sum(s.shape[0] for s in scores.values()))
+    masks = masks_from_scores(scores, k, n_m)
     chosen = sum(int(mask.sum()) for mask in masks.values())
     if n_m is not None and chosen > total_budget_entries:
         logger.warning("N:M %s implies %d entries, over the budget of %d", n_m, chosen, total_budget_entries)
