@@ -42,6 +42,7 @@ from splitft.errors import (
 )
 from splitft.loading import read_config
 from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.tokens import unverified_claims
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,15 @@ class TaskEdgeSpec:
 
 
 @dataclass(frozen=True)
+class TinyTrainSpec:
+    memory_budget_bytes: float | None = None  # None: no limit
+    compute_budget_macs: float | None = None
+    channel_ratios: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    target_modules: list[str] | None = None
+    calibration_batches: int = 4  # labelled local batches: the support set
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     name: str = "AdamW"  # AdamW, Adam or SGD: what the edge can run for the trunk adapter
     lr: float = 1e-3
@@ -100,8 +110,9 @@ class JobSpec:
     model: str  # the model's name on the edge, and the key of the agent's local model_dirs
     device_layers: int
     lora: LoraSpec | None = None  # with method "lora"
-    method: str = "lora"  # "lora" or "taskedge"
+    method: str = "lora"  # "lora", "taskedge" or "tinytrain"
     taskedge: TaskEdgeSpec | None = None
+    tinytrain: TinyTrainSpec | None = None
     name: str = ""
     head_layers: int = 0
     trunk_lora: bool = True
@@ -142,6 +153,7 @@ def parse_assignment(raw: Any) -> Assignment:
     nested = {
         "lora": LoraSpec,
         "taskedge": TaskEdgeSpec,
+        "tinytrain": TinyTrainSpec,
         "optimizer": OptimizerSpec,
         "schedule": ScheduleSpec,
     }
@@ -253,6 +265,25 @@ def taskedge_config(spec: JobSpec) -> TaskEdgeConfig:
         n_m=tuple(te.n_m) if te.n_m else None,  # type: ignore[arg-type]
         target_modules=te.target_modules,
     )
+
+
+def tinytrain_config(spec: JobSpec) -> TinyTrainConfig:
+    tt = spec.tinytrain or TinyTrainSpec()
+    return TinyTrainConfig(
+        memory_budget_bytes=math.inf if tt.memory_budget_bytes is None else tt.memory_budget_bytes,
+        compute_budget_macs=math.inf if tt.compute_budget_macs is None else tt.compute_budget_macs,
+        channel_ratios=tuple(tt.channel_ratios),
+        target_modules=tt.target_modules,
+    )
+
+
+def method_config(spec: JobSpec) -> TaskEdgeConfig | TinyTrainConfig | peft.LoraConfig:
+    """What trains, from the job's method."""
+    if spec.method == "taskedge":
+        return taskedge_config(spec)
+    if spec.method == "tinytrain":
+        return tinytrain_config(spec)
+    return lora_config(spec)
 
 
 def lora_config(spec: JobSpec) -> peft.LoraConfig:
@@ -528,7 +559,7 @@ class DeviceAgent:
             with self._connect(assignment) as conn:
                 with self._build_model(model_dir, conn, spec) as model:
                     self._check_labels(model)
-                    if spec.method == "taskedge":
+                    if spec.method in ("taskedge", "tinytrain"):
                         self._calibrate(model, tokenizer, spec, seed)
                     self._fit(model, tokenizer, assignment, seed)
                     if self.record_dir is not None:
@@ -599,25 +630,37 @@ class DeviceAgent:
             model=spec.model,
             device_layers=spec.device_layers,
             head_layers=spec.head_layers,
-            method=taskedge_config(spec) if spec.method == "taskedge" else lora_config(spec),
+            method=method_config(spec),
             trunk_lora=spec.trunk_lora,
             codec=spec.codec,
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
         )
 
     def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobSpec, seed: int) -> None:
-        """TaskEdge: score both sides on a few local batches (texts only, no labels) and select."""
-        count = (spec.taskedge or TaskEdgeSpec()).calibration_batches
+        """Select what trains on a few local batches: TaskEdge scores texts only (labels are dropped
+        inside calibrate); TinyTrain's support set is labelled, and the labels stay here."""
+        if spec.method == "tinytrain":
+            count = (spec.tinytrain or TinyTrainSpec()).calibration_batches
+        else:
+            count = (spec.taskedge or TaskEdgeSpec()).calibration_batches
         batches = []
-        for texts, _labels in training_batches(self.examples, spec.batch_size, seed=seed, epochs=1):
+        for texts, labels in training_batches(self.examples, spec.batch_size, seed=seed, epochs=1):
             enc = tokenizer(
                 texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt"
             )
-            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+            batches.append(
+                {
+                    "input_ids": enc["input_ids"],
+                    "attention_mask": enc["attention_mask"],
+                    "labels": torch.tensor(labels),
+                }
+            )
             if len(batches) == count:
                 break
         selected = model.calibrate(batches)
-        logger.info("TaskEdge selected %d device and %d trunk entries", selected["device"], selected["trunk"])
+        logger.info(
+            "%s selected %d device and %d trunk entries", spec.method, selected["device"], selected["trunk"]
+        )
 
     def _check_labels(self, model: SplitModel) -> None:
         num_labels = int(getattr(model.config, "num_labels", 0))

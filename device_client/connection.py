@@ -92,6 +92,17 @@ class EdgeConnection:
         self.stats.bytes_received += response.ByteSize()
         return response
 
+    def upload(self, method: str, requests: Iterable[Any]) -> Any:
+        """A request-streaming call with one response, counting bytes and raising splitft errors."""
+        try:
+            response = getattr(self.stub, method)(
+                self._count_sent(requests), timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise error_from_grpc(exc.code(), exc.details() or "") from None
+        self.stats.bytes_received += response.ByteSize()
+        return response
+
     def stream(self, method: str, requests: Iterable[Any] | Any) -> list[Any]:
         """A response-streaming call; `requests` is an iterable for a request stream, else one message."""
         if hasattr(requests, "ByteSize"):

@@ -21,13 +21,14 @@ from torch import nn
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
-from device_client.selection import device_masks, global_k, save_selected
+from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
 from splitft.codec import check_codec
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.lora import trunk_lora_json
 from splitft.methods.sparse import apply_masks, sparse_state_dict
 from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.tinytrain import LossFn, TinyTrainConfig, TinyTrainSelection
 from splitft.methods.wire import method_to_json
 from splitft.spans import SplitSpec
 from splitft.tokens import unverified_claims
@@ -36,6 +37,7 @@ from splitft.v1 import dataplane_pb2 as pb
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SelectionConfig = TaskEdgeConfig | TinyTrainConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class SplitModel(nn.Module):
         trunk: RemoteTrunk,
         context: ForwardContext,
         model_name: str,
-        method: TaskEdgeConfig | None = None,
+        method: SelectionConfig | None = None,
         overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -67,6 +69,7 @@ class SplitModel(nn.Module):
         self.root = span.root if peft_model is None else None
         self.method = method
         self.calibrated = False
+        self.selection_report: TinyTrainSelection | None = None  # TinyTrain's choice, after calibrate()
         self.new_parameters = span.new_parameters
         self._overrides = overrides or {}
         self.spec = spec
@@ -93,7 +96,7 @@ class SplitModel(nn.Module):
         model: str | None = None,
         seed: int | None = None,
         config_overrides: dict[str, Any] | None = None,
-        method: TaskEdgeConfig | LoraConfig | None = None,
+        method: SelectionConfig | LoraConfig | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -103,8 +106,8 @@ class SplitModel(nn.Module):
         device-side config fields such as `num_labels` for a new classification head.
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or a
-        `splitft.methods.TaskEdgeConfig`: then call `calibrate(batches)` before training, and only
-        the selected entries of both sides train, as sparse deltas.
+        `splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`: then call `calibrate(batches)` before
+        training, and only the selected entries of both sides train, as sparse deltas.
         """
         lora_config, selection = _resolve_method(lora_config, method)
         check_codec(codec)
@@ -148,7 +151,7 @@ class SplitModel(nn.Module):
         trunk: RemoteTrunk,
         model_name: str,
         overrides: dict[str, Any],
-        selection: TaskEdgeConfig | None = None,
+        selection: SelectionConfig | None = None,
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -186,27 +189,59 @@ class SplitModel(nn.Module):
         assert net is not None
         return net
 
-    def calibrate(self, batches: Iterable[dict[str, Any]]) -> dict[str, int]:
-        """Select what trains (TaskEdge) from a few labels-free batches, on the device and the edge."""
+    def calibrate(self, batches: Iterable[dict[str, Any]], loss_fn: LossFn | None = None) -> dict[str, int]:
+        """Select what trains, on the device and the edge, from a few batches.
+
+        TaskEdge scores labels-free batches (labels are dropped). TinyTrain runs its support set
+        forward and backward, so its batches need labels (or pass `loss_fn(outputs, batch)`); the
+        labels and the loss stay on the device, the edge sees activations and gradients only.
+        """
         if self.method is None:
             raise FailedPrecondition("calibrate() is for selection methods; LoRA needs no calibration")
         if self.calibrated:
             raise FailedPrecondition("this split model is already calibrated")
-        assert self.root is not None
-        unlabeled = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
-        if not unlabeled:
+        batches = list(batches)
+        if not batches:
             raise InvalidArgument("calibrate() needs at least one batch")
-        k = global_k(self.model_dir, self.method, self._overrides)
-        self._trunk.start_calibration()
-        masks = device_masks(self, "root", self.root, unlabeled, self.method, k)
-        apply_masks(self.root, masks, freeze_model=True)
+        if isinstance(self.method, TinyTrainConfig):
+            result = self._calibrate_tinytrain(batches, self.method, loss_fn)
+        else:
+            result = self._calibrate_taskedge(batches, self.method)
+        assert self.root is not None
         for name in self.new_parameters:  # a head the checkpoint lacks trains whole
             self.root.get_parameter(name).requires_grad_(True)
-        trunk_selected = self._trunk.select_parameters(k)
         self.calibrated = True
+        return result
+
+    def _calibrate_taskedge(self, batches: list[dict[str, Any]], method: TaskEdgeConfig) -> dict[str, int]:
+        assert self.root is not None
+        unlabeled = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
+        k = global_k(self.model_dir, method, self._overrides)
+        self._trunk.start_calibration()
+        masks = device_masks(self, "root", self.root, unlabeled, method, k)
+        apply_masks(self.root, masks, freeze_model=True)
+        trunk_selected = self._trunk.select_parameters(k)
         device_selected = sum(int(m.sum()) for m in masks.values())
         logger.info("TaskEdge k=%d: %d device entries, %d trunk entries", k, device_selected, trunk_selected)
         return {"k_per_row": k, "device": device_selected, "trunk": trunk_selected}
+
+    def _calibrate_tinytrain(
+        self, batches: list[dict[str, Any]], method: TinyTrainConfig, loss_fn: LossFn | None
+    ) -> dict[str, int]:
+        assert self.root is not None
+        if loss_fn is None and any("labels" not in batch for batch in batches):
+            raise InvalidArgument("TinyTrain calibrates on a labelled support set: give labels or a loss_fn")
+        entry = f"{self.family.blocks_path}.{self.spec.trunk_start}"
+        chosen = tinytrain_split(
+            self, "root", self.root, entry, self._trunk, self._context, batches, method, loss_fn
+        )
+        self.selection_report = chosen
+        device = sum(p.numel() for p in self.root.parameters() if p.requires_grad)
+        trunk = self._trunk.trainable_parameters
+        logger.info(
+            "TinyTrain: %d layers, %d device entries, %d trunk entries", len(chosen.masks), device, trunk
+        )
+        return {"layers": len(chosen.masks), "device": device, "trunk": trunk}
 
     def configure_optimizer(
         self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any
@@ -244,7 +279,7 @@ class SplitModel(nn.Module):
         if self.peft_model is None:
             assert self.root is not None
             head = {name: self.root.get_parameter(name) for name in self.new_parameters}
-            meta = {"base_model": str(self.model_dir), "method": "taskedge"}
+            meta = {"base_model": str(self.model_dir), "method": _method_name(self.method)}
             return save_selected(out, state, head, meta)
         config = copy.deepcopy(self.peft_model.peft_config["default"])
         config.base_model_name_or_path = str(self.model_dir)
@@ -282,18 +317,23 @@ class SplitModel(nn.Module):
         self.close()
 
 
+def _method_name(method: SelectionConfig | None) -> str:
+    return "tinytrain" if isinstance(method, TinyTrainConfig) else "taskedge"
+
+
 def _resolve_method(
-    lora_config: LoraConfig | None, method: TaskEdgeConfig | LoraConfig | None
-) -> tuple[LoraConfig | None, TaskEdgeConfig | None]:
+    lora_config: LoraConfig | None, method: SelectionConfig | LoraConfig | None
+) -> tuple[LoraConfig | None, SelectionConfig | None]:
     if method is not None and lora_config is not None:
         raise InvalidArgument("give either lora_config or method, not both")
     chosen = method if method is not None else lora_config
     if isinstance(chosen, LoraConfig):
         return chosen, None
-    if isinstance(chosen, TaskEdgeConfig):
+    if isinstance(chosen, (TaskEdgeConfig, TinyTrainConfig)):
         return None, chosen
     raise InvalidArgument(
-        f"method must be a peft.LoraConfig or a TaskEdgeConfig, got {type(chosen).__name__}"
+        "method must be a peft.LoraConfig, a TaskEdgeConfig or a TinyTrainConfig, "
+        f"got {type(chosen).__name__}"
     )
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from device_client.connection import EdgeConnection
 from splitft.codec import parts_to_tensors, tensors_to_parts
-from splitft.errors import NotFound
+from splitft.errors import NotFound, Unavailable
 from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ class ForwardContext:
     """What the device's forward call knows that the blocks' arguments do not carry."""
 
     attention_mask: torch.Tensor | None = None
+    # TinyTrain calibration: every trunk call appends its anchor here, and the Fisher pass
+    # differentiates with respect to the anchors, so each trunk backward runs (the edge measures
+    # its layers' gradients there) even when nothing on either side trains yet.
+    anchors: list[torch.Tensor] | None = None
 
 
 class RemoteTrunk:
@@ -133,6 +137,30 @@ class RemoteTrunk:
         self.trainable_parameters = int(response.selected)
         return int(response.selected)
 
+    def fisher_potentials(self) -> tuple[list[pb.TrunkLayer], int, dict[str, torch.Tensor]]:
+        """TinyTrain: the trunk's target layers in forward order, N, and their potentials."""
+        responses = iter(
+            self.conn.stream("FisherPotentials", pb.FisherPotentialsRequest(session_id=self.session_id))
+        )
+        first = next(responses, None)
+        if first is None or first.WhichOneof("item") != "summary":
+            raise Unavailable("the edge's FisherPotentials stream did not start with a summary")
+        potentials = parts_to_tensors(r.part for r in responses)
+        layers = list(first.summary.layers)
+        if set(potentials) != {layer.name for layer in layers}:
+            raise Unavailable("the edge sent potentials for other layers than it listed")
+        return layers, int(first.summary.samples), potentials
+
+    def select_channels(self, channels: dict[str, torch.Tensor]) -> int:
+        """TinyTrain: train these output rows of these trunk layers; returns trunk entries selected."""
+        requests = itertools.chain(
+            [pb.SelectChannelsRequest(header=pb.SelectChannelsHeader(session_id=self.session_id))],
+            (pb.SelectChannelsRequest(part=p) for p in tensors_to_parts(channels, "raw")),
+        )
+        response = self.conn.upload("SelectChannels", requests)
+        self.trainable_parameters = int(response.selected)
+        return int(response.selected)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -194,10 +222,13 @@ class TrunkEntry(nn.Module):
         if isinstance(positions, torch.Tensor):
             extras["position_ids"] = positions
         need_input_grad = hidden_states.requires_grad
-        if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable):
+        anchors = self.context.anchors
+        if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable or anchors is not None):
             # The anchor makes the output require grad even when the input does not (only the
             # trunk adapter trains), so autograd still calls backward and the edge gets its grads.
             anchor = torch.empty(0, requires_grad=True)
+            if anchors is not None:
+                anchors.append(anchor)
             return _TrunkFunction.apply(
                 hidden_states, anchor, self.trunk, extras, self.training, need_input_grad
             )

@@ -190,6 +190,36 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             layers = len(session.selection.names) if session.selection is not None else 0
         return pb.SelectParametersResponse(selected=chosen, layers=layers)
 
+    @translate_errors
+    def FisherPotentials(self, request, context) -> Iterator[pb.FisherPotentialsResponse]:
+        session = self._session(request.session_id)
+        with session.lock:
+            layers, samples, potentials = session.fisher_potentials()
+        summary = pb.FisherSummary(
+            layers=[
+                pb.TrunkLayer(
+                    name=x.name, out_features=x.out_features, in_features=x.in_features, tokens=x.tokens
+                )
+                for x in layers
+            ],
+            samples=samples,
+        )
+        yield self._sent("raw", pb.FisherPotentialsResponse(summary=summary))
+        for layer in layers:  # raw: potentials choose channels, a lossy codec could reorder them
+            for part in tensor_parts(layer.name, potentials[layer.name], "raw", self.chunk_bytes):
+                yield self._sent("raw", pb.FisherPotentialsResponse(part=part))
+
+    @translate_errors
+    def SelectChannels(self, request_iterator, context):
+        header, channels, size = _read_stream(
+            request_iterator, pb.SelectChannelsHeader, self.max_tensor_bytes
+        )
+        session = self._session(header.session_id)
+        self.metrics.received("raw", size)
+        with session.lock:
+            chosen = session.select_channels(channels)
+        return pb.SelectParametersResponse(selected=chosen, layers=len(channels))
+
 
 def add_to_server(servicer: DataPlaneServicer, server: grpc.Server) -> None:
     pb_grpc.add_DataPlaneServicer_to_server(servicer, server)

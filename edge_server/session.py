@@ -22,11 +22,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
-from edge_server.selection import TrunkSelection
+from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.methods.sparse import sparse_state_dict
-from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.wire import TinyTrainTrunk, TrunkMethod
 from splitft.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class TrunkSession:
         codec: str,
         lora_config: LoraConfig | None,
         seed: int,
-        method: TaskEdgeConfig | None = None,
+        method: TrunkMethod | None = None,
     ) -> None:
         self.session_id = session_id
         self.span = span
@@ -88,7 +88,11 @@ class TrunkSession:
         self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
         self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
-        self.selection = TrunkSelection(self.root, method) if method is not None else None
+        self.selection: TrunkSelection | TrunkFisher | None = None
+        if isinstance(method, TinyTrainTrunk):
+            self.selection = TrunkFisher(self.root, method)
+        elif method is not None:
+            self.selection = TrunkSelection(self.root, method)
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
@@ -110,7 +114,7 @@ class TrunkSession:
     ) -> torch.Tensor:
         hidden, mask, positions = self._check_inputs(inputs)
         self.root.train(training)
-        keep = requires_grad and (need_input_grad or bool(self.trainable))
+        keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
         if keep and need_input_grad:
             hidden.requires_grad_(True)
         with torch.set_grad_enabled(keep):
@@ -128,12 +132,34 @@ class TrunkSession:
         self.selection.start()
         return self.selection.rows
 
+    @property
+    def _measuring_gradients(self) -> bool:
+        return isinstance(self.selection, TrunkFisher) and self.selection.calibrating
+
     def select_parameters(self, k_per_row: int) -> int:
-        if self.selection is None:
-            raise FailedPrecondition("this session has no selection method")
+        """TaskEdge: keep the top `k_per_row` entries of every trunk target row."""
+        if not isinstance(self.selection, TrunkSelection):
+            raise FailedPrecondition(
+                "SelectParameters is for TaskEdge sessions (TinyTrain selects with SelectChannels)"
+            )
         chosen = self.selection.select(k_per_row)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         return chosen
+
+    def fisher_potentials(self) -> tuple[list[MeasuredLayer], int, dict[str, torch.Tensor]]:
+        """TinyTrain: the trunk layers (forward order), N and the potentials measured so far."""
+        return self._fisher().potentials()
+
+    def select_channels(self, channels: dict[str, torch.Tensor]) -> int:
+        """TinyTrain: train these output rows of these trunk layers."""
+        chosen = self._fisher().select(channels)
+        self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        return chosen
+
+    def _fisher(self) -> TrunkFisher:
+        if not isinstance(self.selection, TrunkFisher):
+            raise FailedPrecondition("this session does not select with TinyTrain")
+        return self.selection
 
     def _run(
         self, hidden: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None, *, seeded: bool
@@ -141,7 +167,7 @@ class TrunkSession:
         """Run the trunk span; with dropout active, draw from this session's own RNG stream."""
         run = self.span.family.run_trunk
         start, stop = self.spec.trunk_start, self.spec.trunk_stop
-        if self.selection is not None:
+        if isinstance(self.selection, TrunkSelection):
             self.selection.token_mask = mask  # padding tokens stay out of the calibration norms
         if not seeded:
             return run(self.root, hidden, mask, positions, start, stop)
@@ -168,6 +194,8 @@ class TrunkSession:
         if zero_grad_first:
             self._zero_grad()
         pending.output.backward(grad)
+        if isinstance(self.selection, TrunkFisher):
+            self.selection.count_backward(grad.shape[0])
         return pending.inputs.grad if pending.inputs.requires_grad else None
 
     def configure_optimizer(self, name: str, hparams_json: str) -> None:

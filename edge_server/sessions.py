@@ -14,7 +14,7 @@ from edge_server.registry import ModelRegistry
 from edge_server.session import TrunkSession
 from splitft.codec import check_codec
 from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.wire import TrunkMethod
 from splitft.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class SessionManager:
         lora_config: LoraConfig | None,
         seed: int,
         expect: tuple[str, int, int] | None = None,
-        method: TaskEdgeConfig | None = None,
+        method: TrunkMethod | None = None,
     ) -> TrunkSession:
         served = self.registry.get(model)
         if expect is not None:

@@ -119,6 +119,30 @@ class TaskEdgeSpec(Strict):
     calibration_batches: int = Field(4, ge=1, le=1000, description="labels-free batches scored on the device")
 
 
+class TinyTrainSpec(Strict):
+    memory_budget_bytes: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="backward bytes of the trained layers; null: no limit"
+    )
+    compute_budget_macs: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="backward multiply-accumulates per step; null: no limit"
+    )
+    channel_ratios: list[float] = Field(
+        [1.0, 0.5, 0.25, 0.125], min_length=1, max_length=16, description="channel fractions, each in (0, 1]"
+    )
+    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
+    calibration_batches: int = Field(
+        4, ge=1, le=1000, description="labelled support-set batches, on the device"
+    )
+
+    @model_validator(mode="after")
+    def _ratios(self) -> TinyTrainSpec:
+        if any(not 0 < r <= 1 for r in self.channel_ratios) or len(set(self.channel_ratios)) != len(
+            self.channel_ratios
+        ):
+            raise ValueError("channel_ratios must be distinct numbers in (0, 1]")
+        return self
+
+
 class OptimizerSpec(Strict):
     name: Literal["AdamW", "Adam", "SGD"] = "AdamW"
     lr: float = Field(1e-3, gt=0, le=10)
@@ -135,10 +159,13 @@ class JobCreate(Strict):
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
     device_layers: int = Field(ge=1, le=1024)
     head_layers: int = Field(0, ge=0, le=1024)
-    method: Literal["lora", "taskedge"] = "lora"
+    method: Literal["lora", "taskedge", "tinytrain"] = "lora"
     lora: LoraSpec | None = Field(None, description="required when method is lora")
     taskedge: TaskEdgeSpec | None = Field(
         None, description="with method taskedge; defaults apply when absent"
+    )
+    tinytrain: TinyTrainSpec | None = Field(
+        None, description="with method tinytrain; defaults (no budget limit: every channel) apply when absent"
     )
     trunk_lora: bool = True
     codec: Literal["raw", "fp16", "bf16", "int8"] = "raw"
@@ -160,8 +187,11 @@ class JobCreate(Strict):
             raise ValueError("devices must not repeat")
         if self.method == "lora" and self.lora is None:
             raise ValueError("method 'lora' needs a lora spec")
-        if self.method == "taskedge" and self.lora is not None:
-            raise ValueError("method 'taskedge' trains selected weights, not LoRA: drop the lora spec")
+        if self.method != "lora" and self.lora is not None:
+            raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
+        for method in ("taskedge", "tinytrain"):
+            if self.method != method and getattr(self, method) is not None:
+                raise ValueError(f"a {method} spec needs method {method!r}")
         return self
 
 

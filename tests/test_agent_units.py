@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import string
@@ -34,8 +35,11 @@ from device_client.agent import (
     LoraSpec,
     OptimizerSpec,
     ScheduleSpec,
+    TaskEdgeSpec,
+    TinyTrainSpec,
     failure_reason,
     lr_factor,
+    method_config,
     pack_adapter,
     parse_assignment,
     parse_model_dirs,
@@ -54,6 +58,7 @@ from splitft.errors import (
     Unauthenticated,
     Unavailable,
 )
+from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.stdlib_task import Example
 from splitft.tokens import generate_issuer_key, issue_token
 
@@ -388,6 +393,8 @@ def test_mirror_fields_exist_in_the_rest_schema() -> None:
         (LoraSpec, schemas.LoraSpec),
         (OptimizerSpec, schemas.OptimizerSpec),
         (ScheduleSpec, schemas.ScheduleSpec),
+        (TaskEdgeSpec, schemas.TaskEdgeSpec),
+        (TinyTrainSpec, schemas.TinyTrainSpec),
         (Assignment, schemas.Assignment),
     ]
     for mirror, model in pairs:
@@ -403,6 +410,20 @@ def test_mirror_fields_exist_in_the_rest_schema() -> None:
     assert parsed.spec.lora == LoraSpec(["query", "value"], 4, 8, 0.0, "SEQ_CLS")
     assert (parsed.spec.optimizer, parsed.spec.schedule) == (OptimizerSpec(), ScheduleSpec())
     assert parsed.spec.clip_grad_norm == 1.0 and parsed.spec.epochs is None
+
+
+def test_a_tinytrain_job_becomes_the_sdk_config_with_null_budgets_as_no_limit() -> None:
+    from splitft_control import schemas
+
+    spec = job_spec_json(method="tinytrain", lora=None, tinytrain={"memory_budget_bytes": 5e5})
+    rest = schemas.Assignment(
+        session_id="s-1", job_id="j-1", edge_address="127.0.0.1:1", token="t",
+        spec=schemas.JobCreate.model_validate(spec),
+    ).model_dump(mode="json")  # fmt: skip
+    config = method_config(parse_assignment(rest).spec)
+    assert isinstance(config, TinyTrainConfig)
+    assert config.memory_budget_bytes == 5e5 and config.compute_budget_macs == math.inf
+    assert config.channel_ratios == (1.0, 0.5, 0.25, 0.125)
 
 
 @pytest.mark.parametrize("broken", [{"spec": None}, {"spec": job_spec_json(steps=None)}, {"token": None}])

@@ -51,8 +51,12 @@ def test_methods_bench_smoke_every_method_trains_at_comparable_budgets():
         trainable = result["trainable"]
         assert trainable["method"] > 0 and trainable["total"] == trainable["device"] + trainable["trunk"]
         if method in SPLIT_METHODS:
-            # Both sides train: the device's blocks and the trunk on the edge.
-            assert trainable["device"] > 0 and trainable["trunk"] > 0
+            # LoRA and TaskEdge train both sides; TinyTrain's greedy choice may leave a side out.
+            assert trainable["device"] > 0
+            if method != "tinytrain":
+                assert trainable["trunk"] > 0
+            else:
+                assert trainable["trunk"] == result["selection"]["entries_in_trunk"]
             wire = result["wire"]
             assert wire["bytes_sent"] > 0 and wire["bytes_received"] > 0 and wire["train_bytes_per_step"] > 0
         else:
@@ -75,7 +79,7 @@ def test_methods_bench_smoke_every_method_trains_at_comparable_budgets():
 
     table = markdown_table(report)
     assert table.count("\n") == 1 + len(METHODS)  # header, rule, one row per method
-    assert "| causal_lm | taskedge | yes |" in table and "| causal_lm | tinytrain | no |" in table
+    assert "| causal_lm | taskedge | yes |" in table and "| causal_lm | tinytrain | yes |" in table
 
 
 @pytest.mark.parametrize(

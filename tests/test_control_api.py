@@ -522,12 +522,27 @@ def test_jobs_take_a_method_and_refuse_mixed_or_missing_specs(client: TestClient
         taskedge={"budget_fraction": 0.002, "n_m": [2, 4], "calibration_batches": 2},
     )
     assert job["spec"]["method"] == "taskedge" and job["spec"]["taskedge"]["n_m"] == [2, 4]
+    tiny = create_job(
+        client,
+        ["dev-m"],
+        method="tinytrain",
+        lora=None,
+        tinytrain={"memory_budget_bytes": 1e6, "channel_ratios": [1, 0.5]},
+    )
+    assert tiny["spec"]["tinytrain"]["memory_budget_bytes"] == 1e6
+    assert tiny["spec"]["tinytrain"]["compute_budget_macs"] is None  # no limit
     base = {"name": "j", "model": "m", "device_layers": 1, "steps": 1, "devices": ["dev-m"]}
     for bad in (
         {**base},  # method lora (the default) without a lora spec
         {**base, "method": "taskedge", "lora": {"target_modules": ["q"]}},  # both
-        {**base, "method": "tinytrain"},  # not a method jobs can run
+        {**base, "method": "tinytrain", "lora": {"target_modules": ["q"]}},
+        {**base, "method": "headonly"},  # not a method jobs can run
         {**base, "method": "taskedge", "taskedge": {"budget_fraction": 0}},
+        {**base, "method": "taskedge", "tinytrain": {}},  # the other method's spec
+        {**base, "method": "tinytrain", "tinytrain": {"memory_budget_bytes": 0}},
+        {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": [1.5]}},
+        {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": [0.5, 0.5]}},
+        {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": []}},
     ):
         response = client.post("/v1/jobs", json=bad, headers=bearer(OPERATOR_KEY))
         assert response.status_code == 422, (bad, response.text)

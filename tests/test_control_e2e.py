@@ -128,12 +128,20 @@ def test_control_plane_restart_mid_job_loses_nothing(tmp_path, task):
         assert after[-1]["step"] == 40
 
 
-def test_taskedge_job_over_rest_returns_sparse_deltas_that_reproduce_the_device(tmp_path, task):
+SELECTION_SPECS = {
+    "taskedge": {"budget_fraction": 0.002, "calibration_batches": 2},
+    "tinytrain": {"memory_budget_bytes": 2e7, "calibration_batches": 2},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SELECTION_SPECS))
+def test_selection_job_over_rest_returns_sparse_deltas_that_reproduce_the_device(tmp_path, task, method):
     from device_client.selection import load_selected
+    from splitft.methods.sparse import read_sparse_deltas
 
     spec = _spec(["phone-1"], len(task.labels))
     spec.pop("lora")
-    spec.update(method="taskedge", taskedge={"budget_fraction": 0.002, "calibration_batches": 2})
+    spec.update(method=method, **{method: SELECTION_SPECS[method]})
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [_model_arg()])
         data = write_jsonl(task.train, tmp_path / "phone-1.jsonl")
@@ -142,6 +150,8 @@ def test_taskedge_job_over_rest_returns_sparse_deltas_that_reproduce_the_device(
         assert job["state"] == "succeeded", job
         adapter = loop.download_adapter(job["id"], "phone-1", tmp_path / "dl")
         assert (adapter / "sparse_deltas.safetensors").is_file() and (adapter / "head.safetensors").is_file()
+        deltas, meta = read_sparse_deltas(adapter)
+        assert meta["metadata"]["method"] == method and deltas
         record = torch.load(loop.root / "records" / "phone-1" / job["sessions"][0]["id"] / "eval_logits.pt")
     base = BertForSequenceClassification.from_pretrained(
         str(default_model_dir()), num_labels=len(task.labels)

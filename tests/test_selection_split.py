@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 import torch
@@ -9,8 +11,10 @@ from transformers.pytorch_utils import Conv1D
 
 from device_client import SplitModel
 from device_client.selection import load_selected
+from splitft.methods.common import linear_shape
 from splitft.methods.sparse import apply_masks, sparse_modules, sparse_state_dict
 from splitft.methods.taskedge import TaskEdgeConfig, taskedge_masks
+from splitft.methods.tinytrain import TinyTrainConfig, tinytrain_masks
 from splitft.tiny import make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
@@ -121,7 +125,145 @@ def test_selection_calls_out_of_order_get_precise_statuses(edge, tiny_models):
         with pytest.raises(grpc.RpcError) as err:
             stub.StartCalibration(pb.StartCalibrationRequest(session_id=plain.session_id))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        for bad in ('{"method": "tinytrain"}', "not json", '{"method": "taskedge", "budget": 3}'):
+        for bad in ('{"method": "lora"}', "not json", '{"method": "taskedge", "budget": 3}'):
             with pytest.raises(grpc.RpcError) as err:
                 stub.OpenSession(pb.OpenSessionRequest(**base, method_json=bad))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+def _trunk_masks(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """[out, in] masks from an exported trunk state (flat indices into the Linear orientation)."""
+    masks = {}
+    for key, flat in state.items():
+        if key.endswith(".delta_indices"):
+            name = key.removesuffix(".delta_indices")
+            out, inp = linear_shape(model.get_submodule(name))
+            mask = torch.zeros(out * inp, dtype=torch.bool)
+            mask[flat] = True
+            masks[name] = mask.view(out, inp)
+    return masks
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_tinytrain_split_matches_in_process_selection_and_training(family, tiny_models, conn, tmp_path):
+    """The device's global choice over both sides equals tinytrain_masks on the whole model, and
+    split training of those channels equals training them in one process."""
+    tiny = tiny_models[family]
+    support = _batches(family, 2, seed=31)
+    train = _batches(family, STEPS, seed=32)
+    reference = tiny.model_class.from_pretrained(tiny.path)
+    unlimited = tinytrain_masks(reference, support, TinyTrainConfig(math.inf, math.inf))
+    # A memory budget of a third of everything, so the choice is partial and spans both sides.
+    config = TinyTrainConfig(memory_budget_bytes=unlimited.memory_bytes / 3, compute_budget_macs=math.inf)
+    expected = tinytrain_masks(reference, support, config)
+
+    split = SplitModel.from_pretrained(
+        tiny.path, edge=conn, model=family, device_layers=1, head_layers=1, method=config
+    )
+    selected = split.calibrate(support)
+    report = split.selection_report
+    assert report is not None and report.memory_bytes <= config.memory_budget_bytes
+    assert report.channels == expected.channels and report.ratios == expected.ratios
+    for name, score in expected.scores.items():
+        assert report.scores[name] == pytest.approx(score, rel=1e-4), name
+    device_modules = sparse_modules(split.root)
+    trunk_masks = _trunk_masks(split._trunk.export_adapter(), reference)
+    assert device_modules and trunk_masks, "the budget should pick layers on both sides"
+    assert set(device_modules) | set(trunk_masks) == set(expected.masks)
+    for name, mask in expected.masks.items():
+        got = device_modules[name].mask() if name in device_modules else trunk_masks[name]
+        assert torch.equal(got, mask), name
+    assert selected["device"] + selected["trunk"] == sum(int(m.sum()) for m in expected.masks.values())
+
+    apply_masks(reference, expected.masks, freeze_model=True)
+    hp = dict(lr=1e-2, weight_decay=0.0)
+    opt_s = split.configure_optimizer(torch.optim.AdamW, **hp)
+    opt_r = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], **hp)
+    split.train()
+    reference.train()
+    losses_s = _train(split, opt_s, train)
+    losses_r = _train(reference, opt_r, train)
+    assert losses_s == pytest.approx(losses_r, abs=1e-5)
+    final_s, final_r = split.adapter_state_dict(), sparse_state_dict(reference)
+    assert set(final_s) == set(final_r)
+    for key, value in final_r.items():
+        torch.testing.assert_close(final_s[key], value, atol=1e-5, rtol=0)
+
+    # Saved, applied to a plain HF model: W - W0 is zero outside the selected channels.
+    split.save_adapter(tmp_path / "adapter")
+    original = tiny.model_class.from_pretrained(tiny.path)
+    tuned = load_selected(tiny.model_class.from_pretrained(tiny.path), tmp_path / "adapter")
+    for (name, before), (_, after) in zip(original.named_parameters(), tuned.named_parameters(), strict=True):
+        module = name.rpartition(".")[0]
+        diff = (after - before).detach()
+        if module in expected.masks and name.endswith("weight"):
+            conv = isinstance(original.get_submodule(module), Conv1D)
+            mask = expected.masks[module].t() if conv else expected.masks[module]
+            assert torch.count_nonzero(diff[~mask]) == 0, name
+            assert torch.count_nonzero(diff) > 0, name
+        elif name not in split.new_parameters:
+            assert torch.count_nonzero(diff) == 0, name
+    split.close()
+
+
+def test_tinytrain_calls_get_precise_statuses(edge, tiny_models):
+    """Out-of-order and malformed TinyTrain calls: exact status codes, and the session still works."""
+    from splitft.codec import tensors_to_parts
+
+    def select(stub, session_id, channels):
+        header = pb.SelectChannelsRequest(header=pb.SelectChannelsHeader(session_id=session_id))
+        parts = [pb.SelectChannelsRequest(part=p) for p in tensors_to_parts(channels, "raw")]
+        return stub.SelectChannels(iter([header, *parts]))
+
+    with grpc.insecure_channel(edge.address) as channel:
+        stub = pb_grpc.DataPlaneStub(channel)
+        base = dict(
+            model="llama", device_layers=1, head_layers=1, codec="raw",
+            model_type="llama", num_layers=4, hidden_size=32,
+        )  # fmt: skip
+        sid = stub.OpenSession(
+            pb.OpenSessionRequest(**base, method_json='{"method": "tinytrain"}')
+        ).session_id
+        q = "model.layers.1.self_attn.q_proj"
+        with pytest.raises(grpc.RpcError) as err:  # before StartCalibration
+            list(stub.FisherPotentials(pb.FisherPotentialsRequest(session_id=sid)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as err:
+            select(stub, sid, {q: torch.tensor([0])})
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as err:  # TaskEdge's call on a TinyTrain session
+            stub.SelectParameters(pb.SelectParametersRequest(session_id=sid, k_per_row=1))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        stub.StartCalibration(pb.StartCalibrationRequest(session_id=sid))
+        with pytest.raises(grpc.RpcError) as err:  # no backward has reached the trunk yet
+            list(stub.FisherPotentials(pb.FisherPotentialsRequest(session_id=sid)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        bad = [
+            {"model.embed_tokens": torch.tensor([0])},  # not a trunk target layer
+            {"model.layers.0.self_attn.q_proj": torch.tensor([0])},  # a device layer
+            {q: torch.tensor([0, 0])},  # repeated
+            {q: torch.tensor([32])},  # out of range (out_features 32)
+            {q: torch.tensor([-1])},
+            {q: torch.tensor([0.0])},  # not integers
+            {q: torch.tensor([], dtype=torch.int64)},
+            {q: torch.tensor([[0]])},
+        ]
+        for channels in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                select(stub, sid, channels)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, channels
+        assert select(stub, sid, {q: torch.tensor([3, 1])}).selected == 2 * 32
+        with pytest.raises(grpc.RpcError) as err:  # selected once already
+            stub.StartCalibration(pb.StartCalibrationRequest(session_id=sid))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        lora = stub.OpenSession(pb.OpenSessionRequest(**base)).session_id
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.FisherPotentials(pb.FisherPotentialsRequest(session_id=lora)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as err:
+            stub.OpenSession(
+                pb.OpenSessionRequest(**base, method_json='{"method": "tinytrain", "n_m": [2, 4]}')
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for session_id in (sid, lora):
+            stub.CloseSession(pb.CloseSessionRequest(session_id=session_id))

@@ -18,9 +18,12 @@ that their memory peaks do not mix:
   the budget.
 * `taskedge` (split): `SplitModel(method=TaskEdgeConfig(budget_fraction))` calibrated on a few
   labels-free batches; the budget IS `budget_fraction` x all parameters.
-* `tinytrain` (NOT split: TinyTrain does not run across the split yet): the whole Hugging Face
-  model in one process, `tinytrain_masks` with no compute limit and the memory budget whose
-  selection's size is closest to the budget, then `apply_masks` and train.
+* `tinytrain` (split): `SplitModel(method=TinyTrainConfig(memory_budget, inf))` calibrated on a
+  labelled support set (the labels stay on the device; the edge measures its layers from the
+  gradients of the backward), with the memory budget whose selection's size is closest to the
+  budget. Finding that memory budget needs every layer's potentials; the worker measures them on
+  the whole model BEFORE its memory baseline and frees it (a benchmark artefact to match budgets;
+  a real device is given its budget).
 * `head_only` (NOT split): the whole model in one process, everything frozen but the task head
   (`classifier` / `lm_head`); its size is what it is, not matched to the budget.
 
@@ -58,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "causal_lm")
 METHODS = ("lora", "taskedge", "tinytrain", "head_only")
-SPLIT_METHODS = ("lora", "taskedge")
+SPLIT_METHODS = ("lora", "taskedge", "tinytrain")
 BUDGET_MATCHED = ("lora", "taskedge", "tinytrain")
 EDGE_NAMES = {"classification": "minilm", "causal_lm": "tiny-llama"}
 RESULT_PREFIX = "SPLITFT_METHODS_RESULT "
@@ -197,8 +200,8 @@ def run_methods_bench(config: MethodsBenchConfig) -> str:
         "tasks": {task: {**_task_summary(plans[task]), "methods": results[task]} for task in config.tasks},
         "lm_pretraining": pretrain,
         "notes": [
-            "split=false: TinyTrain does not run across the split yet, and head_only trains the head in "
-            "one process; both load the WHOLE model, so their device memory includes the trunk.",
+            "split=false: head_only trains the head in one process; it loads the WHOLE model, so its "
+            "device memory includes the trunk.",
             "split=true: device memory is the device process only; the edge process is shared and not "
             "measured. Bytes are serialized gRPC messages both ways, calibration and evaluation included.",
             "causal_lm uses a Llama-style model built from a config with RANDOM init (nothing pretrained "
@@ -687,17 +690,24 @@ def size_tinytrain_budget(model: nn.Module, support: list[Any], budget: int) -> 
     return best[1], best[2]
 
 
+def _size_tinytrain(spec: dict[str, Any], data: _Data) -> dict[str, Any]:
+    """Before the memory baseline: the memory budget matching the entry budget (whole-model pass)."""
+    model = _whole_model(spec)
+    memory, sized = size_tinytrain_budget(model, data.calibration, int(spec["plan"]["budget"]))
+    del model
+    return {**spec, "tinytrain_memory_budget": memory, "tinytrain_sized_entries": sized}
+
+
 def _build_tinytrain(spec: dict[str, Any], data: _Data) -> _Built:
-    from splitft.methods.sparse import apply_masks
-    from splitft.methods.tinytrain import TinyTrainConfig, tinytrain_masks
+    from splitft.methods.tinytrain import TinyTrainConfig
 
     plan = spec["plan"]
-    model = _whole_model(spec)
-    memory, sized = size_tinytrain_budget(model, data.calibration, int(plan["budget"]))
-    selection = tinytrain_masks(model, data.calibration, TinyTrainConfig(memory, math.inf))
-    apply_masks(model, selection.masks, freeze_model=True)
-    if plan["new_head"]:
-        model.get_submodule(_head_module(spec["task"])).requires_grad_(True)
+    memory = float(spec["tinytrain_memory_budget"])
+    model, conn = _split_model(spec, TinyTrainConfig(memory, math.inf))
+    _reset_head(model, plan, int(spec["seed"]))
+    model.calibrate(data.calibration)  # labelled: the loss is computed on the device
+    selection = model.selection_report
+    assert selection is not None
     trunk = _trunk_range(plan)
     in_trunk = sum(int(m.sum()) for n, m in selection.masks.items() if _block_of(n) in trunk)
     info = {
@@ -705,11 +715,12 @@ def _build_tinytrain(spec: dict[str, Any], data: _Data) -> _Built:
         "selected_memory_bytes": selection.memory_bytes,
         "selected_macs": selection.macs,
         "layers": {n: selection.ratios[n] for n in selection.masks},
-        "entries_in_trunk_blocks_if_split": in_trunk,
+        "entries_in_trunk": in_trunk,
         "support_batches": len(data.calibration),
     }
-    assert sized == sum(int(m.sum()) for m in selection.masks.values())
-    return _Built(model, False, info, lambda: None, None, lambda: 0)
+    if int(spec["tinytrain_sized_entries"]) != sum(int(m.sum()) for m in selection.masks.values()):
+        raise RuntimeError("the split TinyTrain selection differs from the whole-model one it was sized on")
+    return _split_built(model, conn, info)
 
 
 def _build_head_only(spec: dict[str, Any], data: _Data) -> _Built:
@@ -816,6 +827,8 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     task, method, plan = spec["task"], spec["method"], spec["plan"]
     data = _prepare_data(spec)
     _preload()
+    if method == "tinytrain":
+        spec = _size_tinytrain(spec, data)
     _release_freed_memory()
     baseline_kib, reset = _reset_peak()
     peaks: dict[str, int] = {}

@@ -109,10 +109,23 @@ def _loss_of(outputs: Any, batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
     return loss
 
 
-def _per_sample(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """`sum_t a[n,t,c] * g[n,t,c]` as `[N, C]`; every dim between the first and last is a token dim."""
+def squared_sample_sums(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """`sum_n (sum_t a[n,t,c] * g[n,t,c])^2` as float64 `[C]` on the CPU.
+
+    Every dim between the first (samples) and the last (channels) is a token dim.
+    """
     product = a.detach().to(torch.float64) * g.to(torch.float64)
-    return product.reshape(a.shape[0], -1, a.shape[-1]).sum(dim=1)
+    return product.reshape(a.shape[0], -1, a.shape[-1]).sum(dim=1).pow(2).sum(0).cpu()
+
+
+def potentials_from_squares(squares: dict[str, torch.Tensor], samples: int) -> dict[str, torch.Tensor]:
+    """`D = squares / (2N)` per layer, as float32."""
+    return {name: (value / (2 * samples)).to(torch.float32) for name, value in squares.items()}
+
+
+def mean_tokens(tokens: dict[str, list[int]]) -> dict[str, int]:
+    """Tokens per batch through each layer: the rounded mean over the batches, at least 1."""
+    return {name: max(1, round(sum(t) / len(t))) for name, t in tokens.items()}
 
 
 def _record_outputs(model: nn.Module, names: list[str], seen: dict[str, list[torch.Tensor]]) -> list[Any]:
@@ -136,10 +149,18 @@ class _BatchStats:
     samples: int  # N of this batch
 
 
-def _one_batch(model: nn.Module, batch: Any, loss_fn: LossFn | None, names: list[str]) -> _BatchStats:
+def _one_batch(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: LossFn | None,
+    names: list[str],
+    extra_inputs: list[torch.Tensor] | None,
+) -> _BatchStats:
     """One forward, then gradients of the loss with respect to the recorded layer outputs only."""
     seen: dict[str, list[torch.Tensor]] = {}
     handles = _record_outputs(model, names, seen)
+    if extra_inputs is not None:
+        extra_inputs.clear()
     try:
         with torch.enable_grad():
             loss = _loss_of(call_model(model, batch), batch, loss_fn)
@@ -147,23 +168,31 @@ def _one_batch(model: nn.Module, batch: Any, loss_fn: LossFn | None, names: list
         for handle in handles:
             handle.remove()
     flat = [(name, a) for name, outs in seen.items() for a in outs]
-    grads = torch.autograd.grad(loss, [a for _, a in flat], allow_unused=True)
+    extra = list(extra_inputs or [])
+    grads = torch.autograd.grad(loss, [a for _, a in flat] + extra, allow_unused=True)
     squares: dict[str, torch.Tensor] = {}
-    for (name, a), g in zip(flat, grads, strict=True):
-        part = torch.zeros(a.shape[-1], dtype=torch.float64) if g is None else _per_sample(a, g).pow(2).sum(0)
-        squares[name] = squares[name] + part.cpu() if name in squares else part.cpu()
+    for (name, a), g in zip(flat, grads[: len(flat)], strict=True):
+        part = torch.zeros(a.shape[-1], dtype=torch.float64) if g is None else squared_sample_sums(a, g)
+        squares[name] = squares[name] + part if name in squares else part
     tokens = {name: sum(a.numel() // a.shape[-1] for a in outs) for name, outs in seen.items()}
     samples = flat[0][1].shape[0] if flat else 0
     return _BatchStats(squares, tokens, list(seen), samples)
 
 
 def fisher_pass(
-    model: nn.Module, batches: Iterable[Any], loss_fn: LossFn | None, module_names: list[str]
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn | None,
+    module_names: list[str],
+    extra_inputs: list[torch.Tensor] | None = None,
 ) -> FisherPass:
     """Potentials, tokens and forward order of `module_names` from one pass over the support set.
 
     Eval mode (no dropout), gradients only with respect to the layer outputs: no parameter's
     `.grad` is written. `loss_fn(outputs, batch)`; None uses the HF output's `.loss`.
+    `extra_inputs`: a list the model's forward appends tensors to (emptied before each batch); the
+    gradient is taken with respect to them too, so every backward step leading to them runs (a
+    split model's trunk backward, which measures the edge's layers).
     """
     squares: dict[str, torch.Tensor] = {}
     tokens: dict[str, list[int]] = {}
@@ -171,7 +200,7 @@ def fisher_pass(
     samples = 0
     with eval_mode(model):
         for batch in batches:
-            part = _one_batch(model, batch, loss_fn, module_names)
+            part = _one_batch(model, batch, loss_fn, module_names, extra_inputs)
             samples += part.samples
             order += [n for n in part.order if n not in order]
             for name, value in part.squares.items():
@@ -180,9 +209,8 @@ def fisher_pass(
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
         raise InvalidArgument(f"the support set never reached {missing[:3] or module_names[:3]}")
-    potentials = {n: (squares[n] / (2 * samples)).to(torch.float32) for n in module_names}
-    mean_tokens = {n: max(1, round(sum(t) / len(t))) for n, t in tokens.items()}
-    return FisherPass(potentials, mean_tokens, order)
+    potentials = potentials_from_squares({n: squares[n] for n in module_names}, samples)
+    return FisherPass(potentials, mean_tokens(tokens), order)
 
 
 def fisher_potentials(

@@ -226,6 +226,54 @@ class SelectParametersResponse(_message.Message):
     layers: int
     def __init__(self, selected: _Optional[int] = ..., layers: _Optional[int] = ...) -> None: ...
 
+class FisherPotentialsRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class TrunkLayer(_message.Message):
+    __slots__ = ("name", "out_features", "in_features", "tokens")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    IN_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    out_features: int
+    in_features: int
+    tokens: int
+    def __init__(self, name: _Optional[str] = ..., out_features: _Optional[int] = ..., in_features: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class FisherSummary(_message.Message):
+    __slots__ = ("layers", "samples")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[TrunkLayer]
+    samples: int
+    def __init__(self, layers: _Optional[_Iterable[_Union[TrunkLayer, _Mapping]]] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class FisherPotentialsResponse(_message.Message):
+    __slots__ = ("summary", "part")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    summary: FisherSummary
+    part: TensorPart
+    def __init__(self, summary: _Optional[_Union[FisherSummary, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class SelectChannelsHeader(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SelectChannelsRequest(_message.Message):
+    __slots__ = ("header", "part")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    header: SelectChannelsHeader
+    part: TensorPart
+    def __init__(self, header: _Optional[_Union[SelectChannelsHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -89,6 +89,16 @@ class DataPlaneStub:
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.SerializeToString,
                 response_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
                 _registered_method=True)
+        self.FisherPotentials = channel.unary_stream(
+                '/splitft.v1.DataPlane/FisherPotentials',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsResponse.FromString,
+                _registered_method=True)
+        self.SelectChannels = channel.stream_unary(
+                '/splitft.v1.DataPlane/SelectChannels',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneServicer:
@@ -162,6 +172,18 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FisherPotentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectChannels(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +240,16 @@ def add_DataPlaneServicer_to_server(servicer, server):
             'SelectParameters': grpc.unary_unary_rpc_method_handler(
                     servicer.SelectParameters,
                     request_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.SerializeToString,
+            ),
+            'FisherPotentials': grpc.unary_stream_rpc_method_handler(
+                    servicer.FisherPotentials,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsResponse.SerializeToString,
+            ),
+            'SelectChannels': grpc.stream_unary_rpc_method_handler(
+                    servicer.SelectChannels,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.FromString,
                     response_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.SerializeToString,
             ),
     }
@@ -517,6 +549,60 @@ class DataPlane:
             target,
             '/splitft.v1.DataPlane/SelectParameters',
             splitft_dot_v1_dot_dataplane__pb2.SelectParametersRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FisherPotentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/splitft.v1.DataPlane/FisherPotentials',
+            splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.FisherPotentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectChannels(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/splitft.v1.DataPlane/SelectChannels',
+            splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
             splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
             options,
             channel_credentials,
