@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class WireStats:
-    """Serialized bytes of every message this connection sent and received."""
+    """Serialized bytes of every message this connection sent and received (any thread)."""
 
     bytes_sent: int = 0
     bytes_received: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_sent(self, count: int) -> None:
+        with self._lock:
+            self.bytes_sent += count
+
+    def add_received(self, count: int) -> None:
+        with self._lock:
+            self.bytes_received += count
 
 
 def _read(value: str | bytes | Path | None) -> bytes | None:
@@ -84,12 +94,12 @@ class EdgeConnection:
 
     def call(self, method: str, request: Any) -> Any:
         """A unary call, counting bytes and raising splitft errors."""
-        self.stats.bytes_sent += request.ByteSize()
+        self.stats.add_sent(request.ByteSize())
         try:
             response = getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_grpc(exc.code(), exc.details() or "") from None
-        self.stats.bytes_received += response.ByteSize()
+        self.stats.add_received(response.ByteSize())
         return response
 
     def upload(self, method: str, requests: Iterable[Any]) -> Any:
@@ -100,13 +110,13 @@ class EdgeConnection:
             )
         except grpc.RpcError as exc:
             raise error_from_grpc(exc.code(), exc.details() or "") from None
-        self.stats.bytes_received += response.ByteSize()
+        self.stats.add_received(response.ByteSize())
         return response
 
     def stream(self, method: str, requests: Iterable[Any] | Any) -> list[Any]:
         """A response-streaming call; `requests` is an iterable for a request stream, else one message."""
         if hasattr(requests, "ByteSize"):
-            self.stats.bytes_sent += requests.ByteSize()
+            self.stats.add_sent(requests.ByteSize())
             sent = requests
         else:
             sent = self._count_sent(requests)
@@ -114,12 +124,17 @@ class EdgeConnection:
             responses = list(getattr(self.stub, method)(sent, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
             raise error_from_grpc(exc.code(), exc.details() or "") from None
-        self.stats.bytes_received += sum(r.ByteSize() for r in responses)
+        self.stats.add_received(sum(r.ByteSize() for r in responses))
         return responses
+
+    def open_stream(self, method: str, requests: Iterator[Any]) -> Any:
+        """A bidirectional stream for the life of a session: no deadline (each request has its own
+        wait), this connection's token; returns gRPC's response iterator, which has `cancel()`."""
+        return getattr(self.stub, method)(requests, metadata=self._metadata)
 
     def _count_sent(self, requests: Iterable[Any]) -> Iterator[Any]:
         for request in requests:
-            self.stats.bytes_sent += request.ByteSize()
+            self.stats.add_sent(request.ByteSize())
             yield request
 
     def list_models(self) -> list[pb.ModelInfo]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -20,6 +20,7 @@ from torch import nn
 
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
+from device_client.pipeline import forward_backward
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
 from splitft.codec import check_codec
@@ -37,7 +38,7 @@ from splitft.v1 import dataplane_pb2 as pb
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-SelectionConfig = TaskEdgeConfig | TinyTrainConfig
+SelectionConfig: TypeAlias = TaskEdgeConfig | TinyTrainConfig
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,23 @@ class SplitModel(nn.Module):
             return self._net(**inputs)
         finally:
             self._context.attention_mask = None
+
+    def forward_backward(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        micro_batches: int = 1,
+        pipeline: bool = True,
+        loss_fn: LossFn | None = None,
+    ) -> float:
+        """Forward and backward of one batch, cut into `micro_batches` slices along dim 0.
+
+        Each slice's loss is scaled by its share of the samples, so gradients accumulate as for the
+        whole batch with a per-sample-mean loss. With `pipeline` (the default), slice i+1's device
+        blocks run while the edge works on slice i; the gradients equal `pipeline=False` exactly.
+        Returns the batch's loss; step the optimizer afterwards as usual.
+        """
+        return forward_backward(self, batch, micro_batches=micro_batches, pipeline=pipeline, loss_fn=loss_fn)
 
     @property
     def _net(self) -> nn.Module:

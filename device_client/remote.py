@@ -11,35 +11,44 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from device_client.connection import EdgeConnection
+from device_client.stream import SessionStream
 from splitft.codec import parts_to_tensors, tensors_to_parts
-from splitft.errors import NotFound, Unavailable
+from splitft.errors import FailedPrecondition, NotFound, Unavailable
 from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ForwardContext:
-    """What the device's forward call knows that the blocks' arguments do not carry."""
+class ForwardContext(threading.local):
+    """What the device's forward call knows that the blocks' arguments do not carry.
 
-    attention_mask: torch.Tensor | None = None
-    # TinyTrain calibration: every trunk call appends its anchor here, and the Fisher pass
-    # differentiates with respect to the anchors, so each trunk backward runs (the edge measures
-    # its layers' gradients there) even when nothing on either side trains yet.
-    anchors: list[torch.Tensor] | None = None
+    Thread-local: micro-batches of one pipelined step run their forwards in threads of their own.
+    """
+
+    def __init__(self) -> None:
+        self.attention_mask: torch.Tensor | None = None
+        # TinyTrain calibration: every trunk call appends its anchor here, and the Fisher pass
+        # differentiates with respect to the anchors, so each trunk backward runs (the edge
+        # measures its layers' gradients there) even when nothing on either side trains yet.
+        self.anchors: list[torch.Tensor] | None = None
+        # Pipelining: called once this thread's trunk forward is on its way to the edge.
+        self.on_submit: Callable[[], None] | None = None
 
 
 class RemoteTrunk:
     """One open session on an edge: forward, backward, optimizer and export calls."""
 
-    def __init__(self, conn: EdgeConnection, opened: pb.OpenSessionResponse, codec: str) -> None:
+    def __init__(
+        self, conn: EdgeConnection, opened: pb.OpenSessionResponse, codec: str, *, use_stream: bool = True
+    ) -> None:
         self.conn = conn
         self.session_id = opened.session_id
         self.trainable_parameters = opened.trunk_trainable_parameters
@@ -49,6 +58,11 @@ class RemoteTrunk:
         self.closed = False
         self._ids = itertools.count(1)
         self._zero_grad_pending = False
+        # Forwards and backwards travel on one stream per session; False: one call each (the
+        # pre-stream protocol, kept for comparison in `splitft bench step`).
+        self.use_stream = use_stream
+        self._stream: SessionStream | None = None
+        self._lock = threading.Lock()  # micro-batch threads share this trunk
 
     @property
     def trainable(self) -> bool:
@@ -62,8 +76,10 @@ class RemoteTrunk:
         training: bool,
         requires_grad: bool,
         need_input_grad: bool,
+        on_submit: Callable[[], None] | None = None,
     ) -> tuple[int, torch.Tensor]:
-        forward_id = next(self._ids)
+        with self._lock:
+            forward_id = next(self._ids)
         header = pb.ForwardHeader(
             session_id=self.session_id,
             forward_id=forward_id,
@@ -71,26 +87,56 @@ class RemoteTrunk:
             requires_grad=requires_grad,
             need_input_grad=need_input_grad,
         )
-        tensors = {"hidden": hidden, **extras}
-        requests = itertools.chain(
-            [pb.ForwardRequest(header=header)],
-            (pb.ForwardRequest(part=p) for p in tensors_to_parts(tensors, self.codec)),
-        )
-        responses = self.conn.stream("Forward", requests)
-        out = parts_to_tensors(r.part for r in responses)["hidden"]
-        self.forwards += 1
+        answer = self._request(header, {"hidden": hidden, **extras}, on_submit)
+        out = answer.get("hidden")
+        if out is None:
+            raise Unavailable("the edge answered a forward without its 'hidden' output")
+        with self._lock:
+            self.forwards += 1
         return forward_id, out.to(hidden.dtype)
 
     def backward(self, forward_id: int, grad: torch.Tensor) -> torch.Tensor | None:
         header = pb.BackwardHeader(
             session_id=self.session_id, forward_id=forward_id, zero_grad_first=self._take_zero_grad()
         )
-        requests = itertools.chain(
-            [pb.BackwardRequest(header=header)],
-            (pb.BackwardRequest(part=p) for p in tensors_to_parts({"grad": grad.contiguous()}, self.codec)),
-        )
-        responses = self.conn.stream("Backward", requests)
-        return parts_to_tensors(r.part for r in responses).get("grad")
+        return self._request(header, {"grad": grad.contiguous()}).get("grad")
+
+    def _request(
+        self,
+        header: pb.ForwardHeader | pb.BackwardHeader,
+        tensors: dict[str, torch.Tensor],
+        on_submit: Callable[[], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One forward or backward on the session stream (opened on first use), or as one call."""
+        if not self.use_stream:
+            method, request_type, response_field = (
+                ("Backward", pb.BackwardRequest, "part")
+                if isinstance(header, pb.BackwardHeader)
+                else ("Forward", pb.ForwardRequest, "part")
+            )
+            requests = itertools.chain(
+                [request_type(header=header)],
+                (request_type(part=p) for p in tensors_to_parts(tensors, self.codec)),
+            )
+            if on_submit is not None:
+                on_submit()
+            responses = self.conn.stream(method, requests)
+            return parts_to_tensors(getattr(r, response_field) for r in responses)
+        future = self._session_stream().submit(header, tensors, self.codec)
+        if on_submit is not None:
+            on_submit()
+        try:
+            return future.result(timeout=self.conn.timeout)
+        except TimeoutError:
+            raise Unavailable(f"no answer from the edge within {self.conn.timeout} s") from None
+
+    def _session_stream(self) -> SessionStream:
+        with self._lock:
+            if self.closed:
+                raise FailedPrecondition("this session is closed")
+            if self._stream is None:
+                self._stream = SessionStream(self.conn)
+            return self._stream
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         self.conn.call(
@@ -162,16 +208,21 @@ class RemoteTrunk:
         return int(response.selected)
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
         try:
             self.conn.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id))
         except NotFound:
             logger.info("session %s was already gone on the edge", self.session_id)
 
     def _take_zero_grad(self) -> bool:
-        pending, self._zero_grad_pending = self._zero_grad_pending, False
+        with self._lock:
+            pending, self._zero_grad_pending = self._zero_grad_pending, False
         return pending
 
 
@@ -187,9 +238,15 @@ class _TrunkFunction(torch.autograd.Function):
         extras: dict[str, torch.Tensor],
         training: bool,
         need_input_grad: bool,
+        on_submit: Callable[[], None] | None,
     ) -> torch.Tensor:
         forward_id, out = trunk.forward(
-            hidden, extras, training=training, requires_grad=True, need_input_grad=need_input_grad
+            hidden,
+            extras,
+            training=training,
+            requires_grad=True,
+            need_input_grad=need_input_grad,
+            on_submit=on_submit,
         )
         ctx.trunk = trunk
         ctx.forward_id = forward_id
@@ -201,7 +258,7 @@ class _TrunkFunction(torch.autograd.Function):
         grad_in = ctx.trunk.backward(ctx.forward_id, grad_out)
         if grad_in is not None:
             grad_in = grad_in.to(grad_out.dtype)
-        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None
+        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None, None
 
 
 class TrunkEntry(nn.Module):
@@ -230,9 +287,20 @@ class TrunkEntry(nn.Module):
             if anchors is not None:
                 anchors.append(anchor)
             return _TrunkFunction.apply(
-                hidden_states, anchor, self.trunk, extras, self.training, need_input_grad
+                hidden_states,
+                anchor,
+                self.trunk,
+                extras,
+                self.training,
+                need_input_grad,
+                self.context.on_submit,
             )
         _, out = self.trunk.forward(
-            hidden_states.detach(), extras, training=self.training, requires_grad=False, need_input_grad=False
+            hidden_states.detach(),
+            extras,
+            training=self.training,
+            requires_grad=False,
+            need_input_grad=False,
+            on_submit=self.context.on_submit,
         )
         return out

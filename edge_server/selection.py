@@ -177,7 +177,10 @@ class TrunkFisher:
                 "support set forward and backward first"
             )
         tokens = mean_tokens(self.tokens)
-        layers = [MeasuredLayer(n, *linear_shape(self.root.get_submodule(n)), tokens[n]) for n in self.order]
+        layers = []
+        for name in self.order:
+            out_features, in_features = linear_shape(self.root.get_submodule(name))
+            layers.append(MeasuredLayer(name, out_features, in_features, tokens[name]))
         return layers, self.samples, potentials_from_squares(self.squares, self.samples)
 
     def select(self, channels: dict[str, torch.Tensor]) -> int:

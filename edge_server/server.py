@@ -41,7 +41,7 @@ class EdgeConfig:
     edge_id: str = ""  # this edge's id, checked against a token's edge claim when it has one
     session_ttl: float = 600.0  # seconds an idle session lives
     max_sessions: int = 64
-    max_workers: int = 16  # gRPC handler threads
+    max_workers: int = 16  # gRPC handler threads for calls, on top of one per open session stream
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     grace_seconds: float = 10.0  # how long SIGTERM waits for in-flight calls
     metrics_port: int | None = None  # Prometheus /metrics over plain HTTP on host:port; None: off, 0: any
@@ -100,8 +100,16 @@ class EdgeServer:
             ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
         ]
         interceptors = _interceptors(config)
-        executor = futures.ThreadPoolExecutor(max_workers=config.max_workers)
-        self.server = grpc.server(executor, options=options, interceptors=interceptors)
+        # A session's Train stream holds a handler thread while it is open, so every session may keep
+        # one and calls still have max_workers (the pool starts threads only as they are needed).
+        executor = futures.ThreadPoolExecutor(max_workers=config.max_workers + config.max_sessions)
+        self.server = grpc.server(
+            executor,
+            options=options,
+            interceptors=interceptors,
+            # Beyond this, calls get RESOURCE_EXHAUSTED instead of queueing behind open streams.
+            maximum_concurrent_rpcs=config.max_workers + config.max_sessions,
+        )
         self.metrics = EdgeMetrics(self.registry, self.sessions)
         self.metrics_port: int | None = None  # bound when started, if config.metrics_port is set
         servicer = DataPlaneServicer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import grpc
 
@@ -12,7 +13,7 @@ from edge_server.errors import translate_errors
 from edge_server.metrics import EdgeMetrics
 from edge_server.sessions import SessionManager
 from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
-from splitft.errors import InvalidArgument
+from splitft.errors import InvalidArgument, SplitftError
 from splitft.lora import trunk_lora_from_json
 from splitft.methods.wire import method_from_json
 from splitft.v1 import dataplane_pb2 as pb
@@ -35,6 +36,34 @@ def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
         size += message.ByteSize()
         assembler.add(message.part)
     return first.header, assembler.finish(), size
+
+
+class _StreamRequest:
+    """A request being received on a Train stream: its header and its tensors so far.
+
+    A bad part does not end the stream: the error is kept, later parts are skipped, and the request
+    is answered with the error at its end.
+    """
+
+    def __init__(self, kind: str, header: Any, max_tensor_bytes: int) -> None:
+        self.kind = kind
+        self.header = header
+        self.size = 0
+        self._assembler = TensorAssembler(max_tensor_bytes)
+        self._error: SplitftError | None = None
+
+    def add(self, message: pb.TrainRequest) -> None:
+        self.size += message.ByteSize()
+        if self._error is None:
+            try:
+                self._assembler.add(message.part)
+            except SplitftError as exc:
+                self._error = exc
+
+    def finish(self) -> dict:
+        if self._error is not None:
+            raise self._error
+        return self._assembler.finish()
 
 
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
@@ -112,9 +141,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         self.metrics.untrack(request.session_id)
         return pb.CloseSessionResponse()
 
-    @translate_errors
-    def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
-        header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
+    def _forward(self, header: pb.ForwardHeader, tensors: dict, size: int):
+        """Run one forward; returns the session and the trunk output."""
         session = self._session(header.session_id)
         self.metrics.received(session.codec, size)
         with session.lock, self.metrics.time_step("forward", session):
@@ -125,12 +153,10 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 requires_grad=header.requires_grad,
                 need_input_grad=header.need_input_grad,
             )
-        for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
-            yield self._sent(session.codec, pb.ForwardResponse(part=part))
+        return session, out
 
-    @translate_errors
-    def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
-        header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
+    def _backward(self, header: pb.BackwardHeader, tensors: dict, size: int):
+        """Run one backward; returns the session and the input gradient (None when not needed)."""
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         session = self._session(header.session_id)
@@ -139,9 +165,65 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             grad = session.backward(
                 header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
             )
+        return session, grad
+
+    @translate_errors
+    def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
+        header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
+        session, out = self._forward(header, tensors, size)
+        for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
+            yield self._sent(session.codec, pb.ForwardResponse(part=part))
+
+    @translate_errors
+    def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
+        header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
+        session, grad = self._backward(header, tensors, size)
         if grad is not None:
             for part in tensor_parts("grad", grad, session.codec, self.chunk_bytes):
                 yield self._sent(session.codec, pb.BackwardResponse(part=part))
+
+    @translate_errors
+    def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
+        """The session stream: requests in arrival order, one answer each (see the .proto)."""
+        request: _StreamRequest | None = None
+        for message in request_iterator:
+            item = message.WhichOneof("item")
+            if item in ("forward", "backward"):
+                if request is not None:
+                    raise InvalidArgument("a request header arrived before the previous request's end")
+                request = _StreamRequest(item, getattr(message, item), self.max_tensor_bytes)
+                request.size += message.ByteSize()
+            elif item == "part":
+                if request is None:
+                    raise InvalidArgument("a tensor part arrived outside a request")
+                request.add(message)
+            elif item == "end":
+                if request is None:
+                    raise InvalidArgument("a request end arrived outside a request")
+                yield from self._answer(request)
+                request = None
+            else:
+                raise InvalidArgument("empty TrainRequest")
+
+    def _answer(self, request: _StreamRequest) -> Iterator[pb.TrainResponse]:
+        backward = request.kind == "backward"
+        reply = {"forward_id": request.header.forward_id, "backward": backward}
+        try:
+            tensors = request.finish()
+            if backward:
+                session, out = self._backward(request.header, tensors, request.size)
+                name = "grad"
+            else:
+                session, out = self._forward(request.header, tensors, request.size)
+                name = "hidden"
+        except SplitftError as exc:
+            logger.info("Train: %s %d -> %s: %s", request.kind, request.header.forward_id, exc.code.name, exc)
+            yield pb.TrainResponse(**reply, error=pb.StreamError(code=exc.code.name, message=exc.message))
+            return
+        if out is not None:
+            for part in tensor_parts(name, out, session.codec, self.chunk_bytes):
+                yield self._sent(session.codec, pb.TrainResponse(**reply, part=part))
+        yield pb.TrainResponse(**reply, end=pb.StreamEnd())
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):

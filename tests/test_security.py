@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from device_client import EdgeConnection, SplitModel
+from device_client.stream import SessionStream
 from edge_server import EdgeConfig, EdgeServer
 from splitft.certs import CertPaths, init_ca, issue_device
 from splitft.errors import PermissionDenied, Unauthenticated, Unavailable
@@ -181,6 +182,18 @@ def test_token_cannot_touch_another_devices_session(secure_edge, pki):
                     intruder.call(method, request)
             with pytest.raises(PermissionDenied):
                 intruder.stream("ExportAdapter", pb.ExportAdapterRequest(session_id="s-owner"))
+            # On the session stream the token is the stream's: a request naming the owner's
+            # session fails alone with PERMISSION_DENIED.
+            stream = SessionStream(intruder)
+            header = pb.ForwardHeader(session_id="s-owner", forward_id=1)
+            with pytest.raises(PermissionDenied):
+                stream.submit(header, {"hidden": torch.zeros(1, 2, 32)}, "raw").result(timeout=30)
+            stream.close()
+        with _connect(secure_edge, pki["ca"], "dev-a", "forged.token") as stranger:
+            stream = SessionStream(stranger)  # a bad token ends the stream itself
+            with pytest.raises(Unauthenticated):
+                stream.submit(header, {"hidden": torch.zeros(1, 2, 32)}, "raw").result(timeout=30)
+            stream.close()
         owner.call("CloseSession", pb.CloseSessionRequest(session_id="s-owner"))
 
 

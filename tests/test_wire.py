@@ -144,12 +144,25 @@ def run(
     return Run(family, tiny, recorder.calls, secrets)
 
 
+def _requests_of(messages: list[Message]) -> Iterator[list[Message]]:
+    """A Train stream's messages cut at each `end`: one list per request (or answer)."""
+    current: list[Message] = []
+    for message in messages:
+        current.append(message)
+        if message.WhichOneof("item") in ("end", "error"):
+            yield current
+            current = []
+    assert not current, "a Train stream ended in the middle of a request"
+
+
 def _tensor_streams(call: RecordedCall) -> Iterator[dict[str, torch.Tensor]]:
-    """The decoded tensors of the request stream and of the response stream of one call."""
+    """The decoded tensors of each request and each answer of one call."""
     for messages in (call.requests, call.responses):
-        parts = [part for message in messages for part in _parts(message)]
-        if parts:
-            yield parts_to_tensors(parts)
+        groups = _requests_of(messages) if call.method == "Train" else [messages]
+        for group in groups:
+            parts = [part for message in group for part in _parts(message)]
+            if parts:
+                yield parts_to_tensors(parts)
 
 
 def _parts(message: Message) -> Iterator[pb.TensorPart]:
@@ -191,14 +204,14 @@ def test_only_known_methods_and_session_control(run: Run) -> None:
     assert methods <= {
         "OpenSession",
         "ConfigureOptimizer",
-        "Forward",
-        "Backward",
+        "Train",
         "GradNorm",
         "Step",
         "ExportAdapter",
         "CloseSession",
     }
-    assert {"Forward", "Backward", "GradNorm", "Step", "ExportAdapter"} <= methods  # the run used them all
+    assert {"Train", "GradNorm", "Step", "ExportAdapter"} <= methods  # the run used them all
+    assert [call.method for call in run.calls].count("Train") == 1  # one stream for the whole session
 
 
 def test_raw_bytes_travel_only_inside_tensors(run: Run) -> None:

@@ -114,3 +114,12 @@ def error_from_grpc(status: grpc.StatusCode, detail: str) -> SplitftError:
     err = cls(f"{status.name}: {detail}")
     err.code = code
     return err
+
+
+def error_from_code(code: str, message: str) -> SplitftError:
+    """The Python exception for an error catalog code name received in a message (e.g. on a stream)."""
+    known = ErrorCode.__members__.get(code, ErrorCode.INTERNAL)
+    cls = _CLASS_BY_CODE.get(known, SplitftError)
+    err = cls(f"{known.name}: {message}")
+    err.code = known
+    return err

@@ -274,6 +274,44 @@ class SelectChannelsRequest(_message.Message):
     part: TensorPart
     def __init__(self, header: _Optional[_Union[SelectChannelsHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
+class StreamEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StreamError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("forward", "backward", "part", "end")
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    forward: ForwardHeader
+    backward: BackwardHeader
+    part: TensorPart
+    end: StreamEnd
+    def __init__(self, forward: _Optional[_Union[ForwardHeader, _Mapping]] = ..., backward: _Optional[_Union[BackwardHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("forward_id", "backward", "part", "end", "error")
+    FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    forward_id: int
+    backward: bool
+    part: TensorPart
+    end: StreamEnd
+    error: StreamError
+    def __init__(self, forward_id: _Optional[int] = ..., backward: _Optional[bool] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

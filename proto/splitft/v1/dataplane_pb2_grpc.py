@@ -99,6 +99,11 @@ class DataPlaneStub:
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
                 response_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.stream_stream(
+                '/splitft.v1.DataPlane/Train',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.TrainRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.TrainResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneServicer:
@@ -184,6 +189,14 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request_iterator, context):
+        """Every forward and backward of a session on one stream (what the SDK uses); Forward and
+        Backward above are the same operations as one call each, for simple clients.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +264,11 @@ def add_DataPlaneServicer_to_server(servicer, server):
                     servicer.SelectChannels,
                     request_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.FromString,
                     response_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.SerializeToString,
+            ),
+            'Train': grpc.stream_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.TrainRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.TrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +622,33 @@ class DataPlane:
             '/splitft.v1.DataPlane/SelectChannels',
             splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
             splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/splitft.v1.DataPlane/Train',
+            splitft_dot_v1_dot_dataplane__pb2.TrainRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
