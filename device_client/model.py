@@ -23,7 +23,7 @@ from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
 from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
-from splitft.codec import check_codec
+from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.lora import trunk_lora_json
@@ -93,11 +93,12 @@ class SplitModel(nn.Module):
         head_layers: int = 0,
         lora_config: LoraConfig | None = None,
         trunk_lora: bool = True,
-        codec: str = "raw",
+        codec: str | Mapping[str, str] = "raw",
         model: str | None = None,
         seed: int | None = None,
         config_overrides: dict[str, Any] | None = None,
         method: SelectionConfig | LoraConfig | None = None,
+        stream: bool = True,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -106,12 +107,20 @@ class SplitModel(nn.Module):
         `torch.manual_seed` makes the whole split model reproducible). `config_overrides` change
         device-side config fields such as `num_labels` for a new classification head.
 
+        `codec` chooses how activations and gradients travel: one codec for both directions
+        ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
+        `{"activations": "int8", "gradients": "topk:0.01"}` (gradients also take "lowrank:4";
+        add ":noef" to turn their error feedback off). See `splitft.compress`.
+
+        `stream` (the default) carries every forward and backward of the session on one
+        bidirectional `Train` stream; `False` makes one unary call per tensor (for comparison).
+
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or a
         `splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`: then call `calibrate(batches)` before
         training, and only the selected entries of both sides train, as sparse deltas.
         """
         lora_config, selection = _resolve_method(lora_config, method)
-        check_codec(codec)
+        codecs = parse_codecs(codec)
         config, _family = read_config(model_dir)
         num_layers = _num_layers(config)
         spec = SplitSpec(num_layers, device_layers, head_layers)
@@ -122,7 +131,7 @@ class SplitModel(nn.Module):
             model=model or Path(model_dir).name,
             device_layers=device_layers,
             head_layers=head_layers,
-            codec=codec,
+            codec=str(codecs),
             trunk_lora=trunk_lora,
             lora_config_json=trunk_lora_json(lora_config) if trunk_lora and lora_config is not None else "",
             method_json=method_to_json(selection) if selection is not None else "",
@@ -133,7 +142,7 @@ class SplitModel(nn.Module):
             session_id=unverified_claims(edge.token).session if edge.token else "",
         )
         opened = edge.call("OpenSession", request)
-        trunk = RemoteTrunk(edge, opened, codec)
+        trunk = RemoteTrunk(edge, opened, str(codecs), seed=seed, use_stream=stream)
         try:
             return cls._build(
                 model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}, selection

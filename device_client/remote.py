@@ -21,6 +21,8 @@ from torch import nn
 from device_client.connection import EdgeConnection
 from device_client.stream import SessionStream
 from splitft.codec import parts_to_tensors, tensors_to_parts
+from splitft.compress import parse_codecs
+from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, NotFound, Unavailable
 from splitft.v1 import dataplane_pb2 as pb
 
@@ -47,12 +49,25 @@ class RemoteTrunk:
     """One open session on an edge: forward, backward, optimizer and export calls."""
 
     def __init__(
-        self, conn: EdgeConnection, opened: pb.OpenSessionResponse, codec: str, *, use_stream: bool = True
+        self,
+        conn: EdgeConnection,
+        opened: pb.OpenSessionResponse,
+        codec: str,
+        *,
+        seed: int = 0,
+        use_stream: bool = True,
     ) -> None:
         self.conn = conn
         self.session_id = opened.session_id
         self.trainable_parameters = opened.trunk_trainable_parameters
-        self.codec = codec
+        self.codec = codec  # canonical `splitft.compress` string, as sent in OpenSession
+        codecs = parse_codecs(codec)
+        # What the device sends: activations forward, gradients backward, each with its own state
+        # (error feedback, warm-started bases, stochastic rounding) for the life of the session.
+        self.encoders = {
+            "forward": TensorEncoder(codecs.activations, seed=seed ^ 0xD3A),
+            "backward": TensorEncoder(codecs.gradients, seed=seed ^ 0xD36),
+        }
         self.steps = 0
         self.forwards = 0
         self.closed = False
@@ -63,6 +78,7 @@ class RemoteTrunk:
         self.use_stream = use_stream
         self._stream: SessionStream | None = None
         self._lock = threading.Lock()  # micro-batch threads share this trunk
+        self._encode_lock = threading.Lock()
 
     @property
     def trainable(self) -> bool:
@@ -108,6 +124,7 @@ class RemoteTrunk:
         on_submit: Callable[[], None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One forward or backward on the session stream (opened on first use), or as one call."""
+        encoder = self.encoders["backward" if isinstance(header, pb.BackwardHeader) else "forward"]
         if not self.use_stream:
             method, request_type, response_field = (
                 ("Backward", pb.BackwardRequest, "part")
@@ -116,13 +133,15 @@ class RemoteTrunk:
             )
             requests = itertools.chain(
                 [request_type(header=header)],
-                (request_type(part=p) for p in tensors_to_parts(tensors, self.codec)),
+                (request_type(part=p) for p in tensors_to_parts(tensors, encoder)),
             )
             if on_submit is not None:
                 on_submit()
             responses = self.conn.stream(method, requests)
             return parts_to_tensors(getattr(r, response_field) for r in responses)
-        future = self._session_stream().submit(header, tensors, self.codec)
+        stream = self._session_stream()
+        with self._encode_lock:  # encoders keep state (error feedback, random streams)
+            future = stream.submit(header, tensors, encoder)
         if on_submit is not None:
             on_submit()
         try:

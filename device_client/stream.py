@@ -22,6 +22,7 @@ import torch
 
 from device_client.connection import EdgeConnection
 from splitft.codec import TensorAssembler, tensors_to_parts
+from splitft.compress.encoder import TensorEncoder
 from splitft.errors import SplitftError, Unavailable, error_from_code, error_from_grpc
 from splitft.v1 import dataplane_pb2 as pb
 
@@ -54,7 +55,7 @@ class SessionStream:
         self,
         header: pb.ForwardHeader | pb.BackwardHeader,
         tensors: Mapping[str, torch.Tensor],
-        codec: str,
+        codec: str | TensorEncoder,
     ) -> Future[dict[str, torch.Tensor]]:
         """Send one request; the future gives the answer's tensors (empty when there are none)."""
         backward = isinstance(header, pb.BackwardHeader)

@@ -7,6 +7,7 @@ read at scrape time by a collector, so nothing here can drift from the session m
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from splitft.compress import parse_codecs
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -65,6 +68,13 @@ class _StateCollector(Collector):
         yield per_session
 
 
+@functools.lru_cache(maxsize=256)
+def codec_label(codec: str) -> str:
+    """A session codec's metric label: its names without fractions or ranks (`topk:0.01` and
+    `topk:0.02` share one), so peers cannot grow the label set without bound."""
+    return parse_codecs(codec).family
+
+
 class EdgeMetrics:
     """The edge's Prometheus registry and the hooks the servicer calls."""
 
@@ -89,13 +99,13 @@ class EdgeMetrics:
         )
         self.received_bytes = Counter(
             "splitft_edge_received_bytes",
-            "bytes of data-plane messages received, by the session's codec",
+            "bytes of data-plane messages received, by the session's codec names (no parameters)",
             ["codec"],
             registry=self.registry,
         )
         self.sent_bytes = Counter(
             "splitft_edge_sent_bytes",
-            "bytes of data-plane messages sent, by codec",
+            "bytes of data-plane messages sent, by codec names (no parameters)",
             ["codec"],
             registry=self.registry,
         )
@@ -114,10 +124,10 @@ class EdgeMetrics:
             self.step_seconds.labels(phase, self.model_of(session)).observe(time.perf_counter() - started)
 
     def received(self, codec: str, size: int) -> None:
-        self.received_bytes.labels(codec).inc(size)
+        self.received_bytes.labels(codec_label(codec)).inc(size)
 
     def sent(self, codec: str, size: int) -> None:
-        self.sent_bytes.labels(codec).inc(size)
+        self.sent_bytes.labels(codec_label(codec)).inc(size)
 
     def track(self, session: TrunkSession) -> None:
         """Report this session's adapter memory for as long as the session object lives."""

@@ -142,7 +142,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         return pb.CloseSessionResponse()
 
     def _forward(self, header: pb.ForwardHeader, tensors: dict, size: int):
-        """Run one forward; returns the session and the trunk output."""
+        """Run one forward; returns the session and the encoded trunk output."""
         session = self._session(header.session_id)
         self.metrics.received(session.codec, size)
         with session.lock, self.metrics.time_step("forward", session):
@@ -153,10 +153,12 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 requires_grad=header.requires_grad,
                 need_input_grad=header.need_input_grad,
             )
-        return session, out
+            # Encoded under the lock: the session's encoders carry state from one step to the next.
+            parts = list(tensor_parts("hidden", out, session.encoders["hidden"], self.chunk_bytes))
+        return session, parts
 
     def _backward(self, header: pb.BackwardHeader, tensors: dict, size: int):
-        """Run one backward; returns the session and the input gradient (None when not needed)."""
+        """Run one backward; returns the session and the encoded input gradient (no parts: not needed)."""
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         session = self._session(header.session_id)
@@ -165,22 +167,26 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             grad = session.backward(
                 header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
             )
-        return session, grad
+            parts = (
+                []
+                if grad is None
+                else list(tensor_parts("grad", grad, session.encoders["grad"], self.chunk_bytes))
+            )
+        return session, parts
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
         header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
-        session, out = self._forward(header, tensors, size)
-        for part in tensor_parts("hidden", out, session.codec, self.chunk_bytes):
+        session, parts = self._forward(header, tensors, size)
+        for part in parts:
             yield self._sent(session.codec, pb.ForwardResponse(part=part))
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
         header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
-        session, grad = self._backward(header, tensors, size)
-        if grad is not None:
-            for part in tensor_parts("grad", grad, session.codec, self.chunk_bytes):
-                yield self._sent(session.codec, pb.BackwardResponse(part=part))
+        session, parts = self._backward(header, tensors, size)
+        for part in parts:
+            yield self._sent(session.codec, pb.BackwardResponse(part=part))
 
     @translate_errors
     def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
@@ -210,19 +216,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         reply = {"forward_id": request.header.forward_id, "backward": backward}
         try:
             tensors = request.finish()
-            if backward:
-                session, out = self._backward(request.header, tensors, request.size)
-                name = "grad"
-            else:
-                session, out = self._forward(request.header, tensors, request.size)
-                name = "hidden"
+            run = self._backward if backward else self._forward
+            session, parts = run(request.header, tensors, request.size)
         except SplitftError as exc:
             logger.info("Train: %s %d -> %s: %s", request.kind, request.header.forward_id, exc.code.name, exc)
             yield pb.TrainResponse(**reply, error=pb.StreamError(code=exc.code.name, message=exc.message))
             return
-        if out is not None:
-            for part in tensor_parts(name, out, session.codec, self.chunk_bytes):
-                yield self._sent(session.codec, pb.TrainResponse(**reply, part=part))
+        for part in parts:
+            yield self._sent(session.codec, pb.TrainResponse(**reply, part=part))
         yield pb.TrainResponse(**reply, end=pb.StreamEnd())
 
     @translate_errors

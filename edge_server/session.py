@@ -23,6 +23,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
+from splitft.compress import parse_codecs
+from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.methods.sparse import sparse_state_dict
@@ -74,7 +76,14 @@ class TrunkSession:
         self.session_id = session_id
         self.span = span
         self.spec = spec
-        self.codec = codec
+        self.codec = codec  # canonical `splitft.compress` string: one codec, or one per direction
+        codecs = parse_codecs(codec)
+        # What this edge sends: trunk outputs (activations) and input gradients (gradients). Each
+        # direction keeps its own error feedback and random stream, seeded from the session.
+        self.encoders = {
+            "hidden": TensorEncoder(codecs.activations, seed=seed ^ 0xAC7),
+            "grad": TensorEncoder(codecs.gradients, seed=seed ^ 0x6AD),
+        }
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         self.steps = 0

@@ -12,7 +12,7 @@ from peft import LoraConfig
 
 from edge_server.registry import ModelRegistry
 from edge_server.session import TrunkSession
-from splitft.codec import check_codec
+from splitft.compress import parse_codecs
 from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from splitft.methods.wire import TrunkMethod
 from splitft.spans import SplitSpec
@@ -52,7 +52,7 @@ class SessionManager:
         if expect is not None:
             _check_same_model(served.span.config, served.num_layers, expect)
         spec = SplitSpec(served.num_layers, device_layers, head_layers)
-        check_codec(codec)
+        codec = str(parse_codecs(codec))  # canonical: one label per codec pair in metrics and logs
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")

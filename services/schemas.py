@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from splitft.compress import parse_codecs
+from splitft.errors import InvalidArgument
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -168,7 +171,12 @@ class JobCreate(Strict):
         None, description="with method tinytrain; defaults (no budget limit: every channel) apply when absent"
     )
     trunk_lora: bool = True
-    codec: Literal["raw", "fp16", "bf16", "int8"] = "raw"
+    codec: str | dict[str, str] = Field(
+        "raw",
+        description='one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one '
+        'per direction, e.g. {"activations": "int8", "gradients": "topk:0.01"} ("lowrank:4"; ":noef" '
+        "turns error feedback off); stored in its canonical string form",
+    )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     steps: int | None = Field(None, ge=1, le=10_000_000)
@@ -178,6 +186,14 @@ class JobCreate(Strict):
     num_labels: int | None = Field(None, ge=2, le=100_000, description="classes, for classification heads")
     clip_grad_norm: float | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
+
+    @field_validator("codec")
+    @classmethod
+    def _canonical_codec(cls, value: str | dict[str, str]) -> str:
+        try:
+            return str(parse_codecs(value))
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
 
     @model_validator(mode="after")
     def _one_length(self) -> JobCreate:

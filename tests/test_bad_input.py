@@ -137,8 +137,25 @@ def test_split_without_device_blocks_or_trunk_is_invalid(
     assert _code(lambda: stub.OpenSession(request)) == Code.INVALID_ARGUMENT
 
 
-def test_unknown_codec_is_invalid(stub: DataPlaneStub) -> None:
-    assert _code(lambda: stub.OpenSession(_open_request(codec="int3"))) == Code.INVALID_ARGUMENT
+@pytest.mark.parametrize(
+    "codec",
+    [
+        "int3",
+        "topk:0.01",  # gradient-only codecs cannot carry activations
+        "activations=lowrank:4,gradients=raw",
+        "activations=int8,gradients=topk:0",
+        "activations=int8,gradients=topk:1.5",
+        "activations=int8,gradients=lowrank:0",
+        "activations=int8,gradients=lowrank:x",
+        "activations=int8,weights=raw",
+        "activations=int8,activations=raw",
+        "fp16:sr",
+        "raw:noef",
+        "x" * 1000,
+    ],
+)
+def test_bad_codec_is_invalid(stub: DataPlaneStub, codec: str) -> None:
+    assert _code(lambda: stub.OpenSession(_open_request(codec=codec))) == Code.INVALID_ARGUMENT
 
 
 BAD_LORA = {

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitft.codec import TensorAssembler, expected_bytes, parts_to_tensors, tensor_parts, tensors_to_parts
+from splitft.codec import (
+    DEFAULT_CHUNK_BYTES,
+    TensorAssembler,
+    encode,
+    expected_bytes,
+    parts_to_tensors,
+    tensor_parts,
+    tensors_to_parts,
+)
+from splitft.compress.encoder import TensorEncoder
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb
 
@@ -93,7 +102,7 @@ def test_well_formed_header_assembles() -> None:
         ([_header(data=b"\0" * 17)], "more bytes"),
         ([_header(data=b"\0" * 12), _chunk(b"\0" * 8)], "more bytes"),
         ([_header(dtype="complex64")], "unknown dtype"),
-        ([_header(codec="int4")], "unknown codec"),
+        ([_header(codec="int2")], "unknown codec"),
         ([_header(shape=[-2, -2])], "invalid shape"),
         ([_header(), _header()], "sent twice"),
         ([_header(name="")], "without a name"),
@@ -131,3 +140,86 @@ def test_expected_bytes_follows_wire_dtype() -> None:
     assert expected_bytes((2, 3), torch.float32, "raw") == 24
     assert expected_bytes((2, 3), torch.float32, "fp16") == 12
     assert expected_bytes((2, 3), torch.int64, "bf16") == 48
+
+
+def test_expected_bytes_for_every_codec_string() -> None:
+    assert expected_bytes((2, 3), torch.float32, "int8:sr") == 2 * 2 + 6
+    assert expected_bytes((100,), torch.float32, "topk:0.07") == 7 * 8
+    assert expected_bytes((16, 8), torch.float32, "lowrank:2:noef") == 2 * 2 * (16 + 8)
+    assert expected_bytes((2, 3), torch.int64, "topk:0.5") == 48
+    assert len(encode(torch.randn(100), "topk:0.07")) == 56
+
+
+@pytest.mark.parametrize("codec", ["int8:sr", "topk:0.01", "topk:0.2:noef", "lowrank:4", "lowrank:2:noef"])
+def test_encoder_parts_round_trip_with_chunks(codec: str) -> None:
+    encoder = TensorEncoder(codec, seed=0)
+    grad = torch.randn(4, 32, 64)
+    ids = torch.arange(8).reshape(2, 4)
+    parts = list(tensors_to_parts({"grad": grad, "ids": ids}, encoder, chunk_bytes=64))
+    headers = [p.tensor for p in parts if p.WhichOneof("part") == "tensor"]
+    assert [(h.name, h.codec) for h in headers] == [("grad", codec), ("ids", "raw")]
+    assert len(parts) > 3  # the gradient's payload really was chunked
+    out = parts_to_tensors(parts)
+    assert torch.equal(out["ids"], ids)
+    assert out["grad"].shape == grad.shape and out["grad"].dtype == grad.dtype
+    assert float((out["grad"] - grad).norm() / grad.norm()) < 1.0
+
+
+def test_encoder_state_carries_across_messages() -> None:
+    encoder = TensorEncoder("topk:0.1")
+    grad = torch.randn(8, 16)
+    first = parts_to_tensors(tensors_to_parts({"grad": grad}, encoder))["grad"]
+    second = parts_to_tensors(tensors_to_parts({"grad": grad}, encoder))["grad"]
+    residual = encoder.residual("grad")
+    assert residual is not None
+    assert torch.allclose(first + second + residual, 2 * grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["int8:sr", "topk:0.01", "lowrank:4:noef"])
+def test_stateful_codec_names_need_an_encoder(codec: str) -> None:
+    with pytest.raises(InvalidArgument, match="pass a TensorEncoder"):
+        list(tensors_to_parts({"grad": torch.randn(2, 2)}, codec))
+
+
+def test_unknown_codec_name_fails_before_any_part() -> None:
+    with pytest.raises(InvalidArgument, match="unknown codec 'int2'"):
+        next(tensors_to_parts({"x": torch.randn(2)}, "int2"))
+
+
+def test_default_chunking_of_a_large_compressed_payload() -> None:
+    grad = torch.randn(64, 128, 1024)  # 32 MiB raw; topk:0.2 sends 8 * 1677722 bytes = 3.2 chunks
+    parts = list(tensor_parts("grad", grad, TensorEncoder("topk:0.2:noef")))
+    assert len(parts) == 1 + (parts[0].tensor.total_bytes - 1) // DEFAULT_CHUNK_BYTES == 4
+    out = parts_to_tensors(parts)["grad"]
+    assert int((out != 0).sum()) == parts[0].tensor.total_bytes // 8
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(codec="topk:0.5", total_bytes=24, data=b"\0" * 24), "as float32/topk:0.5 needs 16 bytes"),
+        (dict(codec="topk:0.5", total_bytes=12, data=b"\0" * 12), "needs 16 bytes"),
+        (dict(codec="lowrank:2", total_bytes=8, data=b"\0" * 8), "needs 16 bytes"),
+        (dict(codec="lowrank:1", total_bytes=20, data=b"\0" * 20), "needs 8 bytes"),
+        (dict(codec="lowrank:1", total_bytes=8, data=b"\0" * 6), "truncated: received 6 of 8"),
+        (dict(codec="topk:2"), r"tensor 't': invalid codec 'topk:2'"),
+        (dict(codec="int8:noef"), "int8's only option"),
+    ],
+)
+def test_assembler_checks_compressed_payloads(fields: dict, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        _assemble(_header(**fields))
+
+
+def test_assembler_names_the_tensor_when_topk_indices_are_bad() -> None:
+    # shape [2, 2] at topk:0.5 -> k = 2: indices [1, 1] are not ascending
+    data = torch.tensor([1, 1], dtype=torch.int32).numpy().tobytes() + b"\0" * 8
+    with pytest.raises(InvalidArgument, match="tensor 't': topk payload: indices are not strictly ascending"):
+        _assemble(_header(codec="topk:0.5", total_bytes=16, data=data))
+
+
+def test_decoded_size_is_bounded_too() -> None:
+    # 8 bytes of topk payload that would decode to 4 TiB of zeros
+    header = _header(shape=[1 << 40], codec="topk:0.000001", total_bytes=8, data=b"\0" * 8)
+    with pytest.raises(ResourceExhausted, match="decodes to"):
+        _assemble(header)

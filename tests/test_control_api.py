@@ -531,7 +531,11 @@ def test_jobs_take_a_method_and_refuse_mixed_or_missing_specs(client: TestClient
     )
     assert tiny["spec"]["tinytrain"]["memory_budget_bytes"] == 1e6
     assert tiny["spec"]["tinytrain"]["compute_budget_macs"] is None  # no limit
+    per_direction = create_job(client, ["dev-m"], codec={"gradients": "topk:0.010", "activations": "int8"})
+    assert per_direction["spec"]["codec"] == "activations=int8,gradients=topk:0.01"  # canonical
     base = {"name": "j", "model": "m", "device_layers": 1, "steps": 1, "devices": ["dev-m"]}
+    lora_base = {**base, "lora": {"target_modules": ["q"]}}
+    assert client.post("/v1/jobs", json=lora_base, headers=bearer(OPERATOR_KEY)).status_code == 201
     for bad in (
         {**base},  # method lora (the default) without a lora spec
         {**base, "method": "taskedge", "lora": {"target_modules": ["q"]}},  # both
@@ -543,6 +547,9 @@ def test_jobs_take_a_method_and_refuse_mixed_or_missing_specs(client: TestClient
         {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": [1.5]}},
         {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": [0.5, 0.5]}},
         {**base, "method": "tinytrain", "tinytrain": {"channel_ratios": []}},
+        {**lora_base, "codec": "topk:0.01"},  # gradient-only codec for activations too
+        {**lora_base, "codec": {"activations": "int8", "weights": "raw"}},
+        {**lora_base, "codec": "int3"},
     ):
         response = client.post("/v1/jobs", json=bad, headers=bearer(OPERATOR_KEY))
         assert response.status_code == 422, (bad, response.text)

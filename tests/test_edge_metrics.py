@@ -161,3 +161,12 @@ def test_health_command_over_mutual_tls_and_plaintext(tmp_path: Path, tiny_model
     finally:
         server.stop(grace=0)
     assert main(["edge", "health", "--address", server.address, "--insecure", "--timeout", "1"]) == 1
+
+
+def test_codec_labels_drop_parameters_so_peers_cannot_grow_the_label_set() -> None:
+    from edge_server.metrics import codec_label
+
+    assert codec_label("int8:sr") == "int8"
+    labels = {codec_label(f"activations=int4,gradients=topk:0.0{i}") for i in range(1, 10)}
+    assert labels == {"activations=int4,gradients=topk"}
+    assert codec_label("activations=fp16,gradients=lowrank:7:noef") == "activations=fp16,gradients=lowrank"

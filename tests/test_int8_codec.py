@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from device_client import SplitModel
-from splitft import codec
+from splitft import codec, int8
 from splitft.tiny import lora_config_for, make_batch
 
 
@@ -33,6 +33,43 @@ def test_int8_leaves_integer_tensors_raw_and_handles_empty():
     assert torch.equal(codec.parts_to_tensors(codec.tensor_parts("ids", ids, "int8"))["ids"], ids)
     empty = torch.empty(0, 5)
     assert codec.parts_to_tensors(codec.tensor_parts("e", empty, "int8"))["e"].shape == (0, 5)
+
+
+def _scales(payload: bytes, rows: int) -> torch.Tensor:
+    return torch.frombuffer(bytearray(payload), dtype=torch.float16, count=rows).to(torch.float32)[:, None]
+
+
+def test_stochastic_rounding_is_unbiased_with_error_below_one_step():
+    gen = torch.Generator().manual_seed(0)
+    # rows from 1e-9 (scale underflows fp16: rounded up to the smallest subnormal) to 1e3
+    x = torch.randn(5, 64, generator=gen) * torch.tensor([1e-9, 1e-5, 1e-2, 1.0, 1e3])[:, None]
+    draws = 1000
+    total, worst = torch.zeros_like(x), torch.zeros_like(x)
+    for _ in range(draws):
+        payload = int8.quantize(x, stochastic=True, generator=gen)
+        y = int8.dequantize(payload, (5, 64), torch.float32)
+        total += y
+        worst = torch.maximum(worst, (y - x).abs())
+    scale = _scales(payload, 5)
+    assert bool((scale > 0).all())
+    assert bool((worst < scale).all())
+    # per value the rounding error has std <= scale / 2, so its mean over 1000 draws <= ~0.016 scale
+    assert bool(((total / draws - x).abs() <= 0.08 * scale).all())
+
+
+def test_stochastic_scale_is_rounded_up_so_nothing_clips():
+    x = torch.tensor([[0.0, 1.0, -1.0001], [3.3333, 0.1, 0.0]])
+    payload = int8.quantize(x, stochastic=True, generator=torch.Generator().manual_seed(0))
+    scale = _scales(payload, 2)
+    assert bool((x.abs().amax(dim=1, keepdim=True) / scale <= 127).all())
+    assert len(payload) == int8.int8_bytes((2, 3))  # same format: dequantize does not know the difference
+
+
+def test_round_to_nearest_is_unchanged_and_deterministic():
+    x = torch.randn(3, 16)
+    assert int8.quantize(x) == int8.quantize(x, stochastic=False, generator=torch.Generator())
+    gen = torch.Generator().manual_seed(1)
+    assert int8.quantize(x, stochastic=True, generator=gen) != int8.quantize(x)
 
 
 def _train(path, conn, family: str, codec_name: str) -> list[float]:

@@ -18,6 +18,7 @@ from splitft.lora import trunk_lora_json
 from splitft.tiny import lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1.dataplane_pb2_grpc import DataPlaneStub
+from tests.test_wire import Recorder
 
 HIDDEN = 32
 
@@ -150,15 +151,15 @@ def test_split_model_uses_one_stream_and_equals_one_call_per_request(tiny_models
     """The stream and the pre-stream calls carry the same numbers."""
     tiny = tiny_models["llama"]
     batches = [make_batch("llama", torch.Generator().manual_seed(i)) for i in range(3)]
-    losses = {}
+    losses, methods = {}, {}
     for use_stream in (True, False):
-        with EdgeConnection(edge.address, insecure=True) as conn:
+        recorder = Recorder()
+        with EdgeConnection(edge.address, insecure=True, interceptors=[recorder]) as conn:
             torch.manual_seed(0)
             model = SplitModel.from_pretrained(
                 tiny.path, edge=conn, model="llama", device_layers=1, head_layers=1,
-                lora_config=lora_config_for("llama"), seed=5,
+                lora_config=lora_config_for("llama"), seed=5, stream=use_stream,
             )  # fmt: skip
-            model._trunk.use_stream = use_stream
             opt = model.configure_optimizer(torch.optim.AdamW, lr=1e-2)
             model.train()
             run = []
@@ -169,7 +170,13 @@ def test_split_model_uses_one_stream_and_equals_one_call_per_request(tiny_models
                 opt.zero_grad()
                 run.append(loss.item())
             losses[use_stream] = run
+            methods[use_stream] = [call.method for call in recorder.calls]
             model.close()
             with pytest.raises(FailedPrecondition):
                 model(**batches[0])
     assert losses[True] == losses[False]
+    assert methods[True].count("Train") == 1 and "Forward" not in methods[True]
+    assert (
+        "Train" not in methods[False]
+        and methods[False].count("Forward") == methods[False].count("Backward") == 3
+    )

@@ -1,51 +1,88 @@
 """`splitft bench step`: one training step in one process vs split over loopback, side by side.
 
-Three runs per round: the whole peft model in one process, split over plaintext gRPC, and split
-over mutual TLS with session tokens (each edge in its own process).
+Runs per round: the whole peft model in one process; split over plaintext gRPC; split over mutual
+TLS with session tokens (one `Train` stream per session); the same over mutual TLS with one unary
+call per tensor instead of the stream; and the mTLS split with the batch cut into 2 and 4 pipelined
+micro-batches (`SplitModel.forward_backward`). Each edge runs in its own process.
 
-Both sides of each pair run the same model, batch and torch thread budget in the same run, pairs are
-interleaved, and the median ratio is reported, because this machine is shared and noisy.
+Every side runs the same model, batch and torch thread budget in the same run, rounds are
+interleaved, and the median of the per-round ratios is reported, because this machine is shared and
+noisy. Bytes per step per codec are `splitft bench wire`'s job.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import get_peft_model
 
 from device_client import EdgeConnection, SplitModel
-from splitft.codec import CODECS
 from splitft.errors import InvalidArgument
 from splitft.launch import EdgeProcess, LocalPki
 from splitft.tiny import lora_config_for, make_batch, save_tiny_model
 
+StepFn = Callable[[], float]
+RATIOS = (
+    ("split_insecure", "local"),
+    ("split_mtls", "local"),
+    ("split_mtls", "split_insecure"),
+    ("split_mtls_per_call", "split_mtls"),
+    ("split_mtls_pipelined_2", "split_mtls"),
+    ("split_mtls_pipelined_4", "split_mtls"),
+)
+
 
 @dataclass
-class StepBenchConfig:
+class BenchModelConfig:
+    """The model and batch a wire-level benchmark trains (a Llama-style model from a config)."""
+
     family: str = "llama"
     layers: int = 8
-    hidden: int = 256
+    hidden: int = 512
     batch: int = 8
-    tokens: int = 64
-    repeats: int = 10
+    tokens: int = 128
     threads: int = 1  # torch threads in each process (device, edge, and the one-process run)
     device_layers: int = 1
     head_layers: int = 1
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.batch < 1 or self.tokens < 2 or self.threads < 1:
-            raise InvalidArgument("repeats, batch and threads must be >= 1 and tokens >= 2")
+        if min(self.layers, self.hidden, self.batch, self.threads) < 1 or self.tokens < 2:
+            raise InvalidArgument("layers, hidden, batch and threads must be >= 1 and tokens >= 2")
+        if (
+            self.device_layers < 1
+            or self.head_layers < 0
+            or self.device_layers + self.head_layers >= self.layers
+        ):
+            raise InvalidArgument("need device_layers >= 1, head_layers >= 0 and at least one trunk block")
 
 
-def _step(model, optimizer, batch) -> float:
+@dataclass
+class StepBenchConfig(BenchModelConfig):
+    repeats: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.repeats < 1:
+            raise InvalidArgument("repeats must be >= 1")
+
+
+def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:
+    """One step (forward, backward, optimizer step); returns its seconds. `micro_batches` > 0 uses
+    `SplitModel.forward_backward` with that many pipelined micro-batches."""
     started = time.perf_counter()
-    model(**batch).loss.backward()
+    if micro_batches:
+        model.forward_backward(batch, micro_batches=micro_batches)
+    else:
+        model(**batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad()
     return time.perf_counter() - started
@@ -75,58 +112,75 @@ def run_step_bench(config: StepBenchConfig) -> str:
                 tls=secure.tls,
                 extra_args=["--token-issuer-key", str(secure.issuer_pub)],
             ) as tls_edge,
+            EdgeConnection(plain_edge.address, insecure=True) as plain_conn,
         ):
-            with (
-                EdgeConnection(plain_edge.address, insecure=True) as plain_conn,
-                secure.connect(tls_edge.address, session="bench-tls", model="bench") as tls_conn,
-            ):
-                plain = _split_model(tiny.path, plain_conn, config, "raw")
-                over_tls = _split_model(tiny.path, tls_conn, config, "raw")
-                runs = {"local": (local, local_opt), "split_insecure": plain, "split_mtls": over_tls}
-                timing = _interleaved(runs, batch, config.repeats)
-                share = _device_share(local, plain[0])
-                plain[0].close()
-                over_tls[0].close()
-            wire = {
-                codec: _bytes_per_step(tiny.path, plain_edge.address, codec, config, batch)
-                for codec in CODECS
+            splits: dict[str, tuple[Any, Any]] = {
+                "split_insecure": split_model(tiny.path, plain_conn, config)
             }
-    report = {
-        "benchmark": "step",
-        "config": asdict(config),
-        "step_seconds": timing,
-        "bytes_per_step": wire,
-        "device_share": share,
-    }
+            connections = []
+            for name, stream in (
+                ("split_mtls", True),
+                ("split_mtls_per_call", False),
+                ("split_mtls_pipelined_2", True),
+                ("split_mtls_pipelined_4", True),
+            ):
+                conn = secure.connect(tls_edge.address, session=f"bench-{name}", model="bench")
+                connections.append(conn)
+                splits[name] = split_model(tiny.path, conn, config, stream=stream)
+            try:
+                runs: dict[str, StepFn] = {"local": lambda: train_step(local, local_opt, batch)}
+                for name, (model, opt) in splits.items():
+                    micro = int(name.rsplit("_", 1)[1]) if "pipelined" in name else 0
+                    runs[name] = functools.partial(train_step, model, opt, batch, micro)
+                timing = interleaved(runs, config.repeats, RATIOS)
+                share = _device_share(local, splits["split_insecure"][0])
+            finally:
+                for model, _ in splits.values():
+                    model.close()
+                for conn in connections:
+                    conn.close()
+    report = {"benchmark": "step", "config": asdict(config), "step_seconds": timing, "device_share": share}
     return json.dumps(report, indent=2)
 
 
-def _split_model(path: Path, conn: EdgeConnection, config: StepBenchConfig, codec: str):
+def split_model(
+    path: Path,
+    conn: EdgeConnection,
+    config: BenchModelConfig,
+    codec: str = "raw",
+    *,
+    stream: bool = True,
+    edge_model: str = "bench",
+) -> tuple[SplitModel, Any]:
+    """A split model of the saved model at `path` (named `edge_model` on the edge), and its AdamW."""
     model = SplitModel.from_pretrained(
         path,
         edge=conn,
-        model="bench",
+        model=edge_model,
         device_layers=config.device_layers,
         head_layers=config.head_layers,
         codec=codec,
         lora_config=lora_config_for(config.family),
+        stream=stream,
     )
     return model, model.configure_optimizer(torch.optim.AdamW, lr=1e-3)
 
 
-def _interleaved(runs: dict[str, tuple], batch, repeats: int) -> dict[str, float]:
-    """Time each run once per round, rounds interleaved; report medians and per-round ratios."""
+def interleaved(
+    runs: dict[str, StepFn], repeats: int, ratios: tuple[tuple[str, str], ...]
+) -> dict[str, float]:
+    """Time each run once per round, rounds interleaved; report medians and per-round ratio medians."""
     for _ in range(2):  # warm-up: allocator, first-call overheads, gRPC connection and TLS handshake
-        for model, opt in runs.values():
-            _step(model, opt, batch)
+        for run in runs.values():
+            run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, (model, opt) in runs.items():
-            times[name].append(_step(model, opt, batch))
+        for name, run in runs.items():
+            times[name].append(run())
     report: dict[str, float] = {f"{name}_median": round(statistics.median(t), 5) for name, t in times.items()}
-    for a, b in (("split_insecure", "local"), ("split_mtls", "local"), ("split_mtls", "split_insecure")):
-        ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
-        report[f"ratio_{a}_vs_{b}"] = round(statistics.median(ratios), 3)
+    for a, b in ratios:
+        per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        report[f"ratio_{a}_vs_{b}"] = round(statistics.median(per_round), 3)
     report["rounds"] = repeats
     return report
 
@@ -141,15 +195,3 @@ def _device_share(local, split) -> dict[str, float]:
         "whole_model_bytes": whole_bytes,
         "device_bytes": dev_bytes,
     }
-
-
-def _bytes_per_step(path, address: str, codec: str, config: StepBenchConfig, batch) -> dict[str, int | float]:
-    with EdgeConnection(address, insecure=True) as conn:
-        model, opt = _split_model(path, conn, config, codec)
-        _step(model, opt, batch)
-        before = model.stats
-        _step(model, opt, batch)
-        after = model.stats
-        model.close()
-    up, down = after.bytes_sent - before.bytes_sent, after.bytes_received - before.bytes_received
-    return {"up": up, "down": down, "total": up + down}

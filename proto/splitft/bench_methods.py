@@ -42,8 +42,6 @@ import json
 import logging
 import math
 import re
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitft.bench_worker import run_worker
 from splitft.errors import InvalidArgument
+from splitft.peak_rss import peak_kib, release_freed_memory, reset_peak
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ def run_methods_bench(config: MethodsBenchConfig) -> str:
     from splitft.demo import default_model_dir
     from splitft.launch import EdgeProcess
     from splitft.stdlib_task import build_stdlib_task
-    from splitft.tiny import save_tiny_model
 
     started = time.perf_counter()
     text_task = build_stdlib_task(max_per_class=config.max_per_class)
@@ -156,20 +155,15 @@ def run_methods_bench(config: MethodsBenchConfig) -> str:
         if "classification" in config.tasks:
             model_dirs["classification"] = Path(config.cls_model_dir or default_model_dir())
         if "causal_lm" in config.tasks:
-            threads = torch.get_num_threads()
-            with torch.random.fork_rng(devices=[]):  # the caller's RNG and thread count stay as they were
-                try:
-                    tiny = save_tiny_model(
-                        "llama",
-                        Path(tmp) / "tiny-llama",
-                        layers=config.lm_layers,
-                        hidden=config.lm_hidden,
-                        seed=config.seed,
-                    )
-                    pretrain = _pretrain_tiny(tiny.path, config) if config.lm_pretrain_steps else None
-                finally:
-                    torch.set_num_threads(threads)
-            model_dirs["causal_lm"] = tiny.path
+            model_dirs["causal_lm"], pretrain = pretrained_tiny_llama(
+                Path(tmp) / "tiny-llama",
+                layers=config.lm_layers,
+                hidden=config.lm_hidden,
+                steps=config.lm_pretrain_steps,
+                max_length=config.lm_max_length,
+                threads=config.threads,
+                seed=config.seed,
+            )
         plans = {task: _plan(task, model_dirs[task], len(data["labels"]), config) for task in config.tasks}
         log_dir = Path(config.log_dir) if config.log_dir else Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -244,30 +238,47 @@ def pretrain_corpus(max_length: int) -> list[str]:
     return [source[i : i + max_length] for i in range(0, len(source) - max_length, max_length)]
 
 
-def _pretrain_tiny(path: Path, config: MethodsBenchConfig) -> dict[str, Any]:
-    """Train every weight of the random-init model on stdlib source code, then save it in place.
+def pretrained_tiny_llama(
+    directory: Path, *, layers: int, hidden: int, steps: int, max_length: int, threads: int, seed: int
+) -> tuple[Path, dict[str, Any] | None]:
+    """A Llama-style model from a config saved to `directory`, then (`steps` > 0) every weight
+    trained on stdlib source code and saved in place; returns its path and the pretraining report.
 
-    Gives the causal-LM task a base model that knows bytes of Python-ish text, so the methods
-    ADAPT it (code -> docstring prose) instead of fitting a random network.
+    Gives a causal-LM task a base model that knows bytes of Python-ish text, so that fine-tuning
+    ADAPTS it (code -> docstring prose) instead of fitting a random network. The caller's RNG state
+    and torch thread count stay as they were.
     """
+    from splitft.tiny import save_tiny_model
+
+    caller_threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            tiny = save_tiny_model("llama", directory, layers=layers, hidden=hidden, seed=seed)
+            report = _pretrain(tiny.path, steps, max_length, threads, seed) if steps else None
+        finally:
+            torch.set_num_threads(caller_threads)
+    return tiny.path, report
+
+
+def _pretrain(path: Path, steps: int, max_length: int, threads: int, seed: int) -> dict[str, Any]:
     import random
 
     from transformers import LlamaForCausalLM
 
     started = time.perf_counter()
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    chunks = pretrain_corpus(config.lm_max_length)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    chunks = pretrain_corpus(max_length)
     model = LlamaForCausalLM.from_pretrained(str(path), local_files_only=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=PRETRAIN_LR, total_steps=config.lm_pretrain_steps, pct_start=0.1
+        optimizer, max_lr=PRETRAIN_LR, total_steps=steps, pct_start=0.1
     )
-    rng = random.Random(config.seed)
+    rng = random.Random(seed)
     losses: list[float] = []
     model.train()
-    for _ in range(config.lm_pretrain_steps):
-        loss = model(**_encode_bytes(rng.sample(chunks, PRETRAIN_BATCH), config.lm_max_length)).loss
+    for _ in range(steps):
+        loss = model(**encode_bytes(rng.sample(chunks, PRETRAIN_BATCH), max_length)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -277,7 +288,7 @@ def _pretrain_tiny(path: Path, config: MethodsBenchConfig) -> dict[str, Any]:
     model.save_pretrained(str(path))
     return {
         "corpus": f"source code of stdlib modules {list(PRETRAIN_MODULES)}, {len(chunks)} chunks",
-        "steps": config.lm_pretrain_steps,
+        "steps": steps,
         "batch": PRETRAIN_BATCH,
         "lr": PRETRAIN_LR,
         "train_loss_first": round(losses[0], 4),
@@ -398,21 +409,13 @@ def _worker_spec(
 
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "splitft.bench_methods", "--worker"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_worker(
+        "splitft.bench_methods",
+        spec,
+        prefix=RESULT_PREFIX,
+        label=f"bench worker {spec['task']}/{spec['method']}",
         timeout=WORKER_TIMEOUT_S,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout)[-4000:]
-        raise RuntimeError(
-            f"bench worker {spec['task']}/{spec['method']} failed (exit {proc.returncode}):\n{tail}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
     result["process_seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -449,33 +452,6 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
 # The worker: one method on one task, in its own process.
 
 
-def _rss_kib(field_name: str) -> int | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak() -> tuple[int, bool]:
-    """Reset the kernel's peak-RSS mark to the current RSS; (current RSS in KiB, whether it reset)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
-    rss = _rss_kib("VmRSS")
-    if rss is None:  # no /proc: psutil has no peak on Linux either; fall back to getrusage's
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss, reset
-
-
-def _peak_kib() -> int:
-    peak = _rss_kib("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 @dataclass
 class _Data:
     train_epochs: list[list[Batch]]
@@ -483,7 +459,7 @@ class _Data:
     calibration: list[Batch]
 
 
-def _encode_bytes(texts: list[str], max_length: int) -> Batch:
+def encode_bytes(texts: list[str], max_length: int) -> Batch:
     rows = [[min(b, MAX_BYTE_ID) for b in text.encode()[:max_length]] for text in texts]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
@@ -516,7 +492,7 @@ def _prepare_data(spec: dict[str, Any]) -> _Data:
     else:
 
         def encode(texts: list[str], labels: list[int]) -> Batch:
-            return _encode_bytes(texts, max_length)
+            return encode_bytes(texts, max_length)
 
     seed = int(spec["seed"])
     epochs = [
@@ -807,19 +783,6 @@ def _preload() -> None:
     optimizer.step()
 
 
-def _release_freed_memory() -> None:
-    """Give freed heap pages back to the OS (glibc), so one phase's garbage does not hide in the next
-    phase's peak (RSS never shrinks by itself after a large transient such as an evaluation)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     """One method on one task in THIS process: build, evaluate, train, evaluate; the figures."""
     torch.set_num_threads(int(spec["threads"]))
@@ -829,26 +792,26 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     _preload()
     if method == "tinytrain":
         spec = _size_tinytrain(spec, data)
-    _release_freed_memory()
-    baseline_kib, reset = _reset_peak()
+    release_freed_memory()
+    baseline_kib, reset = reset_peak()
     peaks: dict[str, int] = {}
     started = time.perf_counter()
     built = BUILDERS[method](spec, data)
     try:
         setup_seconds = time.perf_counter() - started
         before = _evaluate(built.model, data.heldout, task)
-        peaks["setup_and_eval"] = _peak_kib()
-        _release_freed_memory()
-        _reset_peak()
+        peaks["setup_and_eval"] = peak_kib()
+        release_freed_memory()
+        reset_peak()
         wire_before_train = built.stats() if built.stats else None
         optimizer = _make_optimizer(built, float(spec["lr"]))
         train_started = time.perf_counter()
         losses = _train(built.model, optimizer, data.train_epochs, float(spec["lr"]))
         train_seconds = time.perf_counter() - train_started
-        peaks["train"] = _peak_kib()
+        peaks["train"] = peak_kib()
         wire_after_train = built.stats() if built.stats else None
         after = _evaluate(built.model, data.heldout, task)
-        peaks["eval_after"] = _peak_kib()
+        peaks["eval_after"] = peak_kib()
         device = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         trunk = built.trunk_trainable()
         wire_final = built.stats() if built.stats else None

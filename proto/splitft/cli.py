@@ -15,9 +15,11 @@ logger = logging.getLogger("splitft")
 
 
 def _configure_logging(level: str, *, model_stack: bool = True) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, rich_tracebacks=False)
+    # stderr: stdout carries what a command prints for its user (a benchmark's JSON, keys, ...)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -316,6 +318,87 @@ def _bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_wire(args: argparse.Namespace) -> int:
+    from splitft.bench_wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
+
+    config = WireBenchConfig(
+        family=args.family,
+        layers=args.layers,
+        hidden=args.hidden,
+        batch=args.batch,
+        tokens=args.tokens,
+        threads=args.threads,
+        device_layers=args.device_layers,
+        head_layers=args.head_layers,
+        steps=args.steps,
+        codecs=tuple(args.codec or DEFAULT_WIRE_CODECS),
+    )
+    sys.stdout.write(run_wire_bench(config) + "\n")
+    return 0
+
+
+def _bench_converge(args: argparse.Namespace) -> int:
+    from splitft.bench_converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
+
+    config = ConvergeBenchConfig(
+        tasks=tuple(args.tasks),
+        codecs=tuple(args.codec or DEFAULT_CONVERGE_CODECS),
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    sys.stdout.write(run_converge_bench(config) + "\n")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from splitft.bench_memory import MemoryBenchConfig, run_memory_bench
+
+    config = MemoryBenchConfig(
+        family=args.family,
+        layers=args.layers,
+        hidden=args.hidden,
+        batch=args.batch,
+        tokens=args.tokens,
+        steps=args.steps,
+        threads=args.threads,
+        device_layers=args.device_layers,
+        head_layers=args.head_layers,
+        codec=args.codec,
+    )
+    sys.stdout.write(run_memory_bench(config) + "\n")
+    return 0
+
+
+def _bench_sessions(args: argparse.Namespace) -> int:
+    from splitft.bench_sessions import SessionsBenchConfig, run_sessions_bench
+
+    config = SessionsBenchConfig(
+        family=args.family,
+        layers=args.layers,
+        hidden=args.hidden,
+        batch=args.batch,
+        tokens=args.tokens,
+        sessions=tuple(args.sessions),
+        seconds=args.seconds,
+        warmup_steps=args.warmup_steps,
+        threads=args.threads,
+        device_threads=args.device_threads,
+        device_layers=args.device_layers,
+        head_layers=args.head_layers,
+        codec=args.codec,
+    )
+    sys.stdout.write(run_sessions_bench(config) + "\n")
+    return 0
+
+
+def _session_counts(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,2,4,8, got {text!r}") from None
+
+
 def _bench_control(args: argparse.Namespace) -> int:
     from splitft.bench_control import ControlBenchConfig, run_control_bench
 
@@ -516,18 +599,59 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True
     )
     step = bench.add_parser(
-        "step", help="step time one-process vs split over loopback, bytes per codec (JSON)"
+        "step", help="step time one-process vs split over loopback: mTLS, stream, pipelining (JSON)"
     )
-    step.add_argument("--family", default="llama", choices=["llama", "gpt2", "bert", "vit"])
-    step.add_argument("--layers", type=int, default=8)
-    step.add_argument("--hidden", type=int, default=256)
-    step.add_argument("--batch", type=int, default=8)
-    step.add_argument("--tokens", type=int, default=64)
+    wire = bench.add_parser("wire", help="bytes per step up and down per codec, relative to raw (JSON)")
+    for sub in (step, wire):
+        sub.add_argument("--family", default="llama", choices=["llama", "gpt2", "bert", "vit"])
+        sub.add_argument("--layers", type=int, default=8)
+        sub.add_argument("--hidden", type=int, default=512)
+        sub.add_argument("--batch", type=int, default=8)
+        sub.add_argument("--tokens", type=int, default=128)
+        sub.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+        sub.add_argument("--device-layers", type=int, default=1)
+        sub.add_argument("--head-layers", type=int, default=1)
     step.add_argument("--repeats", type=int, default=10)
-    step.add_argument("--threads", type=int, default=1, help="torch threads for each process")
-    step.add_argument("--device-layers", type=int, default=1)
-    step.add_argument("--head-layers", type=int, default=1)
     step.set_defaults(func=_bench_step)
+    codec_help = (
+        "a codec to measure, e.g. int8 or activations=int8,gradients=topk:0.01; repeat (default: all)"
+    )
+    wire.add_argument("--steps", type=int, default=2, help="measured steps per codec, after a warm-up step")
+    wire.add_argument("--codec", action="append", help=codec_help)
+    wire.set_defaults(func=_bench_wire)
+    converge = bench.add_parser("converge", help="held-out loss after N steps per codec vs raw (JSON)")
+    converge.add_argument(
+        "--tasks", nargs="+", default=["classification", "causal_lm"], choices=["classification", "causal_lm"]
+    )
+    converge.add_argument("--codec", action="append", help=codec_help)
+    converge.add_argument("--steps", type=int, default=60, help="optimizer steps per task and codec")
+    converge.add_argument("--seed", type=int, default=0)
+    converge.add_argument("--threads", type=int, default=2, help="torch threads here and in the edge")
+    converge.set_defaults(func=_bench_converge)
+    memory = bench.add_parser(
+        "memory", help="device peak memory vs the whole model in one process, device share (JSON)"
+    )
+    sessions = bench.add_parser("sessions", help="aggregate edge throughput with N concurrent sessions")
+    for sub, n_hidden, n_tokens, n_head in ((memory, 512, 128, 0), (sessions, 256, 64, 1)):
+        sub.add_argument("--family", default="llama", choices=["llama", "gpt2", "bert", "vit"])
+        sub.add_argument("--layers", type=int, default=8)
+        sub.add_argument("--hidden", type=int, default=n_hidden)
+        sub.add_argument("--batch", type=int, default=8)
+        sub.add_argument("--tokens", type=int, default=n_tokens)
+        sub.add_argument("--device-layers", type=int, default=1)
+        sub.add_argument("--head-layers", type=int, default=n_head)
+        sub.add_argument("--codec", default="raw", help="wire codec of the split sessions (default raw)")
+    memory.add_argument("--steps", type=int, default=3, help="training steps measured in each process")
+    memory.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+    memory.set_defaults(func=_bench_memory)
+    sessions.add_argument(
+        "--sessions", type=_session_counts, default=[1, 2, 4, 8], help="concurrent sessions, e.g. 1,2,4,8"
+    )
+    sessions.add_argument("--seconds", type=float, default=10.0, help="measured window per session count")
+    sessions.add_argument("--warmup-steps", type=int, default=2, help="per device, before any window")
+    sessions.add_argument("--threads", type=int, default=1, help="torch threads in the edge process")
+    sessions.add_argument("--device-threads", type=int, default=1, help="torch threads per device process")
+    sessions.set_defaults(func=_bench_sessions)
     mbench = bench.add_parser("methods", help="LoRA vs TaskEdge vs TinyTrain vs head-only at equal budgets")
     mbench.add_argument(
         "--tasks", nargs="+", default=["classification", "causal_lm"], choices=["classification", "causal_lm"]

@@ -4,6 +4,11 @@ Tensors travel as raw little-endian bytes with shape, dtype and codec, never as 
 Lossy codecs apply to floating tensors only; masks and position ids always travel raw. A tensor
 whose payload exceeds `chunk_bytes` is split into a `Tensor` header plus `TensorChunk`s.
 Protobuf types never travel past this module: callers see dicts of tensors.
+
+The header's `codec` is a full codec string (`splitft.compress.spec`: "int8", "int8:sr",
+"topk:0.01", "lowrank:4", ...), so the receiver decodes any of them without session state. Senders
+pass a codec name (stateless, as before) or a `TensorEncoder`, which keeps error feedback and
+warm starts per tensor name between steps; topk and lowrank need the latter.
 """
 
 from __future__ import annotations
@@ -14,12 +19,10 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from splitft import int8
+from splitft.compress import parse_codec
+from splitft.compress.encoder import TensorEncoder, decode_payload, payload_bytes
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb
-
-CODECS: tuple[str, ...] = ("raw", "fp16", "bf16", "int8")
-LOSSLESS_CODECS: frozenset[str] = frozenset({"raw"})
 
 # Chunk size for streams; well under the channel's message limit (MESSAGE_LIMIT_BYTES).
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -37,17 +40,10 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_WIRE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_MAX_DIMS = 8
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("splitft's wire format is little-endian; this host is big-endian")
-
-
-def check_codec(codec: str) -> str:
-    """Return `codec` if supported, else raise InvalidArgument naming the supported ones."""
-    if codec not in CODECS:
-        raise InvalidArgument(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
-    return codec
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -56,49 +52,44 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
-def _wire_dtype(dtype: torch.dtype, codec: str) -> torch.dtype:
-    """The dtype a tensor has on the wire: lossy codecs only touch floating tensors."""
-    if codec in _WIRE_DTYPE and dtype.is_floating_point:
-        return _WIRE_DTYPE[codec]
-    return dtype
-
-
 def encode(tensor: torch.Tensor, codec: str) -> bytes:
-    """Encoded payload of `tensor` under `codec`."""
-    if codec == "int8" and tensor.dtype.is_floating_point:
-        return int8.quantize(tensor)
-    wire = tensor.detach().to(device="cpu", dtype=_wire_dtype(tensor.dtype, codec)).contiguous()
-    return wire.view(torch.uint8).numpy().tobytes() if wire.numel() else b""
+    """Encoded payload of `tensor` under `codec`, one-shot: no state carries over to another call."""
+    return TensorEncoder(codec).encode(tensor)[1]
 
 
 def decode(data: bytes | bytearray, shape: tuple[int, ...], dtype: torch.dtype, codec: str) -> torch.Tensor:
-    """Inverse of `encode`; the caller has checked that `data` has the expected length."""
-    if codec == "int8" and dtype.is_floating_point:
-        return int8.dequantize(data, shape, dtype)
-    wire_dtype = _wire_dtype(dtype, codec)
-    if not data:
-        return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(data) if isinstance(data, bytes) else data, dtype=wire_dtype)
-    return flat.reshape(shape).to(dtype)
+    """Inverse of `encode` for any codec string; a payload of the wrong size is InvalidArgument."""
+    return decode_payload(codec, data, shape, dtype)
 
 
 def expected_bytes(shape: tuple[int, ...], dtype: torch.dtype, codec: str) -> int:
-    if codec == "int8" and dtype.is_floating_point:
-        return int8.int8_bytes(shape)
-    itemsize = torch.empty((), dtype=_wire_dtype(dtype, codec)).element_size()
-    return math.prod(shape) * itemsize
+    return payload_bytes(parse_codec(codec), shape, dtype)
+
+
+def _encoder(codec: str | TensorEncoder) -> TensorEncoder:
+    if isinstance(codec, TensorEncoder):
+        return codec
+    encoder = TensorEncoder(codec)
+    if encoder.spec.is_stateful:
+        # A fresh encoder per message would silently drop the residual and the warm start.
+        raise InvalidArgument(f"codec {codec!r} keeps state between steps; pass a TensorEncoder")
+    return encoder
 
 
 def tensor_parts(
-    name: str, tensor: torch.Tensor, codec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    name: str, tensor: torch.Tensor, codec: str | TensorEncoder, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[pb.TensorPart]:
-    """Stream one tensor as a header part followed by chunk parts."""
-    payload = encode(tensor, codec)
+    """Stream one tensor as a header part followed by chunk parts.
+
+    `codec` is a stateless codec name (raw, fp16, bf16, int8) or a session's `TensorEncoder`, whose
+    state for this tensor is keyed by `name` (int8:sr, topk and lowrank need one).
+    """
+    wire_codec, payload = _encoder(codec).encode(tensor, key=name)
     header = pb.Tensor(
         name=name,
         shape=list(tensor.shape),
         dtype=dtype_name(tensor.dtype),
-        codec=codec,
+        codec=wire_codec,
         total_bytes=len(payload),
         data=payload[:chunk_bytes],
     )
@@ -108,10 +99,11 @@ def tensor_parts(
 
 
 def tensors_to_parts(
-    tensors: Mapping[str, torch.Tensor], codec: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    tensors: Mapping[str, torch.Tensor], codec: str | TensorEncoder, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[pb.TensorPart]:
+    encoder = _encoder(codec)  # one encoder for all tensors, so a bad codec fails before any part
     for name, tensor in tensors.items():
-        yield from tensor_parts(name, tensor, codec, chunk_bytes)
+        yield from tensor_parts(name, tensor, encoder, chunk_bytes)
 
 
 class TensorAssembler:
@@ -123,6 +115,7 @@ class TensorAssembler:
         self.tensors: dict[str, torch.Tensor] = {}
         self.bytes_received = 0
         self._header: pb.Tensor | None = None
+        self._layout: tuple[tuple[int, ...], torch.dtype] = ((), torch.float32)
         self._buffer = bytearray()
 
     def add(self, part: pb.TensorPart) -> None:
@@ -152,6 +145,7 @@ class TensorAssembler:
             raise ResourceExhausted(
                 f"tensor {header.name!r}: {header.total_bytes} bytes; limit is {self.max_tensor_bytes}"
             )
+        self._layout = _check_header(header, self.max_tensor_bytes)
         self._header = header
         self._buffer = bytearray()
         self._append(header.data)
@@ -169,33 +163,43 @@ class TensorAssembler:
         header, self._header = self._header, None
         if header is None:
             return
-        self.tensors[header.name] = _decode_checked(header, self._buffer)
+        shape, dtype = self._layout
+        if len(self._buffer) != header.total_bytes:
+            got, want = len(self._buffer), header.total_bytes
+            raise InvalidArgument(f"tensor {header.name!r} truncated: received {got} of {want} bytes")
+        try:
+            self.tensors[header.name] = decode_payload(header.codec, self._buffer, shape, dtype)
+        except InvalidArgument as err:  # a payload of the right size with bad content (topk indices)
+            raise InvalidArgument(f"tensor {header.name!r}: {err.message}") from None
         self._buffer = bytearray()
 
 
-def _decode_checked(header: pb.Tensor, data: bytearray) -> torch.Tensor:
+def _check_header(header: pb.Tensor, max_tensor_bytes: int) -> tuple[tuple[int, ...], torch.dtype]:
+    """(shape, dtype) of a header that is consistent, before any of its payload is buffered."""
     name = header.name
     if header.dtype not in DTYPES:
         raise InvalidArgument(
             f"tensor {name!r}: unknown dtype {header.dtype!r}; supported: {', '.join(DTYPES)}"
         )
-    if header.codec not in CODECS:
-        raise InvalidArgument(
-            f"tensor {name!r}: unknown codec {header.codec!r}; supported: {', '.join(CODECS)}"
-        )
+    try:
+        spec = parse_codec(header.codec)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"tensor {name!r}: {err.message}") from None
     shape = tuple(int(d) for d in header.shape)
-    if any(d < 0 for d in shape) or len(shape) > 8:
+    if any(d < 0 for d in shape) or len(shape) > _MAX_DIMS:
         raise InvalidArgument(f"tensor {name!r}: invalid shape {list(shape)}")
     dtype = DTYPES[header.dtype]
-    want = expected_bytes(shape, dtype, header.codec)
+    # topk and lowrank decode to far more than they send: bound what the receiver allocates too.
+    dense = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if dense > max_tensor_bytes:
+        raise ResourceExhausted(f"tensor {name!r}: decodes to {dense} bytes; limit is {max_tensor_bytes}")
+    want = payload_bytes(spec, shape, dtype)
     if want != header.total_bytes:
         raise InvalidArgument(
             f"tensor {name!r}: shape {list(shape)} as {header.dtype}/{header.codec} needs {want} bytes, "
             f"header declares {header.total_bytes}"
         )
-    if len(data) != want:
-        raise InvalidArgument(f"tensor {name!r} truncated: received {len(data)} of {want} bytes")
-    return decode(data, shape, dtype, header.codec)
+    return shape, dtype
 
 
 def parts_to_tensors(
