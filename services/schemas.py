@@ -173,9 +173,9 @@ class JobCreate(Strict):
     trunk_lora: bool = True
     codec: str | dict[str, str] = Field(
         "raw",
-        description='one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one '
-        'per direction, e.g. {"activations": "int8", "gradients": "topk:0.01"} ("lowrank:4"; ":noef" '
-        "turns error feedback off); stored in its canonical string form",
+        description='one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr", "int4") or '
+        'one per direction, e.g. {"activations": "int8", "gradients": "lowrank:8:noef"} (gradients also '
+        'take "topk:0.01"; ":noef" turns error feedback off); stored in its canonical string form',
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
