@@ -28,6 +28,7 @@ from splitft.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     ResourceExhausted,
     SplitftError,
@@ -289,7 +290,7 @@ _BY_STATUS: dict[int, type[SplitftError]] = {
     403: PermissionDenied,
     404: NotFound,
     408: Unavailable,
-    413: ResourceExhausted,
+    413: PayloadTooLarge,
     422: InvalidArgument,
     429: ResourceExhausted,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
@@ -22,6 +22,9 @@ SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", 
 
 
 class Strict(BaseModel):
+    """Unknown fields are refused. Numbers in requests are `StrictInt`/`StrictFloat`: lax pydantic would
+    read JSON `true` as 1 and `"0.1"` as 0.1, which hides a client's mistake instead of naming it."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -29,10 +32,10 @@ class Strict(BaseModel):
 
 
 class EdgeCapacity(Strict):
-    memory_free_bytes: int = Field(
+    memory_free_bytes: StrictInt = Field(
         0, ge=0, le=INT64_MAX, description="free accelerator/host memory for sessions"
     )
-    max_sessions: int = Field(16, ge=1, le=100_000, description="sessions this edge accepts at once")
+    max_sessions: StrictInt = Field(16, ge=1, le=100_000, description="sessions this edge accepts at once")
 
 
 class EdgeRegister(Strict):
@@ -56,7 +59,7 @@ class EdgeRegistered(Strict):
 
 class EdgeHeartbeat(Strict):
     capacity: EdgeCapacity | None = None
-    active_sessions: int = Field(0, ge=0, le=INT32_MAX)
+    active_sessions: StrictInt = Field(0, ge=0, le=INT32_MAX)
 
 
 class EdgePublic(Strict):
@@ -108,32 +111,34 @@ class DevicePublic(Strict):
 
 
 class LoraSpec(Strict):
-    r: int = Field(8, ge=1, le=1024)
-    lora_alpha: float = Field(16, gt=0, allow_inf_nan=False)  # inf would reach devices as null
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    r: StrictInt = Field(8, ge=1, le=1024)
+    lora_alpha: StrictFloat = Field(16, gt=0, allow_inf_nan=False)  # inf would reach devices as null
+    lora_dropout: StrictFloat = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1, max_length=64)
     task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
 
 
 class TaskEdgeSpec(Strict):
-    budget_fraction: float = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
-    n_m: tuple[int, int] | None = Field(None, description="N:M structure, e.g. [2, 4]")
+    budget_fraction: StrictFloat = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
+    n_m: tuple[StrictInt, StrictInt] | None = Field(None, description="N:M structure, e.g. [2, 4]")
     target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: int = Field(4, ge=1, le=1000, description="labels-free batches scored on the device")
+    calibration_batches: StrictInt = Field(
+        4, ge=1, le=1000, description="labels-free batches scored on the device"
+    )
 
 
 class TinyTrainSpec(Strict):
-    memory_budget_bytes: float | None = Field(
+    memory_budget_bytes: StrictFloat | None = Field(
         None, gt=0, allow_inf_nan=False, description="backward bytes of the trained layers; null: no limit"
     )
-    compute_budget_macs: float | None = Field(
+    compute_budget_macs: StrictFloat | None = Field(
         None, gt=0, allow_inf_nan=False, description="backward multiply-accumulates per step; null: no limit"
     )
     channel_ratios: list[float] = Field(
         [1.0, 0.5, 0.25, 0.125], min_length=1, max_length=16, description="channel fractions, each in (0, 1]"
     )
     target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: int = Field(
+    calibration_batches: StrictInt = Field(
         4, ge=1, le=1000, description="labelled support-set batches, on the device"
     )
 
@@ -148,20 +153,20 @@ class TinyTrainSpec(Strict):
 
 class OptimizerSpec(Strict):
     name: Literal["AdamW", "Adam", "SGD"] = "AdamW"
-    lr: float = Field(1e-3, gt=0, le=10)
-    weight_decay: float = Field(0.0, ge=0, le=10)
+    lr: StrictFloat = Field(1e-3, gt=0, le=10)
+    weight_decay: StrictFloat = Field(0.0, ge=0, le=10)
 
 
 class ScheduleSpec(Strict):
     name: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    warmup_steps: StrictInt = Field(0, ge=0, le=1_000_000)
 
 
 class JobCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
-    device_layers: int = Field(ge=1, le=1024)
-    head_layers: int = Field(0, ge=0, le=1024)
+    device_layers: StrictInt = Field(ge=1, le=1024)
+    head_layers: StrictInt = Field(0, ge=0, le=1024)
     method: Literal["lora", "taskedge", "tinytrain"] = "lora"
     lora: LoraSpec | None = Field(None, description="required when method is lora")
     taskedge: TaskEdgeSpec | None = Field(
@@ -179,12 +184,14 @@ class JobCreate(Strict):
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    steps: int | None = Field(None, ge=1, le=10_000_000)
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    batch_size: int = Field(16, ge=1, le=4096)
-    max_length: int = Field(128, ge=8, le=8192)
-    num_labels: int | None = Field(None, ge=2, le=100_000, description="classes, for classification heads")
-    clip_grad_norm: float | None = Field(1.0, gt=0, allow_inf_nan=False)
+    steps: StrictInt | None = Field(None, ge=1, le=10_000_000)
+    epochs: StrictInt | None = Field(None, ge=1, le=10_000)
+    batch_size: StrictInt = Field(16, ge=1, le=4096)
+    max_length: StrictInt = Field(128, ge=8, le=8192)
+    num_labels: StrictInt | None = Field(
+        None, ge=2, le=100_000, description="classes, for classification heads"
+    )
+    clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
 
     @field_validator("codec")
@@ -233,11 +240,11 @@ class JobPublic(Strict):
 
 
 class MetricPoint(Strict):
-    step: int = Field(ge=0, le=INT32_MAX)
-    loss: float = Field(allow_inf_nan=False)
-    examples_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
-    bytes_sent: int | None = Field(None, ge=0, le=INT64_MAX)
-    bytes_received: int | None = Field(None, ge=0, le=INT64_MAX)
+    step: StrictInt = Field(ge=0, le=INT32_MAX)
+    loss: StrictFloat = Field(allow_inf_nan=False)
+    examples_per_second: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
+    bytes_sent: StrictInt | None = Field(None, ge=0, le=INT64_MAX)
+    bytes_received: StrictInt | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class MetricsReport(Strict):

@@ -209,6 +209,27 @@ def test_validation_errors_are_422_with_detail(client: TestClient, path: str, bo
     assert isinstance(detail, list) and detail and all("msg" in d for d in detail)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        (("optimizer", "lr"), True),  # lax pydantic would read true as 1.0
+        (("device_layers",), "2"),
+        (("batch_size",), 16.5),
+        (("lora", "r"), False),
+        (("steps",), True),
+    ],
+)
+def test_numbers_must_be_json_numbers(client: TestClient, field: tuple[str, ...], value: Any) -> None:
+    body = job_body(["phone"])
+    target = body
+    for key in field[:-1]:
+        target = target.setdefault(key, {})
+    target[field[-1]] = value
+    detail = assert_status(client.post("/v1/jobs", json=body, headers=OPERATOR), 422)["detail"]
+    assert [d["loc"][1:] for d in detail] == [list(field)], detail
+    assert assert_status(client.get("/v1/jobs", headers=OPERATOR), 200) == []  # nothing stored
+
+
 def test_unknown_job_is_404(client: TestClient) -> None:
     job_id = uuid.uuid4().hex
     for method, path in [
@@ -309,14 +330,14 @@ def test_bad_adapter_uploads_are_400(client: TestClient, upload: bytes, why: str
     assert why in assert_status(response, 400)["detail"]
 
 
-def test_oversized_adapter_upload_is_429(tmp_path: Path) -> None:
+def test_oversized_adapter_upload_is_413(tmp_path: Path) -> None:
     client = TestClient(create_app(control_settings(tmp_path, max_adapter_bytes=1024)))
     credential, assignment, _ = running_session(client)
     upload = b"\x1f\x8b" + b"\0" * 4096
     response = client.post(
         f"/v1/sessions/{assignment['session_id']}/complete", content=upload, headers=bearer(credential) | GZIP
     )
-    assert_status(response, 429)
+    assert "exceeds 1024 bytes" in assert_status(response, 413)["detail"]
 
 
 def test_a_valid_adapter_round_trips_and_the_job_succeeds(client: TestClient) -> None:

@@ -20,6 +20,7 @@ class ErrorCode(enum.Enum):
     ALREADY_EXISTS = (grpc.StatusCode.ALREADY_EXISTS, 409)
     FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 409)
     RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 429)
+    PAYLOAD_TOO_LARGE = (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)  # a request body over its limit
     UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, 401)
     PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, 403)
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, 503)
@@ -74,6 +75,12 @@ class ResourceExhausted(SplitftError):
     code = ErrorCode.RESOURCE_EXHAUSTED
 
 
+class PayloadTooLarge(ResourceExhausted):
+    """A request body over its size limit: HTTP 413, gRPC RESOURCE_EXHAUSTED."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
 class Unauthenticated(SplitftError):
     code = ErrorCode.UNAUTHENTICATED
 
@@ -92,13 +99,16 @@ class UnsupportedModel(InvalidArgument):
     """The model's architecture is not one of the supported families."""
 
 
-_BY_GRPC = {code.grpc_status: code for code in ErrorCode}
+_BY_GRPC: dict[grpc.StatusCode, ErrorCode] = {}
+for _code in ErrorCode:  # the first code of a gRPC status wins: RESOURCE_EXHAUSTED, not PAYLOAD_TOO_LARGE
+    _BY_GRPC.setdefault(_code.grpc_status, _code)
 _CLASS_BY_CODE: dict[ErrorCode, type[SplitftError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidArgument,
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.ALREADY_EXISTS: AlreadyExists,
     ErrorCode.FAILED_PRECONDITION: FailedPrecondition,
     ErrorCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLarge,
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.UNAVAILABLE: Unavailable,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from splitft.errors import InvalidArgument, ResourceExhausted
+from splitft.errors import InvalidArgument, PayloadTooLarge
 from splitft.tokens import issue_token
 from splitft_control.archive import check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
@@ -61,7 +61,7 @@ async def complete_session(session_id: str, request: Request, device: DeviceDep,
     async for chunk in request.stream():
         data += chunk
         if len(data) > limit:
-            raise ResourceExhausted(f"adapter upload exceeds {limit} bytes")
+            raise PayloadTooLarge(f"adapter upload exceeds {limit} bytes")
     if not data:
         raise InvalidArgument("empty adapter upload")
     check_adapter_archive(bytes(data))
