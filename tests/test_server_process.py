@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device_client import EdgeConnection, SplitModel
+from splitft.launch import free_port
 from splitft.tiny import TinyModel, lora_config_for, make_batch
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,6 @@ class RunningEdge:
     address: str
     process: subprocess.Popen[bytes]
     log: Path  # the process's stdout and stderr
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve_command(*args: str) -> list[str]:
@@ -72,7 +66,7 @@ def _wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> 
 
 @pytest.fixture
 def edge_process(tiny_models: dict[str, TinyModel], tmp_path: Path) -> Iterator[RunningEdge]:
-    port = _free_port()
+    port = free_port(HOST)
     log = tmp_path / "edge.log"
     command = _serve_command(
         "--model-dir",
@@ -126,9 +120,14 @@ def test_serves_a_step_and_stops_cleanly_on_sigterm(
 
 def test_refuses_plaintext_without_insecure(tiny_models: dict[str, TinyModel]) -> None:
     command = _serve_command(
-        "--model-dir", f"llama={tiny_models['llama'].path}", "--host", HOST, "--port", str(_free_port())
+        "--model-dir", f"llama={tiny_models['llama'].path}", "--host", HOST, "--port", str(free_port(HOST))
     )
     result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=START_TIMEOUT)
     output = " ".join((result.stdout + result.stderr).split())  # the log handler may wrap long lines
     assert result.returncode != 0
     assert "--insecure" in output and "TLS" in output, output
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    ports = [free_port(HOST) for _ in range(50)]
+    assert len(set(ports)) == len(ports)

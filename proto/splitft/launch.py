@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +26,27 @@ from splitft.tokens import generate_issuer_key, issue_token, public_key_pem
 logger = logging.getLogger(__name__)
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never the same one twice in this process.
+
+    The port is free when this returns; the caller's child binds it a moment later. Between the two
+    the kernel may hand the same port to the next bind(0), e.g. this function's next call while the
+    first child is still starting: remembering what was handed out closes that window here (other
+    processes can still race, which is why callers wait for health before using a port).
+    """
+    with _HANDED_OUT_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise Unavailable("no free port found that this process has not handed out already")
 
 
 def terminate(process: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
