@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -29,6 +30,8 @@ from device_client import EdgeConnection, SplitModel
 from splitft.errors import InvalidArgument
 from splitft.launch import EdgeProcess, LocalPki
 from splitft.tiny import lora_config_for, make_batch, save_tiny_model
+
+logger = logging.getLogger(__name__)
 
 StepFn = Callable[[], float]
 RATIOS = (
@@ -174,7 +177,8 @@ def interleaved(
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
+    for round_ in range(repeats):
+        logger.info("bench: round %d of %d", round_ + 1, repeats)
         for name, run in runs.items():
             times[name].append(run())
     report: dict[str, float] = {f"{name}_median": round(statistics.median(t), 5) for name, t in times.items()}

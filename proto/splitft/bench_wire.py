@@ -11,6 +11,7 @@ serialized gRPC message size, headers and ids included.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.launch import EdgeProcess
 from splitft.tiny import make_batch, save_tiny_model
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WIRE_CODECS: tuple[str, ...] = (
     "raw",
@@ -95,6 +98,7 @@ def run_wire_bench(config: WireBenchConfig) -> str:
 
 
 def _measure(path: Path, address: str, codec: str, config: WireBenchConfig, batch: dict) -> dict[str, Any]:
+    logger.info("bench wire: %s", codec)
     with EdgeConnection(address, insecure=True) as conn:
         model, optimizer = split_model(path, conn, config, codec)
         with model:
