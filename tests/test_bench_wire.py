@@ -107,3 +107,21 @@ def test_converge_is_deterministic_per_seed_and_reports_gaps_to_raw() -> None:
     assert target["codec"] == "int8" and target["target"] == 2.0
     assert target["met"] == (runs["int8"]["gap_percent"] <= 2.0)
     assert target["train_met"] == (runs["int8"]["train_gap_percent"] <= 2.0)
+
+
+def test_cli_codec_arguments_are_canonical_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from splitft.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--codec", "gradients=lowrank:8:noef,activations=int8"])
+    assert args.codec == "activations=int8,gradients=lowrank:8:noef"
+    args = parser.parse_args(
+        ["bench", "wire", "--codec", "int4", "--codec", "activations=int8,gradients=topk:0.01"]
+    )
+    assert args.codec == ["int4", "activations=int8,gradients=topk:0.01"]
+    for argv in (["demo", "--codec", "topk:0.01"], ["bench", "converge", "--codec", "int9"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "for gradients only" in err and "unknown codec 'int9'" in err

@@ -392,6 +392,17 @@ def _bench_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codec(text: str) -> str:
+    """A codec argument in its canonical form; argparse turns the error into a usage message (exit 2)."""
+    from splitft.compress import parse_codecs
+    from splitft.errors import InvalidArgument
+
+    try:
+        return str(parse_codecs(text))
+    except InvalidArgument as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
 def _session_counts(text: str) -> list[int]:
     try:
         return [int(n) for n in text.split(",") if n.strip()]
@@ -590,7 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float, default=2e-3)
     demo.add_argument("--device-layers", type=int, default=2)
     demo.add_argument("--head-layers", type=int, default=1)
-    demo.add_argument("--codec", default="raw", choices=["raw", "fp16", "bf16", "int8"])
+    demo.add_argument(
+        "--codec",
+        type=_codec,
+        default="raw",
+        help="wire codec, e.g. int8 or activations=int8,gradients=lowrank:8:noef (default raw)",
+    )
     demo.add_argument("--max-per-class", type=int, default=160)
     demo.add_argument("--out", default="runs/demo", help="where the adapter and logs go")
     demo.set_defaults(func=_demo)
@@ -617,13 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a codec to measure, e.g. int8 or activations=int8,gradients=topk:0.01; repeat (default: all)"
     )
     wire.add_argument("--steps", type=int, default=2, help="measured steps per codec, after a warm-up step")
-    wire.add_argument("--codec", action="append", help=codec_help)
+    wire.add_argument("--codec", action="append", type=_codec, help=codec_help)
     wire.set_defaults(func=_bench_wire)
     converge = bench.add_parser("converge", help="held-out loss after N steps per codec vs raw (JSON)")
     converge.add_argument(
         "--tasks", nargs="+", default=["classification", "causal_lm"], choices=["classification", "causal_lm"]
     )
-    converge.add_argument("--codec", action="append", help=codec_help)
+    converge.add_argument("--codec", action="append", type=_codec, help=codec_help)
     converge.add_argument("--steps", type=int, default=60, help="optimizer steps per task and codec")
     converge.add_argument("--seed", type=int, default=0)
     converge.add_argument("--threads", type=int, default=2, help="torch threads here and in the edge")
@@ -640,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--tokens", type=int, default=n_tokens)
         sub.add_argument("--device-layers", type=int, default=1)
         sub.add_argument("--head-layers", type=int, default=n_head)
-        sub.add_argument("--codec", default="raw", help="wire codec of the split sessions (default raw)")
+        sub.add_argument(
+            "--codec", type=_codec, default="raw", help="wire codec of the split sessions (default raw)"
+        )
     memory.add_argument("--steps", type=int, default=3, help="training steps measured in each process")
     memory.add_argument("--threads", type=int, default=1, help="torch threads for each process")
     memory.set_defaults(func=_bench_memory)
