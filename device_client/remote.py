@@ -133,7 +133,7 @@ class RemoteTrunk:
             )
             requests = itertools.chain(
                 [request_type(header=header)],
-                (request_type(part=p) for p in tensors_to_parts(tensors, encoder)),
+                tensors_to_parts(tensors, encoder, into=request_type),
             )
             if on_submit is not None:
                 on_submit()
@@ -220,7 +220,7 @@ class RemoteTrunk:
         """TinyTrain: train these output rows of these trunk layers; returns trunk entries selected."""
         requests = itertools.chain(
             [pb.SelectChannelsRequest(header=pb.SelectChannelsHeader(session_id=self.session_id))],
-            (pb.SelectChannelsRequest(part=p) for p in tensors_to_parts(channels, "raw")),
+            tensors_to_parts(channels, "raw", into=pb.SelectChannelsRequest),
         )
         response = self.conn.upload("SelectChannels", requests)
         self.trainable_parameters = int(response.selected)

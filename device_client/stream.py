@@ -9,7 +9,6 @@ future and every later submit.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
@@ -60,12 +59,9 @@ class SessionStream:
         """Send one request; the future gives the answer's tensors (empty when there are none)."""
         backward = isinstance(header, pb.BackwardHeader)
         first = pb.TrainRequest(backward=header) if backward else pb.TrainRequest(forward=header)
-        messages = itertools.chain(
-            [first],
-            (pb.TrainRequest(part=p) for p in tensors_to_parts(tensors, codec)),
-            [pb.TrainRequest(end=pb.StreamEnd())],
-        )
-        encoded = list(messages)  # encode outside the lock: other threads keep sending meanwhile
+        # Encoded outside the lock: other threads keep sending meanwhile.
+        encoded = [first, *tensors_to_parts(tensors, codec, into=pb.TrainRequest)]
+        encoded.append(pb.TrainRequest(end=pb.StreamEnd()))
         key = (int(header.forward_id), backward)
         future: Future[dict[str, torch.Tensor]] = Future()
         with self._lock:

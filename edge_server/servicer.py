@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -141,8 +141,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         self.metrics.untrack(request.session_id)
         return pb.CloseSessionResponse()
 
-    def _forward(self, header: pb.ForwardHeader, tensors: dict, size: int):
-        """Run one forward; returns the session and the encoded trunk output."""
+    def _forward(self, header: pb.ForwardHeader, tensors: dict, size: int, into: Callable[[], Any]):
+        """Run one forward; returns the session and the encoded trunk output as `into()` messages."""
         session = self._session(header.session_id)
         self.metrics.received(session.codec, size)
         with session.lock, self.metrics.time_step("forward", session):
@@ -154,11 +154,12 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 need_input_grad=header.need_input_grad,
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
-            parts = list(tensor_parts("hidden", out, session.encoders["hidden"], self.chunk_bytes))
+            parts = list(tensor_parts("hidden", out, session.encoders["hidden"], self.chunk_bytes, into=into))
         return session, parts
 
-    def _backward(self, header: pb.BackwardHeader, tensors: dict, size: int):
-        """Run one backward; returns the session and the encoded input gradient (no parts: not needed)."""
+    def _backward(self, header: pb.BackwardHeader, tensors: dict, size: int, into: Callable[[], Any]):
+        """Run one backward; returns the session and the encoded input gradient as `into()` messages
+        (none when the device did not ask for it)."""
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         session = self._session(header.session_id)
@@ -170,23 +171,23 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             parts = (
                 []
                 if grad is None
-                else list(tensor_parts("grad", grad, session.encoders["grad"], self.chunk_bytes))
+                else list(tensor_parts("grad", grad, session.encoders["grad"], self.chunk_bytes, into=into))
             )
         return session, parts
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
         header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
-        session, parts = self._forward(header, tensors, size)
-        for part in parts:
-            yield self._sent(session.codec, pb.ForwardResponse(part=part))
+        session, messages = self._forward(header, tensors, size, pb.ForwardResponse)
+        for message in messages:
+            yield self._sent(session.codec, message)
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
         header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
-        session, parts = self._backward(header, tensors, size)
-        for part in parts:
-            yield self._sent(session.codec, pb.BackwardResponse(part=part))
+        session, messages = self._backward(header, tensors, size, pb.BackwardResponse)
+        for message in messages:
+            yield self._sent(session.codec, message)
 
     @translate_errors
     def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
@@ -217,13 +218,13 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         try:
             tensors = request.finish()
             run = self._backward if backward else self._forward
-            session, parts = run(request.header, tensors, request.size)
+            session, messages = run(request.header, tensors, request.size, lambda: pb.TrainResponse(**reply))
         except SplitftError as exc:
             logger.info("Train: %s %d -> %s: %s", request.kind, request.header.forward_id, exc.code.name, exc)
             yield pb.TrainResponse(**reply, error=pb.StreamError(code=exc.code.name, message=exc.message))
             return
-        for part in parts:
-            yield self._sent(session.codec, pb.TrainResponse(**reply, part=part))
+        for message in messages:
+            yield self._sent(session.codec, message)
         yield pb.TrainResponse(**reply, end=pb.StreamEnd())
 
     @translate_errors
@@ -255,8 +256,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         with session.lock:
             state = session.export_adapter()
         for name, tensor in state.items():
-            for part in tensor_parts(name, tensor, "raw", self.chunk_bytes):
-                yield self._sent("raw", pb.ExportAdapterResponse(part=part))
+            for message in tensor_parts(name, tensor, "raw", self.chunk_bytes, into=pb.ExportAdapterResponse):
+                yield self._sent("raw", message)
 
     @translate_errors
     def StartCalibration(self, request, context):
@@ -289,8 +290,11 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         )
         yield self._sent("raw", pb.FisherPotentialsResponse(summary=summary))
         for layer in layers:  # raw: potentials choose channels, a lossy codec could reorder them
-            for part in tensor_parts(layer.name, potentials[layer.name], "raw", self.chunk_bytes):
-                yield self._sent("raw", pb.FisherPotentialsResponse(part=part))
+            potential = potentials[layer.name]
+            for message in tensor_parts(
+                layer.name, potential, "raw", self.chunk_bytes, into=pb.FisherPotentialsResponse
+            ):
+                yield self._sent("raw", message)
 
     @translate_errors
     def SelectChannels(self, request_iterator, context):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -76,34 +77,53 @@ def _encoder(codec: str | TensorEncoder) -> TensorEncoder:
     return encoder
 
 
+def _part_of(message: Any) -> pb.TensorPart:
+    return message if isinstance(message, pb.TensorPart) else message.part
+
+
 def tensor_parts(
-    name: str, tensor: torch.Tensor, codec: str | TensorEncoder, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[pb.TensorPart]:
+    name: str,
+    tensor: torch.Tensor,
+    codec: str | TensorEncoder,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    *,
+    into: Callable[[], Any] = pb.TensorPart,
+) -> Iterator[Any]:
     """Stream one tensor as a header part followed by chunk parts.
 
-    `codec` is a stateless codec name (raw, fp16, bf16, int8) or a session's `TensorEncoder`, whose
-    state for this tensor is keyed by `name` (int8:sr, topk and lowrank need one).
+    `codec` is a stateless codec name (raw, fp16, bf16, int8, int4) or a session's `TensorEncoder`,
+    whose state for this tensor is keyed by `name` (int8:sr, topk and lowrank need one). `into` makes
+    each message: `pb.TensorPart` itself (the default) or a message with a `part` field, such as
+    `pb.TrainRequest`, whose part is filled in place, so the payload is copied once, into the message
+    that is sent, not again for each message it would otherwise be wrapped in.
     """
     wire_codec, payload = _encoder(codec).encode(tensor, key=name)
-    header = pb.Tensor(
-        name=name,
-        shape=list(tensor.shape),
-        dtype=dtype_name(tensor.dtype),
-        codec=wire_codec,
-        total_bytes=len(payload),
-        data=payload[:chunk_bytes],
-    )
-    yield pb.TensorPart(tensor=header)
+    message = into()
+    header = _part_of(message).tensor
+    header.SetInParent()
+    header.name = name
+    header.shape.extend(tensor.shape)
+    header.dtype = dtype_name(tensor.dtype)
+    header.codec = wire_codec
+    header.total_bytes = len(payload)
+    header.data = payload[:chunk_bytes]
+    yield message
     for offset in range(chunk_bytes, len(payload), chunk_bytes):
-        yield pb.TensorPart(chunk=pb.TensorChunk(data=payload[offset : offset + chunk_bytes]))
+        message = into()
+        _part_of(message).chunk.data = payload[offset : offset + chunk_bytes]
+        yield message
 
 
 def tensors_to_parts(
-    tensors: Mapping[str, torch.Tensor], codec: str | TensorEncoder, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[pb.TensorPart]:
+    tensors: Mapping[str, torch.Tensor],
+    codec: str | TensorEncoder,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    *,
+    into: Callable[[], Any] = pb.TensorPart,
+) -> Iterator[Any]:
     encoder = _encoder(codec)  # one encoder for all tensors, so a bad codec fails before any part
     for name, tensor in tensors.items():
-        yield from tensor_parts(name, tensor, encoder, chunk_bytes)
+        yield from tensor_parts(name, tensor, encoder, chunk_bytes, into=into)
 
 
 class TensorAssembler:
