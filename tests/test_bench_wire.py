@@ -92,9 +92,16 @@ def test_bench_wire_command_prints_ratios_to_raw() -> None:
 @pytest.mark.e2e
 def test_converge_is_deterministic_per_seed_and_reports_gaps_to_raw() -> None:
     config = ConvergeBenchConfig(
-        tasks=("causal_lm",), codecs=("raw", "int8"), steps=3, lm_pretrain_steps=2, max_per_class=12
+        tasks=("causal_lm",),
+        codecs=("raw", "int8"),
+        steps=3,
+        lm_pretrain_steps=2,
+        max_per_class=12,
+        threads=1,
     )
+    threads = torch.get_num_threads()
     report = json.loads(run_converge_bench(config))
+    assert torch.get_num_threads() == threads  # the caller's thread count is given back
     runs = report["tasks"]["causal_lm"]["codecs"]
     assert list(runs) == ["raw", "int8", "raw (repeat)"]
     # The same seed, data and codec give the same numbers: a gap is the codec's, not noise.

@@ -18,7 +18,8 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,17 @@ class StepBenchConfig(BenchModelConfig):
             raise InvalidArgument("repeats must be >= 1")
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with `threads` torch threads, then give the caller back its own count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:
     """One step (forward, backward, optimizer step); returns its seconds. `micro_batches` > 0 uses
     `SplitModel.forward_backward` with that many pipelined micro-batches."""
@@ -98,8 +110,7 @@ def _param_bytes(params) -> tuple[int, int]:
 
 def run_step_bench(config: StepBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    torch.set_num_threads(config.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(config.threads), tempfile.TemporaryDirectory() as tmp:
         tiny = save_tiny_model(config.family, Path(tmp) / "model", layers=config.layers, hidden=config.hidden)
         batch = make_batch(config.family, torch.Generator().manual_seed(0), config.batch, config.tokens)
         torch.manual_seed(0)

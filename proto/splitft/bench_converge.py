@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from peft import LoraConfig
 
+from splitft.bench import torch_threads
 from splitft.bench_wire import DEFAULT_WIRE_CODECS
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
@@ -113,9 +114,8 @@ def run_converge_bench(config: ConvergeBenchConfig) -> str:
     from splitft.launch import EdgeProcess
 
     started = time.perf_counter()
-    torch.set_num_threads(config.threads)
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="splitft-bench-converge-") as tmp:
+    with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-converge-") as tmp:
         tasks, pretrain = _tasks(config, Path(tmp))
         edge_models = [f"{EDGE_NAMES[t.name]}={t.model_dir}" for t in tasks]
         with EdgeProcess(edge_models, threads=config.threads, log_path=str(Path(tmp) / "edge.log")) as edge:

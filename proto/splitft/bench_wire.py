@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench import BenchModelConfig, split_model
+from splitft.bench import BenchModelConfig, split_model, torch_threads
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.launch import EdgeProcess
@@ -72,8 +72,7 @@ class WireBenchConfig(BenchModelConfig):
 
 def run_wire_bench(config: WireBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    torch.set_num_threads(config.threads)
-    with tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(config.threads), tempfile.TemporaryDirectory() as tmp:
         tiny = save_tiny_model(config.family, Path(tmp) / "model", layers=config.layers, hidden=config.hidden)
         batch = make_batch(config.family, torch.Generator().manual_seed(0), config.batch, config.tokens)
         with EdgeProcess([f"bench={tiny.path}"], threads=config.threads) as edge:
