@@ -131,3 +131,12 @@ def test_refuses_plaintext_without_insecure(tiny_models: dict[str, TinyModel]) -
 def test_free_port_never_hands_out_a_port_twice() -> None:
     ports = [free_port(HOST) for _ in range(50)]
     assert len(set(ports)) == len(ports)
+
+
+def test_edge_secret_comes_from_the_environment_even_with_a_leading_dash(monkeypatch) -> None:
+    """Secrets travel in SPLITFT_EDGE_SECRET, not argv (where `-abc` would read as an option)."""
+    from splitft.cli import build_parser
+
+    monkeypatch.setenv("SPLITFT_EDGE_SECRET", "-starts-with-a-dash")
+    args = build_parser().parse_args(["edge", "serve", "--model-dir", "m", "--control-plane", "http://cp"])
+    assert args.edge_secret == "-starts-with-a-dash"

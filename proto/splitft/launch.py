@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -104,8 +104,10 @@ class EdgeProcess:
         log_path: str | None = None,
         threads: int | None = None,
         tls: tuple[str, str, str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
+        self.env = dict(env or {})  # e.g. SPLITFT_EDGE_SECRET: secrets go in the environment, not argv
         self.port = port or free_port(host)
         cmd = [
             sys.executable,
@@ -134,7 +136,7 @@ class EdgeProcess:
 
     def start(self, timeout: float = 120.0) -> EdgeProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env)
         wait_healthy(self.address, timeout, self.process, self._credentials())
         logger.info("edge process %d healthy at %s", self.process.pid, self.address)

@@ -89,8 +89,14 @@ class LocalLoop:
         return response
 
     def start_edge(self, name: str, model_args: list[str]) -> EdgeProcess:
+        edge = self.edge_process(name, model_args).start()
+        self.edges[name] = edge
+        return edge
+
+    def edge_process(self, name: str, model_args: list[str]) -> EdgeProcess:
+        """The (unstarted) edge `start_edge` runs: registered with this loop's control plane."""
         paths = CertPaths(self.certs)
-        edge = EdgeProcess(
+        return EdgeProcess(
             model_args,
             port=free_port(),
             log_path=str(self.root / f"edge-{name}.log"),
@@ -99,19 +105,10 @@ class LocalLoop:
                 str(paths.device_cert("healthcheck")),
                 str(paths.device_key("healthcheck")),
             ),
-            extra_args=[
-                "--control-plane",
-                self.url,
-                "--edge-secret",
-                self.edge_secret,
-                "--edge-name",
-                name,
-                "--threads",
-                "1",
-            ],
-        ).start()
-        self.edges[name] = edge
-        return edge
+            extra_args=["--control-plane", self.url, "--edge-name", name, "--threads", "1"],
+            # Not on the command line: `ps` would show it, and one starting with "-" reads as an option.
+            env={"SPLITFT_EDGE_SECRET": self.edge_secret},
+        )
 
     def kill_edge(self, name: str) -> None:
         """Stop an edge abruptly, as a crash would: it never says goodbye, its heartbeats stop."""
