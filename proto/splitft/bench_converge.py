@@ -27,7 +27,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,25 @@ class _Task:
     model_dir: Path
     train: list[Batch]  # exactly `steps` batches, in training order
     heldout: list[Batch]
-    build: Callable[[Any, str, int], Any]  # (connection, codec, seed) -> SplitModel
     lr: float
+    device_layers: int  # k; j is 1 for both tasks
+    lora_config: LoraConfig
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def split_model(self, conn: Any, codec: str, seed: int) -> Any:
+        from device_client import SplitModel
+
+        return SplitModel.from_pretrained(
+            self.model_dir,
+            edge=conn,
+            model=EDGE_NAMES[self.name],
+            device_layers=self.device_layers,
+            head_layers=1,
+            codec=codec,
+            seed=seed,
+            lora_config=self.lora_config,
+            config_overrides=self.config_overrides,
+        )
 
 
 def run_converge_bench(config: ConvergeBenchConfig) -> str:
@@ -140,7 +157,7 @@ def _run_task(task: _Task, config: ConvergeBenchConfig, address: str) -> dict[st
         logger.info("bench converge: %s / %s", task.name, label)
         with EdgeConnection(address, insecure=True) as conn:
             torch.manual_seed(config.seed)  # same device adapter and head init for every codec
-            with task.build(conn, codec, config.seed) as model:
+            with task.split_model(conn, codec, config.seed) as model:
                 runs[label] = _train_and_evaluate(model, task, config.seed)
     raw, raw_train = runs["raw"]["heldout_loss"], runs["raw"]["train_loss_last_10"]
     for row in runs.values():
@@ -243,7 +260,6 @@ def _first(iterator: Iterator[Any], n: int) -> list[Any]:
 def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
     from transformers import AutoTokenizer
 
-    from device_client import SplitModel
     from splitft.demo import default_model_dir
     from splitft.stdlib_task import batches
 
@@ -260,28 +276,16 @@ def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
             "labels": torch.tensor(labels),
         }
 
-    def build(conn: Any, codec: str, seed: int) -> Any:
-        return SplitModel.from_pretrained(
-            model_dir,
-            edge=conn,
-            model=EDGE_NAMES["classification"],
-            device_layers=2,
-            head_layers=1,
-            codec=codec,
-            seed=seed,
-            lora_config=LoraConfig(
-                r=8, lora_alpha=16, target_modules=["query", "key", "value", "dense"], task_type="SEQ_CLS"
-            ),
-            config_overrides={"num_labels": len(text.labels)},
-        )
-
     train = [encode(*b) for b in _first(_cycle(text.train, config), config.steps)]
     heldout = [encode(*b) for b in batches(text.heldout, 64)]
-    return _Task("classification", model_dir, train, heldout, build, config.cls_lr)
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["query", "key", "value", "dense"], task_type="SEQ_CLS"
+    )
+    overrides = {"num_labels": len(text.labels)}
+    return _Task("classification", model_dir, train, heldout, config.cls_lr, 2, lora, overrides)
 
 
 def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task, dict[str, Any] | None]:
-    from device_client import SplitModel
     from splitft.bench_methods import encode_bytes, pretrained_tiny_llama
     from splitft.stdlib_task import batches
     from splitft.tiny import lora_config_for
@@ -296,21 +300,10 @@ def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task
         seed=config.seed,
     )
 
-    def build(conn: Any, codec: str, seed: int) -> Any:
-        return SplitModel.from_pretrained(
-            model_dir,
-            edge=conn,
-            model=EDGE_NAMES["causal_lm"],
-            device_layers=1,
-            head_layers=1,
-            codec=codec,
-            seed=seed,
-            lora_config=lora_config_for("llama", r=8),
-        )
-
     train = [
         encode_bytes(texts, config.lm_max_length)
         for texts, _ in _first(_cycle(text.train, config), config.steps)
     ]
     heldout = [encode_bytes(texts, config.lm_max_length) for texts, _ in batches(text.heldout, 64)]
-    return _Task("causal_lm", model_dir, train, heldout, build, config.lm_lr), pretrain
+    task = _Task("causal_lm", model_dir, train, heldout, config.lm_lr, 1, lora_config_for("llama", r=8))
+    return task, pretrain

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitft.bench import BenchModelConfig
+from splitft.bench import BenchModelConfig, train_step
 from splitft.bench_worker import run_worker
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
@@ -323,12 +323,6 @@ def _build(spec: dict[str, Any], conn: Any, model_dir: str, name: str) -> _Run:
     return _Run(split, split.configure_optimizer(torch.optim.AdamW, lr=1e-3), split)
 
 
-def _step(run: _Run, batch: dict[str, torch.Tensor]) -> None:
-    run.model(**batch).loss.backward()
-    run.optimizer.step()
-    run.optimizer.zero_grad()
-
-
 def _close(run: _Run) -> None:
     if run.split is not None:
         run.split.close()
@@ -338,7 +332,7 @@ def _warm_up(spec: dict[str, Any], conn: Any, batch: dict[str, torch.Tensor]) ->
     """One step of a 2-block model built the same way (split or not), then free it: kernels, thread
     pools and the session stream start before the baseline, not inside the peak."""
     run = _build(spec, conn, spec["warmup_dir"], spec["warmup_name"])
-    _step(run, {k: v[:2] for k, v in batch.items()})
+    train_step(run.model, run.optimizer, {k: v[:2] for k, v in batch.items()})
     _close(run)
 
 
@@ -404,7 +398,7 @@ def _measure_loaded(spec: dict[str, Any], conn: Any, batch: dict[str, torch.Tens
         with tracker.phase("train") if tracker else nullcontext():
             for _ in range(int(spec["steps"])):
                 with saved.step() if tracker else nullcontext():
-                    _step(run, batch)
+                    train_step(run.model, run.optimizer, batch)
         train_peak = peak_kib() * 1024
         wire = _wire(before, run.split.stats, int(spec["steps"])) if run.split is not None else None
     _close(run)

@@ -24,14 +24,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import torch
 
-from splitft.bench import BenchModelConfig
+from splitft.bench import BenchModelConfig, split_model, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 
@@ -234,16 +234,14 @@ def train_window(
     steps: list[list[float]] = []
     while not steps or steps[-1][1] < end:
         began = time.monotonic()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        train_step(model, optimizer, batch)
         steps.append([began, time.monotonic()])
     return steps
 
 
 def _worker_main() -> int:
-    from device_client import EdgeConnection, SplitModel
-    from splitft.tiny import lora_config_for, make_batch
+    from device_client import EdgeConnection
+    from splitft.tiny import make_batch
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     spec = json.loads(sys.stdin.readline())
@@ -253,17 +251,9 @@ def _worker_main() -> int:
         spec["family"], torch.Generator().manual_seed(int(spec["seed"])), spec["batch"], spec["tokens"]
     )
     with EdgeConnection(spec["edge"], insecure=True) as conn:
-        model = SplitModel.from_pretrained(
-            spec["model_dir"],
-            edge=conn,
-            model="bench",
-            device_layers=spec["device_layers"],
-            head_layers=spec["head_layers"],
-            codec=spec["codec"],
-            lora_config=lora_config_for(spec["family"]),
-        )
+        config = SessionsBenchConfig(**{f.name: spec[f.name] for f in fields(SessionsBenchConfig)})
+        model, optimizer = split_model(Path(spec["model_dir"]), conn, config, config.codec)
         with model:
-            optimizer = model.configure_optimizer(torch.optim.AdamW, lr=1e-3)
             now = time.monotonic()
             for _ in range(int(spec["warmup_steps"])):
                 train_window(model, optimizer, batch, now, now)

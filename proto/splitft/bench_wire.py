@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench import BenchModelConfig, split_model, torch_threads
+from splitft.bench import BenchModelConfig, split_model, torch_threads, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.launch import EdgeProcess
@@ -110,9 +110,7 @@ def _measure(path: Path, address: str, codec: str, config: WireBenchConfig, batc
 def measure_phases(model: Any, optimizer: Any, batch: dict, steps: int) -> dict[str, dict[str, int]]:
     """Mean bytes up and down per step in the forward, backward and optimizer phases (after a
     warm-up step)."""
-    model(**batch).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
+    train_step(model, optimizer, batch)
     totals = {name: [0, 0] for name in ("activations", "gradients", "optimizer")}
     for _ in range(steps):
         marks = [_counters(model)]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from splitft.errors import SplitftError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 logger = logging.getLogger("splitft")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _configure_logging(level: str, *, model_stack: bool = True) -> None:
@@ -300,39 +306,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A benchmark config from the options named like its fields, plus `overrides`."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**given, **overrides})
+
+
 def _bench_step(args: argparse.Namespace) -> int:
     from splitft.bench import StepBenchConfig, run_step_bench
 
-    config = StepBenchConfig(
-        family=args.family,
-        layers=args.layers,
-        hidden=args.hidden,
-        batch=args.batch,
-        tokens=args.tokens,
-        repeats=args.repeats,
-        threads=args.threads,
-        device_layers=args.device_layers,
-        head_layers=args.head_layers,
-    )
-    sys.stdout.write(run_step_bench(config) + "\n")
+    sys.stdout.write(run_step_bench(_config_from_args(StepBenchConfig, args)) + "\n")
     return 0
 
 
 def _bench_wire(args: argparse.Namespace) -> int:
     from splitft.bench_wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
 
-    config = WireBenchConfig(
-        family=args.family,
-        layers=args.layers,
-        hidden=args.hidden,
-        batch=args.batch,
-        tokens=args.tokens,
-        threads=args.threads,
-        device_layers=args.device_layers,
-        head_layers=args.head_layers,
-        steps=args.steps,
-        codecs=tuple(args.codec or DEFAULT_WIRE_CODECS),
-    )
+    config = _config_from_args(WireBenchConfig, args, codecs=tuple(args.codec or DEFAULT_WIRE_CODECS))
     sys.stdout.write(run_wire_bench(config) + "\n")
     return 0
 
@@ -340,13 +330,7 @@ def _bench_wire(args: argparse.Namespace) -> int:
 def _bench_converge(args: argparse.Namespace) -> int:
     from splitft.bench_converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
 
-    config = ConvergeBenchConfig(
-        tasks=tuple(args.tasks),
-        codecs=tuple(args.codec or DEFAULT_CONVERGE_CODECS),
-        steps=args.steps,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    config = _config_from_args(ConvergeBenchConfig, args, codecs=tuple(args.codec or DEFAULT_CONVERGE_CODECS))
     sys.stdout.write(run_converge_bench(config) + "\n")
     return 0
 
@@ -354,41 +338,14 @@ def _bench_converge(args: argparse.Namespace) -> int:
 def _bench_memory(args: argparse.Namespace) -> int:
     from splitft.bench_memory import MemoryBenchConfig, run_memory_bench
 
-    config = MemoryBenchConfig(
-        family=args.family,
-        layers=args.layers,
-        hidden=args.hidden,
-        batch=args.batch,
-        tokens=args.tokens,
-        steps=args.steps,
-        threads=args.threads,
-        device_layers=args.device_layers,
-        head_layers=args.head_layers,
-        codec=args.codec,
-    )
-    sys.stdout.write(run_memory_bench(config) + "\n")
+    sys.stdout.write(run_memory_bench(_config_from_args(MemoryBenchConfig, args)) + "\n")
     return 0
 
 
 def _bench_sessions(args: argparse.Namespace) -> int:
     from splitft.bench_sessions import SessionsBenchConfig, run_sessions_bench
 
-    config = SessionsBenchConfig(
-        family=args.family,
-        layers=args.layers,
-        hidden=args.hidden,
-        batch=args.batch,
-        tokens=args.tokens,
-        sessions=tuple(args.sessions),
-        seconds=args.seconds,
-        warmup_steps=args.warmup_steps,
-        threads=args.threads,
-        device_threads=args.device_threads,
-        device_layers=args.device_layers,
-        head_layers=args.head_layers,
-        codec=args.codec,
-    )
-    sys.stdout.write(run_sessions_bench(config) + "\n")
+    sys.stdout.write(run_sessions_bench(_config_from_args(SessionsBenchConfig, args)) + "\n")
     return 0
 
 
@@ -413,7 +370,7 @@ def _session_counts(text: str) -> list[int]:
 def _bench_control(args: argparse.Namespace) -> int:
     from splitft.bench_control import ControlBenchConfig, run_control_bench
 
-    config = ControlBenchConfig(clients=args.clients, requests=args.requests, jobs=args.jobs, db_url=args.db)
+    config = _config_from_args(ControlBenchConfig, args, db_url=args.db)
     sys.stdout.write(run_control_bench(config) + "\n")
     return 0
 
@@ -421,9 +378,7 @@ def _bench_control(args: argparse.Namespace) -> int:
 def _bench_methods(args: argparse.Namespace) -> int:
     from splitft.bench_methods import MethodsBenchConfig, markdown_table, run_methods_bench
 
-    config = MethodsBenchConfig(
-        tasks=tuple(args.tasks), methods=tuple(args.methods), threads=args.threads, max_steps=args.max_steps
-    )
+    config = _config_from_args(MethodsBenchConfig, args)
     report = run_methods_bench(config)
     sys.stdout.write((markdown_table(report) if args.markdown else report) + "\n")
     return 0

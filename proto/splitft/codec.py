@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from splitft.compress import parse_codec
-from splitft.compress.encoder import TensorEncoder, decode_payload, payload_bytes
+from splitft.compress import CodecSpec, parse_codec
+from splitft.compress.encoder import RAW, TensorEncoder, decode_payload, payload_bytes
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.v1 import dataplane_pb2 as pb
 
@@ -135,7 +135,7 @@ class TensorAssembler:
         self.tensors: dict[str, torch.Tensor] = {}
         self.bytes_received = 0
         self._header: pb.Tensor | None = None
-        self._layout: tuple[tuple[int, ...], torch.dtype] = ((), torch.float32)
+        self._layout: tuple[tuple[int, ...], torch.dtype, CodecSpec] = ((), torch.float32, RAW)
         self._buffer = bytearray()
 
     def add(self, part: pb.TensorPart) -> None:
@@ -183,19 +183,19 @@ class TensorAssembler:
         header, self._header = self._header, None
         if header is None:
             return
-        shape, dtype = self._layout
+        shape, dtype, spec = self._layout
         if len(self._buffer) != header.total_bytes:
             got, want = len(self._buffer), header.total_bytes
             raise InvalidArgument(f"tensor {header.name!r} truncated: received {got} of {want} bytes")
         try:
-            self.tensors[header.name] = decode_payload(header.codec, self._buffer, shape, dtype)
+            self.tensors[header.name] = decode_payload(spec, self._buffer, shape, dtype)
         except InvalidArgument as err:  # a payload of the right size with bad content (topk indices)
             raise InvalidArgument(f"tensor {header.name!r}: {err.message}") from None
         self._buffer = bytearray()
 
 
-def _check_header(header: pb.Tensor, max_tensor_bytes: int) -> tuple[tuple[int, ...], torch.dtype]:
-    """(shape, dtype) of a header that is consistent, before any of its payload is buffered."""
+def _check_header(header: pb.Tensor, max_tensor_bytes: int) -> tuple[tuple[int, ...], torch.dtype, CodecSpec]:
+    """(shape, dtype, codec) of a header that is consistent, before any of its payload is buffered."""
     name = header.name
     if header.dtype not in DTYPES:
         raise InvalidArgument(
@@ -219,7 +219,7 @@ def _check_header(header: pb.Tensor, max_tensor_bytes: int) -> tuple[tuple[int, 
             f"tensor {name!r}: shape {list(shape)} as {header.dtype}/{header.codec} needs {want} bytes, "
             f"header declares {header.total_bytes}"
         )
-    return shape, dtype
+    return shape, dtype, spec
 
 
 def parts_to_tensors(
