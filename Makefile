@@ -25,9 +25,10 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
-	$(VENV)/bin/mypy proto/splitft device_client edge_server services
+	$(VENV)/bin/mypy splitft device_client edge_server services
 
 proto: venv
 	PATH=$(VENV)/bin:$$PATH bash proto/generate.sh

@@ -83,8 +83,8 @@ def main() -> int:
     parser.add_argument("--max-per-class", type=int, default=40)
     args = parser.parse_args()
 
-    from splitft.loop import write_jsonl
-    from splitft.stdlib_task import build_stdlib_task
+    from splitft.data.stdlib_task import build_stdlib_task
+    from splitft.local.loop import write_jsonl
 
     started = time.perf_counter()
     task = build_stdlib_task(max_per_class=args.max_per_class)

@@ -47,14 +47,14 @@ if $DOCKER run --rm --network none --entrypoint /opt/venv/bin/python "splitft-co
   log "FAIL: torch is importable in the control-plane image"; exit 1
 fi
 
-free_port() { "$PYTHON" -c 'from splitft.launch import free_port; print(free_port())'; }
+free_port() { "$PYTHON" -c 'from splitft.local.launch import free_port; print(free_port())'; }
 secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(24))'; }
 export SPLITFT_CONTROL_IMAGE=splitft-control:$TAG SPLITFT_EDGE_IMAGE=splitft-edge:$TAG
 export POSTGRES_PASSWORD=$(secret) SPLITFT_OPERATOR_KEY=$(secret) SPLITFT_EDGE_SECRET=$(secret)
 export POSTGRES_PORT=$(free_port) SPLITFT_CONTROL_PORT=$(free_port) SPLITFT_EDGE_PORT=$(free_port)
 export SPLITFT_EDGE_METRICS_PORT=$(free_port) SPLITFT_CONTROL_BIND=127.0.0.1 SPLITFT_EDGE_BIND=127.0.0.1
 export SPLITFT_EDGE_ADVERTISE=127.0.0.1:$SPLITFT_EDGE_PORT SPLITFT_EDGE_HOSTS="127.0.0.1 localhost"
-export SPLITFT_MODEL_DIR=$("$PYTHON" -c 'from splitft.demo import default_model_dir; print(default_model_dir())')
+export SPLITFT_MODEL_DIR=$("$PYTHON" -c 'from splitft.demo.sdk import default_model_dir; print(default_model_dir())')
 compose() { $COMPOSE -p "$PROJECT" "$@"; }
 
 teardown() {

@@ -40,10 +40,10 @@ from splitft.errors import (
     SplitftError,
     Unavailable,
 )
-from splitft.loading import read_config
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
-from splitft.tokens import unverified_claims
+from splitft.model.loading import read_config
+from splitft.security.tokens import unverified_claims
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps

@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 
-from splitft.codec import MESSAGE_LIMIT_BYTES
 from splitft.errors import InvalidArgument, error_from_grpc
-from splitft.tokens import METADATA_KEY
+from splitft.security.tokens import METADATA_KEY
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+from splitft.wire.codec import MESSAGE_LIMIT_BYTES
 
 logger = logging.getLogger(__name__)
 

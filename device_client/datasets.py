@@ -94,7 +94,7 @@ def as_examples(data: str | Path | Sequence[Any]) -> list[TextExample]:
     """Accept what the SDK and the CLI hand the agent: a JSONL path, or a sequence of examples.
 
     Items may be `TextExample`s, any object with `.text` and `.label` (such as
-    `splitft.stdlib_task.Example`), mappings with those keys, or `(text, label)` pairs.
+    `splitft.data.stdlib_task.Example`), mappings with those keys, or `(text, label)` pairs.
     """
     if isinstance(data, (str, Path)):
         return load_jsonl(data)

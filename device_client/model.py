@@ -25,14 +25,14 @@ from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
-from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
-from splitft.lora import trunk_lora_json
 from splitft.methods.sparse import apply_masks, sparse_state_dict
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import LossFn, TinyTrainConfig, TinyTrainSelection
 from splitft.methods.wire import method_to_json
-from splitft.spans import SplitSpec
-from splitft.tokens import unverified_claims
+from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
+from splitft.model.lora import trunk_lora_json
+from splitft.model.spans import SplitSpec
+from splitft.security.tokens import unverified_claims
 from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)

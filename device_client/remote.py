@@ -20,11 +20,11 @@ from torch import nn
 
 from device_client.connection import EdgeConnection
 from device_client.stream import SessionStream
-from splitft.codec import parts_to_tensors, tensors_to_parts
 from splitft.compress import parse_codecs
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, NotFound, Unavailable
 from splitft.v1 import dataplane_pb2 as pb
+from splitft.wire.codec import parts_to_tensors, tensors_to_parts
 
 logger = logging.getLogger(__name__)
 

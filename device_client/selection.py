@@ -23,7 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from splitft.loading import build_meta_model, read_config
 from splitft.methods.common import count_parameters, find_target_modules, linear_shape
 from splitft.methods.sparse import apply_masks, load_sparse_deltas, save_sparse_deltas
 from splitft.methods.taskedge import (
@@ -41,6 +40,7 @@ from splitft.methods.tinytrain import (
     fisher_pass,
     select_tinytrain,
 )
+from splitft.model.loading import build_meta_model, read_config
 
 if TYPE_CHECKING:
     from device_client.remote import ForwardContext, RemoteTrunk

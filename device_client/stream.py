@@ -20,10 +20,10 @@ import grpc
 import torch
 
 from device_client.connection import EdgeConnection
-from splitft.codec import TensorAssembler, tensors_to_parts
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import SplitftError, Unavailable, error_from_code, error_from_grpc
 from splitft.v1 import dataplane_pb2 as pb
+from splitft.wire.codec import TensorAssembler, tensors_to_parts
 
 logger = logging.getLogger(__name__)
 

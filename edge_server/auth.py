@@ -18,7 +18,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from splitft.errors import SplitftError, Unauthenticated
-from splitft.tokens import METADATA_KEY, SessionClaims, authorize, verify_token
+from splitft.security.tokens import METADATA_KEY, SessionClaims, authorize, verify_token
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitft.errors import InvalidArgument, NotFound
-from splitft.loading import LoadedSpan, edge_view, load_span
+from splitft.model.loading import LoadedSpan, edge_view, load_span
 
 logger = logging.getLogger(__name__)
 

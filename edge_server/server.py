@@ -17,11 +17,11 @@ from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
-from splitft.certs import CertPaths
-from splitft.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
 from splitft.errors import InvalidArgument, NotFound
-from splitft.tokens import load_public_key
+from splitft.security.certs import CertPaths
+from splitft.security.tokens import load_public_key
 from splitft.v1 import dataplane_pb2
+from splitft.wire.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = dataplane_pb2.DESCRIPTOR.services_by_name["DataPlane"].full_name

@@ -12,12 +12,12 @@ from edge_server.auth import authorize_call, token_session
 from edge_server.errors import translate_errors
 from edge_server.metrics import EdgeMetrics
 from edge_server.sessions import SessionManager
-from splitft.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 from splitft.errors import InvalidArgument, SplitftError
-from splitft.lora import trunk_lora_from_json
 from splitft.methods.wire import method_from_json
+from splitft.model.lora import trunk_lora_from_json
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
 
 logger = logging.getLogger(__name__)
 

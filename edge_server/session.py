@@ -26,10 +26,10 @@ from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
 from splitft.compress import parse_codecs
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
-from splitft.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TinyTrainTrunk, TrunkMethod
-from splitft.spans import Skipped, SplitSpec
+from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
+from splitft.model.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
 

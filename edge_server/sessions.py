@@ -15,7 +15,7 @@ from edge_server.session import TrunkSession
 from splitft.compress import parse_codecs
 from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from splitft.methods.wire import TrunkMethod
-from splitft.spans import SplitSpec
+from splitft.model.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -11,8 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from splitft.certs import write_secret_files
-from splitft.tokens import generate_issuer_key, load_private_key, private_key_pem, public_key_pem
+from splitft.security.certs import write_secret_files
+from splitft.security.tokens import generate_issuer_key, load_private_key, private_key_pem, public_key_pem
 from splitft_control.settings import ControlSettings
 from splitft_control.store import Store
 

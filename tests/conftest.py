@@ -9,7 +9,7 @@ import torch
 
 from device_client import EdgeConnection
 from edge_server import EdgeConfig, EdgeServer
-from splitft.tiny import FAMILY_NAMES, TinyModel, save_tiny_model
+from splitft.testing.tiny import FAMILY_NAMES, TinyModel, save_tiny_model
 
 torch.set_num_threads(1)  # equal-results tests compare runs; keep them on one deterministic thread
 logging.getLogger("edge_server").setLevel(logging.INFO)

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 
 from device_client import EdgeConnection, SplitModel
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 
 STEPS = 10
 ACCUMULATION = 2

@@ -47,6 +47,7 @@ from device_client.agent import (
 )
 from device_client.credentials import DeviceCredential, enroll, error_from_http, request
 from device_client.datasets import TextExample, as_examples, epoch_batches, load_jsonl, training_batches
+from splitft.data.stdlib_task import Example
 from splitft.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -60,8 +61,7 @@ from splitft.errors import (
     Unavailable,
 )
 from splitft.methods.tinytrain import TinyTrainConfig
-from splitft.stdlib_task import Example
-from splitft.tokens import generate_issuer_key, issue_token
+from splitft.security.tokens import generate_issuer_key, issue_token
 
 CP = "http://control.test:8000"
 
@@ -604,8 +604,8 @@ def test_enrolled_device_trains_over_mutual_tls(
     """Enroll (the mock signs the CSR with the real CA code, as the control plane does), then train
     through a real mTLS edge that checks the token's device against the certificate's CN."""
     from edge_server import EdgeConfig, EdgeServer
-    from splitft.certs import init_ca, sign_device_key
-    from splitft.tokens import public_key_pem
+    from splitft.security.certs import init_ca, sign_device_key
+    from splitft.security.tokens import public_key_pem
 
     ca = init_ca(tmp_path / "ca", ["127.0.0.1"])
     issuer = generate_issuer_key()

@@ -17,12 +17,12 @@ from transformers import T5Config
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.codec import tensors_to_parts
 from splitft.errors import InvalidArgument, NotFound, UnsupportedModel
-from splitft.lora import trunk_lora_json
-from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for, make_batch
+from splitft.model.lora import trunk_lora_json
+from splitft.testing.tiny import FAMILY_NAMES, TinyModel, lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1.dataplane_pb2_grpc import DataPlaneStub
+from splitft.wire.codec import tensors_to_parts
 
 HIDDEN = 32  # hidden size of every tiny model
 LLAMA_LORA = json.loads(trunk_lora_json(lora_config_for("llama")))

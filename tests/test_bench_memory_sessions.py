@@ -17,11 +17,11 @@ import torch
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.bench_memory import ADAM_COPIES, MIB, MODES, MemoryBenchConfig, measure, memory_report
-from splitft.bench_sessions import SessionsBenchConfig, summarize, train_window
+from splitft.bench.memory import ADAM_COPIES, MIB, MODES, MemoryBenchConfig, measure, memory_report
+from splitft.bench.sessions import SessionsBenchConfig, summarize, train_window
 from splitft.cli import build_parser
 from splitft.errors import InvalidArgument
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 
 
 def _spec(tiny: TinyModel, edge: EdgeServer, side: str, mode: str) -> dict:

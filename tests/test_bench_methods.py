@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from splitft.bench_methods import (
+from splitft.bench.methods import (
     BUDGET_MATCHED,
     METHODS,
     SPLIT_METHODS,

@@ -16,11 +16,11 @@ import torch
 
 from device_client import EdgeConnection
 from edge_server import EdgeServer
-from splitft.bench import BenchModelConfig, split_model
-from splitft.bench_converge import ConvergeBenchConfig, run_converge_bench
-from splitft.bench_wire import WireBenchConfig, measure_phases
+from splitft.bench.converge import ConvergeBenchConfig, run_converge_bench
+from splitft.bench.step import BenchModelConfig, split_model
+from splitft.bench.wire import WireBenchConfig, measure_phases
 from splitft.errors import InvalidArgument
-from splitft.tiny import TinyModel, make_batch
+from splitft.testing.tiny import TinyModel, make_batch
 
 SHAPE = BenchModelConfig(layers=4, hidden=32, batch=4, tokens=16, device_layers=1, head_layers=1)
 

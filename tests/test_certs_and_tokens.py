@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from splitft.cli import main
 from splitft.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from splitft.tokens import authorize, issue_token, load_private_key, load_public_key, verify_token
+from splitft.security.tokens import authorize, issue_token, load_private_key, load_public_key, verify_token
 
 
 def _mode(path) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitft.codec import (
+from splitft.compress.encoder import TensorEncoder
+from splitft.errors import InvalidArgument, ResourceExhausted
+from splitft.v1 import dataplane_pb2 as pb
+from splitft.wire.codec import (
     DEFAULT_CHUNK_BYTES,
     TensorAssembler,
     encode,
@@ -14,9 +17,6 @@ from splitft.codec import (
     tensor_parts,
     tensors_to_parts,
 )
-from splitft.compress.encoder import TensorEncoder
-from splitft.errors import InvalidArgument, ResourceExhausted
-from splitft.v1 import dataplane_pb2 as pb
 
 
 def _roundtrip(tensor: torch.Tensor, codec: str, chunk_bytes: int = 1 << 20) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 
 SEEDS = (11, 22, 33, 44)
 STEPS = 5

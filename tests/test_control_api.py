@@ -20,9 +20,9 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from splitft.certs import init_ca
 from splitft.errors import InvalidArgument
-from splitft.tokens import load_public_key, verify_token
+from splitft.security.certs import init_ca
+from splitft.security.tokens import load_public_key, verify_token
 from splitft_control.app import build_state, create_app
 from splitft_control.models import ApiKey, Edge, utcnow
 from splitft_control.state import ControlState

@@ -14,9 +14,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from splitft.demo import default_model_dir
-from splitft.loop import LocalLoop, write_jsonl
-from splitft.stdlib_task import build_stdlib_task
+from splitft.data.stdlib_task import build_stdlib_task
+from splitft.demo.sdk import default_model_dir
+from splitft.local.loop import LocalLoop, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MODEL = "minilm"

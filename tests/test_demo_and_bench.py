@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from splitft.bench import StepBenchConfig, run_step_bench
-from splitft.demo import DemoConfig, default_model_dir, run_demo
-from splitft.stdlib_task import build_stdlib_task
+from splitft.bench.step import StepBenchConfig, run_step_bench
+from splitft.data.stdlib_task import build_stdlib_task
+from splitft.demo.sdk import DemoConfig, default_model_dir, run_demo
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_step_benchmark_reports_every_variant_and_the_device_share():
 
 @pytest.mark.slow
 def test_control_benchmark_reports_latency_percentiles():
-    from splitft.bench_control import ControlBenchConfig, run_control_bench
+    from splitft.bench.control import ControlBenchConfig, run_control_bench
 
     report = json.loads(run_control_bench(ControlBenchConfig(clients=2, requests=5, jobs=2)))
     assert report["requests"] == 10 and report["errors"] == 0

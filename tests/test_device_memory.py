@@ -9,8 +9,8 @@ from torch import nn
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.families import FAMILIES, Family
-from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
+from splitft.model.families import FAMILIES, Family
+from splitft.testing.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 
 K, J, L = 1, 1, 4  # device blocks before the trunk, after it, and blocks in every tiny model
 TRUNK = range(K, L - J)

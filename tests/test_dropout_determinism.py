@@ -10,8 +10,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from device_client import EdgeConnection, SplitModel
 from device_client.remote import RemoteTrunk
-from splitft.launch import EdgeProcess
-from splitft.tiny import lora_config_for, make_batch
+from splitft.local.launch import EdgeProcess
+from splitft.testing.tiny import lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 
 

@@ -15,8 +15,8 @@ from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeConfig, EdgeServer
 from splitft.cli import main
 from splitft.errors import InvalidArgument
-from splitft.launch import LocalPki
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.local.launch import LocalPki
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 
 FAMILY = "bert"
 

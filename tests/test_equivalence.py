@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 
 from device_client import SplitModel
-from splitft.tiny import FAMILY_NAMES, lora_config_for, make_batch
+from splitft.testing.tiny import FAMILY_NAMES, lora_config_for, make_batch
 from tests.equivalence import STEPS, EquivalenceRun, run_equivalence
 
 TOL = 1e-5

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from device_client import SplitModel
-from splitft import codec, int8
-from splitft.tiny import lora_config_for, make_batch
+from splitft.compress import int8
+from splitft.testing.tiny import lora_config_for, make_batch
+from splitft.wire import codec
 
 
 def test_int8_round_trip_error_is_at_most_half_a_step_per_row():

@@ -24,7 +24,7 @@ from splitft.methods import (
     taskedge_masks,
 )
 from splitft.methods.common import linear_weight
-from splitft.tiny import TinyModel, make_batch
+from splitft.testing.tiny import TinyModel, make_batch
 
 STEPS = 4
 

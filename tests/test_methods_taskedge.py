@@ -19,7 +19,7 @@ from splitft.methods import (
     taskedge_masks,
     taskedge_scores,
 )
-from splitft.tiny import _build, make_batch
+from splitft.testing.tiny import _build, make_batch
 
 
 class Toy(nn.Module):

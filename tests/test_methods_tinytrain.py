@@ -22,7 +22,7 @@ from splitft.methods import (
     selection_cost,
     tinytrain_masks,
 )
-from splitft.tiny import _build, make_batch
+from splitft.testing.tiny import _build, make_batch
 
 # Two samples, two tokens, two channels; the layer is the identity, so its output a == x.
 X = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [2.0, -1.0]]])

@@ -9,7 +9,7 @@ from device_client import EdgeConnection, SplitModel
 from device_client.pipeline import split_batch
 from edge_server import EdgeServer
 from splitft.errors import InvalidArgument
-from splitft.tiny import lora_config_for, make_batch
+from splitft.testing.tiny import lora_config_for, make_batch
 
 STEPS = 3
 

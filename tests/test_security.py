@@ -11,10 +11,10 @@ import torch
 from device_client import EdgeConnection, SplitModel
 from device_client.stream import SessionStream
 from edge_server import EdgeConfig, EdgeServer
-from splitft.certs import CertPaths, init_ca, issue_device
 from splitft.errors import PermissionDenied, Unauthenticated, Unavailable
-from splitft.tiny import lora_config_for, make_batch
-from splitft.tokens import generate_issuer_key, issue_token, public_key_pem
+from splitft.security.certs import CertPaths, init_ca, issue_device
+from splitft.security.tokens import generate_issuer_key, issue_token, public_key_pem
+from splitft.testing.tiny import lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from tests.equivalence import run_equivalence
 from tests.test_equivalence import assert_equivalent

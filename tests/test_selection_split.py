@@ -15,7 +15,7 @@ from splitft.methods.common import linear_shape
 from splitft.methods.sparse import apply_masks, sparse_modules, sparse_state_dict
 from splitft.methods.taskedge import TaskEdgeConfig, taskedge_masks
 from splitft.methods.tinytrain import TinyTrainConfig, tinytrain_masks
-from splitft.tiny import make_batch
+from splitft.testing.tiny import make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 
@@ -208,7 +208,7 @@ def test_tinytrain_split_matches_in_process_selection_and_training(family, tiny_
 
 def test_tinytrain_calls_get_precise_statuses(edge, tiny_models):
     """Out-of-order and malformed TinyTrain calls: exact status codes, and the session still works."""
-    from splitft.codec import tensors_to_parts
+    from splitft.wire.codec import tensors_to_parts
 
     def select(stub, session_id, channels):
         header = pb.SelectChannelsRequest(header=pb.SelectChannelsHeader(session_id=session_id))

@@ -17,8 +17,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device_client import EdgeConnection, SplitModel
-from splitft.launch import free_port
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.local.launch import free_port
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ import torch
 from device_client import EdgeConnection, SplitModel
 from device_client.stream import SessionStream
 from edge_server import EdgeServer
-from splitft.codec import tensors_to_parts
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from splitft.lora import trunk_lora_json
-from splitft.tiny import lora_config_for, make_batch
+from splitft.model.lora import trunk_lora_json
+from splitft.testing.tiny import lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1.dataplane_pb2_grpc import DataPlaneStub
+from splitft.wire.codec import tensors_to_parts
 from tests.test_wire import Recorder
 
 HIDDEN = 32

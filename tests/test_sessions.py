@@ -13,11 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeConfig, EdgeServer
-from splitft.codec import tensors_to_parts
 from splitft.errors import FailedPrecondition, NotFound
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1.dataplane_pb2_grpc import DataPlaneStub
+from splitft.wire.codec import tensors_to_parts
 
 TRUNK_KEY = re.compile(r"\.layers\.[12]\.")  # llama trunk blocks with device_layers=1, head_layers=1 of 4
 

@@ -8,7 +8,7 @@ import torch
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
 from splitft.errors import InvalidArgument
-from splitft.tiny import lora_config_for, make_batch
+from splitft.testing.tiny import lora_config_for, make_batch
 
 STEPS = 6
 

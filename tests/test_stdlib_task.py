@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import splitft
-from splitft.stdlib_task import (
+from splitft.data.stdlib_task import (
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_PACKAGES,
     MAX_TEXT_CHARS,
@@ -26,7 +26,7 @@ from splitft.stdlib_task import (
 _DIGEST_SCRIPT = """
 import hashlib, sys
 {pre_imports}
-from splitft.stdlib_task import build_stdlib_task
+from splitft.data.stdlib_task import build_stdlib_task
 task = build_stdlib_task()
 sys.stdout.write(hashlib.sha256(repr(task).encode()).hexdigest())
 """

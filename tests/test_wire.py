@@ -19,10 +19,10 @@ from google.protobuf.message import Message
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
-from splitft.codec import parts_to_tensors
-from splitft.families import FAMILIES
-from splitft.tiny import TinyModel, lora_config_for, make_batch
+from splitft.model.families import FAMILIES
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
+from splitft.wire.codec import parts_to_tensors
 
 FAMILIES_UNDER_TEST = ("bert", "llama", "vit")  # sequence classification, causal LM, pixels
 DEVICE_LAYERS, HEAD_LAYERS, NUM_LAYERS = 1, 1, 4

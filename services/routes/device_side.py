@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 
 from splitft.errors import InvalidArgument, PayloadTooLarge
-from splitft.tokens import issue_token
+from splitft.security.tokens import issue_token
 from splitft_control.archive import check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail

@@ -6,8 +6,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, status
 
-from splitft.certs import sign_device_key
 from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft.security.certs import sign_device_key
 from splitft_control.deps import Operator, State, StoreDep
 from splitft_control.models import Device
 from splitft_control.schemas import DeviceCreate, DeviceCreated, DeviceEnroll, DeviceEnrolled, DevicePublic

@@ -128,8 +128,8 @@ def _health_credentials(args: argparse.Namespace):
 
     import grpc
 
-    from splitft.certs import CertPaths
     from splitft.errors import InvalidArgument
+    from splitft.security.certs import CertPaths
 
     if not args.certs:
         raise InvalidArgument("give --certs DIR (mutual TLS with a client certificate) or --insecure")
@@ -233,7 +233,7 @@ def _device_run(args: argparse.Namespace) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    from splitft.certs import init_ca
+    from splitft.security.certs import init_ca
 
     paths = init_ca(args.dir, args.host, force=args.force)
     sys.stdout.write(
@@ -243,7 +243,7 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _certs_device(args: argparse.Namespace) -> int:
-    from splitft.certs import issue_device
+    from splitft.security.certs import issue_device
 
     cert, key = issue_device(args.dir, args.name, force=args.force)
     sys.stdout.write(f"device certificate: {cert}\ndevice key: {key}\n")
@@ -253,8 +253,8 @@ def _certs_device(args: argparse.Namespace) -> int:
 def _tokens_keygen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from splitft.certs import write_secret_files
-    from splitft.tokens import generate_issuer_key, private_key_pem, public_key_pem
+    from splitft.security.certs import write_secret_files
+    from splitft.security.tokens import generate_issuer_key, private_key_pem, public_key_pem
 
     key = generate_issuer_key()
     out = Path(args.out)
@@ -268,7 +268,7 @@ def _tokens_keygen(args: argparse.Namespace) -> int:
 
 
 def _tokens_issue(args: argparse.Namespace) -> int:
-    from splitft.tokens import issue_token, load_private_key
+    from splitft.security.tokens import issue_token, load_private_key
 
     token = issue_token(
         load_private_key(args.key),
@@ -284,8 +284,8 @@ def _tokens_issue(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from splitft.demo import DemoConfig, run_demo
-    from splitft.demo_loop import LoopDemoConfig, run_loop_demo
+    from splitft.demo.loop import LoopDemoConfig, run_loop_demo
+    from splitft.demo.sdk import DemoConfig, run_demo
 
     common = dict(
         model_dir=args.model_dir,
@@ -313,14 +313,14 @@ def _config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) 
 
 
 def _bench_step(args: argparse.Namespace) -> int:
-    from splitft.bench import StepBenchConfig, run_step_bench
+    from splitft.bench.step import StepBenchConfig, run_step_bench
 
     sys.stdout.write(run_step_bench(_config_from_args(StepBenchConfig, args)) + "\n")
     return 0
 
 
 def _bench_wire(args: argparse.Namespace) -> int:
-    from splitft.bench_wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
+    from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
 
     config = _config_from_args(WireBenchConfig, args, codecs=tuple(args.codec or DEFAULT_WIRE_CODECS))
     sys.stdout.write(run_wire_bench(config) + "\n")
@@ -328,7 +328,7 @@ def _bench_wire(args: argparse.Namespace) -> int:
 
 
 def _bench_converge(args: argparse.Namespace) -> int:
-    from splitft.bench_converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
+    from splitft.bench.converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
 
     config = _config_from_args(ConvergeBenchConfig, args, codecs=tuple(args.codec or DEFAULT_CONVERGE_CODECS))
     sys.stdout.write(run_converge_bench(config) + "\n")
@@ -336,14 +336,14 @@ def _bench_converge(args: argparse.Namespace) -> int:
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
-    from splitft.bench_memory import MemoryBenchConfig, run_memory_bench
+    from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 
     sys.stdout.write(run_memory_bench(_config_from_args(MemoryBenchConfig, args)) + "\n")
     return 0
 
 
 def _bench_sessions(args: argparse.Namespace) -> int:
-    from splitft.bench_sessions import SessionsBenchConfig, run_sessions_bench
+    from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
 
     sys.stdout.write(run_sessions_bench(_config_from_args(SessionsBenchConfig, args)) + "\n")
     return 0
@@ -368,7 +368,7 @@ def _session_counts(text: str) -> list[int]:
 
 
 def _bench_control(args: argparse.Namespace) -> int:
-    from splitft.bench_control import ControlBenchConfig, run_control_bench
+    from splitft.bench.control import ControlBenchConfig, run_control_bench
 
     config = _config_from_args(ControlBenchConfig, args, db_url=args.db)
     sys.stdout.write(run_control_bench(config) + "\n")
@@ -376,7 +376,7 @@ def _bench_control(args: argparse.Namespace) -> int:
 
 
 def _bench_methods(args: argparse.Namespace) -> int:
-    from splitft.bench_methods import MethodsBenchConfig, markdown_table, run_methods_bench
+    from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 
     config = _config_from_args(MethodsBenchConfig, args)
     report = run_methods_bench(config)

@@ -19,9 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from splitft.demo import DemoConfig, default_model_dir
-from splitft.loop import LocalLoop, write_jsonl
-from splitft.stdlib_task import Example, TextTask, batches, build_stdlib_task
+from splitft.data.stdlib_task import Example, TextTask, batches, build_stdlib_task
+from splitft.demo.sdk import DemoConfig, default_model_dir
+from splitft.local.loop import LocalLoop, write_jsonl
 
 MODEL = "minilm"
 

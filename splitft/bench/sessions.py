@@ -1,7 +1,7 @@
 """`splitft bench sessions`: aggregate edge throughput with 1, 2, 4 and 8 concurrent sessions.
 
 One edge process (`EdgeProcess`, `threads` torch threads) and max(`sessions`) device processes
-(`python -m splitft.bench_sessions --worker`), each with its own session, model, optimizer and
+(`python -m splitft.bench.sessions --worker`), each with its own session, model, optimizer and
 batch: separate processes, so no device shares a GIL or an interpreter with another, and all of
 them are started, loaded and warmed up before anything is measured. For each N in `sessions`, the
 first N devices train together through the same window of `seconds` (they start at one instant
@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import torch
 
-from splitft.bench import BenchModelConfig, split_model, train_step
+from splitft.bench.step import BenchModelConfig, split_model, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 
@@ -66,8 +66,8 @@ class SessionsBenchConfig(BenchModelConfig):
 
 def run_sessions_bench(config: SessionsBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    from splitft.launch import EdgeProcess
-    from splitft.tiny import save_tiny_model
+    from splitft.local.launch import EdgeProcess
+    from splitft.testing.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="splitft-bench-sessions-") as tmp:
         tiny = save_tiny_model(config.family, Path(tmp) / "bench", layers=config.layers, hidden=config.hidden)
@@ -110,7 +110,7 @@ class DeviceWorkers:
     def _spawn(self, index: int) -> subprocess.Popen[str]:
         log = open(self.log_dir / f"device-{index}.log", "w")  # noqa: SIM115  (the child keeps it)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "splitft.bench_sessions", "--worker"],
+            [sys.executable, "-m", "splitft.bench.sessions", "--worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -241,7 +241,7 @@ def train_window(
 
 def _worker_main() -> int:
     from device_client import EdgeConnection
-    from splitft.tiny import make_batch
+    from splitft.testing.tiny import make_batch
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     spec = json.loads(sys.stdin.readline())
@@ -274,5 +274,5 @@ def _reply(line: str) -> None:
 
 if __name__ == "__main__":
     if "--worker" not in sys.argv[1:]:
-        sys.exit("usage: python -m splitft.bench_sessions --worker (driven by `splitft bench sessions`)")
+        sys.exit("usage: python -m splitft.bench.sessions --worker (driven by `splitft bench sessions`)")
     sys.exit(_worker_main())

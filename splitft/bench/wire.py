@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench import BenchModelConfig, split_model, torch_threads, train_step
+from splitft.bench.step import BenchModelConfig, split_model, torch_threads, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
-from splitft.launch import EdgeProcess
-from splitft.tiny import make_batch, save_tiny_model
+from splitft.local.launch import EdgeProcess
+from splitft.testing.tiny import make_batch, save_tiny_model
 
 logger = logging.getLogger(__name__)
 

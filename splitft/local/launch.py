@@ -19,9 +19,9 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitft.certs import CertPaths, init_ca, issue_device, write_secret_files
 from splitft.errors import Unavailable
-from splitft.tokens import generate_issuer_key, issue_token, public_key_pem
+from splitft.security.certs import CertPaths, init_ca, issue_device, write_secret_files
+from splitft.security.tokens import generate_issuer_key, issue_token, public_key_pem
 
 logger = logging.getLogger(__name__)
 

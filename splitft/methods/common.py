@@ -18,7 +18,7 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from splitft.errors import InvalidArgument
-from splitft.families import family_for
+from splitft.model.families import family_for
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from peft import get_peft_model
 
 from device_client import EdgeConnection, SplitModel
 from splitft.errors import InvalidArgument
-from splitft.launch import EdgeProcess, LocalPki
-from splitft.tiny import lora_config_for, make_batch, save_tiny_model
+from splitft.local.launch import EdgeProcess, LocalPki
+from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
 
 logger = logging.getLogger(__name__)
 

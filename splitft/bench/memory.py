@@ -6,7 +6,7 @@ Two sides, each over `steps` training steps (forward, backward, AdamW step) of t
 * `device`: the device process of a split run (k=`device_layers`, j=`head_layers`), the edge in
   its own process over plaintext gRPC (`EdgeProcess`).
 
-Every figure comes from a fresh worker process (`python -m splitft.bench_memory --worker`), three
+Every figure comes from a fresh worker process (`python -m splitft.bench.memory --worker`), three
 per side, so that one measurement cannot disturb another:
 
 * `rss`: the kernel's peak RSS during training (`VmHWM`, reset through `/proc/self/clear_refs`
@@ -49,11 +49,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitft.bench import BenchModelConfig, train_step
-from splitft.bench_worker import run_worker
+from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
+from splitft.bench.step import BenchModelConfig, train_step
+from splitft.bench.worker import run_worker
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
-from splitft.peak_rss import peak_kib, release_freed_memory, reset_peak
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ class MemoryBenchConfig(BenchModelConfig):
 
 def run_memory_bench(config: MemoryBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    from splitft.launch import EdgeProcess
-    from splitft.tiny import save_tiny_model
+    from splitft.local.launch import EdgeProcess
+    from splitft.testing.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="splitft-bench-memory-") as tmp:
         tiny = save_tiny_model(config.family, Path(tmp) / "bench", layers=config.layers, hidden=config.hidden)
@@ -136,7 +136,7 @@ def _run_workers(base: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     logger.info("bench memory: %s / %s", spec["side"], spec["mode"])
     return run_worker(
-        "splitft.bench_memory",
+        "splitft.bench.memory",
         spec,
         prefix=RESULT_PREFIX,
         label=f"memory worker {spec['side']}/{spec['mode']}",
@@ -299,7 +299,7 @@ class _Run:
 
 
 def _build(spec: dict[str, Any], conn: Any, model_dir: str, name: str) -> _Run:
-    from splitft.tiny import lora_config_for
+    from splitft.testing.tiny import lora_config_for
 
     lora = lora_config_for(spec["family"])
     if conn is None:
@@ -371,7 +371,7 @@ def _expected(model: nn.Module, saved: SavedActivations) -> dict[str, int]:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One side in one mode in THIS process (the fresh worker): load, train `steps` steps, measure."""
     from device_client import EdgeConnection
-    from splitft.tiny import make_batch
+    from splitft.testing.tiny import make_batch
 
     torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
@@ -440,5 +440,5 @@ def _worker_main() -> int:
 
 if __name__ == "__main__":
     if "--worker" not in sys.argv[1:]:
-        sys.exit("usage: python -m splitft.bench_memory --worker < spec.json (or: splitft bench memory)")
+        sys.exit("usage: python -m splitft.bench.memory --worker < spec.json (or: splitft bench memory)")
     sys.exit(_worker_main())

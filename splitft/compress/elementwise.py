@@ -1,4 +1,4 @@
-"""Elementwise codecs: raw, fp16, bf16 (a cast), int8 (per-row quantization, `splitft.int8`) and
+"""Elementwise codecs: raw, fp16, bf16 (a cast), int8 (per-row quantization, `splitft.compress.int8`) and
 int4 (blockwise quantization, `splitft.compress.int4`).
 
 Each value maps to a fixed number of bytes, so the payload size follows from shape and dtype alone
@@ -12,8 +12,7 @@ import math
 
 import torch
 
-from splitft import int8
-from splitft.compress import int4
+from splitft.compress import int4, int8
 from splitft.compress.spec import CodecSpec
 
 _CAST = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from transformers import AutoTokenizer
 
+from splitft.data.stdlib_task import Example, TextTask, batches, build_stdlib_task
 from splitft.errors import InvalidArgument, NotFound
-from splitft.launch import EdgeProcess, LocalPki
-from splitft.stdlib_task import Example, TextTask, batches, build_stdlib_task
+from splitft.local.launch import EdgeProcess, LocalPki
 
 logger = logging.getLogger(__name__)
 EDGE_MODEL_NAME = "demo-model"

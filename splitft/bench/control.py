@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from splitft.errors import InvalidArgument
-from splitft.launch import ControlProcess
+from splitft.local.launch import ControlProcess
 
 
 @dataclass

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from splitft.int8 import FP16_MAX
+from splitft.compress.int8 import FP16_MAX
 
 BLOCK = 32
 LEVELS = 7  # values in [-7, 7]; the code 0 (i.e. -8) is never sent, so the range is symmetric

@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 
-from splitft.certs import CertPaths, init_ca, issue_device
+from splitft.data.stdlib_task import Example
 from splitft.errors import Unavailable
-from splitft.launch import ControlProcess, EdgeProcess, free_port, terminate
-from splitft.stdlib_task import Example
+from splitft.local.launch import ControlProcess, EdgeProcess, free_port, terminate
+from splitft.security.certs import CertPaths, init_ca, issue_device
 
 logger = logging.getLogger(__name__)
 FINAL_STATES = ("succeeded", "failed", "cancelled")

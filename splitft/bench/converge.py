@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from peft import LoraConfig
 
-from splitft.bench import torch_threads
-from splitft.bench_wire import DEFAULT_WIRE_CODECS
+from splitft.bench.step import torch_threads
+from splitft.bench.wire import DEFAULT_WIRE_CODECS
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 
@@ -128,7 +128,7 @@ class _Task:
 
 def run_converge_bench(config: ConvergeBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    from splitft.launch import EdgeProcess
+    from splitft.local.launch import EdgeProcess
 
     started = time.perf_counter()
     results: dict[str, Any] = {}
@@ -231,7 +231,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[_Task], dict[str, Any] | None]:
-    from splitft.stdlib_task import build_stdlib_task
+    from splitft.data.stdlib_task import build_stdlib_task
 
     text = build_stdlib_task(max_per_class=config.max_per_class)
     tasks, pretrain = [], None
@@ -245,7 +245,7 @@ def _tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[_Task], dict[st
 
 def _cycle(examples: Any, config: ConvergeBenchConfig) -> Iterator[tuple[list[str], list[int]]]:
     """`config.steps` training batches: epochs of the train set, each shuffled by its own seed."""
-    from splitft.stdlib_task import batches
+    from splitft.data.stdlib_task import batches
 
     epoch = 0
     while True:
@@ -260,8 +260,8 @@ def _first(iterator: Iterator[Any], n: int) -> list[Any]:
 def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
     from transformers import AutoTokenizer
 
-    from splitft.demo import default_model_dir
-    from splitft.stdlib_task import batches
+    from splitft.data.stdlib_task import batches
+    from splitft.demo.sdk import default_model_dir
 
     model_dir = Path(config.cls_model_dir or default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -286,9 +286,9 @@ def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
 
 
 def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task, dict[str, Any] | None]:
-    from splitft.bench_methods import encode_bytes, pretrained_tiny_llama
-    from splitft.stdlib_task import batches
-    from splitft.tiny import lora_config_for
+    from splitft.bench.methods import encode_bytes, pretrained_tiny_llama
+    from splitft.data.stdlib_task import batches
+    from splitft.testing.tiny import lora_config_for
 
     model_dir, pretrain = pretrained_tiny_llama(
         tmp / "tiny-llama",

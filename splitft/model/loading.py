@@ -23,8 +23,8 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from splitft.errors import InvalidArgument, NotFound
-from splitft.families import Family, family_for
-from splitft.spans import Skipped
+from splitft.model.families import Family, family_for
+from splitft.model.spans import Skipped
 
 logger = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@
 Two tasks:
 
 * `classification`: the demo's real task, pretrained all-MiniLM-L6-v2 classifying which stdlib
-  package a docstring comes from (`splitft.stdlib_task`); metric: held-out accuracy.
-* `causal_lm`: a Llama-style model built from a config (`splitft.tiny`, 4 blocks, hidden 64,
+  package a docstring comes from (`splitft.data.stdlib_task`); metric: held-out accuracy.
+* `causal_lm`: a Llama-style model built from a config (`splitft.testing.tiny`, 4 blocks, hidden 64,
   RANDOM init: no pretrained causal LM can be downloaded here), first pretrained for a few
   seconds, every weight, on stdlib SOURCE CODE (`lm_pretrain_steps`; 0 skips it), then adapted
   by each method to next-byte prediction of the docstrings, one token per byte (non-ASCII bytes
   become 127, 0 pads); metric: held-out loss (nats per byte).
 
-Four methods, each in a fresh Python process (`python -m splitft.bench_methods --worker`) so
+Four methods, each in a fresh Python process (`python -m splitft.bench.methods --worker`) so
 that their memory peaks do not mix:
 
 * `lora` (split): `SplitModel` with a LoRA config on every Linear of the blocks (the modules
@@ -53,9 +53,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitft.bench_worker import run_worker
+from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
+from splitft.bench.worker import run_worker
 from splitft.errors import InvalidArgument
-from splitft.peak_rss import peak_kib, release_freed_memory, reset_peak
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ class MethodsBenchConfig:
 
 def run_methods_bench(config: MethodsBenchConfig) -> str:
     """Run the comparison and return its JSON report."""
-    from splitft.demo import default_model_dir
-    from splitft.launch import EdgeProcess
-    from splitft.stdlib_task import build_stdlib_task
+    from splitft.data.stdlib_task import build_stdlib_task
+    from splitft.demo.sdk import default_model_dir
+    from splitft.local.launch import EdgeProcess
 
     started = time.perf_counter()
     text_task = build_stdlib_task(max_per_class=config.max_per_class)
@@ -186,7 +186,7 @@ def run_methods_bench(config: MethodsBenchConfig) -> str:
         "benchmark": "methods",
         "config": asdict(config),
         "data": {
-            "source": "stdlib docstrings (splitft.stdlib_task)",
+            "source": "stdlib docstrings (splitft.data.stdlib_task)",
             "packages": data["labels"],
             "train_examples": len(data["train"]),
             "heldout_examples": len(data["heldout"]),
@@ -248,7 +248,7 @@ def pretrained_tiny_llama(
     ADAPTS it (code -> docstring prose) instead of fitting a random network. The caller's RNG state
     and torch thread count stay as they were.
     """
-    from splitft.tiny import save_tiny_model
+    from splitft.testing.tiny import save_tiny_model
 
     caller_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
@@ -318,8 +318,8 @@ class _Plan:
 
 def _plan(task: str, model_dir: Path, num_labels: int, config: MethodsBenchConfig) -> _Plan:
     """Budget, LoRA rank and target modules from the model's shapes (a `meta` build)."""
-    from splitft.loading import build_meta_model, read_config
     from splitft.methods.common import count_parameters, find_target_modules, linear_shape
+    from splitft.model.loading import build_meta_model, read_config
 
     hf_config, family = read_config(model_dir)
     overrides: dict[str, Any] = {"num_labels": num_labels} if task == "classification" else {}
@@ -410,7 +410,7 @@ def _worker_spec(
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     result = run_worker(
-        "splitft.bench_methods",
+        "splitft.bench.methods",
         spec,
         prefix=RESULT_PREFIX,
         label=f"bench worker {spec['task']}/{spec['method']}",
@@ -471,7 +471,7 @@ def encode_bytes(texts: list[str], max_length: int) -> Batch:
 
 
 def _prepare_data(spec: dict[str, Any]) -> _Data:
-    from splitft.stdlib_task import Example, batches
+    from splitft.data.stdlib_task import Example, batches
 
     train = [Example(t, int(y)) for t, y in spec["data"]["train"]]
     heldout = [Example(t, int(y)) for t, y in spec["data"]["heldout"]]
@@ -618,7 +618,7 @@ def _build_taskedge(spec: dict[str, Any], data: _Data) -> _Built:
 
 
 def _whole_model(spec: dict[str, Any]) -> nn.Module:
-    from splitft.loading import read_config
+    from splitft.model.loading import read_config
 
     plan = spec["plan"]
     hf_config, family = read_config(plan["model_dir"])
@@ -873,7 +873,7 @@ def _worker_main() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m splitft.bench_methods [--markdown]`: the default run; `--worker`: one method."""
+    """`python -m splitft.bench.methods [--markdown]`: the default run; `--worker`: one method."""
     args = sys.argv[1:] if argv is None else argv
     if "--worker" in args:
         return _worker_main()
