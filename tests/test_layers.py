@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,11 @@ def test_control_plane_runs_without_the_model_stack(tmp_path: Path) -> None:
 
 def test_control_plane_commands_run_without_the_model_stack() -> None:
     # The control-plane image runs these with no torch installed.
-    for command in (["control", "serve", "--help"], ["certs", "init", "--help"], ["control", "keys", "--help"]):
+    for command in (
+        ["control", "serve", "--help"],
+        ["certs", "init", "--help"],
+        ["control", "keys", "--help"],
+    ):
         code = f"import sys\nfrom splitft.cli import main\nsys.exit(main({command!r}))\n"
         result = _run_without_model_stack(code)
         assert result.returncode == 0, (command, result.stderr)
