@@ -45,6 +45,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     import torch
 
     from edge_server import EdgeConfig, EdgeServer
+    from edge_server.limits import DataPlaneLimits
     from edge_server.registry import ModelRegistry
 
     if args.threads:
@@ -60,6 +61,10 @@ def _edge_serve(args: argparse.Namespace) -> int:
         session_ttl=args.session_ttl,
         max_sessions=args.max_sessions,
         metrics_port=args.metrics_port,
+        no_tokens=args.no_tokens,
+        limits=DataPlaneLimits(
+            **{name: getattr(args, name) for name in _LIMIT_FLAGS if getattr(args, name) is not None}
+        ),
     )
     registry = ModelRegistry.from_dirs(config.model_dirs)
     link = _register_edge(args, config, registry) if args.control_plane else None
@@ -438,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics over plain HTTP on --host:PORT (default: off; 9400 in the images)",
     )
+    serve.add_argument(
+        "--no-tokens",
+        action="store_true",
+        help="with --certs and no token issuer: serve without session tokens on purpose (logs a warning)",
+    )
+    _add_limit_flags(serve)
     serve.set_defaults(func=_edge_serve)
     health = edge.add_parser("health", help="check an edge with the gRPC health service (exit 0 if SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051", metavar="HOST:PORT")
@@ -646,6 +657,22 @@ def build_parser() -> argparse.ArgumentParser:
     cbench.add_argument("--db", default=None, metavar="URL", help="default: SQLite in a temp dir")
     cbench.set_defaults(func=_bench_control)
     return parser
+
+
+_LIMIT_FLAGS = {  # edge serve flag -> what it bounds; defaults in edge_server/limits.py, README "Security"
+    "max_request_bytes": "bytes of all tensors of one request",
+    "max_sequence_length": "tokens per row of a forward",
+    "max_batch_tokens": "batch x tokens of a forward",
+    "max_adapter_parameters": "trainable trunk parameters per session",
+    "max_sessions_per_device": "open sessions of one device",
+    "max_calls_per_device": "concurrent calls (open streams included) of one device",
+}
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    for name, what in _LIMIT_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=int, default=None, help=f"at most this many {what}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
