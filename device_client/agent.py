@@ -43,7 +43,7 @@ from splitft.errors import (
 from splitft.loading import read_config
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
-from splitft.tokens import unverified_claims
+from splitft.tokens import check_session_id, unverified_claims
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
@@ -164,6 +164,10 @@ def parse_assignment(raw: Any) -> Assignment:
         raise Unavailable(f"the control plane sent a malformed assignment: {exc}") from None
     if (spec.steps is None) == (spec.epochs is None):
         raise Unavailable("the control plane sent an assignment without exactly one of steps or epochs")
+    try:  # the session id names files under --record-dir and URL paths: never a path of its own
+        check_session_id(assignment.session_id)
+    except InvalidArgument as exc:
+        raise Unavailable(f"the control plane sent a malformed assignment: {exc.message}") from None
     return assignment
 
 
@@ -572,7 +576,7 @@ class DeviceAgent:
         """Keep what this device saw at the end: its adapter and its evaluation logits on a few local
         examples, so anyone can check the adapter served by the control plane reproduces them."""
         assert self.record_dir is not None
-        out = self.record_dir / assignment.session_id
+        out = self.record_dir / check_session_id(assignment.session_id)
         model.save_adapter(out / "adapter")
         texts = [e.text for e in self.examples[:RECORD_EXAMPLES]]
         batch = tokenizer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 
 from splitft.errors import InvalidArgument, PayloadTooLarge
-from splitft.tokens import issue_token
+from splitft.tokens import SplitClaims, issue_token
 from splitft_control.archive import check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
@@ -32,6 +32,13 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         edge=edge.id,
         job=job.id,
         ttl_seconds=state.settings.token_ttl,
+        # The edge refuses an OpenSession whose split differs from the job's (PERMISSION_DENIED).
+        split=SplitClaims(
+            device_layers=spec.device_layers,
+            head_layers=spec.head_layers,
+            trunk_lora=spec.trunk_lora and spec.method == "lora",
+            codec=spec.codec,
+        ),
     )
     return Assignment(session_id=sess.id, job_id=job.id, edge_address=edge.address, token=token, spec=spec)
 
