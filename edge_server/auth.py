@@ -121,10 +121,13 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, admit: Callable[[grpc.Servicer
         def streaming(request: Any, context: grpc.ServicerContext) -> Any:
             with admit(context) as claims:
                 token = CURRENT_CLAIMS.set(claims)
+                timer = _end_at_expiry(context, claims) if handler.request_streaming else None
                 try:
                     yield from behavior(request, context)
                 finally:
                     CURRENT_CLAIMS.reset(token)
+                    if timer is not None:
+                        timer.cancel()
 
         wrapped: Callable = streaming
     else:
@@ -144,6 +147,28 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, admit: Callable[[grpc.Servicer
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def _end_at_expiry(context: grpc.ServicerContext, claims: SessionClaims | None) -> threading.Timer | None:
+    """A timer that ends this (long-lived, request-streaming) call when its token expires, even if
+    the peer sends nothing more: requests are also checked one by one (`check_not_expired`)."""
+    if claims is None:
+        return None
+    delay = claims.expires + CLOCK_SKEW_SECONDS - time.time()
+    timer = threading.Timer(max(delay, 0.0), _cancel_expired, args=(context,))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _cancel_expired(context: grpc.ServicerContext) -> None:
+    logger.info("ending a stream from %s: its session token expired", context.peer())
+    try:
+        # grpcio's server call can be cancelled with a status; the public cancel() says CANCELLED.
+        call = context._rpc_event.call  # type: ignore[attr-defined]
+        call.cancel(grpc.StatusCode.UNAUTHENTICATED.value[0], "session token expired")
+    except (AttributeError, TypeError):
+        context.cancel()
 
 
 def authorize_call(session_id: str, *, model: str | None = None, edge_id: str | None = None) -> None:
