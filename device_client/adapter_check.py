@@ -60,12 +60,18 @@ def check_trunk_adapter(
 
 
 def _block_modules(root: nn.Module, blocks_path: str, spec: SplitSpec) -> set[str]:
-    """Names, relative to their block, of the weight-holding modules of the device's own blocks."""
+    """Names, relative to their block, of the matrices (plain or already given a sparse delta) of the
+    device's own blocks: the modules a sparse delta may name."""
     names = set()
     for name, module in root.named_modules():
         found = _split_key(name, blocks_path)
         weight = getattr(module, "weight", None)
-        if found is not None and found[0] not in spec.trunk_range and isinstance(weight, torch.Tensor):
+        matrix = isinstance(weight, torch.Tensor) and weight.dim() == 2
+        if (
+            found is not None
+            and found[0] not in spec.trunk_range
+            and (matrix or hasattr(module, "delta_values"))
+        ):
             names.add(found[1])
     return names
 
