@@ -16,10 +16,13 @@ import pytest
 from peft import LoraConfig
 
 from device_client import SplitModel
+from edge_server.limits import lora_parameter_estimate
+from edge_server.registry import ModelRegistry
+from edge_server.sessions import SessionManager
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.launch import EdgeProcess
-from splitft.lora import trunk_lora_json
-from splitft.tiny import TinyModel, lora_config_for
+from splitft.lora import trunk_lora_from_json, trunk_lora_json
+from splitft.tiny import FAMILY_NAMES, TinyModel, lora_config_for
 from splitft.v1 import dataplane_pb2 as pb
 from tests.adversarial_edge import FAMILY, Deployment, assert_edge_serves, open_request
 
@@ -121,3 +124,13 @@ def test_device_sdk_refuses_before_sending(
         # Nothing was opened: the same token can still open its session with a good config.
         conn.call("OpenSession", open_request(session, trunk_lora=True, lora_config_json=json.dumps(GOOD)))
         conn.call("CloseSession", pb.CloseSessionRequest(session_id=session))
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_adapter_bound_is_checked_on_an_exact_count(tiny_models, family: str) -> None:
+    # The bound is checked before peft allocates anything, on a count that must not undershoot.
+    sessions = SessionManager(ModelRegistry.from_dirs([f"{family}={tiny_models[family].path}"]))
+    config = trunk_lora_from_json(trunk_lora_json(lora_config_for(family)))
+    session = sessions.open(family, device_layers=1, head_layers=1, codec="raw", lora_config=config, seed=1)
+    assert lora_parameter_estimate(session.root, config) == session.trainable_parameters > 0
+    sessions.stop()
