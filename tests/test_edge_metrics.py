@@ -67,9 +67,7 @@ def train_step(conn: EdgeConnection, tiny: TinyModel, codec: str) -> SplitModel:
 
 
 def adapter_series(samples: dict) -> list[dict[str, str]]:
-    return [
-        dict(labels) for name, labels in samples if name == "splitft_edge_adapter_parameter_bytes"
-    ]
+    return [dict(labels) for name, labels in samples if name == "splitft_edge_adapter_parameter_bytes"]
 
 
 def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_models: dict[str, TinyModel]):
