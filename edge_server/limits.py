@@ -36,7 +36,8 @@ class DataPlaneLimits:
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+                flag = "--" + name.replace("_", "-")
+                raise InvalidArgument(f"{flag} must be a positive integer, got {value!r}")
 
     def check_tokens(self, batch: int, tokens: int) -> None:
         """ResourceExhausted if a forward of `batch` rows of `tokens` tokens is above the bounds."""

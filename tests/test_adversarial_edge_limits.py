@@ -238,3 +238,12 @@ def test_max_sessions_holds_under_concurrent_opens(deployment, tiny_models) -> N
         assert results.count("opened") == 2, results
         assert sum("edge is full" in r for r in results) == opens - 2
         assert edge.sessions.count() == 2
+
+
+@pytest.mark.parametrize("flag", ["--max-request-bytes", "--max-batch-tokens", "--max-calls-per-device"])
+def test_limit_flags_must_be_positive(tiny_models, flag: str, capsys) -> None:
+    from splitft.cli import main
+
+    argv = ["edge", "serve", "--insecure", "--port", "0", "--model-dir", str(tiny_models[FAMILY].path)]
+    assert main([*argv, flag, "0"]) == 2
+    assert f"{flag} must be a positive integer" in " ".join(capsys.readouterr().err.split())
