@@ -70,6 +70,21 @@ def control(pki: CertPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield process
 
 
+@pytest.fixture(scope="module")
+def plain_control(pki: CertPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
+    """The same deployment CA behind plain loopback HTTP (as tests and local experiments run it)."""
+    root = tmp_path_factory.mktemp("plain-control")
+    process = ControlProcess(
+        root / "data",
+        operator_key=OPERATOR_KEY,
+        edge_secret=EDGE_SECRET,
+        certs_dir=pki.directory,
+        log_path=str(root / "control.log"),
+    )
+    with process:
+        yield process
+
+
 def _new_token(control: ControlProcess, name: str) -> str:
     response = httpx.post(
         control.url + "/v1/devices", json={"name": name}, headers=bearer(OPERATOR_KEY), verify=control.verify
@@ -241,18 +256,22 @@ def _serve(handler: type[_Proxy], context: ssl.SSLContext | None = None) -> http
 
 
 def test_a_ca_swapped_in_the_enrollment_answer_is_refused(
-    control: ControlProcess, other_pki: CertPaths, tmp_path: Path
+    plain_control: ControlProcess, pki: CertPaths, other_pki: CertPaths, tmp_path: Path
 ) -> None:
-    handler = type("Swap", (_Proxy,), {"upstream": control.url, "verify": control.verify, "seen": []})
+    """Even where the channel is not verified (plain loopback HTTP), the token's fingerprint is."""
+    handler = type("Swap", (_Proxy,), {"upstream": plain_control.url, "seen": []})
     handler.swap_ca = other_pki.ca_cert.read_text()
     proxy = _serve(handler)
     try:
         url = f"http://127.0.0.1:{proxy.server_address[1]}"  # plaintext, but loopback: allowed
         with pytest.raises(Unauthenticated, match="refusing to trust it"):
-            enroll(url, _new_token(control, "phone-swapped"), tmp_path / "device.json")
+            enroll(url, _new_token(plain_control, "phone-swapped"), tmp_path / "device.json")
+        assert not (tmp_path / "device.json").exists()
+        handler.swap_ca = pki.ca_cert.read_text()  # the same path, forwarding the real CA: accepted
+        credential = enroll(url, _new_token(plain_control, "phone-honest"), tmp_path / "device.json")
     finally:
         proxy.shutdown()
-    assert handler.seen == ["/v1/devices/enroll"] and not (tmp_path / "device.json").exists()
+    assert handler.seen == ["/v1/devices/enroll"] * 2 and credential.ca_pem == pki.ca_cert.read_text()
 
 
 def test_an_impostor_https_server_never_sees_the_token(
