@@ -178,12 +178,16 @@ class ControlPlaneClient:
         self, credential: DeviceCredential, http: httpx.Client | None = None, *, insecure: bool = False
     ) -> None:
         # Plaintext to another host is refused unless insecure; HTTPS is verified against the CA
-        # that verified the control plane at enrollment (else the system's trust store).
+        # that verified the control plane at enrollment, else (a credential enrolled over loopback
+        # HTTP or before HTTPS, or through a public certificate) the deployment CA and public CAs.
         self.base = check_control_url(credential.control_plane, insecure=insecure)
         self._headers = credential.auth_headers
         self._owned = http is None
         if http is None:
-            http = control_client(credential.control_plane_ca_pem, timeout=DEFAULT_HTTP_TIMEOUT)
+            anchor = credential.control_plane_ca_pem
+            http = control_client(
+                anchor or credential.ca_pem, public_cas=anchor is None, timeout=DEFAULT_HTTP_TIMEOUT
+            )
         self.http = http
 
     def next_assignment(self) -> tuple[Assignment | None, float | None]:

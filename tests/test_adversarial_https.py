@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -208,11 +209,27 @@ def test_a_token_pins_the_ca_and_https_enrollment_needs_nothing_else(
     credential = enroll(control.url, token, tmp_path / "device.json")
     assert credential.ca_pem == pki.ca_cert.read_text() == credential.control_plane_ca_pem
     assert _mode(tmp_path / "device.json") == 0o600
-    client = ControlPlaneClient(DeviceCredential.load(tmp_path / "device.json"))  # verifies with that CA
-    try:
-        assert client.next_assignment()[0] is None  # authenticated over HTTPS; no job yet
-    finally:
-        client.close()
+    saved = DeviceCredential.load(tmp_path / "device.json")
+    for usable in (saved, replace(saved, control_plane_ca_pem=None)):  # the latter: enrolled before HTTPS
+        client = ControlPlaneClient(usable)  # verifies with the enrollment's CA, else the deployment CA
+        try:
+            assert client.next_assignment()[0] is None  # authenticated over HTTPS; no job yet
+        finally:
+            client.close()
+
+
+def test_the_agent_refuses_a_control_plane_its_cas_do_not_verify(
+    control: ControlProcess, other_pki: CertPaths
+) -> None:
+    other = other_pki.ca_cert.read_text()
+    for anchor, deployment in ((other, None), (None, other)):
+        credential = DeviceCredential(control.url, "id", "phone", "secret-credential", None, None, deployment)
+        client = ControlPlaneClient(replace(credential, control_plane_ca_pem=anchor))
+        try:
+            with pytest.raises(Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                client.next_assignment()  # the bearer credential never leaves over that channel
+        finally:
+            client.close()
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):

@@ -22,6 +22,7 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import certifi
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -114,13 +115,15 @@ def check_control_url(url: str, *, insecure: bool = False, flag: str = "--insecu
     return url.rstrip("/")
 
 
-def tls_verify(ca_pem: str | bytes | None) -> ssl.SSLContext | bool:
-    """httpx's `verify`: a context trusting only `ca_pem`, or True (the system store) without one."""
+def tls_verify(ca_pem: str | bytes | None, *, public_cas: bool = False) -> ssl.SSLContext | bool:
+    """httpx's `verify`: a context trusting only `ca_pem` (plus the public CAs httpx trusts when
+    `public_cas`), or True (those public CAs) without one."""
     if ca_pem is None:
         return True
     text = ca_pem.decode() if isinstance(ca_pem, bytes) else ca_pem
+    context = ssl.create_default_context(cafile=certifi.where() if public_cas else None)
     try:
-        context = ssl.create_default_context(cadata=text)
+        context.load_verify_locations(cadata=text)
     except ssl.SSLError as exc:
         raise InvalidArgument(f"the control-plane CA is not a usable PEM certificate: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -137,9 +140,11 @@ def read_ca_file(path: str | Path) -> str:
     return text
 
 
-def control_client(ca_pem: str | bytes | None = None, *, timeout: float = 30.0) -> httpx.Client:
-    """An HTTP client for the control plane that verifies HTTPS against `ca_pem` (or the system)."""
-    return httpx.Client(timeout=timeout, verify=tls_verify(ca_pem))
+def control_client(
+    ca_pem: str | bytes | None = None, *, public_cas: bool = False, timeout: float = 30.0
+) -> httpx.Client:
+    """An HTTP client for the control plane that verifies HTTPS against `ca_pem` (see `tls_verify`)."""
+    return httpx.Client(timeout=timeout, verify=tls_verify(ca_pem, public_cas=public_cas))
 
 
 def fetch_pinned_ca(base_url: str, fingerprint: str, *, timeout: float = 30.0) -> str:
