@@ -5,7 +5,8 @@
 #
 # Runs as uid 10001 with its data (SQLite if no SPLITFT_DB_URL, the token issuer key) in /data and
 # the deployment CA at SPLITFT_CERTS_DIR. Needs SPLITFT_EDGE_SECRET and SPLITFT_OPERATOR_KEY (16+
-# characters, not defaults). REST on 8080: /healthz, /metrics, /docs. uvicorn stops on SIGTERM.
+# characters, not defaults). REST on 8080 (HTTPS with SPLITFT_TLS_CERTS_DIR=/certs: control.pem,
+# control.key): /healthz, /metrics, /docs. uvicorn stops on SIGTERM.
 # The same image runs `splitft certs ...` and `splitft control migrate|keys ...`.
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -24,9 +25,11 @@ RUN set -eu; \
     /opt/venv/bin/splitft control serve --help >/dev/null
 
 FROM ${BASE_IMAGE}
+# /edge-certs: where compose's one-shot certs service copies what the edge may hold (no ca.key); a
+# named volume mounted there starts with this directory's owner.
 RUN useradd --create-home --uid 10001 --user-group splitft \
- && mkdir -p /data /certs \
- && chown splitft:splitft /data /certs
+ && mkdir -p /data /certs /edge-certs \
+ && chown splitft:splitft /data /certs /edge-certs
 # Metadata first and the virtualenv last: one big layer, and cheap rebuilds of the rest.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 SPLITFT_DATA_DIR=/data
 WORKDIR /home/splitft

@@ -323,6 +323,11 @@ def test_compose_serves_https_and_the_edge_never_mounts_the_ca_key():
     copied = " ".join(line for line in script.splitlines() if "/edge-certs" in line)
     assert "ca.pem" in copied and "edge.key" in copied and "ca.key" not in copied
     assert "--control-host" in script and "certs control" in script
+    # A fresh named volume takes the owner of the image's directory: the certs service (uid 10001)
+    # can write /edge-certs only if the control-plane image made it its own.
+    assert "/edge-certs" in certs["volumes"][1] and re.search(
+        r"chown splitft:splitft [^\n]*/edge-certs", (ROOT / "deploy" / "control-plane.Dockerfile").read_text()
+    )
 
 
 # --- Dockerfiles and Makefile ---------------------------------------------------------------------
