@@ -66,7 +66,8 @@ class DeviceCredential:
     certificate_pem: str | None = None  # client certificate for mutual TLS with edges
     key_pem: str | None = field(default=None, repr=False)  # its private key (PKCS#8 PEM)
     ca_pem: str | None = None  # deployment CA that signed the edges' certificates
-    # The CA that verified the control plane's HTTPS at enrollment (None: the system's trust store).
+    # The CA that verified the control plane's HTTPS at enrollment; None when none did (loopback
+    # HTTP, the public CAs, or enrolled before HTTPS): then ca_pem plus the public CAs verify it.
     control_plane_ca_pem: str | None = None
 
     def __post_init__(self) -> None:
@@ -245,8 +246,11 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx
     try:
         response = client.request(method, url, **kwargs)
     except httpx.TransportError as exc:
+        hint = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            hint = " (its certificate is not from the CA this device trusts for it: see --ca)"
         raise Unavailable(
-            f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}"
+            f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}{hint}"
         ) from None
     if response.status_code >= 400:
         raise error_from_http(response.status_code, error_detail(response), f"{method} {response.url.path}")

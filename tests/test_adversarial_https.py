@@ -232,6 +232,16 @@ def test_the_agent_refuses_a_control_plane_its_cas_do_not_verify(
             client.close()
 
 
+def test_a_token_without_a_pin_needs_the_ca_given_and_fails_closed(
+    control: ControlProcess, pki: CertPaths, tmp_path: Path
+) -> None:
+    secret, _ = split_enrollment_token(_new_token(control, "phone-unpinned"))
+    with pytest.raises(Unavailable, match="CERTIFICATE_VERIFY_FAILED.*see --ca"):
+        enroll(control.url, secret, tmp_path / "device.json")  # only the public CAs: TLS fails first
+    credential = enroll(control.url, secret, tmp_path / "device.json", ca_file=pki.ca_cert)
+    assert credential.control_plane_ca_pem == pki.ca_cert.read_text()  # the token was still unspent
+
+
 class _Proxy(http.server.BaseHTTPRequestHandler):
     """An on-path attacker in front of the real control plane: forwards, but swaps the enrolled CA."""
 

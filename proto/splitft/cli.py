@@ -157,11 +157,12 @@ def _health_credentials(args: argparse.Namespace):
 def _control_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from splitft.trust import is_loopback
     from splitft_control.app import create_app
 
     settings = _control_settings(args)
     tls = settings.tls_files()  # checked before anything starts: a missing file is a CLI error
-    if tls is None:
+    if tls is None and not is_loopback(args.host):
         logger.warning(
             "serving the control plane over plaintext HTTP: bearer secrets and the CA cross the network "
             "in clear; give --certs DIR for HTTPS unless a TLS-terminating proxy is in front"
