@@ -35,8 +35,9 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 SPLITFT_DATA_DIR=/data
 WORKDIR /home/splitft
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# HTTPS (verified against the deployment CA in it) when SPLITFT_TLS_CERTS_DIR is set, else HTTP.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["/opt/venv/bin/python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status != 200)"]
+  CMD ["/opt/venv/bin/python", "-c", "import os, ssl, sys, urllib.request as u; d = os.environ.get('SPLITFT_TLS_CERTS_DIR'); ctx = ssl.create_default_context(cafile=d + '/ca.pem') if d else None; sys.exit(u.urlopen(('https' if d else 'http') + '://127.0.0.1:8080/healthz', timeout=4, context=ctx).status != 200)"]
 ENTRYPOINT ["/opt/venv/bin/splitft", "control", "serve"]
 CMD ["--host", "0.0.0.0", "--port", "8080"]
 USER 10001:10001
