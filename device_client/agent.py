@@ -44,6 +44,7 @@ from splitft.loading import read_config
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.tokens import check_session_id, unverified_claims
+from splitft.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
@@ -177,11 +178,21 @@ def parse_assignment(raw: Any) -> Assignment:
 class ControlPlaneClient:
     """The device routes of the control plane, authenticated with the device credential."""
 
-    def __init__(self, credential: DeviceCredential, http: httpx.Client | None = None) -> None:
-        self.base = credential.control_plane
+    def __init__(
+        self, credential: DeviceCredential, http: httpx.Client | None = None, *, insecure: bool = False
+    ) -> None:
+        # Plaintext to another host is refused unless insecure; HTTPS is verified against the CA
+        # that verified the control plane at enrollment, else (a credential enrolled over loopback
+        # HTTP or before HTTPS, or through a public certificate) the deployment CA and public CAs.
+        self.base = check_control_url(credential.control_plane, insecure=insecure)
         self._headers = credential.auth_headers
         self._owned = http is None
-        self.http = http if http is not None else httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
+        if http is None:
+            anchor = credential.control_plane_ca_pem
+            http = control_client(
+                anchor or credential.ca_pem, public_cas=anchor is None, timeout=DEFAULT_HTTP_TIMEOUT
+            )
+        self.http = http
 
     def next_assignment(self) -> tuple[Assignment | None, float | None]:
         """The next assignment, or None and the server's Retry-After (seconds) when there is none."""
@@ -414,7 +425,8 @@ class DeviceAgent:
     `model_dirs` maps the model names jobs use (as the edges serve them) to local Hugging Face
     directories with the tokenizer. `data` is a JSONL path or a sequence of examples (see
     `datasets.as_examples`); it is loaded and checked once, now. `insecure=True` dials edges in
-    plaintext (for an edge started with --insecure); otherwise the credential must hold a client
+    plaintext (for an edge started with --insecure) and accepts a plaintext http:// control plane on
+    another host; otherwise the credential must hold a client
     certificate, its key and the CA. `tokenizer_loader(model_dir)` replaces AutoTokenizer.
     """
 
@@ -446,7 +458,7 @@ class DeviceAgent:
         self.insecure = insecure
         self.connect_timeout = connect_timeout
         self.record_dir = Path(record_dir) if record_dir is not None else None
-        self.client = ControlPlaneClient(credential, http)
+        self.client = ControlPlaneClient(credential, http, insecure=insecure)
         self._tokenizer_loader = tokenizer_loader or _load_tokenizer
         self._stop = threading.Event()
         self._retry_after: float | None = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 
 from splitft.errors import InvalidArgument, Unavailable
+from splitft.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +36,14 @@ class ControlPlaneLink:
         models: list[str],
         max_sessions: int,
         http: httpx.Client | None = None,
+        ca_pem: bytes | None = None,
+        insecure: bool = False,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise InvalidArgument(f"--control-plane must be an http(s) URL, got {url!r}")
+        """`ca_pem` verifies the control plane's HTTPS (None: the system's trust store); plaintext
+        http:// to another host is refused unless `insecure`."""
+        self.url = check_control_url(url, insecure=insecure)
         if not secret:
             raise InvalidArgument("--edge-secret is required with --control-plane")
-        self.url = url.rstrip("/")
         self.secret = secret
         self.body = {
             "name": name,
@@ -48,7 +51,7 @@ class ControlPlaneLink:
             "models": models,
             "capacity": {"max_sessions": max_sessions, "memory_free_bytes": 0},
         }
-        self.http = http or httpx.Client(timeout=10)
+        self.http = http or control_client(ca_pem, timeout=10)
         self.registration: Registration | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

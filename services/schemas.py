@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.trust import TOKEN_SEPARATOR
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -83,12 +84,22 @@ class DeviceCreate(Strict):
 class DeviceCreated(Strict):
     id: str
     name: str
-    enrollment_token: str = Field(description="one-time; the device trades it for a credential")
+    enrollment_token: str = Field(
+        description="one-time; the device trades it for a credential. `<secret>.<CA SHA-256>` when the "
+        "control plane has a deployment CA: the device refuses any other CA"
+    )
 
 
 class DeviceEnroll(Strict):
     enrollment_token: str = Field(min_length=8, max_length=512)
     csr_pem: str | None = Field(None, max_length=16_384, description="PEM CSR for a client certificate")
+
+    @field_validator("enrollment_token")
+    @classmethod
+    def _secret_only(cls, value: str) -> str:
+        # The CA fingerprint after the last "." is for the device; the store knows the secret's hash.
+        secret, sep, _ = value.rpartition(TOKEN_SEPARATOR)
+        return secret if sep and secret else value
 
 
 class DeviceEnrolled(Strict):

@@ -24,6 +24,9 @@ class ControlSettings(BaseSettings):
     operator_key: str | None = Field(None, description="the first operator API key (else generated once)")
     edge_secret: str | None = Field(None, description="shared secret edges enroll with")
     certs_dir: Path | None = Field(None, description="deployment CA (ca.pem, ca.key) for device CSRs")
+    tls_certs_dir: Path | None = Field(
+        None, description="serve HTTPS with control.pem and control.key from here (`splitft certs init`)"
+    )
     heartbeat_interval: float = Field(5.0, gt=0, description="how often edges should heartbeat (s)")
     heartbeat_timeout: float = Field(20.0, gt=0, description="silence after which an edge is down (s)")
     schedule_interval: float = Field(1.0, gt=0, description="scheduler period (s)")
@@ -52,5 +55,20 @@ class ControlSettings(BaseSettings):
     def ca_dir(self) -> Path | None:
         if self.certs_dir is not None:
             return self.certs_dir
-        default = self.data_dir / "certs"
-        return default if (default / "ca.key").is_file() else None
+        for default in (self.data_dir / "certs", self.tls_certs_dir):
+            if default is not None and (default / "ca.key").is_file():
+                return default
+        return None
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) to serve HTTPS with, checked to exist; None for plaintext HTTP."""
+        if self.tls_certs_dir is None:
+            return None
+        cert, key = self.tls_certs_dir / "control.pem", self.tls_certs_dir / "control.key"
+        missing = [str(p) for p in (cert, key) if not p.is_file()]
+        if missing:
+            raise InvalidArgument(
+                f"no {' or '.join(missing)}: run `splitft certs init --dir {self.tls_certs_dir} --host ...` "
+                f"(or `splitft certs control` for an existing CA) first"
+            )
+        return cert, key

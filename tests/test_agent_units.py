@@ -63,7 +63,7 @@ from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.stdlib_task import Example
 from splitft.tokens import generate_issuer_key, issue_token
 
-CP = "http://control.test:8000"
+CP = "http://127.0.0.1:8000"  # loopback: plaintext to another host needs insecure=True
 
 
 def credential(**overrides: Any) -> DeviceCredential:

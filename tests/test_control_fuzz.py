@@ -36,7 +36,7 @@ FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
 )
 # Routes anyone may call; every other route must refuse a caller without credentials.
-PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/devices/enroll")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/ca.pem"), ("POST", "/v1/devices/enroll")}
 # A name the fuzzer will not re-register (which would rotate the edge credential under us).
 EDGE_NAME = "fuzz-fixture-edge-7f3a9c"
 SEEN: Counter[tuple[str, str, bool, int]] = Counter()  # (method, route, with credential, status) -> calls

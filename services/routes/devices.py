@@ -8,6 +8,7 @@ from fastapi import APIRouter, status
 
 from splitft.certs import sign_device_key
 from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft.trust import bind_enrollment_token
 from splitft_control.deps import Operator, State, StoreDep
 from splitft_control.models import Device
 from splitft_control.schemas import DeviceCreate, DeviceCreated, DeviceEnroll, DeviceEnrolled, DevicePublic
@@ -26,9 +27,13 @@ def device_public(device: Device) -> DevicePublic:
 
 
 @router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED, dependencies=[Operator])
-def create_device(body: DeviceCreate, store: StoreDep) -> DeviceCreated:
+def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCreated:
     device, token = store.create_device(name=body.name)
-    return DeviceCreated(id=device.id, name=device.name, enrollment_token=token)
+    ca_dir = state.settings.ca_dir  # the token pins the CA the device will be handed (see splitft.trust)
+    ca_pem = (ca_dir / "ca.pem").read_bytes() if ca_dir is not None else None
+    return DeviceCreated(
+        id=device.id, name=device.name, enrollment_token=bind_enrollment_token(token, ca_pem)
+    )
 
 
 @router.get("", response_model=list[DevicePublic], dependencies=[Operator])
