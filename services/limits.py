@@ -70,7 +70,12 @@ class BodyLimitMiddleware:
         if _needs_bearer(scope) and not headers.get("authorization", "").lower().startswith("bearer "):
             await _answer(send, 401, "missing credential (Authorization: Bearer ...)", bearer=True)
             return
-        await self.app(scope, _counting(receive, limit, setting), send)
+        guard = _StreamGuard(receive, send, limit, setting)
+        try:
+            await self.app(scope, guard.receive, guard.send)
+        except PayloadTooLarge:
+            if not guard.answered:
+                raise
 
 
 def _needs_bearer(scope: Scope) -> bool:
@@ -78,20 +83,35 @@ def _needs_bearer(scope: Scope) -> bool:
     return path.startswith("/v1/") and path not in _OPEN_PATHS and scope["method"] != "OPTIONS"
 
 
-def _counting(receive: Receive, limit: int, setting: str) -> Receive:
-    """`receive`, raising PayloadTooLarge (a 413 through the app's error handler) past `limit`."""
-    seen = 0
+class _StreamGuard:
+    """Counts the body as it arrives; past the limit it answers 413 itself and drops whatever the app
+    sends after that (FastAPI turns an error while it reads a body into its own 400)."""
 
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
+    def __init__(self, receive: Receive, send: Send, limit: int, setting: str) -> None:
+        self._receive, self._send = receive, send
+        self.limit, self.setting = limit, setting
+        self.seen = 0
+        self.started = False
+        self.answered = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(too_large_message(limit, setting))
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                detail = too_large_message(self.limit, self.setting)
+                if not self.started:
+                    await _answer(self._send, 413, detail)
+                    self.started = self.answered = True
+                raise PayloadTooLarge(detail)
         return message
 
-    return wrapped
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 async def _answer(send: Send, status: int, detail: str, *, bearer: bool = False) -> None:
