@@ -1,7 +1,7 @@
 """Revocation: operators disable or delete devices and edges, and edges learn which sessions to close.
 
 A session an edge must close (its job cancelled, its device disabled, or it was placed on another
-edge) is a `SessionClosure` row. Each heartbeat answer carries the edge's whole current list, and the
+edge after this one went silent) is a `SessionClosure` row. Each heartbeat answer carries the edge's whole current list, and the
 edge closes those sessions and refuses to open them again, so a token for one stops working there.
 Rows older than the longest token lifetime are dropped: no token for them can still be valid.
 """
@@ -26,9 +26,12 @@ def closures_for_edge(store: Store, *, edge_id: str, token_ttl: int) -> list[str
     cutoff = utcnow() - timedelta(seconds=token_ttl) - CLOSURE_GRACE
     with store.tx() as s:
         s.execute(delete(SessionClosure).where(SessionClosure.created_at < cutoff))
+        # A session taken from a silent edge waits to be placed again, maybe on that same edge once
+        # it is back (its device may still be training there): it is listed only once placed elsewhere.
         rows = s.scalars(
             select(SessionClosure.session_id)
-            .where(SessionClosure.edge_id == edge_id)
+            .join(JobSession, JobSession.id == SessionClosure.session_id)
+            .where(SessionClosure.edge_id == edge_id, JobSession.state != "waiting")
             .order_by(SessionClosure.id.desc())
             .limit(MAX_CLOSURES_PER_ANSWER)
         )

@@ -171,19 +171,27 @@ def test_a_cancelled_job_s_session_is_closed_on_its_edge(client: TestClient) -> 
     assert beat(client, register_edge(client, "edge-b")).json()["close_sessions"] == []  # per edge
 
 
-def test_a_session_placed_back_on_its_edge_is_no_longer_refused_there(client: TestClient) -> None:
-    """Marked down, the edge's session is to be closed there; placed there again, it is not."""
+def test_a_session_of_a_silent_edge_is_closed_there_only_once_placed_elsewhere(client: TestClient) -> None:
+    """Marked down (e.g. the control plane was down a while), an edge keeps its session while it waits
+    to be placed again: back on the same edge the device trains on; moved, the old edge closes it."""
     from datetime import timedelta
 
-    state = client.app.state.control  # type: ignore[attr-defined]
-    edge = register_edge(client, "edge-a")
+    store = client.app.state.control.store  # type: ignore[attr-defined]
+    a = register_edge(client, "edge-a")
     _, assignment = running(client, "phone")
+    session_id = assignment["session_id"]
     time.sleep(0.05)
-    assert state.store.mark_stale_edges(timeout=timedelta(seconds=0)) == [edge["id"]]
-    assert beat(client, edge).json()["close_sessions"] == [assignment["session_id"]]
-    # The heartbeat revived the edge; the next placement puts the session back on it.
-    assert state.store.place_waiting() == 1
-    assert beat(client, edge).json()["close_sessions"] == []
+    assert store.mark_stale_edges(timeout=timedelta(seconds=0)) == [a["id"]]
+    assert beat(client, a).json()["close_sessions"] == []  # waiting: maybe back here
+    assert store.place_waiting() == 1  # the heartbeat revived edge-a: the session is back on it
+    assert beat(client, a).json()["close_sessions"] == []
+    time.sleep(0.05)
+    assert store.mark_stale_edges(timeout=timedelta(seconds=0)) == [a["id"]]
+    b = register_edge(client, "edge-b")  # places the waiting session on edge-b
+    job = client.get(f"/v1/jobs/{assignment['job_id']}", headers=OPERATOR).json()
+    assert job["sessions"][0]["edge_id"] == b["id"]
+    assert beat(client, a).json()["close_sessions"] == [session_id]
+    assert beat(client, b).json()["close_sessions"] == []
 
 
 # --- L4: one-time enrollment tokens under concurrency ----------------------------------------------------
