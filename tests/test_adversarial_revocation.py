@@ -224,3 +224,30 @@ def test_an_enrollment_token_works_once_even_concurrently(client: TestClient) ->
         thread.join(timeout=60)
     assert len(wins) == 1 and len(refusals) == racers - 1, (wins, refusals)
     assert store.authenticate_device(credential=wins[0]).name == "phone"
+
+
+# --- the migration that adds revocation keeps what was stored -----------------------------------------
+
+
+def test_migration_0002_keeps_existing_edges_and_devices(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from splitft_control import migrate
+    from splitft_control.store import Store, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = migrate.alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO devices (id, name, status, created_at) VALUES ('d1', 'phone', 'enrolled', "
+                "'2026-11-01 00:00:00')"
+            )
+        )
+    migrate.upgrade(engine)
+    (device,) = Store(engine).list_devices()
+    assert (device.name, device.status, device.disabled_at) == ("phone", "enrolled", None)
+    engine.dispose()
