@@ -1,8 +1,9 @@
 """Revocation: operators disable or delete devices and edges, and edges learn which sessions to close.
 
 A session an edge must close (its job cancelled, its device disabled, or it was placed on another
-edge after this one went silent) is a `SessionClosure` row. Each heartbeat answer carries the edge's whole current list, and the
-edge closes those sessions and refuses to open them again, so a token for one stops working there.
+edge after this one went silent) is a `SessionClosure` row. Each heartbeat answer carries the
+edge's whole current list, and the edge closes those sessions and refuses to open them again, so a
+token for one stops working there.
 Rows older than the longest token lifetime are dropped: no token for them can still be valid.
 """
 
