@@ -194,6 +194,29 @@ def test_a_session_of_a_silent_edge_is_closed_there_only_once_placed_elsewhere(c
     assert beat(client, b).json()["close_sessions"] == []
 
 
+def test_closures_expire_with_the_longest_token_lifetime(client: TestClient) -> None:
+    """No token for a session outlives token_ttl: past it (plus grace) its closure row is dropped."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from splitft_control.models import SessionClosure, utcnow
+    from splitft_control.revocation import CLOSURE_GRACE, closures_for_edge
+
+    state = client.app.state.control  # type: ignore[attr-defined]
+    edge = register_edge(client, "edge-a")
+    _, assignment = running(client, "phone")
+    client.post(f"/v1/jobs/{assignment['job_id']}/cancel", headers=OPERATOR)
+    ttl = state.settings.token_ttl
+    assert closures_for_edge(state.store, edge_id=edge["id"], token_ttl=ttl) == [assignment["session_id"]]
+    with state.store.tx() as s:  # as if the job had been cancelled just over ttl + grace ago
+        old = utcnow() - timedelta(seconds=ttl) - CLOSURE_GRACE - timedelta(seconds=5)
+        s.execute(update(SessionClosure).values(created_at=old))
+    assert closures_for_edge(state.store, edge_id=edge["id"], token_ttl=ttl) == []
+    with state.store.tx() as s:
+        assert s.query(SessionClosure).count() == 0
+
+
 # --- L4: one-time enrollment tokens under concurrency ----------------------------------------------------
 
 
