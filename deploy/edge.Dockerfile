@@ -30,8 +30,8 @@ RUN set -eu; torch_index=; \
 
 FROM ${BASE_IMAGE}
 RUN useradd --create-home --uid 10001 --user-group splitft \
- && mkdir -p /models /certs \
- && chown splitft:splitft /certs
+ && mkdir -p /models /certs /var/lib/splitft \
+ && chown splitft:splitft /certs /var/lib/splitft
 # Metadata first and the virtualenv last: one big layer, and cheap rebuilds of the rest.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 WORKDIR /home/splitft

@@ -49,11 +49,13 @@ from splitft.trust import check_control_url, control_client
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
 
-# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas.
+# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas
+# (with, when the head is new, head.safetensors); nothing else (splitft_control.archive).
 ADAPTER_LAYOUTS = (
     ("adapter_config.json", ADAPTER_WEIGHTS),
     ("sparse_config.json", "sparse_deltas.safetensors"),
 )
+ADAPTER_OPTIONAL = ((), ("head.safetensors",))
 SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
 MAX_REASON_CHARS = 500
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
@@ -318,15 +320,17 @@ def lora_config(spec: JobSpec) -> peft.LoraConfig:
 
 
 def pack_adapter(directory: str | Path) -> bytes:
-    """The adapter directory as a .tar.gz of its top-level files, byte-identical for identical files."""
+    """The adapter's files as a .tar.gz, byte-identical for identical files; other files in the
+    directory (a peft README.md, say) are left out, since the control plane accepts only these."""
     root = Path(directory)
     layouts = [[name for name in layout if not (root / name).is_file()] for layout in ADAPTER_LAYOUTS]
-    missing = min(layouts, key=len)
-    if missing:
-        raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(missing)}")
+    index = min(range(len(layouts)), key=lambda i: len(layouts[i]))
+    if layouts[index]:
+        raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(layouts[index])}")
+    wanted = {*ADAPTER_LAYOUTS[index], *ADAPTER_OPTIONAL[index]}
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path in sorted(p for p in root.iterdir() if p.is_file()):
+        for path in sorted(p for p in root.iterdir() if p.is_file() and p.name in wanted):
             data = path.read_bytes()
             info = tarfile.TarInfo(path.name)
             info.size, info.mode = len(data), 0o644

@@ -14,12 +14,20 @@ from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
 from edge_server.session import SessionOwner, TrunkSession
 from splitft.compress import parse_codecs
-from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from splitft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from splitft.methods.wire import TrunkMethod
 from splitft.spans import SplitSpec
 from splitft.tokens import check_session_id
 
 logger = logging.getLogger(__name__)
+MAX_REVOKED = 10_000  # the control plane sends at most this many (splitft_control.revocation)
 
 
 class SessionManager:
@@ -42,6 +50,7 @@ class SessionManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._revoked: frozenset[str] = frozenset()
 
     def open(
         self,
@@ -58,6 +67,8 @@ class SessionManager:
         owner: SessionOwner | None = None,
     ) -> TrunkSession:
         """Open a session; its slot (edge-wide and per device) is reserved before it is built."""
+        if session_id is not None and session_id in self._revoked:
+            raise PermissionDenied(f"session {session_id!r} was revoked by the control plane")
         served = self.registry.get(model)
         if expect is not None:
             _check_same_model(served.span.config, served.num_layers, expect)
@@ -139,6 +150,22 @@ class SessionManager:
         with session.lock:
             session.release()
         logger.info("closed session %s", session_id)
+
+    def revoke(self, session_ids: list[str]) -> list[str]:
+        """Make `session_ids` (the control plane's whole current list) the sessions this edge refuses
+        to open, and close those that are open; returns the ids it closed."""
+        self._revoked = frozenset(session_ids[:MAX_REVOKED])
+        with self._lock:
+            doomed = [sid for sid in self._sessions if sid in self._revoked]
+        closed = []
+        for session_id in doomed:
+            try:
+                self.close(session_id)
+            except NotFound:  # closed or expired meanwhile
+                continue
+            closed.append(session_id)
+            logger.info("closed session %s: revoked by the control plane", session_id)
+        return closed
 
     def count(self) -> int:
         with self._lock:

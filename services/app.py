@@ -22,12 +22,15 @@ from splitft.errors import NotFound, SplitftError
 from splitft.files import write_private_file
 from splitft.trust import CA_PATH
 from splitft_control import migrate
+from splitft_control.limits import BodyLimitMiddleware, BodyLimits
 from splitft_control.routes import device_side, devices, edges, jobs
 from splitft_control.settings import ControlSettings
 from splitft_control.state import ControlState
 from splitft_control.store import Store
 
 logger = logging.getLogger(__name__)
+# Metric labels come from a fixed set: any other method is "OTHER", any unknown path "unmatched".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def bootstrap_operator_key(store: Store, settings: ControlSettings) -> str | None:
@@ -79,7 +82,13 @@ def create_app(settings: ControlSettings, state: ControlState | None = None) -> 
     app.state.control = control
     for router in (edges.router, devices.router, jobs.router, device_side.router):
         app.include_router(router)
-    _add_observability(app, control)
+    limits = BodyLimits(
+        json=control.settings.max_body_bytes,
+        metrics=control.settings.max_metrics_body_bytes,
+        adapter=control.settings.max_adapter_bytes,
+    )
+    app.add_middleware(BodyLimitMiddleware, limits=limits)  # type: ignore[arg-type]
+    _add_observability(app, control)  # added last: outermost, so refused requests are timed too
     _add_ca_route(app, control)
     _add_error_handlers(app)
     return app
@@ -129,7 +138,8 @@ def _add_observability(app: FastAPI, control: ControlState) -> None:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        control.metrics.latency.labels(request.method, path, str(response.status_code)).observe(
+        method = request.method if request.method in _METHODS else "OTHER"
+        control.metrics.latency.labels(method, path, str(response.status_code)).observe(
             time.perf_counter() - started
         )
         return response

@@ -69,9 +69,17 @@ class EdgePublic(Strict):
     address: str
     models: list[str]
     capacity: EdgeCapacity
-    status: Literal["up", "down"]
+    status: Literal["up", "down", "disabled"]
     active_sessions: int
     last_heartbeat_at: datetime | None
+
+
+class EdgeHeartbeatAnswer(EdgePublic):
+    close_sessions: list[str] = Field(
+        default_factory=list,
+        description="sessions this edge must close and refuse to open: their job was cancelled, "
+        "their device disabled, or they were placed on another edge (the whole current list)",
+    )
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -113,9 +121,10 @@ class DeviceEnrolled(Strict):
 class DevicePublic(Strict):
     id: str
     name: str
-    status: Literal["pending", "enrolled"]
+    status: Literal["pending", "enrolled", "disabled"]
     created_at: datetime
     enrolled_at: datetime | None
+    disabled_at: datetime | None = None
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -271,6 +280,9 @@ class SessionMetrics(Strict):
 class JobMetrics(Strict):
     job_id: str
     sessions: list[SessionMetrics]
+    next_after: int | None = Field(
+        None, description="pass as ?after= for the next page; null when this page is the last"
+    )
 
 
 class SessionFail(Strict):

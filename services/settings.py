@@ -32,6 +32,17 @@ class ControlSettings(BaseSettings):
     schedule_interval: float = Field(1.0, gt=0, description="scheduler period (s)")
     token_ttl: int = Field(3600, gt=0, le=7 * 24 * 3600, description="session token lifetime (s)")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, gt=0, description="largest adapter upload")
+    max_adapter_unpacked_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="most bytes one adapter upload may gunzip to"
+    )
+    max_adapter_members: int = Field(8, ge=2, le=1024, description="most files in one adapter archive")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
+    max_metrics_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest body of POST /v1/sessions/{id}/metrics"
+    )
+    max_metric_points_per_session: int = Field(
+        100_000, ge=1, description="metric points one session may store in all"
+    )
 
     def check_secrets(self) -> None:
         """Refuse to serve with a missing, default or short secret, unless in dev mode."""

@@ -341,7 +341,7 @@ def test_oversized_adapter_upload_is_413(tmp_path: Path) -> None:
     response = client.post(
         f"/v1/sessions/{assignment['session_id']}/complete", content=upload, headers=bearer(credential) | GZIP
     )
-    assert "exceeds 1024 bytes" in assert_status(response, 413)["detail"]
+    assert "exceeds the 1024-byte limit" in assert_status(response, 413)["detail"]
 
 
 def test_a_valid_adapter_round_trips_and_the_job_succeeds(client: TestClient) -> None:

@@ -70,7 +70,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     link = _register_edge(args, config, registry) if args.control_plane else None
     server = EdgeServer(config, registry)
     if link is not None:
-        link.start(server.sessions.count)
+        link.start(server.sessions.count, server.sessions.revoke)
     try:
         server.serve_forever()
     finally:
@@ -99,6 +99,7 @@ def _register_edge(args: argparse.Namespace, config, registry):
         max_sessions=config.max_sessions,
         ca_pem=_control_plane_ca(args),
         insecure=args.insecure,
+        credential_file=args.edge_credential_file,
     )
     registration = link.register()
     config.token_issuer_pems.append(registration.issuer_public_pem)
@@ -479,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="enrollment secret for --control-plane (default: $SPLITFT_EDGE_SECRET)",
     )
     serve.add_argument("--edge-name", default=None, help="name to register under (default: host name)")
+    serve.add_argument(
+        "--edge-credential-file",
+        default=os.environ.get("SPLITFT_EDGE_CREDENTIAL_FILE"),
+        metavar="PATH",
+        help="keep this edge's control-plane credential here (0600), so a restart can register its "
+        "name again: the shared secret only registers new names (default: $SPLITFT_EDGE_CREDENTIAL_FILE)",
+    )
     serve.add_argument(
         "--advertise-address",
         default=None,
