@@ -30,8 +30,8 @@ RUN set -eu; torch_index=; \
 
 FROM ${BASE_IMAGE}
 RUN useradd --create-home --uid 10001 --user-group splitft \
- && mkdir -p /models /certs \
- && chown splitft:splitft /certs
+ && mkdir -p /models /certs /var/lib/splitft \
+ && chown splitft:splitft /certs /var/lib/splitft
 # Metadata first and the virtualenv last: one big layer, and cheap rebuilds of the rest.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 WORKDIR /home/splitft
@@ -41,6 +41,6 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=3 \
   CMD ["/opt/venv/bin/splitft", "--log-level", "error", "edge", "health", "--address", "127.0.0.1:50051", "--certs", "/certs"]
 ENTRYPOINT ["/opt/venv/bin/splitft", "edge", "serve"]
-CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9400", "--model-dir", "/models/model", "--certs", "/certs"]
+CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9400", "--model-dir", "/models/model", "--certs", "/certs", "--token-issuer-key", "/certs/issuer.pub"]
 USER 10001:10001
 COPY --from=build /opt/venv /opt/venv

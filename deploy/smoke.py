@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -76,6 +77,7 @@ def heldout_accuracy(model_dir: Path, adapter: Path, task) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--control-plane", required=True, metavar="URL")
+    parser.add_argument("--ca", required=True, type=Path, help="the deployment CA (verifies HTTPS)")
     parser.add_argument("--operator-key", required=True)
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
@@ -90,7 +92,8 @@ def main() -> int:
     task = build_stdlib_task(max_per_class=args.max_per_class)
     data = write_jsonl(task.train, args.out / "train.jsonl")
     headers = {"Authorization": f"Bearer {args.operator_key}"}
-    with httpx.Client(base_url=args.control_plane, headers=headers, timeout=30) as api:
+    verify = ssl.create_default_context(cafile=str(args.ca))
+    with httpx.Client(base_url=args.control_plane, headers=headers, timeout=30, verify=verify) as api:
         token = api.post("/v1/devices", json={"name": DEVICE}).raise_for_status().json()["enrollment_token"]
         credential = args.out / f"{DEVICE}.json"
         splitft("device", "enroll", "--control-plane", args.control_plane, "--token", token,

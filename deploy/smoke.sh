@@ -74,22 +74,26 @@ done
 log "stack healthy in $((SECONDS - started)) s: $(for s in postgres control edge; do printf '%s=%s ' $s "$(health $s)"; done)"
 log "certs one-shot exited $($DOCKER inspect -f '{{.State.ExitCode}}' "$(compose ps -q certs)")"
 
-log "device on the host: enroll, train one session over mutual TLS, fetch the adapter over REST"
-"$PYTHON" deploy/smoke.py --control-plane "http://127.0.0.1:$SPLITFT_CONTROL_PORT" \
+# The operator's REST client verifies the control plane's HTTPS with the deployment CA (public);
+# the device needs nothing but its enrollment token, which pins that CA.
+compose cp control:/certs/ca.pem "$OUT/ca.pem" >/dev/null
+log "device on the host: enroll, train one session over mutual TLS, fetch the adapter over REST (HTTPS)"
+"$PYTHON" deploy/smoke.py --control-plane "https://127.0.0.1:$SPLITFT_CONTROL_PORT" --ca "$OUT/ca.pem" \
   --operator-key "$SPLITFT_OPERATOR_KEY" --model-dir "$SPLITFT_MODEL_DIR" --out "$OUT" 2>"$OUT/device.log" \
   | tee "$OUT/summary.json"
 
 metric() {  # metric URL PREFIX...: the samples whose line starts with one of the prefixes
-  "$PYTHON" -c 'import httpx, sys
-for line in httpx.get(sys.argv[1], timeout=10).raise_for_status().text.splitlines():
-    if line.startswith(tuple(sys.argv[2:])):
-        print(line)' "$@"
+  "$PYTHON" -c 'import httpx, ssl, sys
+verify = ssl.create_default_context(cafile=sys.argv[1])
+for line in httpx.get(sys.argv[2], timeout=10, verify=verify).raise_for_status().text.splitlines():
+    if line.startswith(tuple(sys.argv[3:])):
+        print(line)' "$OUT/ca.pem" "$@"
 }
 log "edge metrics after the job:"
 metric "http://127.0.0.1:$SPLITFT_EDGE_METRICS_PORT/metrics" splitft_edge_step_seconds_count \
   splitft_edge_received_bytes_total splitft_edge_sent_bytes_total splitft_edge_trunk_parameter_bytes \
   splitft_edge_active_sessions | sed 's/^/  /'
-metric "http://127.0.0.1:$SPLITFT_CONTROL_PORT/metrics" 'splitft_jobs{' | sed 's/^/  control: /'
+metric "https://127.0.0.1:$SPLITFT_CONTROL_PORT/metrics" 'splitft_jobs{' | sed 's/^/  control: /'
 
 log "docker stop (SIGTERM) must be graceful: exit 0, well inside the grace period"
 started=$SECONDS

@@ -43,16 +43,19 @@ from splitft.errors import (
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.model.loading import read_config
-from splitft.security.tokens import unverified_claims
+from splitft.security.tokens import check_session_id, unverified_claims
+from splitft.security.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
 
-# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas.
+# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas
+# (with, when the head is new, head.safetensors); nothing else (splitft_control.archive).
 ADAPTER_LAYOUTS = (
     ("adapter_config.json", ADAPTER_WEIGHTS),
     ("sparse_config.json", "sparse_deltas.safetensors"),
 )
+ADAPTER_OPTIONAL = ((), ("head.safetensors",))
 SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
 MAX_REASON_CHARS = 500
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
@@ -164,6 +167,10 @@ def parse_assignment(raw: Any) -> Assignment:
         raise Unavailable(f"the control plane sent a malformed assignment: {exc}") from None
     if (spec.steps is None) == (spec.epochs is None):
         raise Unavailable("the control plane sent an assignment without exactly one of steps or epochs")
+    try:  # the session id names files under --record-dir and URL paths: never a path of its own
+        check_session_id(assignment.session_id)
+    except InvalidArgument as exc:
+        raise Unavailable(f"the control plane sent a malformed assignment: {exc.message}") from None
     return assignment
 
 
@@ -173,11 +180,21 @@ def parse_assignment(raw: Any) -> Assignment:
 class ControlPlaneClient:
     """The device routes of the control plane, authenticated with the device credential."""
 
-    def __init__(self, credential: DeviceCredential, http: httpx.Client | None = None) -> None:
-        self.base = credential.control_plane
+    def __init__(
+        self, credential: DeviceCredential, http: httpx.Client | None = None, *, insecure: bool = False
+    ) -> None:
+        # Plaintext to another host is refused unless insecure; HTTPS is verified against the CA
+        # that verified the control plane at enrollment, else (a credential enrolled over loopback
+        # HTTP or before HTTPS, or through a public certificate) the deployment CA and public CAs.
+        self.base = check_control_url(credential.control_plane, insecure=insecure)
         self._headers = credential.auth_headers
         self._owned = http is None
-        self.http = http if http is not None else httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
+        if http is None:
+            anchor = credential.control_plane_ca_pem
+            http = control_client(
+                anchor or credential.ca_pem, public_cas=anchor is None, timeout=DEFAULT_HTTP_TIMEOUT
+            )
+        self.http = http
 
     def next_assignment(self) -> tuple[Assignment | None, float | None]:
         """The next assignment, or None and the server's Retry-After (seconds) when there is none."""
@@ -303,15 +320,17 @@ def lora_config(spec: JobSpec) -> peft.LoraConfig:
 
 
 def pack_adapter(directory: str | Path) -> bytes:
-    """The adapter directory as a .tar.gz of its top-level files, byte-identical for identical files."""
+    """The adapter's files as a .tar.gz, byte-identical for identical files; other files in the
+    directory (a peft README.md, say) are left out, since the control plane accepts only these."""
     root = Path(directory)
     layouts = [[name for name in layout if not (root / name).is_file()] for layout in ADAPTER_LAYOUTS]
-    missing = min(layouts, key=len)
-    if missing:
-        raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(missing)}")
+    index = min(range(len(layouts)), key=lambda i: len(layouts[i]))
+    if layouts[index]:
+        raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(layouts[index])}")
+    wanted = {*ADAPTER_LAYOUTS[index], *ADAPTER_OPTIONAL[index]}
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path in sorted(p for p in root.iterdir() if p.is_file()):
+        for path in sorted(p for p in root.iterdir() if p.is_file() and p.name in wanted):
             data = path.read_bytes()
             info = tarfile.TarInfo(path.name)
             info.size, info.mode = len(data), 0o644
@@ -410,7 +429,8 @@ class DeviceAgent:
     `model_dirs` maps the model names jobs use (as the edges serve them) to local Hugging Face
     directories with the tokenizer. `data` is a JSONL path or a sequence of examples (see
     `datasets.as_examples`); it is loaded and checked once, now. `insecure=True` dials edges in
-    plaintext (for an edge started with --insecure); otherwise the credential must hold a client
+    plaintext (for an edge started with --insecure) and accepts a plaintext http:// control plane on
+    another host; otherwise the credential must hold a client
     certificate, its key and the CA. `tokenizer_loader(model_dir)` replaces AutoTokenizer.
     """
 
@@ -442,7 +462,7 @@ class DeviceAgent:
         self.insecure = insecure
         self.connect_timeout = connect_timeout
         self.record_dir = Path(record_dir) if record_dir is not None else None
-        self.client = ControlPlaneClient(credential, http)
+        self.client = ControlPlaneClient(credential, http, insecure=insecure)
         self._tokenizer_loader = tokenizer_loader or _load_tokenizer
         self._stop = threading.Event()
         self._retry_after: float | None = None
@@ -572,7 +592,7 @@ class DeviceAgent:
         """Keep what this device saw at the end: its adapter and its evaluation logits on a few local
         examples, so anyone can check the adapter served by the control plane reproduces them."""
         assert self.record_dir is not None
-        out = self.record_dir / assignment.session_id
+        out = self.record_dir / check_session_id(assignment.session_id)
         model.save_adapter(out / "adapter")
         texts = [e.text for e in self.examples[:RECORD_EXAMPLES]]
         batch = tokenizer(

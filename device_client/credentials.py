@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,15 @@ from splitft.errors import (
     SplitftError,
     Unauthenticated,
     Unavailable,
+)
+from splitft.security.files import write_private_file
+from splitft.security.trust import (
+    check_ca,
+    check_control_url,
+    control_client,
+    fetch_pinned_ca,
+    read_ca_file,
+    split_enrollment_token,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,6 +66,9 @@ class DeviceCredential:
     certificate_pem: str | None = None  # client certificate for mutual TLS with edges
     key_pem: str | None = field(default=None, repr=False)  # its private key (PKCS#8 PEM)
     ca_pem: str | None = None  # deployment CA that signed the edges' certificates
+    # The CA that verified the control plane's HTTPS at enrollment; None when none did (loopback
+    # HTTP, the public CAs, or enrolled before HTTPS): then ca_pem plus the public CAs verify it.
+    control_plane_ca_pem: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "control_plane", normalize_url(self.control_plane))
@@ -124,32 +135,6 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def write_private_file(path: Path, data: bytes, *, force: bool) -> None:
-    """Write `data` readable by the owner only, never exposing it under a looser mode, even briefly.
-
-    Without `force` the file is created exclusively (no race with another writer); with it a 0600
-    temporary file replaces the old one atomically, so a crash leaves the old or the new file whole.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not force:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise AlreadyExists(f"refusing to overwrite {path} (pass --force to replace it)") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o600)  # a umask cannot loosen 0600, but be explicit
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _warn_if_readable_by_others(path: Path) -> None:
     if os.name == "posix" and path.stat().st_mode & 0o077:
         logger.warning("device credential %s is readable by other users; chmod 600 it", path)
@@ -177,8 +162,15 @@ def enroll(
     *,
     force: bool = False,
     http: httpx.Client | None = None,
+    ca_file: str | Path | None = None,
+    insecure: bool = False,
 ) -> DeviceCredential:
     """Enroll this device: new key + CSR, POST /v1/devices/enroll, save the credential file 0600.
+
+    HTTPS is verified against `ca_file`, else against the CA pinned by the token's fingerprint
+    (fetched from GET /v1/ca.pem and checked before any secret is sent), else the system's trust
+    store. Plaintext http:// is refused for a non-loopback host unless `insecure`. When the token
+    pins a CA, the CA in the answer must be that one: a swapped CA is refused (Unauthenticated).
 
     The file is checked BEFORE the request: the enrollment token is one-time, so it must not be
     spent when the result could not be saved.
@@ -188,12 +180,22 @@ def enroll(
         raise AlreadyExists(f"refusing to overwrite {out} (pass --force to replace it)")
     if not enrollment_token:
         raise InvalidArgument("an enrollment token is required (from the operator's POST /v1/devices)")
-    base = normalize_url(control_plane)
+    secret, fingerprint = split_enrollment_token(enrollment_token)
+    base = check_control_url(normalize_url(control_plane), insecure=insecure)
+    anchor = read_ca_file(ca_file) if ca_file is not None else None
+    if anchor is None and fingerprint and base.startswith("https://") and http is None:
+        anchor = fetch_pinned_ca(base, fingerprint, timeout=DEFAULT_HTTP_TIMEOUT)
     key = new_device_key()
-    body = {"enrollment_token": enrollment_token, "csr_pem": build_csr(key)}
-    with _client(http) as client:
-        response = request(client, "POST", f"{base}/v1/devices/enroll", json=body)
+    body = {"enrollment_token": secret, "csr_pem": build_csr(key)}
+    client = _Borrowed(http) if http is not None else control_client(anchor, timeout=DEFAULT_HTTP_TIMEOUT)
+    with client as session:
+        response = request(session, "POST", f"{base}/v1/devices/enroll", json=body)
     credential = _credential_from_enrolled(base, response, key)
+    if fingerprint is not None:
+        check_ca(credential.ca_pem, fingerprint)
+    elif credential.ca_pem and base.startswith("http://"):
+        logger.warning("enrolled over plaintext HTTP with a token that pins no CA: the CA is trusted blindly")
+    credential = replace(credential, control_plane_ca_pem=anchor)
     credential.save(out, force=force)
     logger.info("enrolled as device %s (%s)", credential.device_name, credential.device_id)
     return credential
@@ -239,17 +241,16 @@ class _Borrowed:
         return None
 
 
-def _client(http: httpx.Client | None) -> httpx.Client | _Borrowed:
-    return _Borrowed(http) if http is not None else httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
-
-
 def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One REST call; transport failures become Unavailable and 4xx/5xx the matching splitft error."""
     try:
         response = client.request(method, url, **kwargs)
     except httpx.TransportError as exc:
+        hint = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            hint = " (its certificate is not from the CA this device trusts for it: see --ca)"
         raise Unavailable(
-            f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}"
+            f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}{hint}"
         ) from None
     if response.status_code >= 400:
         raise error_from_http(response.status_code, error_detail(response), f"{method} {response.url.path}")

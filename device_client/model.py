@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from safetensors.torch import save_file
 from torch import nn
 
+from device_client.adapter_check import check_trunk_adapter
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
@@ -293,6 +294,10 @@ class SplitModel(nn.Module):
             device = sparse_state_dict(self.root)
         device_state = {k: v.detach().clone() for k, v in device.items()}
         trunk_state = self._trunk.export_adapter()
+        root = self.peft_model.get_base_model() if self.peft_model is not None else self.root
+        check_trunk_adapter(
+            trunk_state, device_state, root=root, blocks_path=self.family.blocks_path, spec=self.spec
+        )
         overlap = set(device_state) & set(trunk_state)
         if overlap:
             raise FailedPrecondition(f"device and trunk adapters overlap on {sorted(overlap)[:3]}")

@@ -1,15 +1,23 @@
-"""An edge's link to the control plane: register once, then heartbeat with its load until stopped."""
+"""An edge's link to the control plane: register once, then heartbeat with its load until stopped.
+
+The control plane lets the shared edge secret register a new name only; to register its name again
+(after a restart) an edge presents its own credential, kept in `credential_file`. Each heartbeat
+answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`."""
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from splitft.errors import InvalidArgument, Unavailable
+from splitft.security.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +43,15 @@ class ControlPlaneLink:
         models: list[str],
         max_sessions: int,
         http: httpx.Client | None = None,
+        ca_pem: bytes | None = None,
+        insecure: bool = False,
+        credential_file: str | Path | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise InvalidArgument(f"--control-plane must be an http(s) URL, got {url!r}")
+        """`ca_pem` verifies the control plane's HTTPS (None: the system's trust store); plaintext
+        http:// to another host is refused unless `insecure`."""
+        self.url = check_control_url(url, insecure=insecure)
         if not secret:
             raise InvalidArgument("--edge-secret is required with --control-plane")
-        self.url = url.rstrip("/")
         self.secret = secret
         self.body = {
             "name": name,
@@ -48,14 +59,22 @@ class ControlPlaneLink:
             "models": models,
             "capacity": {"max_sessions": max_sessions, "memory_free_bytes": 0},
         }
-        self.http = http or httpx.Client(timeout=10)
+        self.http = http or control_client(ca_pem, timeout=10)
+        self.credential_file = Path(credential_file) if credential_file else None
         self.registration: Registration | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def register(self) -> Registration:
-        response = self._post("/v1/edges/register", self.body, self.secret)
-        data = response.json()
+        """Register with the stored credential if there is one (its name is ours), else the secret."""
+        stored = self._stored_credential()
+        response = self._send("/v1/edges/register", self.body, stored) if stored else None
+        if response is not None and response.status_code == 401:
+            logger.warning("the control plane does not know the stored edge credential; using the secret")
+            response = None
+        if response is None:
+            response = self._send("/v1/edges/register", self.body, self.secret)
+        data = self._checked(response, "/v1/edges/register").json()
         self.registration = Registration(
             data["id"],
             data["credential"],
@@ -63,11 +82,35 @@ class ControlPlaneLink:
             float(data["heartbeat_interval_seconds"]),
         )
         logger.info("registered with the control plane %s as edge %s", self.url, self.registration.edge_id)
+        self._store_credential(self.registration.credential)
         return self.registration
 
-    def start(self, active_sessions: Callable[[], int]) -> None:
+    def _stored_credential(self) -> str | None:
+        if self.credential_file is None or not self.credential_file.is_file():
+            return None
+        return self.credential_file.read_text().strip() or None
+
+    def _store_credential(self, credential: str) -> None:
+        """Written 0600 to a temporary file then renamed, so a crash never leaves half a secret."""
+        if self.credential_file is None:
+            return
+        self.credential_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.credential_file.parent, prefix=".edge-credential-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(credential + "\n")
+            os.replace(tmp, self.credential_file)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def start(
+        self,
+        active_sessions: Callable[[], int],
+        on_revoked: Callable[[list[str]], object] | None = None,
+    ) -> None:
         self._thread = threading.Thread(
-            target=self._loop, args=(active_sessions,), name="heartbeat", daemon=True
+            target=self._loop, args=(active_sessions, on_revoked), name="heartbeat", daemon=True
         )
         self._thread.start()
 
@@ -76,25 +119,38 @@ class ControlPlaneLink:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _loop(self, active_sessions: Callable[[], int]) -> None:
+    def _loop(
+        self, active_sessions: Callable[[], int], on_revoked: Callable[[list[str]], object] | None
+    ) -> None:
         assert self.registration is not None
         while not self._stop.wait(self.registration.heartbeat_interval):
             try:
-                self._post(
-                    f"/v1/edges/{self.registration.edge_id}/heartbeat",
-                    {"active_sessions": active_sessions()},
-                    self.registration.credential,
-                )
+                self.heartbeat(active_sessions(), on_revoked)
             except Unavailable as exc:
                 logger.warning("heartbeat failed: %s", exc)
+            except Exception:  # the heartbeat must outlive a bad answer or a failing close
+                logger.exception("heartbeat handling failed")
+
+    def heartbeat(self, active: int, on_revoked: Callable[[list[str]], object] | None = None) -> list[str]:
+        """One heartbeat; hands the sessions to close to `on_revoked` and returns them."""
+        assert self.registration is not None
+        path = f"/v1/edges/{self.registration.edge_id}/heartbeat"
+        answer = self._post(path, {"active_sessions": active}, self.registration.credential).json()
+        revoked = [sid for sid in answer.get("close_sessions", []) if isinstance(sid, str)]
+        if on_revoked is not None:
+            on_revoked(revoked)
+        return revoked
 
     def _post(self, path: str, body: dict, token: str) -> httpx.Response:
+        return self._checked(self._send(path, body, token), path)
+
+    def _send(self, path: str, body: dict, token: str) -> httpx.Response:
         try:
-            response = self.http.post(
-                self.url + path, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
+            return self.http.post(self.url + path, json=body, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             raise Unavailable(f"control plane {self.url} unreachable: {exc}") from None
+
+    def _checked(self, response: httpx.Response, path: str) -> httpx.Response:
         if response.status_code >= 400:
             raise Unavailable(
                 f"control plane answered {response.status_code} to {path}: {response.text[:200]}"

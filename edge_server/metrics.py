@@ -58,14 +58,19 @@ class _StateCollector(Collector):
         for model, size in sorted(self.metrics.trunk_bytes.items()):
             trunk.add_metric([model], size)
         yield trunk
-        per_session = GaugeMetricFamily(
-            "splitft_edge_session_trainable_parameter_bytes",
-            "bytes of one session's trainable trunk parameters (its adapter)",
-            labels=["session", "model"],
+        # Summed per model: session ids are capabilities (with tokens off) and unbounded label values,
+        # so they never appear on the unauthenticated metrics port.
+        adapters = GaugeMetricFamily(
+            "splitft_edge_adapter_parameter_bytes",
+            "bytes of the trainable trunk parameters (adapters) of the open sessions, per model",
+            labels=["model"],
         )
-        for session_id, model, size in self.metrics.session_bytes():
-            per_session.add_metric([session_id, model], size)
-        yield per_session
+        totals: dict[str, int] = {}
+        for model, size in self.metrics.session_bytes():
+            totals[model] = totals.get(model, 0) + size
+        for model, size in sorted(totals.items()):
+            adapters.add_metric([model], size)
+        yield adapters
 
 
 @functools.lru_cache(maxsize=256)
@@ -138,8 +143,8 @@ class EdgeMetrics:
         with self._lock:
             self._sessions.pop(session_id, None)
 
-    def session_bytes(self) -> list[tuple[str, str, int]]:
-        """(session id, model, trainable bytes) of tracked sessions that still hold an adapter.
+    def session_bytes(self) -> list[tuple[str, int]]:
+        """(model, trainable bytes) of each tracked session that still holds an adapter.
 
         A closed or expired session is released (no trainable parameters left) and drops out; its
         entry goes once the session object is garbage. A session without a trunk adapter has none.
@@ -151,7 +156,7 @@ class EdgeMetrics:
                 if session is None:
                     del self._sessions[session_id]
                 elif session.trainable:
-                    rows.append((session_id, model, _parameter_bytes(session.trainable)))
+                    rows.append((model, _parameter_bytes(session.trainable)))
         return rows
 
     def serve(self, host: str, port: int) -> int:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_server.auth import TokenInterceptor
+from edge_server.limits import DataPlaneLimits, DeviceCallCounter
 from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
@@ -45,6 +46,8 @@ class EdgeConfig:
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
     grace_seconds: float = 10.0  # how long SIGTERM waits for in-flight calls
     metrics_port: int | None = None  # Prometheus /metrics over plain HTTP on host:port; None: off, 0: any
+    no_tokens: bool = False  # --no-tokens: serve mTLS without session tokens, on purpose (logged)
+    limits: DataPlaneLimits = field(default_factory=DataPlaneLimits)  # per request/session/device bounds
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:
@@ -76,13 +79,37 @@ def server_credentials(certs_dir: str | Path) -> grpc.ServerCredentials:
     )
 
 
-def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
+# Threads and gRPC slots kept beyond the DataPlane's own bound, so health checks are answered
+# even when every DataPlane slot is taken.
+HEALTH_HEADROOM = 4
+
+
+def _issuers(config: EdgeConfig) -> list:
+    """The trusted token issuers; refuses a TLS edge without any unless --no-tokens says so."""
     sources: list[str | bytes] = [*config.token_issuer_keys, *config.token_issuer_pems]
-    if not sources:
-        return []
-    issuers = [load_public_key(source) for source in sources]
-    logger.info("edge requires session tokens from %d trusted issuer(s)", len(issuers))
-    return [TokenInterceptor(issuers)]
+    if sources:
+        issuers = [load_public_key(source) for source in sources]
+        logger.info("edge requires session tokens from %d trusted issuer(s)", len(issuers))
+        return issuers
+    if config.certs_dir and not config.no_tokens:
+        raise InvalidArgument(
+            "refusing to serve --certs without session tokens: any device certificate could then use "
+            "any session; pass --token-issuer-key PEM (or --control-plane URL), or --no-tokens to "
+            "accept that on purpose"
+        )
+    if config.certs_dir:
+        logger.warning(
+            "edge serves WITHOUT session tokens (--no-tokens): any holder of a client certificate from "
+            "the CA may open, train, export or close any session it can name"
+        )
+    return []
+
+
+def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
+    calls = DeviceCallCounter(config.limits.max_calls_per_device)
+    return [
+        TokenInterceptor(_issuers(config), calls=calls, max_calls=config.max_workers + config.max_sessions)
+    ]
 
 
 class EdgeServer:
@@ -92,7 +119,10 @@ class EdgeServer:
         self.config = config
         self.registry = registry or ModelRegistry.from_dirs(config.model_dirs)
         self.sessions = SessionManager(
-            self.registry, ttl_seconds=config.session_ttl, max_sessions=config.max_sessions
+            self.registry,
+            ttl_seconds=config.session_ttl,
+            max_sessions=config.max_sessions,
+            limits=config.limits,
         )
         self.health = health.HealthServicer()
         options = [
@@ -102,13 +132,12 @@ class EdgeServer:
         interceptors = _interceptors(config)
         # A session's Train stream holds a handler thread while it is open, so every session may keep
         # one and calls still have max_workers (the pool starts threads only as they are needed).
-        executor = futures.ThreadPoolExecutor(max_workers=config.max_workers + config.max_sessions)
+        # DataPlane calls beyond that get RESOURCE_EXHAUSTED from the interceptor (and beyond
+        # --max-calls-per-device for one device); the headroom keeps health checks answered.
+        slots = config.max_workers + config.max_sessions + HEALTH_HEADROOM
+        executor = futures.ThreadPoolExecutor(max_workers=slots)
         self.server = grpc.server(
-            executor,
-            options=options,
-            interceptors=interceptors,
-            # Beyond this, calls get RESOURCE_EXHAUSTED instead of queueing behind open streams.
-            maximum_concurrent_rpcs=config.max_workers + config.max_sessions,
+            executor, options=options, interceptors=interceptors, maximum_concurrent_rpcs=slots
         )
         self.metrics = EdgeMetrics(self.registry, self.sessions)
         self.metrics_port: int | None = None  # bound when started, if config.metrics_port is set

@@ -8,13 +8,24 @@ from typing import Any
 
 import grpc
 
-from edge_server.auth import authorize_call, token_session
+from edge_server.auth import (
+    CURRENT_CLAIMS,
+    authorize_call,
+    authorize_edge,
+    check_not_expired,
+    peer_device,
+    token_session,
+)
 from edge_server.errors import translate_errors
+from edge_server.limits import DataPlaneLimits
 from edge_server.metrics import EdgeMetrics
+from edge_server.session import SessionOwner, TrunkSession
 from edge_server.sessions import SessionManager
+from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.methods.wire import method_from_json
 from splitft.model.lora import trunk_lora_from_json
+from splitft.security.tokens import SplitClaims, authorize_split
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
@@ -22,20 +33,26 @@ from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_part
 logger = logging.getLogger(__name__)
 
 
-def _read_stream(requests: Iterable, header_type: type, max_tensor_bytes: int):
-    """First message: the header; the rest: tensor parts. Returns (header, tensors, bytes received)."""
+FORWARD_TENSORS = frozenset({"hidden", "attention_mask", "position_ids"})
+BACKWARD_TENSORS = frozenset({"grad"})
+
+
+def _read_stream(requests: Iterable, header_type: type, authorize: Callable[[Any], Any], assembler_for):
+    """First message: the header, authorized (`authorize(header)` -> session) before any part is
+    buffered; the rest: tensor parts. Returns (header, session, tensors, bytes received)."""
     iterator = iter(requests)
     first = next(iterator, None)
     if first is None or first.WhichOneof("item") != "header":
         raise InvalidArgument(f"stream must start with a {header_type.__name__}")
-    assembler = TensorAssembler(max_tensor_bytes)
+    session = authorize(first.header)
+    assembler = assembler_for(first.header)
     size = first.ByteSize()
     for message in iterator:
         if message.WhichOneof("item") != "part":
             raise InvalidArgument("only tensor parts may follow the header")
         size += message.ByteSize()
         assembler.add(message.part)
-    return first.header, assembler.finish(), size
+    return first.header, session, assembler.finish(), size
 
 
 class _StreamRequest:
@@ -45,12 +62,18 @@ class _StreamRequest:
     is answered with the error at its end.
     """
 
-    def __init__(self, kind: str, header: Any, max_tensor_bytes: int) -> None:
+    def __init__(self, kind: str, header: Any, assembler: TensorAssembler) -> None:
         self.kind = kind
         self.header = header
         self.size = 0
-        self._assembler = TensorAssembler(max_tensor_bytes)
+        self.session: TrunkSession | None = None
+        self._assembler = assembler
         self._error: SplitftError | None = None
+
+    def fail(self, error: SplitftError) -> None:
+        """Answer this request with `error`; its parts are skipped, never buffered."""
+        if self._error is None:
+            self._error = error
 
     def add(self, message: pb.TrainRequest) -> None:
         self.size += message.ByteSize()
@@ -72,12 +95,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         sessions: SessionManager,
         *,
         max_tensor_bytes: int,
+        limits: DataPlaneLimits | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         edge_id: str = "",
         metrics: EdgeMetrics | None = None,
     ):
         self.sessions = sessions
         self.max_tensor_bytes = max_tensor_bytes
+        self.limits = limits or sessions.limits
         self.chunk_bytes = chunk_bytes
         self.edge_id = edge_id
         self.metrics = metrics or EdgeMetrics(sessions.registry, sessions)
@@ -87,6 +112,11 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         authorize_call(session_id, edge_id=self.edge_id)
         return self.sessions.get(session_id)
 
+    def _assembler(self, names: frozenset[str] | None) -> TensorAssembler:
+        return TensorAssembler(
+            self.max_tensor_bytes, max_total_bytes=self.limits.max_request_bytes, names=names
+        )
+
     def _sent(self, codec: str, message):
         """Count an outgoing message's bytes, then hand it on."""
         self.metrics.sent(codec, message.ByteSize())
@@ -94,6 +124,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ListModels(self, request, context):
+        authorize_edge(self.edge_id)
         models = []
         for name, served in sorted(self.sessions.registry.models.items()):
             config = served.span.config
@@ -111,8 +142,10 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     @translate_errors
     def OpenSession(self, request, context):
         session_id = request.session_id or token_session() or None
-        if token_session() is not None:
+        claims = CURRENT_CLAIMS.get()
+        if claims is not None:
             authorize_call(session_id or "", model=request.model, edge_id=self.edge_id)
+            authorize_split(claims, _requested_split(request))
         lora = trunk_lora_from_json(request.lora_config_json) if request.trunk_lora else None
         session = self.sessions.open(
             request.model,
@@ -124,6 +157,9 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             seed=request.seed,
             expect=(request.model_type, request.num_layers, request.hidden_size),
             method=method_from_json(request.method_json) if request.method_json else None,
+            owner=SessionOwner(claims.device, claims.job)
+            if claims
+            else SessionOwner(peer_device(context) or ""),
         )
         self.metrics.track(session)
         return pb.OpenSessionResponse(
@@ -141,9 +177,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         self.metrics.untrack(request.session_id)
         return pb.CloseSessionResponse()
 
-    def _forward(self, header: pb.ForwardHeader, tensors: dict, size: int, into: Callable[[], Any]):
-        """Run one forward; returns the session and the encoded trunk output as `into()` messages."""
-        session = self._session(header.session_id)
+    def _forward(self, header: pb.ForwardHeader, session, tensors: dict, size: int, into: Callable[[], Any]):
+        """Run one forward; returns the encoded trunk output as `into()` messages."""
         self.metrics.received(session.codec, size)
         with session.lock, self.metrics.time_step("forward", session):
             out = session.forward(
@@ -155,14 +190,15 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
             parts = list(tensor_parts("hidden", out, session.encoders["hidden"], self.chunk_bytes, into=into))
-        return session, parts
+        return parts
 
-    def _backward(self, header: pb.BackwardHeader, tensors: dict, size: int, into: Callable[[], Any]):
-        """Run one backward; returns the session and the encoded input gradient as `into()` messages
-        (none when the device did not ask for it)."""
+    def _backward(
+        self, header: pb.BackwardHeader, session, tensors: dict, size: int, into: Callable[[], Any]
+    ):
+        """Run one backward; returns the encoded input gradient as `into()` messages (none when the
+        device did not ask for it)."""
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
-        session = self._session(header.session_id)
         self.metrics.received(session.codec, size)
         with session.lock, self.metrics.time_step("backward", session):
             grad = session.backward(
@@ -173,19 +209,29 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 if grad is None
                 else list(tensor_parts("grad", grad, session.encoders["grad"], self.chunk_bytes, into=into))
             )
-        return session, parts
+        return parts
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
-        header, tensors, size = _read_stream(request_iterator, pb.ForwardHeader, self.max_tensor_bytes)
-        session, messages = self._forward(header, tensors, size, pb.ForwardResponse)
+        header, session, tensors, size = _read_stream(
+            request_iterator,
+            pb.ForwardHeader,
+            self._header_session,
+            lambda _: self._assembler(FORWARD_TENSORS),
+        )
+        messages = self._forward(header, session, tensors, size, pb.ForwardResponse)
         for message in messages:
             yield self._sent(session.codec, message)
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
-        header, tensors, size = _read_stream(request_iterator, pb.BackwardHeader, self.max_tensor_bytes)
-        session, messages = self._backward(header, tensors, size, pb.BackwardResponse)
+        header, session, tensors, size = _read_stream(
+            request_iterator,
+            pb.BackwardHeader,
+            self._header_session,
+            lambda _: self._assembler(BACKWARD_TENSORS),
+        )
+        messages = self._backward(header, session, tensors, size, pb.BackwardResponse)
         for message in messages:
             yield self._sent(session.codec, message)
 
@@ -198,7 +244,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             if item in ("forward", "backward"):
                 if request is not None:
                     raise InvalidArgument("a request header arrived before the previous request's end")
-                request = _StreamRequest(item, getattr(message, item), self.max_tensor_bytes)
+                check_not_expired()  # a stream outlives no token: UNAUTHENTICATED ends it
+                request = self._start_request(item, getattr(message, item))
                 request.size += message.ByteSize()
             elif item == "part":
                 if request is None:
@@ -212,13 +259,28 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             else:
                 raise InvalidArgument("empty TrainRequest")
 
+    def _start_request(self, kind: str, header: Any) -> _StreamRequest:
+        """A Train request whose session is authorized on its header, before any part is buffered."""
+        names = BACKWARD_TENSORS if kind == "backward" else FORWARD_TENSORS
+        request = _StreamRequest(kind, header, self._assembler(names))
+        try:
+            request.session = self._header_session(header)
+        except SplitftError as exc:
+            request.fail(exc)
+        return request
+
+    def _header_session(self, header: Any) -> TrunkSession:
+        return self._session(header.session_id)
+
     def _answer(self, request: _StreamRequest) -> Iterator[pb.TrainResponse]:
         backward = request.kind == "backward"
         reply = {"forward_id": request.header.forward_id, "backward": backward}
         try:
             tensors = request.finish()
+            session = request.session
+            assert session is not None  # finish() raised the authorization error otherwise
             run = self._backward if backward else self._forward
-            session, messages = run(request.header, tensors, request.size, lambda: pb.TrainResponse(**reply))
+            messages = run(request.header, session, tensors, request.size, lambda: pb.TrainResponse(**reply))
         except SplitftError as exc:
             logger.info("Train: %s %d -> %s: %s", request.kind, request.header.forward_id, exc.code.name, exc)
             yield pb.TrainResponse(**reply, error=pb.StreamError(code=exc.code.name, message=exc.message))
@@ -298,14 +360,24 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def SelectChannels(self, request_iterator, context):
-        header, channels, size = _read_stream(
-            request_iterator, pb.SelectChannelsHeader, self.max_tensor_bytes
+        header, session, channels, size = _read_stream(
+            request_iterator, pb.SelectChannelsHeader, self._header_session, lambda _: self._assembler(None)
         )
-        session = self._session(header.session_id)
         self.metrics.received("raw", size)
         with session.lock:
             chosen = session.select_channels(channels)
         return pb.SelectParametersResponse(selected=chosen, layers=len(channels))
+
+
+def _requested_split(request: pb.OpenSessionRequest) -> SplitClaims:
+    """What an OpenSession asks for, in the token's terms (codec canonical, as the control plane
+    stores it)."""
+    return SplitClaims(
+        device_layers=request.device_layers,
+        head_layers=request.head_layers,
+        trunk_lora=request.trunk_lora,
+        codec=str(parse_codecs(request.codec or "raw")),
+    )
 
 
 def add_to_server(servicer: DataPlaneServicer, server: grpc.Server) -> None:

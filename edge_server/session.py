@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
 from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
 from splitft.compress import parse_codecs
 from splitft.compress.encoder import TensorEncoder
@@ -39,7 +40,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "SGD": torch.optim.SGD,
 }
 MAX_PENDING_FORWARDS = 64  # kept graphs per session; the oldest is dropped beyond this
-MAX_TOKENS = 1 << 20  # batch x sequence per forward
 # peft initialises adapters, and dropout draws masks, from torch's global RNG: sessions take turns
 # on it so each session's randomness depends only on its own seed, not on its neighbours' traffic.
 _SEED_LOCK = threading.Lock()
@@ -51,6 +51,15 @@ class Pending:
 
     inputs: torch.Tensor
     output: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SessionOwner:
+    """Who opened a session, from its token ("" when tokens are off): for per-device limits and
+    `SessionManager.close_where`."""
+
+    device: str = ""
+    job: str = ""
 
 
 def share_modules(root: nn.Module) -> nn.Module:
@@ -72,8 +81,11 @@ class TrunkSession:
         lora_config: LoraConfig | None,
         seed: int,
         method: TrunkMethod | None = None,
+        limits: DataPlaneLimits | None = None,
     ) -> None:
         self.session_id = session_id
+        self.limits = limits or DataPlaneLimits()
+        self.owner = SessionOwner()
         self.span = span
         self.spec = spec
         self.codec = codec  # canonical `splitft.compress` string: one codec, or one per direction
@@ -94,9 +106,12 @@ class TrunkSession:
         for i in range(len(blocks)):
             if i not in spec.trunk_range:
                 blocks[i] = Skipped(f"block {i}")
+        if lora_config is not None:  # bounded before any adapter memory is allocated
+            check_adapter_size(lora_parameter_estimate(root, lora_config), self.limits)
         self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
         self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        check_adapter_size(self.trainable_parameters, self.limits)
         self.selection: TrunkSelection | TrunkFisher | None = None
         if isinstance(method, TinyTrainTrunk):
             self.selection = TrunkFisher(self.root, method)
@@ -309,8 +324,7 @@ class TrunkSession:
             raise InvalidArgument(
                 f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}"
             )
-        if hidden.shape[0] * hidden.shape[1] > MAX_TOKENS:
-            raise InvalidArgument(f"batch x tokens {hidden.shape[0] * hidden.shape[1]} exceeds {MAX_TOKENS}")
+        self.limits.check_tokens(hidden.shape[0], hidden.shape[1])
         dtype = next(iter(self.span.root.parameters())).dtype
         if hidden.dtype != dtype:
             raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")

@@ -3,37 +3,54 @@
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from peft import LoraConfig
 
+from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
-from edge_server.session import TrunkSession
+from edge_server.session import SessionOwner, TrunkSession
 from splitft.compress import parse_codecs
-from splitft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from splitft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from splitft.methods.wire import TrunkMethod
 from splitft.model.spans import SplitSpec
+from splitft.security.tokens import check_session_id
 
 logger = logging.getLogger(__name__)
-_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_REVOKED = 10_000  # the control plane sends at most this many (splitft_control.revocation)
 
 
 class SessionManager:
     """Thread-safe map of live sessions, with a TTL for idle ones."""
 
     def __init__(
-        self, registry: ModelRegistry, *, ttl_seconds: float = 600.0, max_sessions: int = 64
+        self,
+        registry: ModelRegistry,
+        *,
+        ttl_seconds: float = 600.0,
+        max_sessions: int = 64,
+        limits: DataPlaneLimits | None = None,
     ) -> None:
         self.registry = registry
+        self.limits = limits or DataPlaneLimits()
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self._sessions: dict[str, TrunkSession] = {}
+        self._opening: dict[str, SessionOwner] = {}  # slots reserved by opens still building
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._revoked: frozenset[str] = frozenset()
 
     def open(
         self,
@@ -47,22 +64,32 @@ class SessionManager:
         seed: int,
         expect: tuple[str, int, int] | None = None,
         method: TrunkMethod | None = None,
+        owner: SessionOwner | None = None,
     ) -> TrunkSession:
+        """Open a session; its slot (edge-wide and per device) is reserved before it is built."""
+        if session_id is not None and session_id in self._revoked:
+            raise PermissionDenied(f"session {session_id!r} was revoked by the control plane")
         served = self.registry.get(model)
         if expect is not None:
             _check_same_model(served.span.config, served.num_layers, expect)
         spec = SplitSpec(served.num_layers, device_layers, head_layers)
         codec = str(parse_codecs(codec))  # canonical: one label per codec pair in metrics and logs
-        with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
-        session_id = _check_session_id(session_id) if session_id else secrets.token_hex(16)
+        session_id = check_session_id(session_id) if session_id else secrets.token_hex(16)
         if method is not None and lora_config is not None:
             raise InvalidArgument("a session trains either a LoRA adapter or selected parameters, not both")
-        session = TrunkSession(session_id, served.span, spec, codec, lora_config, seed, method=method)
+        owner = owner or SessionOwner()
+        self._reserve(session_id, owner)
+        try:
+            session = TrunkSession(
+                session_id, served.span, spec, codec, lora_config, seed, method=method, limits=self.limits
+            )
+        except BaseException:
+            with self._lock:
+                self._opening.pop(session_id, None)
+            raise
+        session.owner = owner
         with self._lock:
-            if session_id in self._sessions:
-                raise AlreadyExists(f"session {session_id!r} is already open")
+            self._opening.pop(session_id, None)
             self._sessions[session_id] = session
         logger.info(
             "opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
@@ -73,6 +100,39 @@ class SessionManager:
             session.trainable_parameters,
         )
         return session
+
+    def _reserve(self, session_id: str, owner: SessionOwner) -> None:
+        # Checked and reserved under one lock hold: concurrent opens cannot all pass the count.
+        with self._lock:
+            if len(self._sessions) + len(self._opening) >= self.max_sessions:
+                raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
+            if session_id in self._sessions or session_id in self._opening:
+                raise AlreadyExists(f"session {session_id!r} is already open")
+            if owner.device:
+                mine = sum(1 for s in self._sessions.values() if s.owner.device == owner.device)
+                mine += sum(1 for o in self._opening.values() if o.device == owner.device)
+                if mine >= self.limits.max_sessions_per_device:
+                    raise ResourceExhausted(
+                        f"device {owner.device!r} already has {mine} sessions on this edge; the limit is "
+                        f"{self.limits.max_sessions_per_device} (--max-sessions-per-device)"
+                    )
+            self._opening[session_id] = owner
+
+    def close_where(self, predicate: Callable[[TrunkSession], bool]) -> list[str]:
+        """Close every open session for which `predicate(session)` is true; returns their ids.
+
+        For whoever learns that sessions must end before their TTL (a cancelled job, a disabled
+        device): e.g. `close_where(lambda s: s.owner.job == job_id)` or
+        `close_where(lambda s: s.owner.device == name)`. Their next call gets NOT_FOUND.
+        """
+        with self._lock:
+            chosen = [sid for sid, s in self._sessions.items() if predicate(s)]
+            sessions = [self._sessions.pop(sid) for sid in chosen]
+        for session in sessions:
+            with session.lock:
+                session.release()
+            logger.info("closed session %s on request", session.session_id)
+        return chosen
 
     def get(self, session_id: str) -> TrunkSession:
         with self._lock:
@@ -90,6 +150,22 @@ class SessionManager:
         with session.lock:
             session.release()
         logger.info("closed session %s", session_id)
+
+    def revoke(self, session_ids: list[str]) -> list[str]:
+        """Make `session_ids` (the control plane's whole current list) the sessions this edge refuses
+        to open, and close those that are open; returns the ids it closed."""
+        self._revoked = frozenset(session_ids[:MAX_REVOKED])
+        with self._lock:
+            doomed = [sid for sid in self._sessions if sid in self._revoked]
+        closed = []
+        for session_id in doomed:
+            try:
+                self.close(session_id)
+            except NotFound:  # closed or expired meanwhile
+                continue
+            closed.append(session_id)
+            logger.info("closed session %s: revoked by the control plane", session_id)
+        return closed
 
     def count(self) -> int:
         with self._lock:
@@ -129,12 +205,6 @@ class SessionManager:
                 self.expire_idle()
             except Exception:  # the reaper must outlive any single bad session
                 logger.exception("session reaper failed")
-
-
-def _check_session_id(session_id: str) -> str:
-    if not _SESSION_ID.fullmatch(session_id):
-        raise InvalidArgument("session_id must be 1-128 characters of [A-Za-z0-9._:-]")
-    return session_id
 
 
 def _check_same_model(config, num_layers: int, expect: tuple[str, int, int]) -> None:

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -17,14 +18,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from splitft import __version__
-from splitft.errors import SplitftError
+from splitft.errors import NotFound, SplitftError
+from splitft.security.files import write_private_file
+from splitft.security.trust import CA_PATH
 from splitft_control import migrate
+from splitft_control.limits import BodyLimitMiddleware, BodyLimits
 from splitft_control.routes import device_side, devices, edges, jobs
 from splitft_control.settings import ControlSettings
 from splitft_control.state import ControlState
 from splitft_control.store import Store
 
 logger = logging.getLogger(__name__)
+# Metric labels come from a fixed set: any other method is "OTHER", any unknown path "unmatched".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def bootstrap_operator_key(store: Store, settings: ControlSettings) -> str | None:
@@ -39,14 +45,26 @@ def bootstrap_operator_key(store: Store, settings: ControlSettings) -> str | Non
     return None
 
 
+OPERATOR_KEY_FILE = "operator.key"
+
+
+def save_generated_operator_key(settings: ControlSettings, key: str) -> Path:
+    """Write a generated operator key to DATA_DIR/operator.key (0600); logs would keep it forever."""
+    path = settings.data_dir / OPERATOR_KEY_FILE
+    write_private_file(path, key.encode() + b"\n", force=True)  # a stale file holds a dead key
+    return path
+
+
 def build_state(settings: ControlSettings) -> ControlState:
     settings.check_secrets()
     store = migrate.migrated_store(settings)
     generated = bootstrap_operator_key(store, settings)
     if generated is not None:
-        # Shown exactly once; only its hash is stored.
+        # Only its hash is stored; the key itself goes to a 0600 file, never to the log.
+        path = save_generated_operator_key(settings, generated)
         logger.warning(
-            "generated the first operator API key (store it now, it is not shown again): %s", generated
+            "generated the first operator API key in %s (0600): store it elsewhere, then delete the file",
+            path,
         )
     return ControlState(settings, store)
 
@@ -64,9 +82,26 @@ def create_app(settings: ControlSettings, state: ControlState | None = None) -> 
     app.state.control = control
     for router in (edges.router, devices.router, jobs.router, device_side.router):
         app.include_router(router)
-    _add_observability(app, control)
+    limits = BodyLimits(
+        json=control.settings.max_body_bytes,
+        metrics=control.settings.max_metrics_body_bytes,
+        adapter=control.settings.max_adapter_bytes,
+    )
+    app.add_middleware(BodyLimitMiddleware, limits=limits)  # type: ignore[arg-type]
+    _add_observability(app, control)  # added last: outermost, so refused requests are timed too
+    _add_ca_route(app, control)
     _add_error_handlers(app)
     return app
+
+
+def _add_ca_route(app: FastAPI, control: ControlState) -> None:
+    @app.get(CA_PATH, tags=["devices"], response_class=Response)
+    def deployment_ca() -> Response:
+        """The deployment CA (public): a device checks it against the fingerprint in its token."""
+        ca_dir = control.settings.ca_dir
+        if ca_dir is None or not (ca_dir / "ca.pem").is_file():
+            raise NotFound("this control plane has no deployment CA (--certs-dir)")
+        return Response((ca_dir / "ca.pem").read_bytes(), media_type="application/x-pem-file")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -103,7 +138,8 @@ def _add_observability(app: FastAPI, control: ControlState) -> None:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        control.metrics.latency.labels(request.method, path, str(response.status_code)).observe(
+        method = request.method if request.method in _METHODS else "OTHER"
+        control.metrics.latency.labels(method, path, str(response.status_code)).observe(
             time.perf_counter() - started
         )
         return response

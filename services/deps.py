@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -54,11 +55,23 @@ def require_device(credentials: Credentials, store: StoreDep) -> Device:
     return store.authenticate_device(credential=_token(credentials, "device credential"))
 
 
-def require_edge_secret(credentials: Credentials, settings: SettingsDep) -> None:
+@dataclass(frozen=True)
+class EdgeRegistrant:
+    """Who asks to register an edge: the shared secret (new names only) or an edge (its own name)."""
+
+    edge_id: str | None = None
+
+
+def edge_registrant(credentials: Credentials, settings: SettingsDep, store: StoreDep) -> EdgeRegistrant:
+    """The shared edge secret or an edge's own current credential; else 401."""
     token = _token(credentials, "edge enrollment secret")
     expected = settings.edge_secret or ""
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Unauthenticated("invalid edge enrollment secret")
+    if expected and hmac.compare_digest(token.encode(), expected.encode()):
+        return EdgeRegistrant()
+    edge = store.edge_by_credential(credential=token)
+    if edge is None:
+        raise Unauthenticated("invalid edge enrollment secret (or edge credential)")
+    return EdgeRegistrant(edge_id=edge.id)
 
 
 def edge_credential(credentials: Credentials) -> str:
@@ -67,5 +80,5 @@ def edge_credential(credentials: Credentials) -> str:
 
 Operator = Depends(require_operator)
 DeviceDep = Annotated[Device, Depends(require_device)]
-EdgeSecret = Depends(require_edge_secret)
 EdgeCredential = Annotated[str, Depends(edge_credential)]
+Registrant = Annotated[EdgeRegistrant, Depends(edge_registrant)]

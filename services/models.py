@@ -41,6 +41,7 @@ class Edge(Base):
     status: Mapped[str] = mapped_column(String(16), default="up")
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Device(Base):
@@ -53,6 +54,7 @@ class Device(Base):
     certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Job(Base):
@@ -92,3 +94,14 @@ class Metric(Base):
     bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionClosure(Base):
+    """A session an edge must close and refuse to open again (its job was cancelled, its device
+    disabled, or it was placed elsewhere); handed to the edge in its heartbeat answers."""
+
+    __tablename__ = "session_closures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    edge_id: Mapped[str] = mapped_column(ForeignKey("edges.id"), index=True)
+    session_id: Mapped[str] = mapped_column(String(48))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.security.trust import TOKEN_SEPARATOR
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -68,9 +69,17 @@ class EdgePublic(Strict):
     address: str
     models: list[str]
     capacity: EdgeCapacity
-    status: Literal["up", "down"]
+    status: Literal["up", "down", "disabled"]
     active_sessions: int
     last_heartbeat_at: datetime | None
+
+
+class EdgeHeartbeatAnswer(EdgePublic):
+    close_sessions: list[str] = Field(
+        default_factory=list,
+        description="sessions this edge must close and refuse to open: their job was cancelled, "
+        "their device disabled, or they were placed on another edge (the whole current list)",
+    )
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -83,12 +92,22 @@ class DeviceCreate(Strict):
 class DeviceCreated(Strict):
     id: str
     name: str
-    enrollment_token: str = Field(description="one-time; the device trades it for a credential")
+    enrollment_token: str = Field(
+        description="one-time; the device trades it for a credential. `<secret>.<CA SHA-256>` when the "
+        "control plane has a deployment CA: the device refuses any other CA"
+    )
 
 
 class DeviceEnroll(Strict):
     enrollment_token: str = Field(min_length=8, max_length=512)
     csr_pem: str | None = Field(None, max_length=16_384, description="PEM CSR for a client certificate")
+
+    @field_validator("enrollment_token")
+    @classmethod
+    def _secret_only(cls, value: str) -> str:
+        # The CA fingerprint after the last "." is for the device; the store knows the secret's hash.
+        secret, sep, _ = value.rpartition(TOKEN_SEPARATOR)
+        return secret if sep and secret else value
 
 
 class DeviceEnrolled(Strict):
@@ -102,9 +121,10 @@ class DeviceEnrolled(Strict):
 class DevicePublic(Strict):
     id: str
     name: str
-    status: Literal["pending", "enrolled"]
+    status: Literal["pending", "enrolled", "disabled"]
     created_at: datetime
     enrolled_at: datetime | None
+    disabled_at: datetime | None = None
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -260,6 +280,9 @@ class SessionMetrics(Strict):
 class JobMetrics(Strict):
     job_id: str
     sessions: list[SessionMetrics]
+    next_after: int | None = Field(
+        None, description="pass as ?after= for the next page; null when this page is the last"
+    )
 
 
 class SessionFail(Strict):

@@ -24,11 +24,25 @@ class ControlSettings(BaseSettings):
     operator_key: str | None = Field(None, description="the first operator API key (else generated once)")
     edge_secret: str | None = Field(None, description="shared secret edges enroll with")
     certs_dir: Path | None = Field(None, description="deployment CA (ca.pem, ca.key) for device CSRs")
+    tls_certs_dir: Path | None = Field(
+        None, description="serve HTTPS with control.pem and control.key from here (`splitft certs init`)"
+    )
     heartbeat_interval: float = Field(5.0, gt=0, description="how often edges should heartbeat (s)")
     heartbeat_timeout: float = Field(20.0, gt=0, description="silence after which an edge is down (s)")
     schedule_interval: float = Field(1.0, gt=0, description="scheduler period (s)")
     token_ttl: int = Field(3600, gt=0, le=7 * 24 * 3600, description="session token lifetime (s)")
     max_adapter_bytes: int = Field(512 * 1024 * 1024, gt=0, description="largest adapter upload")
+    max_adapter_unpacked_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="most bytes one adapter upload may gunzip to"
+    )
+    max_adapter_members: int = Field(8, ge=2, le=1024, description="most files in one adapter archive")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
+    max_metrics_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest body of POST /v1/sessions/{id}/metrics"
+    )
+    max_metric_points_per_session: int = Field(
+        100_000, ge=1, description="metric points one session may store in all"
+    )
 
     def check_secrets(self) -> None:
         """Refuse to serve with a missing, default or short secret, unless in dev mode."""
@@ -52,5 +66,20 @@ class ControlSettings(BaseSettings):
     def ca_dir(self) -> Path | None:
         if self.certs_dir is not None:
             return self.certs_dir
-        default = self.data_dir / "certs"
-        return default if (default / "ca.key").is_file() else None
+        for default in (self.data_dir / "certs", self.tls_certs_dir):
+            if default is not None and (default / "ca.key").is_file():
+                return default
+        return None
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) to serve HTTPS with, checked to exist; None for plaintext HTTP."""
+        if self.tls_certs_dir is None:
+            return None
+        cert, key = self.tls_certs_dir / "control.pem", self.tls_certs_dir / "control.key"
+        missing = [str(p) for p in (cert, key) if not p.is_file()]
+        if missing:
+            raise InvalidArgument(
+                f"no {' or '.join(missing)}: run `splitft certs init --dir {self.tls_certs_dir} --host ...` "
+                f"(or `splitft certs control` for an existing CA) first"
+            )
+        return cert, key

@@ -15,11 +15,18 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from splitft.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
-from splitft_control.models import ApiKey, Device, Edge, Job, JobSession, Metric, utcnow
+from splitft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from splitft_control.models import ApiKey, Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
 from splitft_control.scheduler import EdgeLoad, choose_edge
 
 ACTIVE_SESSION_STATES = ("assigned", "running")
@@ -114,15 +121,35 @@ class Store:
     # --- edges ---------------------------------------------------------------------------------
 
     def register_edge(
-        self, *, name: str, address: str, models: list[str], memory_free_bytes: int, max_sessions: int
+        self,
+        *,
+        name: str,
+        address: str,
+        models: list[str],
+        memory_free_bytes: int,
+        max_sessions: int,
+        as_edge: str | None = None,
     ) -> tuple[Edge, str]:
-        """Create or update the edge called `name`; returns it with a fresh heartbeat credential."""
+        """Create the edge called `name`, or update it when the caller is that edge (`as_edge`, its
+        id); returns it with a fresh heartbeat credential. The shared edge secret alone only creates:
+        it must not let one edge take over another's name (and sessions)."""
         credential = new_secret("sfe")
         with self.tx() as s:
             edge = s.scalar(select(Edge).where(Edge.name == name))
             if edge is None:
+                if as_edge is not None:
+                    raise PermissionDenied("an edge credential re-registers only its own edge name")
                 edge = Edge(id=new_id(), name=name)
                 s.add(edge)
+            elif edge.status == "disabled":
+                raise PermissionDenied(f"edge {name!r} is disabled by an operator")
+            elif as_edge != edge.id:
+                if as_edge is not None:
+                    raise PermissionDenied("this credential belongs to another edge")
+                raise AlreadyExists(
+                    f"edge {name!r} is already registered; re-register with its own credential "
+                    "(--edge-credential-file) or have an operator delete it first"
+                )
             edge.address, edge.models = address, list(models)
             edge.memory_free_bytes, edge.max_sessions = memory_free_bytes, max_sessions
             edge.credential_hash, edge.status, edge.last_heartbeat_at = (
@@ -132,6 +159,10 @@ class Store:
             )
         return edge, credential
 
+    def edge_by_credential(self, *, credential: str) -> Edge | None:
+        with self.tx() as s:
+            return s.scalar(select(Edge).where(Edge.credential_hash == hash_secret(credential)))
+
     def authenticate_edge(self, *, credential: str, edge_id: str) -> Edge:
         with self.tx() as s:
             edge = s.scalar(select(Edge).where(Edge.credential_hash == hash_secret(credential)))
@@ -139,6 +170,8 @@ class Store:
                 raise Unauthenticated("unknown edge credential")
             if edge.id != edge_id:
                 raise PermissionDenied("this credential belongs to another edge")
+            if edge.status == "disabled":
+                raise PermissionDenied(f"edge {edge.name!r} is disabled by an operator")
             return edge
 
     def heartbeat(
@@ -175,6 +208,7 @@ class Store:
                         JobSession.edge_id == edge.id, JobSession.state.in_(ACTIVE_SESSION_STATES)
                     )
                 ):
+                    s.add(SessionClosure(edge_id=edge.id, session_id=sess.id))  # should it come back
                     sess.state, sess.edge_id = "waiting", None
                     sess.reason = f"edge {edge.name} missed heartbeats; waiting to be placed again"
                     sess.updated_at = utcnow()
@@ -194,15 +228,29 @@ class Store:
     def enroll_device(
         self, *, enrollment_token: str, sign: Callable[[str], str | None]
     ) -> tuple[Device, str]:
-        """Trade a one-time enrollment token for a device credential (and, via `sign`, a certificate)."""
+        """Trade a one-time enrollment token for a device credential (and, via `sign`, a certificate).
+
+        The token is consumed by one conditional UPDATE, the transaction's first statement, so two
+        concurrent requests with the same token cannot both win: on PostgreSQL the second waits for
+        the first's row lock and then matches no row; on SQLite it waits for the write lock."""
         credential = new_secret("sfd")
         with self.tx() as s:
-            device = s.scalar(select(Device).where(Device.enrollment_hash == hash_secret(enrollment_token)))
-            if device is None:
+            consumed = s.execute(
+                update(Device)
+                .where(Device.enrollment_hash == hash_secret(enrollment_token), Device.status == "pending")
+                .values(
+                    enrollment_hash=None,
+                    credential_hash=hash_secret(credential),
+                    status="enrolled",
+                    enrolled_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if consumed.rowcount != 1:
                 raise Unauthenticated("unknown or already used enrollment token")
+            device = s.scalar(select(Device).where(Device.credential_hash == hash_secret(credential)))
+            assert device is not None  # updated just above, in this transaction
             device.certificate_pem = sign(device.name)
-            device.enrollment_hash, device.credential_hash = None, hash_secret(credential)
-            device.status, device.enrolled_at = "enrolled", utcnow()
         return device, credential
 
     def authenticate_device(self, *, credential: str) -> Device:
@@ -210,6 +258,8 @@ class Store:
             device = s.scalar(select(Device).where(Device.credential_hash == hash_secret(credential)))
             if device is None:
                 raise Unauthenticated("unknown device credential")
+            if device.status == "disabled":
+                raise PermissionDenied(f"device {device.name!r} is disabled by an operator")
             return device
 
     def list_devices(self) -> list[Device]:
@@ -253,6 +303,8 @@ class Store:
             if job.state in FINAL_JOB_STATES:
                 raise FailedPrecondition(f"job is already {job.state}")
             for sess in s.scalars(select(JobSession).where(JobSession.job_id == job_id)):
+                if sess.state in ACTIVE_SESSION_STATES and sess.edge_id is not None:
+                    s.add(SessionClosure(edge_id=sess.edge_id, session_id=sess.id))
                 if sess.state not in ("succeeded", "failed"):
                     sess.state, sess.reason, sess.updated_at = "cancelled", "job cancelled", utcnow()
             job.state, job.reason, job.updated_at = "cancelled", "cancelled by an operator", utcnow()
@@ -294,6 +346,11 @@ class Store:
                     sess.reason = _no_edge_reason(job.spec["model"], list(load.values()))
                     continue
                 sess.state, sess.edge_id, sess.reason, sess.updated_at = "assigned", edge.id, "", utcnow()
+                s.execute(  # back on an edge it was taken from: that edge must not refuse it now
+                    delete(SessionClosure).where(
+                        SessionClosure.edge_id == edge.id, SessionClosure.session_id == sess.id
+                    )
+                )
                 sess.attempts += 1
                 edge.active += 1
                 placed += 1
@@ -361,9 +418,30 @@ class Store:
             raise PermissionDenied("this session belongs to another device")
         return sess
 
-    def record_metrics(self, *, session_id: str, device_id: str, points: list[dict[str, Any]]) -> None:
+    def check_open_session(self, *, session_id: str, device_id: str) -> None:
+        """NotFound, PermissionDenied or FailedPrecondition unless the device's session is open."""
         with self.tx() as s:
-            self.device_session(s, session_id=session_id, device_id=device_id)
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(f"session is {sess.state}, not running")
+
+    def record_metrics(
+        self, *, session_id: str, device_id: str, points: list[dict[str, Any]], max_points: int = 100_000
+    ) -> None:
+        """Store points for an open session, up to `max_points` per session in all."""
+        with self.tx() as s:
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(
+                    f"session is {sess.state}: metrics are accepted only while it is assigned or running"
+                )
+            query = select(func.count()).select_from(Metric).where(Metric.session_id == session_id)
+            stored = int(s.scalar(query) or 0)
+            if stored + len(points) > max_points:
+                raise ResourceExhausted(
+                    f"session has {stored} metric points; {len(points)} more would pass its limit of "
+                    f"{max_points} (SPLITFT_MAX_METRIC_POINTS_PER_SESSION)"
+                )
             s.add_all(Metric(session_id=session_id, **point) for point in points)
 
     def complete_session(self, *, session_id: str, device_id: str, adapter: bytes) -> None:
@@ -386,19 +464,33 @@ class Store:
             assert job is not None
             self._refresh_job(s, job)
 
-    def job_metrics(self, *, job_id: str) -> list[tuple[JobSession, str, list[Metric]]]:
+    def job_metrics(
+        self, *, job_id: str, limit: int = 1000, after: int = 0
+    ) -> tuple[list[tuple[JobSession, str, list[Metric]]], int | None]:
+        """One page of the job's points: the first `limit` stored after cursor `after` (pages follow
+        storage order; within a page each session's points are in step order); and the cursor of
+        the next page (None after the last)."""
         with self.tx() as s:
             if _get(s, Job, job_id) is None:
                 raise NotFound(f"no job {job_id!r}")
-            out = []
-            for sess, device in self._sessions_of(s, job_id):
-                points = list(
-                    s.scalars(
-                        select(Metric).where(Metric.session_id == sess.id).order_by(Metric.step, Metric.id)
-                    )
+            sessions = self._sessions_of(s, job_id)
+            ids = [sess.id for sess, _ in sessions]
+            page = list(
+                s.scalars(
+                    select(Metric)
+                    .where(Metric.session_id.in_(ids), Metric.id > after)
+                    .order_by(Metric.id)
+                    .limit(limit)
                 )
-                out.append((sess, device, points))
-            return out
+            )
+            by_session: dict[str, list[Metric]] = {}
+            for metric in page:
+                by_session.setdefault(metric.session_id, []).append(metric)
+            out = [
+                (sess, device, sorted(by_session.get(sess.id, []), key=lambda m: (m.step, m.id)))
+                for sess, device in sessions
+            ]
+            return out, (page[-1].id if len(page) == limit else None)
 
     def adapter(self, *, job_id: str, device_name: str) -> bytes:
         with self.tx() as s:

@@ -63,7 +63,7 @@ from splitft.errors import (
 from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.security.tokens import generate_issuer_key, issue_token
 
-CP = "http://control.test:8000"
+CP = "http://127.0.0.1:8000"  # loopback: plaintext to another host needs insecure=True
 
 
 def credential(**overrides: Any) -> DeviceCredential:
@@ -331,6 +331,7 @@ def test_adapter_archive_round_trips_and_passes_the_server_check(tmp_path: Path)
     assert pack_adapter(tmp_path / "adapter") == archive  # reproducible bytes
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         tar.extractall(tmp_path / "out", filter="data")
+    files.pop("README.md")  # not part of an adapter: left out, the control plane would refuse it
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
     (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
     with pytest.raises(FailedPrecondition, match="lacks adapter_model.safetensors"):

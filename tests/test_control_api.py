@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -178,7 +179,10 @@ def test_the_first_operator_key_is_generated_once_and_stored_hashed(
     settings = control_settings(tmp_path, operator_key=None)
     with caplog.at_level(logging.WARNING, logger="splitft_control.app"):
         state = build_state(settings)
-    (key,) = re.findall(r"sfk_[\w-]+", caplog.text)
+    key_file = tmp_path / "operator.key"
+    (key,) = re.findall(r"sfk_[\w-]+", key_file.read_text())
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "sfk_" not in caplog.text and str(key_file) in caplog.text  # the log names the file only
     with state.store.engine.connect() as conn:
         stored = " ".join(str(v) for row in conn.execute(select(ApiKey.__table__)) for v in row)
     assert key not in stored and state.store.count_api_keys() == 1
@@ -337,7 +341,7 @@ def test_oversized_adapter_upload_is_413(tmp_path: Path) -> None:
     response = client.post(
         f"/v1/sessions/{assignment['session_id']}/complete", content=upload, headers=bearer(credential) | GZIP
     )
-    assert "exceeds 1024 bytes" in assert_status(response, 413)["detail"]
+    assert "exceeds the 1024-byte limit" in assert_status(response, 413)["detail"]
 
 
 def test_a_valid_adapter_round_trips_and_the_job_succeeds(client: TestClient) -> None:

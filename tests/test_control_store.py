@@ -14,7 +14,15 @@ from splitft_control.models import ApiKey, Device, Edge, utcnow
 from splitft_control.store import Store, make_engine
 from tests.control_fixtures import MODEL, job_body, postgres_database, postgres_unreachable_reason
 
-TABLES = ("metrics", "sessions", "jobs", "devices", "edges", "api_keys")  # children first, for deletes
+TABLES = (
+    "metrics",
+    "session_closures",
+    "sessions",
+    "jobs",
+    "devices",
+    "edges",
+    "api_keys",
+)  # children first, for deletes
 ADAPTER = b"\x1f\x8b adapter bytes"
 
 
@@ -117,7 +125,7 @@ def test_upgrade_twice_is_a_no_op(engine: Engine, store: Store) -> None:
     assert set(inspect(engine).get_table_names()) == tables
     assert set(TABLES) | {"alembic_version"} <= tables
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
     assert store.api_key_valid(key=key)  # data survives
 
 
@@ -197,8 +205,17 @@ def test_register_edge_and_reregister_rotates_credential(store: Store) -> None:
         name="edge-a", address="a:1", models=["m1"], memory_free_bytes=10, max_sessions=2
     )
     assert store.authenticate_edge(credential=old, edge_id=first.id).name == "edge-a"
+    with pytest.raises(AlreadyExists, match="already registered"):  # the shared secret only creates
+        store.register_edge(
+            name="edge-a", address="evil:1", models=["m1"], memory_free_bytes=0, max_sessions=9
+        )
     again, new = store.register_edge(
-        name="edge-a", address="a:2", models=["m1", "m2"], memory_free_bytes=20, max_sessions=3
+        name="edge-a",
+        address="a:2",
+        models=["m1", "m2"],
+        memory_free_bytes=20,
+        max_sessions=3,
+        as_edge=first.id,
     )
     assert again.id == first.id and new != old
     (listed,) = store.list_edges()
@@ -354,7 +371,8 @@ def test_metrics_are_recorded_in_step_order(store: Store) -> None:
     store.record_metrics(
         session_id=sid, device_id=device.id, points=[{"step": 3, "loss": 0.25, "bytes_sent": 7}]
     )
-    ((sess, name, recorded),) = store.job_metrics(job_id=job_id)
+    ((sess, name, recorded),), next_after = store.job_metrics(job_id=job_id)
+    assert next_after is None  # one page holds them all
     assert (sess.id, name) == (sid, "phone")
     assert [(m.step, m.loss) for m in recorded] == [(1, 0.9), (2, 0.5), (3, 0.25)]
     assert recorded[0].examples_per_second == 12.5 and recorded[2].bytes_sent == 7

@@ -190,6 +190,26 @@ def test_no_edge_gets_the_ca_private_key():
             assert ("splitft-ca", "ca.key") not in set(referenced_secrets(pod))
 
 
+def test_the_control_plane_serves_https_and_edges_verify_it():
+    """Bearer secrets and the CA cross the control plane's REST API: it serves HTTPS (review H2)."""
+    (control,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "splitft-control"]
+    pod = control["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert env["SPLITFT_TLS_CERTS_DIR"] in mounted
+    volume = next(v for v in pod["volumes"] if v["name"] == mounted[env["SPLITFT_TLS_CERTS_DIR"]])
+    paths = {item["path"] for s in volume["projected"]["sources"] for item in s["secret"]["items"]}
+    assert {"control.pem", "control.key", "ca.pem"} <= paths
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    edges = [c for _, p in pod_specs() for c in p["containers"] if "splitft-edge" in c["image"]]
+    assert edges
+    for edge in edges:
+        (url,) = [a.split("=", 1)[1].split()[0] for a in edge["args"] if a.startswith("--control-plane=")]
+        assert url.startswith("https://"), url
+
+
 def test_every_referenced_secret_is_defined_or_operator_provided():
     defined = {
         d["metadata"]["name"]: set(d.get("data", {})) | set(d.get("stringData", {}))
@@ -286,6 +306,28 @@ def test_compose_volumes_are_declared_and_secrets_have_no_defaults():
     assert "--control-plane" in edge["command"] and "--certs" in edge["command"]
     assert "SPLITFT_EDGE_SECRET" in edge["environment"]
     assert COMPOSE["services"]["control"]["environment"]["SPLITFT_DB_URL"].startswith("postgresql+psycopg://")
+
+
+def test_compose_serves_https_and_the_edge_never_mounts_the_ca_key():
+    """Review H2 and L6: HTTPS verified against ca.pem; the edge's volume holds no ca.key."""
+    services = COMPOSE["services"]
+    control, edge, certs = services["control"], services["edge"], services["certs"]
+    assert control["environment"]["SPLITFT_TLS_CERTS_DIR"] == "/certs"
+    probe = " ".join(control["healthcheck"]["test"])
+    assert "https://127.0.0.1:" in probe and "cafile='/certs/ca.pem'" in probe
+    url = edge["command"][edge["command"].index("--control-plane") + 1]
+    assert url.startswith("https://127.0.0.1:")
+    edge_volumes = {v.split(":")[0]: v.split(":")[1] for v in edge["volumes"]}
+    assert "certs" not in edge_volumes and edge_volumes["edge-certs"] == "/certs"
+    script = certs["command"][0]
+    copied = " ".join(line for line in script.splitlines() if "/edge-certs" in line)
+    assert "ca.pem" in copied and "edge.key" in copied and "ca.key" not in copied
+    assert "--control-host" in script and "certs control" in script
+    # A fresh named volume takes the owner of the image's directory: the certs service (uid 10001)
+    # can write /edge-certs only if the control-plane image made it its own.
+    assert "/edge-certs" in certs["volumes"][1] and re.search(
+        r"chown splitft:splitft [^\n]*/edge-certs", (ROOT / "deploy" / "control-plane.Dockerfile").read_text()
+    )
 
 
 # --- Dockerfiles and Makefile ---------------------------------------------------------------------

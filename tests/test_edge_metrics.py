@@ -67,9 +67,7 @@ def train_step(conn: EdgeConnection, tiny: TinyModel, codec: str) -> SplitModel:
 
 
 def adapter_series(samples: dict) -> list[dict[str, str]]:
-    return [
-        dict(labels) for name, labels in samples if name == "splitft_edge_session_trainable_parameter_bytes"
-    ]
+    return [dict(labels) for name, labels in samples if name == "splitft_edge_adapter_parameter_bytes"]
 
 
 def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_models: dict[str, TinyModel]):
@@ -83,11 +81,14 @@ def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_model
         model = train_step(conn, tiny_models[FAMILY], codec="fp16")
         during = scrape(metered_edge)
         (series,) = adapter_series(during)
-        trainable = metered_edge.sessions.get(series["session"]).trainable_parameters
+        trainable = metered_edge.sessions.get(model.session_id).trainable_parameters
+        text = httpx.get(f"http://127.0.0.1:{metered_edge.metrics_port}/metrics", timeout=10).text
+        assert model.session_id not in text  # session ids never leak on the metrics port
         model.close()
     assert value(during, "splitft_edge_active_sessions") == 1
     assert series["model"] == FAMILY
-    adapter = value(during, "splitft_edge_session_trainable_parameter_bytes", **series)
+    assert set(series) == {"model"}  # no session ids on the unauthenticated metrics port
+    adapter = value(during, "splitft_edge_adapter_parameter_bytes", **series)
     assert adapter == trainable * 4 > 0  # fp32 LoRA weights
     for phase in ("forward", "backward", "optimizer"):
         assert value(during, "splitft_edge_step_seconds_count", phase=phase, model=FAMILY) == 1
@@ -153,7 +154,8 @@ def test_health_command_over_mutual_tls_and_plaintext(tmp_path: Path, tiny_model
     """`splitft edge health` is the container and Kubernetes probe: a device-like mTLS client."""
     pki = LocalPki.create(tmp_path / "certs", device="healthcheck")
     model = f"{FAMILY}={tiny_models[FAMILY].path}"
-    server = EdgeServer(EdgeConfig(model_dirs=[model], port=0, certs_dir=str(pki.directory))).start()
+    config = EdgeConfig(model_dirs=[model], port=0, certs_dir=str(pki.directory), no_tokens=True)
+    server = EdgeServer(config).start()
     try:
         assert main(["edge", "health", "--address", server.address, "--certs", str(pki.directory)]) == 0
         assert main(["edge", "health", "--address", server.address, "--insecure", "--timeout", "1"]) == 1

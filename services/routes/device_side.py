@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from splitft.errors import InvalidArgument, PayloadTooLarge
-from splitft.security.tokens import issue_token
-from splitft_control.archive import check_adapter_archive
+from splitft.security.tokens import SplitClaims, issue_token
+from splitft_control.archive import ArchiveLimits, check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
 
@@ -32,14 +33,25 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         edge=edge.id,
         job=job.id,
         ttl_seconds=state.settings.token_ttl,
+        # The edge refuses an OpenSession whose split differs from the job's (PERMISSION_DENIED).
+        split=SplitClaims(
+            device_layers=spec.device_layers,
+            head_layers=spec.head_layers,
+            trunk_lora=spec.trunk_lora and spec.method == "lora",
+            codec=spec.codec,
+        ),
     )
     return Assignment(session_id=sess.id, job_id=job.id, edge_address=edge.address, token=token, spec=spec)
 
 
 @router.post("/sessions/{session_id}/metrics", status_code=status.HTTP_204_NO_CONTENT)
-def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, store: StoreDep) -> Response:
-    store.record_metrics(
-        session_id=session_id, device_id=device.id, points=[p.model_dump() for p in body.points]
+def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, state: State) -> Response:
+    """Store points of an open session (409 once it has finished; 429 past the per-session cap)."""
+    state.store.record_metrics(
+        session_id=session_id,
+        device_id=device.id,
+        points=[p.model_dump() for p in body.points],
+        max_points=state.settings.max_metric_points_per_session,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -55,17 +67,27 @@ def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, stor
     },
 )
 async def complete_session(session_id: str, request: Request, device: DeviceDep, state: State) -> Response:
-    """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed."""
-    limit = state.settings.max_adapter_bytes
+    """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed.
+
+    The session must be this device's and still open before a byte of the body is read, and the
+    archive check runs in a worker thread with bounds, so an upload never stalls other requests."""
+    settings = state.settings
+    await run_in_threadpool(state.store.check_open_session, session_id=session_id, device_id=device.id)
+    limit = settings.max_adapter_bytes
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > limit:
-            raise PayloadTooLarge(f"adapter upload exceeds {limit} bytes")
+            raise PayloadTooLarge(f"adapter upload exceeds {limit} bytes (SPLITFT_MAX_ADAPTER_BYTES)")
     if not data:
         raise InvalidArgument("empty adapter upload")
-    check_adapter_archive(bytes(data))
-    state.store.complete_session(session_id=session_id, device_id=device.id, adapter=bytes(data))
+    adapter = bytes(data)
+    del data  # one copy of the body from here on
+    limits = ArchiveLimits(settings.max_adapter_unpacked_bytes, settings.max_adapter_members)
+    await run_in_threadpool(check_adapter_archive, adapter, limits)
+    await run_in_threadpool(
+        state.store.complete_session, session_id=session_id, device_id=device.id, adapter=adapter
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.security.certs import sign_device_key
+from splitft.security.trust import bind_enrollment_token
+from splitft_control import revocation
 from splitft_control.deps import Operator, State, StoreDep
 from splitft_control.models import Device
 from splitft_control.schemas import DeviceCreate, DeviceCreated, DeviceEnroll, DeviceEnrolled, DevicePublic
@@ -22,18 +24,38 @@ def device_public(device: Device) -> DevicePublic:
         status=device.status,  # type: ignore[arg-type]
         created_at=device.created_at,
         enrolled_at=device.enrolled_at,
+        disabled_at=device.disabled_at,
     )
 
 
 @router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED, dependencies=[Operator])
-def create_device(body: DeviceCreate, store: StoreDep) -> DeviceCreated:
+def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCreated:
     device, token = store.create_device(name=body.name)
-    return DeviceCreated(id=device.id, name=device.name, enrollment_token=token)
+    ca_dir = (
+        state.settings.ca_dir
+    )  # the token pins the CA the device will be handed (see splitft.security.trust)
+    ca_pem = (ca_dir / "ca.pem").read_bytes() if ca_dir is not None else None
+    return DeviceCreated(
+        id=device.id, name=device.name, enrollment_token=bind_enrollment_token(token, ca_pem)
+    )
 
 
 @router.get("", response_model=list[DevicePublic], dependencies=[Operator])
 def list_devices(store: StoreDep) -> list[DevicePublic]:
     return [device_public(d) for d in store.list_devices()]
+
+
+@router.post("/{device_id}/disable", response_model=DevicePublic, dependencies=[Operator])
+def disable_device(device_id: str, store: StoreDep) -> DevicePublic:
+    """Revoke a device: its credential stops working, its open sessions fail and edges close them."""
+    return device_public(revocation.disable_device(store, device_id=device_id))
+
+
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Operator])
+def delete_device(device_id: str, store: StoreDep) -> Response:
+    """Remove a device no job names (409 otherwise: disable it, which keeps the jobs' history)."""
+    revocation.delete_device(store, device_id=device_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 
-from splitft_control.deps import EdgeCredential, EdgeSecret, Operator, State, StoreDep
+from splitft_control import revocation
+from splitft_control.deps import EdgeCredential, Operator, Registrant, State, StoreDep
 from splitft_control.models import Edge
-from splitft_control.schemas import EdgeCapacity, EdgeHeartbeat, EdgePublic, EdgeRegister, EdgeRegistered
+from splitft_control.schemas import (
+    EdgeCapacity,
+    EdgeHeartbeat,
+    EdgeHeartbeatAnswer,
+    EdgePublic,
+    EdgeRegister,
+    EdgeRegistered,
+)
 
 router = APIRouter(prefix="/v1/edges", tags=["edges"])
 
@@ -24,15 +32,19 @@ def edge_public(edge: Edge) -> EdgePublic:
     )
 
 
-@router.post("/register", response_model=EdgeRegistered, dependencies=[EdgeSecret])
-def register_edge(body: EdgeRegister, state: State) -> EdgeRegistered:
-    """Register (or re-register) an edge; returns its heartbeat credential and the token issuer key."""
+@router.post("/register", response_model=EdgeRegistered)
+def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> EdgeRegistered:
+    """Register an edge; returns its heartbeat credential and the token issuer key.
+
+    The shared edge secret registers a new name only (409 for a taken one); an edge re-registers its
+    own name with its current credential (an operator deletes a lost one: DELETE /v1/edges/{id})."""
     edge, credential = state.store.register_edge(
         name=body.name,
         address=body.address,
         models=body.models,
         memory_free_bytes=body.capacity.memory_free_bytes,
         max_sessions=body.capacity.max_sessions,
+        as_edge=registrant.edge_id,
     )
     state.store.place_waiting()
     return EdgeRegistered(
@@ -43,8 +55,12 @@ def register_edge(body: EdgeRegister, state: State) -> EdgeRegistered:
     )
 
 
-@router.post("/{edge_id}/heartbeat", response_model=EdgePublic)
-def heartbeat(edge_id: str, body: EdgeHeartbeat, credential: EdgeCredential, store: StoreDep) -> EdgePublic:
+@router.post("/{edge_id}/heartbeat", response_model=EdgeHeartbeatAnswer)
+def heartbeat(
+    edge_id: str, body: EdgeHeartbeat, credential: EdgeCredential, state: State
+) -> EdgeHeartbeatAnswer:
+    """Record the edge's load; the answer lists the sessions it must close and refuse to open."""
+    store = state.store
     store.authenticate_edge(credential=credential, edge_id=edge_id)
     capacity = body.capacity
     edge = store.heartbeat(
@@ -53,9 +69,26 @@ def heartbeat(edge_id: str, body: EdgeHeartbeat, credential: EdgeCredential, sto
         memory_free_bytes=capacity.memory_free_bytes if capacity else None,
         max_sessions=capacity.max_sessions if capacity else None,
     )
-    return edge_public(edge)
+    closures = revocation.closures_for_edge(store, edge_id=edge_id, token_ttl=state.settings.token_ttl)
+    return EdgeHeartbeatAnswer(**edge_public(edge).model_dump(), close_sessions=closures)
 
 
 @router.get("", response_model=list[EdgePublic], dependencies=[Operator])
 def list_edges(store: StoreDep) -> list[EdgePublic]:
     return [edge_public(e) for e in store.list_edges()]
+
+
+@router.post("/{edge_id}/disable", response_model=EdgePublic, dependencies=[Operator])
+def disable_edge(edge_id: str, store: StoreDep) -> EdgePublic:
+    """Cut an edge off: its credential and name stop working; its open sessions go to other edges."""
+    edge = revocation.disable_edge(store, edge_id=edge_id)
+    store.place_waiting()
+    return edge_public(edge)
+
+
+@router.delete("/{edge_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Operator])
+def delete_edge(edge_id: str, store: StoreDep) -> Response:
+    """Forget an edge (its name can register afresh); its open sessions go to other edges."""
+    revocation.delete_edge(store, edge_id=edge_id)
+    store.place_waiting()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

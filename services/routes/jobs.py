@@ -77,8 +77,19 @@ def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
     return job_public(*store.get_job(job_id=job_id))
 
 
+METRICS_PAGE_DEFAULT = 1000
+METRICS_PAGE_MAX = 10_000
+
+
 @router.get("/{job_id}/metrics", response_model=JobMetrics)
-def job_metrics(job_id: str, store: StoreDep) -> JobMetrics:
+def job_metrics(
+    job_id: str,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=METRICS_PAGE_MAX)] = METRICS_PAGE_DEFAULT,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> JobMetrics:
+    """One page of the job's points, in the order they were stored; `next_after` fetches the next."""
+    page, next_after = store.job_metrics(job_id=job_id, limit=limit, after=after)
     sessions = [
         SessionMetrics(
             session_id=sess.id,
@@ -94,9 +105,9 @@ def job_metrics(job_id: str, store: StoreDep) -> JobMetrics:
                 for m in points
             ],
         )
-        for sess, device, points in store.job_metrics(job_id=job_id)
+        for sess, device, points in page
     ]
-    return JobMetrics(job_id=job_id, sessions=sessions)
+    return JobMetrics(job_id=job_id, sessions=sessions, next_after=next_after)
 
 
 @router.get(

@@ -45,6 +45,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     import torch
 
     from edge_server import EdgeConfig, EdgeServer
+    from edge_server.limits import DataPlaneLimits
     from edge_server.registry import ModelRegistry
 
     if args.threads:
@@ -60,12 +61,16 @@ def _edge_serve(args: argparse.Namespace) -> int:
         session_ttl=args.session_ttl,
         max_sessions=args.max_sessions,
         metrics_port=args.metrics_port,
+        no_tokens=args.no_tokens,
+        limits=DataPlaneLimits(
+            **{name: getattr(args, name) for name in _LIMIT_FLAGS if getattr(args, name) is not None}
+        ),
     )
     registry = ModelRegistry.from_dirs(config.model_dirs)
     link = _register_edge(args, config, registry) if args.control_plane else None
     server = EdgeServer(config, registry)
     if link is not None:
-        link.start(server.sessions.count)
+        link.start(server.sessions.count, server.sessions.revoke)
     try:
         server.serve_forever()
     finally:
@@ -92,11 +97,27 @@ def _register_edge(args: argparse.Namespace, config, registry):
         address=address,
         models=sorted(registry.models),
         max_sessions=config.max_sessions,
+        ca_pem=_control_plane_ca(args),
+        insecure=args.insecure,
+        credential_file=args.edge_credential_file,
     )
     registration = link.register()
     config.token_issuer_pems.append(registration.issuer_public_pem)
     config.edge_id = registration.edge_id
     return link
+
+
+def _control_plane_ca(args: argparse.Namespace) -> bytes | None:
+    """The CA that verifies the control plane: --control-plane-ca, else the deployment CA in --certs."""
+    from pathlib import Path
+
+    from splitft.security.trust import read_ca_file
+
+    if args.control_plane_ca:
+        return read_ca_file(args.control_plane_ca).encode()
+    if args.certs and (Path(args.certs) / "ca.pem").is_file():
+        return read_ca_file(Path(args.certs) / "ca.pem").encode()
+    return None  # the system's trust store (e.g. a public certificate on a TLS-terminating proxy)
 
 
 def _edge_health(args: argparse.Namespace) -> int:
@@ -142,10 +163,19 @@ def _health_credentials(args: argparse.Namespace):
 def _control_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from splitft.security.trust import is_loopback
     from splitft_control.app import create_app
 
-    app = create_app(_control_settings(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=10)
+    settings = _control_settings(args)
+    tls = settings.tls_files()  # checked before anything starts: a missing file is a CLI error
+    if tls is None and not is_loopback(args.host):
+        logger.warning(
+            "serving the control plane over plaintext HTTP: bearer secrets and the CA cross the network "
+            "in clear; give --certs DIR for HTTPS unless a TLS-terminating proxy is in front"
+        )
+    app = create_app(settings)
+    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=10, **ssl)
     return 0
 
 
@@ -162,6 +192,7 @@ def _control_settings(args: argparse.Namespace):
         "db_url": args.db,
         "dev_mode": True if getattr(args, "dev", False) else None,
         "certs_dir": Path(args.certs_dir) if getattr(args, "certs_dir", None) else None,
+        "tls_certs_dir": Path(args.certs) if getattr(args, "certs", None) else None,
     }
     try:
         return ControlSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -199,7 +230,9 @@ def _control_keys(args: argparse.Namespace) -> int:
 def _device_enroll(args: argparse.Namespace) -> int:
     from device_client.credentials import enroll
 
-    credential = enroll(args.control_plane, args.token, args.out, force=args.force)
+    credential = enroll(
+        args.control_plane, args.token, args.out, force=args.force, ca_file=args.ca, insecure=args.insecure
+    )
     sys.stdout.write(
         f"enrolled as {credential.device_name} ({credential.device_id}); credential in {args.out}\n"
     )
@@ -234,11 +267,23 @@ def _device_run(args: argparse.Namespace) -> int:
 
 def _certs_init(args: argparse.Namespace) -> int:
     from splitft.security.certs import init_ca
+    from splitft.security.trust import ca_fingerprint
 
-    paths = init_ca(args.dir, args.host, force=args.force)
+    control_hosts = args.control_host or args.host
+    paths = init_ca(args.dir, args.host, control_hosts=control_hosts, force=args.force)
     sys.stdout.write(
-        f"CA: {paths.ca_cert}\nedge certificate: {paths.edge_cert} (hosts: {', '.join(args.host)})\n"
+        f"CA: {paths.ca_cert} (SHA-256 {ca_fingerprint(paths.ca_cert.read_bytes())})\n"
+        f"edge certificate: {paths.edge_cert} (hosts: {', '.join(args.host)})\n"
+        f"control-plane certificate: {paths.control_cert} (hosts: {', '.join(control_hosts)})\n"
     )
+    return 0
+
+
+def _certs_control(args: argparse.Namespace) -> int:
+    from splitft.security.certs import issue_control
+
+    paths = issue_control(args.dir, args.host, force=args.force)
+    sys.stdout.write(f"control-plane certificate: {paths.control_cert} (hosts: {', '.join(args.host)})\n")
     return 0
 
 
@@ -405,7 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--certs", default=None, metavar="DIR", help="mutual TLS with DIR/ca.pem, edge.pem, edge.key"
     )
-    serve.add_argument("--insecure", action="store_true", help="plaintext gRPC, for local experiments only")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC (and a plaintext http:// control plane on another host): local experiments only",
+    )
     serve.add_argument(
         "--token-issuer-key",
         action="append",
@@ -413,13 +462,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust session tokens signed by this Ed25519 public key; repeat for several",
     )
     serve.add_argument("--edge-id", default="", help="this edge's id, matched against a token's edge claim")
-    serve.add_argument("--control-plane", default=None, metavar="URL", help="register and heartbeat here")
+    serve.add_argument(
+        "--control-plane",
+        default=None,
+        metavar="URL",
+        help="register and heartbeat here; https:// (http:// only to loopback, or with --insecure)",
+    )
+    serve.add_argument(
+        "--control-plane-ca",
+        default=None,
+        metavar="PEM",
+        help="CA that verifies the control plane's HTTPS (default: DIR/ca.pem of --certs, else the system's)",
+    )
     serve.add_argument(
         "--edge-secret",
         default=os.environ.get("SPLITFT_EDGE_SECRET"),
         help="enrollment secret for --control-plane (default: $SPLITFT_EDGE_SECRET)",
     )
     serve.add_argument("--edge-name", default=None, help="name to register under (default: host name)")
+    serve.add_argument(
+        "--edge-credential-file",
+        default=os.environ.get("SPLITFT_EDGE_CREDENTIAL_FILE"),
+        metavar="PATH",
+        help="keep this edge's control-plane credential here (0600), so a restart can register its "
+        "name again: the shared secret only registers new names (default: $SPLITFT_EDGE_CREDENTIAL_FILE)",
+    )
     serve.add_argument(
         "--advertise-address",
         default=None,
@@ -438,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics over plain HTTP on --host:PORT (default: off; 9400 in the images)",
     )
+    serve.add_argument(
+        "--no-tokens",
+        action="store_true",
+        help="with --certs and no token issuer: serve without session tokens on purpose (logs a warning)",
+    )
+    _add_limit_flags(serve)
     serve.set_defaults(func=_edge_serve)
     health = edge.add_parser("health", help="check an edge with the gRPC health service (exit 0 if SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051", metavar="HOST:PORT")
@@ -456,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     cserve = control.add_parser("serve", help="serve the control plane (FastAPI + uvicorn)")
     cserve.add_argument("--host", default="127.0.0.1")
     cserve.add_argument("--port", type=int, default=8080)
+    cserve.add_argument(
+        "--certs",
+        default=None,
+        metavar="DIR",
+        help="serve HTTPS with DIR/control.pem and DIR/control.key (`certs init`); "
+        "DIR/ca.key also signs device CSRs unless --certs-dir says otherwise",
+    )
     cserve.add_argument("--certs-dir", default=None, help="deployment CA that signs device CSRs")
     cserve.add_argument(
         "--dev", action="store_true", help="allow weak or missing secrets (local experiments)"
@@ -483,8 +563,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="device_command", required=True
     )
     denroll = device_cmd.add_parser("enroll", help="trade an enrollment token for a credential file")
-    denroll.add_argument("--control-plane", required=True, metavar="URL")
-    denroll.add_argument("--token", required=True, help="the one-time enrollment token from POST /v1/devices")
+    denroll.add_argument(
+        "--control-plane",
+        required=True,
+        metavar="URL",
+        help="https:// (http:// only to loopback or --insecure)",
+    )
+    denroll.add_argument(
+        "--token",
+        required=True,
+        help="the one-time enrollment token from POST /v1/devices (it pins the CA the device will trust)",
+    )
+    denroll.add_argument(
+        "--ca",
+        default=None,
+        metavar="PEM",
+        help="CA that verifies the control plane's HTTPS (default: the CA the token pins, else the system's)",
+    )
+    denroll.add_argument(
+        "--insecure", action="store_true", help="allow a plaintext http:// control plane on another host"
+    )
     denroll.add_argument("--out", required=True, help="credential file to write (0600)")
     denroll.add_argument("--force", action="store_true")
     denroll.set_defaults(func=_device_enroll)
@@ -501,7 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drun.add_argument("--max-sessions", type=int, default=None, help="exit after this many sessions")
     drun.add_argument("--poll-interval", type=float, default=2.0)
-    drun.add_argument("--insecure", action="store_true", help="dial edges in plaintext (local experiments)")
+    drun.add_argument(
+        "--insecure",
+        action="store_true",
+        help="dial edges in plaintext and allow a plaintext http:// control plane on another host "
+        "(local experiments)",
+    )
     drun.add_argument(
         "--record-dir",
         default=None,
@@ -515,8 +618,21 @@ def build_parser() -> argparse.ArgumentParser:
     init = certs.add_parser("init", help="create the deployment CA and the edge's server certificate")
     init.add_argument("--dir", required=True)
     init.add_argument("--host", action="append", required=True, help="DNS name or IP of the edge; repeatable")
+    init.add_argument(
+        "--control-host",
+        action="append",
+        default=None,
+        help="DNS name or IP of the control plane (control.pem); repeatable (default: the --host values)",
+    )
     init.add_argument("--force", action="store_true", help="replace existing files")
     init.set_defaults(func=_certs_init)
+    ccontrol = certs.add_parser(
+        "control", help="issue the control plane's HTTPS certificate from an existing CA"
+    )
+    ccontrol.add_argument("--dir", required=True)
+    ccontrol.add_argument("--host", action="append", required=True, help="DNS name or IP; repeatable")
+    ccontrol.add_argument("--force", action="store_true")
+    ccontrol.set_defaults(func=_certs_control)
     device = certs.add_parser("device", help="issue a device's client certificate (CN = NAME)")
     device.add_argument("--dir", required=True)
     device.add_argument("--name", required=True)
@@ -646,6 +762,22 @@ def build_parser() -> argparse.ArgumentParser:
     cbench.add_argument("--db", default=None, metavar="URL", help="default: SQLite in a temp dir")
     cbench.set_defaults(func=_bench_control)
     return parser
+
+
+_LIMIT_FLAGS = {  # edge serve flag -> what it bounds; defaults in edge_server/limits.py, README "Security"
+    "max_request_bytes": "bytes of all tensors of one request",
+    "max_sequence_length": "tokens per row of a forward",
+    "max_batch_tokens": "batch x tokens of a forward",
+    "max_adapter_parameters": "trainable trunk parameters per session",
+    "max_sessions_per_device": "open sessions of one device",
+    "max_calls_per_device": "concurrent calls (open streams included) of one device",
+}
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    for name, what in _LIMIT_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=int, default=None, help=f"at most this many {what}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

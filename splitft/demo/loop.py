@@ -68,7 +68,8 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
     )
     with LocalLoop(out / "loop") as loop:
         console.print(
-            f"[bold]control plane[/] {loop.url} (SQLite in {loop.root / 'data'}); API docs at {loop.url}/docs"
+            f"[bold]control plane[/] {loop.url} (SQLite in {loop.root / 'data'}; HTTPS, verified against "
+            f"{loop.certs / 'ca.pem'}); API docs at {loop.url}/docs"
         )
         loop.start_edge("edge-1", [f"{MODEL}={model_dir}"])
         console.print("[bold]edge[/] edge-1 registered over REST, serving the trunk over mutual TLS")
@@ -77,7 +78,7 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
             data = write_jsonl(shards[name], out / "data" / f"{name}.jsonl")
             loop.start_agent(loop.enroll_device(name), data, f"{MODEL}={model_dir}")
         console.print(
-            f"[bold]devices[/] {', '.join(names)} enrolled (client certificates from the deployment CA)"
+            f"[bold]devices[/] {', '.join(names)} enrolled (tokens pin the CA that signs their certificates)"
         )
         started = time.perf_counter()
         job = loop.create_job(_job_spec(config, names, len(task.labels)))

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from splitft.errors import Unavailable
 from splitft.security.certs import CertPaths, init_ca, issue_device, write_secret_files
 from splitft.security.tokens import generate_issuer_key, issue_token, public_key_pem
+from splitft.security.trust import tls_verify
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +209,11 @@ class LocalPki:
 
 
 class ControlProcess:
-    """`splitft control serve` in a child process; waits for /healthz, stops with SIGTERM."""
+    """`splitft control serve` in a child process; waits for /healthz, stops with SIGTERM.
+
+    With `tls_dir` it serves HTTPS from that directory's control.pem / control.key, and the checks
+    here verify it against that directory's ca.pem.
+    """
 
     def __init__(
         self,
@@ -219,11 +225,13 @@ class ControlProcess:
         port: int | None = None,
         db_url: str | None = None,
         certs_dir: str | Path | None = None,
+        tls_dir: str | Path | None = None,
         log_path: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.cmd = [
             sys.executable,
             "-m",
@@ -241,6 +249,8 @@ class ControlProcess:
             self.cmd += ["--db", db_url]
         if certs_dir:
             self.cmd += ["--certs-dir", str(certs_dir)]
+        if self.tls_dir is not None:
+            self.cmd += ["--certs", str(self.tls_dir)]
         self.env = dict(
             os.environ,
             PYTHONUNBUFFERED="1",
@@ -253,11 +263,19 @@ class ControlProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls_dir is not None else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this control plane: its deployment CA when it serves HTTPS."""
+        if self.tls_dir is None:
+            return True
+        return tls_verify(CertPaths(self.tls_dir).ca_cert.read_bytes())
 
     def start(self, timeout: float = 60.0) -> ControlProcess:
         import httpx
 
+        verify = self.verify
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
@@ -265,7 +283,7 @@ class ControlProcess:
             if self.process.poll() is not None:
                 raise Unavailable(f"control plane exited with code {self.process.returncode} before /healthz")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1.0, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,8 +1,8 @@
 """A whole splitft deployment on one machine, in real processes: control plane, edges, device agents.
 
 Used by `splitft demo --loop` and the end-to-end tests: the control plane (SQLite in a data dir, or a
-given URL), edges registered with it over mutual TLS, and device agents enrolled with CSRs, all
-talking over loopback.
+given URL) serving HTTPS, edges registered with it over mutual TLS, and device agents enrolled with
+CSRs (their enrollment tokens pin the deployment CA), all talking over loopback.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class LocalLoop:
             port=control_port,
             db_url=self.db_url,
             certs_dir=self.certs,
+            tls_dir=self.certs,  # HTTPS, verified by everyone against the deployment CA
             log_path=str(self.root / "control.log"),
             env={
                 "SPLITFT_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
@@ -83,7 +84,11 @@ class LocalLoop:
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.operator_key}", **kwargs.pop("headers", {})}
-        response = httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        assert self.control is not None
+        verify = self.control.verify
+        response = httpx.request(
+            method, self.url + path, headers=headers, timeout=30, verify=verify, **kwargs
+        )
         if response.status_code >= 400:
             raise Unavailable(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
         return response

@@ -8,6 +8,8 @@ rewrite base weights (PiSSA, OLoRA, LoftQ, ...), no `modules_to_save`.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from peft import LoraConfig
@@ -32,6 +34,11 @@ _TRUNK_FIELDS = (
 )
 _SAFE_INITS = (True, False, "gaussian")
 MAX_RANK = 4096
+# Fields peft evaluates as regexes: refused for the shared trunk (see `_check_no_patterns`).
+_PATTERN_FIELDS = ("layers_pattern", "rank_pattern", "alpha_pattern")
+MAX_MODULE_NAMES = 256
+MAX_MODULE_NAME_LENGTH = 128
+_MODULE_NAME = re.compile(rf"[A-Za-z0-9_.]{{1,{MAX_MODULE_NAME_LENGTH}}}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,11 +75,39 @@ def trunk_lora_from_json(text: str) -> LoraConfig:
 
 
 def check_trunk_fields(fields: dict[str, Any]) -> None:
+    """InvalidArgument unless `fields` are safe for a shared trunk (the device checks before sending,
+    the edge on receipt: one function for both)."""
+    _check_scalars(fields)
+    _check_no_patterns(fields)
+    targets = fields.get("target_modules")
+    if isinstance(targets, str):
+        raise InvalidArgument(
+            "target_modules must be a list of module names, not a string: peft reads a string as a regex"
+        )
+    check_module_names("target_modules", targets, required=True)
+    excludes = fields.get("exclude_modules")
+    if isinstance(excludes, str):
+        raise InvalidArgument(
+            "exclude_modules must be a list of module names, not a string: peft reads a string as a regex"
+        )
+    check_module_names("exclude_modules", excludes, required=False)
+    layers = fields.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if layers is not None and (
+        not isinstance(layers, list)
+        or len(layers) > MAX_MODULE_NAMES
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1_000_000 for i in layers)
+    ):
+        raise InvalidArgument("layers_to_transform must be a layer index or a list of layer indices")
+
+
+def _check_scalars(fields: dict[str, Any]) -> None:
     r = fields.get("r", 8)
     if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_RANK:
         raise InvalidArgument(f"LoRA rank r must be an int in [1, {MAX_RANK}], got {r!r}")
     alpha = fields.get("lora_alpha", 8)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
         raise InvalidArgument(f"lora_alpha must be a positive number, got {alpha!r}")
     dropout = fields.get("lora_dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -86,8 +121,32 @@ def check_trunk_fields(fields: dict[str, Any]) -> None:
             f"init_lora_weights={fields.get('init_lora_weights')!r} rewrites base weights; the shared trunk "
             f"accepts only {list(_SAFE_INITS)}"
         )
-    targets = fields.get("target_modules")
-    if not targets or not isinstance(targets, (str, list)):
-        raise InvalidArgument("target_modules must name the modules to adapt (a list of names or a regex)")
-    if isinstance(targets, list) and not all(isinstance(t, str) and t for t in targets):
-        raise InvalidArgument("target_modules must be non-empty strings")
+
+
+def _check_no_patterns(fields: dict[str, Any]) -> None:
+    # peft evaluates these with Python's backtracking `re` (a peer's pattern could stall the edge)
+    # and rank_pattern/alpha_pattern would also get past MAX_RANK: the shared trunk refuses them.
+    for name in _PATTERN_FIELDS:
+        if fields.get(name) not in (None, {}, [], ""):
+            raise InvalidArgument(
+                f"{name} is not accepted for the trunk adapter: peft reads it as a regex; "
+                "use one rank and alpha, and target_modules as a list of module names"
+            )
+
+
+def check_module_names(field: str, names: Any, *, required: bool) -> None:
+    """InvalidArgument unless `names` is a list of plain module names (matched exactly or as a dotted
+    suffix, never as a regex)."""
+    if names is None and not required:
+        return
+    if not isinstance(names, list) or (required and not names):
+        raise InvalidArgument(f"{field} must be a non-empty list of module names")
+    if len(names) > MAX_MODULE_NAMES:
+        raise InvalidArgument(f"{field} has {len(names)} names; at most {MAX_MODULE_NAMES}")
+    for name in names:
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+            shown = name[:40] if isinstance(name, str) else name
+            raise InvalidArgument(
+                f"{field} entries must be module names of 1-{MAX_MODULE_NAME_LENGTH} characters of "
+                f"[A-Za-z0-9_.], got {shown!r}"
+            )

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from splitft.errors import AlreadyExists, InvalidArgument, NotFound
+from splitft.security.files import PRIVATE_MODE, PUBLIC_MODE, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ class CertPaths:
     def edge_key(self) -> Path:
         return self.directory / "edge.key"
 
+    @property
+    def control_cert(self) -> Path:
+        return self.directory / "control.pem"
+
+    @property
+    def control_key(self) -> Path:
+        return self.directory / "control.key"
+
     def device_cert(self, name: str) -> Path:
         return self.directory / "devices" / f"{name}.pem"
 
@@ -72,16 +81,13 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _write(path: Path, data: bytes, *, private: bool, force: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600 if private else 0o644)  # also when --force replaced a looser file
+    # --force replaces the directory entry (a symlink too) with a fresh 0600/0644 file; it never
+    # truncates and rewrites the old file in place.
+    write_file(path, data, force=force, mode=PRIVATE_MODE if private else PUBLIC_MODE)
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in paths if os.path.lexists(p)]  # a dangling symlink counts too
     if existing and not force:
         raise AlreadyExists(f"refusing to overwrite {', '.join(existing)} (pass --force to replace)")
 
@@ -121,12 +127,26 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def init_ca(directory: str | Path, hosts: list[str], *, force: bool = False) -> CertPaths:
-    """Create the CA and the edge's server certificate for `hosts`."""
+def init_ca(
+    directory: str | Path, hosts: list[str], *, control_hosts: list[str] | None = None, force: bool = False
+) -> CertPaths:
+    """Create the CA, the edge's server certificate for `hosts` and the control plane's (HTTPS) one
+    for `control_hosts` (default: `hosts`)."""
     if not hosts:
         raise InvalidArgument("give at least one --host for the edge certificate")
     paths = CertPaths(Path(directory))
-    _refuse_existing([paths.ca_cert, paths.ca_key, paths.edge_cert, paths.edge_key], force)
+    control_hosts = list(control_hosts or hosts)
+    files = [
+        paths.ca_cert,
+        paths.ca_key,
+        paths.edge_cert,
+        paths.edge_key,
+        paths.control_cert,
+        paths.control_key,
+    ]
+    _refuse_existing(files, force)
+    for names in (hosts, control_hosts):
+        _san(names)  # refuse a bad host before writing anything
     ca_key = _new_key()
     ca = (
         _builder("splitft deployment CA", None, ca_key.public_key(), CA_DAYS)
@@ -137,17 +157,51 @@ def init_ca(directory: str | Path, hosts: list[str], *, force: bool = False) -> 
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    edge_key = _new_key()
-    edge = (
-        _leaf(ca, ca_key, "splitft-edge", edge_key, EDGE_DAYS, ExtendedKeyUsageOID.SERVER_AUTH)
+    _write(paths.ca_key, _key_pem(ca_key), private=True, force=force)
+    _write(paths.ca_cert, _cert_pem(ca), private=False, force=force)
+    _write_server(ca, ca_key, "splitft-edge", hosts, (paths.edge_cert, paths.edge_key), force=force)
+    _write_server(
+        ca,
+        ca_key,
+        "splitft-control-plane",
+        control_hosts,
+        (paths.control_cert, paths.control_key),
+        force=force,
+    )
+    logger.info(
+        "wrote CA, edge certificate for %s and control-plane certificate for %s in %s",
+        ", ".join(hosts),
+        ", ".join(control_hosts),
+        paths.directory,
+    )
+    return paths
+
+
+def _write_server(
+    ca: x509.Certificate, ca_key, subject: str, hosts: list[str], files: tuple[Path, Path], *, force: bool
+) -> None:
+    """A serverAuth certificate for `hosts` (DNS/IP SANs), signed by the CA, and its key."""
+    key = _new_key()
+    cert = (
+        _leaf(ca, ca_key, subject, key, EDGE_DAYS, ExtendedKeyUsageOID.SERVER_AUTH)
         .add_extension(_san(hosts), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(paths.ca_key, _key_pem(ca_key), private=True, force=force)
-    _write(paths.ca_cert, _cert_pem(ca), private=False, force=force)
-    _write(paths.edge_key, _key_pem(edge_key), private=True, force=force)
-    _write(paths.edge_cert, _cert_pem(edge), private=False, force=force)
-    logger.info("wrote CA and edge certificate for %s in %s", ", ".join(hosts), paths.directory)
+    _write(files[1], _key_pem(key), private=True, force=force)
+    _write(files[0], _cert_pem(cert), private=False, force=force)
+
+
+def issue_control(directory: str | Path, hosts: list[str], *, force: bool = False) -> CertPaths:
+    """control.pem / control.key for `hosts` from an existing CA (a deployment made before HTTPS)."""
+    if not hosts:
+        raise InvalidArgument("give at least one --host for the control-plane certificate")
+    paths = CertPaths(Path(directory))
+    _refuse_existing([paths.control_cert, paths.control_key], force)
+    _san(hosts)
+    ca, ca_key = load_ca(paths)
+    files = (paths.control_cert, paths.control_key)
+    _write_server(ca, ca_key, "splitft-control-plane", hosts, files, force=force)
+    logger.info("wrote control-plane certificate for %s in %s", ", ".join(hosts), paths.directory)
     return paths
 
 

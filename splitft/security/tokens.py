@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -22,11 +23,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from splitft.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2  # 2: optional split claims (device_layers, head_layers, trunk_lora, codec)
+ACCEPTED_VERSIONS = (1, 2)  # a version-1 token simply binds no split
 DEFAULT_TTL_SECONDS = 3600
 MAX_TOKEN_BYTES = 4096
 CLOCK_SKEW_SECONDS = 30  # tolerated difference between issuer and edge clocks
 METADATA_KEY = "authorization"  # gRPC metadata; value "Bearer <token>"
+# Session ids name edge sessions and, on devices, record directories: never a path component.
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def check_session_id(session_id: object) -> str:
+    """`session_id` if it is 1-128 characters of [A-Za-z0-9._:-] and not "." or ".."; else InvalidArgument.
+
+    The one validator for session ids, used by the edge (OpenSession) and the device agent (paths)."""
+    if (
+        not isinstance(session_id, str)
+        or not SESSION_ID_PATTERN.fullmatch(session_id)
+        or session_id in (".", "..")
+    ):
+        raise InvalidArgument('session_id must be 1-128 characters of [A-Za-z0-9._:-], not "." or ".."')
+    return session_id
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,11 @@ class SessionClaims:
     issued: int = 0
     nonce: str = ""
     version: int = TOKEN_VERSION
+    # The job's split, bound by the control plane; None: not bound (a hand-issued or version-1 token).
+    device_layers: int | None = None
+    head_layers: int | None = None
+    trunk_lora: bool | None = None
+    codec: str | None = None  # canonical `splitft.compress` string
 
 
 def _b64(data: bytes) -> str:
@@ -93,7 +115,9 @@ def issue_token(
     job: str = "",
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: float | None = None,
+    split: SplitClaims | None = None,
 ) -> str:
+    """Sign a token for one session; `split` binds the job's split, trunk LoRA flag and codec."""
     if not session or not device or not model:
         raise InvalidArgument("a session token needs a session id, a device name and a model")
     if ttl_seconds <= 0:
@@ -108,6 +132,7 @@ def issue_token(
         expires=issued + int(ttl_seconds),
         issued=issued,
         nonce=secrets.token_hex(8),
+        **(asdict(split) if split is not None else {}),
     )
     payload = _b64(json.dumps(asdict(claims), sort_keys=True, separators=(",", ":")).encode())
     return f"{payload}.{_b64(key.sign(payload.encode()))}"
@@ -155,12 +180,40 @@ def _parse_claims(payload: str) -> SessionClaims:
         claims = SessionClaims(**raw)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise Unauthenticated("malformed session token claims") from None
-    if claims.version != TOKEN_VERSION:
+    if claims.version not in ACCEPTED_VERSIONS:
         raise Unauthenticated(f"unsupported session token version {claims.version}")
     text_fields = (claims.session, claims.device, claims.model, claims.edge, claims.job, claims.nonce)
     if not all(isinstance(v, str) for v in text_fields) or not isinstance(claims.expires, int):
         raise Unauthenticated("malformed session token claims")
+    optional = (
+        (claims.device_layers, int),
+        (claims.head_layers, int),
+        (claims.trunk_lora, bool),
+        (claims.codec, str),
+    )
+    if not all(v is None or type(v) is kind for v, kind in optional):
+        raise Unauthenticated("malformed session token claims")
     return claims
+
+
+@dataclass(frozen=True)
+class SplitClaims:
+    """The job's split a token binds: the edge refuses an OpenSession that differs."""
+
+    device_layers: int
+    head_layers: int
+    trunk_lora: bool
+    codec: str  # canonical `splitft.compress` string
+
+
+def authorize_split(claims: SessionClaims, opened: SplitClaims) -> None:
+    """PermissionDenied naming the first field where an OpenSession differs from the token's split."""
+    for name, value in asdict(opened).items():
+        bound = getattr(claims, name)
+        if bound is not None and bound != value:
+            raise PermissionDenied(
+                f"session token binds {name}={bound!r}; OpenSession asked for {name}={value!r}"
+            )
 
 
 def authorize(

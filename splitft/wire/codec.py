@@ -129,9 +129,22 @@ def tensors_to_parts(
 class TensorAssembler:
     """Rebuilds tensors from a stream of parts, validating everything a peer could get wrong."""
 
-    def __init__(self, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES, max_tensors: int = 4096) -> None:
+    def __init__(
+        self,
+        max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+        max_tensors: int = 4096,
+        *,
+        max_total_bytes: int | None = None,
+        names: frozenset[str] | None = None,
+    ) -> None:
         self.max_tensor_bytes = max_tensor_bytes
         self.max_tensors = max_tensors
+        # Bounds on all tensors together (payload and decoded size), and the names a receiver expects:
+        # both are checked on each tensor's header, before any of its payload is buffered.
+        self.max_total_bytes = max_total_bytes
+        self.names = names
+        self._declared = 0
+        self._decoded = 0
         self.tensors: dict[str, torch.Tensor] = {}
         self.bytes_received = 0
         self._header: pb.Tensor | None = None
@@ -165,10 +178,25 @@ class TensorAssembler:
             raise ResourceExhausted(
                 f"tensor {header.name!r}: {header.total_bytes} bytes; limit is {self.max_tensor_bytes}"
             )
+        if self.names is not None and header.name not in self.names:
+            raise InvalidArgument(f"unexpected tensor {header.name[:64]!r}; expected {sorted(self.names)}")
         self._layout = _check_header(header, self.max_tensor_bytes)
+        self._check_total(header)
         self._header = header
         self._buffer = bytearray()
         self._append(header.data)
+
+    def _check_total(self, header: pb.Tensor) -> None:
+        if self.max_total_bytes is None:
+            return
+        shape, dtype, _ = self._layout
+        self._declared += header.total_bytes
+        self._decoded += math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if max(self._declared, self._decoded) > self.max_total_bytes:
+            raise ResourceExhausted(
+                f"request of more than {self.max_total_bytes} bytes (tensor {header.name!r} brings it to "
+                f"{max(self._declared, self._decoded)}); the edge's limit is --max-request-bytes"
+            )
 
     def _append(self, data: bytes) -> None:
         assert self._header is not None  # guarded by callers
