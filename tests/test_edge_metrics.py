@@ -135,11 +135,13 @@ def test_an_expired_session_drops_out(tiny_models: dict[str, TinyModel]):
         metrics_port=0,
         session_ttl=0.3,
     )
-    server = EdgeServer(config).start()
+    server = EdgeServer(config).start()  # the reaper runs every 75 ms, for a 0.3 s TTL
+    server.sessions.ttl_seconds = 3600.0  # no expiry while the step runs, however slow the machine
     try:
         with EdgeConnection(server.address, insecure=True) as conn:
             train_step(conn, tiny_models[FAMILY], codec="raw")  # never closed: the TTL reaps it
             assert len(adapter_series(scrape(server))) == 1
+            server.sessions.ttl_seconds = 0.3
             deadline = time.monotonic() + 10
             while value(scrape(server), "splitft_edge_active_sessions") and time.monotonic() < deadline:
                 time.sleep(0.1)
