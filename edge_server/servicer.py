@@ -8,7 +8,7 @@ compute `TrunkSession`), and outgoing tensors are encoded here under the session
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from edge_server.metrics import EdgeMetrics
 from edge_server.session import SessionOwner, TrunkSession
 from edge_server.session_wire import GRAD, HIDDEN
 from edge_server.sessions import SessionManager
+from edge_server.stream_requests import BACKWARD_TENSORS, FORWARD_TENSORS, StreamRequest, read_stream
 from splitft.compress import DirectionCodecs, parse_codecs
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.methods.wire import method_from_json
@@ -39,62 +40,6 @@ from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_part
 from splitft.wire.serde import hparams_from_json
 
 logger = logging.getLogger(__name__)
-
-
-FORWARD_TENSORS = frozenset({"hidden", "attention_mask", "position_ids"})
-BACKWARD_TENSORS = frozenset({"grad"})
-
-
-def _read_stream(requests: Iterable, header_type: type, authorize: Callable[[Any], Any], assembler_for):
-    """First message: the header, authorized (`authorize(header)` -> session) before any part is
-    buffered; the rest: tensor parts. Returns (header, session, tensors, bytes received)."""
-    iterator = iter(requests)
-    first = next(iterator, None)
-    if first is None or first.WhichOneof("item") != "header":
-        raise InvalidArgument(f"stream must start with a {header_type.__name__}")
-    session = authorize(first.header)
-    assembler = assembler_for(first.header)
-    size = first.ByteSize()
-    for message in iterator:
-        if message.WhichOneof("item") != "part":
-            raise InvalidArgument("only tensor parts may follow the header")
-        size += message.ByteSize()
-        assembler.add(message.part)
-    return first.header, session, assembler.finish(), size
-
-
-class _StreamRequest:
-    """A request being received on a Train stream: its header and its tensors so far.
-
-    A bad part does not end the stream: the error is kept, later parts are skipped, and the request
-    is answered with the error at its end.
-    """
-
-    def __init__(self, kind: str, header: Any, assembler: TensorAssembler) -> None:
-        self.kind = kind
-        self.header = header
-        self.size = 0
-        self.session: TrunkSession | None = None
-        self._assembler = assembler
-        self._error: SplitftError | None = None
-
-    def fail(self, error: SplitftError) -> None:
-        """Answer this request with `error`; its parts are skipped, never buffered."""
-        if self._error is None:
-            self._error = error
-
-    def add(self, message: pb.TrainRequest) -> None:
-        self.size += message.ByteSize()
-        if self._error is None:
-            try:
-                self._assembler.add(message.part)
-            except SplitftError as exc:
-                self._error = exc
-
-    def finish(self) -> dict:
-        if self._error is not None:
-            raise self._error
-        return self._assembler.finish()
 
 
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
@@ -247,7 +192,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
-        header, session, tensors, size = _read_stream(
+        header, session, tensors, size = read_stream(
             request_iterator,
             pb.ForwardHeader,
             self._header_session,
@@ -259,7 +204,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
-        header, session, tensors, size = _read_stream(
+        header, session, tensors, size = read_stream(
             request_iterator,
             pb.BackwardHeader,
             self._header_session,
@@ -272,7 +217,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     @translate_errors
     def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
         """The session stream: requests in arrival order, one answer each (see the .proto)."""
-        request: _StreamRequest | None = None
+        request: StreamRequest | None = None
         for message in request_iterator:
             item = message.WhichOneof("item")
             if item in ("forward", "backward"):
@@ -293,10 +238,10 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             else:
                 raise InvalidArgument("empty TrainRequest")
 
-    def _start_request(self, kind: str, header: Any) -> _StreamRequest:
+    def _start_request(self, kind: str, header: Any) -> StreamRequest:
         """A Train request whose session is authorized on its header, before any part is buffered."""
         names = BACKWARD_TENSORS if kind == "backward" else FORWARD_TENSORS
-        request = _StreamRequest(kind, header, self._assembler(names))
+        request = StreamRequest(kind, header, self._assembler(names))
         try:
             request.session = self._header_session(header)
         except SplitftError as exc:
@@ -306,7 +251,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     def _header_session(self, header: Any) -> TrunkSession:
         return self._session(header.session_id)
 
-    def _answer(self, request: _StreamRequest) -> Iterator[pb.TrainResponse]:
+    def _answer(self, request: StreamRequest) -> Iterator[pb.TrainResponse]:
         backward = request.kind == "backward"
         reply = {"forward_id": request.header.forward_id, "backward": backward}
         try:
@@ -389,7 +334,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def SelectChannels(self, request_iterator, context):
-        header, session, channels, size = _read_stream(
+        header, session, channels, size = read_stream(
             request_iterator, pb.SelectChannelsHeader, self._header_session, lambda _: self._assembler(None)
         )
         self.metrics.received("raw", size)
