@@ -45,6 +45,7 @@ from splitft.methods.tinytrain import TinyTrainConfig
 from splitft.model.loading import read_config
 from splitft.security.tokens import check_session_id, unverified_claims
 from splitft.security.trust import check_control_url, control_client
+from splitft.wire.serde import EDGE_OPTIMIZERS
 
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
@@ -61,7 +62,7 @@ MAX_REASON_CHARS = 500
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
 MAX_RETRY_AFTER = 300.0
 MAX_BACKOFF = 60.0
-OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}
 
 
 # --- the assignment, mirrored from services/schemas.py (the device has no pydantic models) --------

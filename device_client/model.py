@@ -19,11 +19,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from device_client.adapter_check import check_trunk_adapter
+from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
-from device_client.remote import ForwardContext, RemoteTrunk, TrunkEntry
 from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
+from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.methods.sparse import apply_masks, sparse_state_dict
@@ -143,7 +144,7 @@ class SplitModel(nn.Module):
             session_id=unverified_claims(edge.token).session if edge.token else "",
         )
         opened = edge.call("OpenSession", request)
-        trunk = RemoteTrunk(edge, opened, str(codecs), seed=seed, use_stream=stream)
+        trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:
             return cls._build(
                 model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}, selection
@@ -188,11 +189,14 @@ class SplitModel(nn.Module):
             raise FailedPrecondition("this split model is closed")
         if "input_ids" in inputs or "inputs_embeds" in inputs:
             inputs.setdefault("use_cache", False)
-        self._context.attention_mask = inputs.get("attention_mask")
-        try:
+        with self._context.forward(inputs.get("attention_mask")):
             return self._net(**inputs)
-        finally:
-            self._context.attention_mask = None
+
+    @property
+    def forward_context(self) -> ForwardContext:
+        """What this model's forwards hand the trunk call besides the blocks' arguments (set
+        through its context managers: see `device_client.autograd.ForwardContext`)."""
+        return self._context
 
     def forward_backward(
         self,

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from device_client.remote import RemoteTrunk
+from device_client.trunk import RemoteTrunk
 from splitft.errors import InvalidArgument
+from splitft.wire.serde import EDGE_OPTIMIZERS
 
-EDGE_OPTIMIZERS = ("AdamW", "Adam", "SGD")
 _SCALARS = (int, float, bool)
 
 

@@ -111,13 +111,12 @@ def _pipelined(
     def run(i: int) -> None:
         loss: torch.Tensor | None = None
         with torch.set_grad_enabled(grad_enabled):
-            model._context.on_submit = submitted[i].set
             try:
-                loss = _loss(model, slices[i], loss_fn)
+                with model.forward_context.pipelined(submitted[i].set):
+                    loss = _loss(model, slices[i], loss_fn)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
                 errors[i] = exc
             finally:
-                model._context.on_submit = None
                 submitted[i].set()  # a forward that failed before the trunk must not stall i+1
             turns.wait(i)  # every thread takes its turn, failed or not, so no later turn waits forever
             try:

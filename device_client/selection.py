@@ -43,7 +43,8 @@ from splitft.methods.tinytrain import (
 from splitft.model.loading import build_meta_model, read_config
 
 if TYPE_CHECKING:
-    from device_client.remote import ForwardContext, RemoteTrunk
+    from device_client.autograd import ForwardContext
+    from device_client.trunk import RemoteTrunk
 
 logger = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"  # new head modules (absent from the checkpoint), trained densely
@@ -95,11 +96,8 @@ def tinytrain_split(
     recorded = [f"{root_prefix}.{n}" for n in names]
     entry = f"{root_prefix}.{entry_name}"  # recorded too: its place in the forward order is the trunk's
     trunk.start_calibration()
-    context.anchors = []
-    try:
-        measured = fisher_pass(model, batches, loss_fn, recorded + [entry], extra_inputs=context.anchors)
-    finally:
-        context.anchors = None
+    with context.anchored() as anchors:
+        measured = fisher_pass(model, batches, loss_fn, recorded + [entry], extra_inputs=anchors)
     layers, _samples, trunk_potentials = trunk.fisher_potentials()
     strip = len(root_prefix) + 1
     potentials = {n[strip:]: measured.potentials[n] for n in recorded}

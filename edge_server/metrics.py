@@ -7,7 +7,6 @@ read at scrape time by a collector, so nothing here can drift from the session m
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -19,8 +18,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from splitft.compress import parse_codecs
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -73,13 +70,6 @@ class _StateCollector(Collector):
         yield adapters
 
 
-@functools.lru_cache(maxsize=256)
-def codec_label(codec: str) -> str:
-    """A session codec's metric label: its names without fractions or ranks (`topk:0.01` and
-    `topk:0.02` share one), so peers cannot grow the label set without bound."""
-    return parse_codecs(codec).family
-
-
 class EdgeMetrics:
     """The edge's Prometheus registry and the hooks the servicer calls."""
 
@@ -128,11 +118,13 @@ class EdgeMetrics:
         finally:
             self.step_seconds.labels(phase, self.model_of(session)).observe(time.perf_counter() - started)
 
-    def received(self, codec: str, size: int) -> None:
-        self.received_bytes.labels(codec_label(codec)).inc(size)
+    def received(self, label: str, size: int) -> None:
+        """Count `size` bytes received, under a codec label (`SessionWire.label`, or "raw")."""
+        self.received_bytes.labels(label).inc(size)
 
-    def sent(self, codec: str, size: int) -> None:
-        self.sent_bytes.labels(codec_label(codec)).inc(size)
+    def sent(self, label: str, size: int) -> None:
+        """Count `size` bytes sent, under a codec label (`SessionWire.label`, or "raw")."""
+        self.sent_bytes.labels(label).inc(size)
 
     def track(self, session: TrunkSession) -> None:
         """Report this session's adapter memory for as long as the session object lives."""

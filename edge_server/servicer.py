@@ -1,9 +1,15 @@
-"""Thin gRPC transport: messages -> tensors -> session compute -> messages."""
+"""Thin gRPC transport: messages -> tensors -> session compute -> messages.
+
+The transport owns everything about the wire: JSON fields are parsed here (`splitft.wire.serde`),
+the session's codecs and encoders are its `SessionWire` (kept by the session manager next to the
+compute `TrunkSession`), and outgoing tensors are encoded here under the session's lock.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -20,8 +26,10 @@ from edge_server.errors import translate_errors
 from edge_server.limits import DataPlaneLimits
 from edge_server.metrics import EdgeMetrics
 from edge_server.session import SessionOwner, TrunkSession
+from edge_server.session_wire import GRAD, HIDDEN
 from edge_server.sessions import SessionManager
-from splitft.compress import parse_codecs
+from edge_server.stream_requests import BACKWARD_TENSORS, FORWARD_TENSORS, StreamRequest, read_stream
+from splitft.compress import DirectionCodecs, parse_codecs
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.methods.wire import method_from_json
 from splitft.model.lora import trunk_lora_from_json
@@ -29,67 +37,14 @@ from splitft.security.tokens import SplitClaims, authorize_split
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
+from splitft.wire.serde import hparams_from_json
 
 logger = logging.getLogger(__name__)
 
 
-FORWARD_TENSORS = frozenset({"hidden", "attention_mask", "position_ids"})
-BACKWARD_TENSORS = frozenset({"grad"})
-
-
-def _read_stream(requests: Iterable, header_type: type, authorize: Callable[[Any], Any], assembler_for):
-    """First message: the header, authorized (`authorize(header)` -> session) before any part is
-    buffered; the rest: tensor parts. Returns (header, session, tensors, bytes received)."""
-    iterator = iter(requests)
-    first = next(iterator, None)
-    if first is None or first.WhichOneof("item") != "header":
-        raise InvalidArgument(f"stream must start with a {header_type.__name__}")
-    session = authorize(first.header)
-    assembler = assembler_for(first.header)
-    size = first.ByteSize()
-    for message in iterator:
-        if message.WhichOneof("item") != "part":
-            raise InvalidArgument("only tensor parts may follow the header")
-        size += message.ByteSize()
-        assembler.add(message.part)
-    return first.header, session, assembler.finish(), size
-
-
-class _StreamRequest:
-    """A request being received on a Train stream: its header and its tensors so far.
-
-    A bad part does not end the stream: the error is kept, later parts are skipped, and the request
-    is answered with the error at its end.
-    """
-
-    def __init__(self, kind: str, header: Any, assembler: TensorAssembler) -> None:
-        self.kind = kind
-        self.header = header
-        self.size = 0
-        self.session: TrunkSession | None = None
-        self._assembler = assembler
-        self._error: SplitftError | None = None
-
-    def fail(self, error: SplitftError) -> None:
-        """Answer this request with `error`; its parts are skipped, never buffered."""
-        if self._error is None:
-            self._error = error
-
-    def add(self, message: pb.TrainRequest) -> None:
-        self.size += message.ByteSize()
-        if self._error is None:
-            try:
-                self._assembler.add(message.part)
-            except SplitftError as exc:
-                self._error = exc
-
-    def finish(self) -> dict:
-        if self._error is not None:
-            raise self._error
-        return self._assembler.finish()
-
-
 class DataPlaneServicer(pb_grpc.DataPlaneServicer):
+    """The edge's data-plane RPCs (see `dataplane.proto`) over a `SessionManager`."""
+
     def __init__(
         self,
         sessions: SessionManager,
@@ -107,19 +62,26 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         self.edge_id = edge_id
         self.metrics = metrics or EdgeMetrics(sessions.registry, sessions)
 
-    def _session(self, session_id: str):
+    def _session(self, session_id: str) -> TrunkSession:
         """The session a call names, if the call's token (when tokens are checked) covers it."""
         authorize_call(session_id, edge_id=self.edge_id)
         return self.sessions.get(session_id)
+
+    @contextmanager
+    def _locked(self, session_id: str) -> Iterator[TrunkSession]:
+        """The session a call names (authorized as in `_session`), held under its lock."""
+        session = self._session(session_id)
+        with session.lock:
+            yield session
 
     def _assembler(self, names: frozenset[str] | None) -> TensorAssembler:
         return TensorAssembler(
             self.max_tensor_bytes, max_total_bytes=self.limits.max_request_bytes, names=names
         )
 
-    def _sent(self, codec: str, message):
-        """Count an outgoing message's bytes, then hand it on."""
-        self.metrics.sent(codec, message.ByteSize())
+    def _sent(self, label: str, message):
+        """Count an outgoing message's bytes under its codec label, then hand it on."""
+        self.metrics.sent(label, message.ByteSize())
         return message
 
     @translate_errors
@@ -145,14 +107,16 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         claims = CURRENT_CLAIMS.get()
         if claims is not None:
             authorize_call(session_id or "", model=request.model, edge_id=self.edge_id)
-            authorize_split(claims, _requested_split(request))
+        codecs = parse_codecs(request.codec or "raw")  # the one parse: the typed value travels on
+        if claims is not None:
+            authorize_split(claims, _requested_split(request, codecs))
         lora = trunk_lora_from_json(request.lora_config_json) if request.trunk_lora else None
         session = self.sessions.open(
             request.model,
             session_id=session_id,
             device_layers=request.device_layers,
             head_layers=request.head_layers,
-            codec=request.codec or "raw",
+            codecs=codecs,
             lora_config=lora,
             seed=request.seed,
             expect=(request.model_type, request.num_layers, request.hidden_size),
@@ -177,9 +141,18 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         self.metrics.untrack(request.session_id)
         return pb.CloseSessionResponse()
 
-    def _forward(self, header: pb.ForwardHeader, session, tensors: dict, size: int, into: Callable[[], Any]):
-        """Run one forward; returns the encoded trunk output as `into()` messages."""
-        self.metrics.received(session.codec, size)
+    def _forward(
+        self,
+        header: pb.ForwardHeader,
+        session: TrunkSession,
+        tensors: dict,
+        size: int,
+        into: Callable[[], Any],
+    ):
+        """Run one forward; returns the session's wire state and the encoded trunk output as
+        `into()` messages."""
+        wire = self.sessions.wire(session.session_id)
+        self.metrics.received(wire.label, size)
         with session.lock, self.metrics.time_step("forward", session):
             out = session.forward(
                 header.forward_id,
@@ -189,17 +162,23 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
                 need_input_grad=header.need_input_grad,
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
-            parts = list(tensor_parts("hidden", out, session.encoders["hidden"], self.chunk_bytes, into=into))
-        return parts
+            parts = list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes, into=into))
+        return wire, parts
 
     def _backward(
-        self, header: pb.BackwardHeader, session, tensors: dict, size: int, into: Callable[[], Any]
+        self,
+        header: pb.BackwardHeader,
+        session: TrunkSession,
+        tensors: dict,
+        size: int,
+        into: Callable[[], Any],
     ):
-        """Run one backward; returns the encoded input gradient as `into()` messages (none when the
-        device did not ask for it)."""
+        """Run one backward; returns the session's wire state and the encoded input gradient as
+        `into()` messages (none when the device did not ask for it)."""
         if set(tensors) != {"grad"}:
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
-        self.metrics.received(session.codec, size)
+        wire = self.sessions.wire(session.session_id)
+        self.metrics.received(wire.label, size)
         with session.lock, self.metrics.time_step("backward", session):
             grad = session.backward(
                 header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
@@ -207,38 +186,38 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             parts = (
                 []
                 if grad is None
-                else list(tensor_parts("grad", grad, session.encoders["grad"], self.chunk_bytes, into=into))
+                else list(tensor_parts(GRAD, grad, wire.encoders[GRAD], self.chunk_bytes, into=into))
             )
-        return parts
+        return wire, parts
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
-        header, session, tensors, size = _read_stream(
+        header, session, tensors, size = read_stream(
             request_iterator,
             pb.ForwardHeader,
             self._header_session,
             lambda _: self._assembler(FORWARD_TENSORS),
         )
-        messages = self._forward(header, session, tensors, size, pb.ForwardResponse)
+        wire, messages = self._forward(header, session, tensors, size, pb.ForwardResponse)
         for message in messages:
-            yield self._sent(session.codec, message)
+            yield self._sent(wire.label, message)
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
-        header, session, tensors, size = _read_stream(
+        header, session, tensors, size = read_stream(
             request_iterator,
             pb.BackwardHeader,
             self._header_session,
             lambda _: self._assembler(BACKWARD_TENSORS),
         )
-        messages = self._backward(header, session, tensors, size, pb.BackwardResponse)
+        wire, messages = self._backward(header, session, tensors, size, pb.BackwardResponse)
         for message in messages:
-            yield self._sent(session.codec, message)
+            yield self._sent(wire.label, message)
 
     @translate_errors
     def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
         """The session stream: requests in arrival order, one answer each (see the .proto)."""
-        request: _StreamRequest | None = None
+        request: StreamRequest | None = None
         for message in request_iterator:
             item = message.WhichOneof("item")
             if item in ("forward", "backward"):
@@ -259,10 +238,10 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             else:
                 raise InvalidArgument("empty TrainRequest")
 
-    def _start_request(self, kind: str, header: Any) -> _StreamRequest:
+    def _start_request(self, kind: str, header: Any) -> StreamRequest:
         """A Train request whose session is authorized on its header, before any part is buffered."""
         names = BACKWARD_TENSORS if kind == "backward" else FORWARD_TENSORS
-        request = _StreamRequest(kind, header, self._assembler(names))
+        request = StreamRequest(kind, header, self._assembler(names))
         try:
             request.session = self._header_session(header)
         except SplitftError as exc:
@@ -272,7 +251,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
     def _header_session(self, header: Any) -> TrunkSession:
         return self._session(header.session_id)
 
-    def _answer(self, request: _StreamRequest) -> Iterator[pb.TrainResponse]:
+    def _answer(self, request: StreamRequest) -> Iterator[pb.TrainResponse]:
         backward = request.kind == "backward"
         reply = {"forward_id": request.header.forward_id, "backward": backward}
         try:
@@ -280,42 +259,40 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             session = request.session
             assert session is not None  # finish() raised the authorization error otherwise
             run = self._backward if backward else self._forward
-            messages = run(request.header, session, tensors, request.size, lambda: pb.TrainResponse(**reply))
+            wire, messages = run(
+                request.header, session, tensors, request.size, lambda: pb.TrainResponse(**reply)
+            )
         except SplitftError as exc:
             logger.info("Train: %s %d -> %s: %s", request.kind, request.header.forward_id, exc.code.name, exc)
             yield pb.TrainResponse(**reply, error=pb.StreamError(code=exc.code.name, message=exc.message))
             return
         for message in messages:
-            yield self._sent(session.codec, message)
+            yield self._sent(wire.label, message)
         yield pb.TrainResponse(**reply, end=pb.StreamEnd())
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):
-        session = self._session(request.session_id)
-        with session.lock:
-            session.configure_optimizer(request.name, request.hparams_json)
+        hparams = hparams_from_json(request.hparams_json)
+        with self._locked(request.session_id) as session:
+            session.configure_optimizer(request.name, hparams)
         return pb.ConfigureOptimizerResponse()
 
     @translate_errors
     def GradNorm(self, request, context):
-        session = self._session(request.session_id)
-        with session.lock:
+        with self._locked(request.session_id) as session:
             total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
         return pb.GradNormResponse(sum_of_squares=total)
 
     @translate_errors
     def Step(self, request, context):
-        session = self._session(request.session_id)
-        with session.lock, self.metrics.time_step("optimizer", session):
-            steps = session.step(
-                request.hparams_json, request.grad_scale, zero_grad_first=request.zero_grad_first
-            )
+        hparams = hparams_from_json(request.hparams_json)
+        with self._locked(request.session_id) as session, self.metrics.time_step("optimizer", session):
+            steps = session.step(hparams, request.grad_scale, zero_grad_first=request.zero_grad_first)
         return pb.StepResponse(steps=steps)
 
     @translate_errors
     def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
-        session = self._session(request.session_id)
-        with session.lock:
+        with self._locked(request.session_id) as session:
             state = session.export_adapter()
         for name, tensor in state.items():
             for message in tensor_parts(name, tensor, "raw", self.chunk_bytes, into=pb.ExportAdapterResponse):
@@ -323,23 +300,20 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def StartCalibration(self, request, context):
-        session = self._session(request.session_id)
-        with session.lock:
+        with self._locked(request.session_id) as session:
             rows = session.start_calibration()
         return pb.StartCalibrationResponse(target_rows=rows)
 
     @translate_errors
     def SelectParameters(self, request, context):
-        session = self._session(request.session_id)
-        with session.lock:
+        with self._locked(request.session_id) as session:
             chosen = session.select_parameters(request.k_per_row)
             layers = len(session.selection.names) if session.selection is not None else 0
         return pb.SelectParametersResponse(selected=chosen, layers=layers)
 
     @translate_errors
     def FisherPotentials(self, request, context) -> Iterator[pb.FisherPotentialsResponse]:
-        session = self._session(request.session_id)
-        with session.lock:
+        with self._locked(request.session_id) as session:
             layers, samples, potentials = session.fisher_potentials()
         summary = pb.FisherSummary(
             layers=[
@@ -360,7 +334,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def SelectChannels(self, request_iterator, context):
-        header, session, channels, size = _read_stream(
+        header, session, channels, size = read_stream(
             request_iterator, pb.SelectChannelsHeader, self._header_session, lambda _: self._assembler(None)
         )
         self.metrics.received("raw", size)
@@ -369,14 +343,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         return pb.SelectParametersResponse(selected=chosen, layers=len(channels))
 
 
-def _requested_split(request: pb.OpenSessionRequest) -> SplitClaims:
+def _requested_split(request: pb.OpenSessionRequest, codecs: DirectionCodecs) -> SplitClaims:
     """What an OpenSession asks for, in the token's terms (codec canonical, as the control plane
     stores it)."""
     return SplitClaims(
         device_layers=request.device_layers,
         head_layers=request.head_layers,
         trunk_lora=request.trunk_lora,
-        codec=str(parse_codecs(request.codec or "raw")),
+        codec=str(codecs),
     )
 
 

@@ -1,16 +1,16 @@
 """One device's session on the edge: its view of the shared trunk, its adapter, optimizer and graphs.
 
-Plain compute, no gRPC. The frozen trunk weights are shared by every session; a session owns a
-shallow copy of the trunk's modules (so per-session LoRA layers, train/eval mode and autograd
-graphs never touch another session) plus its adapter parameters and optimizer state.
+Plain compute, no gRPC: the wire state (codecs, encoders) belongs to the transport
+(`edge_server.session_wire`), the optimizer policy to `edge_server.trunk_optim`. The frozen trunk
+weights are shared by every session; a session owns a shallow copy of the trunk's modules (so
+per-session LoRA layers, train/eval mode and autograd graphs never touch another session) plus its
+adapter parameters and optimizer state.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
 import re
 import threading
 import time
@@ -24,8 +24,7 @@ from torch import nn
 
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
 from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
-from splitft.compress import parse_codecs
-from splitft.compress.encoder import TensorEncoder
+from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TinyTrainTrunk, TrunkMethod
@@ -34,11 +33,6 @@ from splitft.model.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "AdamW": torch.optim.AdamW,
-    "Adam": torch.optim.Adam,
-    "SGD": torch.optim.SGD,
-}
 MAX_PENDING_FORWARDS = 64  # kept graphs per session; the oldest is dropped beyond this
 # peft initialises adapters, and dropout draws masks, from torch's global RNG: sessions take turns
 # on it so each session's randomness depends only on its own seed, not on its neighbours' traffic.
@@ -77,7 +71,6 @@ class TrunkSession:
         session_id: str,
         span: LoadedSpan,
         spec: SplitSpec,
-        codec: str,
         lora_config: LoraConfig | None,
         seed: int,
         method: TrunkMethod | None = None,
@@ -88,18 +81,9 @@ class TrunkSession:
         self.owner = SessionOwner()
         self.span = span
         self.spec = spec
-        self.codec = codec  # canonical `splitft.compress` string: one codec, or one per direction
-        codecs = parse_codecs(codec)
-        # What this edge sends: trunk outputs (activations) and input gradients (gradients). Each
-        # direction keeps its own error feedback and random stream, seeded from the session.
-        self.encoders = {
-            "hidden": TensorEncoder(codecs.activations, seed=seed ^ 0xAC7),
-            "grad": TensorEncoder(codecs.gradients, seed=seed ^ 0x6AD),
-        }
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
-        self.steps = 0
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optim = TrunkOptimizer([])
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         root = share_modules(span.root)
         blocks = span.family.blocks(root)
@@ -121,10 +105,25 @@ class TrunkSession:
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
     @property
+    def trainable(self) -> list[nn.Parameter]:
+        """The trainable trunk parameters (the adapter, or what a selection method chose)."""
+        return self.optim.params
+
+    @trainable.setter
+    def trainable(self, params: list[nn.Parameter]) -> None:
+        self.optim.params = params
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken."""
+        return self.optim.steps
+
+    @property
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable)
 
     def touch(self) -> None:
+        """Mark the session used now (the TTL counts from its last use)."""
         self.last_used = time.monotonic()
 
     def forward(
@@ -136,6 +135,8 @@ class TrunkSession:
         requires_grad: bool,
         need_input_grad: bool,
     ) -> torch.Tensor:
+        """Run the trunk span on `inputs` ('hidden', optional 'attention_mask' and 'position_ids');
+        keeps the graph under `forward_id` when a backward will follow. Returns the output, detached."""
         hidden, mask, positions = self._check_inputs(inputs)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
@@ -202,6 +203,8 @@ class TrunkSession:
         return out
 
     def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
+        """Back-propagate `grad` through kept forward `forward_id` (used up); returns the input
+        gradient when that forward asked for it."""
         pending = self._pending.get(forward_id)
         if pending is None:
             raise NotFound(
@@ -216,54 +219,26 @@ class TrunkSession:
             raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.output.dtype}")
         del self._pending[forward_id]
         if zero_grad_first:
-            self._zero_grad()
+            self.optim.zero_grad()
         pending.output.backward(grad)
         if isinstance(self.selection, TrunkFisher):
             self.selection.count_backward(grad.shape[0])
         return pending.inputs.grad if pending.inputs.requires_grad else None
 
-    def configure_optimizer(self, name: str, hparams_json: str) -> None:
-        if name not in OPTIMIZERS:
-            raise InvalidArgument(
-                f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}"
-            )
-        hparams = _parse_hparams(hparams_json)
-        if not self.trainable:
-            return
-        try:
-            self.optimizer = OPTIMIZERS[name](self.trainable, **hparams)
-        except (TypeError, ValueError, IndexError) as exc:
-            raise InvalidArgument(f"invalid {name} hyper-parameters {hparams}: {exc}") from exc
+    def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
+        """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
+        self.optim.configure(name, hparams)
 
     def grad_norm_sq(self, *, zero_grad_first: bool) -> float:
-        if zero_grad_first:
-            self._zero_grad()
-        total = 0.0
-        for p in self.trainable:
-            if p.grad is not None:
-                total += float(torch.linalg.vector_norm(p.grad, 2.0).item()) ** 2
-        return total
+        """The squared 2-norm of the trunk adapter's gradients."""
+        return self.optim.grad_norm_sq(zero_grad_first=zero_grad_first)
 
-    def step(self, hparams_json: str, grad_scale: float, *, zero_grad_first: bool) -> int:
-        if zero_grad_first:
-            self._zero_grad()
-        if self.trainable:
-            if self.optimizer is None:
-                raise FailedPrecondition("step before ConfigureOptimizer")
-            self._update_hparams(_parse_hparams(hparams_json))
-            if grad_scale and grad_scale != 1.0:
-                if not math.isfinite(grad_scale) or grad_scale < 0:
-                    raise InvalidArgument(
-                        f"grad_scale must be a finite non-negative number, got {grad_scale}"
-                    )
-                for p in self.trainable:
-                    if p.grad is not None:
-                        p.grad.mul_(grad_scale)
-            self.optimizer.step()
-        self.steps += 1
-        return self.steps
+    def step(self, hparams: dict[str, Any], grad_scale: float, *, zero_grad_first: bool) -> int:
+        """One trunk optimizer step; returns the steps taken so far."""
+        return self.optim.step(hparams, grad_scale, zero_grad_first=zero_grad_first)
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
+        """The trunk adapter's tensors (peft names), or the selection's sparse deltas."""
         if self.selection is not None:
             return {k: v.detach().clone() for k, v in sparse_state_dict(self.root).items()}
         if self.peft_model is None:
@@ -274,8 +249,7 @@ class TrunkSession:
     def release(self) -> None:
         """Drop graphs, adapter and optimizer state so their memory can be freed."""
         self._pending.clear()
-        self.optimizer = None
-        self.trainable = []
+        self.optim.release()
         self.peft_model = None
 
     def _keep(self, forward_id: int, pending: Pending) -> None:
@@ -288,27 +262,6 @@ class TrunkSession:
                 dropped,
                 MAX_PENDING_FORWARDS,
             )
-
-    def _zero_grad(self) -> None:
-        for p in self.trainable:
-            p.grad = None
-
-    def _update_hparams(self, hparams: dict[str, object]) -> None:
-        assert self.optimizer is not None
-        # Check every value against the kind it replaces before touching any group: a wrongly
-        # shaped value (betas of length 1, a bool for lr) would otherwise break every later step.
-        for group in self.optimizer.param_groups:
-            for key, value in hparams.items():
-                if key not in group or key == "params":
-                    raise InvalidArgument(f"unknown optimizer hyper-parameter {key!r}")
-                if not _same_kind(group[key], value):
-                    raise InvalidArgument(
-                        f"optimizer hyper-parameter {key!r} = {value!r} does not fit its "
-                        f"current value {group[key]!r}"
-                    )
-        for group in self.optimizer.param_groups:
-            for key, value in hparams.items():
-                group[key] = tuple(value) if isinstance(value, list) else value
 
     def _check_inputs(
         self, inputs: dict[str, torch.Tensor]
@@ -342,17 +295,6 @@ class TrunkSession:
         return hidden, mask, positions
 
 
-def _same_kind(current: object, value: object) -> bool:
-    """Whether `value` (parsed JSON) may replace the optimizer hyper-parameter `current`."""
-    if isinstance(current, bool) or isinstance(value, bool):
-        return isinstance(current, bool) and isinstance(value, bool)
-    if isinstance(current, (tuple, list)):
-        return isinstance(value, list) and len(value) == len(current)
-    if isinstance(current, (int, float, torch.Tensor)):
-        return isinstance(value, (int, float))
-    return False
-
-
 def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: int) -> torch.Tensor | None:
     if t is None:
         return None
@@ -371,23 +313,3 @@ def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
         except (ValueError, TypeError, AttributeError, KeyError, re.error) as exc:
             # peft does not type-check fields such as rank_pattern or a target_modules regex.
             raise InvalidArgument(f"LoRA config does not fit the trunk blocks: {exc}") from exc
-
-
-def _parse_hparams(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        hparams = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"hparams_json is not valid JSON: {exc}") from exc
-    if not isinstance(hparams, dict):
-        raise InvalidArgument("hparams_json must be a JSON object")
-    for key, value in hparams.items():
-        ok = isinstance(value, (int, float, bool)) or (
-            isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
-        )
-        if not ok:
-            raise InvalidArgument(f"hyper-parameter {key!r} must be a number, bool or list of numbers")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"hyper-parameter {key!r} must be finite")
-    return hparams

@@ -1,4 +1,8 @@
-"""Session bookkeeping on the edge: open, look up, close, and expire idle sessions."""
+"""Session bookkeeping on the edge: open, look up, close, and expire idle sessions.
+
+Each live session is a `TrunkSession` (compute) with its `SessionWire` (codecs and encoders, the
+transport's state) kept next to it: both are added and dropped together.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from peft import LoraConfig
 from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
 from edge_server.session import SessionOwner, TrunkSession
-from splitft.compress import parse_codecs
+from edge_server.session_wire import SessionWire
+from splitft.compress import DirectionCodecs
 from splitft.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -47,6 +52,7 @@ class SessionManager:
         self.max_sessions = max_sessions
         self._sessions: dict[str, TrunkSession] = {}
         self._opening: dict[str, SessionOwner] = {}  # slots reserved by opens still building
+        self._wires: dict[str, SessionWire] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -59,21 +65,22 @@ class SessionManager:
         session_id: str | None = None,
         device_layers: int,
         head_layers: int,
-        codec: str,
+        codecs: DirectionCodecs,
         lora_config: LoraConfig | None,
         seed: int,
         expect: tuple[str, int, int] | None = None,
         method: TrunkMethod | None = None,
         owner: SessionOwner | None = None,
     ) -> TrunkSession:
-        """Open a session; its slot (edge-wide and per device) is reserved before it is built."""
+        """Open a session on `model` (its trunk blocks between the device's layers); its slot
+        (edge-wide and per device) is reserved before it is built. `codecs` come parsed from
+        OpenSession and stay with the session's wire state."""
         if session_id is not None and session_id in self._revoked:
             raise PermissionDenied(f"session {session_id!r} was revoked by the control plane")
         served = self.registry.get(model)
         if expect is not None:
             _check_same_model(served.span.config, served.num_layers, expect)
         spec = SplitSpec(served.num_layers, device_layers, head_layers)
-        codec = str(parse_codecs(codec))  # canonical: one label per codec pair in metrics and logs
         session_id = check_session_id(session_id) if session_id else secrets.token_hex(16)
         if method is not None and lora_config is not None:
             raise InvalidArgument("a session trains either a LoRA adapter or selected parameters, not both")
@@ -81,16 +88,18 @@ class SessionManager:
         self._reserve(session_id, owner)
         try:
             session = TrunkSession(
-                session_id, served.span, spec, codec, lora_config, seed, method=method, limits=self.limits
+                session_id, served.span, spec, lora_config, seed, method=method, limits=self.limits
             )
         except BaseException:
             with self._lock:
                 self._opening.pop(session_id, None)
             raise
         session.owner = owner
+        wire = SessionWire.open(codecs, seed)
         with self._lock:
             self._opening.pop(session_id, None)
             self._sessions[session_id] = session
+            self._wires[session_id] = wire
         logger.info(
             "opened session %s on %s: trunk blocks [%d, %d), %d trainable trunk parameters",
             session_id,
@@ -127,7 +136,7 @@ class SessionManager:
         """
         with self._lock:
             chosen = [sid for sid, s in self._sessions.items() if predicate(s)]
-            sessions = [self._sessions.pop(sid) for sid in chosen]
+            sessions = [s for s in map(self._pop, chosen) if s is not None]
         for session in sessions:
             with session.lock:
                 session.release()
@@ -135,6 +144,7 @@ class SessionManager:
         return chosen
 
     def get(self, session_id: str) -> TrunkSession:
+        """The live session `session_id` (NotFound otherwise), marked used now."""
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
@@ -142,9 +152,23 @@ class SessionManager:
         session.touch()
         return session
 
-    def close(self, session_id: str) -> None:
+    def wire(self, session_id: str) -> SessionWire:
+        """The wire state kept next to session `session_id` (NotFound once it is gone)."""
         with self._lock:
-            session = self._sessions.pop(session_id, None)
+            wire = self._wires.get(session_id)
+        if wire is None:
+            raise NotFound(f"unknown session {session_id!r} (never opened, closed, or expired)")
+        return wire
+
+    def _pop(self, session_id: str) -> TrunkSession | None:
+        """Drop a session and its wire state; the caller holds `self._lock`."""
+        self._wires.pop(session_id, None)
+        return self._sessions.pop(session_id, None)
+
+    def close(self, session_id: str) -> None:
+        """Close session `session_id` and free its memory (NotFound if it is not open)."""
+        with self._lock:
+            session = self._pop(session_id)
         if session is None:
             raise NotFound(f"unknown session {session_id!r} (never opened, closed, or expired)")
         with session.lock:
@@ -168,6 +192,7 @@ class SessionManager:
         return closed
 
     def count(self) -> int:
+        """How many sessions are open."""
         with self._lock:
             return len(self._sessions)
 
@@ -176,7 +201,7 @@ class SessionManager:
         now = time.monotonic()
         with self._lock:
             expired = [sid for sid, s in self._sessions.items() if now - s.last_used > self.ttl_seconds]
-            sessions = [self._sessions.pop(sid) for sid in expired]
+            sessions = [s for s in map(self._pop, expired) if s is not None]
         for session in sessions:
             with session.lock:
                 session.release()
@@ -184,6 +209,7 @@ class SessionManager:
         return expired
 
     def start_reaper(self, interval: float | None = None) -> None:
+        """Expire idle sessions every `interval` seconds (default: a quarter of the TTL) in a thread."""
         period = interval if interval is not None else max(0.05, min(30.0, self.ttl_seconds / 4))
         self._reaper = threading.Thread(
             target=self._reap_loop, args=(period,), name="session-reaper", daemon=True
@@ -191,11 +217,12 @@ class SessionManager:
         self._reaper.start()
 
     def stop(self) -> None:
+        """Stop the reaper and release every session."""
         self._stop.set()
         if self._reaper is not None:
             self._reaper.join(timeout=5)
         with self._lock:
-            sessions, self._sessions = list(self._sessions.values()), {}
+            sessions, self._sessions, self._wires = list(self._sessions.values()), {}, {}
         for session in sessions:
             session.release()
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.security.trust import TOKEN_SEPARATOR
+from splitft.wire.serde import EdgeOptimizer
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -172,7 +173,7 @@ class TinyTrainSpec(Strict):
 
 
 class OptimizerSpec(Strict):
-    name: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    name: EdgeOptimizer = "AdamW"  # what the edge can run for the trunk adapter (splitft.wire.serde)
     lr: StrictFloat = Field(1e-3, gt=0, le=10)
     weight_decay: StrictFloat = Field(0.0, ge=0, le=10)
 

@@ -13,6 +13,7 @@ import pytest
 from device_client import EdgeConnection
 from edge_server import EdgeServer
 from edge_server.control import ControlPlaneLink
+from splitft.compress import parse_codecs
 from splitft.errors import NotFound, PermissionDenied, Unavailable
 from splitft.local.launch import ControlProcess
 from splitft.v1 import dataplane_pb2 as pb
@@ -21,7 +22,13 @@ from tests.control_fixtures import EDGE_SECRET, OPERATOR_KEY
 
 def _open(edge: EdgeServer, session_id: str) -> None:
     edge.sessions.open(
-        "llama", session_id=session_id, device_layers=1, head_layers=1, codec="raw", lora_config=None, seed=0
+        "llama",
+        session_id=session_id,
+        device_layers=1,
+        head_layers=1,
+        codecs=parse_codecs("raw"),
+        lora_config=None,
+        seed=0,
     )
 
 

@@ -19,6 +19,7 @@ from device_client import SplitModel
 from edge_server.limits import lora_parameter_estimate
 from edge_server.registry import ModelRegistry
 from edge_server.sessions import SessionManager
+from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument, ResourceExhausted
 from splitft.local.launch import EdgeProcess
 from splitft.model.lora import trunk_lora_from_json, trunk_lora_json
@@ -131,6 +132,8 @@ def test_adapter_bound_is_checked_on_an_exact_count(tiny_models, family: str) ->
     # The bound is checked before peft allocates anything, on a count that must not undershoot.
     sessions = SessionManager(ModelRegistry.from_dirs([f"{family}={tiny_models[family].path}"]))
     config = trunk_lora_from_json(trunk_lora_json(lora_config_for(family)))
-    session = sessions.open(family, device_layers=1, head_layers=1, codec="raw", lora_config=config, seed=1)
+    session = sessions.open(
+        family, device_layers=1, head_layers=1, codecs=parse_codecs("raw"), lora_config=config, seed=1
+    )
     assert lora_parameter_estimate(session.root, config) == session.trainable_parameters > 0
     sessions.stop()

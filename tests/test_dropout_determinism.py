@@ -9,7 +9,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from device_client import EdgeConnection, SplitModel
-from device_client.remote import RemoteTrunk
+from device_client.trunk import RemoteTrunk
+from splitft.compress import parse_codecs
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
@@ -52,7 +53,7 @@ def _neighbour(address: str, stop: threading.Event) -> None:
             "OpenSession",
             pb.OpenSessionRequest(model="bert", device_layers=1, head_layers=1, codec="raw", seed=99),
         )
-        trunk = RemoteTrunk(conn, opened, "raw")
+        trunk = RemoteTrunk(conn, opened, parse_codecs("raw"))
         while not stop.is_set():
             hidden = torch.randn(4, 12, 32, generator=generator)
             trunk.forward(hidden, {}, training=True, requires_grad=False, need_input_grad=False)

@@ -168,7 +168,11 @@ def test_health_command_over_mutual_tls_and_plaintext(tmp_path: Path, tiny_model
 
 
 def test_codec_labels_drop_parameters_so_peers_cannot_grow_the_label_set() -> None:
-    from edge_server.metrics import codec_label
+    from edge_server.session_wire import SessionWire
+    from splitft.compress import parse_codecs
+
+    def codec_label(codec: str) -> str:  # what the servicer labels a session's bytes with
+        return SessionWire.open(parse_codecs(codec), seed=0).label
 
     assert codec_label("int8:sr") == "int8"
     labels = {codec_label(f"activations=int4,gradients=topk:0.0{i}") for i in range(1, 10)}

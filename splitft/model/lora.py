@@ -7,7 +7,6 @@ rewrite base weights (PiSSA, OLoRA, LoftQ, ...), no `modules_to_save`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from peft import LoraConfig
 
 from splitft.errors import InvalidArgument
+from splitft.wire.serde import lora_from_json, lora_to_json
 
 _TRUNK_FIELDS = (
     "r",
@@ -51,17 +51,12 @@ def trunk_lora_json(config: LoraConfig) -> str:
     """The trunk's share of a device LoRA config, as JSON; raises if it is unsafe for a shared trunk."""
     fields = {name: _jsonable(getattr(config, name)) for name in _TRUNK_FIELDS}
     check_trunk_fields(fields)
-    return json.dumps(fields, sort_keys=True)
+    return lora_to_json(fields)
 
 
 def trunk_lora_from_json(text: str) -> LoraConfig:
     """Parse and validate a trunk LoRA config sent by a device."""
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"lora_config_json is not valid JSON: {exc}") from exc
-    if not isinstance(fields, dict):
-        raise InvalidArgument("lora_config_json must be a JSON object")
+    fields = lora_from_json(text)
     unknown = sorted(set(fields) - set(_TRUNK_FIELDS))
     if unknown:
         raise InvalidArgument(

@@ -1,48 +1,31 @@
-"""The edge, seen from the device: one session's trunk as a local autograd operation.
+"""The edge, seen from the device: the RPC client of one open session (`RemoteTrunk`).
 
-`TrunkEntry` sits where the first trunk block was. In forward it sends the activations (plus the
-attention mask and position ids the edge needs to rebuild masks and rotary tables) and returns
-the trunk's output; in backward it sends the output gradient and returns the input gradient. The
-autograd context keeps only ids, never tensors that live on the edge.
+Forwards and backwards go out encoded with the session's codecs (parsed once, by the caller, and
+handed in as a `DirectionCodecs`), on the session stream or as one call each; the optimizer,
+export and selection calls are unary. `device_client.autograd` turns this client into a local
+autograd operation.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from device_client.connection import EdgeConnection
 from device_client.stream import SessionStream
-from splitft.compress import parse_codecs
+from splitft.compress import DirectionCodecs
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, NotFound, Unavailable
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.wire.codec import parts_to_tensors, tensors_to_parts
+from splitft.wire.serde import hparams_to_json
 
 logger = logging.getLogger(__name__)
-
-
-class ForwardContext(threading.local):
-    """What the device's forward call knows that the blocks' arguments do not carry.
-
-    Thread-local: micro-batches of one pipelined step run their forwards in threads of their own.
-    """
-
-    def __init__(self) -> None:
-        self.attention_mask: torch.Tensor | None = None
-        # TinyTrain calibration: every trunk call appends its anchor here, and the Fisher pass
-        # differentiates with respect to the anchors, so each trunk backward runs (the edge
-        # measures its layers' gradients there) even when nothing on either side trains yet.
-        self.anchors: list[torch.Tensor] | None = None
-        # Pipelining: called once this thread's trunk forward is on its way to the edge.
-        self.on_submit: Callable[[], None] | None = None
 
 
 class RemoteTrunk:
@@ -52,7 +35,7 @@ class RemoteTrunk:
         self,
         conn: EdgeConnection,
         opened: pb.OpenSessionResponse,
-        codec: str,
+        codecs: DirectionCodecs,
         *,
         seed: int = 0,
         use_stream: bool = True,
@@ -60,8 +43,7 @@ class RemoteTrunk:
         self.conn = conn
         self.session_id = opened.session_id
         self.trainable_parameters = opened.trunk_trainable_parameters
-        self.codec = codec  # canonical `splitft.compress` string, as sent in OpenSession
-        codecs = parse_codecs(codec)
+        self.codecs = codecs  # as sent in OpenSession
         # What the device sends: activations forward, gradients backward, each with its own state
         # (error feedback, warm-started bases, stochastic rounding) for the life of the session.
         self.encoders = {
@@ -82,6 +64,7 @@ class RemoteTrunk:
 
     @property
     def trainable(self) -> bool:
+        """Whether the trunk has parameters to train on the edge."""
         return self.trainable_parameters > 0
 
     def forward(
@@ -94,6 +77,9 @@ class RemoteTrunk:
         need_input_grad: bool,
         on_submit: Callable[[], None] | None = None,
     ) -> tuple[int, torch.Tensor]:
+        """Run the trunk on `hidden` (plus `extras`: attention mask, position ids); returns the
+        forward's id (for its backward) and the trunk output. `on_submit` is called once the
+        activations are on their way (pipelining starts the next micro-batch then)."""
         with self._lock:
             forward_id = next(self._ids)
         header = pb.ForwardHeader(
@@ -112,6 +98,8 @@ class RemoteTrunk:
         return forward_id, out.to(hidden.dtype)
 
     def backward(self, forward_id: int, grad: torch.Tensor) -> torch.Tensor | None:
+        """Back-propagate `grad` through forward `forward_id` on the edge; returns the input
+        gradient when that forward asked for it."""
         header = pb.BackwardHeader(
             session_id=self.session_id, forward_id=forward_id, zero_grad_first=self._take_zero_grad()
         )
@@ -158,10 +146,11 @@ class RemoteTrunk:
             return self._stream
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
+        """Build the trunk adapter's optimizer `name` (one of `EDGE_OPTIMIZERS`) on the edge."""
         self.conn.call(
             "ConfigureOptimizer",
             pb.ConfigureOptimizerRequest(
-                session_id=self.session_id, name=name, hparams_json=json.dumps(hparams)
+                session_id=self.session_id, name=name, hparams_json=hparams_to_json(hparams)
             ),
         )
 
@@ -170,17 +159,19 @@ class RemoteTrunk:
         self._zero_grad_pending = True
 
     def grad_norm_sq(self) -> float:
+        """The squared 2-norm of the trunk adapter's gradients."""
         response = self.conn.call(
             "GradNorm", pb.GradNormRequest(session_id=self.session_id, zero_grad_first=self._take_zero_grad())
         )
         return float(response.sum_of_squares)
 
     def step(self, hparams: dict[str, Any], grad_scale: float) -> None:
+        """One trunk optimizer step with the current `hparams` and clipping's `grad_scale`."""
         response = self.conn.call(
             "Step",
             pb.StepRequest(
                 session_id=self.session_id,
-                hparams_json=json.dumps(hparams),
+                hparams_json=hparams_to_json(hparams),
                 grad_scale=grad_scale,
                 zero_grad_first=self._take_zero_grad(),
             ),
@@ -188,14 +179,17 @@ class RemoteTrunk:
         self.steps = int(response.steps)
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
+        """The trunk adapter's tensors, under peft's names (or a selection's sparse deltas)."""
         responses = self.conn.stream("ExportAdapter", pb.ExportAdapterRequest(session_id=self.session_id))
         return parts_to_tensors(r.part for r in responses)
 
     def start_calibration(self) -> int:
+        """Selection methods: the edge scores the trunk from the forwards that follow."""
         response = self.conn.call("StartCalibration", pb.StartCalibrationRequest(session_id=self.session_id))
         return int(response.target_rows)
 
     def select_parameters(self, k_per_row: int) -> int:
+        """TaskEdge: keep `k_per_row` entries per trunk target row; returns entries selected."""
         response = self.conn.call(
             "SelectParameters", pb.SelectParametersRequest(session_id=self.session_id, k_per_row=k_per_row)
         )
@@ -227,6 +221,7 @@ class RemoteTrunk:
         return int(response.selected)
 
     def close(self) -> None:
+        """Close the session stream and the session on the edge (idempotent)."""
         with self._lock:
             if self.closed:
                 return
@@ -243,83 +238,3 @@ class RemoteTrunk:
         with self._lock:
             pending, self._zero_grad_pending = self._zero_grad_pending, False
         return pending
-
-
-class _TrunkFunction(torch.autograd.Function):
-    """h_k -> h_{L-j} through the edge; backward sends dL/dh_{L-j} and returns dL/dh_k."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        hidden: torch.Tensor,
-        anchor: torch.Tensor,
-        trunk: RemoteTrunk,
-        extras: dict[str, torch.Tensor],
-        training: bool,
-        need_input_grad: bool,
-        on_submit: Callable[[], None] | None,
-    ) -> torch.Tensor:
-        forward_id, out = trunk.forward(
-            hidden,
-            extras,
-            training=training,
-            requires_grad=True,
-            need_input_grad=need_input_grad,
-            on_submit=on_submit,
-        )
-        ctx.trunk = trunk
-        ctx.forward_id = forward_id
-        ctx.need_input_grad = need_input_grad
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        grad_in = ctx.trunk.backward(ctx.forward_id, grad_out)
-        if grad_in is not None:
-            grad_in = grad_in.to(grad_out.dtype)
-        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None, None
-
-
-class TrunkEntry(nn.Module):
-    """Stands where trunk block k was: runs blocks[k:L-j] on the edge."""
-
-    def __init__(self, trunk: RemoteTrunk | None, context: ForwardContext) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.context = context
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.trunk is None:
-            raise RuntimeError("the split model is closed")
-        extras = {}
-        if self.context.attention_mask is not None:
-            extras["attention_mask"] = self.context.attention_mask
-        positions = kwargs.get("position_ids")
-        if isinstance(positions, torch.Tensor):
-            extras["position_ids"] = positions
-        need_input_grad = hidden_states.requires_grad
-        anchors = self.context.anchors
-        if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable or anchors is not None):
-            # The anchor makes the output require grad even when the input does not (only the
-            # trunk adapter trains), so autograd still calls backward and the edge gets its grads.
-            anchor = torch.empty(0, requires_grad=True)
-            if anchors is not None:
-                anchors.append(anchor)
-            return _TrunkFunction.apply(
-                hidden_states,
-                anchor,
-                self.trunk,
-                extras,
-                self.training,
-                need_input_grad,
-                self.context.on_submit,
-            )
-        _, out = self.trunk.forward(
-            hidden_states.detach(),
-            extras,
-            training=self.training,
-            requires_grad=False,
-            need_input_grad=False,
-            on_submit=self.context.on_submit,
-        )
-        return out
