@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -60,12 +61,21 @@ class ControlState:
         self.metrics = ControlMetrics()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.started = time.monotonic()  # edges get one heartbeat timeout after this to check in
+
+    def _edges_had_time_to_check_in(self) -> bool:
+        # Heartbeats stored before this process started say nothing about the edges now: a restart
+        # (or a crash) longer than the timeout would otherwise mark every edge down and re-place
+        # every running session. Edges get one full timeout to reach this process first.
+        return time.monotonic() - self.started >= self.settings.heartbeat_timeout
 
     def schedule_once(self) -> None:
-        down = self.store.mark_stale_edges(timeout=timedelta(seconds=self.settings.heartbeat_timeout))
-        if down:
-            logger.warning("edges marked down after missed heartbeats: %s", ", ".join(down))
-            self.metrics.edges_down.inc(len(down))
+        """One scheduler pass: mark silent edges down, place waiting sessions, update the gauges."""
+        if self._edges_had_time_to_check_in():
+            down = self.store.mark_stale_edges(timeout=timedelta(seconds=self.settings.heartbeat_timeout))
+            if down:
+                logger.warning("edges marked down after missed heartbeats: %s", ", ".join(down))
+                self.metrics.edges_down.inc(len(down))
         placed = self.store.place_waiting()
         self.metrics.placements.inc(placed)
         for state, count in self.store.job_counts().items():

@@ -432,11 +432,29 @@ def test_an_edge_that_stops_heartbeating_loses_its_sessions_to_another(client: T
         row = s.get(Edge, first["id"])
         assert row is not None
         row.last_heartbeat_at = utcnow() - timedelta(hours=1)
+    control(client).started -= 3600  # this control plane has been up long enough to judge
     control(client).schedule_once()
     moved = assert_status(client.get(f"/v1/jobs/{job['id']}", headers=OPERATOR), 200)["sessions"][0]
     assert (moved["edge_id"], moved["attempts"]) == (second["id"], 2)
     edges = assert_status(client.get("/v1/edges", headers=OPERATOR), 200)
     assert {e["name"]: e["status"] for e in edges} == {"edge-a": "down", "edge-b": "up"}
+
+
+def test_a_restarted_control_plane_gives_edges_a_timeout_to_check_in(client: TestClient) -> None:
+    add_device(client, "phone")
+    edge = register_edge(client, "edge-a")
+    job = create_job(client, ["phone"])
+    with control(client).store.tx() as s:  # its last heartbeat reached the previous process
+        row = s.get(Edge, edge["id"])
+        assert row is not None
+        row.last_heartbeat_at = utcnow() - timedelta(hours=1)
+    control(client).schedule_once()  # just started: the stored heartbeat says nothing yet
+    kept = assert_status(client.get(f"/v1/jobs/{job['id']}", headers=OPERATOR), 200)["sessions"][0]
+    assert (kept["edge_id"], kept["attempts"]) == (edge["id"], 1)
+    control(client).started -= control(client).settings.heartbeat_timeout  # still silent a timeout on
+    control(client).schedule_once()
+    edges = assert_status(client.get("/v1/edges", headers=OPERATOR), 200)
+    assert {e["name"]: e["status"] for e in edges} == {"edge-a": "down"}
 
 
 # --- health and metrics ------------------------------------------------------------------------------
