@@ -1,0 +1,36 @@
+"""Argument types and helpers the command-group parsers share (light: no model stack)."""
+
+from __future__ import annotations
+
+import argparse
+
+from splitft.compress import parse_codecs  # torch-free: only the spec parser
+from splitft.errors import InvalidArgument
+
+CODEC_HELP = "a codec to measure, e.g. int8 or activations=int8,gradients=topk:0.01; repeat (default: all)"
+
+
+def codec(text: str) -> str:
+    """A codec argument in its canonical form; argparse turns the error into a usage message (exit 2)."""
+    try:
+        return str(parse_codecs(text))
+    except InvalidArgument as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
+def session_counts(text: str) -> list[int]:
+    """Concurrent session counts like `1,2,4,8`."""
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,2,4,8, got {text!r}") from None
+
+
+def handled_by(parser: argparse.ArgumentParser, handler: str) -> argparse.ArgumentParser:
+    """Run `handler` ("module:function" in `splitft.cli.commands`) when this command is chosen.
+
+    A name, not the function: the command modules import the model stack, the edge or the control
+    plane at module level, and `main` imports only the one the chosen command needs.
+    """
+    parser.set_defaults(handler=handler)
+    return parser

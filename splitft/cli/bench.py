@@ -1,0 +1,108 @@
+"""`splitft bench step|wire|converge|memory|sessions|methods|control`: the benchmarks (parsers only).
+
+The option names match the fields of each benchmark's config dataclass, which the command
+handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from splitft.cli.args import CODEC_HELP, codec, handled_by, session_counts
+
+FAMILIES = ["llama", "gpt2", "bert", "vit"]
+TASKS = ["classification", "causal_lm"]
+METHODS = ["lora", "taskedge", "tinytrain", "head_only"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the `bench` group and its seven benchmarks to the top-level `commands`."""
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench_command", required=True
+    )
+    _register_step_and_wire(bench)
+    _register_converge(bench)
+    _register_memory_and_sessions(bench)
+    _register_methods(bench)
+    _register_control(bench)
+
+
+def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
+    step = bench.add_parser(
+        "step", help="step time one-process vs split over loopback: mTLS, stream, pipelining (JSON)"
+    )
+    wire = bench.add_parser("wire", help="bytes per step up and down per codec, relative to raw (JSON)")
+    for sub in (step, wire):
+        sub.add_argument("--family", default="llama", choices=FAMILIES)
+        sub.add_argument("--layers", type=int, default=8)
+        sub.add_argument("--hidden", type=int, default=512)
+        sub.add_argument("--batch", type=int, default=8)
+        sub.add_argument("--tokens", type=int, default=128)
+        sub.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+        sub.add_argument("--device-layers", type=int, default=1)
+        sub.add_argument("--head-layers", type=int, default=1)
+    step.add_argument("--repeats", type=int, default=10)
+    handled_by(step, "bench:step")
+    wire.add_argument("--steps", type=int, default=2, help="measured steps per codec, after a warm-up step")
+    wire.add_argument("--codec", action="append", type=codec, help=CODEC_HELP)
+    handled_by(wire, "bench:wire")
+
+
+def _register_converge(bench: argparse._SubParsersAction) -> None:
+    converge = bench.add_parser("converge", help="held-out loss after N steps per codec vs raw (JSON)")
+    converge.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    converge.add_argument("--codec", action="append", type=codec, help=CODEC_HELP)
+    converge.add_argument("--steps", type=int, default=60, help="optimizer steps per task and codec")
+    converge.add_argument("--seed", type=int, default=0)
+    converge.add_argument("--threads", type=int, default=2, help="torch threads here and in the edge")
+    handled_by(converge, "bench:converge")
+
+
+def _register_memory_and_sessions(bench: argparse._SubParsersAction) -> None:
+    memory = bench.add_parser(
+        "memory", help="device peak memory vs the whole model in one process, device share (JSON)"
+    )
+    sessions = bench.add_parser("sessions", help="aggregate edge throughput with N concurrent sessions")
+    for sub, n_hidden, n_tokens, n_head in ((memory, 512, 128, 0), (sessions, 256, 64, 1)):
+        sub.add_argument("--family", default="llama", choices=FAMILIES)
+        sub.add_argument("--layers", type=int, default=8)
+        sub.add_argument("--hidden", type=int, default=n_hidden)
+        sub.add_argument("--batch", type=int, default=8)
+        sub.add_argument("--tokens", type=int, default=n_tokens)
+        sub.add_argument("--device-layers", type=int, default=1)
+        sub.add_argument("--head-layers", type=int, default=n_head)
+        sub.add_argument(
+            "--codec", type=codec, default="raw", help="wire codec of the split sessions (default raw)"
+        )
+    memory.add_argument("--steps", type=int, default=3, help="training steps measured in each process")
+    memory.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+    handled_by(memory, "bench:memory")
+    sessions.add_argument(
+        "--sessions", type=session_counts, default=[1, 2, 4, 8], help="concurrent sessions, e.g. 1,2,4,8"
+    )
+    sessions.add_argument("--seconds", type=float, default=10.0, help="measured window per session count")
+    sessions.add_argument("--warmup-steps", type=int, default=2, help="per device, before any window")
+    sessions.add_argument("--threads", type=int, default=1, help="torch threads in the edge process")
+    sessions.add_argument("--device-threads", type=int, default=1, help="torch threads per device process")
+    handled_by(sessions, "bench:sessions")
+
+
+def _register_methods(bench: argparse._SubParsersAction) -> None:
+    methods = bench.add_parser("methods", help="LoRA vs TaskEdge vs TinyTrain vs head-only at equal budgets")
+    methods.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    methods.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    methods.add_argument("--threads", type=int, default=2)
+    methods.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke runs)")
+    methods.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    handled_by(methods, "bench:methods")
+
+
+def _register_control(bench: argparse._SubParsersAction) -> None:
+    control = bench.add_parser(
+        "control", help="job-status latency of the control plane under concurrent load"
+    )
+    control.add_argument("--clients", type=int, default=16)
+    control.add_argument("--requests", type=int, default=200, help="per client")
+    control.add_argument("--jobs", type=int, default=50)
+    control.add_argument("--db", default=None, metavar="URL", help="default: SQLite in a temp dir")
+    handled_by(control, "bench:control")

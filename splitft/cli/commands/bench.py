@@ -1,0 +1,70 @@
+"""`splitft bench ...`: run a benchmark and print its report (JSON, or a Markdown table)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from splitft.bench.control import ControlBenchConfig, run_control_bench
+from splitft.bench.converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
+from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
+from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
+from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
+from splitft.bench.step import StepBenchConfig, run_step_bench
+from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A benchmark config from the options named like its fields, plus `overrides`."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**given, **overrides})
+
+
+def _print(report: str) -> int:
+    sys.stdout.write(report + "\n")
+    return 0
+
+
+def step(args: argparse.Namespace) -> int:
+    """`bench step`: step time in one process vs split over loopback."""
+    return _print(run_step_bench(config_from_args(StepBenchConfig, args)))
+
+
+def wire(args: argparse.Namespace) -> int:
+    """`bench wire`: bytes per step per codec."""
+    codecs = tuple(args.codec or DEFAULT_WIRE_CODECS)
+    return _print(run_wire_bench(config_from_args(WireBenchConfig, args, codecs=codecs)))
+
+
+def converge(args: argparse.Namespace) -> int:
+    """`bench converge`: held-out loss after N steps per codec vs raw."""
+    codecs = tuple(args.codec or DEFAULT_CONVERGE_CODECS)
+    return _print(run_converge_bench(config_from_args(ConvergeBenchConfig, args, codecs=codecs)))
+
+
+def memory(args: argparse.Namespace) -> int:
+    """`bench memory`: device peak memory vs the whole model in one process."""
+    return _print(run_memory_bench(config_from_args(MemoryBenchConfig, args)))
+
+
+def sessions(args: argparse.Namespace) -> int:
+    """`bench sessions`: aggregate edge throughput with N concurrent sessions."""
+    return _print(run_sessions_bench(config_from_args(SessionsBenchConfig, args)))
+
+
+def methods(args: argparse.Namespace) -> int:
+    """`bench methods`: LoRA vs TaskEdge vs TinyTrain vs head-only; --markdown prints the table."""
+    report = run_methods_bench(config_from_args(MethodsBenchConfig, args))
+    return _print(markdown_table(report) if args.markdown else report)
+
+
+def control(args: argparse.Namespace) -> int:
+    """`bench control`: job-status latency of the control plane under concurrent load."""
+    return _print(run_control_bench(config_from_args(ControlBenchConfig, args, db_url=args.db)))

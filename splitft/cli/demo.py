@@ -1,0 +1,36 @@
+"""`splitft demo`: fine-tune a real pretrained model split across a local edge (parser only)."""
+
+from __future__ import annotations
+
+import argparse
+
+from splitft.cli.args import codec, handled_by
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `demo` to the top-level `commands`."""
+    demo = commands.add_parser("demo", help="fine-tune a real pretrained model split across a local edge")
+    demo.add_argument(
+        "--model-dir", default=None, help="a supported model (default: packaged all-MiniLM-L6-v2)"
+    )
+    demo.add_argument(
+        "--sdk",
+        action="store_true",
+        help="one device driving the SDK directly (no control plane), with a per-step progress bar",
+    )
+    demo.add_argument("--devices", type=int, default=3, help="device agents in the whole-loop demo")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--batch-size", type=int, default=16)
+    demo.add_argument("--max-length", type=int, default=64)
+    demo.add_argument("--lr", type=float, default=2e-3)
+    demo.add_argument("--device-layers", type=int, default=2)
+    demo.add_argument("--head-layers", type=int, default=1)
+    demo.add_argument(
+        "--codec",
+        type=codec,
+        default="raw",
+        help="wire codec, e.g. int8 or activations=int8,gradients=lowrank:8:noef (default raw)",
+    )
+    demo.add_argument("--max-per-class", type=int, default=160)
+    demo.add_argument("--out", default="runs/demo", help="where the adapter and logs go")
+    handled_by(demo, "demo:run")

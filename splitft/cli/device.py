@@ -1,0 +1,71 @@
+"""`splitft device enroll|run`: the device agent (parsers only)."""
+
+from __future__ import annotations
+
+import argparse
+
+from splitft.cli.args import handled_by
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `device enroll` and `device run` to the top-level `commands`."""
+    device = commands.add_parser("device", help="the device agent").add_subparsers(
+        dest="device_command", required=True
+    )
+    _register_enroll(device)
+    _register_run(device)
+
+
+def _register_enroll(device: argparse._SubParsersAction) -> None:
+    enroll = device.add_parser("enroll", help="trade an enrollment token for a credential file")
+    enroll.add_argument(
+        "--control-plane",
+        required=True,
+        metavar="URL",
+        help="https:// (http:// only to loopback or --insecure)",
+    )
+    enroll.add_argument(
+        "--token",
+        required=True,
+        help="the one-time enrollment token from POST /v1/devices (it pins the CA the device will trust)",
+    )
+    enroll.add_argument(
+        "--ca",
+        default=None,
+        metavar="PEM",
+        help="CA that verifies the control plane's HTTPS (default: the CA the token pins, else the system's)",
+    )
+    enroll.add_argument(
+        "--insecure", action="store_true", help="allow a plaintext http:// control plane on another host"
+    )
+    enroll.add_argument("--out", required=True, help="credential file to write (0600)")
+    enroll.add_argument("--force", action="store_true")
+    handled_by(enroll, "device:enroll")
+
+
+def _register_run(device: argparse._SubParsersAction) -> None:
+    run = device.add_parser("run", help="poll for sessions and train them on local data")
+    run.add_argument("--control-plane", default=None, metavar="URL", help="default: the credential file's")
+    run.add_argument("--credential", required=True, help="credential file from `device enroll`")
+    run.add_argument("--data", required=True, help='JSONL with {"text": ..., "label": int} per line')
+    run.add_argument(
+        "--model-dir",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="local model directory for a model name the jobs use; repeatable",
+    )
+    run.add_argument("--max-sessions", type=int, default=None, help="exit after this many sessions")
+    run.add_argument("--poll-interval", type=float, default=2.0)
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="dial edges in plaintext and allow a plaintext http:// control plane on another host "
+        "(local experiments)",
+    )
+    run.add_argument(
+        "--record-dir",
+        default=None,
+        help="also keep each session's adapter and evaluation logits on a few examples here",
+    )
+    handled_by(run, "device:run")
