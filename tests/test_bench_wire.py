@@ -16,8 +16,8 @@ import torch
 
 from device_client import EdgeConnection
 from edge_server import EdgeServer
+from splitft.bench.common import BenchModelConfig, split_model
 from splitft.bench.converge import ConvergeBenchConfig, run_converge_bench
-from splitft.bench.step import BenchModelConfig, split_model
 from splitft.bench.wire import WireBenchConfig, measure_phases
 from splitft.errors import InvalidArgument
 from splitft.testing.tiny import TinyModel, make_batch

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from peft import LoraConfig
 
-from splitft.bench.step import torch_threads
+from splitft.bench.common import torch_threads
 from splitft.bench.wire import DEFAULT_WIRE_CODECS
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument

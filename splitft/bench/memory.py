@@ -49,8 +49,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitft.bench.common import BenchModelConfig, train_step
 from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
-from splitft.bench.step import BenchModelConfig, train_step
 from splitft.bench.worker import run_worker
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import torch
 
-from splitft.bench.step import BenchModelConfig, split_model, train_step
+from splitft.bench.common import BenchModelConfig, split_model, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 

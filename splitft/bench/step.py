@@ -17,9 +17,7 @@ import json
 import logging
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,8 @@ from typing import Any
 import torch
 from peft import get_peft_model
 
-from device_client import EdgeConnection, SplitModel
+from device_client import EdgeConnection
+from splitft.bench.common import BenchModelConfig, split_model, torch_threads, train_step
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess, LocalPki
 from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
@@ -46,30 +45,6 @@ RATIOS = (
 
 
 @dataclass
-class BenchModelConfig:
-    """The model and batch a wire-level benchmark trains (a Llama-style model from a config)."""
-
-    family: str = "llama"
-    layers: int = 8
-    hidden: int = 512
-    batch: int = 8
-    tokens: int = 128
-    threads: int = 1  # torch threads in each process (device, edge, and the one-process run)
-    device_layers: int = 1
-    head_layers: int = 1
-
-    def __post_init__(self) -> None:
-        if min(self.layers, self.hidden, self.batch, self.threads) < 1 or self.tokens < 2:
-            raise InvalidArgument("layers, hidden, batch and threads must be >= 1 and tokens >= 2")
-        if (
-            self.device_layers < 1
-            or self.head_layers < 0
-            or self.device_layers + self.head_layers >= self.layers
-        ):
-            raise InvalidArgument("need device_layers >= 1, head_layers >= 0 and at least one trunk block")
-
-
-@dataclass
 class StepBenchConfig(BenchModelConfig):
     repeats: int = 10
 
@@ -77,30 +52,6 @@ class StepBenchConfig(BenchModelConfig):
         super().__post_init__()
         if self.repeats < 1:
             raise InvalidArgument("repeats must be >= 1")
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with `threads` torch threads, then give the caller back its own count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:
-    """One step (forward, backward, optimizer step); returns its seconds. `micro_batches` > 0 uses
-    `SplitModel.forward_backward` with that many pipelined micro-batches."""
-    started = time.perf_counter()
-    if micro_batches:
-        model.forward_backward(batch, micro_batches=micro_batches)
-    else:
-        model(**batch).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return time.perf_counter() - started
 
 
 def _param_bytes(params) -> tuple[int, int]:
@@ -155,29 +106,6 @@ def run_step_bench(config: StepBenchConfig) -> str:
                     conn.close()
     report = {"benchmark": "step", "config": asdict(config), "step_seconds": timing, "device_share": share}
     return json.dumps(report, indent=2)
-
-
-def split_model(
-    path: Path,
-    conn: EdgeConnection,
-    config: BenchModelConfig,
-    codec: str = "raw",
-    *,
-    stream: bool = True,
-    edge_model: str = "bench",
-) -> tuple[SplitModel, Any]:
-    """A split model of the saved model at `path` (named `edge_model` on the edge), and its AdamW."""
-    model = SplitModel.from_pretrained(
-        path,
-        edge=conn,
-        model=edge_model,
-        device_layers=config.device_layers,
-        head_layers=config.head_layers,
-        codec=codec,
-        lora_config=lora_config_for(config.family),
-        stream=stream,
-    )
-    return model, model.configure_optimizer(torch.optim.AdamW, lr=1e-3)
 
 
 def interleaved(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench.step import BenchModelConfig, split_model, torch_threads, train_step
+from splitft.bench.common import BenchModelConfig, split_model, torch_threads, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess
