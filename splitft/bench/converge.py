@@ -34,11 +34,19 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
+from transformers import AutoTokenizer
 
+from device_client import EdgeConnection
 from splitft.bench.common import torch_threads
+from splitft.bench.methods.data import encode_bytes
+from splitft.bench.methods.pretrain import pretrained_tiny_llama
 from splitft.bench.wire import DEFAULT_WIRE_CODECS
 from splitft.compress import parse_codecs
+from splitft.data.stdlib_task import batches, build_stdlib_task
+from splitft.demo.sdk import default_model_dir
 from splitft.errors import InvalidArgument
+from splitft.local.launch import EdgeProcess
+from splitft.testing.tiny import lora_config_for
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +136,6 @@ class _Task:
 
 def run_converge_bench(config: ConvergeBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    from splitft.local.launch import EdgeProcess
-
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-converge-") as tmp:
@@ -150,8 +156,6 @@ def run_converge_bench(config: ConvergeBenchConfig) -> str:
 
 
 def _run_task(task: _Task, config: ConvergeBenchConfig, address: str) -> dict[str, Any]:
-    from device_client import EdgeConnection
-
     runs: dict[str, dict[str, Any]] = {}
     for label, codec in [(c, c) for c in config.codecs] + [("raw (repeat)", "raw")]:
         logger.info("bench converge: %s / %s", task.name, label)
@@ -231,8 +235,6 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[_Task], dict[str, Any] | None]:
-    from splitft.data.stdlib_task import build_stdlib_task
-
     text = build_stdlib_task(max_per_class=config.max_per_class)
     tasks, pretrain = [], None
     if "classification" in config.tasks:
@@ -245,8 +247,6 @@ def _tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[_Task], dict[st
 
 def _cycle(examples: Any, config: ConvergeBenchConfig) -> Iterator[tuple[list[str], list[int]]]:
     """`config.steps` training batches: epochs of the train set, each shuffled by its own seed."""
-    from splitft.data.stdlib_task import batches
-
     epoch = 0
     while True:
         yield from batches(examples, config.batch_size, shuffle_seed=config.seed + epoch)
@@ -258,11 +258,6 @@ def _first(iterator: Iterator[Any], n: int) -> list[Any]:
 
 
 def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
-    from transformers import AutoTokenizer
-
-    from splitft.data.stdlib_task import batches
-    from splitft.demo.sdk import default_model_dir
-
     model_dir = Path(config.cls_model_dir or default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
@@ -286,10 +281,6 @@ def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
 
 
 def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task, dict[str, Any] | None]:
-    from splitft.bench.methods import encode_bytes, pretrained_tiny_llama
-    from splitft.data.stdlib_task import batches
-    from splitft.testing.tiny import lora_config_for
-
     model_dir, pretrain = pretrained_tiny_llama(
         tmp / "tiny-llama",
         layers=config.lm_layers,

@@ -46,6 +46,8 @@ RATIOS = (
 
 @dataclass
 class StepBenchConfig(BenchModelConfig):
+    """`bench step`: the model and batch, and how many interleaved rounds to time."""
+
     repeats: int = 10
 
     def __post_init__(self) -> None:
