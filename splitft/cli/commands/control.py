@@ -31,8 +31,16 @@ def serve(args: argparse.Namespace) -> int:
             "in clear; give --certs DIR for HTTPS unless a TLS-terminating proxy is in front"
         )
     app = create_app(settings)
-    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, timeout_graceful_shutdown=10, **ssl)
+    certfile, keyfile = (str(tls[0]), str(tls[1])) if tls else (None, None)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     return 0
 
 
