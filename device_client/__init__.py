@@ -1,22 +1,28 @@
 """splitft device SDK: run the embeddings, first blocks and head on the device, the trunk on an edge.
 
 from device_client import EdgeConnection, SplitModel
+
+The device agent (`device_client.agent`: enrollment, polling the control plane, training sessions)
+is an application of this SDK; its entry points are re-exported here lazily, so importing the SDK
+does not load the agent.
 """
 
-from device_client.agent import DeviceAgent, run_device
+from __future__ import annotations
+
+from typing import Any
+
 from device_client.connection import EdgeConnection
-from device_client.credentials import DeviceCredential, enroll
-from device_client.datasets import TextExample, load_jsonl
 from device_client.model import SplitModel, SplitStats
 
-__all__ = [
-    "DeviceAgent",
-    "DeviceCredential",
-    "EdgeConnection",
-    "SplitModel",
-    "SplitStats",
-    "TextExample",
-    "enroll",
-    "load_jsonl",
-    "run_device",
-]
+_AGENT_EXPORTS = ("DeviceAgent", "DeviceCredential", "TextExample", "enroll", "load_jsonl", "run_device")
+
+__all__ = ["EdgeConnection", "SplitModel", "SplitStats", *_AGENT_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """`from device_client import DeviceAgent` (and the other agent entry points) still works."""
+    if name in _AGENT_EXPORTS:
+        import device_client.agent as agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'device_client' has no attribute {name!r}")

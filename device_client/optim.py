@@ -3,7 +3,8 @@
 `make_split_optimizer` returns an instance of a subclass of the requested torch optimizer: it is a
 real `torch.optim.Optimizer` over the device's trainable parameters (so LR schedulers work), and
 its `step`, `zero_grad` and `clip_grad_norm_` also drive the trunk adapter's optimizer on the edge
-with the same hyper-parameters and the current learning rate.
+with the same hyper-parameters and the current learning rate. `make_scheduler` gives it the LR
+schedules jobs name (constant, linear, cosine, each after a linear warmup).
 """
 
 from __future__ import annotations
@@ -101,3 +102,25 @@ class SplitOptimizer(torch.optim.Optimizer):
                 g.mul_(coef)
             self._grad_scale *= coef
         return torch.tensor(total)
+
+
+def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
+    """The LR multiplier before optimizer step `step` (0-based), as transformers' schedules define it."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    raise InvalidArgument(f"unknown LR schedule {schedule!r} (constant, linear or cosine)")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """`schedule` over `total` optimizer steps after `warmup` steps of linear warmup."""
+    lr_factor(schedule, total, 0, total)  # refuse an unknown name now, not at the first step
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, warmup, total))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitft.errors import InvalidArgument, NotFound
+from splitft.model.dirs import parse_model_dirs
 from splitft.model.loading import LoadedSpan, edge_view, load_span
 
 logger = logging.getLogger(__name__)
@@ -20,16 +21,6 @@ class ServedModel:
     @property
     def num_layers(self) -> int:
         return self.span.num_layers
-
-
-def parse_model_arg(arg: str) -> tuple[str, Path]:
-    """`DIR` or `NAME=DIR`; the name defaults to the directory's base name."""
-    name, sep, path = arg.partition("=")
-    if not sep:
-        name, path = Path(arg).name, arg
-    if not name or not path:
-        raise InvalidArgument(f"--model-dir expects DIR or NAME=DIR, got {arg!r}")
-    return name, Path(path)
 
 
 def load_trunk(name: str, model_dir: Path) -> ServedModel:
@@ -62,13 +53,8 @@ class ModelRegistry:
 
     @classmethod
     def from_dirs(cls, args: list[str]) -> ModelRegistry:
-        models: dict[str, ServedModel] = {}
-        for arg in args:
-            name, path = parse_model_arg(arg)
-            if name in models:
-                raise InvalidArgument(f"model name {name!r} given twice; use NAME=DIR to tell them apart")
-            models[name] = load_trunk(name, path)
-        return cls(models)
+        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`)."""
+        return cls({name: load_trunk(name, path) for name, path in parse_model_dirs(args).items()})
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)

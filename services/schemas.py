@@ -1,18 +1,20 @@
-"""The control plane's REST contract: request (Create) and response (Public) shapes, under /v1."""
+"""The control plane's REST contract: request (Create) and response (Public) shapes, under /v1.
+
+The job spec (`JobCreate`) and the `Assignment` a device receives live in `splitft.jobs.spec`: the
+device agent parses its assignments with those same classes.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictFloat, StrictInt, field_validator
 
-from splitft.compress import parse_codecs
-from splitft.errors import InvalidArgument
+from splitft.jobs.spec import NAME_PATTERN, JobCreate, Strict
+from splitft.jobs.spec import Assignment as Assignment  # re-exported: the device route answers with it
 from splitft.security.trust import TOKEN_SEPARATOR
-from splitft.wire.serde import EdgeOptimizer
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
 # rather than fail in the database (a 500).
 NO_NUL_PATTERN = r"^[^\x00]*$"
@@ -21,13 +23,6 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 JobState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", "cancelled"]
-
-
-class Strict(BaseModel):
-    """Unknown fields are refused. Numbers in requests are `StrictInt`/`StrictFloat`: lax pydantic would
-    read JSON `true` as 1 and `"0.1"` as 0.1, which hides a client's mistake instead of naming it."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- edges ---------------------------------------------------------------------------------------
@@ -131,114 +126,6 @@ class DevicePublic(Strict):
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-class LoraSpec(Strict):
-    r: StrictInt = Field(8, ge=1, le=1024)
-    lora_alpha: StrictFloat = Field(16, gt=0, allow_inf_nan=False)  # inf would reach devices as null
-    lora_dropout: StrictFloat = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(min_length=1, max_length=64)
-    task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
-
-
-class TaskEdgeSpec(Strict):
-    budget_fraction: StrictFloat = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
-    n_m: tuple[StrictInt, StrictInt] | None = Field(None, description="N:M structure, e.g. [2, 4]")
-    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: StrictInt = Field(
-        4, ge=1, le=1000, description="labels-free batches scored on the device"
-    )
-
-
-class TinyTrainSpec(Strict):
-    memory_budget_bytes: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="backward bytes of the trained layers; null: no limit"
-    )
-    compute_budget_macs: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="backward multiply-accumulates per step; null: no limit"
-    )
-    channel_ratios: list[float] = Field(
-        [1.0, 0.5, 0.25, 0.125], min_length=1, max_length=16, description="channel fractions, each in (0, 1]"
-    )
-    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: StrictInt = Field(
-        4, ge=1, le=1000, description="labelled support-set batches, on the device"
-    )
-
-    @model_validator(mode="after")
-    def _ratios(self) -> TinyTrainSpec:
-        if any(not 0 < r <= 1 for r in self.channel_ratios) or len(set(self.channel_ratios)) != len(
-            self.channel_ratios
-        ):
-            raise ValueError("channel_ratios must be distinct numbers in (0, 1]")
-        return self
-
-
-class OptimizerSpec(Strict):
-    name: EdgeOptimizer = "AdamW"  # what the edge can run for the trunk adapter (splitft.wire.serde)
-    lr: StrictFloat = Field(1e-3, gt=0, le=10)
-    weight_decay: StrictFloat = Field(0.0, ge=0, le=10)
-
-
-class ScheduleSpec(Strict):
-    name: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: StrictInt = Field(0, ge=0, le=1_000_000)
-
-
-class JobCreate(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
-    device_layers: StrictInt = Field(ge=1, le=1024)
-    head_layers: StrictInt = Field(0, ge=0, le=1024)
-    method: Literal["lora", "taskedge", "tinytrain"] = "lora"
-    lora: LoraSpec | None = Field(None, description="required when method is lora")
-    taskedge: TaskEdgeSpec | None = Field(
-        None, description="with method taskedge; defaults apply when absent"
-    )
-    tinytrain: TinyTrainSpec | None = Field(
-        None, description="with method tinytrain; defaults (no budget limit: every channel) apply when absent"
-    )
-    trunk_lora: bool = True
-    codec: str | dict[str, str] = Field(
-        "raw",
-        description='one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr", "int4") or '
-        'one per direction, e.g. {"activations": "int8", "gradients": "lowrank:8:noef"} (gradients also '
-        'take "topk:0.01"; ":noef" turns error feedback off); stored in its canonical string form',
-    )
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    steps: StrictInt | None = Field(None, ge=1, le=10_000_000)
-    epochs: StrictInt | None = Field(None, ge=1, le=10_000)
-    batch_size: StrictInt = Field(16, ge=1, le=4096)
-    max_length: StrictInt = Field(128, ge=8, le=8192)
-    num_labels: StrictInt | None = Field(
-        None, ge=2, le=100_000, description="classes, for classification heads"
-    )
-    clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
-    devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
-
-    @field_validator("codec")
-    @classmethod
-    def _canonical_codec(cls, value: str | dict[str, str]) -> str:
-        try:
-            return str(parse_codecs(value))
-        except InvalidArgument as exc:
-            raise ValueError(exc.message) from None
-
-    @model_validator(mode="after")
-    def _one_length(self) -> JobCreate:
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps or epochs")
-        if len(set(self.devices)) != len(self.devices):
-            raise ValueError("devices must not repeat")
-        if self.method == "lora" and self.lora is None:
-            raise ValueError("method 'lora' needs a lora spec")
-        if self.method != "lora" and self.lora is not None:
-            raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
-        for method in ("taskedge", "tinytrain"):
-            if self.method != method and getattr(self, method) is not None:
-                raise ValueError(f"a {method} spec needs method {method!r}")
-        return self
-
-
 class SessionPublic(Strict):
     id: str
     device: str
@@ -288,17 +175,6 @@ class JobMetrics(Strict):
 
 class SessionFail(Strict):
     reason: str = Field(min_length=1, max_length=2000, pattern=NO_NUL_PATTERN)
-
-
-# --- device side ---------------------------------------------------------------------------------
-
-
-class Assignment(Strict):
-    session_id: str
-    job_id: str
-    edge_address: str
-    token: str = Field(description="signed session token for the edge")
-    spec: JobCreate
 
 
 class ApiKeyCreated(Strict):

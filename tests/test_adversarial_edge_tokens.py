@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from device_client.agent import parse_assignment
+from device_client.agent.assignment import parse_assignment
 from device_client.stream import SessionStream
 from edge_server import EdgeConfig, EdgeServer
 from splitft.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
@@ -31,8 +31,8 @@ from splitft.testing.tiny import TinyModel, lora_config_for
 from splitft.v1 import dataplane_pb2 as pb
 from splitft_control.app import create_app
 from tests.adversarial_edge import FAMILY, Deployment, assert_edge_serves, open_request
+from tests.agent_support import assignment_json
 from tests.control_fixtures import add_device, bearer, control_settings, create_job, register_edge
-from tests.test_agent_units import assignment_json
 
 EDGE_ID = "edge-1"
 HIDDEN = 32

@@ -27,8 +27,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from device_client.agent import ControlPlaneClient
-from device_client.credentials import DeviceCredential, enroll
+from device_client.agent.control_client import ControlPlaneClient
+from device_client.agent.credentials import DeviceCredential, enroll
 from edge_server.control import ControlPlaneLink
 from splitft.cli import main
 from splitft.errors import InvalidArgument, Unauthenticated, Unavailable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from device_client.credentials import error_from_http
+from device_client.agent.http import error_from_http
 from splitft.errors import (
     ErrorCode,
     PayloadTooLarge,

@@ -124,7 +124,7 @@ class LocalLoop:
 
     def enroll_device(self, name: str) -> Path:
         """Create the device over REST and enroll it with a CSR; returns its credential file."""
-        from device_client.credentials import enroll
+        from device_client.agent.credentials import enroll
 
         token = self.api("POST", "/v1/devices", json={"name": name}).json()["enrollment_token"]
         path = self.root / "devices" / f"{name}.json"

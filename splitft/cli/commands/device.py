@@ -9,7 +9,7 @@ import sys
 import threading
 
 from device_client.agent import run_device
-from device_client.credentials import enroll as enroll_device
+from device_client.agent.credentials import enroll as enroll_device
 
 logger = logging.getLogger("splitft")
 

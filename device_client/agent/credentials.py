@@ -1,10 +1,9 @@
-"""A device's identity with the control plane: enrollment, the credential file, and REST errors.
+"""A device's identity with the control plane: enrollment and the credential file.
 
 `enroll` trades an operator's one-time enrollment token for a device credential (the bearer secret
 for /v1/assignments and /v1/sessions) and, through a CSR, a client certificate for mutual TLS with
 the edges. Everything the device needs later lives in ONE JSON file, written 0600 because it holds
-the credential and the private key. This module also maps the control plane's HTTP errors onto the
-`splitft.errors` catalog, so the SDK raises the same exception classes for REST as for gRPC.
+the credential and the private key. The REST plumbing (errors mapped onto the catalog) is `http.py`.
 """
 
 from __future__ import annotations
@@ -22,18 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from splitft.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    ResourceExhausted,
-    SplitftError,
-    Unauthenticated,
-    Unavailable,
-)
+from device_client.agent.http import DEFAULT_HTTP_TIMEOUT, request, response_json
+from splitft.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from splitft.security.files import write_private_file
 from splitft.security.trust import (
     check_ca,
@@ -48,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 CREDENTIAL_FORMAT = 1  # bumped when the file layout changes incompatibly
 CSR_PLACEHOLDER_CN = "device"  # the control plane replaces the CN with the registered device name
-DEFAULT_HTTP_TIMEOUT = 30.0
-_DETAIL_CHARS = 500  # a server's error text is quoted, but never unboundedly
 
 
 @dataclass(frozen=True)
@@ -225,7 +212,7 @@ def _credential_from_enrolled(
     )
 
 
-# --- REST plumbing shared with the agent ---------------------------------------------------------
+# --- a caller's HTTP client, or one of our own --------------------------------------------------
 
 
 class _Borrowed:
@@ -239,74 +226,3 @@ class _Borrowed:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One REST call; transport failures become Unavailable and 4xx/5xx the matching splitft error."""
-    try:
-        response = client.request(method, url, **kwargs)
-    except httpx.TransportError as exc:
-        hint = ""
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            hint = " (its certificate is not from the CA this device trusts for it: see --ca)"
-        raise Unavailable(
-            f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}{hint}"
-        ) from None
-    if response.status_code >= 400:
-        raise error_from_http(response.status_code, error_detail(response), f"{method} {response.url.path}")
-    return response
-
-
-def response_json(response: httpx.Response) -> Any:
-    """The body of a successful answer as JSON; a non-JSON body means a broken peer, not bad input."""
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Unavailable(f"the control plane answered {response.status_code} with a non-JSON body") from None
-
-
-def error_detail(response: httpx.Response) -> str:
-    """The server's reason: FastAPI's {"detail": str | [validation errors]}, else the raw text."""
-    try:
-        detail = response.json().get("detail")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        detail = None
-    if isinstance(detail, list):  # request validation errors: [{"loc": [...], "msg": "..."}]
-        detail = "; ".join(_validation_item(item) for item in detail)
-    if not isinstance(detail, str) or not detail:
-        detail = response.text.strip() or response.reason_phrase
-    return detail[:_DETAIL_CHARS]
-
-
-def _validation_item(item: Any) -> str:
-    if not isinstance(item, dict):
-        return str(item)
-    loc = ".".join(str(part) for part in item.get("loc", []) if part != "body")
-    return f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", ""))
-
-
-_BY_STATUS: dict[int, type[SplitftError]] = {
-    400: InvalidArgument,
-    401: Unauthenticated,
-    403: PermissionDenied,
-    404: NotFound,
-    408: Unavailable,
-    413: PayloadTooLarge,
-    422: InvalidArgument,
-    429: ResourceExhausted,
-}
-
-
-def error_from_http(status: int, detail: str, what: str = "") -> SplitftError:
-    """The splitft exception for an HTTP failure status, carrying the server's detail.
-
-    409 is both AlreadyExists and FailedPrecondition in the catalog; the server's wording decides.
-    """
-    if status == 409:
-        cls: type[SplitftError] = AlreadyExists if "already" in detail.lower() else FailedPrecondition
-    elif status >= 500:
-        cls = Unavailable
-    else:
-        cls = _BY_STATUS.get(status, InvalidArgument if 400 <= status < 500 else SplitftError)
-    prefix = f"{what} -> {status}" if what else f"HTTP {status}"
-    return cls(f"{prefix}: {detail}")

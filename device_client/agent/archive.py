@@ -1,0 +1,38 @@
+"""The adapter a session uploads to /complete: its files as a reproducible .tar.gz."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+from device_client.model import ADAPTER_WEIGHTS
+from splitft.errors import FailedPrecondition
+
+# What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas
+# (with, when the head is new, head.safetensors); nothing else (splitft_control.archive).
+ADAPTER_LAYOUTS = (
+    ("adapter_config.json", ADAPTER_WEIGHTS),
+    ("sparse_config.json", "sparse_deltas.safetensors"),
+)
+ADAPTER_OPTIONAL = ((), ("head.safetensors",))
+
+
+def pack_adapter(directory: str | Path) -> bytes:
+    """The adapter's files as a .tar.gz, byte-identical for identical files; other files in the
+    directory (a peft README.md, say) are left out, since the control plane accepts only these."""
+    root = Path(directory)
+    layouts = [[name for name in layout if not (root / name).is_file()] for layout in ADAPTER_LAYOUTS]
+    index = min(range(len(layouts)), key=lambda i: len(layouts[i]))
+    if layouts[index]:
+        raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(layouts[index])}")
+    wanted = {*ADAPTER_LAYOUTS[index], *ADAPTER_OPTIONAL[index]}
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path in sorted(p for p in root.iterdir() if p.is_file() and p.name in wanted):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -1,0 +1,95 @@
+"""The assignment a device receives, read with the control plane's own classes, and what it trains.
+
+`parse_assignment` validates the JSON of /v1/assignments/next with `splitft.jobs.spec.Assignment`
+(types, bounds and defaults as the control plane checks them), dropping fields this device does not
+know yet. The converters turn the job's method into the SDK's config: a peft LoRA config, or the
+TaskEdge / TinyTrain selection config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import peft
+from pydantic import ValidationError
+
+from device_client.agent.datasets import batches_per_epoch
+from splitft.errors import InvalidArgument, Unavailable
+from splitft.jobs.spec import IGNORE_UNKNOWN, Assignment, JobCreate, TaskEdgeSpec, TinyTrainSpec
+from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.tinytrain import TinyTrainConfig
+from splitft.security.tokens import check_session_id
+
+MAX_ERROR_CHARS = 300  # of pydantic's description of a malformed assignment
+
+
+def parse_assignment(raw: Any) -> Assignment:
+    """An Assignment from the control plane's JSON; a malformed one is the server's fault (Unavailable)."""
+    try:
+        assignment = Assignment.model_validate(raw, context=IGNORE_UNKNOWN)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "assignment"
+        detail = f"{where}: {first['msg']}"[:MAX_ERROR_CHARS]
+        raise Unavailable(f"the control plane sent a malformed assignment: {detail}") from None
+    try:  # the session id names files under --record-dir and URL paths: never a path of its own
+        check_session_id(assignment.session_id)
+    except InvalidArgument as exc:
+        raise Unavailable(f"the control plane sent a malformed assignment: {exc.message}") from None
+    return assignment
+
+
+def total_steps(spec: JobCreate, num_examples: int) -> int:
+    """Optimizer steps the session runs: the job's steps, or its epochs over the local examples."""
+    if spec.steps is not None:
+        return spec.steps
+    if spec.epochs is None:
+        raise InvalidArgument("the job gives neither steps nor epochs")
+    return spec.epochs * batches_per_epoch(num_examples, spec.batch_size)
+
+
+def taskedge_config(spec: JobCreate) -> TaskEdgeConfig:
+    """The job's TaskEdge spec (defaults when absent) as the SDK's selection config."""
+    te = spec.taskedge or TaskEdgeSpec()
+    return TaskEdgeConfig(
+        budget_fraction=te.budget_fraction,
+        n_m=tuple(te.n_m) if te.n_m else None,  # type: ignore[arg-type]
+        target_modules=te.target_modules,
+    )
+
+
+def tinytrain_config(spec: JobCreate) -> TinyTrainConfig:
+    """The job's TinyTrain spec as the SDK's config; a null budget means no limit."""
+    tt = spec.tinytrain or TinyTrainSpec()
+    return TinyTrainConfig(
+        memory_budget_bytes=math.inf if tt.memory_budget_bytes is None else tt.memory_budget_bytes,
+        compute_budget_macs=math.inf if tt.compute_budget_macs is None else tt.compute_budget_macs,
+        channel_ratios=tuple(tt.channel_ratios),
+        target_modules=tt.target_modules,
+    )
+
+
+def method_config(spec: JobCreate) -> TaskEdgeConfig | TinyTrainConfig | peft.LoraConfig:
+    """What trains, from the job's method."""
+    if spec.method == "taskedge":
+        return taskedge_config(spec)
+    if spec.method == "tinytrain":
+        return tinytrain_config(spec)
+    return lora_config(spec)
+
+
+def lora_config(spec: JobCreate) -> peft.LoraConfig:
+    """The job's LoRA as peft wants it; the agent's data are labelled texts, so only SEQ_CLS fits."""
+    if spec.lora is None:
+        raise InvalidArgument("a LoRA job needs a lora spec")
+    if spec.lora.task_type not in (None, "SEQ_CLS"):
+        raise InvalidArgument(f"the device agent trains sequence classifiers, not {spec.lora.task_type}")
+    alpha = spec.lora.lora_alpha
+    return peft.LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,  # type: ignore[arg-type]
+        lora_dropout=spec.lora.lora_dropout,
+        target_modules=list(spec.lora.target_modules),
+        task_type=spec.lora.task_type or "SEQ_CLS",
+    )

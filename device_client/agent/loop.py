@@ -1,0 +1,230 @@
+"""The device agent: poll the control plane, train the assigned session on local data, report, repeat.
+
+One session, end to end: GET /v1/assignments/next -> dial the assigned edge with the session token
+-> fine-tune the job's model split across it on the local text+label data (`trainer.py`) -> POST
+metrics every few steps -> POST the adapter (.tar.gz) to /complete. Any failure is reported to /fail
+with a short reason (an error class and message, never the data) before it is re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from device_client.agent.control_client import ControlPlaneClient
+from device_client.agent.credentials import DeviceCredential
+from device_client.agent.datasets import as_examples
+from device_client.agent.trainer import SessionTrainer, TrainerOptions, TrainingProgress, load_tokenizer
+from splitft.errors import InvalidArgument, SplitftError, Unavailable
+from splitft.jobs.spec import Assignment
+from splitft.model.dirs import parse_model_dirs
+
+logger = logging.getLogger(__name__)
+MAX_REASON_CHARS = 500
+MAX_BACKOFF = 60.0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What /fail is told: the error class and message only; other errors' text is cut to one line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted on the device"
+    text = exc.message if isinstance(exc, SplitftError) else (str(exc).splitlines() or [""])[0][:200]
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return reason[:MAX_REASON_CHARS]
+
+
+@dataclass
+class AgentSummary:
+    """What `DeviceAgent.run` did: session ids it completed and those it reported as failed."""
+
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        return len(self.completed) + len(self.failed)
+
+
+class DeviceAgent:
+    """Polls for assignments and trains them on this device's data, one session at a time.
+
+    `model_dirs` maps the model names jobs use (as the edges serve them) to local Hugging Face
+    directories with the tokenizer. `data` is a JSONL path or a sequence of examples (see
+    `datasets.as_examples`); it is loaded and checked once, now. `insecure=True` dials edges in
+    plaintext (for an edge started with --insecure) and accepts a plaintext http:// control plane on
+    another host; otherwise the credential must hold a client certificate, its key and the CA.
+    `tokenizer_loader(model_dir)` replaces AutoTokenizer.
+    """
+
+    def __init__(
+        self,
+        credential: DeviceCredential | str | Path,
+        model_dirs: Mapping[str, str | Path],
+        data: str | Path | Sequence[Any],
+        *,
+        poll_interval: float = 2.0,
+        http: httpx.Client | None = None,
+        metrics_every: int = 10,
+        progress: Callable[[TrainingProgress], None] | None = None,
+        tokenizer_loader: Callable[[Path], Any] | None = None,
+        insecure: bool = False,
+        connect_timeout: float = 30.0,
+        record_dir: str | Path | None = None,
+    ) -> None:
+        if poll_interval <= 0 or metrics_every < 1:
+            raise InvalidArgument("poll_interval must be > 0 and metrics_every >= 1")
+        if not isinstance(credential, DeviceCredential):
+            credential = DeviceCredential.load(credential)
+        self.credential = credential
+        self.poll_interval = poll_interval
+        self.client = ControlPlaneClient(credential, http, insecure=insecure)
+        options = TrainerOptions(
+            metrics_every=metrics_every,
+            progress=progress,
+            tokenizer_loader=tokenizer_loader or load_tokenizer,
+            insecure=insecure,
+            connect_timeout=connect_timeout,
+            record_dir=Path(record_dir) if record_dir is not None else None,
+        )
+        dirs = {name: Path(path) for name, path in model_dirs.items()}
+        self.trainer = SessionTrainer(credential, dirs, as_examples(data), self.client, options)
+        self._stop = threading.Event()
+        self._retry_after: float | None = None
+
+    # - the loop -
+
+    def poll(self) -> Assignment | None:
+        """Ask once for work; None when nothing is assigned yet."""
+        assignment, self._retry_after = self.client.next_assignment()
+        if assignment is not None:
+            logger.info(
+                "assigned session %s of job %s on edge %s",
+                assignment.session_id,
+                assignment.job_id,
+                assignment.edge_address,
+            )
+        return assignment
+
+    def run_once(self) -> str | None:
+        """Poll once and train what was assigned; the session id, or None if there was nothing."""
+        assignment = self.poll()
+        if assignment is None:
+            return None
+        self.run_session(assignment)
+        return assignment.session_id
+
+    def run(self, max_sessions: int | None = None, stop: threading.Event | None = None) -> AgentSummary:
+        """Poll and train until `stop` is set or `max_sessions` sessions were handled (either way).
+
+        A failed session is reported and logged, and the agent goes on; an unreachable control plane
+        is retried with backoff; any other control-plane error (e.g. a revoked credential) is raised.
+        """
+        if stop is not None:
+            self._stop = stop
+        summary, backoff = AgentSummary(), self.poll_interval
+        while not self._stop.is_set() and (max_sessions is None or summary.handled < max_sessions):
+            try:
+                assignment = self.poll()
+            except Unavailable as exc:
+                logger.warning("control plane unavailable, retrying in %.0f s: %s", backoff, exc.message)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = self.poll_interval
+            if assignment is None:
+                self._stop.wait(max(self._retry_after or 0.0, self.poll_interval))
+                continue
+            try:
+                self.run_session(assignment)
+                summary.completed.append(assignment.session_id)
+            except Exception:  # already logged and reported to the control plane
+                summary.failed.append(assignment.session_id)
+        return summary
+
+    def stop(self) -> None:
+        """Ask `run` to return; a session in progress stops at its next step and is reported failed."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Close the control-plane client."""
+        self.client.close()
+
+    def __enter__(self) -> DeviceAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # - one session -
+
+    def run_session(self, assignment: Assignment) -> None:
+        """Train one assignment and upload its adapter; on failure report /fail, then re-raise."""
+        sid = assignment.session_id
+        try:
+            archive = self.trainer.train(assignment, self._stop)
+        except BaseException as exc:
+            reason = failure_reason(exc)
+            logger.error("session %s failed: %s", sid, reason, exc_info=not isinstance(exc, SplitftError))
+            self._report_failure(sid, reason)
+            raise
+        try:
+            self._with_retries(lambda: self.client.complete(sid, archive), f"upload the adapter of {sid}")
+        except SplitftError as exc:  # e.g. the archive was refused: the session cannot succeed now
+            logger.error("session %s: the control plane did not take the adapter: %s", sid, exc.message)
+            self._report_failure(sid, f"adapter upload failed: {failure_reason(exc)}"[:MAX_REASON_CHARS])
+            raise
+        logger.info("session %s complete: uploaded a %d-byte adapter", sid, len(archive))
+
+    def _report_failure(self, session_id: str, reason: str) -> None:
+        try:
+            self.client.fail(session_id, reason)
+        except SplitftError as exc:
+            logger.warning("could not report the failure of session %s: %s", session_id, exc.message)
+
+    def _with_retries(self, call: Callable[[], None], what: str, attempts: int = 3) -> None:
+        """Retry only Unavailable: the adapter took a whole session to make, worth a few seconds."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except Unavailable as exc:
+                if attempt == attempts:
+                    raise
+                logger.warning("could not %s (attempt %d): %s", what, attempt, exc.message)
+                time.sleep(2 ** (attempt - 1))
+
+
+def run_device(
+    credential_path: str | Path,
+    data: str | Path | Sequence[Any],
+    model_dirs: Sequence[str] | Mapping[str, str | Path],
+    *,
+    control_plane: str | None = None,
+    max_sessions: int | None = None,
+    poll_interval: float = 2.0,
+    insecure: bool = False,
+    stop: threading.Event | None = None,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    record_dir: str | Path | None = None,
+) -> AgentSummary:
+    """What `splitft device run` does: load the credential (URL overridable), then run the agent."""
+    credential = DeviceCredential.load(credential_path)
+    if control_plane:
+        credential = replace(credential, control_plane=control_plane)
+    dirs = model_dirs if isinstance(model_dirs, Mapping) else parse_model_dirs(model_dirs)
+    with DeviceAgent(
+        credential,
+        dirs,
+        data,
+        poll_interval=poll_interval,
+        progress=progress,
+        insecure=insecure,
+        record_dir=record_dir,
+    ) as agent:
+        return agent.run(max_sessions=max_sessions, stop=stop)

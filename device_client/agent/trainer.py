@@ -1,0 +1,323 @@
+"""One session end to end on the device: dial the edge, build the split model, train, pack the adapter.
+
+A `SessionTrainer` turns an `Assignment` into the adapter archive /complete takes. Metrics go to the
+control plane every few steps (best effort while it is down). Each session's RNG is seeded from its
+id, so a rerun of the same session on the same data is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from device_client.agent.archive import pack_adapter
+from device_client.agent.assignment import method_config, total_steps
+from device_client.agent.control_client import ControlPlaneClient
+from device_client.agent.credentials import DeviceCredential
+from device_client.agent.datasets import TextExample, training_batches
+from device_client.connection import EdgeConnection
+from device_client.model import SplitModel
+from device_client.optim import make_scheduler
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec, TaskEdgeSpec, TinyTrainSpec
+from splitft.model.loading import read_config
+from splitft.security.tokens import check_session_id, unverified_claims
+from splitft.wire.serde import EDGE_OPTIMIZERS
+
+logger = logging.getLogger(__name__)
+RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
+SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
+MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
+OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def session_seed(session_id: str) -> int:
+    """A seed fixed by the session id (not Python's salted hash), so a rerun trains identically."""
+    return int.from_bytes(hashlib.sha256(f"splitft-session:{session_id}".encode()).digest()[:8], "big") >> 2
+
+
+def make_optimizer(model: SplitModel, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """The job's optimizer over the device's trainable parameters (and the trunk adapter's, on the edge)."""
+    cls = OPTIMIZERS.get(spec.name)
+    if cls is None:
+        raise InvalidArgument(f"unknown optimizer {spec.name!r} (one of {', '.join(OPTIMIZERS)})")
+    return model.configure_optimizer(cls, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Handed to the progress callback after every optimizer step."""
+
+    session_id: str
+    step: int  # optimizer steps done, 1-based
+    total_steps: int
+    loss: float
+
+
+class _Window:
+    """Loss and throughput since the last metrics report: one MetricPoint per report."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.examples = 0
+        self.started = time.perf_counter()
+
+    def reset(self) -> None:
+        self.losses, self.examples, self.started = [], 0, time.perf_counter()
+
+    def add(self, loss: float, examples: int) -> None:
+        self.losses.append(loss)
+        self.examples += examples
+
+    def point(self, step: int, model: SplitModel) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        stats = model.stats
+        point = {
+            "step": step,
+            "loss": sum(self.losses) / len(self.losses),
+            "examples_per_second": self.examples / elapsed,
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+        }
+        self.reset()  # the next point covers only the steps after this one
+        return point
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model directory's own tokenizer; refuse to guess one.
+
+    transformers 5 builds an EMPTY tokenizer (special tokens only) for a directory without tokenizer
+    files, which would train silently on [UNK]s: hence the two checks.
+    """
+    from transformers import AutoTokenizer
+
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FailedPrecondition(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(f"cannot load the tokenizer in {model_dir}: {type(exc).__name__}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise FailedPrecondition(f"the tokenizer in {model_dir} has no vocabulary beyond special tokens")
+    return tokenizer
+
+
+@dataclass
+class TrainerOptions:
+    """How a device trains its sessions (see `DeviceAgent` for each knob)."""
+
+    metrics_every: int = 10
+    progress: Callable[[TrainingProgress], None] | None = None
+    tokenizer_loader: Callable[[Path], Any] = load_tokenizer
+    insecure: bool = False
+    connect_timeout: float = 30.0
+    record_dir: Path | None = None
+
+
+class SessionTrainer:
+    """Trains one assignment at a time on this device's examples and returns the packed adapter.
+
+    `stop` is checked before every step: once set, the session ends with FailedPrecondition.
+    """
+
+    def __init__(
+        self,
+        credential: DeviceCredential,
+        model_dirs: Mapping[str, Path],
+        examples: list[TextExample],
+        client: ControlPlaneClient,
+        options: TrainerOptions,
+    ) -> None:
+        self.credential = credential
+        self.model_dirs = dict(model_dirs)
+        self.examples = examples
+        self.client = client
+        self.options = options
+        self._pending: list[dict[str, Any]] = []
+
+    def train(self, assignment: Assignment, stop: threading.Event) -> bytes:
+        """Train `assignment` end to end; the adapter as the .tar.gz that /complete takes."""
+        spec = assignment.spec
+        self._pending = []
+        model_dir = self._model_dir(spec)
+        tokenizer = self.options.tokenizer_loader(model_dir)
+        seed = session_seed(assignment.session_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the trunk adapter's init, the head's and dropout follow from it
+            with self._connect(assignment) as conn:
+                with self._build_model(model_dir, conn, spec) as model:
+                    self._check_labels(model)
+                    if spec.method in ("taskedge", "tinytrain"):
+                        self._calibrate(model, tokenizer, spec, seed)
+                    self._fit(model, tokenizer, assignment, seed, stop)
+                    if self.options.record_dir is not None:
+                        self._record(model, tokenizer, assignment, self.options.record_dir)
+                    with tempfile.TemporaryDirectory(prefix="splitft-adapter-") as tmp:
+                        model.save_adapter(tmp)
+                        return pack_adapter(tmp)
+
+    def _record(self, model: SplitModel, tokenizer: Any, assignment: Assignment, record_dir: Path) -> None:
+        """Keep what this device saw at the end: its adapter and its evaluation logits on a few local
+        examples, so anyone can check the adapter served by the control plane reproduces them."""
+        out = record_dir / check_session_id(assignment.session_id)
+        model.save_adapter(out / "adapter")
+        texts = [e.text for e in self.examples[:RECORD_EXAMPLES]]
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=assignment.spec.max_length, return_tensors="pt"
+        )
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.save(
+            {"texts": texts, "logits": logits, "max_length": assignment.spec.max_length},
+            out / "eval_logits.pt",
+        )
+        logger.info(
+            "recorded the adapter and evaluation logits of session %s in %s", assignment.session_id, out
+        )
+
+    def _model_dir(self, spec: JobCreate) -> Path:
+        model_dir = self.model_dirs.get(spec.model)
+        if model_dir is None:
+            known = ", ".join(sorted(self.model_dirs)) or "none"
+            raise NotFound(f"this device has no local directory for model {spec.model!r} (it has: {known})")
+        _config, family = read_config(model_dir)
+        if family.class_mapping != SEQ_CLS_MAPPING:
+            raise InvalidArgument(
+                f"the device agent trains text classifiers; {spec.model!r} is a {family.example_task} model"
+            )
+        return model_dir
+
+    def _connect(self, assignment: Assignment) -> EdgeConnection:
+        if unverified_claims(assignment.token).session != assignment.session_id:
+            raise PermissionDenied("the session token does not name the assigned session")
+        cred, address, token = self.credential, assignment.edge_address, assignment.token
+        if self.options.insecure:
+            conn = EdgeConnection(address, insecure=True, token=token)
+        elif cred.certificate_pem and cred.key_pem and cred.ca_pem:
+            ca, cert, key = cred.ca_pem.encode(), cred.certificate_pem.encode(), cred.key_pem.encode()
+            conn = EdgeConnection(address, ca=ca, cert=cert, key=key, token=token)
+        else:
+            raise FailedPrecondition(
+                "the device credential has no client certificate, key and CA for mutual TLS: re-enroll "
+                "with a control plane that has --certs-dir (or use insecure=True for a local experiment)"
+            )
+        try:
+            conn.wait_ready(self.options.connect_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _build_model(model_dir: Path, conn: EdgeConnection, spec: JobCreate) -> SplitModel:
+        return SplitModel.from_pretrained(
+            model_dir,
+            edge=conn,
+            model=spec.model,
+            device_layers=spec.device_layers,
+            head_layers=spec.head_layers,
+            method=method_config(spec),
+            trunk_lora=spec.trunk_lora,
+            codec=spec.codec,
+            config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
+        )
+
+    def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int) -> None:
+        """Select what trains on a few local batches: TaskEdge scores texts only (labels are dropped
+        inside calibrate); TinyTrain's support set is labelled, and the labels stay here."""
+        if spec.method == "tinytrain":
+            count = (spec.tinytrain or TinyTrainSpec()).calibration_batches
+        else:
+            count = (spec.taskedge or TaskEdgeSpec()).calibration_batches
+        batches = []
+        for texts, labels in training_batches(self.examples, spec.batch_size, seed=seed, epochs=1):
+            enc = tokenizer(
+                texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt"
+            )
+            batches.append(
+                {
+                    "input_ids": enc["input_ids"],
+                    "attention_mask": enc["attention_mask"],
+                    "labels": torch.tensor(labels),
+                }
+            )
+            if len(batches) == count:
+                break
+        selected = model.calibrate(batches)
+        logger.info(
+            "%s selected %d device and %d trunk entries", spec.method, selected["device"], selected["trunk"]
+        )
+
+    def _check_labels(self, model: SplitModel) -> None:
+        num_labels = int(getattr(model.config, "num_labels", 0))
+        if max(e.label for e in self.examples) >= num_labels:
+            raise InvalidArgument(
+                f"the local data has labels >= num_labels ({num_labels}) of the job's model"
+            )
+
+    def _fit(
+        self, model: SplitModel, tokenizer: Any, assignment: Assignment, seed: int, stop: threading.Event
+    ) -> None:
+        spec, sid = assignment.spec, assignment.session_id
+        optimizer = make_optimizer(model, spec.optimizer)
+        total = total_steps(spec, len(self.examples))
+        scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
+        batches = training_batches(self.examples, spec.batch_size, seed=seed, epochs=spec.epochs)
+        window = _Window()
+        model.train()
+        logger.info("training session %s: %d steps on %d examples", sid, total, len(self.examples))
+        for step, (texts, labels) in enumerate(itertools.islice(batches, total), start=1):
+            if stop.is_set():
+                raise FailedPrecondition(f"the device agent was stopped at step {step - 1} of {total}")
+            loss = self._step(model, optimizer, tokenizer, texts, labels, spec)
+            scheduler.step()
+            if not math.isfinite(loss):
+                raise FailedPrecondition(f"the loss became {loss} at step {step}")
+            window.add(loss, len(texts))
+            if self.options.progress is not None:
+                self.options.progress(TrainingProgress(sid, step, total, loss))
+            if step % self.options.metrics_every == 0 or step == total:
+                self._send_metrics(sid, window.point(step, model))
+
+    @staticmethod
+    def _step(
+        model: SplitModel,
+        optimizer: torch.optim.Optimizer,
+        tokenizer: Any,
+        texts: list[str],
+        labels: list[int],
+        spec: JobCreate,
+    ) -> float:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
+        out = model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=torch.tensor(labels)
+        )
+        out.loss.backward()
+        if spec.clip_grad_norm is not None:
+            optimizer.clip_grad_norm_(spec.clip_grad_norm)  # type: ignore[attr-defined]  # SplitOptimizer
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(out.loss.item())
+
+    def _send_metrics(self, session_id: str, point: dict[str, Any]) -> None:
+        """Metrics are best effort while the control plane is down: keep them and resend later."""
+        self._pending = [*self._pending, point][-MAX_PENDING_POINTS:]
+        try:
+            self.client.report_metrics(session_id, self._pending)
+        except Unavailable as exc:
+            logger.warning("metrics for session %s kept for later: %s", session_id, exc.message)
+            return
+        self._pending = []
