@@ -3,6 +3,8 @@ control plane (tests/agent_support.py); the edge, where one is dialled, is the r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,18 @@ def test_a_refused_upload_is_reported_as_a_failure(edge: Any, bert_with_tokenize
         with pytest.raises(InvalidArgument, match="forced"):
             agent.run_once()
     assert fake.failures["s-refused"].startswith("adapter upload failed: InvalidArgument")
+
+
+def test_the_sdk_does_not_load_the_agent_but_still_exports_it() -> None:
+    code = (
+        "import sys, device_client\n"
+        "assert 'device_client.agent' not in sys.modules, 'importing the SDK loaded the agent'\n"
+        "from device_client import DeviceAgent, DeviceCredential, TextExample\n"
+        "from device_client import enroll, load_jsonl, run_device\n"
+        "from device_client.agent import DeviceAgent as Agent\n"
+        "assert DeviceAgent is Agent\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
 SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
-OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}
+OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}  # what the edge can run too
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 
 
