@@ -77,7 +77,7 @@ def test_a_trunk_lora_config_survives_the_wire() -> None:
 def test_every_reader_of_the_optimizer_names_reads_the_one_constant() -> None:
     from device_client.agent.trainer import OPTIMIZERS as AGENT_OPTIMIZERS
     from edge_server.trunk_optim import OPTIMIZERS as EDGE_SIDE
-    from splitft_control.schemas import OptimizerSpec
+    from splitft.jobs.spec import OptimizerSpec
 
     assert EDGE_OPTIMIZERS == ("AdamW", "Adam", "SGD")
     assert tuple(AGENT_OPTIMIZERS) == tuple(EDGE_SIDE) == EDGE_OPTIMIZERS
