@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck proto bench clean wheelhouse images docker-smoke
+.PHONY: venv demo test test-unit lint typecheck proto bench clean wheelhouse images docker-smoke
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -ra
+
+# The fast loop: pure modules and in-process units (tests/unit), under a minute.
+test-unit: venv
+	$(PY) -m pytest -q -ra tests/unit
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,63 @@
+"""REST errors of the control plane mapped onto the splitft catalog (device_client/agent/http.py);
+the server is an httpx.MockTransport here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from device_client.agent.http import error_from_http, request
+from splitft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ResourceExhausted,
+    SplitftError,
+    Unauthenticated,
+    Unavailable,
+)
+from tests.support.agent_support import CP
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "error"),
+    [
+        (400, "bad", InvalidArgument),
+        (401, "invalid or already used enrollment token", Unauthenticated),
+        (403, "not yours", PermissionDenied),
+        (404, "unknown session", NotFound),
+        (409, "device phone-17 already exists", AlreadyExists),
+        (409, "session is not running", FailedPrecondition),
+        (413, "too big", PayloadTooLarge),
+        (422, [{"loc": ["body", "reason"], "msg": "Field required"}], InvalidArgument),
+        (429, "slow down", ResourceExhausted),
+        (500, "boom", Unavailable),
+        (503, "draining", Unavailable),
+    ],
+)
+def test_http_errors_map_to_the_catalog(status: int, detail: Any, error: type[SplitftError]) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"detail": detail})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(error) as caught:
+            request(http, "POST", f"{CP}/v1/sessions/s-1/fail")
+    assert type(caught.value) is error
+    expected = "reason: Field required" if isinstance(detail, list) else detail
+    assert caught.value.message == f"POST /v1/sessions/s-1/fail -> {status}: {expected}"
+
+
+def test_http_connection_failure_and_plain_text_errors() -> None:
+    def refuse(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=req)
+
+    with httpx.Client(transport=httpx.MockTransport(refuse)) as http:
+        with pytest.raises(Unavailable, match="unreachable.*ConnectError"):
+            request(http, "GET", f"{CP}/v1/assignments/next")
+    assert error_from_http(502, "Bad Gateway").message == "HTTP 502: Bad Gateway"
+    assert type(error_from_http(418, "teapot")) is InvalidArgument
