@@ -76,7 +76,7 @@ log "certs one-shot exited $($DOCKER inspect -f '{{.State.ExitCode}}' "$(compose
 
 # The operator's REST client verifies the control plane's HTTPS with the deployment CA (public);
 # the device needs nothing but its enrollment token, which pins that CA.
-compose cp control:/certs/ca.pem "$OUT/ca.pem" >/dev/null
+$DOCKER cp "$(compose ps -q control)":/certs/ca.pem "$OUT/ca.pem"  # docker-compose v1 has no `cp`
 log "device on the host: enroll, train one session over mutual TLS, fetch the adapter over REST (HTTPS)"
 "$PYTHON" deploy/smoke.py --control-plane "https://127.0.0.1:$SPLITFT_CONTROL_PORT" --ca "$OUT/ca.pem" \
   --operator-key "$SPLITFT_OPERATOR_KEY" --model-dir "$SPLITFT_MODEL_DIR" --out "$OUT" 2>"$OUT/device.log" \
