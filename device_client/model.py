@@ -23,13 +23,14 @@ from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
-from device_client.selection import device_masks, global_k, save_selected, tinytrain_split
 from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
-from splitft.methods.sparse import apply_masks, sparse_state_dict
-from splitft.methods.taskedge import TaskEdgeConfig
-from splitft.methods.tinytrain import LossFn, TinyTrainConfig, TinyTrainSelection
+from splitft.methods.adapter import save_selected
+from splitft.methods.port import SplitView
+from splitft.methods.registry import SplitMethod, method_for, method_names
+from splitft.methods.sparse import sparse_state_dict
+from splitft.methods.tinytrain.fisher import LossFn
 from splitft.methods.wire import method_to_json
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.model.lora import trunk_lora_json
@@ -40,7 +41,8 @@ from splitft.v1 import dataplane_pb2 as pb
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-SelectionConfig: TypeAlias = TaskEdgeConfig | TinyTrainConfig
+# A registered selection method's config (TaskEdgeConfig, TinyTrainConfig, ...; see splitft.methods).
+SelectionConfig: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,11 @@ class SplitModel(nn.Module):
         # A selection method trains the HF model's own (masked) weights: no peft wrapper.
         self.root = span.root if peft_model is None else None
         self.method = method
+        self.split_method: SplitMethod | None = method_for(method) if method is not None else None
         self.calibrated = False
-        self.selection_report: TinyTrainSelection | None = None  # TinyTrain's choice, after calibrate()
+        self.selection_report: Any = (
+            None  # the method's report of its choice (TinyTrain's), after calibrate()
+        )
         self.new_parameters = span.new_parameters
         self._overrides = overrides or {}
         self.spec = spec
@@ -117,9 +122,10 @@ class SplitModel(nn.Module):
         `stream` (the default) carries every forward and backward of the session on one
         bidirectional `Train` stream; `False` makes one unary call per tensor (for comparison).
 
-        `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or a
-        `splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`: then call `calibrate(batches)` before
-        training, and only the selected entries of both sides train, as sparse deltas.
+        `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
+        registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
+        own: docs/methods.md): then call `calibrate(batches)` before training, and only the
+        selected entries of both sides train, as sparse deltas.
         """
         lora_config, selection = _resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
@@ -227,6 +233,8 @@ class SplitModel(nn.Module):
         TaskEdge scores labels-free batches (labels are dropped). TinyTrain runs its support set
         forward and backward, so its batches need labels (or pass `loss_fn(outputs, batch)`); the
         labels and the loss stay on the device, the edge sees activations and gradients only.
+        The method's device half (its folder's `device.calibrate`, through the registry) does the
+        work; returns its counts (e.g. entries selected on each side).
         """
         if self.method is None:
             raise FailedPrecondition("calibrate() is for selection methods; LoRA needs no calibration")
@@ -235,45 +243,28 @@ class SplitModel(nn.Module):
         batches = list(batches)
         if not batches:
             raise InvalidArgument("calibrate() needs at least one batch")
-        if isinstance(self.method, TinyTrainConfig):
-            result = self._calibrate_tinytrain(batches, self.method, loss_fn)
-        else:
-            result = self._calibrate_taskedge(batches, self.method)
-        assert self.root is not None
+        assert self.root is not None and self.split_method is not None
+        calibrate = self.split_method.device_half()
+        result = calibrate(self._split_view(), batches, self.method, loss_fn)
+        self.selection_report = result.report
         for name in self.new_parameters:  # a head the checkpoint lacks trains whole
             self.root.get_parameter(name).requires_grad_(True)
         self.calibrated = True
-        return result
+        return dict(result.summary)
 
-    def _calibrate_taskedge(self, batches: list[dict[str, Any]], method: TaskEdgeConfig) -> dict[str, int]:
+    def _split_view(self) -> SplitView:
+        """This model as a method's device half sees it (splitft.methods.port)."""
         assert self.root is not None
-        unlabeled = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
-        k = global_k(self.model_dir, method, self._overrides)
-        self._trunk.start_calibration()
-        masks = device_masks(self, "root", self.root, unlabeled, method, k)
-        apply_masks(self.root, masks, freeze_model=True)
-        trunk_selected = self._trunk.select_parameters(k)
-        device_selected = sum(int(m.sum()) for m in masks.values())
-        logger.info("TaskEdge k=%d: %d device entries, %d trunk entries", k, device_selected, trunk_selected)
-        return {"k_per_row": k, "device": device_selected, "trunk": trunk_selected}
-
-    def _calibrate_tinytrain(
-        self, batches: list[dict[str, Any]], method: TinyTrainConfig, loss_fn: LossFn | None
-    ) -> dict[str, int]:
-        assert self.root is not None
-        if loss_fn is None and any("labels" not in batch for batch in batches):
-            raise InvalidArgument("TinyTrain calibrates on a labelled support set: give labels or a loss_fn")
-        entry = f"{self.family.blocks_path}.{self.spec.trunk_start}"
-        chosen = tinytrain_split(
-            self, "root", self.root, entry, self._trunk, self._context, batches, method, loss_fn
+        return SplitView(
+            model=self,
+            root=self.root,
+            root_prefix="root",
+            entry_name=f"{self.family.blocks_path}.{self.spec.trunk_start}",
+            model_dir=Path(self.model_dir),
+            overrides=self._overrides,
+            trunk=self._trunk,
+            anchored=self._context.anchored,
         )
-        self.selection_report = chosen
-        device = sum(p.numel() for p in self.root.parameters() if p.requires_grad)
-        trunk = self._trunk.trainable_parameters
-        logger.info(
-            "TinyTrain: %d layers, %d device entries, %d trunk entries", len(chosen.masks), device, trunk
-        )
-        return {"layers": len(chosen.masks), "device": device, "trunk": trunk}
 
     def configure_optimizer(
         self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any
@@ -315,7 +306,8 @@ class SplitModel(nn.Module):
         if self.peft_model is None:
             assert self.root is not None
             head = {name: self.root.get_parameter(name) for name in self.new_parameters}
-            meta = {"base_model": str(self.model_dir), "method": _method_name(self.method)}
+            assert self.split_method is not None
+            meta = {"base_model": str(self.model_dir), "method": self.split_method.name}
             return save_selected(out, state, head, meta)
         config = copy.deepcopy(self.peft_model.peft_config["default"])
         config.base_model_name_or_path = str(self.model_dir)
@@ -353,10 +345,6 @@ class SplitModel(nn.Module):
         self.close()
 
 
-def _method_name(method: SelectionConfig | None) -> str:
-    return "tinytrain" if isinstance(method, TinyTrainConfig) else "taskedge"
-
-
 def _resolve_method(
     lora_config: LoraConfig | None, method: SelectionConfig | LoraConfig | None
 ) -> tuple[LoraConfig | None, SelectionConfig | None]:
@@ -365,12 +353,14 @@ def _resolve_method(
     chosen = method if method is not None else lora_config
     if isinstance(chosen, LoraConfig):
         return chosen, None
-    if isinstance(chosen, (TaskEdgeConfig, TinyTrainConfig)):
-        return None, chosen
-    raise InvalidArgument(
-        "method must be a peft.LoraConfig, a TaskEdgeConfig or a TinyTrainConfig, "
-        f"got {type(chosen).__name__}"
-    )
+    try:
+        method_for(chosen)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"method must be a peft.LoraConfig or the config of a selection method {method_names()}, "
+            f"got {type(chosen).__name__}"
+        ) from None
+    return None, chosen
 
 
 def _num_layers(config: Any) -> int:

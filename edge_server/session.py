@@ -23,11 +23,11 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
-from edge_server.selection import MeasuredLayer, TrunkFisher, TrunkSelection
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
+from splitft.methods.scorer import MeasuredLayer, TrunkScorer
 from splitft.methods.sparse import sparse_state_dict
-from splitft.methods.wire import TinyTrainTrunk, TrunkMethod
+from splitft.methods.wire import TrunkMethod
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.model.spans import Skipped, SplitSpec
 
@@ -96,11 +96,8 @@ class TrunkSession:
         self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         check_adapter_size(self.trainable_parameters, self.limits)
-        self.selection: TrunkSelection | TrunkFisher | None = None
-        if isinstance(method, TinyTrainTrunk):
-            self.selection = TrunkFisher(self.root, method)
-        elif method is not None:
-            self.selection = TrunkSelection(self.root, method)
+        # The selection method's trunk half (splitft.methods.scorer), built through the registry.
+        self.selection: TrunkScorer | None = method.scorer(self.root) if method is not None else None
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
@@ -154,36 +151,31 @@ class TrunkSession:
             raise FailedPrecondition(
                 "this session trains LoRA (or nothing) on the trunk; no calibration needed"
             )
-        self.selection.start()
-        return self.selection.rows
+        return self.selection.start()
 
     @property
     def _measuring_gradients(self) -> bool:
-        return isinstance(self.selection, TrunkFisher) and self.selection.calibrating
+        return self.selection is not None and self.selection.measuring_gradients
 
     def select_parameters(self, k_per_row: int) -> int:
-        """TaskEdge: keep the top `k_per_row` entries of every trunk target row."""
-        if not isinstance(self.selection, TrunkSelection):
-            raise FailedPrecondition(
-                "SelectParameters is for TaskEdge sessions (TinyTrain selects with SelectChannels)"
-            )
-        chosen = self.selection.select(k_per_row)
+        """SelectParameters (TaskEdge: keep the top `k_per_row` entries of every trunk target row)."""
+        chosen = self._scorer("SelectParameters").select_parameters(k_per_row)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         return chosen
 
     def fisher_potentials(self) -> tuple[list[MeasuredLayer], int, dict[str, torch.Tensor]]:
-        """TinyTrain: the trunk layers (forward order), N and the potentials measured so far."""
-        return self._fisher().potentials()
+        """FisherPotentials (TinyTrain: the trunk layers in forward order, N and their potentials)."""
+        return self._scorer("FisherPotentials").measurements()
 
     def select_channels(self, channels: dict[str, torch.Tensor]) -> int:
-        """TinyTrain: train these output rows of these trunk layers."""
-        chosen = self._fisher().select(channels)
+        """SelectChannels (TinyTrain: train these output rows of these trunk layers)."""
+        chosen = self._scorer("SelectChannels").select_channels(channels)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         return chosen
 
-    def _fisher(self) -> TrunkFisher:
-        if not isinstance(self.selection, TrunkFisher):
-            raise FailedPrecondition("this session does not select with TinyTrain")
+    def _scorer(self, call: str) -> TrunkScorer:
+        if self.selection is None:
+            raise FailedPrecondition(f"{call} is for selection sessions; this one trains LoRA (or nothing)")
         return self.selection
 
     def _run(
@@ -192,8 +184,8 @@ class TrunkSession:
         """Run the trunk span; with dropout active, draw from this session's own RNG stream."""
         run = self.span.family.run_trunk
         start, stop = self.spec.trunk_start, self.spec.trunk_stop
-        if isinstance(self.selection, TrunkSelection):
-            self.selection.token_mask = mask  # padding tokens stay out of the calibration norms
+        if self.selection is not None:
+            self.selection.on_forward(mask)  # e.g. TaskEdge keeps padding out of its norms
         if not seeded:
             return run(self.root, hidden, mask, positions, start, stop)
         with _SEED_LOCK, torch.random.fork_rng(devices=[]):
@@ -221,8 +213,8 @@ class TrunkSession:
         if zero_grad_first:
             self.optim.zero_grad()
         pending.output.backward(grad)
-        if isinstance(self.selection, TrunkFisher):
-            self.selection.count_backward(grad.shape[0])
+        if self.selection is not None:
+            self.selection.on_backward(grad.shape[0])
         return pending.inputs.grad if pending.inputs.requires_grad else None
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:

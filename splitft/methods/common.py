@@ -18,9 +18,23 @@ from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from splitft.errors import InvalidArgument
+from splitft.methods.checks import checked_filters
 from splitft.model.families import family_for
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LINEAR_TYPES",
+    "call_model",
+    "checked_filters",
+    "count_parameters",
+    "eval_mode",
+    "find_target_modules",
+    "is_linear_like",
+    "linear_shape",
+    "linear_weight",
+    "token_mask_of",
+]
 
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
@@ -80,13 +94,6 @@ def find_target_modules(model: nn.Module, target_modules: Sequence[str] | None =
         raise InvalidArgument(f"no nn.Linear or Conv1D module matches target_modules={target_modules!r}")
     logger.debug("selected %d target modules", len(names))
     return names
-
-
-def checked_filters(filters: Any) -> list[str]:
-    """A config's `target_modules`, validated: a list or tuple of non-empty module names."""
-    if not isinstance(filters, (list, tuple)) or not all(isinstance(f, str) and f for f in filters):
-        raise InvalidArgument(f"target_modules must be a list of non-empty names, got {filters!r}")
-    return list(filters)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,8 +1,8 @@
-"""Selection-method configs as they cross the wire (OpenSession's `method_json`).
+"""Selection-method configs as they cross the wire (OpenSession's `method_json`), for every method.
 
-Only the trunk's share crosses: what the edge needs to score its own layers. TaskEdge's edge
-selects its own entries (the same k per row as the device); TinyTrain's budgets stay on the device,
-which gathers every layer's potential and makes the one global choice.
+Only the trunk's share crosses: what the edge needs to score its own layers, as each method's
+`to_wire` writes it, under `"method": name`. The edge looks the name up in the registry and builds
+the method's trunk config with its `from_wire`. Torch-free.
 """
 
 from __future__ import annotations
@@ -12,41 +12,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitft.errors import InvalidArgument
-from splitft.methods.common import checked_filters
-from splitft.methods.taskedge import TaskEdgeConfig
-from splitft.methods.tinytrain import TinyTrainConfig
-
-SPLIT_METHODS = ("taskedge", "tinytrain")  # selection methods that run across the split
+from splitft.methods.registry import SplitMethod, get_method, method_for, method_names
 
 
 @dataclass(frozen=True)
-class TinyTrainTrunk:
-    """The trunk's share of a TinyTrain config: which layers to measure (the budgets stay on the device)."""
+class TrunkMethod:
+    """A session's selection method on the edge: the method and the trunk's share of its config."""
 
-    target_modules: list[str] | None = None
+    method: SplitMethod
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    def scorer(self, root: Any) -> Any:
+        """The method's `TrunkScorer` over the session's trunk modules."""
+        return self.method.trunk_half()(root, self.config)
 
 
-TrunkMethod = TaskEdgeConfig | TinyTrainTrunk
+def split_methods() -> tuple[str, ...]:
+    """The selection methods that run across the split (every registered one)."""
+    return method_names()
 
 
-def method_to_json(config: TaskEdgeConfig | TinyTrainConfig) -> str:
+def method_to_json(config: Any) -> str:
     """The trunk's share of a method config, as `method_json`."""
-    if isinstance(config, TaskEdgeConfig):
-        return json.dumps(
-            {
-                "method": "taskedge",
-                "target_modules": config.target_modules,
-                "n_m": list(config.n_m) if config.n_m else None,
-            }
-        )
-    if isinstance(config, TinyTrainConfig):
-        return json.dumps({"method": "tinytrain", "target_modules": config.target_modules})
-    raise InvalidArgument(
-        f"method {type(config).__name__} cannot run across the split; supported: {SPLIT_METHODS}"
-    )
-
-
-_FIELDS = {"taskedge": {"target_modules", "n_m"}, "tinytrain": {"target_modules"}}
+    method = method_for(config)
+    return json.dumps({"method": method.name, **method.to_wire(config)})
 
 
 def method_from_json(text: str) -> TrunkMethod:
@@ -57,16 +50,5 @@ def method_from_json(text: str) -> TrunkMethod:
         raise InvalidArgument(f"method_json is not valid JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise InvalidArgument("method_json must be a JSON object")
-    method = fields.pop("method", None)
-    if method not in SPLIT_METHODS:
-        raise InvalidArgument(
-            f"method {method!r} is not supported across the split; supported: {SPLIT_METHODS}"
-        )
-    unknown = sorted(set(fields) - _FIELDS[method])
-    if unknown:
-        raise InvalidArgument(f"method_json has unsupported fields {unknown} for {method}")
-    targets = fields.get("target_modules")
-    if method == "tinytrain":
-        return TinyTrainTrunk(checked_filters(targets) if targets is not None else None)
-    n_m = fields.get("n_m")
-    return TaskEdgeConfig(target_modules=targets, n_m=tuple(n_m) if n_m else None)
+    method = get_method(fields.pop("method", None))
+    return TrunkMethod(method, method.from_wire(fields))

@@ -36,61 +36,12 @@ import torch
 from torch import nn
 
 from splitft.errors import InvalidArgument
-from splitft.methods.common import call_model, checked_filters, eval_mode, find_target_modules, linear_shape
+from splitft.methods.common import call_model, eval_mode, find_target_modules, linear_shape
+from splitft.methods.tinytrain.config import TinyTrainConfig
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, Any], torch.Tensor]  # (model output, batch) -> scalar loss
-
-
-@dataclass
-class TinyTrainConfig:
-    """Backward budgets of one training step and the channel ratios TinyTrain may pick from."""
-
-    # Bytes for weight gradients and saved inputs of the trained layers; math.inf: no limit.
-    memory_budget_bytes: float
-    # Backward multiply-accumulates per step; math.inf: no limit.
-    compute_budget_macs: float
-    # Fractions of a layer's output channels that may be trained, tried largest first.
-    channel_ratios: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
-    # Module-name filters (exact or dotted suffix); None: every Linear/Conv1D in the blocks.
-    target_modules: list[str] | None = None
-    # Size of one gradient/activation element: 4 for fp32 training, 2 for fp16/bf16.
-    bytes_per_element: int = 4
-    # Tokens through every layer per step; None: what each layer saw per support-set batch.
-    tokens_per_step: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_budget("memory_budget_bytes", self.memory_budget_bytes)
-        _check_budget("compute_budget_macs", self.compute_budget_macs)
-        self.channel_ratios = _checked_ratios(self.channel_ratios)
-        if self.target_modules is not None:
-            self.target_modules = checked_filters(self.target_modules)
-        _check_positive_int("bytes_per_element", self.bytes_per_element)
-        if self.tokens_per_step is not None:
-            _check_positive_int("tokens_per_step", self.tokens_per_step)
-
-
-def _check_budget(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
-        raise InvalidArgument(f"{name} must be a positive number (math.inf for no limit), got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
-
-
-def _checked_ratios(ratios: Any) -> tuple[float, ...]:
-    values = tuple(ratios)
-    if not values:
-        raise InvalidArgument("channel_ratios must not be empty")
-    for ratio in values:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-            raise InvalidArgument(f"every channel ratio must be in (0, 1], got {ratio!r}")
-    if len(set(values)) != len(values):
-        raise InvalidArgument(f"channel_ratios must be distinct, got {values}")
-    return tuple(sorted((float(r) for r in values), reverse=True))
 
 
 @dataclass

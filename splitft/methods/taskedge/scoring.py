@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,53 +29,18 @@ from torch import nn
 from splitft.errors import InvalidArgument
 from splitft.methods.common import (
     call_model,
-    checked_filters,
     count_parameters,
     eval_mode,
     find_target_modules,
     linear_weight,
     token_mask_of,
 )
+from splitft.methods.taskedge.config import TaskEdgeConfig, checked_n_m
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TaskEdgeConfig:
-    """How many weights TaskEdge trains and where it looks for them."""
-
-    # Share of ALL model parameters (embeddings and heads included) to train; the paper uses < 0.1%.
-    budget_fraction: float = 0.001
-    # (N, M): keep N of every M consecutive input columns per row, for sparse tensor cores; sizes k.
-    n_m: tuple[int, int] | None = None
-    # Module-name filters (exact name or dotted suffix, as in peft); None: every Linear/Conv1D in
-    # the transformer blocks, so embeddings and task heads never take budget.
-    target_modules: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        fraction = self.budget_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise InvalidArgument(f"budget_fraction must be a number, got {type(fraction).__name__}")
-        if not 0.0 < fraction <= 1.0:
-            raise InvalidArgument(f"budget_fraction must be in (0, 1], got {fraction}")
-        if self.n_m is not None:
-            self.n_m = _checked_n_m(self.n_m)
-        if self.target_modules is not None:
-            self.target_modules = checked_filters(self.target_modules)
-
-
-def _checked_n_m(n_m: Any) -> tuple[int, int]:
-    if not isinstance(n_m, (tuple, list)) or len(n_m) != 2:
-        raise InvalidArgument(f"n_m must be a pair (N, M), got {n_m!r}")
-    n, m = n_m
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m)):
-        raise InvalidArgument(f"n_m must hold two integers, got {n_m!r}")
-    if not 1 <= n <= m:
-        raise InvalidArgument(f"n_m needs 1 <= N <= M, got N={n}, M={m}")
-    return n, m
-
-
-def _square_sums(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+def square_sums(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
     """Per input feature, the sum of squares over all tokens; padding tokens count zero."""
     x = x.detach().to(torch.float64)
     if token_mask is not None and tuple(x.shape[:-1]) == tuple(token_mask.shape):
@@ -97,7 +61,7 @@ def collect_input_norms(
 
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            part = _square_sums(args[0], current_mask[0])
+            part = square_sums(args[0], current_mask[0])
             sums[name] = part if name not in sums else sums[name] + part
 
         return hook
@@ -165,7 +129,7 @@ def masks_from_scores(
     The one selection rule, shared by the whole-model path and both sides of the split (which
     compute k for the whole model and then select their own layers with it)."""
     if n_m is not None:
-        n, m = _checked_n_m(n_m)
+        n, m = checked_n_m(n_m)
         return {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
     return {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
 
