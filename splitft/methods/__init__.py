@@ -12,6 +12,8 @@ validates method configs); the names below load their module on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from splitft.methods.lazy import lazy_exports
 from splitft.methods.registry import SplitMethod as SplitMethod
 from splitft.methods.registry import get_method as get_method
@@ -65,6 +67,37 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("load_selected", "save_selected"), "adapter"),
 }
+if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on first use
+    from splitft.methods.adapter import load_selected as load_selected
+    from splitft.methods.adapter import save_selected as save_selected
+    from splitft.methods.common import find_target_modules as find_target_modules
+    from splitft.methods.sparse import SparseDeltaLinear as SparseDeltaLinear
+    from splitft.methods.sparse import apply_masks as apply_masks
+    from splitft.methods.sparse import load_sparse_deltas as load_sparse_deltas
+    from splitft.methods.sparse import merge_sparse_deltas as merge_sparse_deltas
+    from splitft.methods.sparse import read_sparse_deltas as read_sparse_deltas
+    from splitft.methods.sparse import save_sparse_deltas as save_sparse_deltas
+    from splitft.methods.sparse import sparse_modules as sparse_modules
+    from splitft.methods.sparse import sparse_state_dict as sparse_state_dict
+    from splitft.methods.taskedge import TaskEdgeConfig as TaskEdgeConfig
+    from splitft.methods.taskedge import budget_entries as budget_entries
+    from splitft.methods.taskedge import collect_input_norms as collect_input_norms
+    from splitft.methods.taskedge import importance as importance
+    from splitft.methods.taskedge import select_taskedge as select_taskedge
+    from splitft.methods.taskedge import taskedge_masks as taskedge_masks
+    from splitft.methods.taskedge import taskedge_scores as taskedge_scores
+    from splitft.methods.tinytrain import FisherPass as FisherPass
+    from splitft.methods.tinytrain import LayerCost as LayerCost
+    from splitft.methods.tinytrain import TinyTrainConfig as TinyTrainConfig
+    from splitft.methods.tinytrain import TinyTrainSelection as TinyTrainSelection
+    from splitft.methods.tinytrain import fisher_pass as fisher_pass
+    from splitft.methods.tinytrain import fisher_potentials as fisher_potentials
+    from splitft.methods.tinytrain import layer_costs as layer_costs
+    from splitft.methods.tinytrain import layer_scores as layer_scores
+    from splitft.methods.tinytrain import select_tinytrain as select_tinytrain
+    from splitft.methods.tinytrain import selection_cost as selection_cost
+    from splitft.methods.tinytrain import tinytrain_masks as tinytrain_masks
+
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(
     [

@@ -7,6 +7,8 @@ package registers the method as "taskedge" and imports no torch; the other names
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from splitft.methods.lazy import lazy_exports
 from splitft.methods.registry import SplitMethod, register_method
 from splitft.methods.taskedge import config
@@ -24,6 +26,20 @@ METHOD = register_method(
         config_from_json=config.config_from_json,
     )
 )
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on first use
+    from splitft.methods.taskedge.device import device_masks as device_masks
+    from splitft.methods.taskedge.device import global_k as global_k
+    from splitft.methods.taskedge.scoring import budget_entries as budget_entries
+    from splitft.methods.taskedge.scoring import collect_input_norms as collect_input_norms
+    from splitft.methods.taskedge.scoring import importance as importance
+    from splitft.methods.taskedge.scoring import masks_from_scores as masks_from_scores
+    from splitft.methods.taskedge.scoring import per_row_k as per_row_k
+    from splitft.methods.taskedge.scoring import select_taskedge as select_taskedge
+    from splitft.methods.taskedge.scoring import square_sums as square_sums
+    from splitft.methods.taskedge.scoring import taskedge_masks as taskedge_masks
+    from splitft.methods.taskedge.scoring import taskedge_scores as taskedge_scores
+    from splitft.methods.taskedge.trunk import TaskEdgeScorer as TaskEdgeScorer
 
 _SCORING = (
     "budget_entries",

@@ -8,6 +8,8 @@ no torch; the other names load on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from splitft.methods.lazy import lazy_exports
 from splitft.methods.registry import SplitMethod, register_method
 from splitft.methods.tinytrain import config
@@ -25,6 +27,24 @@ METHOD = register_method(
         config_from_json=config.config_from_json,
     )
 )
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on first use
+    from splitft.methods.tinytrain.device import tinytrain_split as tinytrain_split
+    from splitft.methods.tinytrain.fisher import FisherPass as FisherPass
+    from splitft.methods.tinytrain.fisher import LayerCost as LayerCost
+    from splitft.methods.tinytrain.fisher import LossFn as LossFn
+    from splitft.methods.tinytrain.fisher import TinyTrainSelection as TinyTrainSelection
+    from splitft.methods.tinytrain.fisher import fisher_pass as fisher_pass
+    from splitft.methods.tinytrain.fisher import fisher_potentials as fisher_potentials
+    from splitft.methods.tinytrain.fisher import layer_costs as layer_costs
+    from splitft.methods.tinytrain.fisher import layer_scores as layer_scores
+    from splitft.methods.tinytrain.fisher import mean_tokens as mean_tokens
+    from splitft.methods.tinytrain.fisher import potentials_from_squares as potentials_from_squares
+    from splitft.methods.tinytrain.fisher import select_tinytrain as select_tinytrain
+    from splitft.methods.tinytrain.fisher import selection_cost as selection_cost
+    from splitft.methods.tinytrain.fisher import squared_sample_sums as squared_sample_sums
+    from splitft.methods.tinytrain.fisher import tinytrain_masks as tinytrain_masks
+    from splitft.methods.tinytrain.trunk import TinyTrainScorer as TinyTrainScorer
 
 _FISHER = (
     "FisherPass",
