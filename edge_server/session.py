@@ -98,6 +98,8 @@ class TrunkSession:
         check_adapter_size(self.trainable_parameters, self.limits)
         # The selection method's trunk half (splitft.methods.scorer), built through the registry.
         self.selection: TrunkScorer | None = method.scorer(self.root) if method is not None else None
+        if self.selection is not None:  # what it selects is the session's adapter: the same bound
+            self.selection.max_entries = self.limits.max_adapter_parameters
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitft.errors import FailedPrecondition
+from splitft.errors import FailedPrecondition, ResourceExhausted
 from splitft.methods.common import find_target_modules, linear_shape
 from splitft.methods.sparse import apply_masks
 
@@ -44,6 +44,8 @@ class TrunkScorer:
         self.root = root
         self.names = find_target_modules(root, target_modules)
         self.selected = False
+        # The most entries a selection may train (the edge's per-session adapter bound); None: no bound.
+        self.max_entries: int | None = None
         self._calibrating = False
         self._handles: list[Any] = []
 
@@ -104,7 +106,16 @@ class TrunkScorer:
         raise FailedPrecondition(f"SelectChannels is not part of {self.method}'s selection")
 
     def apply(self, masks: dict[str, torch.Tensor]) -> int:
-        """End calibration and train exactly `masks` ([out, in] per layer); returns entries selected."""
+        """End calibration and train exactly `masks` ([out, in] per layer); returns entries selected.
+
+        A selection over `max_entries` is refused (ResourceExhausted) before anything is allocated,
+        and calibration stays as it was."""
+        chosen = sum(int(mask.sum()) for mask in masks.values())
+        if self.max_entries is not None and chosen > self.max_entries:
+            raise ResourceExhausted(
+                f"the selection would train {chosen} trunk entries; this edge allows at most "
+                f"{self.max_entries} per session (--max-adapter-parameters)"
+            )
         self.stop_hooks()
         if masks:
             apply_masks(self.root, masks, freeze_model=True)
@@ -112,6 +123,5 @@ class TrunkScorer:
             self.root.requires_grad_(False)
         self.selected = True
         self._calibrating = False
-        chosen = sum(int(mask.sum()) for mask in masks.values())
         logger.info("%s: training %d trunk entries in %d layers", self.method, chosen, len(masks))
         return chosen

@@ -57,7 +57,6 @@ class TaskEdgeScorer(TrunkScorer):
             )
         if self.config.n_m is None and k_per_row < 1:
             raise InvalidArgument("k_per_row must be >= 1")
-        self.stop_hooks()
         norms = {n: self.sums[n].sqrt().to(torch.float32) for n in self.names}
         scores = taskedge_scores(self.root, norms)
         return self.apply(masks_from_scores(scores, k_per_row, self.config.n_m))
