@@ -8,7 +8,6 @@ TaskEdge / TinyTrain selection config.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import peft
@@ -16,9 +15,7 @@ from pydantic import ValidationError
 
 from device_client.agent.datasets import batches_per_epoch
 from splitft.errors import InvalidArgument, Unavailable
-from splitft.jobs.spec import IGNORE_UNKNOWN, Assignment, JobCreate, TaskEdgeSpec, TinyTrainSpec
-from splitft.methods.taskedge import TaskEdgeConfig
-from splitft.methods.tinytrain import TinyTrainConfig
+from splitft.jobs.spec import IGNORE_UNKNOWN, Assignment, JobCreate
 from splitft.security.tokens import check_session_id
 
 MAX_ERROR_CHARS = 300  # of pydantic's description of a malformed assignment
@@ -49,34 +46,11 @@ def total_steps(spec: JobCreate, num_examples: int) -> int:
     return spec.epochs * batches_per_epoch(num_examples, spec.batch_size)
 
 
-def taskedge_config(spec: JobCreate) -> TaskEdgeConfig:
-    """The job's TaskEdge spec (defaults when absent) as the SDK's selection config."""
-    te = spec.taskedge or TaskEdgeSpec()
-    return TaskEdgeConfig(
-        budget_fraction=te.budget_fraction,
-        n_m=tuple(te.n_m) if te.n_m else None,  # type: ignore[arg-type]
-        target_modules=te.target_modules,
-    )
-
-
-def tinytrain_config(spec: JobCreate) -> TinyTrainConfig:
-    """The job's TinyTrain spec as the SDK's config; a null budget means no limit."""
-    tt = spec.tinytrain or TinyTrainSpec()
-    return TinyTrainConfig(
-        memory_budget_bytes=math.inf if tt.memory_budget_bytes is None else tt.memory_budget_bytes,
-        compute_budget_macs=math.inf if tt.compute_budget_macs is None else tt.compute_budget_macs,
-        channel_ratios=tuple(tt.channel_ratios),
-        target_modules=tt.target_modules,
-    )
-
-
-def method_config(spec: JobCreate) -> TaskEdgeConfig | TinyTrainConfig | peft.LoraConfig:
-    """What trains, from the job's method."""
-    if spec.method == "taskedge":
-        return taskedge_config(spec)
-    if spec.method == "tinytrain":
-        return tinytrain_config(spec)
-    return lora_config(spec)
+def method_config(spec: JobCreate) -> Any:
+    """What trains, from the job's method: peft's LoRA config, or the selection method's own config
+    (built through `splitft.methods.registry` from the job's member for that method)."""
+    selection = spec.selection_spec()
+    return lora_config(spec) if selection is None else selection.method_config()
 
 
 def lora_config(spec: JobCreate) -> peft.LoraConfig:

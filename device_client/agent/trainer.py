@@ -30,7 +30,7 @@ from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
 from device_client.optim import make_scheduler
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
-from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec, TaskEdgeSpec, TinyTrainSpec
+from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec
 from splitft.model.loading import read_config
 from splitft.security.tokens import check_session_id, unverified_claims
 from splitft.wire.serde import EDGE_OPTIMIZERS
@@ -159,8 +159,9 @@ class SessionTrainer:
             with self._connect(assignment) as conn:
                 with self._build_model(model_dir, conn, spec) as model:
                     self._check_labels(model)
-                    if spec.method in ("taskedge", "tinytrain"):
-                        self._calibrate(model, tokenizer, spec, seed)
+                    selection = spec.selection_spec()
+                    if selection is not None:  # a selection method chooses what trains first
+                        self._calibrate(model, tokenizer, spec, seed, selection.calibration_batches)
                     self._fit(model, tokenizer, assignment, seed, stop)
                     if self.options.record_dir is not None:
                         self._record(model, tokenizer, assignment, self.options.record_dir)
@@ -235,13 +236,9 @@ class SessionTrainer:
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
         )
 
-    def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int) -> None:
-        """Select what trains on a few local batches: TaskEdge scores texts only (labels are dropped
-        inside calibrate); TinyTrain's support set is labelled, and the labels stay here."""
-        if spec.method == "tinytrain":
-            count = (spec.tinytrain or TinyTrainSpec()).calibration_batches
-        else:
-            count = (spec.taskedge or TaskEdgeSpec()).calibration_batches
+    def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int, count: int) -> None:
+        """Select what trains on `count` local labelled batches; the method decides what it uses (TaskEdge
+        drops the labels inside calibrate, TinyTrain's support set keeps them), and labels stay here."""
         batches = []
         for texts, labels in training_batches(self.examples, spec.batch_size, seed=seed, epochs=1):
             enc = tokenizer(

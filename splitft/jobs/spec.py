@@ -9,7 +9,7 @@ without breaking older devices, while types, bounds and defaults are checked on 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.methods.registry import get_method
 from splitft.wire.serde import EdgeOptimizer
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -56,7 +57,38 @@ class LoraSpec(Strict):
     task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
 
 
-class TaskEdgeSpec(Strict):
+class SelectionSpec(Strict):
+    """A selection method's member of the job spec: its config's fields, with the bounds OpenAPI
+    documents, plus how many local batches the device calibrates on.
+
+    The method's own config class checks the fields too (through `splitft.methods.registry`), so
+    the control plane refuses exactly what the device's SDK would, and the agent builds the SDK's
+    config with `method_config()` instead of a converter per method.
+    """
+
+    method_name: ClassVar[str]  # the method's registered name
+    calibration_batches: StrictInt = Field(4, ge=1, le=1000, description="local batches calibrate() runs on")
+
+    def config_fields(self) -> dict[str, Any]:
+        """The fields the method's config takes (all but `calibration_batches`)."""
+        return self.model_dump(exclude={"calibration_batches"})
+
+    def method_config(self) -> Any:
+        """The SDK's config for this member, built by the method's registered config class."""
+        return get_method(self.method_name).config_from(self.config_fields())
+
+    @model_validator(mode="after")
+    def _valid_for_the_method(self) -> SelectionSpec:
+        try:
+            self.method_config()
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
+class TaskEdgeSpec(SelectionSpec):
+    method_name: ClassVar[str] = "taskedge"
+
     budget_fraction: StrictFloat = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
     n_m: tuple[StrictInt, StrictInt] | None = Field(None, description="N:M structure, e.g. [2, 4]")
     target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
@@ -65,7 +97,9 @@ class TaskEdgeSpec(Strict):
     )
 
 
-class TinyTrainSpec(Strict):
+class TinyTrainSpec(SelectionSpec):
+    method_name: ClassVar[str] = "tinytrain"
+
     memory_budget_bytes: StrictFloat | None = Field(
         None, gt=0, allow_inf_nan=False, description="backward bytes of the trained layers; null: no limit"
     )
@@ -80,13 +114,10 @@ class TinyTrainSpec(Strict):
         4, ge=1, le=1000, description="labelled support-set batches, on the device"
     )
 
-    @model_validator(mode="after")
-    def _ratios(self) -> TinyTrainSpec:
-        if any(not 0 < r <= 1 for r in self.channel_ratios) or len(set(self.channel_ratios)) != len(
-            self.channel_ratios
-        ):
-            raise ValueError("channel_ratios must be distinct numbers in (0, 1]")
-        return self
+
+# Each selection method's member of the job spec, by registered name (a test checks it against the
+# registry); TinyTrainSpec's channel ratios and every other field are checked by the method's config.
+SELECTION_SPECS: dict[str, type[SelectionSpec]] = {"taskedge": TaskEdgeSpec, "tinytrain": TinyTrainSpec}
 
 
 class OptimizerSpec(Strict):
@@ -150,10 +181,17 @@ class JobCreate(Strict):
             raise ValueError("method 'lora' needs a lora spec")
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
-        for method in ("taskedge", "tinytrain"):
+        for method in SELECTION_SPECS:
             if self.method != method and getattr(self, method) is not None:
                 raise ValueError(f"a {method} spec needs method {method!r}")
         return self
+
+    def selection_spec(self) -> SelectionSpec | None:
+        """The job's selection-method member (its defaults when absent); None for a LoRA job."""
+        if self.method == "lora":
+            return None
+        member = getattr(self, self.method)
+        return member if member is not None else SELECTION_SPECS[self.method]()
 
 
 class Assignment(Strict):

@@ -119,10 +119,10 @@ def unregister_method(name: str) -> None:
 
 
 def method_names() -> tuple[str, ...]:
-    """Every registered method's name, in registration order."""
+    """Every registered method's name, sorted (registration order depends on what was imported first)."""
     _ensure_builtins()
     with _LOCK:
-        return tuple(_METHODS)
+        return tuple(sorted(_METHODS))
 
 
 def get_method(name: str) -> SplitMethod:
