@@ -290,6 +290,7 @@ class SplitModel(nn.Module):
         device_state = {k: v.detach().clone() for k, v in device.items()}
         trunk_state = self._trunk.export_adapter()
         root = self.peft_model.get_base_model() if self.peft_model is not None else self.root
+        assert root is not None  # one of the two always exists
         check_trunk_adapter(
             trunk_state, device_state, root=root, blocks_path=self.family.blocks_path, spec=self.spec
         )
