@@ -42,7 +42,7 @@ from splitft.testing.tiny import make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- the toy method: config, scoring, device half, trunk half, wire form --------------------------
 

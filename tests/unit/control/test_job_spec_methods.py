@@ -23,7 +23,7 @@ from splitft.methods import get_method, method_names
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
 from splitft_control.app import create_app
-from tests.control_fixtures import OPERATOR_KEY, add_device, bearer, control_settings
+from tests.support.control_fixtures import OPERATOR_KEY, add_device, bearer, control_settings
 
 BASE = {"name": "j", "model": "m", "device_layers": 1, "steps": 1, "devices": ["dev-m"]}
 
