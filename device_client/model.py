@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -21,6 +21,14 @@ from torch import nn
 from device_client.adapter_check import check_trunk_adapter
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.connection import EdgeConnection
+from device_client.opening import (
+    SelectionConfig,
+    device_lora_config,
+    num_layers_of,
+    open_session_request,
+    resolve_method,
+    save_new_modules,
+)
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
 from device_client.trunk import RemoteTrunk
@@ -28,21 +36,15 @@ from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.methods.adapter import save_selected
 from splitft.methods.port import SplitView
-from splitft.methods.registry import SplitMethod, method_for, method_names
+from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
-from splitft.methods.wire import method_to_json
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
-from splitft.model.lora import trunk_lora_json
 from splitft.model.spans import SplitSpec
-from splitft.security.tokens import unverified_claims
-from splitft.v1 import dataplane_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# A registered selection method's config (TaskEdgeConfig, TinyTrainConfig, ...; see splitft.methods).
-SelectionConfig: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -119,36 +121,22 @@ class SplitModel(nn.Module):
         `{"activations": "int8", "gradients": "topk:0.01"}` (gradients also take "lowrank:4";
         add ":noef" to turn their error feedback off). See `splitft.compress`.
 
-        `stream` (the default) carries every forward and backward of the session on one
-        bidirectional `Train` stream; `False` makes one unary call per tensor (for comparison).
+        `stream=False` makes one unary call per tensor instead of the session's `Train` stream.
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
         selected entries of both sides train, as sparse deltas.
         """
-        lora_config, selection = _resolve_method(lora_config, method)
+        lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         config, _family = read_config(model_dir)
-        num_layers = _num_layers(config)
+        num_layers = num_layers_of(config)
         spec = SplitSpec(num_layers, device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        device_config = _device_lora_config(lora_config, model_dir) if lora_config is not None else None
-        trunk_lora = trunk_lora and lora_config is not None
-        request = pb.OpenSessionRequest(
-            model=model or Path(model_dir).name,
-            device_layers=device_layers,
-            head_layers=head_layers,
-            codec=str(codecs),
-            trunk_lora=trunk_lora,
-            lora_config_json=trunk_lora_json(lora_config) if trunk_lora and lora_config is not None else "",
-            method_json=method_to_json(selection) if selection is not None else "",
-            seed=seed,
-            model_type=config.model_type,
-            num_layers=num_layers,
-            hidden_size=config.hidden_size,
-            session_id=unverified_claims(edge.token).session if edge.token else "",
-        )
+        device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
+        name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
+        request = open_session_request(name, spec, config, codecs, trunk_config, selection, seed, edge.token)
         opened = edge.call("OpenSession", request)
         trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:
@@ -181,7 +169,7 @@ class SplitModel(nn.Module):
         )
         if lora_config is None:
             return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)
-        lora_config = _save_new_modules(lora_config, span.new_parameters)
+        lora_config = save_new_modules(lora_config, span.new_parameters)
         try:
             with MODEL_CONSTRUCTION_LOCK:
                 peft_model = get_peft_model(span.root, lora_config)
@@ -344,47 +332,3 @@ class SplitModel(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _resolve_method(
-    lora_config: LoraConfig | None, method: SelectionConfig | LoraConfig | None
-) -> tuple[LoraConfig | None, SelectionConfig | None]:
-    if method is not None and lora_config is not None:
-        raise InvalidArgument("give either lora_config or method, not both")
-    chosen = method if method is not None else lora_config
-    if isinstance(chosen, LoraConfig):
-        return chosen, None
-    try:
-        method_for(chosen)
-    except InvalidArgument:
-        raise InvalidArgument(
-            f"method must be a peft.LoraConfig or the config of a selection method {method_names()}, "
-            f"got {type(chosen).__name__}"
-        ) from None
-    return None, chosen
-
-
-def _num_layers(config: Any) -> int:
-    for attr in ("num_hidden_layers", "n_layer"):
-        if isinstance(getattr(config, attr, None), int):
-            return int(getattr(config, attr))
-    raise InvalidArgument("cannot tell the number of blocks from the model config")
-
-
-def _device_lora_config(lora_config: LoraConfig, model_dir: str | Path) -> LoraConfig:
-    config = copy.deepcopy(lora_config)
-    config.base_model_name_or_path = str(model_dir)
-    return config
-
-
-def _save_new_modules(config: LoraConfig, new_parameters: list[str]) -> LoraConfig:
-    """A head the checkpoint lacks (e.g. a new classifier) must train and be saved with the adapter."""
-    owners = sorted({name.rpartition(".")[0] for name in new_parameters})
-    saved = set(config.modules_to_save or [])
-    missing = [o for o in owners if o.rpartition(".")[2] not in saved and o not in saved]
-    if not missing:
-        return config
-    logger.info("training and saving new head modules with the adapter: %s", ", ".join(missing))
-    config = copy.deepcopy(config)
-    config.modules_to_save = sorted(saved | {o.rpartition(".")[2] for o in missing})
-    return config
