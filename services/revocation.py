@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from splitft.errors import FailedPrecondition, NotFound
 from splitft_control.models import Device, Edge, Job, JobSession, SessionClosure, utcnow
-from splitft_control.store import ACTIVE_SESSION_STATES, Store, _get
+from splitft_control.store import ACTIVE_SESSION_STATES, Store, get_row, refresh_job
 
 MAX_CLOSURES_PER_ANSWER = 10_000
 CLOSURE_GRACE = timedelta(minutes=5)  # clock skew and a heartbeat or two beyond the token lifetime
@@ -40,14 +40,14 @@ def closures_for_edge(store: Store, *, edge_id: str, token_ttl: int) -> list[str
 
 
 def _device(s: Session, device_id: str) -> Device:
-    device = _get(s, Device, device_id)
+    device = get_row(s, Device, device_id)
     if device is None:
         raise NotFound(f"no device {device_id!r}")
     return device
 
 
 def _edge(s: Session, edge_id: str) -> Edge:
-    edge = _get(s, Edge, edge_id)
+    edge = get_row(s, Edge, edge_id)
     if edge is None:
         raise NotFound(f"no edge {edge_id!r}")
     return edge
@@ -72,7 +72,7 @@ def disable_device(store: Store, *, device_id: str) -> Device:
         for job_id in sorted(jobs):
             job = s.get(Job, job_id)
             if job is not None and job.state not in ("succeeded", "failed", "cancelled"):
-                store._refresh_job(s, job)
+                refresh_job(s, job)
         return device
 
 

@@ -1,0 +1,43 @@
+"""The control plane's store: every read and write of its state, over SQLAlchemy (SQLite or PostgreSQL).
+
+One `Store` class, assembled from one mixin per concern (API keys, edges, devices, jobs, the device
+side of sessions); the same test suite runs it against both databases (tests/test_control_store.py).
+Methods take keyword-only arguments and return plain ORM rows detached from their session, so
+routes never hold a database session across awaits.
+"""
+
+from __future__ import annotations
+
+from splitft_control.store.base import (
+    ACTIVE_SESSION_STATES,
+    FINAL_JOB_STATES,
+    get_row,
+    hash_secret,
+    make_engine,
+    new_id,
+    new_secret,
+    refresh_job,
+    sessions_of,
+)
+from splitft_control.store.devices import DeviceStore
+from splitft_control.store.edges import EdgeStore
+from splitft_control.store.jobs import JobStore
+from splitft_control.store.keys import ApiKeyStore
+from splitft_control.store.sessions import DeviceSessionStore
+
+__all__ = [
+    "ACTIVE_SESSION_STATES",
+    "FINAL_JOB_STATES",
+    "Store",
+    "get_row",
+    "hash_secret",
+    "make_engine",
+    "new_id",
+    "new_secret",
+    "refresh_job",
+    "sessions_of",
+]
+
+
+class Store(ApiKeyStore, EdgeStore, DeviceStore, JobStore, DeviceSessionStore):
+    """Every read and write of the control plane's state, on one engine."""

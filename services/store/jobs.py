@@ -1,0 +1,185 @@
+"""Jobs: created by operators, placed on edges session by session, cancelled, and read back
+(their metrics and the adapters their devices trained)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from splitft.errors import FailedPrecondition, NotFound
+from splitft_control.models import Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
+from splitft_control.scheduler import EdgeLoad, choose_edge
+from splitft_control.store.base import (
+    ACTIVE_SESSION_STATES,
+    FINAL_JOB_STATES,
+    StoreBase,
+    get_row,
+    new_id,
+    refresh_job,
+    sessions_of,
+)
+
+JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class JobStore(StoreBase):
+    """Jobs, one session per device, and their placement on edges."""
+
+    def create_job(self, *, name: str, spec: dict[str, Any], device_names: list[str]) -> Job:
+        """A pending job with one waiting session per device; NotFound names the unknown devices."""
+        with self.tx() as s:
+            devices = {d.name: d for d in s.scalars(select(Device).where(Device.name.in_(device_names)))}
+            missing = sorted(set(device_names) - set(devices))
+            if missing:
+                raise NotFound(f"unknown devices: {', '.join(missing)}")
+            job = Job(id=new_id(), name=name, spec=spec, reason="waiting to be placed on an edge")
+            s.add(job)
+            s.flush()
+            for device_name in device_names:
+                s.add(JobSession(id=new_id(), job_id=job.id, device_id=devices[device_name].id))
+        return job
+
+    def get_job(self, *, job_id: str) -> tuple[Job, list[tuple[JobSession, str]]]:
+        """The job with its sessions and their device names; NotFound for an unknown id."""
+        with self.tx() as s:
+            job = get_row(s, Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            return job, sessions_of(s, job_id)
+
+    def list_jobs(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """One page of jobs, newest first, optionally only those in `state`."""
+        with self.tx() as s:
+            query = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+            if state is not None:
+                query = query.where(Job.state == state)
+            return list(s.scalars(query))
+
+    def cancel_job(self, *, job_id: str) -> Job:
+        """Cancel the job and its unfinished sessions; the edges serving them are told to close them.
+
+        NotFound for an unknown id, FailedPrecondition for a job that already ended."""
+        with self.tx() as s:
+            job = get_row(s, Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            if job.state in FINAL_JOB_STATES:
+                raise FailedPrecondition(f"job is already {job.state}")
+            for sess in s.scalars(select(JobSession).where(JobSession.job_id == job_id)):
+                if sess.state in ACTIVE_SESSION_STATES and sess.edge_id is not None:
+                    s.add(SessionClosure(edge_id=sess.edge_id, session_id=sess.id))
+                if sess.state not in ("succeeded", "failed"):
+                    sess.state, sess.reason, sess.updated_at = "cancelled", "job cancelled", utcnow()
+            job.state, job.reason, job.updated_at = "cancelled", "cancelled by an operator", utcnow()
+            return job
+
+    def place_waiting(self) -> int:
+        """Place waiting sessions on healthy edges with room; record why the others wait.
+
+        One pass at a time: in this process a lock, across control-plane replicas on PostgreSQL a row
+        lock on the edges, so two passes never count the same free slot twice."""
+        placed = 0
+        with self._placement_lock, self.tx() as s:
+            edge_query = select(Edge).where(Edge.status == "up").order_by(Edge.id)
+            if s.bind is not None and s.bind.dialect.name == "postgresql":
+                edge_query = edge_query.with_for_update()
+            edges = list(s.scalars(edge_query))
+            load = {
+                e.id: EdgeLoad(e.id, e.name, list(e.models), e.max_sessions, _load(s, e.id)) for e in edges
+            }
+            waiting = s.execute(
+                select(JobSession, Job)
+                .join(Job, JobSession.job_id == Job.id)
+                .where(JobSession.state == "waiting", Job.state.in_(("pending", "running")))
+                .order_by(JobSession.created_at)
+            )
+            for sess, job in waiting:
+                edge = choose_edge(list(load.values()), job.spec["model"])
+                if edge is None:
+                    sess.reason = _no_edge_reason(job.spec["model"], list(load.values()))
+                    continue
+                sess.state, sess.edge_id, sess.reason, sess.updated_at = "assigned", edge.id, "", utcnow()
+                s.execute(  # back on an edge it was taken from: that edge must not refuse it now
+                    delete(SessionClosure).where(
+                        SessionClosure.edge_id == edge.id, SessionClosure.session_id == sess.id
+                    )
+                )
+                sess.attempts += 1
+                edge.active += 1
+                placed += 1
+            for job in s.scalars(select(Job).where(Job.state.in_(("pending", "running")))):
+                refresh_job(s, job)
+        return placed
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state present, zero included), for the metrics."""
+        with self.tx() as s:
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state))
+            counts = {state: 0 for state in JOB_STATES}
+            counts.update({state: int(n) for state, n in rows})
+            return counts
+
+    def job_metrics(
+        self, *, job_id: str, limit: int = 1000, after: int = 0
+    ) -> tuple[list[tuple[JobSession, str, list[Metric]]], int | None]:
+        """One page of the job's points: the first `limit` stored after cursor `after` (pages follow
+        storage order; within a page each session's points are in step order); and the cursor of
+        the next page (None after the last)."""
+        with self.tx() as s:
+            if get_row(s, Job, job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
+            sessions = sessions_of(s, job_id)
+            ids = [sess.id for sess, _ in sessions]
+            page = list(
+                s.scalars(
+                    select(Metric)
+                    .where(Metric.session_id.in_(ids), Metric.id > after)
+                    .order_by(Metric.id)
+                    .limit(limit)
+                )
+            )
+            by_session: dict[str, list[Metric]] = {}
+            for metric in page:
+                by_session.setdefault(metric.session_id, []).append(metric)
+            out = [
+                (sess, device, sorted(by_session.get(sess.id, []), key=lambda m: (m.step, m.id)))
+                for sess, device in sessions
+            ]
+            return out, (page[-1].id if len(page) == limit else None)
+
+    def adapter(self, *, job_id: str, device_name: str) -> bytes:
+        """The adapter archive `device_name` trained in the job: NotFound for an unknown job or a
+        device not in it, FailedPrecondition while its session has not succeeded."""
+        with self.tx() as s:
+            if get_row(s, Job, job_id) is None:
+                raise NotFound(f"no job {job_id!r}")
+            for sess, device in sessions_of(s, job_id):
+                if device == device_name:
+                    if sess.adapter is None:
+                        raise FailedPrecondition(
+                            f"device {device_name!r} has not finished (session {sess.state})"
+                        )
+                    return sess.adapter
+            raise NotFound(f"device {device_name!r} is not part of job {job_id!r}")
+
+
+def _load(s: Session, edge_id: str) -> int:
+    """How many open sessions the edge holds now."""
+    query = (
+        select(func.count())
+        .select_from(JobSession)
+        .where(JobSession.edge_id == edge_id, JobSession.state.in_(ACTIVE_SESSION_STATES))
+    )
+    return int(s.scalar(query) or 0)
+
+
+def _no_edge_reason(model: str, edges: list[EdgeLoad]) -> str:
+    """Why no edge takes a session for `model`, as shown to operators on the job."""
+    serving = [e for e in edges if model in e.models]
+    if not edges:
+        return f"no healthy edge is registered (needed: one serving model {model!r})"
+    if not serving:
+        return f"no healthy edge serves model {model!r}"
+    return f"all {len(serving)} healthy edges serving {model!r} are full"

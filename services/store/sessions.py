@@ -1,0 +1,96 @@
+"""The device side of a session: taking an assignment, reporting metrics, finishing or failing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from splitft.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from splitft_control.models import Edge, Job, JobSession, Metric, utcnow
+from splitft_control.store.base import ACTIVE_SESSION_STATES, StoreBase, get_row, refresh_job
+
+
+class DeviceSessionStore(StoreBase):
+    """What an enrolled device does with its own sessions; every call checks the session is its."""
+
+    def next_assignment(self, *, device_id: str) -> tuple[JobSession, Job, Edge] | None:
+        """The device's oldest session placed on an edge; it becomes running."""
+        with self.tx() as s:
+            row = s.execute(
+                select(JobSession, Job, Edge)
+                .join(Job, JobSession.job_id == Job.id)
+                .join(Edge, JobSession.edge_id == Edge.id)
+                .where(
+                    JobSession.device_id == device_id,
+                    JobSession.state.in_(ACTIVE_SESSION_STATES),
+                    Job.state.in_(("pending", "running")),
+                    Edge.status == "up",
+                )
+                .order_by(JobSession.created_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            sess, job, edge = row
+            sess.state, sess.updated_at = "running", utcnow()
+            refresh_job(s, job)
+            return sess, job, edge
+
+    def device_session(self, s: Session, *, session_id: str, device_id: str) -> JobSession:
+        """The session, in transaction `s`: NotFound if unknown, PermissionDenied if another device's."""
+        sess = get_row(s, JobSession, session_id)
+        if sess is None:
+            raise NotFound(f"no session {session_id!r}")
+        if sess.device_id != device_id:
+            raise PermissionDenied("this session belongs to another device")
+        return sess
+
+    def check_open_session(self, *, session_id: str, device_id: str) -> None:
+        """NotFound, PermissionDenied or FailedPrecondition unless the device's session is open."""
+        with self.tx() as s:
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(f"session is {sess.state}, not running")
+
+    def record_metrics(
+        self, *, session_id: str, device_id: str, points: list[dict[str, Any]], max_points: int = 100_000
+    ) -> None:
+        """Store points for an open session, up to `max_points` per session in all."""
+        with self.tx() as s:
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(
+                    f"session is {sess.state}: metrics are accepted only while it is assigned or running"
+                )
+            query = select(func.count()).select_from(Metric).where(Metric.session_id == session_id)
+            stored = int(s.scalar(query) or 0)
+            if stored + len(points) > max_points:
+                raise ResourceExhausted(
+                    f"session has {stored} metric points; {len(points)} more would pass its limit of "
+                    f"{max_points} (SPLITFT_MAX_METRIC_POINTS_PER_SESSION)"
+                )
+            s.add_all(Metric(session_id=session_id, **point) for point in points)
+
+    def complete_session(self, *, session_id: str, device_id: str, adapter: bytes) -> None:
+        """Mark the device's open session succeeded and keep its trained adapter archive."""
+        with self.tx() as s:
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(f"session is {sess.state}, not running")
+            sess.state, sess.adapter, sess.reason, sess.updated_at = "succeeded", adapter, "", utcnow()
+            job = s.get(Job, sess.job_id)
+            assert job is not None  # foreign key
+            refresh_job(s, job)
+
+    def fail_session(self, *, session_id: str, device_id: str, reason: str) -> None:
+        """Mark the device's open session failed with the reason it reported (the job fails with it)."""
+        with self.tx() as s:
+            sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state not in ACTIVE_SESSION_STATES:
+                raise FailedPrecondition(f"session is {sess.state}, not running")
+            sess.state, sess.reason, sess.updated_at = "failed", f"device reported: {reason}", utcnow()
+            job = s.get(Job, sess.job_id)
+            assert job is not None  # foreign key
+            refresh_job(s, job)
