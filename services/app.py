@@ -56,6 +56,7 @@ def save_generated_operator_key(settings: ControlSettings, key: str) -> Path:
 
 
 def build_state(settings: ControlSettings) -> ControlState:
+    """Check the secrets, migrate the database and create the first operator key; the state routes share."""
     settings.check_secrets()
     store = migrate.migrated_store(settings)
     generated = bootstrap_operator_key(store, settings)
@@ -70,6 +71,7 @@ def build_state(settings: ControlSettings) -> ControlState:
 
 
 def create_app(settings: ControlSettings, state: ControlState | None = None) -> FastAPI:
+    """The control plane's FastAPI app: routers, body limits, metrics, the CA route and error translation."""
     control = state or build_state(settings)
 
     @asynccontextmanager
@@ -134,6 +136,7 @@ def _add_observability(app: FastAPI, control: ControlState) -> None:
     async def _time_requests(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        """Time every request, labelled by route template (never the raw path, which callers choose)."""
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -146,10 +149,12 @@ def _add_observability(app: FastAPI, control: ControlState) -> None:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
+        """Liveness for compose and probes (anyone): 200 once the database answers a query, else 500."""
         with control.store.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     def metrics() -> Response:
+        """Prometheus metrics (anyone, no secrets in them): request latency, jobs by state, placements."""
         return Response(generate_latest(control.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -20,6 +20,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def get_state(request: Request) -> ControlState:
+    """The control plane's shared state, held by the app."""
     return request.app.state.control
 
 
@@ -27,6 +28,7 @@ State = Annotated[ControlState, Depends(get_state)]
 
 
 def get_store(state: State) -> Store:
+    """The store, for routes that read or write state."""
     return state.store
 
 
@@ -34,6 +36,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 
 
 def get_settings(state: State) -> ControlSettings:
+    """The settings the control plane was started with."""
     return state.settings
 
 
@@ -47,11 +50,13 @@ def _token(credentials: HTTPAuthorizationCredentials | None, what: str) -> str:
 
 
 def require_operator(credentials: Credentials, store: StoreDep) -> None:
+    """Admit a valid, unrevoked operator API key; else 401."""
     if not store.api_key_valid(key=_token(credentials, "operator API key")):
         raise Unauthenticated("invalid or revoked operator API key")
 
 
 def require_device(credentials: Credentials, store: StoreDep) -> Device:
+    """The enrolled device whose credential is presented: 401 if unknown, 403 if disabled."""
     return store.authenticate_device(credential=_token(credentials, "device credential"))
 
 
@@ -75,6 +80,7 @@ def edge_registrant(credentials: Credentials, settings: SettingsDep, store: Stor
 
 
 def edge_credential(credentials: Credentials) -> str:
+    """The bearer an edge presents on its heartbeats (checked against the edge by the route); 401 if none."""
     return _token(credentials, "edge credential")
 
 

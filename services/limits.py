@@ -47,6 +47,7 @@ class BodyLimits:
 
 
 def too_large_message(limit: int, setting: str) -> str:
+    """The 413 detail: the route's limit and the setting that raises it."""
     return f"request body exceeds the {limit}-byte limit of this route (SPLITFT_{setting.upper()})"
 
 
@@ -95,6 +96,7 @@ class _StreamGuard:
         self.answered = False
 
     async def receive(self) -> Message:
+        """The next body message, counted; past the limit a 413 goes out and PayloadTooLarge ends the app."""
         message = await self._receive()
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))
@@ -107,6 +109,7 @@ class _StreamGuard:
         return message
 
     async def send(self, message: Message) -> None:
+        """Pass the app's answer through, unless the guard has already answered 413."""
         if self.answered:
             return
         if message["type"] == "http.response.start":

@@ -10,11 +10,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
+    """Now, timezone-aware in UTC: every stored time is UTC."""
     return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
-    pass
+    """The declarative base of every table (its metadata is what Alembic compares against)."""
 
 
 class ApiKey(Base):
@@ -29,6 +30,8 @@ class ApiKey(Base):
 
 
 class Edge(Base):
+    """An edge server: where it listens, what it serves, its capacity and its last heartbeat."""
+
     __tablename__ = "edges"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -45,6 +48,8 @@ class Edge(Base):
 
 
 class Device(Base):
+    """A device: pending until it trades its enrollment token for a credential, then enrolled or disabled."""
+
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -58,6 +63,8 @@ class Device(Base):
 
 
 class Job(Base):
+    """An operator's fine-tuning job: one spec for its sessions (one per device), whose states roll up."""
+
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
@@ -85,6 +92,8 @@ class JobSession(Base):
 
 
 class Metric(Base):
+    """One training point a device reported for its session (loss, throughput, bytes on the wire)."""
+
     __tablename__ = "metrics"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)

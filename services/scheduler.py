@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass
 class EdgeLoad:
+    """A healthy edge as placement sees it: what it serves and how many sessions it holds of how many."""
+
     id: str
     name: str
     models: list[str]
@@ -15,6 +17,7 @@ class EdgeLoad:
 
     @property
     def room(self) -> int:
+        """How many more sessions the edge takes."""
         return self.capacity - self.active
 
 

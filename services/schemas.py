@@ -29,6 +29,8 @@ SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", 
 
 
 class EdgeCapacity(Strict):
+    """What an edge offers: free memory and how many sessions it takes at once."""
+
     memory_free_bytes: StrictInt = Field(
         0, ge=0, le=INT64_MAX, description="free accelerator/host memory for sessions"
     )
@@ -36,6 +38,8 @@ class EdgeCapacity(Strict):
 
 
 class EdgeRegister(Strict):
+    """POST /v1/edges/register: an edge's name, its gRPC address and the models it serves."""
+
     name: str = Field(pattern=NAME_PATTERN, description="stable name; re-registering a name updates it")
     address: str = Field(
         min_length=3,
@@ -48,6 +52,8 @@ class EdgeRegister(Strict):
 
 
 class EdgeRegistered(Strict):
+    """The registration answer: the edge's id, its heartbeat credential and the token issuer key."""
+
     id: str
     credential: str = Field(description="per-edge secret for heartbeats; shown once")
     token_issuer_public_key: str = Field(description="PEM; the edge verifies session tokens with it")
@@ -55,11 +61,15 @@ class EdgeRegistered(Strict):
 
 
 class EdgeHeartbeat(Strict):
+    """POST /v1/edges/{id}/heartbeat: the edge's load and, when it changed, its capacity."""
+
     capacity: EdgeCapacity | None = None
     active_sessions: StrictInt = Field(0, ge=0, le=INT32_MAX)
 
 
 class EdgePublic(Strict):
+    """An edge as operators see it."""
+
     id: str
     name: str
     address: str
@@ -71,6 +81,8 @@ class EdgePublic(Strict):
 
 
 class EdgeHeartbeatAnswer(EdgePublic):
+    """The heartbeat answer: the edge as stored, and the sessions it must close."""
+
     close_sessions: list[str] = Field(
         default_factory=list,
         description="sessions this edge must close and refuse to open: their job was cancelled, "
@@ -82,10 +94,14 @@ class EdgeHeartbeatAnswer(EdgePublic):
 
 
 class DeviceCreate(Strict):
+    """POST /v1/devices: the new device's name."""
+
     name: str = Field(pattern=NAME_PATTERN, description="unique; becomes the CN of its client certificate")
 
 
 class DeviceCreated(Strict):
+    """The creation answer: the device and its one-time enrollment token."""
+
     id: str
     name: str
     enrollment_token: str = Field(
@@ -95,6 +111,8 @@ class DeviceCreated(Strict):
 
 
 class DeviceEnroll(Strict):
+    """POST /v1/devices/enroll: the enrollment token and, for a client certificate, a CSR."""
+
     enrollment_token: str = Field(min_length=8, max_length=512)
     csr_pem: str | None = Field(None, max_length=16_384, description="PEM CSR for a client certificate")
 
@@ -102,11 +120,14 @@ class DeviceEnroll(Strict):
     @classmethod
     def _secret_only(cls, value: str) -> str:
         # The CA fingerprint after the last "." is for the device; the store knows the secret's hash.
+        """The secret part of the token (the CA fingerprint after the separator is the device's to check)."""
         secret, sep, _ = value.rpartition(TOKEN_SEPARATOR)
         return secret if sep and secret else value
 
 
 class DeviceEnrolled(Strict):
+    """The enrollment answer: the device credential, and its certificate and the CA when a CSR was sent."""
+
     id: str
     name: str
     credential: str = Field(description="device secret for /v1/assignments and /v1/sessions; shown once")
@@ -115,6 +136,8 @@ class DeviceEnrolled(Strict):
 
 
 class DevicePublic(Strict):
+    """A device as operators see it."""
+
     id: str
     name: str
     status: Literal["pending", "enrolled", "disabled"]
@@ -127,6 +150,8 @@ class DevicePublic(Strict):
 
 
 class SessionPublic(Strict):
+    """One device's session in a job, as operators see it."""
+
     id: str
     device: str
     edge_id: str | None
@@ -137,6 +162,8 @@ class SessionPublic(Strict):
 
 
 class JobPublic(Strict):
+    """A job as operators see it: its spec, state, and every session."""
+
     id: str
     name: str
     state: JobState
@@ -148,6 +175,8 @@ class JobPublic(Strict):
 
 
 class MetricPoint(Strict):
+    """One training point a device reports (finite numbers only)."""
+
     step: StrictInt = Field(ge=0, le=INT32_MAX)
     loss: StrictFloat = Field(allow_inf_nan=False)
     examples_per_second: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
@@ -156,16 +185,22 @@ class MetricPoint(Strict):
 
 
 class MetricsReport(Strict):
+    """POST /v1/sessions/{id}/metrics: a batch of points."""
+
     points: list[MetricPoint] = Field(min_length=1, max_length=10_000)
 
 
 class SessionMetrics(Strict):
+    """One session's points within a page of job metrics."""
+
     session_id: str
     device: str
     points: list[MetricPoint]
 
 
 class JobMetrics(Strict):
+    """GET /v1/jobs/{id}/metrics: one page of points, by session, and the cursor of the next."""
+
     job_id: str
     sessions: list[SessionMetrics]
     next_after: int | None = Field(
@@ -174,14 +209,20 @@ class JobMetrics(Strict):
 
 
 class SessionFail(Strict):
+    """POST /v1/sessions/{id}/fail: why the device gave up."""
+
     reason: str = Field(min_length=1, max_length=2000, pattern=NO_NUL_PATTERN)
 
 
 class ApiKeyCreated(Strict):
+    """A new operator API key; the key itself is shown once."""
+
     id: str
     name: str
     key: str = Field(description="shown once")
 
 
 class Problem(Strict):
+    """Every error answer: one human-readable detail."""
+
     detail: str

@@ -60,10 +60,12 @@ class ControlSettings(BaseSettings):
 
     @property
     def database_url(self) -> str:
+        """SPLITFT_DB_URL, else a SQLite file in the data dir."""
         return self.db_url or f"sqlite:///{(self.data_dir / 'control.db').resolve()}"
 
     @property
     def ca_dir(self) -> Path | None:
+        """The deployment CA's folder: --certs-dir, else data_dir/certs or the TLS dir if it holds ca.key."""
         if self.certs_dir is not None:
             return self.certs_dir
         for default in (self.data_dir / "certs", self.tls_certs_dir):

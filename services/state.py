@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ControlMetrics:
+    """The Prometheus metrics of one control plane, in a registry of its own (tests run several)."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ def load_issuer(data_dir: Path) -> Ed25519PrivateKey:
 
 
 class ControlState:
+    """What routes share in one running control plane: settings, store, issuer key, metrics, scheduler."""
+
     def __init__(self, settings: ControlSettings, store: Store) -> None:
         self.settings = settings
         self.store = store
@@ -82,15 +86,18 @@ class ControlState:
             self.metrics.jobs.labels(state=state).set(count)
 
     def start(self) -> None:
+        """Start the scheduler thread (a pass every SPLITFT_SCHEDULE_INTERVAL seconds)."""
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the scheduler thread, waiting up to 10 s for a pass in flight."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        """Run passes until stopped; a failed pass is logged and the next one runs."""
         while not self._stop.wait(self.settings.schedule_interval):
             try:
                 self.schedule_once()

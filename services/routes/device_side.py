@@ -20,6 +20,9 @@ router = APIRouter(prefix="/v1", tags=["device"])
     responses={204: {"description": "nothing assigned yet; poll again after Retry-After seconds"}},
 )
 def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
+    """The calling device's oldest placed session, now running, with a session token for its edge;
+    204 with Retry-After while nothing is placed. Enrolled devices only (401 unknown credential,
+    403 disabled device)."""
     found = state.store.next_assignment(device_id=device.id)
     if found is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Retry-After": "2"})
@@ -46,7 +49,9 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
 
 @router.post("/sessions/{session_id}/metrics", status_code=status.HTTP_204_NO_CONTENT)
 def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, state: State) -> Response:
-    """Store points of an open session (409 once it has finished; 429 past the per-session cap)."""
+    """Store training points of the device's open session. The session's own device only: 401/403
+    as above, 404 unknown session, 403 another device's, 409 once it has finished, 413 over
+    SPLITFT_MAX_METRICS_BODY_BYTES, 422 malformed points, 429 past the per-session cap."""
     state.store.record_metrics(
         session_id=session_id,
         device_id=device.id,
@@ -69,8 +74,11 @@ def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, stat
 async def complete_session(session_id: str, request: Request, device: DeviceDep, state: State) -> Response:
     """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed.
 
-    The session must be this device's and still open before a byte of the body is read, and the
-    archive check runs in a worker thread with bounds, so an upload never stalls other requests."""
+    The session's own device only (401/403/404 as above, 409 unless open); 413 over
+    SPLITFT_MAX_ADAPTER_BYTES or for an archive that unpacks too large or holds too many members;
+    400 for an empty upload or one that is not a plain adapter tar.gz (nested paths, missing files).
+    The session must be open before a byte of the body is read, and the archive check runs in a
+    worker thread with bounds, so an upload never stalls other requests."""
     settings = state.settings
     await run_in_threadpool(state.store.check_open_session, session_id=session_id, device_id=device.id)
     limit = settings.max_adapter_bytes
@@ -93,5 +101,7 @@ async def complete_session(session_id: str, request: Request, device: DeviceDep,
 
 @router.post("/sessions/{session_id}/fail", status_code=status.HTTP_204_NO_CONTENT)
 def fail_session(session_id: str, body: SessionFail, device: DeviceDep, store: StoreDep) -> Response:
+    """The device gives up its open session with a reason; the session and its job fail.
+    The session's own device only: 401/403/404 as above, 409 unless the session is open, 422 bad reason."""
     store.fail_session(session_id=session_id, device_id=device.id, reason=body.reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 
 def device_public(device: Device) -> DevicePublic:
+    """A device as operators see it (never its token hashes or certificate)."""
     return DevicePublic(
         id=device.id,
         name=device.name,
@@ -30,6 +31,8 @@ def device_public(device: Device) -> DevicePublic:
 
 @router.post("", response_model=DeviceCreated, status_code=status.HTTP_201_CREATED, dependencies=[Operator])
 def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCreated:
+    """Create a pending device and return its one-time enrollment token (bound to the deployment CA's
+    fingerprint when there is one). Operators only (401); 409 for a taken name, 422 for a bad one."""
     device, token = store.create_device(name=body.name)
     ca_dir = (
         state.settings.ca_dir
@@ -42,23 +45,27 @@ def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCr
 
 @router.get("", response_model=list[DevicePublic], dependencies=[Operator])
 def list_devices(store: StoreDep) -> list[DevicePublic]:
+    """Every device with its status, by name. Operators only (401)."""
     return [device_public(d) for d in store.list_devices()]
 
 
 @router.post("/{device_id}/disable", response_model=DevicePublic, dependencies=[Operator])
 def disable_device(device_id: str, store: StoreDep) -> DevicePublic:
-    """Revoke a device: its credential stops working, its open sessions fail and edges close them."""
+    """Revoke a device: its credential stops working, its open sessions fail and edges close them.
+    Operators only (401); 404 for an unknown id."""
     return device_public(revocation.disable_device(store, device_id=device_id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Operator])
 def delete_device(device_id: str, store: StoreDep) -> Response:
-    """Remove a device no job names (409 otherwise: disable it, which keeps the jobs' history)."""
+    """Remove a device no job names (409 otherwise: disable it, which keeps the jobs' history).
+    Operators only (401); 404 for an unknown id."""
     revocation.delete_device(store, device_id=device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    """The device's CSR, checked: 400 unless it is PEM and self-signed by the key it carries."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as exc:
@@ -70,13 +77,16 @@ def _parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
 
 @router.post("/enroll", response_model=DeviceEnrolled)
 def enroll_device(body: DeviceEnroll, state: State) -> DeviceEnrolled:
-    """Trade the one-time enrollment token for a credential; with a CSR, also a client certificate."""
+    """Trade the one-time enrollment token for a credential; with a CSR, also a client certificate.
+    Anyone holding a token (no bearer): 401 for an unknown or used token, 400 for a bad CSR,
+    409 for a CSR when this control plane has no CA to sign it."""
     csr = _parse_csr(body.csr_pem) if body.csr_pem else None
     ca_dir = state.settings.ca_dir
     if csr is not None and ca_dir is None:
         raise FailedPrecondition("this control plane has no deployment CA to sign certificates (--certs-dir)")
 
     def sign(name: str) -> str | None:
+        """The PEM certificate for the device's CSR key, or None when no CSR was sent."""
         if csr is None or ca_dir is None:
             return None
         cert = sign_device_key(ca_dir, name, csr.public_key())

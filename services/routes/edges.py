@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/edges", tags=["edges"])
 
 
 def edge_public(edge: Edge) -> EdgePublic:
+    """An edge as operators see it (never its credential hash)."""
     return EdgePublic(
         id=edge.id,
         name=edge.name,
@@ -37,7 +38,8 @@ def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> E
     """Register an edge; returns its heartbeat credential and the token issuer key.
 
     The shared edge secret registers a new name only (409 for a taken one); an edge re-registers its
-    own name with its current credential (an operator deletes a lost one: DELETE /v1/edges/{id})."""
+    own name with its current credential (403 for another's name or a disabled edge; an operator
+    deletes a lost one: DELETE /v1/edges/{id}). 401 for neither; 422 for a bad name or address."""
     edge, credential = state.store.register_edge(
         name=body.name,
         address=body.address,
@@ -59,7 +61,8 @@ def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> E
 def heartbeat(
     edge_id: str, body: EdgeHeartbeat, credential: EdgeCredential, state: State
 ) -> EdgeHeartbeatAnswer:
-    """Record the edge's load; the answer lists the sessions it must close and refuse to open."""
+    """Record the edge's load; the answer lists the sessions it must close and refuse to open.
+    The edge itself only: 401 unknown credential, 403 another edge's or a disabled edge, 404 unknown id."""
     store = state.store
     store.authenticate_edge(credential=credential, edge_id=edge_id)
     capacity = body.capacity
@@ -75,12 +78,14 @@ def heartbeat(
 
 @router.get("", response_model=list[EdgePublic], dependencies=[Operator])
 def list_edges(store: StoreDep) -> list[EdgePublic]:
+    """Every edge with its capacity, load and last heartbeat, by name. Operators only (401)."""
     return [edge_public(e) for e in store.list_edges()]
 
 
 @router.post("/{edge_id}/disable", response_model=EdgePublic, dependencies=[Operator])
 def disable_edge(edge_id: str, store: StoreDep) -> EdgePublic:
-    """Cut an edge off: its credential and name stop working; its open sessions go to other edges."""
+    """Cut an edge off: its credential and name stop working; its open sessions go to other edges.
+    Operators only (401); 404 for an unknown id."""
     edge = revocation.disable_edge(store, edge_id=edge_id)
     store.place_waiting()
     return edge_public(edge)
@@ -88,7 +93,8 @@ def disable_edge(edge_id: str, store: StoreDep) -> EdgePublic:
 
 @router.delete("/{edge_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Operator])
 def delete_edge(edge_id: str, store: StoreDep) -> Response:
-    """Forget an edge (its name can register afresh); its open sessions go to other edges."""
+    """Forget an edge (its name can register afresh); its open sessions go to other edges.
+    Operators only (401); 404 for an unknown id."""
     revocation.delete_edge(store, edge_id=edge_id)
     store.place_waiting()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -22,6 +22,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Operator])
 
 
 def session_public(sess: JobSession, device: str) -> SessionPublic:
+    """A session as operators see it (whether an adapter is stored, never its bytes)."""
     return SessionPublic(
         id=sess.id,
         device=device,
@@ -34,6 +35,7 @@ def session_public(sess: JobSession, device: str) -> SessionPublic:
 
 
 def job_public(job: Job, sessions: list[tuple[JobSession, str]]) -> JobPublic:
+    """A job with its validated spec and its sessions."""
     return JobPublic(
         id=job.id,
         name=job.name,
@@ -48,6 +50,8 @@ def job_public(job: Job, sessions: list[tuple[JobSession, str]]) -> JobPublic:
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
 def create_job(body: JobCreate, state: State) -> JobPublic:
+    """Create a job with one session per named device and try to place them on edges at once.
+    Operators only (401, as every /v1/jobs route); 404 names unknown devices, 422 an invalid spec."""
     job = state.store.create_job(name=body.name, spec=body.model_dump(mode="json"), device_names=body.devices)
     state.store.place_waiting()
     return job_public(*state.store.get_job(job_id=job.id))
@@ -60,6 +64,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[JobPublic]:
+    """One page of jobs, newest first, optionally in one state; 422 for a bad state or page bounds."""
     return [
         job_public(*store.get_job(job_id=j.id))
         for j in store.list_jobs(state=state, limit=limit, offset=offset)
@@ -68,11 +73,14 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, store: StoreDep) -> JobPublic:
+    """The job with its sessions' states and reasons; 404 for an unknown id."""
     return job_public(*store.get_job(job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
+    """Cancel the job; its unfinished sessions are cancelled and their edges told to close them.
+    404 for an unknown id, 409 for a job that already ended."""
     store.cancel_job(job_id=job_id)
     return job_public(*store.get_job(job_id=job_id))
 
@@ -88,7 +96,8 @@ def job_metrics(
     limit: Annotated[int, Query(ge=1, le=METRICS_PAGE_MAX)] = METRICS_PAGE_DEFAULT,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> JobMetrics:
-    """One page of the job's points, in the order they were stored; `next_after` fetches the next."""
+    """One page of the job's points, in the order they were stored; `next_after` fetches the next.
+    404 for an unknown id, 422 for page bounds out of range."""
     page, next_after = store.job_metrics(job_id=job_id, limit=limit, after=after)
     sessions = [
         SessionMetrics(
@@ -116,6 +125,8 @@ def job_metrics(
     responses={200: {"content": {"application/gzip": {}}, "description": "the adapter as a .tar.gz"}},
 )
 def download_adapter(job_id: str, device: str, store: StoreDep) -> Response:
+    """The adapter archive (.tar.gz) the device trained in this job. 404 for an unknown job or a
+    device not in it, 409 while its session has not succeeded."""
     data = store.adapter(job_id=job_id, device_name=device)
     return Response(
         content=data,
