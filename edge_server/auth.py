@@ -59,7 +59,12 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """The method's handler, wrapped to admit each DataPlane call (health checks pass as they are)."""
         handler = continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(_GUARDED_PREFIX):
             return handler
@@ -108,7 +113,10 @@ class TokenInterceptor(grpc.ServerInterceptor):
             self.calls.release(device)
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, admit: Callable[[grpc.ServicerContext], Any]):
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler, admit: Callable[[grpc.ServicerContext], Any]
+) -> grpc.RpcMethodHandler:
+    """`handler` with every call run inside `admit(context)` and its claims in CURRENT_CLAIMS."""
     kind = (
         ("stream" if handler.request_streaming else "unary")
         + "_"

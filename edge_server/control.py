@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Registration:
+    """What the control plane answered this edge's registration: its id, credential, issuer key, beat."""
+
     edge_id: str
     credential: str
     issuer_public_pem: bytes
@@ -109,12 +111,14 @@ class ControlPlaneLink:
         active_sessions: Callable[[], int],
         on_revoked: Callable[[list[str]], object] | None = None,
     ) -> None:
+        """Start heartbeats in a thread; `on_revoked` gets each answer's sessions to close."""
         self._thread = threading.Thread(
             target=self._loop, args=(active_sessions, on_revoked), name="heartbeat", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the heartbeats, waiting up to 5 s for one in flight."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -104,6 +104,7 @@ class DeviceCallCounter:
             self._calls[device] = count + 1
 
     def release(self, device: str) -> None:
+        """Count one call of `device` done (at zero its entry goes: the table holds active devices only)."""
         with self._lock:
             count = self._calls.get(device, 0) - 1
             if count > 0:
@@ -112,5 +113,6 @@ class DeviceCallCounter:
                 self._calls.pop(device, None)
 
     def count(self, device: str) -> int:
+        """How many calls `device` has in flight now."""
         with self._lock:
             return self._calls.get(device, 0)

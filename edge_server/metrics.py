@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
+
+    import torch
 
     from edge_server.registry import ModelRegistry
     from edge_server.session import TrunkSession
@@ -32,7 +34,8 @@ logger = logging.getLogger(__name__)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def _parameter_bytes(parameters) -> int:
+def _parameter_bytes(parameters: Iterable[torch.Tensor]) -> int:
+    """Bytes the tensors hold (their storage as allocated, whatever their dtype)."""
     return sum(p.numel() * p.element_size() for p in parameters)
 
 
@@ -107,6 +110,7 @@ class EdgeMetrics:
         self.registry.register(_StateCollector(self))
 
     def model_of(self, session: TrunkSession) -> str:
+        """The name of the model the session trains on, for labels ("unknown" for a span not served here)."""
         return self._model_names.get(id(session.span), "unknown")
 
     @contextmanager
@@ -132,6 +136,7 @@ class EdgeMetrics:
             self._sessions[session.session_id] = (self.model_of(session), weakref.ref(session))
 
     def untrack(self, session_id: str) -> None:
+        """Stop reporting the session's adapter memory (it closed)."""
         with self._lock:
             self._sessions.pop(session_id, None)
 
@@ -159,6 +164,7 @@ class EdgeMetrics:
         return bound
 
     def stop(self) -> None:
+        """Stop the /metrics HTTP server, if one was started."""
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

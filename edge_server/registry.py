@@ -6,8 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from splitft.errors import InvalidArgument, NotFound
 from splitft.model.dirs import parse_model_dirs
+from splitft.model.families import Family
 from splitft.model.loading import LoadedSpan, edge_view, load_span
 
 logger = logging.getLogger(__name__)
@@ -15,19 +18,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServedModel:
+    """A model this edge serves, by name: its frozen trunk, shared by every session on it."""
+
     name: str
     span: LoadedSpan  # blocks[1:L]: every trunk a session may ask for (k >= 1)
 
     @property
     def num_layers(self) -> int:
+        """How many trunk blocks are loaded (all but the first)."""
         return self.span.num_layers
 
 
 def load_trunk(name: str, model_dir: Path) -> ServedModel:
     """Load all blocks but the first (the device always keeps at least one) and check they are frozen."""
 
-    def cut(root, family):
-        num_layers = len(root.get_submodule(family.blocks_path))
+    def cut(root: nn.Module, family: Family) -> None:
+        """Keep blocks 1..L: the device always holds block 0."""
+        num_layers = len(family.blocks(root))
         edge_view(root, family, 1, num_layers)
 
     span = load_span(model_dir, cut, init_missing=False)
@@ -46,6 +53,8 @@ def load_trunk(name: str, model_dir: Path) -> ServedModel:
 
 
 class ModelRegistry:
+    """The models an edge serves, by name (at least one)."""
+
     def __init__(self, models: dict[str, ServedModel]) -> None:
         if not models:
             raise InvalidArgument("an edge needs at least one model (--model-dir)")
@@ -57,6 +66,7 @@ class ModelRegistry:
         return cls({name: load_trunk(name, path) for name, path in parse_model_dirs(args).items()})
 
     def get(self, name: str) -> ServedModel:
+        """The served model called `name`; NotFound lists the ones served."""
         model = self.models.get(name)
         if model is None:
             raise NotFound(f"model {name!r} is not served here; served: {sorted(self.models)}")

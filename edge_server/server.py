@@ -166,9 +166,11 @@ class EdgeServer:
 
     @property
     def address(self) -> str:
+        """host:port the edge listens on (the bound port once started on port 0)."""
         return f"{self.config.host}:{self.port}"
 
     def start(self) -> EdgeServer:
+        """Serve: gRPC, the session reaper, the metrics endpoint if asked, and health SERVING."""
         self.server.start()
         self.sessions.start_reaper()
         if self.config.metrics_port is not None:
@@ -179,6 +181,7 @@ class EdgeServer:
         return self
 
     def stop(self, grace: float | None = None) -> None:
+        """Stop once: health NOT_SERVING, drain calls for the grace period, release sessions, stop metrics."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -189,6 +192,7 @@ class EdgeServer:
         logger.info("edge stopped")
 
     def wait(self) -> None:
+        """Block until the gRPC server has terminated."""
         self.server.wait_for_termination()
 
     def serve_forever(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 from edge_server.session import TrunkSession
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.v1 import dataplane_pb2 as pb
@@ -15,7 +17,12 @@ FORWARD_TENSORS = frozenset({"hidden", "attention_mask", "position_ids"})
 BACKWARD_TENSORS = frozenset({"grad"})
 
 
-def read_stream(requests: Iterable, header_type: type, authorize: Callable[[Any], Any], assembler_for):
+def read_stream(
+    requests: Iterable[Any],
+    header_type: type,
+    authorize: Callable[[Any], Any],
+    assembler_for: Callable[[Any], TensorAssembler],
+) -> tuple[Any, Any, dict[str, torch.Tensor], int]:
     """First message: the header, authorized (`authorize(header)` -> session) before any part is
     buffered; the rest: tensor parts. Returns (header, session, tensors, bytes received)."""
     iterator = iter(requests)
@@ -62,7 +69,7 @@ class StreamRequest:
             except SplitftError as exc:
                 self._error = exc
 
-    def finish(self) -> dict:
+    def finish(self) -> dict[str, torch.Tensor]:
         """The request's tensors, or the error it is answered with."""
         if self._error is not None:
             raise self._error

@@ -56,7 +56,7 @@ class _Gunzip:
 
     def _fill(self, want: int) -> bool:
         try:
-            pending = self._inflate.unconsumed_tail
+            pending: bytes | memoryview = self._inflate.unconsumed_tail
             if not pending and self._pos < len(self._data) and not self._inflate.eof:
                 pending = self._data[self._pos : self._pos + _READ]
                 self._pos += len(pending)
