@@ -151,4 +151,3 @@ def test_the_checker_sees_an_oversized_function_and_a_missing_docstring(tmp_path
     names = [n.name for n in _public_definitions(tree)]  # type: ignore[attr-defined]
     assert names == ["long", "Public", "method"]
     assert all(ast.get_docstring(n) is None for n in _public_definitions(tree))  # type: ignore[arg-type]
-
