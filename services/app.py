@@ -99,7 +99,8 @@ def create_app(settings: ControlSettings, state: ControlState | None = None) -> 
 def _add_ca_route(app: FastAPI, control: ControlState) -> None:
     @app.get(CA_PATH, tags=["devices"], response_class=Response)
     def deployment_ca() -> Response:
-        """The deployment CA (public): a device checks it against the fingerprint in its token."""
+        """The deployment CA (public, no bearer): a device checks it against the fingerprint in its token
+        before it trusts this control plane. 404 when this control plane has no CA (--certs-dir)."""
         ca_dir = control.settings.ca_dir
         if ca_dir is None or not (ca_dir / "ca.pem").is_file():
             raise NotFound("this control plane has no deployment CA (--certs-dir)")

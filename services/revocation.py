@@ -40,6 +40,7 @@ def closures_for_edge(store: Store, *, edge_id: str, token_ttl: int) -> list[str
 
 
 def _device(s: Session, device_id: str) -> Device:
+    """The device `device_id`; NotFound for an unknown id."""
     device = get_row(s, Device, device_id)
     if device is None:
         raise NotFound(f"no device {device_id!r}")
@@ -47,6 +48,7 @@ def _device(s: Session, device_id: str) -> Device:
 
 
 def _edge(s: Session, edge_id: str) -> Edge:
+    """The edge `edge_id`; NotFound for an unknown id."""
     edge = get_row(s, Edge, edge_id)
     if edge is None:
         raise NotFound(f"no edge {edge_id!r}")
@@ -110,6 +112,7 @@ def delete_edge(store: Store, *, edge_id: str) -> None:
 
 
 def _requeue_sessions(s: Session, edge: Edge, reason: str) -> None:
+    """Put the edge's open sessions back in line for another edge, with `reason` shown on them."""
     for sess in s.scalars(
         select(JobSession).where(JobSession.edge_id == edge.id, JobSession.state.in_(ACTIVE_SESSION_STATES))
     ):

@@ -49,9 +49,10 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
 
 @router.post("/sessions/{session_id}/metrics", status_code=status.HTTP_204_NO_CONTENT)
 def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, state: State) -> Response:
-    """Store training points of the device's open session. The session's own device only: 401/403
-    as above, 404 unknown session, 403 another device's, 409 once it has finished, 413 over
-    SPLITFT_MAX_METRICS_BODY_BYTES, 422 malformed points, 429 past the per-session cap."""
+    """Store training points of the device's open session. The session's own device only: 401
+    unknown credential, 403 disabled device or another device's session, 404 unknown session,
+    409 once it has finished, 413 over SPLITFT_MAX_METRICS_BODY_BYTES, 422 malformed points,
+    429 past the per-session cap."""
     state.store.record_metrics(
         session_id=session_id,
         device_id=device.id,
@@ -74,7 +75,7 @@ def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, stat
 async def complete_session(session_id: str, request: Request, device: DeviceDep, state: State) -> Response:
     """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed.
 
-    The session's own device only (401/403/404 as above, 409 unless open); 413 over
+    The session's own device only (401, 403, 404 as for metrics; 409 unless open); 413 over
     SPLITFT_MAX_ADAPTER_BYTES or for an archive that unpacks too large or holds too many members;
     400 for an empty upload or one that is not a plain adapter tar.gz (nested paths, missing files).
     The session must be open before a byte of the body is read, and the archive check runs in a
@@ -102,6 +103,6 @@ async def complete_session(session_id: str, request: Request, device: DeviceDep,
 @router.post("/sessions/{session_id}/fail", status_code=status.HTTP_204_NO_CONTENT)
 def fail_session(session_id: str, body: SessionFail, device: DeviceDep, store: StoreDep) -> Response:
     """The device gives up its open session with a reason; the session and its job fail.
-    The session's own device only: 401/403/404 as above, 409 unless the session is open, 422 bad reason."""
+    The session's own device only: 401, 403, 404 as for metrics, 409 unless open, 422 for a bad reason."""
     store.fail_session(session_id=session_id, device_id=device.id, reason=body.reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -62,7 +62,8 @@ def heartbeat(
     edge_id: str, body: EdgeHeartbeat, credential: EdgeCredential, state: State
 ) -> EdgeHeartbeatAnswer:
     """Record the edge's load; the answer lists the sessions it must close and refuse to open.
-    The edge itself only: 401 unknown credential, 403 another edge's or a disabled edge, 404 unknown id."""
+    The edge itself only: 401 for an unknown credential, 403 for another edge's or a disabled edge,
+    422 for a malformed load."""
     store = state.store
     store.authenticate_edge(credential=credential, edge_id=edge_id)
     capacity = body.capacity

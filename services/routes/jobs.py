@@ -51,7 +51,7 @@ def job_public(job: Job, sessions: list[tuple[JobSession, str]]) -> JobPublic:
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
 def create_job(body: JobCreate, state: State) -> JobPublic:
     """Create a job with one session per named device and try to place them on edges at once.
-    Operators only (401, as every /v1/jobs route); 404 names unknown devices, 422 an invalid spec."""
+    Operators only (401, as for every /v1/jobs route); 404 names unknown devices, 422 an invalid spec."""
     job = state.store.create_job(name=body.name, spec=body.model_dump(mode="json"), device_names=body.devices)
     state.store.place_waiting()
     return job_public(*state.store.get_job(job_id=job.id))
@@ -64,7 +64,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[JobPublic]:
-    """One page of jobs, newest first, optionally in one state; 422 for a bad state or page bounds."""
+    """One page of jobs, newest first, optionally in one state. Operators only (401); 422 for an
+    unknown state or page bounds out of range."""
     return [
         job_public(*store.get_job(job_id=j.id))
         for j in store.list_jobs(state=state, limit=limit, offset=offset)
@@ -73,14 +74,14 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, store: StoreDep) -> JobPublic:
-    """The job with its sessions' states and reasons; 404 for an unknown id."""
+    """The job with its sessions' states and reasons. Operators only (401); 404 for an unknown id."""
     return job_public(*store.get_job(job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
     """Cancel the job; its unfinished sessions are cancelled and their edges told to close them.
-    404 for an unknown id, 409 for a job that already ended."""
+    Operators only (401); 404 for an unknown id, 409 for a job that already ended."""
     store.cancel_job(job_id=job_id)
     return job_public(*store.get_job(job_id=job_id))
 
@@ -97,7 +98,7 @@ def job_metrics(
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> JobMetrics:
     """One page of the job's points, in the order they were stored; `next_after` fetches the next.
-    404 for an unknown id, 422 for page bounds out of range."""
+    Operators only (401); 404 for an unknown id, 422 for page bounds out of range."""
     page, next_after = store.job_metrics(job_id=job_id, limit=limit, after=after)
     sessions = [
         SessionMetrics(
@@ -125,8 +126,8 @@ def job_metrics(
     responses={200: {"content": {"application/gzip": {}}, "description": "the adapter as a .tar.gz"}},
 )
 def download_adapter(job_id: str, device: str, store: StoreDep) -> Response:
-    """The adapter archive (.tar.gz) the device trained in this job. 404 for an unknown job or a
-    device not in it, 409 while its session has not succeeded."""
+    """The adapter archive (.tar.gz) the device trained in this job. Operators only (401); 404 for
+    an unknown job or a device not in it, 409 while its session has not succeeded."""
     data = store.adapter(job_id=job_id, device_name=device)
     return Response(
         content=data,
