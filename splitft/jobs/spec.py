@@ -50,6 +50,8 @@ class Strict(BaseModel):
 
 
 class LoraSpec(Strict):
+    """peft LoRA settings for method lora (device span, head, and the trunk adapter when trunk_lora)."""
+
     r: StrictInt = Field(8, ge=1, le=1024)
     lora_alpha: StrictFloat = Field(16, gt=0, allow_inf_nan=False)  # inf would reach devices as null
     lora_dropout: StrictFloat = Field(0.0, ge=0, lt=1)
@@ -87,6 +89,8 @@ class SelectionSpec(Strict):
 
 
 class TaskEdgeSpec(SelectionSpec):
+    """TaskEdge selection: which share of the weights to train, scored on the device before training."""
+
     method_name: ClassVar[str] = "taskedge"
 
     budget_fraction: StrictFloat = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
@@ -98,6 +102,8 @@ class TaskEdgeSpec(SelectionSpec):
 
 
 class TinyTrainSpec(SelectionSpec):
+    """TinyTrain selection: which layers and channels to train within memory and compute budgets."""
+
     method_name: ClassVar[str] = "tinytrain"
 
     memory_budget_bytes: StrictFloat | None = Field(
@@ -121,17 +127,23 @@ SELECTION_SPECS: dict[str, type[SelectionSpec]] = {"taskedge": TaskEdgeSpec, "ti
 
 
 class OptimizerSpec(Strict):
+    """The optimizer every part runs (device, head, and the edge for the trunk adapter)."""
+
     name: EdgeOptimizer = "AdamW"  # what the edge can run for the trunk adapter (splitft.wire.serde)
     lr: StrictFloat = Field(1e-3, gt=0, le=10)
     weight_decay: StrictFloat = Field(0.0, ge=0, le=10)
 
 
 class ScheduleSpec(Strict):
+    """The learning-rate schedule, applied on every part alike."""
+
     name: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: StrictInt = Field(0, ge=0, le=1_000_000)
 
 
 class JobCreate(Strict):
+    """POST /v1/jobs: what to train, how the model is split, and on which devices."""
+
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
     device_layers: StrictInt = Field(ge=1, le=1024)
@@ -166,6 +178,7 @@ class JobCreate(Strict):
     @field_validator("codec")
     @classmethod
     def _canonical_codec(cls, value: str | dict[str, str]) -> str:
+        """Store the codec in its canonical string form; an unknown one is a 422 naming it."""
         try:
             return str(parse_codecs(value))
         except InvalidArgument as exc:
@@ -173,6 +186,7 @@ class JobCreate(Strict):
 
     @model_validator(mode="after")
     def _one_length(self) -> JobCreate:
+        """Cross-field checks: one of steps or epochs, distinct devices, the method's own spec only."""
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         if len(set(self.devices)) != len(self.devices):
@@ -195,6 +209,8 @@ class JobCreate(Strict):
 
 
 class Assignment(Strict):
+    """GET /v1/assignments/next: the session to run, where, with which token and spec."""
+
     session_id: str
     job_id: str
     edge_address: str
