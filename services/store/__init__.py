@@ -1,7 +1,7 @@
 """The control plane's store: every read and write of its state, over SQLAlchemy (SQLite or PostgreSQL).
 
 One `Store` class, assembled from one mixin per concern (API keys, edges, devices, jobs, the device
-side of sessions); the same test suite runs it against both databases (tests/test_control_store.py).
+side of sessions); the same test suite runs it against both databases (tests/unit/control/test_store.py).
 Methods take keyword-only arguments and return plain ORM rows detached from their session, so
 routes never hold a database session across awaits.
 """
