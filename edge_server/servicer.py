@@ -86,6 +86,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ListModels(self, request, context):
+        """The models this edge serves, with their block counts (the token's edge claim is checked)."""
         authorize_edge(self.edge_id)
         models = []
         for name, served in sorted(self.sessions.registry.models.items()):
@@ -103,6 +104,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def OpenSession(self, request, context):
+        """Open a session: check the token's split claims and the LoRA or method config."""
         session_id = request.session_id or token_session() or None
         claims = CURRENT_CLAIMS.get()
         if claims is not None:
@@ -136,6 +138,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def CloseSession(self, request, context):
+        """Close the caller's session and free its adapter, optimizer and kept graphs."""
         authorize_call(request.session_id, edge_id=self.edge_id)
         self.sessions.close(request.session_id)
         self.metrics.untrack(request.session_id)
@@ -192,6 +195,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
+        """One trunk forward as a unary-response call (the `Train` stream's forward, for comparison)."""
         header, session, tensors, size = read_stream(
             request_iterator,
             pb.ForwardHeader,
@@ -204,6 +208,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
+        """One trunk backward as a unary-response call: returns the gradient at the trunk's input."""
         header, session, tensors, size = read_stream(
             request_iterator,
             pb.BackwardHeader,
@@ -272,6 +277,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):
+        """Build the trunk adapter's optimizer (one of EDGE_OPTIMIZERS) with the device's settings."""
         hparams = hparams_from_json(request.hparams_json)
         with self._locked(request.session_id) as session:
             session.configure_optimizer(request.name, hparams)
@@ -279,12 +285,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def GradNorm(self, request, context):
+        """The squared gradient norm of the trunk adapter, for global-norm clipping across both sides."""
         with self._locked(request.session_id) as session:
             total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
         return pb.GradNormResponse(sum_of_squares=total)
 
     @translate_errors
     def Step(self, request, context):
+        """One optimizer step of the trunk adapter with the device's hyper-parameters and grad scale."""
         hparams = hparams_from_json(request.hparams_json)
         with self._locked(request.session_id) as session, self.metrics.time_step("optimizer", session):
             steps = session.step(hparams, request.grad_scale, zero_grad_first=request.zero_grad_first)
@@ -292,6 +300,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
+        """Stream the session's trunk adapter (LoRA tensors or sparse deltas) back to its device."""
         with self._locked(request.session_id) as session:
             state = session.export_adapter()
         for name, tensor in state.items():
@@ -300,12 +309,14 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def StartCalibration(self, request, context):
+        """Start a selection method's calibration: the next forwards are scored, not trained."""
         with self._locked(request.session_id) as session:
             rows = session.start_calibration()
         return pb.StartCalibrationResponse(target_rows=rows)
 
     @translate_errors
     def SelectParameters(self, request, context):
+        """TaskEdge's trunk half: keep `k_per_row` entries per output row from the scores gathered."""
         with self._locked(request.session_id) as session:
             chosen = session.select_parameters(request.k_per_row)
             layers = len(session.selection.names) if session.selection is not None else 0
@@ -313,6 +324,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def FisherPotentials(self, request, context) -> Iterator[pb.FisherPotentialsResponse]:
+        """TinyTrain's trunk half: the Fisher potentials and costs measured over calibration."""
         with self._locked(request.session_id) as session:
             layers, samples, potentials = session.fisher_potentials()
         summary = pb.FisherSummary(
@@ -334,6 +346,7 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
 
     @translate_errors
     def SelectChannels(self, request_iterator, context):
+        """TinyTrain's trunk half: train the output channels the device chose for the trunk's layers."""
         header, session, channels, size = read_stream(
             request_iterator, pb.SelectChannelsHeader, self._header_session, lambda _: self._assembler(None)
         )
@@ -355,4 +368,5 @@ def _requested_split(request: pb.OpenSessionRequest, codecs: DirectionCodecs) ->
 
 
 def add_to_server(servicer: DataPlaneServicer, server: grpc.Server) -> None:
+    """Register the data-plane servicer on a gRPC server."""
     pb_grpc.add_DataPlaneServicer_to_server(servicer, server)

@@ -110,6 +110,7 @@ class TrunkSession:
 
     @trainable.setter
     def trainable(self, params: list[nn.Parameter]) -> None:
+        """Set what trains (a selection method swaps the adapter for its chosen entries)."""
         self.optim.params = params
 
     @property
@@ -119,6 +120,7 @@ class TrunkSession:
 
     @property
     def trainable_parameters(self) -> int:
+        """How many trunk parameters this session trains."""
         return sum(p.numel() for p in self.trainable)
 
     def touch(self) -> None:
