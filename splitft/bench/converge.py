@@ -281,15 +281,7 @@ def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
 
 
 def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task, dict[str, Any] | None]:
-    model_dir, pretrain = pretrained_tiny_llama(
-        tmp / "tiny-llama",
-        layers=config.lm_layers,
-        hidden=config.lm_hidden,
-        steps=config.lm_pretrain_steps,
-        max_length=config.lm_max_length,
-        threads=config.threads,
-        seed=config.seed,
-    )
+    model_dir, pretrain = pretrained_tiny_llama(tmp / "tiny-llama", config)
 
     train = [
         encode_bytes(texts, config.lm_max_length)

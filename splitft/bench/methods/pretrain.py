@@ -8,7 +8,7 @@ import inspect
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import LlamaForCausalLM
@@ -40,11 +40,22 @@ def pretrain_corpus(max_length: int) -> list[str]:
     return [source[i : i + max_length] for i in range(0, len(source) - max_length, max_length)]
 
 
+class LmPretrainSettings(Protocol):
+    """The causal-LM fields the benchmarks that pretrain a tiny Llama share (methods, converge)."""
+
+    lm_layers: int
+    lm_hidden: int
+    lm_pretrain_steps: int
+    lm_max_length: int
+    threads: int
+    seed: int
+
+
 def pretrained_tiny_llama(
-    directory: Path, *, layers: int, hidden: int, steps: int, max_length: int, threads: int, seed: int
+    directory: Path, settings: LmPretrainSettings
 ) -> tuple[Path, dict[str, Any] | None]:
-    """A Llama-style model from a config saved to `directory`, then (`steps` > 0) every weight
-    trained on stdlib source code and saved in place; returns its path and the pretraining report.
+    """A Llama-style model from a config saved to `directory`, then (`lm_pretrain_steps` > 0) every
+    weight trained on stdlib source code and saved in place; returns its path and the report.
 
     Gives a causal-LM task a base model that knows bytes of Python-ish text, so that fine-tuning
     ADAPTS it (code -> docstring prose) instead of fitting a random network. The caller's RNG state
@@ -53,8 +64,10 @@ def pretrained_tiny_llama(
     caller_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         try:
-            tiny = save_tiny_model("llama", directory, layers=layers, hidden=hidden, seed=seed)
-            report = _pretrain(tiny.path, steps, max_length, threads, seed) if steps else None
+            s = settings
+            tiny = save_tiny_model("llama", directory, layers=s.lm_layers, hidden=s.lm_hidden, seed=s.seed)
+            steps = s.lm_pretrain_steps
+            report = _pretrain(tiny.path, steps, s.lm_max_length, s.threads, s.seed) if steps else None
         finally:
             torch.set_num_threads(caller_threads)
     return tiny.path, report

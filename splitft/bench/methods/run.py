@@ -93,15 +93,7 @@ def _model_dirs(config: MethodsBenchConfig, tmp: Path) -> tuple[dict[str, Path],
     if "classification" in config.tasks:
         model_dirs["classification"] = Path(config.cls_model_dir or default_model_dir())
     if "causal_lm" in config.tasks:
-        model_dirs["causal_lm"], pretrain = pretrained_tiny_llama(
-            tmp / "tiny-llama",
-            layers=config.lm_layers,
-            hidden=config.lm_hidden,
-            steps=config.lm_pretrain_steps,
-            max_length=config.lm_max_length,
-            threads=config.threads,
-            seed=config.seed,
-        )
+        model_dirs["causal_lm"], pretrain = pretrained_tiny_llama(tmp / "tiny-llama", config)
     return model_dirs, pretrain
 
 
