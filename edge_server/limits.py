@@ -58,11 +58,19 @@ def _matches(name: str, filters: list[str] | set[str]) -> bool:
     return any(name == f or name.endswith("." + f) for f in filters)
 
 
+def _name_list(filters: list[str] | set[str] | str | None, field: str) -> list[str]:
+    # The trunk config was checked already (splitft.model.lora); a string here would be a regex to
+    # peft and a sequence of characters to `_matches`, so refuse it rather than guess.
+    if isinstance(filters, str):
+        raise InvalidArgument(f"{field} must be a list of module names, not a string")
+    return list(filters or [])
+
+
 def lora_parameter_estimate(root: nn.Module, config: LoraConfig) -> int:
     """An upper bound on the parameters peft adds to `root` for `config` (no regexes: the trunk
     accepts only lists of module names), computed before any adapter memory is allocated."""
-    targets = config.target_modules or []
-    excludes = config.exclude_modules or []
+    targets = _name_list(config.target_modules, "target_modules")
+    excludes = _name_list(config.exclude_modules, "exclude_modules")
     total = 0
     for name, module in root.named_modules():
         weight = getattr(module, "weight", None)
