@@ -23,6 +23,9 @@ from splitft.errors import SplitftError
 logger = logging.getLogger("splitft")
 
 GROUPS = (edge, control, device, pki, demo, bench)  # in the order `splitft --help` lists them
+# The commands that load models; the others (control, certs, tokens) never import transformers,
+# not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
+MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `splitft` command `argv` (default: sys.argv); its exit code (2: a refused input)."""
     args = build_parser().parse_args(argv)
     probe = args.command == "edge" and getattr(args, "edge_command", None) == "health"
-    _configure_logging(args.log_level, model_stack=not probe)
+    _configure_logging(args.log_level, model_stack=args.command in MODEL_STACK_COMMANDS and not probe)
     try:
         return int(load_handler(args.handler)(args))
     except SplitftError as exc:

@@ -138,3 +138,18 @@ def test_every_package_is_in_the_wheel() -> None:
         for init in folder.rglob("__init__.py"):
             found.add(".".join((name, *init.parent.relative_to(folder).parts)))
     assert listed == found, f"missing from pyproject: {found - listed}; not a package: {listed - found}"
+
+
+def test_control_plane_commands_do_not_load_the_model_stack_even_where_installed(tmp_path: Path) -> None:
+    # The model stack is installed here; `tokens keygen` (like control and certs) must not import it.
+    code = (
+        "import sys\n"
+        "from splitft.cli import main\n"
+        f"code = main(['tokens', 'keygen', '--out', {str(tmp_path)!r}])\n"
+        "print(code, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "0 []"
