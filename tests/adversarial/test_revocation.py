@@ -14,18 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from splitft.errors import Unauthenticated
-from splitft_control.app import create_app
 from tests.support.control_fixtures import (
     EDGE_SECRET,
     MODEL,
     OPERATOR_KEY,
     adapter_archive,
     add_device,
+    app_on,
     bearer,
-    control_settings,
     create_job,
-    postgres_database,
-    postgres_unreachable_reason,
     register_edge,
 )
 
@@ -34,16 +31,7 @@ OPERATOR = bearer(OPERATOR_KEY)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    if request.param == "sqlite":
-        yield TestClient(create_app(control_settings(tmp_path)))
-        return
-    reason = postgres_unreachable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with postgres_database() as url:
-        client = TestClient(create_app(control_settings(tmp_path, db_url=url)))
-        yield client
-        client.app.state.control.store.engine.dispose()  # type: ignore[attr-defined]
+    yield from app_on(request.param, tmp_path)
 
 
 def edge_body(name: str, address: str = "127.0.0.1:5001", max_sessions: int = 4) -> dict[str, Any]:

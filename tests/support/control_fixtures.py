@@ -108,6 +108,25 @@ def postgres_database() -> Iterator[str]:
 # --- REST shortcuts ----------------------------------------------------------------------------------
 
 
+def app_on(engine: str, tmp_path: Path) -> Iterator[TestClient]:
+    """The control-plane app (no lifespan) on SQLite, or on a scratch PostgreSQL database (skipped,
+    with the reason, where none answers); the body of a fixture parametrized over both engines."""
+    import pytest
+
+    from splitft_control.app import create_app
+
+    if engine == "sqlite":
+        yield TestClient(create_app(control_settings(tmp_path)))
+        return
+    reason = postgres_unreachable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_database() as url:
+        client = TestClient(create_app(control_settings(tmp_path, db_url=url)))
+        yield client
+        client.app.state.control.store.engine.dispose()  # type: ignore[attr-defined]  # before the drop
+
+
 def register_edge(
     client: TestClient, name: str, *, models: tuple[str, ...] = (MODEL,), max_sessions: int = 4
 ) -> dict[str, Any]:

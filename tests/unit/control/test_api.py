@@ -33,12 +33,11 @@ from tests.support.control_fixtures import (
     OPERATOR_KEY,
     adapter_archive,
     add_device,
+    app_on,
     bearer,
     control_settings,
     create_job,
     job_body,
-    postgres_database,
-    postgres_unreachable_reason,
     register_edge,
     tar_gz,
 )
@@ -484,16 +483,7 @@ def test_healthz_and_prometheus_metrics(live_client: TestClient) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_db_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     """The app on SQLite, then on a scratch PostgreSQL database: the two fail differently on odd input."""
-    if request.param == "sqlite":
-        yield TestClient(create_app(control_settings(tmp_path)))
-        return
-    reason = postgres_unreachable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with postgres_database() as url:
-        client = TestClient(create_app(control_settings(tmp_path, db_url=url)))
-        yield client
-        control(client).store.engine.dispose()  # close the pool before the database is dropped
+    yield from app_on(request.param, tmp_path)
 
 
 def raw_json(body: dict[str, Any], literal: str) -> str:
