@@ -48,6 +48,8 @@ class EdgeConfig:
     metrics_port: int | None = None  # Prometheus /metrics over plain HTTP on host:port; None: off, 0: any
     no_tokens: bool = False  # --no-tokens: serve mTLS without session tokens, on purpose (logged)
     limits: DataPlaneLimits = field(default_factory=DataPlaneLimits)  # per request/session/device bounds
+    batching: bool = True  # --batching: concurrent sessions' forwards and backwards share trunk passes
+    batch_window_ms: float = 5.0  # --batch-window-ms: how long a pass waits for other sessions to join
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:
@@ -65,6 +67,8 @@ class EdgeConfig:
             raise InvalidArgument(f"metrics port must be in [0, 65535], got {self.metrics_port}")
         if self.session_ttl <= 0:
             raise InvalidArgument("session TTL must be positive")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise InvalidArgument(f"--batch-window-ms must be in [0, 1000], got {self.batch_window_ms:g}")
 
 
 def server_credentials(certs_dir: str | Path) -> grpc.ServerCredentials:

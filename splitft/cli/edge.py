@@ -7,6 +7,9 @@ import os
 
 from splitft.cli.args import handled_by
 
+# How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
+DEFAULT_BATCH_WINDOW_MS = 5.0
+
 LIMIT_FLAGS = {  # edge serve flag -> what it bounds; defaults in edge_server/limits.py, README "Security"
     "max_request_bytes": "bytes of all tensors of one request",
     "max_sequence_length": "tokens per row of a forward",
@@ -70,6 +73,7 @@ def _register_serve(edge: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --certs and no token issuer: serve without session tokens on purpose (logs a warning)",
     )
+    _add_batching_flags(serve)
     _add_limit_flags(serve)
     handled_by(serve, "edge:serve")
 
@@ -105,6 +109,23 @@ def _add_control_plane_flags(serve: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="address devices dial (default: --host:--port)",
+    )
+
+
+def _add_batching_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default="on",
+        help="run concurrent forwards (and backwards) of different sessions as one trunk pass (default: on)",
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=DEFAULT_BATCH_WINDOW_MS,
+        metavar="MS",
+        help="how long a forward waits for other sessions' forwards to join its pass "
+        f"(default: {DEFAULT_BATCH_WINDOW_MS:g}; a session alone on its model never waits)",
     )
 
 

@@ -33,6 +33,8 @@ def serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         metrics_port=args.metrics_port,
         no_tokens=args.no_tokens,
+        batching=args.batching == "on",
+        batch_window_ms=args.batch_window_ms,
         limits=DataPlaneLimits(
             **{name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
         ),
