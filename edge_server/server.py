@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_server.auth import TokenInterceptor
+from edge_server.batching import TrunkBatcher
 from edge_server.limits import DataPlaneLimits, DeviceCallCounter
 from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
@@ -127,6 +128,11 @@ class EdgeServer:
             ttl_seconds=config.session_ttl,
             max_sessions=config.max_sessions,
             limits=config.limits,
+            batcher=TrunkBatcher(config.batch_window_ms / 1000) if config.batching else None,
+        )
+        logger.info(
+            "cross-session batching %s",
+            f"on (window {config.batch_window_ms:g} ms)" if config.batching else "off",
         )
         self.health = health.HealthServicer()
         options = [

@@ -9,7 +9,6 @@ adapter parameters and optimizer state.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import threading
@@ -22,6 +21,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from edge_server.batched_trunk import batchable_layers, share_modules
+from edge_server.batching import ForwardItem, SharedPending, TrunkBatcher
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -29,14 +30,12 @@ from splitft.methods.scorer import MeasuredLayer, TrunkScorer
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TrunkMethod
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
+from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped, SplitSpec
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_FORWARDS = 64  # kept graphs per session; the oldest is dropped beyond this
-# peft initialises adapters, and dropout draws masks, from torch's global RNG: sessions take turns
-# on it so each session's randomness depends only on its own seed, not on its neighbours' traffic.
-_SEED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -46,6 +45,19 @@ class Pending:
     inputs: torch.Tensor
     output: torch.Tensor
 
+    @property
+    def shape(self) -> torch.Size:
+        """The forward output's shape (what its gradient must have)."""
+        return self.output.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The forward output's dtype."""
+        return self.output.dtype
+
+    def drop(self) -> None:
+        """Nothing shared to release: the graph goes with this object."""
+
 
 @dataclass(frozen=True)
 class SessionOwner:
@@ -54,13 +66,6 @@ class SessionOwner:
 
     device: str = ""
     job: str = ""
-
-
-def share_modules(root: nn.Module) -> nn.Module:
-    """A copy of `root`'s module tree whose parameters and buffers are the very same tensors."""
-    memo: dict[int, object] = {id(t): t for t in root.parameters()}
-    memo.update({id(t): t for t in root.buffers()})
-    return copy.deepcopy(root, memo)
 
 
 class TrunkSession:
@@ -84,7 +89,8 @@ class TrunkSession:
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         self.optim = TrunkOptimizer([])
-        self._pending: OrderedDict[int, Pending] = OrderedDict()
+        self._pending: OrderedDict[int, Pending | SharedPending] = OrderedDict()
+        self.batcher: TrunkBatcher | None = None  # set by the manager when batching is on
         root = share_modules(span.root)
         blocks = span.family.blocks(root)
         for i in range(len(blocks)):
@@ -100,8 +106,10 @@ class TrunkSession:
         self.selection: TrunkScorer | None = method.scorer(self.root) if method is not None else None
         if self.selection is not None:  # what it selects is the session's adapter: the same bound
             self.selection.max_entries = self.limits.max_adapter_parameters
-        self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
-        self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
+        self.stochastic = has_dropout(self.root)
+        self.rng = seeded(seed ^ 0x5EED)  # this session's dropout masks, whatever its neighbours do
+        # Plain LoRA (or no adapter) can share trunk passes; selection methods and LoRA variants run alone.
+        self.lora_layers = batchable_layers(self.root) if self.selection is None else None
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -141,6 +149,12 @@ class TrunkSession:
         hidden, mask, positions = self._check_inputs(inputs)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
+        shared = self._forward_shared(hidden, mask, positions, training, keep, need_input_grad)
+        if shared is not None:
+            if shared.pending is not None:
+                self._keep(forward_id, shared.pending)
+            assert shared.output is not None
+            return shared.output
         if keep and need_input_grad:
             hidden.requires_grad_(True)
         with torch.set_grad_enabled(keep):
@@ -148,6 +162,37 @@ class TrunkSession:
         if keep:
             self._keep(forward_id, Pending(hidden, out))
         return out.detach()
+
+    def _forward_shared(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        training: bool,
+        keep: bool,
+        need_input_grad: bool,
+    ) -> ForwardItem | None:
+        """Offer the forward to the batcher; the item if it ran in a shared pass, None to run alone."""
+        if self.batcher is None or self.lora_layers is None:
+            return None
+        item = ForwardItem(
+            self.session_id,
+            self.span,
+            self.spec.trunk_start,
+            self.spec.trunk_stop,
+            hidden,
+            mask,
+            positions,
+            training,
+            keep,
+            need_input_grad,
+            self.lora_layers,
+            list(self.trainable),
+            self.rng,
+            self.stochastic,
+        )
+        self.batcher.forward(item)
+        return item if item.output is not None else None
 
     def start_calibration(self) -> int:
         """Score the trunk from the forwards that follow; returns the target layers' output rows."""
@@ -192,11 +237,8 @@ class TrunkSession:
             self.selection.on_forward(mask)  # e.g. TaskEdge keeps padding out of its norms
         if not seeded:
             return run(self.root, hidden, mask, positions, start, stop)
-        with _SEED_LOCK, torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._rng_state)
-            out = run(self.root, hidden, mask, positions, start, stop)
-            self._rng_state = torch.get_rng_state()
-        return out
+        with SessionRandomness(RowStreams.single(self.rng)):  # thread-local: no lock across sessions
+            return run(self.root, hidden, mask, positions, start, stop)
 
     def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
         """Back-propagate `grad` through kept forward `forward_id` (used up); returns the input
@@ -207,19 +249,40 @@ class TrunkSession:
                 f"no kept forward {forward_id} in session {self.session_id} (already used or expired)"
             )
         # Validate before consuming the kept graph: a malformed gradient must not cost the forward.
-        if grad.shape != pending.output.shape:
+        if grad.shape != pending.shape:
             raise InvalidArgument(
-                f"grad shape {list(grad.shape)} != forward output shape {list(pending.output.shape)}"
+                f"grad shape {list(grad.shape)} != forward output shape {list(pending.shape)}"
             )
-        if grad.dtype != pending.output.dtype:
-            raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.output.dtype}")
+        if grad.dtype != pending.dtype:
+            raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.dtype}")
         del self._pending[forward_id]
         if zero_grad_first:
             self.optim.zero_grad()
+        if isinstance(pending, SharedPending):
+            return self._backward_shared(pending, grad)
         pending.output.backward(grad)
         if self.selection is not None:
             self.selection.on_backward(grad.shape[0])
         return pending.inputs.grad if pending.inputs.requires_grad else None
+
+    def _backward_shared(self, pending: SharedPending, grad: torch.Tensor) -> torch.Tensor | None:
+        """Backward through a shared pass; the gradients come back and are accumulated here, in
+        this session's thread, as `Tensor.backward` would."""
+        assert self.batcher is not None  # a shared pending exists only when batching is on
+        try:
+            item = self.batcher.backward(pending, grad)
+        except BaseException:
+            pending.drop()  # the graph must not outlive a failed backward
+            raise
+        params = pending.shared.segments[pending.index].params
+        for param, param_grad in zip(params, item.param_grads, strict=True):
+            if param_grad is None:
+                continue
+            if param.grad is None:
+                param.grad = param_grad
+            else:
+                param.grad += param_grad
+        return item.input_grad
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
@@ -244,14 +307,20 @@ class TrunkSession:
 
     def release(self) -> None:
         """Drop graphs, adapter and optimizer state so their memory can be freed."""
+        for pending in self._pending.values():
+            pending.drop()
         self._pending.clear()
+        if self.batcher is not None:
+            self.batcher.forget(self.session_id)
         self.optim.release()
         self.peft_model = None
+        self.lora_layers = None
 
-    def _keep(self, forward_id: int, pending: Pending) -> None:
+    def _keep(self, forward_id: int, pending: Pending | SharedPending) -> None:
         self._pending[forward_id] = pending
         while len(self._pending) > MAX_PENDING_FORWARDS:
-            dropped, _ = self._pending.popitem(last=False)
+            dropped, old = self._pending.popitem(last=False)
+            old.drop()
             logger.warning(
                 "session %s: dropped kept forward %d (more than %d pending)",
                 self.session_id,
@@ -302,8 +371,9 @@ def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: i
 
 
 def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
-    with MODEL_CONSTRUCTION_LOCK, _SEED_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # The construction lock is accelerate's (loading patches module construction process-wide);
+    # the adapter's initial weights come from the session's own generator, not the global RNG.
+    with MODEL_CONSTRUCTION_LOCK, SessionRandomness(RowStreams.single(seeded(seed))):
         try:
             return get_peft_model(root, config)
         except (ValueError, TypeError, AttributeError, KeyError, re.error) as exc:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from peft import LoraConfig
 
+from edge_server.batching import TrunkBatcher
 from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
 from edge_server.session import SessionOwner, TrunkSession
@@ -45,8 +46,10 @@ class SessionManager:
         ttl_seconds: float = 600.0,
         max_sessions: int = 64,
         limits: DataPlaneLimits | None = None,
+        batcher: TrunkBatcher | None = None,
     ) -> None:
         self.registry = registry
+        self.batcher = batcher  # None: every session runs its trunk passes alone (--batching off)
         self.limits = limits or DataPlaneLimits()
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
@@ -95,6 +98,7 @@ class SessionManager:
                 self._opening.pop(session_id, None)
             raise
         session.owner = owner
+        session.batcher = self.batcher
         wire = SessionWire.open(codecs, seed)
         with self._lock:
             self._opening.pop(session_id, None)
