@@ -188,8 +188,8 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
     rows = [
         f"| model | batch x tokens | N | tokens/s on | tokens/s off | on / off | p50 / p90 ms on "
         f"| p50 / p90 ms off | on, off vs N={fewest} | edge peak MiB on / off "
-        "| MiB per active session on / off | errors |",
-        "|" + " --- |" * 12,
+        "| MiB per active session on / off | edge cores on / off | errors |",
+        "|" + " --- |" * 13,
     ]
     for c in report["results"]:
         on, off = c["on"], c["off"]
@@ -200,7 +200,7 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
             f"| {off['step_ms_p50']} / {off['step_ms_p90']} | {scaling} "
             f"| {on['edge_peak_mib']} / {off['edge_peak_mib']} "
             f"| {on['active_mib_per_session']} / {off['active_mib_per_session']} "
-            f"| {on['errors'] + off['errors']} |"
+            f"| {on['edge_cpu_cores']} / {off['edge_cpu_cores']} | {on['errors'] + off['errors']} |"
         )
     columns = ("model", "batch x tokens", "batching", "sessions held", "idle MiB", "held MiB", "peak MiB")
     rows += ["", "| " + " | ".join(columns) + " | MiB per held session |", "|" + " --- |" * 8]
