@@ -192,7 +192,7 @@ def _handle(device: SyntheticDevice | None, command: str, payload: Any) -> tuple
 
 
 class DevicePool:
-    """`count` synthetic device processes; commands go to the first n of them at once."""
+    """`count` synthetic device processes, driven over a pipe each; a command goes to the first n."""
 
     def __init__(self, count: int) -> None:
         context = multiprocessing.get_context("forkserver")
