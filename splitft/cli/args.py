@@ -26,6 +26,14 @@ def session_counts(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected counts like 1,2,4,8, got {text!r}") from None
 
 
+def name_list(text: str) -> list[str]:
+    """A comma-separated list like `llama,bert` or `1x64,4x64`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
+
+
 def handled_by(parser: argparse.ArgumentParser, handler: str) -> argparse.ArgumentParser:
     """Run `handler` ("module:function" in `splitft.cli.commands`) when this command is chosen.
 

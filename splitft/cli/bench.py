@@ -1,4 +1,4 @@
-"""`splitft bench step|wire|converge|memory|sessions|methods|control`: the benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitft.cli.args import CODEC_HELP, codec, handled_by, session_counts
+from splitft.cli.args import CODEC_HELP, codec, handled_by, name_list, session_counts
 
 FAMILIES = ["llama", "gpt2", "bert", "vit"]
 TASKS = ["classification", "causal_lm"]
@@ -16,13 +16,14 @@ METHODS = ["lora", "taskedge", "tinytrain", "head_only"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the `bench` group and its seven benchmarks to the top-level `commands`."""
+    """Add the `bench` group and its eight benchmarks to the top-level `commands`."""
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
     )
     _register_step_and_wire(bench)
     _register_converge(bench)
     _register_memory_and_sessions(bench)
+    _register_edge(bench)
     _register_methods(bench)
     _register_control(bench)
 
@@ -85,6 +86,25 @@ def _register_memory_and_sessions(bench: argparse._SubParsersAction) -> None:
     sessions.add_argument("--threads", type=int, default=1, help="torch threads in the edge process")
     sessions.add_argument("--device-threads", type=int, default=1, help="torch threads per device process")
     handled_by(sessions, "bench:sessions")
+
+
+def _register_edge(bench: argparse._SubParsersAction) -> None:
+    edge = bench.add_parser(
+        "edge", help="edge capacity: N synthetic devices, batching on vs off, tokens/s, latency, memory"
+    )
+    # None: the full grid's value, or --quick's (splitft.bench.edge.QUICK).
+    edge.add_argument("--models", type=name_list, default=None, help="llama (no dropout), bert (dropout 0.1)")
+    edge.add_argument("--sessions", type=session_counts, default=None, help="default 1,2,4,8,16,32")
+    edge.add_argument("--shapes", type=name_list, default=None, help="BATCHxTOKENS; default 1x64,4x64,8x128")
+    edge.add_argument("--rounds", type=int, default=None, help="rounds of every window (default 3)")
+    edge.add_argument("--seconds", type=float, default=None, help="length of each window (default 5)")
+    edge.add_argument("--warmup-steps", type=int, default=None, help="per session and edge (default 2)")
+    edge.add_argument("--threads", type=int, default=1, help="torch threads of each edge (default 1)")
+    edge.add_argument("--batch-window-ms", type=float, default=None, help="the edges' (default: theirs)")
+    edge.add_argument("--quick", action="store_true", help="1,2,8,32 sessions at 1x64, 2 rounds of 2 s")
+    edge.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    edge.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    handled_by(edge, "bench:edge")
 
 
 def _register_methods(bench: argparse._SubParsersAction) -> None:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from splitft.bench.control import ControlBenchConfig, run_control_bench
 from splitft.bench.converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
+from splitft.bench.edge import QUICK, EdgeBenchConfig, run_edge_bench
+from splitft.bench.edge_report import markdown_table as edge_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
@@ -57,6 +59,23 @@ def memory(args: argparse.Namespace) -> int:
 def sessions(args: argparse.Namespace) -> int:
     """`bench sessions`: aggregate edge throughput with N concurrent sessions."""
     return _print(run_sessions_bench(config_from_args(SessionsBenchConfig, args)))
+
+
+def edge_config(args: argparse.Namespace) -> EdgeBenchConfig:
+    """`bench edge`'s config: the options given, else `--quick`'s preset, else the full grid."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    preset = QUICK if args.quick else {}
+    fields = dataclasses.fields(EdgeBenchConfig)
+    return EdgeBenchConfig(**{f.name: given.get(f.name, preset.get(f.name, f.default)) for f in fields})
+
+
+def edge(args: argparse.Namespace) -> int:
+    """`bench edge`: the edge's capacity with N synthetic devices, batching on vs off."""
+    report = run_edge_bench(edge_config(args))
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(edge_markdown_table(report) if args.markdown else report)
 
 
 def methods(args: argparse.Namespace) -> int:
