@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from edge_server.admission import SessionMemory, untracked
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -79,6 +80,7 @@ class TrunkSession:
         self.session_id = session_id
         self.limits = limits or DataPlaneLimits()
         self.owner = SessionOwner()
+        self.memory: SessionMemory = untracked()  # the SessionManager links it to the edge's accountant
         self.span = span
         self.spec = spec
         self.lock = threading.Lock()
@@ -100,6 +102,7 @@ class TrunkSession:
         self.selection: TrunkScorer | None = method.scorer(self.root) if method is not None else None
         if self.selection is not None:  # what it selects is the session's adapter: the same bound
             self.selection.max_entries = self.limits.max_adapter_parameters
+            self.selection.before_apply = lambda masks: self.memory.admit_selection(masks)
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.root.modules())
         self._rng_state = torch.Generator().manual_seed(seed ^ 0x5EED).get_state()
 
@@ -141,6 +144,8 @@ class TrunkSession:
         hidden, mask, positions = self._check_inputs(inputs)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
+        if keep:
+            self.memory.check(hidden.shape)  # RESOURCE_EXHAUSTED before the pass if its graph cannot fit
         if keep and need_input_grad:
             hidden.requires_grad_(True)
         with torch.set_grad_enabled(keep):
@@ -165,6 +170,7 @@ class TrunkSession:
         """SelectParameters (TaskEdge: keep the top `k_per_row` entries of every trunk target row)."""
         chosen = self._scorer("SelectParameters").select_parameters(k_per_row)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.memory.settle(self.trainable)
         return chosen
 
     def fisher_potentials(self) -> tuple[list[MeasuredLayer], int, dict[str, torch.Tensor]]:
@@ -175,6 +181,7 @@ class TrunkSession:
         """SelectChannels (TinyTrain: train these output rows of these trunk layers)."""
         chosen = self._scorer("SelectChannels").select_channels(channels)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.memory.settle(self.trainable)
         return chosen
 
     def _scorer(self, call: str) -> TrunkScorer:
@@ -214,6 +221,7 @@ class TrunkSession:
         if grad.dtype != pending.output.dtype:
             raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.output.dtype}")
         del self._pending[forward_id]
+        self.memory.drop(forward_id)
         if zero_grad_first:
             self.optim.zero_grad()
         pending.output.backward(grad)
@@ -223,6 +231,7 @@ class TrunkSession:
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
+        self.memory.settle(self.trainable, name, hparams)  # its state per parameter must fit first
         self.optim.configure(name, hparams)
 
     def grad_norm_sq(self, *, zero_grad_first: bool) -> float:
@@ -247,11 +256,14 @@ class TrunkSession:
         self._pending.clear()
         self.optim.release()
         self.peft_model = None
+        self.memory.close()
 
     def _keep(self, forward_id: int, pending: Pending) -> None:
+        self.memory.keep(forward_id, pending.inputs.shape)  # RESOURCE_EXHAUSTED: the graph is freed
         self._pending[forward_id] = pending
         while len(self._pending) > MAX_PENDING_FORWARDS:
             dropped, _ = self._pending.popitem(last=False)
+            self.memory.drop(dropped)
             logger.warning(
                 "session %s: dropped kept forward %d (more than %d pending)",
                 self.session_id,

@@ -140,7 +140,9 @@ def test_edge_heartbeat_with_another_edges_credential_is_403(client: TestClient)
     own = assert_status(
         client.post(f"/v1/edges/{a['id']}/heartbeat", json=beat, headers=bearer(a["credential"])), 200
     )
-    assert own["capacity"] == {"memory_free_bytes": 1024, "max_sessions": 3} and own["active_sessions"] == 1
+    # An edge of before memory admission (no limit, no models): the answer says it reports no memory.
+    expected = {"memory_free_bytes": 1024, "max_sessions": 3, "memory_limit_bytes": 0, "models": {}}
+    assert own["capacity"] == expected and own["active_sessions"] == 1
 
 
 @pytest.mark.parametrize(
