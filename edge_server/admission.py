@@ -106,16 +106,18 @@ class MemoryAccountant:
         with self._lock:
             self._usage.pop(session_id, None)
 
-    def set_state(self, session_id: str, state: int, *, what: str) -> None:
-        """The session's state is now `state` bytes; ResourceExhausted if growing to it does not fit."""
+    def set_state(self, session_id: str, state: int, *, what: str, graph_reserved: int | None = None) -> None:
+        """The session's state is now `state` bytes (and its graph reservation `graph_reserved`, when
+        given); ResourceExhausted if growing to them does not fit, and then nothing changes."""
         with self._lock:
             usage = self._usage.get(session_id)
             if usage is None:
                 return
-            grow = max(0, state - usage.state)
-            if grow > self.limit - self._used():
+            reserved = usage.graph_reserved if graph_reserved is None else graph_reserved
+            grow = state + max(reserved, usage.kept_total) - usage.footprint()
+            if grow > 0 and grow > self.limit - self._used():
                 raise self._refuse(what, grow)
-            usage.state = state
+            usage.state, usage.graph_reserved = state, reserved
 
     def check_kept(self, session_id: str, size: int, *, what: str) -> None:
         """ResourceExhausted if keeping `size` more bytes of graphs would not fit (nothing changes)."""
@@ -151,6 +153,12 @@ class MemoryAccountant:
         with self._lock:
             usage = self._usage.get(session_id)
             return usage.kept_total if usage is not None else 0
+
+    def state_bytes(self, session_id: str) -> tuple[int, int]:
+        """The session's state bytes and its graph reservation ((0, 0) when it is not counted)."""
+        with self._lock:
+            usage = self._usage.get(session_id)
+            return (usage.state, usage.graph_reserved) if usage is not None else (0, 0)
 
     def capacity(self) -> dict[str, Any]:
         """What heartbeats report: the limit, free bytes, and per model how many default sessions fit."""
@@ -249,9 +257,10 @@ class SessionMemory:
                 values, indices = values + entries, indices + entries * INDEX_BYTES
                 fixed += out_features * in_features * self.profile.dtype_bytes
         state = values * self.profile.dtype_bytes * (2 + self.slots) + indices
-        if self.accountant is not None:
+        if self.accountant is not None:  # one batch's graphs now hold the dense deltas too
             what = f"the selection ({values} trunk values with their gradients, optimizer state and indices)"
-            self.accountant.set_state(self.session_id, state, what=what)
+            reserved = self.accountant.state_bytes(self.session_id)[1] + fixed - self.fixed
+            self.accountant.set_state(self.session_id, state, what=what, graph_reserved=reserved)
         self.index_bytes, self.fixed = indices, fixed
 
     def close(self) -> None:
