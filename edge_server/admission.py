@@ -72,11 +72,12 @@ class MemoryAccountant:
     def _used(self) -> int:
         return sum(u.footprint() for u in self._usage.values())
 
-    def _refuse(self, what: str, need: int) -> ResourceExhausted:
+    def _refuse(self, what: str, need: int, parts: str = "") -> ResourceExhausted:
         free = max(0, self.limit - self._used())
         return ResourceExhausted(
-            f"edge memory exhausted: {what} needs {format_bytes(need)}; {format_bytes(free)} of "
-            f"{format_bytes(self.limit)} is free (--memory-limit; {len(self._usage)} sessions hold the rest)"
+            f"edge memory exhausted: {what} needs {format_bytes(need)}{f' ({parts})' if parts else ''}; "
+            f"{format_bytes(free)} of {format_bytes(self.limit)} is free (--memory-limit; in use by "
+            f"{len(self._usage)} sessions)"
         )
 
     def estimate(
@@ -98,7 +99,7 @@ class MemoryAccountant:
         """Reserve a new session's estimated memory; ResourceExhausted (needed, free) if it does not fit."""
         with self._lock:
             if estimate.total > self.limit - self._used():
-                raise self._refuse(f"this session ({estimate.describe()})", estimate.total)
+                raise self._refuse("this session", estimate.total, estimate.describe())
             self._usage[session_id] = _Usage(estimate.state_bytes, estimate.graph_bytes)
 
     def forget(self, session_id: str) -> None:

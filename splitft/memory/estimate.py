@@ -107,10 +107,10 @@ class SessionEstimate:
         return self.state_bytes + self.graph_bytes
 
     def describe(self) -> str:
-        """The parts, for messages: `3.1 MiB (adapter and optimizer 1.0 MiB, graphs of 16 x 128 ...)`."""
+        """The parts, for messages: `adapter and optimizer state 1.0 MiB, kept graphs of a 16 x 128 ...`."""
         return (
-            f"{format_bytes(self.total)} (adapter and optimizer state {format_bytes(self.state_bytes)}, kept "
-            f"graphs of a {self.batch_size} x {self.sequence_length} batch {format_bytes(self.graph_bytes)})"
+            f"adapter and optimizer state {format_bytes(self.state_bytes)}, kept graphs of a "
+            f"{self.batch_size} x {self.sequence_length} batch {format_bytes(self.graph_bytes)}"
         )
 
 

@@ -113,3 +113,15 @@ def test_a_forward_that_would_not_fit_is_refused_and_the_session_goes_on(
         assert _serving(small_edge.address)
         after = _step(model, seed=1)  # the same session trains on at its own shape
         assert before > 0 and after > 0
+
+
+def test_the_memory_limit_flag_takes_byte_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    from splitft.cli import build_parser
+
+    argv = ["edge", "serve", "--insecure", "--model-dir", "m"]
+    assert build_parser().parse_args([*argv, "--memory-limit", "8G"]).memory_limit == 8 << 30
+    assert build_parser().parse_args([*argv, "--memory-limit", "1048576"]).memory_limit == 1 << 20
+    assert build_parser().parse_args(argv).memory_limit is None  # the default share, decided at start
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*argv, "--memory-limit", "8X"])
+    assert exited.value.code == 2 and "not a byte size: '8X'" in capsys.readouterr().err
