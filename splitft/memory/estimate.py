@@ -61,10 +61,18 @@ class MemoryProfile(BaseModel):
 
     num_layers: int = Field(ge=1, le=100_000, description="blocks of the whole model")
     dtype_bytes: int = Field(ge=1, le=16, description="bytes per element of the trunk's parameters")
-    forward_token: float = Field(ge=0, description="kept bytes per row and token outside the blocks")
-    forward_token2: float = Field(ge=0, description="kept bytes per row and token squared outside the blocks")
-    block_token: float = Field(ge=0, description="kept bytes per row and token in one trunk block")
-    block_token2: float = Field(ge=0, description="kept bytes per row and token squared in one block")
+    forward_token: float = Field(
+        ge=0, allow_inf_nan=False, description="kept bytes per row and token outside the blocks"
+    )
+    forward_token2: float = Field(
+        ge=0, allow_inf_nan=False, description="kept bytes per row and token squared outside the blocks"
+    )
+    block_token: float = Field(
+        ge=0, allow_inf_nan=False, description="kept bytes per row and token in one trunk block"
+    )
+    block_token2: float = Field(
+        ge=0, allow_inf_nan=False, description="kept bytes per row and token squared in one block"
+    )
     linears: list[BlockLinear] = Field(default_factory=list, max_length=256)
 
 
