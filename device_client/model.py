@@ -108,6 +108,7 @@ class SplitModel(nn.Module):
         config_overrides: dict[str, Any] | None = None,
         method: SelectionConfig | LoraConfig | None = None,
         stream: bool = True,
+        batch_shape: tuple[int, int] | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -122,6 +123,8 @@ class SplitModel(nn.Module):
         add ":noef" to turn their error feedback off). See `splitft.compress`.
 
         `stream=False` makes one unary call per tensor instead of the session's `Train` stream.
+        `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for the graphs one
+        batch keeps there (default: the edge's 16 x 128; other shapes run too, counted as they come).
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
@@ -136,7 +139,9 @@ class SplitModel(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
         name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
-        request = open_session_request(name, spec, config, codecs, trunk_config, selection, seed, edge.token)
+        request = open_session_request(
+            name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
+        )
         opened = edge.call("OpenSession", request)
         trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:

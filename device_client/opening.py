@@ -34,9 +34,14 @@ def open_session_request(
     selection: SelectionConfig | None,
     seed: int,
     token: str | None,
+    batch_shape: tuple[int, int] | None = None,
 ) -> pb.OpenSessionRequest:
     """What the edge needs to build this session's view of the trunk (and to check it is the same
-    model the device holds); the session id comes from the token when there is one."""
+    model the device holds); the session id comes from the token when there is one.
+    `batch_shape` (rows, tokens per row) lets the edge reserve the right memory (None: its default)."""
+    batch_size, sequence_length = batch_shape or (0, 0)
+    if batch_size < 0 or sequence_length < 0:
+        raise InvalidArgument(f"batch_shape must be (rows, tokens) >= 0, got {batch_shape}")
     return pb.OpenSessionRequest(
         model=model,
         device_layers=spec.device_layers,
@@ -50,6 +55,8 @@ def open_session_request(
         num_layers=spec.num_layers,
         hidden_size=config.hidden_size,
         session_id=unverified_claims(token).session if token else "",
+        batch_size=batch_size,
+        sequence_length=sequence_length,
     )
 
 

@@ -1,5 +1,9 @@
 """An edge's link to the control plane: register once, then heartbeat with its load until stopped.
 
+Registration and every heartbeat carry the edge's capacity: its session slots and, from its memory
+accountant (`edge_server.admission`), its memory limit, the bytes free now, and per served model the
+memory profile, a default session's bytes and how many such sessions still fit.
+
 The control plane lets the shared edge secret register a new name only; to register its name again
 (after a restart) an edge presents its own credential, kept in `credential_file`. Each heartbeat
 answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`."""
@@ -13,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,13 +49,15 @@ class ControlPlaneLink:
         address: str,
         models: list[str],
         max_sessions: int,
+        capacity: dict[str, Any] | None = None,
         http: httpx.Client | None = None,
         ca_pem: bytes | None = None,
         insecure: bool = False,
         credential_file: str | Path | None = None,
     ) -> None:
-        """`ca_pem` verifies the control plane's HTTPS (None: the system's trust store); plaintext
-        http:// to another host is refused unless `insecure`."""
+        """`capacity`: the memory fields of the capacity (`MemoryAccountant.capacity()`; None: none
+        reported). `ca_pem` verifies the control plane's HTTPS (None: the system's trust store);
+        plaintext http:// to another host is refused unless `insecure`."""
         self.url = check_control_url(url, insecure=insecure)
         if not secret:
             raise InvalidArgument("--edge-secret is required with --control-plane")
@@ -59,8 +66,9 @@ class ControlPlaneLink:
             "name": name,
             "address": address,
             "models": models,
-            "capacity": {"max_sessions": max_sessions, "memory_free_bytes": 0},
+            "capacity": {"max_sessions": max_sessions, "memory_free_bytes": 0, **(capacity or {})},
         }
+        self.max_sessions = max_sessions
         self.http = http or control_client(ca_pem, timeout=10)
         self.credential_file = Path(credential_file) if credential_file else None
         self.registration: Registration | None = None
@@ -110,10 +118,12 @@ class ControlPlaneLink:
         self,
         active_sessions: Callable[[], int],
         on_revoked: Callable[[list[str]], object] | None = None,
+        capacity: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        """Start heartbeats in a thread; `on_revoked` gets each answer's sessions to close."""
+        """Start heartbeats in a thread; `on_revoked` gets each answer's sessions to close;
+        `capacity()` gives the memory fields each beat reports."""
         self._thread = threading.Thread(
-            target=self._loop, args=(active_sessions, on_revoked), name="heartbeat", daemon=True
+            target=self._loop, args=(active_sessions, on_revoked, capacity), name="heartbeat", daemon=True
         )
         self._thread.start()
 
@@ -124,22 +134,34 @@ class ControlPlaneLink:
             self._thread.join(timeout=5)
 
     def _loop(
-        self, active_sessions: Callable[[], int], on_revoked: Callable[[list[str]], object] | None
+        self,
+        active_sessions: Callable[[], int],
+        on_revoked: Callable[[list[str]], object] | None,
+        capacity: Callable[[], dict[str, Any]] | None,
     ) -> None:
         assert self.registration is not None
         while not self._stop.wait(self.registration.heartbeat_interval):
             try:
-                self.heartbeat(active_sessions(), on_revoked)
+                self.heartbeat(active_sessions(), on_revoked, capacity() if capacity else None)
             except Unavailable as exc:
                 logger.warning("heartbeat failed: %s", exc)
             except Exception:  # the heartbeat must outlive a bad answer or a failing close
                 logger.exception("heartbeat handling failed")
 
-    def heartbeat(self, active: int, on_revoked: Callable[[list[str]], object] | None = None) -> list[str]:
-        """One heartbeat; hands the sessions to close to `on_revoked` and returns them."""
+    def heartbeat(
+        self,
+        active: int,
+        on_revoked: Callable[[list[str]], object] | None = None,
+        capacity: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """One heartbeat with the load and, when given, the memory fields of the capacity; hands the
+        sessions to close to `on_revoked` and returns them."""
         assert self.registration is not None
         path = f"/v1/edges/{self.registration.edge_id}/heartbeat"
-        answer = self._post(path, {"active_sessions": active}, self.registration.credential).json()
+        body: dict[str, Any] = {"active_sessions": active}
+        if capacity is not None:
+            body["capacity"] = {"max_sessions": self.max_sessions, **capacity}
+        answer = self._post(path, body, self.registration.credential).json()
         revoked = [sid for sid in answer.get("close_sessions", []) if isinstance(sid, str)]
         if on_revoked is not None:
             on_revoked(revoked)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one edge: sessions, step latency, bytes on the wire, trunk and session memory.
+"""Prometheus metrics of one edge: sessions, step latency, bytes on the wire, trunk and session memory
+(adapters, and the memory admission's limit and use).
 
 The servicer calls a few thin hooks (`time_step`, `received`, `sent`, `track`); the state that
 already lives elsewhere (how many sessions are open, how much memory a session's adapter holds) is
@@ -71,6 +72,17 @@ class _StateCollector(Collector):
         for model, size in sorted(totals.items()):
             adapters.add_metric([model], size)
         yield adapters
+        memory = sessions.memory if sessions is not None else None
+        if memory is not None:  # the admission's own figures (edge_server.admission)
+            limit = GaugeMetricFamily("splitft_edge_memory_limit_bytes", "memory all sessions may hold")
+            limit.add_metric([], memory.limit)
+            yield limit
+            used = GaugeMetricFamily(
+                "splitft_edge_memory_used_bytes",
+                "memory the sessions hold or have reserved (state, kept graphs or their reservation)",
+            )
+            used.add_metric([], memory.used())
+            yield used
 
 
 class EdgeMetrics:

@@ -12,9 +12,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from edge_server.admission import MemoryAccountant
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import TrunkBatcher
 from edge_server.limits import DataPlaneLimits, DeviceCallCounter
+from edge_server.memory import build_accountant
 from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
@@ -49,6 +51,7 @@ class EdgeConfig:
     metrics_port: int | None = None  # Prometheus /metrics over plain HTTP on host:port; None: off, 0: any
     no_tokens: bool = False  # --no-tokens: serve mTLS without session tokens, on purpose (logged)
     limits: DataPlaneLimits = field(default_factory=DataPlaneLimits)  # per request/session/device bounds
+    memory_limit: int | None = None  # --memory-limit: bytes all sessions may hold; None: half the available
     batching: bool = True  # --batching: concurrent sessions' forwards and backwards share trunk passes
     batch_window_ms: float = 5.0  # --batch-window-ms: how long a pass waits for other sessions to join
 
@@ -68,6 +71,10 @@ class EdgeConfig:
             raise InvalidArgument(f"metrics port must be in [0, 65535], got {self.metrics_port}")
         if self.session_ttl <= 0:
             raise InvalidArgument("session TTL must be positive")
+        if self.memory_limit is not None and self.memory_limit < 1:
+            raise InvalidArgument(
+                f"--memory-limit must be a positive number of bytes, got {self.memory_limit}"
+            )
         if not 0 <= self.batch_window_ms <= 1000:
             raise InvalidArgument(f"--batch-window-ms must be in [0, 1000], got {self.batch_window_ms:g}")
 
@@ -120,15 +127,24 @@ def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
 class EdgeServer:
     """A running edge: registry, sessions, gRPC server and health service."""
 
-    def __init__(self, config: EdgeConfig, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        registry: ModelRegistry | None = None,
+        memory: MemoryAccountant | None = None,
+    ) -> None:
+        """`memory`: the session memory accountant, when the caller built it already (to report the
+        edge's capacity at registration); by default measured here (`edge_server.memory`)."""
         self.config = config
         self.registry = registry or ModelRegistry.from_dirs(config.model_dirs)
+        self.memory = memory or build_accountant(self.registry, config.memory_limit)
         self.sessions = SessionManager(
             self.registry,
             ttl_seconds=config.session_ttl,
             max_sessions=config.max_sessions,
             limits=config.limits,
             batcher=TrunkBatcher(config.batch_window_ms / 1000) if config.batching else None,
+            memory=self.memory,
         )
         logger.info(
             "cross-session batching %s",

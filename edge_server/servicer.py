@@ -126,6 +126,8 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             owner=SessionOwner(claims.device, claims.job)
             if claims
             else SessionOwner(peer_device(context) or ""),
+            batch_size=request.batch_size,
+            sequence_length=request.sequence_length,
         )
         self.metrics.track(session)
         return pb.OpenSessionResponse(

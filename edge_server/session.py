@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
+from edge_server.admission import SessionMemory, untracked
 from edge_server.batched_trunk import batchable_layers, share_modules
 from edge_server.batching import ForwardItem, SharedPending, TrunkBatcher
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
@@ -84,6 +85,7 @@ class TrunkSession:
         self.session_id = session_id
         self.limits = limits or DataPlaneLimits()
         self.owner = SessionOwner()
+        self.memory: SessionMemory = untracked()  # the SessionManager links it to the edge's accountant
         self.span = span
         self.spec = spec
         self.lock = threading.Lock()
@@ -106,6 +108,7 @@ class TrunkSession:
         self.selection: TrunkScorer | None = method.scorer(self.root) if method is not None else None
         if self.selection is not None:  # what it selects is the session's adapter: the same bound
             self.selection.max_entries = self.limits.max_adapter_parameters
+            self.selection.before_apply = lambda masks: self.memory.admit_selection(masks)
         self.stochastic = has_dropout(self.root)
         self.rng = seeded(seed ^ 0x5EED)  # this session's dropout masks, whatever its neighbours do
         # Plain LoRA (or no adapter) can share trunk passes; selection methods and LoRA variants run alone.
@@ -149,6 +152,8 @@ class TrunkSession:
         hidden, mask, positions = self._check_inputs(inputs)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
+        if keep:
+            self.memory.check(hidden.shape)  # RESOURCE_EXHAUSTED before the pass if its graph cannot fit
         shared = self._forward_shared(hidden, mask, positions, training, keep, need_input_grad)
         if shared is not None:
             if shared.pending is not None:
@@ -210,6 +215,7 @@ class TrunkSession:
         """SelectParameters (TaskEdge: keep the top `k_per_row` entries of every trunk target row)."""
         chosen = self._scorer("SelectParameters").select_parameters(k_per_row)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.memory.settle(self.trainable)
         return chosen
 
     def fisher_potentials(self) -> tuple[list[MeasuredLayer], int, dict[str, torch.Tensor]]:
@@ -220,6 +226,7 @@ class TrunkSession:
         """SelectChannels (TinyTrain: train these output rows of these trunk layers)."""
         chosen = self._scorer("SelectChannels").select_channels(channels)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
+        self.memory.settle(self.trainable)
         return chosen
 
     def _scorer(self, call: str) -> TrunkScorer:
@@ -256,6 +263,7 @@ class TrunkSession:
         if grad.dtype != pending.dtype:
             raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.dtype}")
         del self._pending[forward_id]
+        self.memory.drop(forward_id)
         if zero_grad_first:
             self.optim.zero_grad()
         if isinstance(pending, SharedPending):
@@ -286,6 +294,7 @@ class TrunkSession:
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
+        self.memory.settle(self.trainable, name, hparams)  # its state per parameter must fit first
         self.optim.configure(name, hparams)
 
     def grad_norm_sq(self, *, zero_grad_first: bool) -> float:
@@ -315,12 +324,19 @@ class TrunkSession:
         self.optim.release()
         self.peft_model = None
         self.lora_layers = None
+        self.memory.close()
 
     def _keep(self, forward_id: int, pending: Pending | SharedPending) -> None:
+        try:
+            self.memory.keep(forward_id, pending.shape)  # RESOURCE_EXHAUSTED: the graph is freed
+        except BaseException:
+            pending.drop()
+            raise
         self._pending[forward_id] = pending
         while len(self._pending) > MAX_PENDING_FORWARDS:
             dropped, old = self._pending.popitem(last=False)
             old.drop()
+            self.memory.drop(dropped)
             logger.warning(
                 "session %s: dropped kept forward %d (more than %d pending)",
                 self.session_id,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from peft import LoraConfig
 
+from edge_server.admission import MemoryAccountant, adapter_of
 from edge_server.batching import TrunkBatcher
 from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
@@ -28,6 +29,7 @@ from splitft.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from splitft.memory.estimate import SessionEstimate
 from splitft.methods.wire import TrunkMethod
 from splitft.model.spans import SplitSpec
 from splitft.security.tokens import check_session_id
@@ -47,9 +49,11 @@ class SessionManager:
         max_sessions: int = 64,
         limits: DataPlaneLimits | None = None,
         batcher: TrunkBatcher | None = None,
+        memory: MemoryAccountant | None = None,
     ) -> None:
         self.registry = registry
         self.batcher = batcher  # None: every session runs its trunk passes alone (--batching off)
+        self.memory = memory  # None: no memory admission (sessions are counted only)
         self.limits = limits or DataPlaneLimits()
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
@@ -74,10 +78,13 @@ class SessionManager:
         expect: tuple[str, int, int] | None = None,
         method: TrunkMethod | None = None,
         owner: SessionOwner | None = None,
+        batch_size: int = 0,
+        sequence_length: int = 0,
     ) -> TrunkSession:
         """Open a session on `model` (its trunk blocks between the device's layers); its slot
-        (edge-wide and per device) is reserved before it is built. `codecs` come parsed from
-        OpenSession and stay with the session's wire state."""
+        (edge-wide and per device) and its estimated memory (at its expected batch shape, 0: the
+        default) are reserved before it is built. `codecs` come parsed from OpenSession and stay
+        with the session's wire state."""
         if session_id is not None and session_id in self._revoked:
             raise PermissionDenied(f"session {session_id!r} was revoked by the control plane")
         served = self.registry.get(model)
@@ -88,15 +95,11 @@ class SessionManager:
         if method is not None and lora_config is not None:
             raise InvalidArgument("a session trains either a LoRA adapter or selected parameters, not both")
         owner = owner or SessionOwner()
-        self._reserve(session_id, owner)
-        try:
-            session = TrunkSession(
-                session_id, served.span, spec, lora_config, seed, method=method, limits=self.limits
-            )
-        except BaseException:
-            with self._lock:
-                self._opening.pop(session_id, None)
-            raise
+        adapter, blocks = adapter_of(lora_config, method), spec.trunk_stop - spec.trunk_start
+        memory = self.memory
+        estimate = memory.estimate(model, blocks, adapter, batch_size, sequence_length) if memory else None
+        self._reserve(session_id, owner, estimate)
+        session = self._build(session_id, model, spec, lora_config, seed, method)
         session.owner = owner
         session.batcher = self.batcher
         wire = SessionWire.open(codecs, seed)
@@ -114,8 +117,37 @@ class SessionManager:
         )
         return session
 
-    def _reserve(self, session_id: str, owner: SessionOwner) -> None:
-        # Checked and reserved under one lock hold: concurrent opens cannot all pass the count.
+    def _build(
+        self,
+        session_id: str,
+        model: str,
+        spec: SplitSpec,
+        lora_config: LoraConfig | None,
+        seed: int,
+        method: TrunkMethod | None,
+    ) -> TrunkSession:
+        """Build a reserved session and link it to the memory accountant, where the built adapter
+        replaces its estimate (it must fit too); on failure its slot and memory are given back."""
+        try:
+            span = self.registry.get(model).span
+            session = TrunkSession(
+                session_id, span, spec, lora_config, seed, method=method, limits=self.limits
+            )
+            if self.memory is not None:
+                adapter, blocks = adapter_of(lora_config, method), spec.trunk_stop - spec.trunk_start
+                session.memory = self.memory.link(session_id, model, blocks, adapter)
+                session.memory.settle(session.trainable)
+        except BaseException:
+            with self._lock:
+                self._opening.pop(session_id, None)
+            if self.memory is not None:
+                self.memory.forget(session_id)
+            raise
+        return session
+
+    def _reserve(self, session_id: str, owner: SessionOwner, estimate: SessionEstimate | None) -> None:
+        # Checked and reserved under one lock hold: concurrent opens cannot all pass the count, nor
+        # all fit in the same free memory.
         with self._lock:
             if len(self._sessions) + len(self._opening) >= self.max_sessions:
                 raise ResourceExhausted(f"edge is full: {self.max_sessions} sessions open")
@@ -129,6 +161,8 @@ class SessionManager:
                         f"device {owner.device!r} already has {mine} sessions on this edge; the limit is "
                         f"{self.limits.max_sessions_per_device} (--max-sessions-per-device)"
                     )
+            if self.memory is not None and estimate is not None:
+                self.memory.admit(session_id, estimate)
             self._opening[session_id] = owner
 
     def close_where(self, predicate: Callable[[TrunkSession], bool]) -> list[str]:

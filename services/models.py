@@ -38,6 +38,8 @@ class Edge(Base):
     address: Mapped[str] = mapped_column(String(255))
     models: Mapped[list[str]] = mapped_column(JSON)
     memory_free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_limit_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # 0: reports no memory
+    model_memory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # EdgeCapacity.models
     max_sessions: Mapped[int] = mapped_column(Integer, default=16)
     active_sessions: Mapped[int] = mapped_column(Integer, default=0)
     credential_hash: Mapped[str] = mapped_column(String(64), index=True)

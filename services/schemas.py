@@ -13,6 +13,7 @@ from pydantic import Field, StrictFloat, StrictInt, field_validator
 
 from splitft.jobs.spec import NAME_PATTERN, JobCreate, Strict
 from splitft.jobs.spec import Assignment as Assignment  # re-exported: the device route answers with it
+from splitft.memory.estimate import MemoryProfile
 from splitft.security.trust import TOKEN_SEPARATOR
 
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -28,13 +29,31 @@ SessionState = Literal["waiting", "assigned", "running", "succeeded", "failed", 
 # --- edges ---------------------------------------------------------------------------------------
 
 
+class ModelMemory(Strict):
+    """One served model's memory on an edge: a default session's bytes, how many more fit, the profile."""
+
+    session_bytes: StrictInt = Field(
+        ge=0, le=INT64_MAX, description="a default session's bytes (splitft.memory.estimate.default_session)"
+    )
+    sessions_free: StrictInt = Field(ge=0, le=INT64_MAX, description="default sessions that still fit")
+    profile: MemoryProfile | None = Field(
+        None, description="what a training forward of this model keeps, as the edge measured it"
+    )
+
+
 class EdgeCapacity(Strict):
     """What an edge offers: free memory and how many sessions it takes at once."""
 
     memory_free_bytes: StrictInt = Field(
-        0, ge=0, le=INT64_MAX, description="free accelerator/host memory for sessions"
+        0, ge=0, le=INT64_MAX, description="memory still free for sessions (the limit less what they hold)"
     )
     max_sessions: StrictInt = Field(16, ge=1, le=100_000, description="sessions this edge accepts at once")
+    memory_limit_bytes: StrictInt = Field(
+        0, ge=0, le=INT64_MAX, description="memory all sessions may hold (--memory-limit); 0: not reported"
+    )
+    models: dict[str, ModelMemory] = Field(
+        default_factory=dict, max_length=64, description="per served model, when memory is reported"
+    )
 
 
 class EdgeRegister(Strict):

@@ -234,6 +234,7 @@ class SessionTrainer:
             trunk_lora=spec.trunk_lora,
             codec=spec.codec,
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
+            batch_shape=(spec.batch_size, spec.max_length),
         )
 
     def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int, count: int) -> None:

@@ -14,6 +14,7 @@ from splitft_control.schemas import (
     EdgePublic,
     EdgeRegister,
     EdgeRegistered,
+    ModelMemory,
 )
 
 router = APIRouter(prefix="/v1/edges", tags=["edges"])
@@ -21,16 +22,29 @@ router = APIRouter(prefix="/v1/edges", tags=["edges"])
 
 def edge_public(edge: Edge) -> EdgePublic:
     """An edge as operators see it (never its credential hash)."""
+    memory = {name: ModelMemory.model_validate(entry) for name, entry in (edge.model_memory or {}).items()}
     return EdgePublic(
         id=edge.id,
         name=edge.name,
         address=edge.address,
         models=list(edge.models),
-        capacity=EdgeCapacity(memory_free_bytes=edge.memory_free_bytes, max_sessions=edge.max_sessions),
+        capacity=EdgeCapacity(
+            memory_free_bytes=edge.memory_free_bytes,
+            max_sessions=edge.max_sessions,
+            memory_limit_bytes=edge.memory_limit_bytes or 0,
+            models=memory,
+        ),
         status=edge.status,
         active_sessions=edge.active_sessions,  # type: ignore[arg-type]
         last_heartbeat_at=edge.last_heartbeat_at,
     )
+
+
+def _model_memory(capacity: EdgeCapacity) -> dict[str, dict]:
+    """The per-model memory to store, as JSON (none without a memory limit: then nothing is known)."""
+    if not capacity.memory_limit_bytes:
+        return {}
+    return {name: entry.model_dump(mode="json") for name, entry in capacity.models.items()}
 
 
 @router.post("/register", response_model=EdgeRegistered)
@@ -47,6 +61,8 @@ def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> E
         memory_free_bytes=body.capacity.memory_free_bytes,
         max_sessions=body.capacity.max_sessions,
         as_edge=registrant.edge_id,
+        memory_limit_bytes=body.capacity.memory_limit_bytes,
+        model_memory=_model_memory(body.capacity),
     )
     state.store.place_waiting()
     return EdgeRegistered(
@@ -72,6 +88,8 @@ def heartbeat(
         active_sessions=body.active_sessions,
         memory_free_bytes=capacity.memory_free_bytes if capacity else None,
         max_sessions=capacity.max_sessions if capacity else None,
+        memory_limit_bytes=capacity.memory_limit_bytes if capacity else None,
+        model_memory=_model_memory(capacity) if capacity else None,
     )
     closures = revocation.closures_for_edge(store, edge_id=edge_id, token_ttl=state.settings.token_ttl)
     return EdgeHeartbeatAnswer(**edge_public(edge).model_dump(), close_sessions=closures)

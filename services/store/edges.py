@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -31,6 +32,8 @@ class EdgeStore(StoreBase):
         memory_free_bytes: int,
         max_sessions: int,
         as_edge: str | None = None,
+        memory_limit_bytes: int = 0,
+        model_memory: dict[str, Any] | None = None,
     ) -> tuple[Edge, str]:
         """Create the edge called `name`, or update it when the caller is that edge (`as_edge`, its
         id); returns it with a fresh heartbeat credential. The shared edge secret alone only creates:
@@ -54,6 +57,7 @@ class EdgeStore(StoreBase):
                 )
             edge.address, edge.models = address, list(models)
             edge.memory_free_bytes, edge.max_sessions = memory_free_bytes, max_sessions
+            edge.memory_limit_bytes, edge.model_memory = memory_limit_bytes, model_memory or {}
             edge.credential_hash, edge.status, edge.last_heartbeat_at = (
                 hash_secret(credential),
                 "up",
@@ -80,9 +84,17 @@ class EdgeStore(StoreBase):
             return edge
 
     def heartbeat(
-        self, *, edge_id: str, active_sessions: int, memory_free_bytes: int | None, max_sessions: int | None
+        self,
+        *,
+        edge_id: str,
+        active_sessions: int,
+        memory_free_bytes: int | None,
+        max_sessions: int | None,
+        memory_limit_bytes: int | None = None,
+        model_memory: dict[str, Any] | None = None,
     ) -> Edge:
-        """Record that the edge is alive, with its load and (when reported) its capacity."""
+        """Record that the edge is alive, with its load and (when reported) its capacity; the memory
+        limit and per-model memory come together (a capacity without them reports no memory)."""
         with self.tx() as s:
             edge = get_row(s, Edge, edge_id)
             if edge is None:
@@ -92,6 +104,8 @@ class EdgeStore(StoreBase):
                 edge.memory_free_bytes = memory_free_bytes
             if max_sessions is not None:
                 edge.max_sessions = max_sessions
+            if memory_limit_bytes is not None:
+                edge.memory_limit_bytes, edge.model_memory = memory_limit_bytes, model_memory or {}
             return edge
 
     def list_edges(self) -> list[Edge]:

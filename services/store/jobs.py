@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from splitft.errors import FailedPrecondition, NotFound
+from splitft.jobs.spec import JobCreate
+from splitft.memory.estimate import MemoryProfile
 from splitft_control.models import Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
-from splitft_control.scheduler import EdgeLoad, choose_edge
+from splitft_control.scheduler import EdgeLoad, choose_edge, no_edge_reason, place, session_need
 from splitft_control.store.base import (
     ACTIVE_SESSION_STATES,
     FINAL_JOB_STATES,
@@ -76,19 +79,18 @@ class JobStore(StoreBase):
             return job
 
     def place_waiting(self) -> int:
-        """Place waiting sessions on healthy edges with room; record why the others wait.
+        """Place waiting sessions on healthy edges with room (slots, and memory where the edge reports
+        it: `splitft_control.scheduler`); record why the others wait.
 
         One pass at a time: in this process a lock, across control-plane replicas on PostgreSQL a row
-        lock on the edges, so two passes never count the same free slot twice."""
+        lock on the edges, so two passes never count the same free slot (or byte) twice."""
         placed = 0
         with self._placement_lock, self.tx() as s:
             edge_query = select(Edge).where(Edge.status == "up").order_by(Edge.id)
             if s.bind is not None and s.bind.dialect.name == "postgresql":
                 edge_query = edge_query.with_for_update()
-            edges = list(s.scalars(edge_query))
-            load = {
-                e.id: EdgeLoad(e.id, e.name, list(e.models), e.max_sessions, _load(s, e.id)) for e in edges
-            }
+            specs: dict[str, JobCreate | None] = {}
+            load = {e.id: _edge_load(s, e, specs) for e in s.scalars(edge_query)}
             waiting = s.execute(
                 select(JobSession, Job)
                 .join(Job, JobSession.job_id == Job.id)
@@ -96,9 +98,10 @@ class JobStore(StoreBase):
                 .order_by(JobSession.created_at)
             )
             for sess, job in waiting:
-                edge = choose_edge(list(load.values()), job.spec["model"])
+                spec = _spec(job, specs)
+                edge = choose_edge(list(load.values()), job.spec["model"], spec)
                 if edge is None:
-                    sess.reason = _no_edge_reason(job.spec["model"], list(load.values()))
+                    sess.reason = no_edge_reason(job.spec["model"], list(load.values()), spec)
                     continue
                 sess.state, sess.edge_id, sess.reason, sess.updated_at = "assigned", edge.id, "", utcnow()
                 s.execute(  # back on an edge it was taken from: that edge must not refuse it now
@@ -107,7 +110,7 @@ class JobStore(StoreBase):
                     )
                 )
                 sess.attempts += 1
-                edge.active += 1
+                place(edge, spec)
                 placed += 1
             for job in s.scalars(select(Job).where(Job.state.in_(("pending", "running")))):
                 refresh_job(s, job)
@@ -175,11 +178,34 @@ def _load(s: Session, edge_id: str) -> int:
     return int(s.scalar(query) or 0)
 
 
-def _no_edge_reason(model: str, edges: list[EdgeLoad]) -> str:
-    """Why no edge takes a session for `model`, as shown to operators on the job."""
-    serving = [e for e in edges if model in e.models]
-    if not edges:
-        return f"no healthy edge is registered (needed: one serving model {model!r})"
-    if not serving:
-        return f"no healthy edge serves model {model!r}"
-    return f"all {len(serving)} healthy edges serving {model!r} are full"
+def _spec(job: Job, cache: dict[str, JobCreate | None]) -> JobCreate | None:
+    """The job's spec, parsed once per pass (None for one stored before its fields were checked)."""
+    if job.id not in cache:
+        try:
+            cache[job.id] = JobCreate.model_validate(job.spec)
+        except ValidationError:
+            cache[job.id] = None
+    return cache[job.id]
+
+
+def _edge_load(s: Session, edge: Edge, specs: dict[str, JobCreate | None]) -> EdgeLoad:
+    """The edge as placement sees it. Its free memory is the smaller of what it reported and its
+    limit less the estimates of the sessions placed on it (those assigned since its last heartbeat
+    are not in its report yet)."""
+    load = EdgeLoad(edge.id, edge.name, list(edge.models), edge.max_sessions, _load(s, edge.id))
+    if not edge.memory_limit_bytes:
+        return load  # reports no memory: placed by slots
+    for model, entry in (edge.model_memory or {}).items():
+        if entry.get("profile") is not None:
+            load.profiles[model] = MemoryProfile.model_validate(entry["profile"])
+        load.default_bytes[model] = int(entry.get("session_bytes", 0))
+    load.memory_free = edge.memory_limit_bytes
+    placed = s.execute(
+        select(Job)
+        .join(JobSession, JobSession.job_id == Job.id)
+        .where(JobSession.edge_id == edge.id, JobSession.state.in_(ACTIVE_SESSION_STATES))
+    )
+    for (job,) in placed:
+        load.memory_free -= session_need(load, _spec(job, specs)) or 0
+    load.memory_free = max(0, min(load.memory_free, edge.memory_free_bytes))
+    return load

@@ -6,6 +6,7 @@ import argparse
 
 from splitft.compress import parse_codecs  # torch-free: only the spec parser
 from splitft.errors import InvalidArgument
+from splitft.memory.units import parse_bytes
 
 CODEC_HELP = "a codec to measure, e.g. int8 or activations=int8,gradients=topk:0.01; repeat (default: all)"
 
@@ -14,6 +15,14 @@ def codec(text: str) -> str:
     """A codec argument in its canonical form; argparse turns the error into a usage message (exit 2)."""
     try:
         return str(parse_codecs(text))
+    except InvalidArgument as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+
+
+def byte_size(text: str) -> int:
+    """A byte count: an integer, or with a binary suffix (`512M`, `8G`, `1.5GiB`)."""
+    try:
+        return parse_bytes(text)
     except InvalidArgument as err:
         raise argparse.ArgumentTypeError(err.message) from None
 

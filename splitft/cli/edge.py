@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from splitft.cli.args import handled_by
+from splitft.cli.args import byte_size, handled_by
 
 # How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
 DEFAULT_BATCH_WINDOW_MS = 5.0
@@ -133,6 +133,15 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
     for name, what in LIMIT_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         serve.add_argument(flag, type=int, default=None, help=f"at most this many {what}")
+    serve.add_argument(
+        "--memory-limit",
+        type=byte_size,
+        default=None,
+        metavar="BYTES",
+        help="edge memory all sessions may hold together (adapters, optimizer state, kept graphs), e.g. "
+        "8G; a session or forward beyond it gets RESOURCE_EXHAUSTED (default: half the memory available "
+        "at start, on the trunk's GPU or the host)",
+    )
 
 
 def _register_health(edge: argparse._SubParsersAction) -> None:

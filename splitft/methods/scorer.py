@@ -12,6 +12,7 @@ The shared trunk weights are never written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,9 @@ class TrunkScorer:
         self.selected = False
         # The most entries a selection may train (the edge's per-session adapter bound); None: no bound.
         self.max_entries: int | None = None
+        # Called with the masks before a selection allocates anything (the edge reserves its memory
+        # there, and may refuse it by raising); None: nothing to ask.
+        self.before_apply: Callable[[dict[str, torch.Tensor]], None] | None = None
         self._calibrating = False
         self._handles: list[Any] = []
 
@@ -116,6 +120,8 @@ class TrunkScorer:
                 f"the selection would train {chosen} trunk entries; this edge allows at most "
                 f"{self.max_entries} per session (--max-adapter-parameters)"
             )
+        if self.before_apply is not None:
+            self.before_apply(masks)
         self.stop_hooks()
         if masks:
             apply_masks(self.root, masks, freeze_model=True)

@@ -76,6 +76,8 @@ def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_model
     trunk = value(before, "splitft_edge_trunk_parameter_bytes", model=FAMILY)
     params = metered_edge.registry.get(FAMILY).span.root.parameters()
     assert trunk == sum(p.numel() * p.element_size() for p in params) > 0
+    assert value(before, "splitft_edge_memory_limit_bytes") == metered_edge.memory.limit > 0
+    assert value(before, "splitft_edge_memory_used_bytes") == 0
 
     with EdgeConnection(metered_edge.address, insecure=True) as conn:
         model = train_step(conn, tiny_models[FAMILY], codec="fp16")
@@ -86,6 +88,8 @@ def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_model
         assert model.session_id not in text  # session ids never leak on the metrics port
         model.close()
     assert value(during, "splitft_edge_active_sessions") == 1
+    # The adapter with its gradients and AdamW's two moments, and one batch's kept graphs reserved.
+    assert value(during, "splitft_edge_memory_used_bytes") > 4 * trainable * 4
     assert series["model"] == FAMILY
     assert set(series) == {"model"}  # no session ids on the unauthenticated metrics port
     adapter = value(during, "splitft_edge_adapter_parameter_bytes", **series)
@@ -99,6 +103,7 @@ def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_model
 
     after = scrape(metered_edge)
     assert value(after, "splitft_edge_active_sessions") == 0
+    assert value(after, "splitft_edge_memory_used_bytes") == 0
     assert adapter_series(after) == []
     assert value(after, "splitft_edge_step_seconds_count", phase="forward", model=FAMILY) == 1
 

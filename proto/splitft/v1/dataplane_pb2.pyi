@@ -37,7 +37,7 @@ class TensorPart(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json")
+    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json", "batch_size", "sequence_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class OpenSessionRequest(_message.Message):
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_JSON_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     device_layers: int
     head_layers: int
@@ -62,7 +64,9 @@ class OpenSessionRequest(_message.Message):
     hidden_size: int
     session_id: str
     method_json: str
-    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ..., method_json: _Optional[str] = ...) -> None: ...
+    batch_size: int
+    sequence_length: int
+    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ..., method_json: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds")

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from edge_server import EdgeConfig, EdgeServer
+from edge_server.admission import MemoryAccountant
 from edge_server.control import ControlPlaneLink
 from edge_server.limits import DataPlaneLimits
+from edge_server.memory import build_accountant
 from edge_server.registry import ModelRegistry
 from splitft.cli.edge import LIMIT_FLAGS
 from splitft.errors import InvalidArgument
@@ -35,15 +37,17 @@ def serve(args: argparse.Namespace) -> int:
         no_tokens=args.no_tokens,
         batching=args.batching == "on",
         batch_window_ms=args.batch_window_ms,
+        memory_limit=args.memory_limit,
         limits=DataPlaneLimits(
             **{name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
         ),
     )
     registry = ModelRegistry.from_dirs(config.model_dirs)
-    link = _register_edge(args, config, registry) if args.control_plane else None
-    server = EdgeServer(config, registry)
+    memory = build_accountant(registry, config.memory_limit)
+    link = _register_edge(args, config, registry, memory) if args.control_plane else None
+    server = EdgeServer(config, registry, memory)
     if link is not None:
-        link.start(server.sessions.count, server.sessions.revoke)
+        link.start(server.sessions.count, server.sessions.revoke, capacity=memory.capacity)
     try:
         server.serve_forever()
     finally:
@@ -52,7 +56,9 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_edge(args: argparse.Namespace, config: EdgeConfig, registry: ModelRegistry) -> ControlPlaneLink:
+def _register_edge(
+    args: argparse.Namespace, config: EdgeConfig, registry: ModelRegistry, memory: MemoryAccountant
+) -> ControlPlaneLink:
     """Register with the control plane; trust its token issuer and take the edge id it assigns."""
     if config.port == 0:
         raise InvalidArgument("--control-plane needs a fixed --port so devices can be told the address")
@@ -65,6 +71,7 @@ def _register_edge(args: argparse.Namespace, config: EdgeConfig, registry: Model
         address=address,
         models=sorted(registry.models),
         max_sessions=config.max_sessions,
+        capacity=memory.capacity(),
         ca_pem=_control_plane_ca(args),
         insecure=args.insecure,
         credential_file=args.edge_credential_file,

@@ -140,7 +140,35 @@ def test_edge_heartbeat_with_another_edges_credential_is_403(client: TestClient)
     own = assert_status(
         client.post(f"/v1/edges/{a['id']}/heartbeat", json=beat, headers=bearer(a["credential"])), 200
     )
-    assert own["capacity"] == {"memory_free_bytes": 1024, "max_sessions": 3} and own["active_sessions"] == 1
+    # An edge of before memory admission (no limit, no models): the answer says it reports no memory.
+    expected = {"memory_free_bytes": 1024, "max_sessions": 3, "memory_limit_bytes": 0, "models": {}}
+    assert own["capacity"] == expected and own["active_sessions"] == 1
+
+
+def test_edge_memory_in_a_heartbeat_is_validated(client: TestClient) -> None:
+    a = register_edge(client, "edge-a")
+    profile = {
+        "num_layers": 4,
+        "dtype_bytes": 4,
+        "forward_token": 256.0,
+        "forward_token2": 0.0,
+        "block_token": 1424.0,
+        "block_token2": 4.0,
+    }
+    model = {"session_bytes": 1000, "sessions_free": 3, "profile": profile}
+    capacity = {"max_sessions": 3, "memory_free_bytes": 3000, "memory_limit_bytes": 4000}
+    url, headers = f"/v1/edges/{a['id']}/heartbeat", bearer(a["credential"])
+    beat = {"active_sessions": 0, "capacity": {**capacity, "models": {MODEL: model}}}
+    stored = assert_status(client.post(url, json=beat, headers=headers), 200)["capacity"]
+    assert stored["models"][MODEL]["profile"]["block_token"] == 1424.0
+    assert stored["memory_limit_bytes"] == 4000
+    for bad in ({**profile, "block_token": -1.0}, {**profile, "surprise": 1}, {**profile, "num_layers": 0}):
+        beat["capacity"]["models"] = {MODEL: {**model, "profile": bad}}  # type: ignore[index]
+        assert_status(client.post(url, json=beat, headers=headers), 422)
+    beat["capacity"]["models"] = {MODEL: {**model, "profile": {**profile, "block_token": -1.0}}}  # type: ignore[index]
+    nan = json.dumps(beat).replace("-1.0", "NaN")  # json.dumps writes NaN; PostgreSQL would refuse it
+    sent = client.post(url, content=nan, headers={**headers, "Content-Type": "application/json"})
+    assert_status(sent, 422)
 
 
 @pytest.mark.parametrize(
