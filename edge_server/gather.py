@@ -89,5 +89,7 @@ class RecentPeers:
     def forget(self, who: str) -> None:
         """`who` is gone (its session closed): stop expecting it anywhere."""
         with self._lock:
-            for seen in self._seen.values():
-                seen.pop(who, None)
+            for key in list(self._seen):
+                self._seen[key].pop(who, None)
+                if not self._seen[key]:
+                    del self._seen[key]

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from edge_server.batching import BatchStats
     from edge_server.registry import ModelRegistry
     from edge_server.session import TrunkSession
     from edge_server.sessions import SessionManager
@@ -46,7 +47,7 @@ class _StateCollector(Collector):
     def __init__(self, metrics: EdgeMetrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         active = GaugeMetricFamily("splitft_edge_active_sessions", "sessions open on this edge")
         sessions = self.metrics.sessions
         active.add_metric([], sessions.count() if sessions is not None else 0)
@@ -83,6 +84,36 @@ class _StateCollector(Collector):
             )
             used.add_metric([], memory.used())
             yield used
+        batcher = sessions.batcher if sessions is not None else None
+        if batcher is not None:
+            yield from _batching_metrics(batcher.stats)
+
+
+def _batching_metrics(stats: BatchStats) -> Iterator[CounterMetricFamily]:
+    """Cross-session batching counters (edge_server.batching.BatchStats)."""
+    forwards = CounterMetricFamily(
+        "splitft_edge_trunk_forwards",
+        "trunk forwards, by whether they ran in a pass shared with other sessions",
+        labels=["shared"],
+    )
+    forwards.add_metric(["yes"], stats.shared_forwards)
+    forwards.add_metric(["no"], stats.alone_forwards)
+    yield forwards
+    passes = CounterMetricFamily("splitft_edge_shared_passes", "trunk passes run for more than one session")
+    passes.add_metric([], stats.shared_passes)
+    yield passes
+    rows = CounterMetricFamily("splitft_edge_shared_pass_rows", "rows carried by shared trunk passes")
+    rows.add_metric([], stats.shared_rows)
+    yield rows
+    backwards = CounterMetricFamily(
+        "splitft_edge_shared_backward_calls",
+        "autograd calls through shared passes (each serves one or more sessions)",
+    )
+    backwards.add_metric([], stats.shared_backwards)
+    yield backwards
+    served = CounterMetricFamily("splitft_edge_shared_backwards", "session backwards served by shared passes")
+    served.add_metric([], stats.backward_items)
+    yield served
 
 
 class EdgeMetrics:

@@ -53,7 +53,7 @@ class EdgeConfig:
     limits: DataPlaneLimits = field(default_factory=DataPlaneLimits)  # per request/session/device bounds
     memory_limit: int | None = None  # --memory-limit: bytes all sessions may hold; None: half the available
     batching: bool = True  # --batching: concurrent sessions' forwards and backwards share trunk passes
-    batch_window_ms: float = 5.0  # --batch-window-ms: how long a pass waits for other sessions to join
+    batch_window_ms: float = 20.0  # --batch-window-ms: how long a pass waits for other sessions to join
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -118,7 +120,7 @@ def _edge_args(config: EdgeBenchConfig, mode: str) -> list[str]:
 @contextmanager
 def _edges(config: EdgeBenchConfig, name: str, path: Path, shape: str, log_dir: Path) -> Iterator[dict]:
     """Both edges of a group (batching on and off), started at once; stopped on the way out."""
-    from splitft.local.launch import EdgeProcess
+    from splitft.local.launch import EdgeProcess, free_port
 
     edges = {
         mode: EdgeProcess(
@@ -126,6 +128,7 @@ def _edges(config: EdgeBenchConfig, name: str, path: Path, shape: str, log_dir: 
             threads=config.threads,
             extra_args=_edge_args(config, mode),
             log_path=str(log_dir / f"edge-{name}-{shape}-batching-{mode}.log"),
+            metrics_port=free_port(),  # the batching counters, read around every window
         )
         for mode in MODES
     }
@@ -159,7 +162,7 @@ def _run_group(
                 memory[mode]["held_kib"] = status_kib(pid, "VmRSS")
                 memory[mode]["open_peak_kib"] = status_kib(pid, "VmHWM")
             windows = [
-                _window(config, pool, n, mode, pids[mode], round_, batch * tokens)
+                _window(config, pool, n, mode, pids[mode], round_, batch * tokens, edges[mode].metrics_port)
                 for round_, n, mode in _schedule(config)
             ]
         finally:
@@ -207,11 +210,20 @@ def _schedule(config: EdgeBenchConfig) -> Iterator[tuple[int, int, str]]:
 
 
 def _window(
-    config: EdgeBenchConfig, pool: DevicePool, n: int, mode: str, pid: int, round_: int, tokens_per_step: int
+    config: EdgeBenchConfig,
+    pool: DevicePool,
+    n: int,
+    mode: str,
+    pid: int,
+    round_: int,
+    tokens_per_step: int,
+    metrics_port: int,
 ) -> dict[str, Any]:
     logger.info("bench edge: round %d, %d sessions, batching %s", round_ + 1, n, mode)
     device_pids = pool.pids[:n]
     at_start: list[tuple[float, float | None, float | None]] = []
+
+    forwards_before = shared_forwards(metrics_port)
 
     def started() -> None:
         reset_peak(pid)
@@ -220,6 +232,7 @@ def _window(
     start = time.monotonic() + START_DELAY_S
     results = pool.run(n, mode, start, start + config.seconds, started)
     (began, edge_cpu, devices_cpu), now = at_start[0], time.monotonic()
+    shared, alone = (a - b for a, b in zip(shared_forwards(metrics_port), forwards_before, strict=True))
     return {
         "round": round_,
         "sessions": n,
@@ -228,7 +241,18 @@ def _window(
         "edge_cpu_cores": _cores(edge_cpu, cpu_seconds(pid), now - began),
         "devices_cpu_cores": _cores(devices_cpu, _total_cpu(device_pids), now - began),
         "edge_peak_kib": status_kib(pid, "VmHWM"),
+        # Forwards (warm-up and window) that ran in a pass shared with other sessions.
+        "shared_forward_fraction": round(shared / (shared + alone), 3) if shared + alone else None,
     }
+
+
+def shared_forwards(port: int) -> tuple[float, float]:
+    """The edge's (shared, alone) trunk forward counters, from its Prometheus /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    counts = dict.fromkeys(("yes", "no"), 0.0)
+    for found in re.finditer(r'^splitft_edge_trunk_forwards_total\{shared="(yes|no)"\} (\S+)$', text, re.M):
+        counts[found.group(1)] = float(found.group(2))
+    return counts["yes"], counts["no"]
 
 
 def _total_cpu(pids: list[int]) -> float | None:

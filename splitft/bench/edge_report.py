@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from typing import Any
 
 from splitft.bench.edge_device import WindowResult
@@ -73,7 +74,13 @@ def _mode_cell(windows: list[dict[str, Any]], n: int, held_kib: int | None) -> d
         "devices_cpu_cores": round(statistics.median(device_cores), 2) if device_cores else None,
         "edge_peak_mib": _mib(peak),
         "active_mib_per_session": active,
+        "shared_forward_fraction": _median_of(w.get("shared_forward_fraction") for w in windows),
     }
+
+
+def _median_of(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any] | None:
@@ -188,8 +195,8 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
     rows = [
         f"| model | batch x tokens | N | tokens/s on | tokens/s off | on / off | p50 / p90 ms on "
         f"| p50 / p90 ms off | on, off vs N={fewest} | edge peak MiB on / off "
-        "| MiB per active session on / off | edge cores on / off | errors |",
-        "|" + " --- |" * 13,
+        "| MiB per active session on / off | edge cores on / off | shared forwards on | errors |",
+        "|" + " --- |" * 14,
     ]
     for c in report["results"]:
         on, off = c["on"], c["off"]
@@ -200,7 +207,8 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
             f"| {off['step_ms_p50']} / {off['step_ms_p90']} | {scaling} "
             f"| {on['edge_peak_mib']} / {off['edge_peak_mib']} "
             f"| {on['active_mib_per_session']} / {off['active_mib_per_session']} "
-            f"| {on['edge_cpu_cores']} / {off['edge_cpu_cores']} | {on['errors'] + off['errors']} |"
+            f"| {on['edge_cpu_cores']} / {off['edge_cpu_cores']} | {on.get('shared_forward_fraction')} "
+            f"| {on['errors'] + off['errors']} |"
         )
     columns = ("model", "batch x tokens", "batching", "sessions held", "idle MiB", "held MiB", "peak MiB")
     rows += ["", "| " + " | ".join(columns) + " | MiB per held session |", "|" + " --- |" * 8]

@@ -8,7 +8,7 @@ import os
 from splitft.cli.args import byte_size, handled_by
 
 # How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
-DEFAULT_BATCH_WINDOW_MS = 5.0
+DEFAULT_BATCH_WINDOW_MS = 20.0
 
 LIMIT_FLAGS = {  # edge serve flag -> what it bounds; defaults in edge_server/limits.py, README "Security"
     "max_request_bytes": "bytes of all tensors of one request",

@@ -107,8 +107,10 @@ class EdgeProcess:
         threads: int | None = None,
         tls: tuple[str, str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.host = host
+        self.metrics_port = metrics_port  # Prometheus /metrics on host:metrics_port when set
         self.env = dict(env or {})  # e.g. SPLITFT_EDGE_SECRET: secrets go in the environment, not argv
         self.port = port or free_port(host)
         cmd = [
@@ -128,6 +130,8 @@ class EdgeProcess:
             cmd += ["--model-dir", arg]
         if threads is not None:
             cmd += ["--threads", str(threads)]
+        if metrics_port is not None:
+            cmd += ["--metrics-port", str(metrics_port)]
         self.cmd = cmd + list(extra_args)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None

@@ -106,6 +106,10 @@ def test_a_training_step_moves_every_series(metered_edge: EdgeServer, tiny_model
     assert value(after, "splitft_edge_memory_used_bytes") == 0
     assert adapter_series(after) == []
     assert value(after, "splitft_edge_step_seconds_count", phase="forward", model=FAMILY) == 1
+    # A session alone never waits for or shares a pass (batching is on by default).
+    assert value(after, "splitft_edge_trunk_forwards_total", shared="no") == 1
+    assert value(after, "splitft_edge_trunk_forwards_total", shared="yes") == 0
+    assert value(after, "splitft_edge_shared_passes_total") == 0
 
 
 def test_bytes_are_counted_per_codec(metered_edge: EdgeServer, tiny_models: dict[str, TinyModel]):
