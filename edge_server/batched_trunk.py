@@ -23,6 +23,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from edge_server.stacked_lora import stacked_delta
 from splitft.model.loading import LoadedSpan
 from splitft.model.randomness import SessionRandomness
 from splitft.model.spans import Skipped
@@ -47,6 +48,7 @@ class PassPlan:
     segments: list[Segment] = field(default_factory=list)
     targeted: frozenset[str] = frozenset()  # module names any segment adapts
     randomness: SessionRandomness | None = None  # set when a session's dropout is active
+    stacked_calls: int = 0  # layer calls whose LoRA paths ran stacked (edge_server.stacked_lora)
 
 
 class SegmentedLinear(nn.Module):
@@ -74,6 +76,10 @@ class SegmentedLinear(nn.Module):
         plan = self._plan[0]
         if self.name not in plan.targeted:
             return result
+        delta = stacked_delta(self.name, x, plan)  # every session alike: two bmm, not S paths
+        if delta is not None:
+            plan.stacked_calls += 1
+            return result + delta
         pieces = []
         for segment in plan.segments:
             rows = result[segment.start : segment.stop]
@@ -192,6 +198,7 @@ class BatchedTrunks:
 
     def release(self, trunk: BatchedTrunk) -> None:
         """Give a tree back after its pass (its plan is cleared: no session state stays on it)."""
-        trunk.plan.segments, trunk.plan.targeted, trunk.plan.randomness = [], frozenset(), None
+        plan = trunk.plan  # reset in place: every SegmentedLinear of the tree holds this object
+        plan.segments, plan.targeted, plan.randomness, plan.stacked_calls = [], frozenset(), None, 0
         with self._lock:
             self._free.setdefault((id(trunk.span), trunk.start, trunk.stop), []).append(trunk)

@@ -173,6 +173,7 @@ class BatchStats:
     alone_forwards: int = 0  # forwards that ran on their session's own tree
     shared_backwards: int = 0  # autograd calls through shared passes
     backward_items: int = 0  # session backwards those calls served
+    stacked_lora_calls: int = 0  # adapted layer calls in shared passes whose LoRA paths ran as one bmm
 
     def add(self, **counts: int) -> None:
         """Add `counts` to the named fields."""
@@ -224,7 +225,7 @@ class TrunkBatcher:
             self._count(alone_forwards=1)
             return  # alone: its own tree, exactly the unbatched path
         try:
-            _run_shared(self.trees, items)
+            stacked = _run_shared(self.trees, items)
         except Exception:  # a fault of the shared path must not cost the sessions their step
             logger.exception("shared trunk pass of %d sessions failed; running them one by one", len(items))
             for item in items:
@@ -232,11 +233,12 @@ class TrunkBatcher:
             self._count(alone_forwards=len(items))
             return
         rows = sum(item.hidden.shape[0] for item in items)
-        self._count(shared_passes=1, shared_rows=rows, shared_forwards=len(items))
+        self._count(shared_passes=1, shared_rows=rows, shared_forwards=len(items), stacked_lora_calls=stacked)
 
 
-def _run_shared(trees: BatchedTrunks, items: list[ForwardItem]) -> None:
-    """One trunk pass over every item's rows; sets each item's output (and kept pending)."""
+def _run_shared(trees: BatchedTrunks, items: list[ForwardItem]) -> int:
+    """One trunk pass over every item's rows; sets each item's output (and kept pending). Returns
+    how many adapted layer calls ran their LoRA paths stacked."""
     first = items[0]
     tree = trees.acquire(first.span, first.start, first.stop)
     try:
@@ -261,12 +263,14 @@ def _run_shared(trees: BatchedTrunks, items: list[ForwardItem]) -> None:
                 _cat_rows([i.positions for i in items], items),
                 training=first.training,
             )
+        stacked = tree.plan.stacked_calls
     finally:
         trees.release(tree)
     shared = SharedPass(out, segments) if first.keep else None
     for index, (item, segment) in enumerate(zip(items, segments, strict=True)):
         item.output = out[segment.start : segment.stop].detach()
         item.pending = SharedPending(shared, index) if shared is not None else None
+    return stacked
 
 
 def _cat_rows(tensors: list[torch.Tensor | None], items: list[ForwardItem]) -> torch.Tensor | None:

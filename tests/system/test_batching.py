@@ -56,6 +56,8 @@ PLANS = [
     Plan(seed=3, rank=None, targets=0, lora_dropout=0.0, rows=1, tokens=12, delay=0.08, pad=5),
     Plan(seed=4, rank=4, targets=1, lora_dropout=0.2, rows=2, tokens=16, delay=0.02, pad=2),
     Plan(seed=5, rank=4, targets=0, lora_dropout=0.0, rows=1, tokens=16, delay=0.06, pad=0, late=0.5),
+    # Same rank, rows and targets as seed 4: their LoRA paths run stacked (edge_server.stacked_lora).
+    Plan(seed=6, rank=4, targets=1, lora_dropout=0.1, rows=2, tokens=16, delay=0.03, pad=1),
 ]
 
 
@@ -165,6 +167,7 @@ def test_batched_sessions_match_unbatched(family, tmp_path):
     # Batching happened: passes shared by several sessions, forwards and backwards alike.
     assert stats.shared_passes >= 2 and stats.shared_forwards > stats.shared_passes, stats
     assert stats.backward_items > stats.shared_backwards, stats
+    assert stats.stacked_lora_calls > 0, stats
     for plan, on, off in zip(PLANS, with_batching, without, strict=True):
         for step in range(STEPS):
             assert _max_diff(on.outputs[step], off.outputs[step]) <= TOLERANCE, (plan, step)

@@ -1,4 +1,9 @@
-"""Sessions training at once on one edge do not disturb each other: each equals its solo run exactly."""
+"""Sessions training at once on one edge do not disturb each other: each equals its solo run.
+
+With cross-session batching on (the default) sessions stepping together share trunk passes, whose
+matmuls run over more rows (and their LoRA paths as batched matmuls): the same arithmetic, rounded
+in a different order, so runs agree to 1e-5 (the batching equivalence bound), not bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from device_client import EdgeConnection, SplitModel
@@ -73,9 +79,11 @@ def test_concurrent_sessions_equal_solo_runs(tiny_models: dict[str, TinyModel], 
             together = {seed: future.result(timeout=120) for seed, future in futures.items()}
 
     for seed in SEEDS:
-        assert together[seed].losses == solo[seed].losses, f"seed {seed}"
+        assert together[seed].losses == pytest.approx(solo[seed].losses, abs=1e-5), f"seed {seed}"
         assert together[seed].adapter.keys() == solo[seed].adapter.keys()
         for key, value in solo[seed].adapter.items():
-            assert torch.equal(together[seed].adapter[key], value), f"seed {seed}: {key}"
-    # different seeds and data really gave different runs, so equality above is not vacuous
+            assert torch.allclose(together[seed].adapter[key], value, atol=1e-5, rtol=0), (
+                f"seed {seed}: {key}"
+            )
+    # different seeds and data really gave different runs, so agreement above is not vacuous
     assert len({tuple(solo[s].losses) for s in SEEDS}) == len(SEEDS)
