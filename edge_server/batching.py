@@ -21,6 +21,7 @@ Design (docs/architecture.md, "Cross-session batching"):
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -184,8 +185,9 @@ class BatchStats:
 class TrunkBatcher:
     """Gathers forwards (and backwards) of concurrent sessions into shared trunk passes."""
 
-    def __init__(self, window_seconds: float) -> None:
+    def __init__(self, window_seconds: float, parallel_passes: int | None = None) -> None:
         self.window = window_seconds
+        self.parallel_passes = parallel_passes or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
         self.trees = BatchedTrunks()
@@ -197,7 +199,11 @@ class TrunkBatcher:
     def forward(self, item: ForwardItem) -> None:
         """Run `item` in a shared pass; afterwards `item.output` is set, or None: run it alone."""
         key = item.key()
-        expected = self._peers.arrive(key, item.session_id)
+        peers = self._peers.arrive(key, item.session_id)
+        # Spread the peers over as many concurrent passes as the CPU runs side by side (cores over
+        # intra-op threads): with one thread per op, two passes of four keep two cores busy, where
+        # one pass of eight would leave a core idle while the devices answer between phases.
+        expected = -(-peers // self.parallel_passes)
         self._forwards.submit(key, item, expected, self._run_forwards)
 
     def backward(self, pending: SharedPending, grad: torch.Tensor) -> BackwardItem:
