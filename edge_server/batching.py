@@ -187,7 +187,9 @@ class TrunkBatcher:
 
     def __init__(self, window_seconds: float, parallel_passes: int | None = None) -> None:
         self.window = window_seconds
-        self.parallel_passes = parallel_passes or max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+        self.parallel_passes = parallel_passes or max(
+            1, len(os.sched_getaffinity(0)) // torch.get_num_threads()
+        )
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
         self.trees = BatchedTrunks()

@@ -104,7 +104,8 @@ def save_tiny_model(
     dropout: float = 0.0,
 ) -> TinyModel:
     """Build a tiny random model of `family` and `save_pretrained` it to `directory` (`dropout`: the
-    rate of every dropout the family's config has; 0 for the equal-results tests)."""
+    rate of every dropout the family's config has, Llama's attention dropout included; 0 for the
+    equal-results tests)."""
     torch.manual_seed(seed)
     model = _build(family, layers, hidden, dropout)
     path = Path(directory)

@@ -2,7 +2,9 @@
 
 With cross-session batching on (the default) sessions stepping together share trunk passes, whose
 matmuls run over more rows (and their LoRA paths as batched matmuls): the same arithmetic, rounded
-in a different order, so runs agree to 1e-5 (the batching equivalence bound), not bit for bit.
+in a different order, so runs agree closely, not bit for bit: losses to 1e-5 (the batching
+equivalence bound, `test_batching.py`), adapters after five AdamW steps at lr 1e-2 to 1e-4 (AdamW
+divides by the root of a small second moment early on, which magnifies last-bit differences).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def test_concurrent_sessions_equal_solo_runs(tiny_models: dict[str, TinyModel], 
         assert together[seed].losses == pytest.approx(solo[seed].losses, abs=1e-5), f"seed {seed}"
         assert together[seed].adapter.keys() == solo[seed].adapter.keys()
         for key, value in solo[seed].adapter.items():
-            assert torch.allclose(together[seed].adapter[key], value, atol=1e-5, rtol=0), (
+            assert torch.allclose(together[seed].adapter[key], value, atol=1e-4, rtol=0), (
                 f"seed {seed}: {key}"
             )
     # different seeds and data really gave different runs, so agreement above is not vacuous
