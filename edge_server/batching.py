@@ -36,6 +36,11 @@ from splitft.model.randomness import RowStream, RowStreams, SessionRandomness
 
 logger = logging.getLogger(__name__)
 
+# Forwards of more trunk tokens than this run alone: their matmuls are already full, and on this
+# 2-core CPU `bench edge` measured batching at 8 x 128 tokens per device 0.87x-0.96x of batching off
+# (more waiting, no gain), at 1 x 64 tokens 1.1x-1.4x.
+MAX_SHARED_TOKENS = 512
+
 
 @dataclass
 class ForwardItem:

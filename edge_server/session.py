@@ -23,7 +23,7 @@ from torch import nn
 
 from edge_server.admission import SessionMemory, untracked
 from edge_server.batched_trunk import batchable_layers, share_modules
-from edge_server.batching import ForwardItem, SharedPending, TrunkBatcher
+from edge_server.batching import MAX_SHARED_TOKENS, ForwardItem, SharedPending, TrunkBatcher
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -180,6 +180,8 @@ class TrunkSession:
         """Offer the forward to the batcher; the item if it ran in a shared pass, None to run alone."""
         if self.batcher is None or self.lora_layers is None:
             return None
+        if hidden.shape[0] * hidden.shape[1] > MAX_SHARED_TOKENS:
+            return None  # a big forward fills the trunk's matmuls alone
         item = ForwardItem(
             self.session_id,
             self.span,

@@ -111,6 +111,9 @@ class SyntheticDevice:
                 model_type=spec.model_type,
                 num_layers=spec.num_layers,
                 hidden_size=spec.hidden_size,
+                # Its real shape, so memory admission reserves what it will keep, not the default.
+                batch_size=spec.batch,
+                sequence_length=spec.tokens,
             ),
         )
         trunk = RemoteTrunk(conn, opened, codecs, seed=spec.seed)

@@ -20,6 +20,7 @@ from peft import LoraConfig
 from device_client import EdgeConnection
 from device_client.trunk import RemoteTrunk
 from edge_server import EdgeConfig, EdgeServer
+from edge_server.batching import MAX_SHARED_TOKENS
 from splitft.compress import parse_codecs
 from splitft.model.lora import trunk_lora_json
 from splitft.testing.tiny import save_tiny_model
@@ -179,3 +180,34 @@ def test_batched_sessions_match_unbatched(family, tmp_path):
         assert bool(on.adapter) == (plan.rank is not None)
         for name in on.adapter:
             assert _max_diff(on.adapter[name], off.adapter[name]) <= TOLERANCE, (plan, name)
+
+
+def test_forwards_above_the_shared_token_bound_run_alone(tmp_path):
+    tiny = save_tiny_model("llama", tmp_path / "llama", hidden=HIDDEN)
+    edge = _serve(tiny.path, "llama", batching=True)
+    start = threading.Barrier(2, timeout=60)
+    answered: list[torch.Tensor] = []
+
+    def device(seed: int) -> None:
+        with EdgeConnection(edge.address, insecure=True) as conn:
+            trunk = _open(conn, "llama", Plan(seed, 4, 0, 0.0, rows=3, tokens=200, delay=0.0, pad=0))
+            for _ in range(2):
+                start.wait()
+                _, out = trunk.forward(
+                    torch.randn(3, 200, HIDDEN), {}, training=True, requires_grad=False, need_input_grad=False
+                )
+                answered.append(out)
+            trunk.close()
+
+    try:
+        threads = [threading.Thread(target=device, args=(seed,)) for seed in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        stats = edge.sessions.batcher.stats
+    finally:
+        edge.stop(grace=1)
+    assert 3 * 200 > MAX_SHARED_TOKENS
+    assert len(answered) == 4
+    assert stats.shared_forwards == 0 and stats.alone_forwards == 0, stats  # never offered to the batcher
