@@ -1,8 +1,10 @@
 """What every wire-level benchmark shares: the model and batch config, a torch thread budget, one
-training step, and a split model on a local edge."""
+training step, a split model on a local edge, a process's CPU time and the spread of a sample."""
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +52,30 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def process_cpu_seconds(pid: int | None = None) -> float | None:
+    """User + system CPU seconds of process `pid` (default: this one) so far, all its threads
+    (Linux /proc); None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spread(values: list[float], digits: int = 4) -> dict[str, float]:
+    """Median, quartiles and extremes of a sample (the quartiles by the inclusive method)."""
+    ordered = sorted(values)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
+    return {
+        "median": round(statistics.median(ordered), digits),
+        "q1": round(q1, digits),
+        "q3": round(q3, digits),
+        "min": round(ordered[0], digits),
+        "max": round(ordered[-1], digits),
+    }
 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:

@@ -1,9 +1,12 @@
 """`splitft bench sessions`: aggregate edge throughput with 1, 2, 4 and 8 concurrent sessions.
 
-One edge process (`EdgeProcess`, `threads` torch threads) and max(`sessions`) device processes
-(`python -m splitft.bench.sessions --worker`), each with its own session, model, optimizer and
-batch: separate processes, so no device shares a GIL or an interpreter with another, and all of
-them are started, loaded and warmed up before anything is measured. For each N in `sessions`, the
+Two models, one after the other, on one edge process (`EdgeProcess`, `threads` torch threads):
+`family` (default a Llama-style model, which has no dropout modules) and `dropout_family` (default
+BERT-style) with `nn.Dropout(dropout)` in every block, whose training forwards draw from each
+session's RNG stream on the edge (the demo's MiniLM is such a model). Per model, max(`sessions`)
+device processes (`python -m splitft.bench.sessions --worker`), each with its own session, model,
+optimizer and batch: separate processes, so no device shares a GIL or an interpreter with another,
+and all of them are started, loaded and warmed up before anything is measured. For each N in `sessions`, the
 first N devices train together through the same window of `seconds` (they start at one instant
 of the system-wide monotonic clock; each keeps stepping until a step ends past the window) while
 the others wait idle on their open sessions. A device's rate is its completed steps over the
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from typing import IO, Any
 
 import torch
 
-from splitft.bench.common import BenchModelConfig, split_model, train_step
+from splitft.bench.common import BenchModelConfig, process_cpu_seconds, split_model, train_step
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 
@@ -45,6 +47,8 @@ WORKER_TIMEOUT_S = 600
 
 @dataclass
 class SessionsBenchConfig(BenchModelConfig):
+    """`bench sessions`: the two models and their batch, the session counts, the windows."""
+
     hidden: int = 256  # smaller than `bench step`'s model: 8 sessions x 4 windows in ~2 minutes
     tokens: int = 64
     threads: int = 1  # torch threads in the edge process
@@ -53,9 +57,16 @@ class SessionsBenchConfig(BenchModelConfig):
     warmup_steps: int = 2  # per device, before any window
     device_threads: int = 1  # torch threads in each device process
     codec: str = "raw"
+    dropout_family: str = "bert"  # the second model, with dropout; "none": only `family`
+    dropout: float = 0.1  # its dropout probability (hidden states and attention)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dropout_family not in ("none", "gpt2", "bert", "vit") or not 0.0 < self.dropout < 1.0:
+            raise InvalidArgument(
+                "dropout_family must be gpt2, bert, vit or none (llama has no dropout modules) "
+                "and dropout in (0, 1)"
+            )
         self.codec = str(parse_codecs(self.codec))  # canonical; InvalidArgument if unknown
         self.sessions = tuple(int(n) for n in self.sessions)
         if not self.sessions or min(self.sessions) < 1:
@@ -64,26 +75,52 @@ class SessionsBenchConfig(BenchModelConfig):
             raise InvalidArgument("device_threads must be >= 1, seconds > 0 and warmup_steps >= 0")
 
 
+def bench_models(config: SessionsBenchConfig) -> list[tuple[str, str, float]]:
+    """(edge model name, family, dropout) of each model the benchmark runs, in order."""
+    models = [("bench", config.family, 0.0)]
+    if config.dropout_family != "none":
+        models.append(("bench-dropout", config.dropout_family, config.dropout))
+    return models
+
+
 def run_sessions_bench(config: SessionsBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
     from splitft.local.launch import EdgeProcess
     from splitft.testing.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="splitft-bench-sessions-") as tmp:
-        tiny = save_tiny_model(config.family, Path(tmp) / "bench", layers=config.layers, hidden=config.hidden)
+        dirs = {
+            name: save_tiny_model(
+                family, Path(tmp) / name, layers=config.layers, hidden=config.hidden, dropout=dropout
+            ).path
+            for name, family, dropout in bench_models(config)
+        }
         edge = EdgeProcess(
-            [f"bench={tiny.path}"], threads=config.threads, log_path=str(Path(tmp) / "edge.log")
+            [f"{name}={path}" for name, path in dirs.items()],
+            threads=config.threads,
+            log_path=str(Path(tmp) / "edge.log"),
         )
+        results = []
         with edge:
-            spec = {**asdict(config), "model_dir": str(tiny.path), "edge": edge.address}
-            with DeviceWorkers(spec, max(config.sessions), Path(tmp)) as workers:
-                pid = edge.process.pid if edge.process else None
-                rounds = [_window(workers, n, config, pid) for n in config.sessions]
+            pid = edge.process.pid if edge.process else None
+            for name, family, dropout in bench_models(config):
+                spec = {
+                    **asdict(config),
+                    "family": family,
+                    "model_dir": str(dirs[name]),
+                    "edge_model": name,
+                    "edge": edge.address,
+                }
+                with DeviceWorkers(spec, max(config.sessions), Path(tmp)) as workers:
+                    rounds = [_window(workers, n, config, pid) for n in config.sessions]
+                results.append(
+                    {"model": name, "family": family, "dropout": dropout, "rounds": _with_ratios(rounds)}
+                )
     report = {
         "benchmark": "sessions",
         "config": asdict(config),
         "baseline_sessions": config.sessions[0],
-        "rounds": _with_ratios(rounds),
+        "models": results,
     }
     return json.dumps(report, indent=2)
 
@@ -170,17 +207,6 @@ def _lines(stream: IO[str]) -> Iterator[str]:
     return iter(stream.readline, "")
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of process `pid` so far (Linux /proc), None elsewhere."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _window(
     workers: DeviceWorkers, n: int, config: SessionsBenchConfig, edge_pid: int | None
 ) -> dict[str, Any]:
@@ -188,9 +214,10 @@ def _window(
     start = time.monotonic() + START_DELAY_S
     workers.start(n, start, start + config.seconds)
     time.sleep(max(0.0, start - time.monotonic()))
-    cpu_before = _cpu_seconds(edge_pid)
+    cpu_before = process_cpu_seconds(edge_pid) if edge_pid is not None else None
     steps = workers.results(n)
-    cpu_after, wall = _cpu_seconds(edge_pid), time.monotonic() - start
+    cpu_after = process_cpu_seconds(edge_pid) if edge_pid is not None else None
+    wall = time.monotonic() - start
     summary = summarize(steps, start, config.batch * config.tokens)
     if cpu_before is not None and cpu_after is not None:
         summary["edge_cpu_cores"] = round((cpu_after - cpu_before) / wall, 2)
@@ -252,7 +279,9 @@ def _worker_main() -> int:
     )
     with EdgeConnection(spec["edge"], insecure=True) as conn:
         config = SessionsBenchConfig(**{f.name: spec[f.name] for f in fields(SessionsBenchConfig)})
-        model, optimizer = split_model(Path(spec["model_dir"]), conn, config, config.codec)
+        model, optimizer = split_model(
+            Path(spec["model_dir"]), conn, config, config.codec, edge_model=spec["edge_model"]
+        )
         with model:
             now = time.monotonic()
             for _ in range(int(spec["warmup_steps"])):

@@ -1,13 +1,23 @@
 """`splitft bench step`: one training step in one process vs split over loopback, side by side.
 
-Runs per round: the whole peft model in one process; split over plaintext gRPC; split over mutual
-TLS with session tokens (one `Train` stream per session); the same over mutual TLS with one unary
-call per tensor instead of the stream; and the mTLS split with the batch cut into 2 and 4 pipelined
-micro-batches (`SplitModel.forward_backward`). Each edge runs in its own process.
+Runs per round, each edge in its own process:
 
-Every side runs the same model, batch and torch thread budget in the same run, rounds are
-interleaved, and the median of the per-round ratios is reported, because this machine is shared and
-noisy. Bytes per step per codec are `splitft bench wire`'s job.
+- `local`: the whole peft model in this process, `threads` torch threads (what each split process
+  gets); `local_equal_total`: the same with 2 x `threads`, the split's two processes together;
+- `split_insecure`: split over plaintext gRPC; `split_mtls`: over mutual TLS with session tokens
+  (one `Train` stream per session); `split_mtls_per_call`: the same with one unary call per tensor;
+  `split_mtls_pipelined_2` and `_4`: the mTLS split with the batch cut into 2 and 4 pipelined
+  micro-batches (`SplitModel.forward_backward`); all with `threads` torch threads in the device
+  (this process) and in the edge;
+- `local_default` and `split_default`: what a user gets without choosing: torch's default thread
+  count in this process, and an edge started by `splitft edge serve` without `--threads` (mTLS,
+  stream): the split's own overhead when device and edge share the machine.
+
+Rounds alternate the order of the runs (forward on even rounds, reversed on odd), after two warm-up
+rounds; the report gives each run's step time and each ratio's per-round values as median,
+quartiles and extremes, and the CPU seconds per step of this process and of the edge processes
+(from /proc), which show waste (threads spinning while idle) apart from the machine's noise.
+Bytes per step per codec are `splitft bench wire`'s job.
 """
 
 from __future__ import annotations
@@ -15,9 +25,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,14 @@ import torch
 from peft import get_peft_model
 
 from device_client import EdgeConnection
-from splitft.bench.common import BenchModelConfig, split_model, torch_threads, train_step
+from splitft.bench.common import (
+    BenchModelConfig,
+    process_cpu_seconds,
+    split_model,
+    spread,
+    torch_threads,
+    train_step,
+)
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess, LocalPki
 from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
@@ -36,17 +53,29 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[], float]
 RATIOS = (
     ("split_insecure", "local"),
+    ("split_insecure", "local_equal_total"),
     ("split_mtls", "local"),
+    ("split_mtls", "local_equal_total"),
     ("split_mtls", "split_insecure"),
     ("split_mtls_per_call", "split_mtls"),
     ("split_mtls_pipelined_2", "split_mtls"),
     ("split_mtls_pipelined_4", "split_mtls"),
+    ("split_mtls_pipelined_2", "local_equal_total"),
+    ("split_default", "local_default"),
+)
+# The mTLS sessions: (run, stream or one call per tensor, edge: "fixed" threads or "default")
+MTLS_RUNS = (
+    ("split_mtls", True, "fixed"),
+    ("split_mtls_per_call", False, "fixed"),
+    ("split_mtls_pipelined_2", True, "fixed"),
+    ("split_mtls_pipelined_4", True, "fixed"),
+    ("split_default", True, "default"),
 )
 
 
 @dataclass
 class StepBenchConfig(BenchModelConfig):
-    """`bench step`: the model and batch, and how many interleaved rounds to time."""
+    """`bench step`: the model and batch, and how many alternating rounds to time."""
 
     repeats: int = 10
 
@@ -56,6 +85,16 @@ class StepBenchConfig(BenchModelConfig):
             raise InvalidArgument("repeats must be >= 1")
 
 
+@dataclass(frozen=True)
+class Run:
+    """One alternative: its torch threads in this process (the device, or the whole model) and its
+    edge's (None: no edge; 0: `edge serve`'s default), and the step that returns its seconds."""
+
+    threads: int
+    edge_threads: int | None
+    step: StepFn
+
+
 def _param_bytes(params) -> tuple[int, int]:
     params = list(params)
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
@@ -63,7 +102,8 @@ def _param_bytes(params) -> tuple[int, int]:
 
 def run_step_bench(config: StepBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    with torch_threads(config.threads), tempfile.TemporaryDirectory() as tmp:
+    default_threads = torch.get_num_threads()  # torch's default when this process has not changed it
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         tiny = save_tiny_model(config.family, Path(tmp) / "model", layers=config.layers, hidden=config.hidden)
         batch = make_batch(config.family, torch.Generator().manual_seed(0), config.batch, config.tokens)
         torch.manual_seed(0)
@@ -71,63 +111,116 @@ def run_step_bench(config: StepBenchConfig) -> str:
         local_opt = torch.optim.AdamW([p for p in local.parameters() if p.requires_grad], lr=1e-3)
         secure = LocalPki.create(Path(tmp) / "pki", device="bench")
         models = [f"bench={tiny.path}"]
-        with (
-            EdgeProcess(models, threads=config.threads) as plain_edge,
-            EdgeProcess(
-                models,
-                threads=config.threads,
-                tls=secure.tls,
-                extra_args=["--token-issuer-key", str(secure.issuer_pub)],
-            ) as tls_edge,
-            EdgeConnection(plain_edge.address, insecure=True) as plain_conn,
-        ):
-            splits: dict[str, tuple[Any, Any]] = {
-                "split_insecure": split_model(tiny.path, plain_conn, config)
-            }
-            connections = []
-            for name, stream in (
-                ("split_mtls", True),
-                ("split_mtls_per_call", False),
-                ("split_mtls_pipelined_2", True),
-                ("split_mtls_pipelined_4", True),
-            ):
-                conn = secure.connect(tls_edge.address, session=f"bench-{name}", model="bench")
-                connections.append(conn)
-                splits[name] = split_model(tiny.path, conn, config, stream=stream)
-            try:
-                runs: dict[str, StepFn] = {"local": lambda: train_step(local, local_opt, batch)}
-                for name, (model, opt) in splits.items():
-                    micro = int(name.rsplit("_", 1)[1]) if "pipelined" in name else 0
-                    runs[name] = functools.partial(train_step, model, opt, batch, micro)
-                timing = interleaved(runs, config.repeats, RATIOS)
-                share = _device_share(local, splits["split_insecure"][0])
-            finally:
-                for model, _ in splits.values():
-                    model.close()
-                for conn in connections:
-                    conn.close()
-    report = {"benchmark": "step", "config": asdict(config), "step_seconds": timing, "device_share": share}
+        issuer = ["--token-issuer-key", str(secure.issuer_pub)]
+        plain_edge = stack.enter_context(EdgeProcess(models, threads=config.threads))
+        edges = {  # mTLS edges: `threads` torch threads, and `edge serve`'s default (no --threads)
+            "fixed": stack.enter_context(
+                EdgeProcess(models, threads=config.threads, tls=secure.tls, extra_args=issuer)
+            ),
+            "default": stack.enter_context(EdgeProcess(models, tls=secure.tls, extra_args=issuer)),
+        }
+        plain_conn = stack.enter_context(EdgeConnection(plain_edge.address, insecure=True))
+        splits: dict[str, tuple[Any, Any]] = {"split_insecure": split_model(tiny.path, plain_conn, config)}
+        stack.callback(splits["split_insecure"][0].close)
+        for name, stream, edge in MTLS_RUNS:
+            conn = stack.enter_context(
+                secure.connect(edges[edge].address, session=f"bench-{name}", model="bench")
+            )
+            splits[name] = split_model(tiny.path, conn, config, stream=stream)
+            stack.callback(splits[name][0].close)  # before its connection closes (last in, first out)
+        local_step = functools.partial(train_step, local, local_opt, batch)
+        runs = _runs(local_step, splits, batch, config.threads, default_threads)
+        pids = [e.process.pid for e in (plain_edge, *edges.values()) if e.process is not None]
+        timing = interleaved(runs, config.repeats, RATIOS, edge_pids=pids)
+        share = _device_share(local, splits["split_insecure"][0])
+    report = {
+        "benchmark": "step",
+        "config": asdict(config),
+        "default_threads": default_threads,
+        **timing,
+        "device_share": share,
+    }
     return json.dumps(report, indent=2)
 
 
+def _runs(
+    local_step: StepFn,
+    splits: dict[str, tuple[Any, Any]],
+    batch: dict[str, torch.Tensor],
+    threads: int,
+    default_threads: int,
+) -> dict[str, Run]:
+    runs = {
+        "local": Run(threads, None, local_step),
+        "local_equal_total": Run(2 * threads, None, local_step),
+        "local_default": Run(default_threads, None, local_step),
+    }
+    for name, (model, opt) in splits.items():
+        micro = int(name.rsplit("_", 1)[1]) if "pipelined" in name else 0
+        default = name == "split_default"
+        runs[name] = Run(
+            default_threads if default else threads,
+            0 if default else threads,
+            functools.partial(train_step, model, opt, batch, micro),
+        )
+    return runs
+
+
+def _timed(run: Run, edge_pids: Sequence[int]) -> tuple[float, float | None, float | None]:
+    """(wall seconds, CPU seconds of this process, CPU seconds of all edge processes) of one step."""
+    with torch_threads(run.threads):
+        device_before, edges_before = process_cpu_seconds(), _sum_cpu(edge_pids)
+        wall = run.step()
+        device_after, edges_after = process_cpu_seconds(), _sum_cpu(edge_pids)
+    device = None if device_before is None or device_after is None else device_after - device_before
+    edges = None if edges_before is None or edges_after is None else edges_after - edges_before
+    return wall, device, edges
+
+
+def _sum_cpu(pids: Sequence[int]) -> float | None:
+    seconds = [process_cpu_seconds(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
+
+
 def interleaved(
-    runs: dict[str, StepFn], repeats: int, ratios: tuple[tuple[str, str], ...]
-) -> dict[str, float]:
-    """Time each run once per round, rounds interleaved; report medians and per-round ratio medians."""
-    for _ in range(2):  # warm-up: allocator, first-call overheads, gRPC connection and TLS handshake
+    runs: dict[str, Run],
+    repeats: int,
+    ratios: tuple[tuple[str, str], ...],
+    *,
+    edge_pids: Sequence[int] = (),
+    warmup_rounds: int = 2,
+) -> dict[str, Any]:
+    """Time each run once per round, the order reversed every other round; the spread of each run's
+    step time and CPU time and of each ratio's per-round values."""
+    for _ in range(warmup_rounds):  # allocator, first-call overheads, gRPC connection, TLS handshake
         for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+            _timed(run, edge_pids)
+    names = list(runs)
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, dict[str, list[float]]] = {name: {"device": [], "edges": []} for name in names}
     for round_ in range(repeats):
         logger.info("bench: round %d of %d", round_ + 1, repeats)
-        for name, run in runs.items():
-            times[name].append(run())
-    report: dict[str, float] = {f"{name}_median": round(statistics.median(t), 5) for name, t in times.items()}
-    for a, b in ratios:
-        per_round = [x / y for x, y in zip(times[a], times[b], strict=True)]
-        report[f"ratio_{a}_vs_{b}"] = round(statistics.median(per_round), 3)
-    report["rounds"] = repeats
-    return report
+        for name in names if round_ % 2 == 0 else reversed(names):
+            wall, device, edges = _timed(runs[name], edge_pids)
+            walls[name].append(wall)
+            for side, value in (("device", device), ("edges", edges)):
+                if value is not None:
+                    cpu[name][side].append(value)
+    return {
+        "rounds": repeats,
+        "order": "alternating: the runs in the listed order on even rounds, reversed on odd rounds",
+        "threads": {name: {"device": run.threads, "edge": run.edge_threads} for name, run in runs.items()},
+        "step_seconds": {name: spread(values) for name, values in walls.items()},
+        "ratios": {
+            f"{a}_vs_{b}": spread([x / y for x, y in zip(walls[a], walls[b], strict=True)], 3)
+            for a, b in ratios
+            if a in walls and b in walls
+        },
+        "cpu_seconds_per_step": {
+            name: {side: spread(values, 3)["median"] for side, values in sides.items() if values}
+            for name, sides in cpu.items()
+        },
+    }
 
 
 def _device_share(local, split) -> dict[str, float]:

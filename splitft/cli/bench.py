@@ -29,7 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
     step = bench.add_parser(
-        "step", help="step time one-process vs split over loopback: mTLS, stream, pipelining (JSON)"
+        "step",
+        help="step time one-process (same and equal total threads, torch's default) vs split over "
+        "loopback: mTLS, stream, pipelining, default threads (JSON)",
     )
     wire = bench.add_parser("wire", help="bytes per step up and down per codec, relative to raw (JSON)")
     for sub in (step, wire):
@@ -38,7 +40,13 @@ def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
         sub.add_argument("--hidden", type=int, default=512)
         sub.add_argument("--batch", type=int, default=8)
         sub.add_argument("--tokens", type=int, default=128)
-        sub.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+        sub.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch threads for each process (step: the one-process "
+            "baseline also runs with twice as many, the split's total)",
+        )
         sub.add_argument("--device-layers", type=int, default=1)
         sub.add_argument("--head-layers", type=int, default=1)
     step.add_argument("--repeats", type=int, default=10)
@@ -84,6 +92,13 @@ def _register_memory_and_sessions(bench: argparse._SubParsersAction) -> None:
     sessions.add_argument("--warmup-steps", type=int, default=2, help="per device, before any window")
     sessions.add_argument("--threads", type=int, default=1, help="torch threads in the edge process")
     sessions.add_argument("--device-threads", type=int, default=1, help="torch threads per device process")
+    sessions.add_argument(
+        "--dropout-family",
+        default="bert",
+        choices=["bert", "gpt2", "vit", "none"],
+        help="the second model, with dropout modules in every block (default bert; none: only --family)",
+    )
+    sessions.add_argument("--dropout", type=float, default=0.1, help="the second model's dropout probability")
     handled_by(sessions, "bench:sessions")
 
 

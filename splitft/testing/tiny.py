@@ -34,7 +34,7 @@ class TinyModel:
     model_class: type[PreTrainedModel]
 
 
-def _build(family: str, layers: int, hidden: int) -> PreTrainedModel:
+def _build(family: str, layers: int, hidden: int, dropout: float = 0.0) -> PreTrainedModel:
     heads = max(2, hidden // 16)
     if family == "llama":
         return LlamaForCausalLM(
@@ -56,9 +56,9 @@ def _build(family: str, layers: int, hidden: int) -> PreTrainedModel:
                 n_layer=layers,
                 n_head=heads,
                 n_positions=256,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
+                resid_pdrop=dropout,
+                embd_pdrop=dropout,
+                attn_pdrop=dropout,
                 bos_token_id=0,
                 eos_token_id=0,
             )
@@ -71,8 +71,8 @@ def _build(family: str, layers: int, hidden: int) -> PreTrainedModel:
                 num_hidden_layers=layers,
                 num_attention_heads=heads,
                 intermediate_size=2 * hidden,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
                 num_labels=NUM_LABELS,  # type: ignore[call-arg]  # PretrainedConfig kwarg
             )
         )
@@ -85,8 +85,8 @@ def _build(family: str, layers: int, hidden: int) -> PreTrainedModel:
                 intermediate_size=2 * hidden,
                 image_size=16,
                 patch_size=4,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
                 num_labels=NUM_LABELS,  # type: ignore[call-arg]  # PretrainedConfig kwarg
             )
         )
@@ -94,11 +94,22 @@ def _build(family: str, layers: int, hidden: int) -> PreTrainedModel:
 
 
 def save_tiny_model(
-    family: str, directory: str | Path, *, layers: int = 4, hidden: int = 32, seed: int = 0
+    family: str,
+    directory: str | Path,
+    *,
+    layers: int = 4,
+    hidden: int = 32,
+    seed: int = 0,
+    dropout: float = 0.0,
 ) -> TinyModel:
-    """Build a tiny random model of `family` and `save_pretrained` it to `directory`."""
+    """Build a tiny random model of `family` and `save_pretrained` it to `directory`; `dropout` > 0
+    gives its blocks `nn.Dropout` modules of that probability (gpt2, bert, vit)."""
+    if dropout and family == "llama":
+        # Llama applies attention dropout functionally, not as `nn.Dropout` modules, so the edge would
+        # not see it as a dropout model (per-session RNG): the dropout families are the other three.
+        raise ValueError("a llama tiny model has no dropout modules; use gpt2, bert or vit for dropout")
     torch.manual_seed(seed)
-    model = _build(family, layers, hidden)
+    model = _build(family, layers, hidden, dropout)
     path = Path(directory)
     model.save_pretrained(str(path))
     return TinyModel(family, path, type(model))

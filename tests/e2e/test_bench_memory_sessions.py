@@ -18,7 +18,7 @@ import torch
 from device_client import EdgeConnection
 from edge_server import EdgeServer
 from splitft.bench.memory import ADAM_COPIES, MIB, MODES, MemoryBenchConfig, measure, memory_report
-from splitft.bench.sessions import SessionsBenchConfig, summarize, train_window
+from splitft.bench.sessions import SessionsBenchConfig, bench_models, summarize, train_window
 from splitft.cli import build_parser
 from splitft.errors import InvalidArgument
 from splitft.testing.tiny import TinyModel, make_batch
@@ -142,8 +142,30 @@ def test_cli_bench_parsers_map_to_the_configs() -> None:
         build_parser().parse_args(["bench", "sessions", "--sessions", "one"])
     with pytest.raises(InvalidArgument):
         SessionsBenchConfig(sessions=(0,))
+    args = build_parser().parse_args(["bench", "sessions"])
+    assert (args.dropout_family, args.dropout) == ("bert", 0.1)
+    with pytest.raises(InvalidArgument, match="llama has no dropout modules"):
+        SessionsBenchConfig(dropout_family="llama")
+    with pytest.raises(InvalidArgument):
+        SessionsBenchConfig(dropout=0.0)
     with pytest.raises(InvalidArgument):
         MemoryBenchConfig(layers=2, device_layers=1, head_layers=1)
+
+
+def test_sessions_bench_runs_a_dropout_model_after_the_first() -> None:
+    assert bench_models(SessionsBenchConfig()) == [("bench", "llama", 0.0), ("bench-dropout", "bert", 0.1)]
+    assert bench_models(SessionsBenchConfig(family="gpt2", dropout_family="none")) == [("bench", "gpt2", 0.0)]
+
+
+def test_tiny_dropout_models_have_dropout_modules(tmp_path) -> None:
+    from splitft.testing.tiny import save_tiny_model
+
+    for family in ("bert", "gpt2"):
+        tiny = save_tiny_model(family, tmp_path / family, layers=2, dropout=0.2)
+        model = tiny.model_class.from_pretrained(tiny.path)
+        assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    with pytest.raises(ValueError, match="llama tiny model has no dropout modules"):
+        save_tiny_model("llama", tmp_path / "llama", dropout=0.1)
 
 
 def _cli_json(*args: str) -> dict:
@@ -173,10 +195,17 @@ def test_bench_memory_command_prints_the_report() -> None:
 @pytest.mark.e2e
 def test_bench_sessions_command_honours_the_session_counts() -> None:
     report = _cli_json("sessions", *TINY, "--sessions", "1,2", "--seconds", "0.3", "--warmup-steps", "1")
-    rounds = report["rounds"]
-    assert [r["sessions"] for r in rounds] == [1, 2] and report["baseline_sessions"] == 1
-    assert all(r["steps"] >= r["sessions"] and r["steps_per_s"] > 0 for r in rounds)
-    assert rounds[0]["throughput_vs_baseline"] == 1.0
-    assert rounds[1]["throughput_vs_baseline"] == round(
-        rounds[1]["steps_per_s"] / rounds[0]["steps_per_s"], 3
-    )
+    assert report["baseline_sessions"] == 1
+    models = report["models"]
+    assert [(m["model"], m["family"], m["dropout"]) for m in models] == [
+        ("bench", "llama", 0.0),
+        ("bench-dropout", "bert", 0.1),
+    ]
+    for model in models:
+        rounds = model["rounds"]
+        assert [r["sessions"] for r in rounds] == [1, 2]
+        assert all(r["steps"] >= r["sessions"] and r["steps_per_s"] > 0 for r in rounds)
+        assert rounds[0]["throughput_vs_baseline"] == 1.0
+        assert rounds[1]["throughput_vs_baseline"] == round(
+            rounds[1]["steps_per_s"] / rounds[0]["steps_per_s"], 3
+        )

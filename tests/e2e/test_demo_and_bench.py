@@ -41,16 +41,30 @@ def test_demo_learns_and_saves_a_loadable_adapter(tmp_path):
 @pytest.mark.slow
 def test_step_benchmark_reports_every_variant_and_the_device_share():
     report = json.loads(run_step_bench(StepBenchConfig(layers=4, hidden=64, batch=4, tokens=16, repeats=2)))
-    timing = report["step_seconds"]
-    assert timing["rounds"] == 2
-    for run in ("local", "split_insecure", "split_mtls", "split_mtls_per_call", "split_mtls_pipelined_2"):
-        assert timing[f"{run}_median"] > 0
+    assert report["rounds"] == 2 and report["order"].startswith("alternating")
+    threads, default = report["threads"], report["default_threads"]
+    # the one-process baseline: the split's per-process budget, and the split's total
+    assert threads["local"] == {"device": 1, "edge": None}
+    assert threads["local_equal_total"] == {"device": 2, "edge": None}
+    assert threads["split_mtls"] == {"device": 1, "edge": 1}
+    # what a user gets without choosing: torch's default here, `edge serve` without --threads there
+    assert threads["local_default"] == {"device": default, "edge": None}
+    assert threads["split_default"] == {"device": default, "edge": 0}
+    for run in ("local", "local_equal_total", "local_default", "split_insecure", "split_mtls",
+                "split_mtls_per_call", "split_mtls_pipelined_2", "split_default"):  # fmt: skip
+        timing = report["step_seconds"][run]
+        assert 0 < timing["min"] <= timing["q1"] <= timing["median"] <= timing["q3"] <= timing["max"]
+        assert report["cpu_seconds_per_step"][run]["device"] >= 0
+    ratios = report["ratios"]
     for key in (
-        "split_mtls_vs_split_insecure",
+        "split_mtls_vs_local",
+        "split_mtls_vs_local_equal_total",
+        "split_insecure_vs_local_equal_total",
+        "split_mtls_pipelined_2_vs_local_equal_total",
+        "split_default_vs_local_default",
         "split_mtls_per_call_vs_split_mtls",
-        "split_mtls_pipelined_4_vs_split_mtls",
     ):
-        assert timing[f"ratio_{key}"] > 0
+        assert 0 < ratios[key]["min"] <= ratios[key]["median"] <= ratios[key]["max"]
     share = report["device_share"]
     assert 0 < share["device_parameters"] < share["whole_model_parameters"]
 
