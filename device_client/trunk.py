@@ -21,7 +21,6 @@ from device_client.stream import SessionStream
 from splitft.compress import DirectionCodecs
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import FailedPrecondition, NotFound, Unavailable
-from splitft.threads import release_idle_threads
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.wire.codec import parts_to_tensors, tensors_to_parts
 from splitft.wire.serde import hparams_to_json
@@ -126,7 +125,6 @@ class RemoteTrunk:
             )
             if on_submit is not None:
                 on_submit()
-            release_idle_threads()
             responses = self.conn.stream(method, requests)
             return parts_to_tensors(getattr(r, response_field) for r in responses)
         stream = self._session_stream()
@@ -134,7 +132,6 @@ class RemoteTrunk:
             future = stream.submit(header, tensors, encoder)
         if on_submit is not None:
             on_submit()
-        release_idle_threads()  # nothing to compute until the answer: no OpenMP workers spinning meanwhile
         try:
             return future.result(timeout=self.conn.timeout)
         except TimeoutError:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edge_server.auth import TokenInterceptor
+from edge_server.idle_threads import IdleThreadsInterceptor
 from edge_server.limits import DataPlaneLimits, DeviceCallCounter
 from edge_server.metrics import EdgeMetrics
 from edge_server.registry import ModelRegistry
@@ -112,7 +113,8 @@ def _issuers(config: EdgeConfig) -> list:
 def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
     calls = DeviceCallCounter(config.limits.max_calls_per_device)
     return [
-        TokenInterceptor(_issuers(config), calls=calls, max_calls=config.max_workers + config.max_sessions)
+        TokenInterceptor(_issuers(config), calls=calls, max_calls=config.max_workers + config.max_sessions),
+        IdleThreadsInterceptor(),
     ]
 
 

@@ -34,7 +34,6 @@ from splitft.errors import InvalidArgument, SplitftError
 from splitft.methods.wire import method_from_json
 from splitft.model.lora import trunk_lora_from_json
 from splitft.security.tokens import SplitClaims, authorize_split
-from splitft.threads import release_idle_threads
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
 from splitft.wire.codec import DEFAULT_CHUNK_BYTES, TensorAssembler, tensor_parts
@@ -206,7 +205,6 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         wire, messages = self._forward(header, session, tensors, size, pb.ForwardResponse)
         for message in messages:
             yield self._sent(wire.label, message)
-        release_idle_threads()
 
     @translate_errors
     def Backward(self, request_iterator, context) -> Iterator[pb.BackwardResponse]:
@@ -220,7 +218,6 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         wire, messages = self._backward(header, session, tensors, size, pb.BackwardResponse)
         for message in messages:
             yield self._sent(wire.label, message)
-        release_idle_threads()
 
     @translate_errors
     def Train(self, request_iterator, context) -> Iterator[pb.TrainResponse]:
@@ -277,7 +274,6 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
         for message in messages:
             yield self._sent(wire.label, message)
         yield pb.TrainResponse(**reply, end=pb.StreamEnd())
-        release_idle_threads()  # answered: no OpenMP workers spinning while the device computes
 
     @translate_errors
     def ConfigureOptimizer(self, request, context):
