@@ -22,6 +22,7 @@ import torch
 from device_client.connection import EdgeConnection
 from splitft.compress.encoder import TensorEncoder
 from splitft.errors import SplitftError, Unavailable, error_from_code, error_from_grpc
+from splitft.threads import release_idle_threads
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.wire.codec import TensorAssembler, tensors_to_parts
 
@@ -124,6 +125,7 @@ class SessionStream:
             del self._pending[key]
         if item == "end":
             pending.future.set_result(pending.assembler.finish())
+            release_idle_threads()  # decoding (int8, lowrank...) may have started a team in this thread
         elif item == "error":
             pending.future.set_exception(error_from_code(response.error.code, response.error.message))
         else:

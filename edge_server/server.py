@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edge_server.admission import MemoryAccountant
 from edge_server.auth import TokenInterceptor
 from edge_server.batching import TrunkBatcher
+from edge_server.idle_threads import IdleThreadsInterceptor
 from edge_server.limits import DataPlaneLimits, DeviceCallCounter
 from edge_server.memory import build_accountant
 from edge_server.metrics import EdgeMetrics
@@ -120,7 +121,8 @@ def _issuers(config: EdgeConfig) -> list:
 def _interceptors(config: EdgeConfig) -> list[grpc.ServerInterceptor]:
     calls = DeviceCallCounter(config.limits.max_calls_per_device)
     return [
-        TokenInterceptor(_issuers(config), calls=calls, max_calls=config.max_workers + config.max_sessions)
+        TokenInterceptor(_issuers(config), calls=calls, max_calls=config.max_workers + config.max_sessions),
+        IdleThreadsInterceptor(),
     ]
 
 

@@ -1,24 +1,24 @@
-"""Idle OpenMP threads at a split's hand-offs: release them instead of letting them spin.
+"""OpenMP teams that outlive their work: end them, so the threads that compute keep spinning.
 
-torch runs its intra-op parallelism on OpenMP (libgomp in the Linux wheels). After each parallel
-region libgomp's worker threads spin for a while (about 300,000 iterations, a few milliseconds,
-unless `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` say otherwise) before they sleep. Within a burst of
-compute that spin is what keeps the next region cheap. At a split's hand-off it is waste: the side
-that has just sent its tensors spins on the cores that the other side, on the same machine, needs.
-`OMP_WAIT_POLICY=PASSIVE` would end the waste but makes every region wake its workers, which costs
-more than it saves inside a burst (measured in docs/benchmarks.md), and libgomp reads it only when
-it is loaded, before an application's `import torch` is over.
+torch runs its intra-op parallelism on OpenMP (libgomp in the Linux wheels), and each thread that
+runs a parallel region gets a team of worker threads of its own, which lives as long as the thread.
+libgomp counts the threads of every team, and once they outnumber the CPUs it stops spinning
+between parallel regions in all of them (its throttled wait): each region then wakes its workers
+from sleep, which on 2 cores made the edge's trunk compute about 10% slower (docs/benchmarks.md).
+A second team appears whenever a thread other than the one that computes runs a large enough torch
+op: the edge's `Step` call (the trunk optimizer) in its own gRPC handler thread, the SDK's stream
+reader decoding an int8 or low-rank answer.
 
-So splitft releases the workers at the hand-off itself: `release_idle_threads` calls OpenMP 5.0's
-`omp_pause_resource_all(omp_pause_soft)` from the thread that ran the compute. In libgomp that
-ends the calling thread's worker threads now (the next parallel region starts new ones, which
-costs about what waking sleeping ones does); other threads' teams are not touched, and inside a
-parallel region it does nothing. The SDK calls it once a forward or backward is on its way to the
-edge, the edge once it has answered one.
+`release_idle_threads` ends the calling thread's team now (OpenMP 5.0's
+`omp_pause_resource_all(omp_pause_soft)`; in libgomp it touches no other thread's team and does
+nothing inside a parallel region); the thread's next parallel region starts a new one. The edge
+calls it when each call's handler is done (`edge_server.idle_threads`), the SDK's stream reader
+after each answer. The computing threads keep their teams between steps: releasing those at every
+hand-off as well measured no faster and cost CPU (creating the workers again).
 
-The user's choice wins: with `OMP_WAIT_POLICY`, `GOMP_SPINCOUNT` or `KMP_BLOCKTIME` set, or
-`SPLITFT_IDLE_THREADS=keep`, nothing is released. Where the OpenMP runtime is not libgomp (or has no
-`omp_pause_resource_all`), it does nothing either.
+splitft never sets `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`. Where the user set one of them (or
+`KMP_BLOCKTIME`), or `SPLITFT_IDLE_THREADS=keep`, nothing is released. Where the OpenMP runtime is not
+libgomp (or has no `omp_pause_resource_all`), nothing is either.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: omp_pause_soft
 
 
 def releases_idle_threads(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether splitft releases idle OpenMP threads at hand-offs under `environ` (default: this
-    process's): yes unless `SPLITFT_IDLE_THREADS=keep` or the user set how OpenMP threads wait."""
+    """Whether splitft releases idle OpenMP teams under `environ` (default: this process's): yes
+    unless `SPLITFT_IDLE_THREADS=keep` or the user set how OpenMP threads wait."""
     env = os.environ if environ is None else environ
     choice = env.get(IDLE_THREADS_ENV, "release").strip().lower() or "release"
     if choice not in ("release", "keep"):
@@ -85,8 +85,8 @@ def _pause_function() -> Callable[[int], int] | None:
 
 
 def release_idle_threads(environ: Mapping[str, str] | None = None) -> bool:
-    """End the calling thread's idle OpenMP workers now, so they do not spin while this side waits;
-    True if they were released (see the module docstring for when they are not)."""
+    """End the calling thread's idle OpenMP team now; True if it was released (see the module
+    docstring for when it is not). Cheap where the thread has no team."""
     if not releases_idle_threads(environ):
         return False
     function = _pause_function()

@@ -11,7 +11,9 @@ Runs per round, each edge in its own process:
   (this process) and in the edge;
 - `local_default` and `split_default`: what a user gets without choosing: torch's default thread
   count in this process, and an edge started by `splitft edge serve` without `--threads` (mTLS,
-  stream): the split's own overhead when device and edge share the machine.
+  stream): the split's own overhead when device and edge share the machine;
+  `split_default_teams_kept`: the same with that edge started with `SPLITFT_IDLE_THREADS=keep`, as
+  edges were before they ended each call's OpenMP team (`splitft.threads`).
 
 Rounds alternate the order of the runs (forward on even rounds, reversed on odd), after two warm-up
 rounds; the report gives each run's step time and each ratio's per-round values as median,
@@ -47,6 +49,7 @@ from splitft.bench.common import (
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess, LocalPki
 from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
+from splitft.threads import IDLE_THREADS_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +65,17 @@ RATIOS = (
     ("split_mtls_pipelined_4", "split_mtls"),
     ("split_mtls_pipelined_2", "local_equal_total"),
     ("split_default", "local_default"),
+    ("split_default_teams_kept", "local_default"),
+    ("split_default", "split_default_teams_kept"),
 )
-# The mTLS sessions: (run, stream or one call per tensor, edge: "fixed" threads or "default")
+# The mTLS sessions: (run, stream or one call per tensor, edge: "fixed" threads, "default" or "kept")
 MTLS_RUNS = (
     ("split_mtls", True, "fixed"),
     ("split_mtls_per_call", False, "fixed"),
     ("split_mtls_pipelined_2", True, "fixed"),
     ("split_mtls_pipelined_4", True, "fixed"),
     ("split_default", True, "default"),
+    ("split_default_teams_kept", True, "kept"),
 )
 
 
@@ -118,6 +124,9 @@ def run_step_bench(config: StepBenchConfig) -> str:
                 EdgeProcess(models, threads=config.threads, tls=secure.tls, extra_args=issuer)
             ),
             "default": stack.enter_context(EdgeProcess(models, tls=secure.tls, extra_args=issuer)),
+            "kept": stack.enter_context(
+                EdgeProcess(models, tls=secure.tls, extra_args=issuer, env={IDLE_THREADS_ENV: "keep"})
+            ),
         }
         plain_conn = stack.enter_context(EdgeConnection(plain_edge.address, insecure=True))
         splits: dict[str, tuple[Any, Any]] = {"split_insecure": split_model(tiny.path, plain_conn, config)}
@@ -157,7 +166,7 @@ def _runs(
     }
     for name, (model, opt) in splits.items():
         micro = int(name.rsplit("_", 1)[1]) if "pipelined" in name else 0
-        default = name == "split_default"
+        default = name.startswith("split_default")
         runs[name] = Run(
             default_threads if default else threads,
             0 if default else threads,

@@ -164,8 +164,11 @@ def test_tiny_dropout_models_have_dropout_modules(tmp_path) -> None:
         tiny = save_tiny_model(family, tmp_path / family, layers=2, dropout=0.2)
         model = tiny.model_class.from_pretrained(tiny.path)
         assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
-    with pytest.raises(ValueError, match="llama tiny model has no dropout modules"):
-        save_tiny_model("llama", tmp_path / "llama", dropout=0.1)
+    # Llama's attention dropout is a rate, not a module; the edge sees it too (per-session RNG).
+    from splitft.model.randomness import has_dropout
+
+    llama = save_tiny_model("llama", tmp_path / "llama", layers=2, dropout=0.1)
+    assert has_dropout(llama.model_class.from_pretrained(llama.path))
 
 
 def _cli_json(*args: str) -> dict:

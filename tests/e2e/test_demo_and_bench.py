@@ -50,6 +50,7 @@ def test_step_benchmark_reports_every_variant_and_the_device_share():
     # what a user gets without choosing: torch's default here, `edge serve` without --threads there
     assert threads["local_default"] == {"device": default, "edge": None}
     assert threads["split_default"] == {"device": default, "edge": 0}
+    assert threads["split_default_teams_kept"] == {"device": default, "edge": 0}
     for run in ("local", "local_equal_total", "local_default", "split_insecure", "split_mtls",
                 "split_mtls_per_call", "split_mtls_pipelined_2", "split_default"):  # fmt: skip
         timing = report["step_seconds"][run]
@@ -62,6 +63,7 @@ def test_step_benchmark_reports_every_variant_and_the_device_share():
         "split_insecure_vs_local_equal_total",
         "split_mtls_pipelined_2_vs_local_equal_total",
         "split_default_vs_local_default",
+        "split_default_vs_split_default_teams_kept",
         "split_mtls_per_call_vs_split_mtls",
     ):
         assert 0 < ratios[key]["min"] <= ratios[key]["median"] <= ratios[key]["max"]
