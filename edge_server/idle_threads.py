@@ -8,7 +8,8 @@ optimizer) ran in another handler thread than the session's `Train` stream, so f
 on the trunk's forwards and backwards ran throttled, about 10% slower on 2 cores
 (docs/benchmarks.md, `bench step`). This interceptor ends each call with
 `splitft.threads.release_idle_threads`, so that only threads computing right now hold a team; the
-`Train` stream also releases after each answer (`DataPlaneServicer._answer`).
+`Train` stream also releases after each answer (`DataPlaneServicer._answer`), and
+`EdgeServer.start` in the thread that loaded the models and measured their memory profiles.
 """
 
 from __future__ import annotations

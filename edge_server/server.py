@@ -25,6 +25,7 @@ from edge_server.sessions import SessionManager
 from splitft.errors import InvalidArgument, NotFound
 from splitft.security.certs import CertPaths
 from splitft.security.tokens import load_public_key
+from splitft.threads import release_idle_threads
 from splitft.v1 import dataplane_pb2
 from splitft.wire.codec import DEFAULT_MAX_TENSOR_BYTES, MESSAGE_LIMIT_BYTES
 
@@ -205,6 +206,9 @@ class EdgeServer:
             self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Loading and the memory profile's forwards ran in this thread, which now only waits: its
+        # OpenMP team would otherwise put the threads that compute into libgomp's throttled wait.
+        release_idle_threads()
         logger.info("edge listening on %s serving %s", self.address, sorted(self.registry.models))
         return self
 

@@ -1,9 +1,10 @@
-"""No OpenMP team outlives the call that started it, except the computing thread's.
+"""No OpenMP team outlives the work that started it (`splitft.threads`).
 
 Observed from outside the code: OpenMP workers are thread ids in /proc that a parallel region starts
 and a release ends. The interceptor runs in a real gRPC server on loopback whose handler starts a
-team; the edge's `Step` call and the SDK's stream reader are checked on real `splitft edge serve`
-processes, with the policy on (`release`) and off (`keep`), given the same work.
+team; the edge's start (loading, memory profiles), its `Step` call and the SDK's stream reader are
+checked on real `splitft edge serve` processes, with the policy on (`release`) and off (`keep`),
+given the same work.
 """
 
 from __future__ import annotations
@@ -102,7 +103,21 @@ def _edge_threads(tmp_path: Path, policy: str, codec: str) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_only_the_computing_threads_keep_their_teams(tmp_path: Path, monkeypatch) -> None:
+def test_a_started_edge_holds_no_team_from_loading(tmp_path: Path) -> None:
+    # loading and the memory profile's forwards run in the thread that starts the server
+    tiny = save_tiny_model("llama", tmp_path / "llama", layers=3, hidden=256)
+    counts = {}
+    for policy in ("release", "keep"):
+        edge = EdgeProcess([f"llama={tiny.path}"], threads=EDGE_THREADS, env={IDLE_THREADS_ENV: policy})
+        with edge:
+            assert edge.process is not None
+            counts[policy] = len(_tids(edge.process.pid))
+    assert counts["keep"] - counts["release"] >= EDGE_THREADS - 2
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_step_and_stream_reader_teams_do_not_stay(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(IDLE_THREADS_ENV, "release")
     release_idle_threads()
     edge_release, device_raw = _edge_threads(tmp_path / "release", "release", "raw")
