@@ -114,8 +114,8 @@ class _TrunkFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         grad_in = ctx.trunk.backward(ctx.forward_id, grad_out)
-        if grad_in is not None:
-            grad_in = grad_in.to(grad_out.dtype)
+        if grad_in is not None:  # cast on arrival to where and what the device computes in
+            grad_in = grad_in.to(device=grad_out.device, dtype=grad_out.dtype)
         return (grad_in if ctx.need_input_grad else None), None, None, None, None, None, None
 
 

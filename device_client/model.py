@@ -40,6 +40,13 @@ from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
+from splitft.model.placement import (
+    CPU_FLOAT32,
+    Placement,
+    ResolvedPlacement,
+    claim_cuda_autograd,
+    release_cuda_autograd,
+)
 from splitft.model.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,7 @@ class SplitModel(nn.Module):
         self.model_name = model_name
         self.config = span.config
         self.family = span.family
+        self.placement = span.placement  # where the device's spans compute, in what dtype
         self._edge = edge
         self._trunk = trunk
         self._context = context
@@ -109,22 +117,23 @@ class SplitModel(nn.Module):
         method: SelectionConfig | LoraConfig | None = None,
         stream: bool = True,
         batch_shape: tuple[int, int] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
-        `model` names the model on the edge (default: the directory's base name). `seed` seeds the
-        trunk adapter's initialisation (default: drawn from torch's global RNG, so
-        `torch.manual_seed` makes the whole split model reproducible). `config_overrides` change
-        device-side config fields such as `num_labels` for a new classification head.
+        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
+        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields.
 
-        `codec` chooses how activations and gradients travel: one codec for both directions
-        ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
-        `{"activations": "int8", "gradients": "topk:0.01"}` (gradients also take "lowrank:4";
-        add ":noef" to turn their error feedback off). See `splitft.compress`.
+        `codec`: one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per
+        direction, e.g. `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`).
+        `stream=False`: one unary call per tensor instead of the session's `Train` stream.
+        `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for one batch's
+        graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
 
-        `stream=False` makes one unary call per tensor instead of the session's `Train` stream.
-        `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for the graphs one
-        batch keeps there (default: the edge's 16 x 128; other shapes run too, counted as they come).
+        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
+        "float16") place the device's spans (adapters stay float32); the wire carries the codec's
+        format, cast on arrival by each side. Pass inputs on the same device.
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
@@ -133,23 +142,23 @@ class SplitModel(nn.Module):
         """
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
+        placement = Placement(device, dtype).resolve()  # refused before a session opens
+        claim_cuda_autograd("device", placement.device)
         config, _family = read_config(model_dir)
-        num_layers = num_layers_of(config)
-        spec = SplitSpec(num_layers, device_layers, head_layers)
+        spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
         name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
         request = open_session_request(
             name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
         )
-        opened = edge.call("OpenSession", request)
-        trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
+        trunk = RemoteTrunk(edge, edge.call("OpenSession", request), codecs, seed=seed, use_stream=stream)
         try:
-            return cls._build(
-                model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}, selection
-            )
+            device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
+            built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
+            return cls._build(*built, placement)
         except BaseException:
             trunk.close()
+            release_cuda_autograd("device", placement.device)
             raise
 
     @classmethod
@@ -163,6 +172,7 @@ class SplitModel(nn.Module):
         model_name: str,
         overrides: dict[str, Any],
         selection: SelectionConfig | None = None,
+        placement: ResolvedPlacement = CPU_FLOAT32,
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -170,6 +180,7 @@ class SplitModel(nn.Module):
             model_dir,
             lambda root, family: device_view(root, family, spec.trunk_start, spec.trunk_stop, entry),
             init_missing=True,
+            placement=placement,
             config_overrides=overrides,
         )
         if lora_config is None:
@@ -274,13 +285,13 @@ class SplitModel(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's adapter weights: device modules and the trunk's, under peft's names
-        (LoRA), or the sparse deltas of both sides (selection methods)."""
+        (LoRA), or the sparse deltas of both sides (selection methods); on the CPU."""
         if self.peft_model is not None:
             device = get_peft_model_state_dict(self.peft_model)
         else:
             assert self.root is not None
             device = sparse_state_dict(self.root)
-        device_state = {k: v.detach().clone() for k, v in device.items()}
+        device_state = {k: v.detach().to("cpu", copy=True) for k, v in device.items()}
         trunk_state = self._trunk.export_adapter()
         root = self.peft_model.get_base_model() if self.peft_model is not None else self.root
         assert root is not None  # one of the two always exists
@@ -330,6 +341,8 @@ class SplitModel(nn.Module):
 
     def close(self) -> None:
         """Close the session on the edge (idempotent)."""
+        if not self._trunk.closed:
+            release_cuda_autograd("device", self.placement.device)
         self._trunk.close()
 
     def __enter__(self) -> SplitModel:

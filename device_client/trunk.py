@@ -96,7 +96,7 @@ class RemoteTrunk:
             raise Unavailable("the edge answered a forward without its 'hidden' output")
         with self._lock:
             self.forwards += 1
-        return forward_id, out.to(hidden.dtype)
+        return forward_id, out.to(device=hidden.device, dtype=hidden.dtype)  # cast on arrival
 
     def backward(self, forward_id: int, grad: torch.Tensor) -> torch.Tensor | None:
         """Back-propagate `grad` through forward `forward_id` on the edge; returns the input

@@ -96,6 +96,11 @@ class SharedPending:
         """The dtype of this session's forward output."""
         return self.shared.out.dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the pass's output is (this session's gradient goes there)."""
+        return self.shared.out.device
+
     def drop(self) -> None:
         """The session will not run this backward (dropped, closed or expired)."""
         self.shared.abandon(self.index)

@@ -16,10 +16,8 @@ they share and which the frozen graph keeps anyway, which is what a LoRA on them
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +26,7 @@ from edge_server.admission import MemoryAccountant
 from edge_server.batched_trunk import share_modules
 from edge_server.registry import ModelRegistry
 from splitft.memory.estimate import BlockLinear, MemoryProfile, default_session
+from splitft.memory.host import host_available
 from splitft.methods.common import is_linear_like, linear_shape
 from splitft.model.loading import LoadedSpan
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
@@ -166,42 +165,12 @@ def measure_profile(span: LoadedSpan) -> MemoryProfile:
     )
 
 
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cgroup_available() -> int | None:
-    """Room left under this process's cgroup memory limit (v2, then v1), if it has one."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:  # "max", or v1's huge "unlimited"
-            return max(0, int(limit) - usage)
-    return None
-
-
 def available_memory(device: torch.device) -> tuple[int, str]:
     """Bytes free for sessions on `device` now, and where the number comes from."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free memory of {device}"
-    found = [x for x in (_meminfo_available(), _cgroup_available()) if x is not None]
-    if found:
-        return min(found), "available host memory (MemAvailable, and the cgroup limit if any)"
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(pages), "physical host memory"
+    return host_available()
 
 
 def default_memory_limit(device: torch.device) -> int:

@@ -12,6 +12,7 @@ from splitft.errors import InvalidArgument, NotFound
 from splitft.model.dirs import parse_model_dirs
 from splitft.model.families import Family
 from splitft.model.loading import LoadedSpan, edge_view, load_span
+from splitft.model.placement import CPU_FLOAT32, ResolvedPlacement
 
 logger = logging.getLogger(__name__)
 
@@ -29,25 +30,27 @@ class ServedModel:
         return self.span.num_layers
 
 
-def load_trunk(name: str, model_dir: Path) -> ServedModel:
-    """Load all blocks but the first (the device always keeps at least one) and check they are frozen."""
+def load_trunk(name: str, model_dir: Path, placement: ResolvedPlacement = CPU_FLOAT32) -> ServedModel:
+    """Load all blocks but the first (the device always keeps at least one) onto `placement`'s
+    device(s) in its dtype, and check they are frozen."""
 
     def cut(root: nn.Module, family: Family) -> None:
         """Keep blocks 1..L: the device always holds block 0."""
         num_layers = len(family.blocks(root))
         edge_view(root, family, 1, num_layers)
 
-    span = load_span(model_dir, cut, init_missing=False)
+    span = load_span(model_dir, cut, init_missing=False, placement=placement)
     trainable = [n for n, p in span.root.named_parameters() if p.requires_grad]
     if trainable:
         raise RuntimeError(f"trunk of {name} is not frozen: {trainable[:5]}")
     logger.info(
-        "loaded trunk %s (%s, %d blocks, %.1f MB read) from %s",
+        "loaded trunk %s (%s, %d blocks, %.1f MB read) from %s on %s",
         name,
         span.family.name,
         span.num_layers,
         span.bytes_read / 1e6,
         model_dir,
+        placement.describe,
     )
     return ServedModel(name, span)
 
@@ -61,9 +64,10 @@ class ModelRegistry:
         self.models = models
 
     @classmethod
-    def from_dirs(cls, args: list[str]) -> ModelRegistry:
-        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`)."""
-        return cls({name: load_trunk(name, path) for name, path in parse_model_dirs(args).items()})
+    def from_dirs(cls, args: list[str], placement: ResolvedPlacement = CPU_FLOAT32) -> ModelRegistry:
+        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`) onto `placement`."""
+        dirs = parse_model_dirs(args)
+        return cls({name: load_trunk(name, path, placement) for name, path in dirs.items()})
 
     def get(self, name: str) -> ServedModel:
         """The served model called `name`; NotFound lists the ones served."""

@@ -23,6 +23,7 @@ from edge_server.registry import ModelRegistry
 from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
 from splitft.errors import InvalidArgument, NotFound
+from splitft.model.placement import Placement, claim_cuda_autograd, release_cuda_autograd
 from splitft.security.certs import CertPaths
 from splitft.security.tokens import load_public_key
 from splitft.threads import release_idle_threads
@@ -56,6 +57,7 @@ class EdgeConfig:
     memory_limit: int | None = None  # --memory-limit: bytes all sessions may hold; None: half the available
     batching: bool = True  # --batching: concurrent sessions' forwards and backwards share trunk passes
     batch_window_ms: float = 20.0  # --batch-window-ms: how long a pass waits for other sessions to join
+    placement: Placement = field(default_factory=Placement)  # --device, --dtype, --device-map
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:
@@ -139,7 +141,7 @@ class EdgeServer:
         """`memory`: the session memory accountant, when the caller built it already (to report the
         edge's capacity at registration); by default measured here (`edge_server.memory`)."""
         self.config = config
-        self.registry = registry or ModelRegistry.from_dirs(config.model_dirs)
+        self.registry = registry or ModelRegistry.from_dirs(config.model_dirs, config.placement.resolve())
         self.memory = memory or build_accountant(self.registry, config.memory_limit)
         self.sessions = SessionManager(
             self.registry,
@@ -182,6 +184,8 @@ class EdgeServer:
         if self.port == 0:
             raise InvalidArgument(f"cannot bind {config.host}:{config.port}")
         self._stopped = threading.Event()
+        spans = (served.span for served in self.registry.models.values())
+        self._cuda_devices = sorted({str(s.device) for s in spans if s.device.type == "cuda"})
 
     def _bind(self, address: str) -> int:
         if self.config.certs_dir:
@@ -200,6 +204,8 @@ class EdgeServer:
 
     def start(self) -> EdgeServer:
         """Serve: gRPC, the session reaper, the metrics endpoint if asked, and health SERVING."""
+        for device in self._cuda_devices:
+            claim_cuda_autograd("edge", device)
         self.server.start()
         self.sessions.start_reaper()
         if self.config.metrics_port is not None:
@@ -221,6 +227,8 @@ class EdgeServer:
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.sessions.stop()
         self.metrics.stop()
+        for device in self._cuda_devices:
+            release_cuda_autograd("edge", device)
         logger.info("edge stopped")
 
     def wait(self) -> None:

@@ -25,6 +25,7 @@ from edge_server.admission import SessionMemory, untracked
 from edge_server.batched_trunk import batchable_layers, share_modules
 from edge_server.batching import MAX_SHARED_TOKENS, ForwardItem, SharedPending, TrunkBatcher
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
+from edge_server.session_inputs import check_forward_inputs, check_gradient
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.methods.scorer import MeasuredLayer, TrunkScorer
@@ -55,6 +56,11 @@ class Pending:
     def dtype(self) -> torch.dtype:
         """The forward output's dtype."""
         return self.output.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the forward output is (its gradient goes there)."""
+        return self.output.device
 
     def drop(self) -> None:
         """Nothing shared to release: the graph goes with this object."""
@@ -149,7 +155,7 @@ class TrunkSession:
     ) -> torch.Tensor:
         """Run the trunk span on `inputs` ('hidden', optional 'attention_mask' and 'position_ids');
         keeps the graph under `forward_id` when a backward will follow. Returns the output, detached."""
-        hidden, mask, positions = self._check_inputs(inputs)
+        hidden, mask, positions = check_forward_inputs(inputs, self.span, self.limits)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
         if keep:
@@ -258,12 +264,7 @@ class TrunkSession:
                 f"no kept forward {forward_id} in session {self.session_id} (already used or expired)"
             )
         # Validate before consuming the kept graph: a malformed gradient must not cost the forward.
-        if grad.shape != pending.shape:
-            raise InvalidArgument(
-                f"grad shape {list(grad.shape)} != forward output shape {list(pending.shape)}"
-            )
-        if grad.dtype != pending.dtype:
-            raise InvalidArgument(f"grad dtype {grad.dtype} != forward output dtype {pending.dtype}")
+        grad = check_gradient(grad, pending.shape, pending.device, pending.dtype)
         del self._pending[forward_id]
         self.memory.drop(forward_id)
         if zero_grad_first:
@@ -345,47 +346,6 @@ class TrunkSession:
                 dropped,
                 MAX_PENDING_FORWARDS,
             )
-
-    def _check_inputs(
-        self, inputs: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        unknown = set(inputs) - {"hidden", "attention_mask", "position_ids"}
-        if unknown:
-            raise InvalidArgument(f"unexpected forward tensors {sorted(unknown)}")
-        hidden = inputs.get("hidden")
-        if hidden is None:
-            raise InvalidArgument("forward needs a 'hidden' tensor")
-        hidden_size = self.span.config.hidden_size
-        if hidden.dim() != 3 or hidden.shape[-1] != hidden_size or hidden.shape[0] < 1 or hidden.shape[1] < 1:
-            raise InvalidArgument(
-                f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}"
-            )
-        self.limits.check_tokens(hidden.shape[0], hidden.shape[1])
-        dtype = next(iter(self.span.root.parameters())).dtype
-        if hidden.dtype != dtype:
-            raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")
-        mask = _check_index_tensor(
-            inputs.get("attention_mask"), "attention_mask", hidden.shape[0], hidden.shape[1]
-        )
-        positions = _check_index_tensor(
-            inputs.get("position_ids"), "position_ids", hidden.shape[0], hidden.shape[1]
-        )
-        if positions is not None and positions.dtype == torch.bool:
-            raise InvalidArgument("position_ids must be an integer tensor")
-        if mask is not None and mask.shape[0] != hidden.shape[0]:
-            # A [1, tokens] mask is accepted for every row; not every family's mask builder broadcasts it.
-            mask = mask.expand(hidden.shape[0], -1)
-        return hidden, mask, positions
-
-
-def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: int) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if t.dtype.is_floating_point:
-        raise InvalidArgument(f"{name} must be an integer or bool tensor, got {t.dtype}")
-    if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != tokens:
-        raise InvalidArgument(f"{name} must have shape [{batch} or 1, {tokens}], got {list(t.shape)}")
-    return t
 
 
 def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:

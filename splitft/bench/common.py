@@ -88,6 +88,8 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro
         model(**batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad()
+    if torch.cuda.is_initialized():  # CUDA-only branch: the step's kernels have finished
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -99,6 +101,8 @@ def split_model(
     *,
     stream: bool = True,
     edge_model: str = "bench",
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> tuple[SplitModel, Any]:
     """A split model of the saved model at `path` (named `edge_model` on the edge), and its AdamW."""
     model = SplitModel.from_pretrained(
@@ -110,5 +114,7 @@ def split_model(
         codec=codec,
         lora_config=lora_config_for(config.family),
         stream=stream,
+        device=device,
+        dtype=dtype,
     )
     return model, model.configure_optimizer(torch.optim.AdamW, lr=1e-3)

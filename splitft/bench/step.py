@@ -48,6 +48,7 @@ from splitft.bench.common import (
 )
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess, LocalPki
+from splitft.model.placement import Placement
 from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
 from splitft.threads import IDLE_THREADS_ENV
 
@@ -84,11 +85,14 @@ class StepBenchConfig(BenchModelConfig):
     """`bench step`: the model and batch, and how many alternating rounds to time."""
 
     repeats: int = 10
+    device: str = "cpu"  # where the one-process model, the device side and the edges compute
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.repeats < 1:
             raise InvalidArgument("repeats must be >= 1")
+        Placement(self.device, self.dtype).resolve()  # refused here, before any process starts
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,16 @@ def run_step_bench(config: StepBenchConfig) -> str:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         tiny = save_tiny_model(config.family, Path(tmp) / "model", layers=config.layers, hidden=config.hidden)
         batch = make_batch(config.family, torch.Generator().manual_seed(0), config.batch, config.tokens)
+        batch = {k: v.to(config.device) for k, v in batch.items()}
         torch.manual_seed(0)
-        local = get_peft_model(tiny.model_class.from_pretrained(tiny.path), lora_config_for(config.family))
+        base = tiny.model_class.from_pretrained(tiny.path, dtype=getattr(torch, config.dtype))
+        local = get_peft_model(base.to(config.device), lora_config_for(config.family))  # type: ignore[arg-type]
         local_opt = torch.optim.AdamW([p for p in local.parameters() if p.requires_grad], lr=1e-3)
         secure = LocalPki.create(Path(tmp) / "pki", device="bench")
         models = [f"bench={tiny.path}"]
-        issuer = ["--token-issuer-key", str(secure.issuer_pub)]
-        plain_edge = stack.enter_context(EdgeProcess(models, threads=config.threads))
+        placed_args = ["--device", config.device, "--dtype", config.dtype]
+        issuer = ["--token-issuer-key", str(secure.issuer_pub), *placed_args]
+        plain_edge = stack.enter_context(EdgeProcess(models, threads=config.threads, extra_args=placed_args))
         edges = {  # mTLS edges: `threads` torch threads, and `edge serve`'s default (no --threads)
             "fixed": stack.enter_context(
                 EdgeProcess(models, threads=config.threads, tls=secure.tls, extra_args=issuer)
@@ -129,13 +136,16 @@ def run_step_bench(config: StepBenchConfig) -> str:
             ),
         }
         plain_conn = stack.enter_context(EdgeConnection(plain_edge.address, insecure=True))
-        splits: dict[str, tuple[Any, Any]] = {"split_insecure": split_model(tiny.path, plain_conn, config)}
+        placed: dict[str, Any] = {"device": config.device, "dtype": config.dtype}
+        splits: dict[str, tuple[Any, Any]] = {
+            "split_insecure": split_model(tiny.path, plain_conn, config, **placed)
+        }
         stack.callback(splits["split_insecure"][0].close)
         for name, stream, edge in MTLS_RUNS:
             conn = stack.enter_context(
                 secure.connect(edges[edge].address, session=f"bench-{name}", model="bench")
             )
-            splits[name] = split_model(tiny.path, conn, config, stream=stream)
+            splits[name] = split_model(tiny.path, conn, config, stream=stream, **placed)
             stack.callback(splits[name][0].close)  # before its connection closes (last in, first out)
         local_step = functools.partial(train_step, local, local_opt, batch)
         runs = _runs(local_step, splits, batch, config.threads, default_threads)

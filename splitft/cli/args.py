@@ -27,6 +27,19 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(err.message) from None
 
 
+def device_memory(text: str) -> dict[str, int]:
+    """Memory per device like `0=70G,1=70G,cpu=100G`."""
+    found: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        device, sep, size = item.partition("=")
+        if not sep or not device.strip():
+            raise argparse.ArgumentTypeError(f"expected DEVICE=BYTES like 0=70G, got {item!r}")
+        found[device.strip()] = byte_size(size)
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected DEVICE=BYTES,... like 0=70G,1=70G, got {text!r}")
+    return found
+
+
 def session_counts(text: str) -> list[int]:
     """Concurrent session counts like `1,2,4,8`."""
     try:

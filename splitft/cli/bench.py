@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from splitft.cli.args import CODEC_HELP, codec, handled_by, name_list, session_counts
+from splitft.model.choices import DTYPE_NAMES
 
 FAMILIES = ["llama", "gpt2", "bert", "vit"]
 TASKS = ["classification", "causal_lm"]
@@ -51,6 +52,10 @@ def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
         sub.add_argument("--device-layers", type=int, default=1)
         sub.add_argument("--head-layers", type=int, default=1)
     step.add_argument("--repeats", type=int, default=10)
+    step.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N: the model, both sides (default: cpu)"
+    )
+    step.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="both sides (default: float32)")
     handled_by(step, "bench:step")
     wire.add_argument("--steps", type=int, default=2, help="measured steps per codec, after a warm-up step")
     wire.add_argument("--codec", action="append", type=codec, help=CODEC_HELP)

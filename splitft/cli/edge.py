@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from splitft.cli.args import byte_size, handled_by
+from splitft.cli.args import byte_size, device_memory, handled_by
+from splitft.model.choices import DEVICE_MAPS, DTYPE_NAMES
 
 # How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
 DEFAULT_BATCH_WINDOW_MS = 20.0
@@ -74,6 +75,7 @@ def _register_serve(edge: argparse._SubParsersAction) -> None:
         help="with --certs and no token issuer: serve without session tokens on purpose (logs a warning)",
     )
     _add_batching_flags(serve)
+    _add_placement_flags(serve)
     _add_limit_flags(serve)
     handled_by(serve, "edge:serve")
 
@@ -126,6 +128,36 @@ def _add_batching_flags(serve: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="how long a forward waits for other sessions' forwards to join its pass "
         f"(default: {DEFAULT_BATCH_WINDOW_MS:g}; a session alone on its model never waits)",
+    )
+
+
+def _add_placement_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--device",
+        default="auto",
+        help="where the trunk computes: auto (CUDA when a GPU is visible, else cpu), cpu, cuda, cuda:N "
+        "(default: auto)",
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="float32",
+        help="the trunk's weights and activations (default: float32); activations cross the wire in "
+        "the session's codec whatever this is",
+    )
+    serve.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        default=None,
+        help="spread the trunk's blocks over every visible GPU with accelerate (auto: fill in order; "
+        "balanced: even shares); refused when it would need CPU or disk offload",
+    )
+    serve.add_argument(
+        "--max-memory",
+        type=device_memory,
+        default=None,
+        metavar="DEV=BYTES,...",
+        help="memory --device-map may use per device, e.g. 0=70G,1=70G (default: what is free)",
     )
 
 

@@ -40,8 +40,10 @@ class TensorEncoder:
     def encode(self, tensor: torch.Tensor, key: str = "") -> tuple[str, bytes]:
         """(codec string for the header, payload). `key` (the tensor's name) selects the state.
 
-        Integer and bool tensors always go raw, whatever the codec.
+        Integer and bool tensors always go raw, whatever the codec. A tensor on an accelerator is
+        copied to the CPU first: the payload is bytes in host memory.
         """
+        tensor = tensor.detach().cpu()
         if not tensor.dtype.is_floating_point:
             return str(RAW), elementwise.raw_bytes(tensor)
         if self.spec.name in ELEMENTWISE_CODECS:

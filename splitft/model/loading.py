@@ -24,6 +24,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from splitft.errors import InvalidArgument, NotFound
 from splitft.model.families import Family, family_for
+from splitft.model.placement import CPU_FLOAT32, ResolvedPlacement, plan_device_map, torch_device
 from splitft.model.spans import Skipped
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,18 @@ class LoadedSpan:
     model_dir: Path
     new_parameters: list[str] = field(default_factory=list)  # not in the checkpoint, freshly initialised
     bytes_read: int = 0  # tensor bytes read from the checkpoint
+    placement: ResolvedPlacement = CPU_FLOAT32  # where the span computes and in what dtype
+    device_map: dict[str, int | str] | None = None  # accelerate's map, when the blocks are spread
+
+    @property
+    def device(self) -> torch.device:
+        """Where the span's input goes (its first device, when a device map spreads it)."""
+        return self.placement.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The span's compute dtype (what its activations are; weights may be quantized)."""
+        return self.placement.dtype
 
     @property
     def num_layers(self) -> int:
@@ -104,10 +117,11 @@ def load_span(
     cut: Callable[[nn.Module, Family], None],
     *,
     init_missing: bool,
-    dtype: torch.dtype = torch.float32,
+    placement: ResolvedPlacement = CPU_FLOAT32,
     config_overrides: dict[str, object] | None = None,
 ) -> LoadedSpan:
-    """Build the model on meta, apply `cut`, and read only the parameters that remain.
+    """Build the model on meta, apply `cut`, and read only the parameters that remain, each straight
+    to its device and dtype (`placement`; with a device map, the device accelerate chose for it).
 
     `init_missing`: initialise parameters the checkpoint lacks (a new classification head) instead
     of failing; only the device, which owns the head, should allow it.
@@ -115,10 +129,15 @@ def load_span(
     config, family = read_config(model_dir)
     root = build_meta_model(config, family, **(config_overrides or {}))
     cut(root, family)
+    device_map = _device_map(root, family, placement)
     wanted = {name: p for name, p in root.named_parameters(remove_duplicate=False)}
     shapes = {name: tuple(p.shape) for name, p in wanted.items()}
     state, bytes_read = _read_tensors(Path(model_dir), root, shapes, allow_mismatch=init_missing)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    dtype = placement.dtype
+    where = _device_of(device_map, placement.device)
+    state = {
+        k: v.to(device=where(k), dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()
+    }
     root.load_state_dict(state, strict=False, assign=True)
     _tie_weights(root, set(state))
     new = _missing_parameters(root)
@@ -127,12 +146,49 @@ def load_span(
             f"checkpoint in {model_dir} lacks weights this side needs: {', '.join(new[:8])}"
         )
     if new:
-        _initialise(root, new, dtype)
+        _initialise(root, new, dtype, placement.device)
         logger.info("initialised %d tensors absent from the checkpoint: %s", len(new), ", ".join(new))
     _check_materialised(root)
+    _place_buffers(root, device_map, placement.device)
     root.requires_grad_(False)
     root.eval()
-    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read)
+    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read, placement, device_map)
+
+
+def _device_map(root: nn.Module, family: Family, placement: ResolvedPlacement) -> dict[str, int | str] | None:
+    """Accelerate's map for a spread placement (None: everything on `placement.device`)."""
+    if placement.device_map is None:
+        return None
+    block_class = type(family.blocks(root)[-1]).__name__
+    device_map = plan_device_map(root, block_class, placement)
+    return device_map if len({str(d) for d in device_map.values()}) > 1 else None
+
+
+def _device_of(
+    device_map: dict[str, int | str] | None, default: torch.device
+) -> Callable[[str], torch.device]:
+    """Parameter name -> device: the longest device-map prefix that owns it."""
+    if device_map is None:
+        return lambda _name: default
+
+    def where(name: str) -> torch.device:
+        owner = max(
+            (k for k in device_map if k == "" or name == k or name.startswith(k + ".")), key=len, default=None
+        )
+        return default if owner is None else torch_device(device_map[owner])
+
+    return where
+
+
+def _place_buffers(root: nn.Module, device_map: dict[str, int | str] | None, device: torch.device) -> None:
+    """Buffers (rotary tables) were computed on the CPU: move them, and with a map let accelerate's
+    hooks move each block's inputs to its device (parameters are already where the map says)."""
+    if device_map is None:
+        root.to(device)
+        return
+    from accelerate import dispatch_model  # CUDA-only branch: a map spans several GPUs
+
+    dispatch_model(root, device_map=device_map)
 
 
 def _checkpoint_files(model_dir: Path) -> list[Path]:
@@ -221,8 +277,9 @@ def _missing_parameters(root: nn.Module) -> list[str]:
     return [name for name, p in root.named_parameters() if p.is_meta]
 
 
-def _initialise(root: nn.Module, names: list[str], dtype: torch.dtype) -> None:
-    """Initialise absent parameters with the model's own `_init_weights` (e.g. a new classifier)."""
+def _initialise(root: nn.Module, names: list[str], dtype: torch.dtype, device: torch.device) -> None:
+    """Initialise absent parameters with the model's own `_init_weights` (e.g. a new classifier),
+    on the CPU (the same values whatever the device), then moved to `device`."""
     owners = {name.rpartition(".")[0] for name in names}
     for owner_name in sorted(owners):
         owner = root.get_submodule(owner_name)
@@ -230,6 +287,7 @@ def _initialise(root: nn.Module, names: list[str], dtype: torch.dtype) -> None:
         owner.to(dtype)
         with torch.no_grad():
             root._init_weights(owner)  # type: ignore[operator]
+        owner.to(device)
 
 
 def _check_materialised(root: nn.Module) -> None:

@@ -93,26 +93,30 @@ class RowStreams:
     def bernoulli_mask(self, like: torch.Tensor, keep: float) -> torch.Tensor:
         """A 0/1 mask shaped like `like`, each row range drawn from its own generator."""
         if len(self.streams) == 1 and self.streams[0].stop == -1:
-            gen = self.streams[0].generator
-            return torch.empty_like(like).bernoulli_(keep, generator=gen)
+            return _mask(like.shape, like, keep, self.streams[0].generator)
         if like.dim() == 0 or like.shape[0] != self.rows:
             raise RuntimeError(
                 f"dropout on a tensor of shape {list(like.shape)} in a batch of {self.rows} rows: "
                 "per-session masks need batch-first tensors"
             )
-        parts = [
-            torch.empty((s.stop - s.start, *like.shape[1:]), dtype=like.dtype, device=like.device).bernoulli_(
-                keep, generator=s.generator
-            )
-            for s in self.streams
-        ]
-        return torch.cat(parts)
+        return torch.cat(
+            [_mask((s.stop - s.start, *like.shape[1:]), like, keep, s.generator) for s in self.streams]
+        )
 
     def init_generator(self) -> torch.Generator:
         """The generator weight initialisation draws from (only meaningful with one range)."""
         if len(self.streams) != 1:
             raise RuntimeError("weight initialisation inside a multi-session batch")
         return self.streams[0].generator
+
+
+def _mask(
+    shape: tuple[int, ...] | torch.Size, like: torch.Tensor, keep: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A 0/1 mask drawn on the generator's device (sessions draw on the CPU: the same masks whatever
+    device the trunk runs on), then moved to `like`'s."""
+    mask = torch.empty(shape, dtype=like.dtype, device=generator.device).bernoulli_(keep, generator=generator)
+    return mask.to(like.device)
 
 
 class SessionRandomness(TorchFunctionMode):

@@ -25,7 +25,7 @@ class EquivalenceRun:
     split_steps: int
 
 
-def _train(model, optimizer, scheduler, batches) -> list[float]:
+def _train(model, optimizer, scheduler, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     losses = []
     for step in range(STEPS):
         optimizer.zero_grad()
@@ -42,8 +42,11 @@ def _train(model, optimizer, scheduler, batches) -> list[float]:
     return losses
 
 
-def run_equivalence(tiny: TinyModel, conn: EdgeConnection, workdir: Path, model_name: str) -> EquivalenceRun:
-    """Train split and whole-model peft from the same initial adapter on the same batches."""
+def run_equivalence(
+    tiny: TinyModel, conn: EdgeConnection, workdir: Path, model_name: str, device: str = "cpu"
+) -> EquivalenceRun:
+    """Train split and whole-model peft from the same initial adapter on the same batches; the
+    device side and the reference on `device` (the edge's placement is the edge's own)."""
     family = tiny.family
     torch.manual_seed(0)
     split = SplitModel.from_pretrained(
@@ -55,13 +58,14 @@ def run_equivalence(tiny: TinyModel, conn: EdgeConnection, workdir: Path, model_
         lora_config=lora_config_for(family),
         trunk_lora=True,
         codec="raw",
+        device=device,
     )
     split.save_adapter(workdir / "initial")
     reference = PeftModel.from_pretrained(
         tiny.model_class.from_pretrained(tiny.path), workdir / "initial", is_trainable=True
-    )
+    ).to(device)
     generator = torch.Generator().manual_seed(1)
-    distinct = [make_batch(family, generator) for _ in range(4)]
+    distinct = [{k: v.to(device) for k, v in make_batch(family, generator).items()} for _ in range(4)]
     batches = [distinct[i % 4] for i in range(STEPS * ACCUMULATION)]
     hp = dict(lr=5e-2, weight_decay=0.01)
     opt_s = split.configure_optimizer(torch.optim.AdamW, **hp)
@@ -74,7 +78,7 @@ def run_equivalence(tiny: TinyModel, conn: EdgeConnection, workdir: Path, model_
         split_losses=_train(split, opt_s, sched_s, batches),
         reference_losses=_train(reference, opt_r, sched_r, batches),
         split_adapter=split.adapter_state_dict(),
-        reference_adapter={k: v.detach() for k, v in get_peft_model_state_dict(reference).items()},
+        reference_adapter={k: v.detach().cpu() for k, v in get_peft_model_state_dict(reference).items()},
         split_steps=split.stats.steps,
     )
     split.close()

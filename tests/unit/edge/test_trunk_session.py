@@ -96,7 +96,7 @@ def test_a_misshapen_gradient_does_not_cost_the_kept_forward(served: ServedModel
         ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE), "labels": torch.zeros(1)}, "unexpected forward tensors"),
         ({"attention_mask": torch.ones(1, 2)}, "needs a 'hidden'"),
         ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE + 1)}, "hidden must have shape"),
-        ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE, dtype=torch.float64)}, "hidden must be torch.float32"),
+        ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE, dtype=torch.float64)}, "hidden must be float32, bfloat16"),
         ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE), "attention_mask": torch.ones(1, 2)}, "integer or bool"),
         ({"hidden": torch.zeros(1, 2, HIDDEN_SIZE), "position_ids": torch.ones(1, 3).long()}, "position_ids"),
     ],
