@@ -169,6 +169,7 @@ def test_edges_ask_for_a_gpu_and_probe_with_the_mutual_tls_health_command():
         args = container["args"]
         assert "--certs=/certs" in args and any(a.startswith("--control-plane=") for a in args)
         assert any(a.startswith("--metrics-port=") for a in args)
+        assert "--device=cuda" in args  # the GPU it reserves computes the trunk
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             command = container[probe]["exec"]["command"]  # native grpc probes cannot present a cert
             assert command[:1] == ["splitft"] and "health" in command and "--certs" in command
