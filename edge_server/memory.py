@@ -68,7 +68,6 @@ def _measure(
     """Bytes a training forward of one row of `tokens` through blocks [1, stop) keeps; with
     `linears`, also fills it with block 1's linear layers' (input storage, whether it is kept)."""
     root = _trunk_view(span, 1, stop).train()
-    weight = next(iter(span.root.parameters()))
     params = {p.untyped_storage().data_ptr() for p in span.root.parameters()}
     kept: dict[int, int] = {}
     inputs: dict[str, torch.Tensor] = {}  # held, so no later tensor reuses an input's address
@@ -78,9 +77,9 @@ def _measure(
         for name, module in block.named_modules():
             if is_linear_like(module):
                 hooks.append(module.register_forward_pre_hook(_record_input(inputs, name)))
-    hidden = torch.randn(1, tokens, span.config.hidden_size, dtype=weight.dtype, device=weight.device)
+    hidden = torch.randn(1, tokens, span.config.hidden_size, dtype=span.dtype, device=span.device)
     hidden.requires_grad_(True)
-    mask = torch.ones(1, tokens, dtype=torch.long, device=weight.device)
+    mask = torch.ones(1, tokens, dtype=torch.long, device=span.device)
     mask[0, -1] = 0  # a padded row, as devices send: the family builds a real attention mask
     try:
         # Dropout as sessions draw it (their own generators; the attention then runs unfused).
@@ -153,10 +152,9 @@ def measure_profile(span: LoadedSpan) -> MemoryProfile:
         per_block, outside = [float(x) for x in one], [0.0, 0.0]
     block_token, block_token2 = _fit(*per_block)
     forward_token, forward_token2 = _fit(*[max(0.0, x) for x in outside])
-    weight = next(iter(span.root.parameters()))
     return MemoryProfile(
         num_layers=span.num_layers,
-        dtype_bytes=weight.element_size(),
+        dtype_bytes=span.dtype.itemsize,  # activations' (weights may be quantized)
         forward_token=forward_token,
         forward_token2=forward_token2,
         block_token=block_token,
@@ -194,5 +192,5 @@ def build_accountant(registry: ModelRegistry, limit: int | None) -> MemoryAccoun
         logger.info("%s: a default session takes %d bytes", name, default_session(profile).total)
     if limit is None:
         first = next(iter(registry.models.values()))
-        limit = default_memory_limit(next(iter(first.span.root.parameters())).device)
+        limit = default_memory_limit(first.span.device)
     return MemoryAccountant(limit, profiles)

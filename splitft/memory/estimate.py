@@ -197,6 +197,10 @@ def optimizer_slots(name: str = "AdamW", hparams: Mapping[str, Any] | None = Non
     return OPTIMIZER_SLOTS.get(name, OPTIMIZER_SLOTS["AdamW"]) + (1 if hparams.get("amsgrad") else 0)
 
 
+# peft keeps LoRA weights in float32 on a bfloat16 or float16 trunk (`autocast_adapter_dtype`).
+ADAPTER_DTYPE_BYTES = 4
+
+
 def state_bytes(parameters: int, dtype_bytes: int, slots: int) -> int:
     """Bytes of `parameters` trainable values: the values, their gradients and `slots` optimizer states."""
     return parameters * dtype_bytes * (2 + slots)
@@ -228,7 +232,7 @@ def estimate_session(
     tokens = sequence_length or DEFAULT_SEQUENCE_LENGTH
     parameters = adapter_parameters(profile, blocks, adapter)
     return SessionEstimate(
-        state_bytes=state_bytes(parameters, profile.dtype_bytes, optimizer_slots(optimizer)),
+        state_bytes=state_bytes(parameters, ADAPTER_DTYPE_BYTES, optimizer_slots(optimizer)),
         graph_bytes=graph_bytes(profile, blocks=blocks, batch=batch, tokens=tokens, adapter=adapter),
         batch_size=batch,
         sequence_length=tokens,

@@ -133,3 +133,26 @@ def test_edge_secret_comes_from_the_environment_even_with_a_leading_dash(monkeyp
     monkeypatch.setenv("SPLITFT_EDGE_SECRET", "-starts-with-a-dash")
     args = build_parser().parse_args(["edge", "serve", "--model-dir", "m", "--control-plane", "http://cp"])
     assert args.edge_secret == "-starts-with-a-dash"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        pytest.param(("--device", "tpu"), "--device must be one of auto, cpu, cuda", id="unknown-device"),
+        pytest.param(
+            ("--device", "cuda"),
+            "CUDA is not available here",
+            id="cuda-without-gpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        pytest.param(("--dtype", "int8"), "invalid choice: 'int8'", id="unknown-dtype"),
+    ],
+)
+def test_a_placement_the_machine_lacks_is_a_usage_error(tiny_models, flags, message) -> None:
+    command = _serve_command(
+        "--model-dir", f"llama={tiny_models['llama'].path}", "--insecure", "--port", "0", *flags
+    )
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=START_TIMEOUT)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert message in output, output
