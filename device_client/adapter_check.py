@@ -21,7 +21,7 @@ from splitft.model.spans import SplitSpec
 _SPARSE_SUFFIXES = (".delta_indices", ".delta_values")
 
 
-def _split_key(key: str, blocks: str) -> tuple[int, str] | None:
+def split_key(key: str, blocks: str) -> tuple[int, str] | None:
     """(block index, key relative to the block) for a key inside a block, else None."""
     match = re.match(rf"(?:base_model\.model\.)?{re.escape(blocks)}\.(\d+)\.(.+)$", key)
     return (int(match.group(1)), match.group(2)) if match else None
@@ -45,12 +45,12 @@ def check_trunk_adapter(
     lora = any(".lora_" in key for key in device)
     templates: dict[str, torch.Tensor] = {}  # key relative to a block -> a device tensor
     for key, tensor in device.items():
-        found = _split_key(key, blocks_path)
+        found = split_key(key, blocks_path)
         if found is not None and found[0] not in spec.trunk_range:
             templates[found[1]] = tensor
     modules = _block_modules(root, blocks_path, spec)
     for key, tensor in trunk.items():
-        found = _split_key(key, blocks_path)
+        found = split_key(key, blocks_path)
         if found is None or found[0] not in spec.trunk_range:
             trunk_blocks = f"[{spec.trunk_start}, {spec.trunk_stop})"
             raise _refuse(key, f"not in a trunk block {trunk_blocks} of this session")
@@ -64,7 +64,7 @@ def _block_modules(root: nn.Module, blocks_path: str, spec: SplitSpec) -> set[st
     device's own blocks: the modules a sparse delta may name."""
     names = set()
     for name, module in root.named_modules():
-        found = _split_key(name, blocks_path)
+        found = split_key(name, blocks_path)
         weight = getattr(module, "weight", None)
         matrix = isinstance(weight, torch.Tensor) and weight.dim() == 2
         if (

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from device_client.adapter_check import check_trunk_adapter
+from device_client.adapter_load import check_same_lora, read_adapter, split_adapter
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.connection import EdgeConnection
 from device_client.opening import (
@@ -39,6 +40,7 @@ from splitft.methods.port import SplitView
 from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
+from splitft.model.adapter_state import check_adapter_state, load_adapter_state
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.model.placement import (
     CPU_FLOAT32,
@@ -282,6 +284,26 @@ class SplitModel(nn.Module):
         trunk = self._trunk if self._trunk.trainable else None
         self._optimizer = make_split_optimizer(optimizer_cls, params, trunk, **hparams)
         return self._optimizer
+
+    def load_adapter(self, source: str | Path | Mapping[str, torch.Tensor]) -> None:
+        """Start from a whole-model LoRA adapter (a directory `save_adapter` wrote, or its state
+        dict): the device's keys into this model, the trunk's to the edge. Only before training;
+        every key of both adapters must be given, with the same shapes."""
+        if self.peft_model is None:
+            raise FailedPrecondition("load_adapter is for LoRA split models (selection methods calibrate)")
+        if isinstance(source, Mapping):
+            state = dict(source)
+        else:
+            state, saved_config = read_adapter(source)
+            check_same_lora(saved_config, self.peft_model.peft_config["default"])
+        device_state, trunk_state = split_adapter(state, self.family.blocks_path, self.spec)
+        if trunk_state and not self._trunk.trainable:
+            raise InvalidArgument("the adapter has trunk keys but this session trains no trunk adapter")
+        what = "device's adapter"  # checked before the edge loads, so a refusal changes neither side
+        check_adapter_state(device_state, get_peft_model_state_dict(self.peft_model), what=what)
+        if self._trunk.trainable:
+            self._trunk.load_adapter(trunk_state)
+        load_adapter_state(self.peft_model, device_state, what=what)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's adapter weights: device modules and the trunk's, under peft's names

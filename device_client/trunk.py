@@ -223,6 +223,14 @@ class RemoteTrunk:
         self.trainable_parameters = int(response.selected)
         return int(response.selected)
 
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> int:
+        """Set the trunk adapter on the edge (peft names, every key `export_adapter` gives)."""
+        requests = itertools.chain(
+            [pb.LoadAdapterRequest(header=pb.LoadAdapterHeader(session_id=self.session_id))],
+            tensors_to_parts(state, "raw", into=pb.LoadAdapterRequest),
+        )
+        return int(self.conn.upload("LoadAdapter", requests).loaded)
+
     def close(self) -> None:
         """Close the session stream and the session on the edge (idempotent)."""
         with self._lock:

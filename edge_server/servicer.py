@@ -361,6 +361,17 @@ class DataPlaneServicer(pb_grpc.DataPlaneServicer):
             chosen = session.select_channels(channels)
         return pb.SelectParametersResponse(selected=chosen, layers=len(channels))
 
+    @translate_errors
+    def LoadAdapter(self, request_iterator, context):
+        """Set a LoRA session's trunk adapter before it trains (a federated round, a checkpoint)."""
+        header, session, state, size = read_stream(
+            request_iterator, pb.LoadAdapterHeader, self._header_session, lambda _: self._assembler(None)
+        )
+        self.metrics.received("raw", size)
+        with session.lock:
+            loaded = session.load_adapter(state)
+        return pb.LoadAdapterResponse(loaded=loaded)
+
 
 def _requested_split(request: pb.OpenSessionRequest, codecs: DirectionCodecs) -> SplitClaims:
     """What an OpenSession asks for, in the token's terms (codec canonical, as the control plane

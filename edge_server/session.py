@@ -31,6 +31,7 @@ from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.methods.scorer import MeasuredLayer, TrunkScorer
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TrunkMethod
+from splitft.model.adapter_state import load_adapter_state
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped, SplitSpec
@@ -316,6 +317,15 @@ class TrunkSession:
             return {}
         state = get_peft_model_state_dict(self.peft_model)
         return {k: v.detach().clone() for k, v in state.items()}
+
+    def load_adapter(self, state: dict[str, torch.Tensor]) -> int:
+        """Set the trunk adapter to `state` (every key `export_adapter` gives, same shapes), before
+        the session trains; returns how many tensors were loaded."""
+        if self.peft_model is None or self.selection is not None:
+            raise FailedPrecondition("only a session training LoRA on the trunk can load a trunk adapter")
+        if self.steps or self._pending:
+            raise FailedPrecondition("a trunk adapter is loaded before the session's first forward and step")
+        return load_adapter_state(self.peft_model, state, what="session's trunk adapter")
 
     def release(self) -> None:
         """Drop graphs, adapter and optimizer state so their memory can be freed."""

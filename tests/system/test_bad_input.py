@@ -112,6 +112,9 @@ UNKNOWN_SESSION_CALLS: dict[str, Callable[[DataPlaneStub], Any]] = {
     "GradNorm": lambda s: s.GradNorm(pb.GradNormRequest(session_id=MISSING)),
     "ExportAdapter": lambda s: list(s.ExportAdapter(pb.ExportAdapterRequest(session_id=MISSING))),
     "CloseSession": lambda s: s.CloseSession(pb.CloseSessionRequest(session_id=MISSING)),
+    "LoadAdapter": lambda s: s.LoadAdapter(
+        iter([pb.LoadAdapterRequest(header=pb.LoadAdapterHeader(session_id=MISSING))])
+    ),
     "ConfigureOptimizer": lambda s: s.ConfigureOptimizer(
         pb.ConfigureOptimizerRequest(session_id=MISSING, name="AdamW")
     ),

@@ -183,6 +183,9 @@ def test_token_cannot_touch_another_devices_session(secure_edge, pki):
                     intruder.call(method, request)
             with pytest.raises(PermissionDenied):
                 intruder.stream("ExportAdapter", pb.ExportAdapterRequest(session_id="s-owner"))
+            with pytest.raises(PermissionDenied):  # refused at the header, before any tensor is read
+                load = pb.LoadAdapterRequest(header=pb.LoadAdapterHeader(session_id="s-owner"))
+                intruder.upload("LoadAdapter", iter([load]))
             # On the session stream the token is the stream's: a request naming the owner's
             # session fails alone with PERMISSION_DENIED.
             stream = SessionStream(intruder)

@@ -278,6 +278,26 @@ class SelectChannelsRequest(_message.Message):
     part: TensorPart
     def __init__(self, header: _Optional[_Union[SelectChannelsHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
+class LoadAdapterHeader(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class LoadAdapterRequest(_message.Message):
+    __slots__ = ("header", "part")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    header: LoadAdapterHeader
+    part: TensorPart
+    def __init__(self, header: _Optional[_Union[LoadAdapterHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class LoadAdapterResponse(_message.Message):
+    __slots__ = ("loaded",)
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    loaded: int
+    def __init__(self, loaded: _Optional[int] = ...) -> None: ...
+
 class StreamEnd(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -99,6 +99,11 @@ class DataPlaneStub:
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
                 response_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.stream_unary(
+                '/splitft.v1.DataPlane/LoadAdapter',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.LoadAdapterResponse.FromString,
+                _registered_method=True)
         self.Train = channel.stream_stream(
                 '/splitft.v1.DataPlane/Train',
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.TrainRequest.SerializeToString,
@@ -189,6 +194,12 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Train(self, request_iterator, context):
         """Every forward and backward of a session on one stream (what the SDK uses); Forward and
         Backward above are the same operations as one call each, for simple clients.
@@ -264,6 +275,11 @@ def add_DataPlaneServicer_to_server(servicer, server):
                     servicer.SelectChannels,
                     request_deserializer=splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.FromString,
                     response_serializer=splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.LoadAdapterResponse.SerializeToString,
             ),
             'Train': grpc.stream_stream_rpc_method_handler(
                     servicer.Train,
@@ -622,6 +638,33 @@ class DataPlane:
             '/splitft.v1.DataPlane/SelectChannels',
             splitft_dot_v1_dot_dataplane__pb2.SelectChannelsRequest.SerializeToString,
             splitft_dot_v1_dot_dataplane__pb2.SelectParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/splitft.v1.DataPlane/LoadAdapter',
+            splitft_dot_v1_dot_dataplane__pb2.LoadAdapterRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.LoadAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

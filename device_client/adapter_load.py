@@ -1,0 +1,61 @@
+"""Start a split model from a saved whole-model adapter: the device's keys here, the trunk's to the edge.
+
+A federated round starts every device from the round before's global adapter, and a resumed session
+from its checkpoint; both are one standard peft adapter for the whole model (what `save_adapter`
+writes), whose keys are cut by block: keys inside the session's trunk blocks go to the edge's
+`LoadAdapter`, every other key (device blocks, head) into the device's own LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from device_client.adapter_check import split_key
+from splitft.errors import InvalidArgument, NotFound
+from splitft.model.spans import SplitSpec
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and config of the peft adapter directory `path`."""
+    folder = Path(path)
+    weights, config = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
+    if not weights.is_file() or not config.is_file():
+        raise NotFound(f"{folder} is not a peft adapter: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+    try:
+        return load_file(str(weights)), json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read the adapter in {folder}: {exc}") from None
+
+
+def split_adapter(
+    state: Mapping[str, torch.Tensor], blocks_path: str, spec: SplitSpec
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(device keys, trunk keys) of a whole-model adapter state, by the block each key is in."""
+    device: dict[str, torch.Tensor] = {}
+    trunk: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        found = split_key(key, blocks_path)
+        (trunk if found is not None and found[0] in spec.trunk_range else device)[key] = tensor
+    return device, trunk
+
+
+def check_same_lora(saved: dict, live: object) -> None:
+    """The saved adapter's rank, alpha and target modules are the live adapter's (else its tensors
+    would load into a differently scaled or shaped adapter)."""
+    for field in ("r", "lora_alpha"):
+        if field in saved and saved[field] != getattr(live, field, saved[field]):
+            raise InvalidArgument(
+                f"the adapter's {field} is {saved[field]}, this model's is {getattr(live, field)}"
+            )
+    targets = saved.get("target_modules")
+    live_targets = getattr(live, "target_modules", None)
+    if targets is not None and live_targets is not None and set(targets) != set(live_targets):
+        raise InvalidArgument(f"the adapter targets {sorted(targets)}, this model {sorted(live_targets)}")
