@@ -138,10 +138,10 @@ def aircomp_round(
             f"no device with a positive weight has a channel gain >= truncation {truncation} "
             f"(gains {np.round(gains, 4).tolist()}); redo the round or lower the truncation"
         )
-    signals = _prescale(checked, participants)
-    eta, powers = _power_control(signals, gains, participants, power_limit)
+    scales = _prescale(checked, participants)
+    eta, powers = _power_control(checked, scales, gains, power_limit)
     noise_variance = 0.0 if snr_db is None or math.isinf(snr_db) else 10.0 ** (-snr_db / 10.0)
-    estimate = _receive(signals, gains, eta, noise_variance, rng)
+    estimate = _receive(checked, scales, gains, eta, noise_variance, rng)
     reference = _weighted_mean(checked, range(count))
     mse, relative = _error(estimate, reference)
     logger.debug(
@@ -162,10 +162,10 @@ def aircomp_round(
 def _weighted_mean(checked: Updates, devices: Sequence[int] | range) -> StateDict:
     """sum_k w_k u_k / sum_k w_k over ``devices``, in float64."""
     total = float(checked.weights[list(devices)].sum())
-    out = {key: np.zeros_like(array) for key, array in checked.states[0].items()}
+    out = {key: np.zeros(array.shape) for key, array in checked.states[0].items()}
     for k in devices:
         for key, array in checked.states[k].items():
-            out[key] += (checked.weights[k] / total) * array
+            out[key] += float(checked.weights[k] / total) * array.astype(np.float64, copy=False)
     return out
 
 
@@ -177,37 +177,36 @@ def _gains(rng: np.random.Generator, count: int, fading: str) -> np.ndarray:
     return np.asarray((parts**2).sum(axis=1), dtype=np.float64)
 
 
-def _prescale(checked: Updates, participants: list[int]) -> dict[int, StateDict]:
-    """x_k = |S| a_k u_k for each participant, a_k its weight renormalized over the participants."""
+def _prescale(checked: Updates, participants: list[int]) -> dict[int, float]:
+    """s_k such that x_k = s_k u_k = |S| a_k u_k, a_k the weight renormalized over the participants."""
     total = float(checked.weights[participants].sum())
-    scale = len(participants) / total
-    return {
-        k: {key: (scale * checked.weights[k]) * a for key, a in checked.states[k].items()}
-        for k in participants
-    }
+    return {k: len(participants) * float(checked.weights[k]) / total for k in participants}
 
 
 def _power_control(
-    signals: dict[int, StateDict], gains: np.ndarray, participants: list[int], power_limit: float
+    checked: Updates, scales: dict[int, float], gains: np.ndarray, power_limit: float
 ) -> tuple[float, list[float]]:
     """eta = power_limit * min g_k / P_k over the participants, and each device's transmit power."""
-    mean_square = {k: _mean_square(signals[k]) for k in participants}
-    limits = [gains[k] / mean_square[k] for k in participants if mean_square[k] > 0]
+    mean_square = {k: scale**2 * _mean_square(checked.states[k]) for k, scale in scales.items()}
+    limits = [gains[k] / mean_square[k] for k in scales if mean_square[k] > 0]
     # With all-zero signals any eta meets the limit; take the channel-only one (unit-power symbols).
-    eta = power_limit * (min(limits) if limits else min(gains[k] for k in participants))
+    eta = power_limit * (min(limits) if limits else min(gains[k] for k in scales))
     powers = [0.0] * len(gains)
-    for k in participants:
+    for k in scales:
         powers[k] = eta * mean_square[k] / float(gains[k])
     return float(eta), powers
 
 
 def _mean_square(state: StateDict) -> float:
+    """Mean of the squared entries, accumulated in float64 one tensor at a time."""
     entries = sum(a.size for a in state.values())
-    return float(sum(np.square(a).sum() for a in state.values()) / max(entries, 1))
+    total = sum(float(np.square(a, dtype=np.float64).sum()) for a in state.values())
+    return total / max(entries, 1)
 
 
 def _receive(
-    signals: dict[int, StateDict],
+    checked: Updates,
+    scales: dict[int, float],
     gains: np.ndarray,
     eta: float,
     noise_variance: float,
@@ -215,17 +214,16 @@ def _receive(
 ) -> StateDict:
     """y = sum_k h_k p_k x_k + n, estimated as y / (|S| sqrt(eta)); noise drawn key by key, sorted."""
     root_eta = math.sqrt(eta)
-    first = next(iter(signals.values()))
     out: StateDict = {}
-    for key in sorted(first):
-        received = np.zeros_like(first[key])
-        for k, state in signals.items():
+    for key in sorted(checked.states[0]):
+        received = np.zeros(checked.states[0][key].shape)
+        for k, scale in scales.items():
             # h_k p_k with p_k = sqrt(eta) / h_k: sqrt(eta) up to rounding (phase inverted with it).
             amplitude = math.sqrt(float(gains[k])) * (root_eta / math.sqrt(float(gains[k])))
-            received += amplitude * state[key]
+            received += (amplitude * scale) * checked.states[k][key].astype(np.float64, copy=False)
         if noise_variance > 0:
             received += math.sqrt(noise_variance) * rng.standard_normal(received.shape)
-        out[key] = received / (len(signals) * root_eta)
+        out[key] = received / (len(scales) * root_eta)
     return out
 
 

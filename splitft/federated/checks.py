@@ -22,11 +22,11 @@ FADINGS = ("rayleigh", "none")
 
 @dataclass(frozen=True)
 class Updates:
-    """Validated updates: float64 copies, the output dtype per key and normalized weights."""
+    """Validated updates (the callers' arrays, not copies: never written to), output dtypes, weights."""
 
-    states: tuple[StateDict, ...]
+    states: tuple[StateDict, ...]  # read in float64 one key at a time, so no copy of them all
     dtypes: dict[str, np.dtype]  # float64 where any device sent float64, else float32
-    weights: np.ndarray  # the caller's weights as float64, summing to whatever they summed to
+    weights: np.ndarray  # the caller's weights as float64, not normalized
 
 
 def check_updates(updates: Sequence[Mapping[str, Any]], weights: Sequence[float]) -> Updates:
@@ -42,7 +42,7 @@ def check_updates(updates: Sequence[Mapping[str, Any]], weights: Sequence[float]
         states.append(state)
     dtypes = {key: _out_dtype([state[key].dtype for state in states]) for key in first}
     return Updates(
-        states=tuple({k: v.astype(np.float64) for k, v in s.items()} for s in states),
+        states=tuple(states),
         dtypes=dtypes,
         weights=checked_weights,
     )
