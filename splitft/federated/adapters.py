@@ -1,0 +1,162 @@
+"""Aggregate peft LoRA adapter directories into one global adapter, with NumPy only.
+
+Each input is a directory peft wrote (``save_pretrained``): ``adapter_config.json`` and
+``adapter_model.safetensors``. The tensors are read with ``safetensors.numpy`` (no torch), averaged
+key by key (FedAvg or AirComp), and written with the first directory's config. LoRA factors A and B
+are averaged separately, as SplitLoRA and FedAvg-on-LoRA do: the mean of the products B_k A_k is
+not the product of the means, which is the usual price of federating the factors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from splitft.errors import InvalidArgument
+from splitft.federated.aggregate import Channel, aircomp_round, fedavg
+from splitft.federated.checks import StateDict
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+METHODS = ("fedavg", "aircomp")
+# Fields that change which tensors exist, their shapes or how they are scaled: adapters must agree.
+AGREEING_FIELDS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "modules_to_save",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_rslora",
+    "use_dora",
+)
+
+
+@dataclass(frozen=True)
+class AdapterAggregate:
+    """What ``aggregate_adapter_files`` wrote and how the aggregation went."""
+
+    out_path: Path
+    participants: tuple[int, ...]  # indices into ``paths`` of the adapters in the aggregate
+    relative_error: float  # against FedAvg of all adapters: 0 for FedAvg, AirComp's error otherwise
+
+
+def aggregate_adapter_files(
+    paths: Sequence[str | Path],
+    weights: Sequence[float],
+    out_path: str | Path,
+    *,
+    method: str = "fedavg",
+    channel: Channel | None = None,
+    seed: int | None = None,
+) -> AdapterAggregate:
+    """Aggregate the peft adapters in ``paths`` into one written to ``out_path``.
+
+    ``weights``: one per adapter (example counts, say). ``method``: "fedavg" or "aircomp" (then
+    ``channel`` gives the radio and ``seed`` the draws). The adapters must agree on AGREEING_FIELDS
+    of their configs and on their tensors' names and shapes; ``out_path`` gets the first adapter's
+    ``adapter_config.json`` and the aggregated ``adapter_model.safetensors``. Raises InvalidArgument
+    naming the path, field or tensor at fault.
+    """
+    if method not in METHODS:
+        raise InvalidArgument(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    directories = _check_paths(paths, out_path)
+    configs = [_read_config(path) for path in directories]
+    _check_configs_agree(configs, directories)
+    states = [_read_weights(path) for path in directories]
+    state, participants, error = _aggregate(states, weights, method, channel, seed)
+    out = _write(state, directories[0], Path(out_path))
+    logger.info("aggregated %d adapters (%s) into %s", len(directories), method, out)
+    return AdapterAggregate(out_path=out, participants=participants, relative_error=error)
+
+
+def _aggregate(
+    states: list[StateDict], weights: Sequence[float], method: str, channel: Channel | None, seed: int | None
+) -> tuple[StateDict, tuple[int, ...], float]:
+    """The aggregate, the indices of the adapters in it and its relative error against FedAvg."""
+    if method == "fedavg":
+        return fedavg(states, weights), tuple(range(len(states))), 0.0
+    if channel is None:
+        raise InvalidArgument("method 'aircomp' needs a channel (splitft.federated.Channel)")
+    result = aircomp_round(
+        states,
+        weights,
+        snr_db=channel.snr_db,
+        fading=channel.fading,
+        truncation=channel.truncation,
+        power_limit=channel.power_limit,
+        seed=seed,
+    )
+    return result.state, result.participants, result.relative_error
+
+
+def _check_paths(paths: Sequence[str | Path], out_path: str | Path) -> list[Path]:
+    """Adapter directories that hold both files; ``out_path`` is none of them."""
+    if isinstance(paths, (str, Path)) or not isinstance(paths, Sequence) or not paths:
+        raise InvalidArgument("paths must be a non-empty sequence of adapter directories")
+    directories = [Path(p) for p in paths]
+    for directory in directories:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise InvalidArgument(f"adapter directory {directory} has no {name}")
+    out = Path(out_path).resolve()
+    if any(directory.resolve() == out for directory in directories):
+        raise InvalidArgument(f"out_path {out_path} is one of the input adapters; write elsewhere")
+    return directories
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{directory / CONFIG_FILE} is not readable JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument(f"{directory / CONFIG_FILE} must hold a JSON object")
+    return config
+
+
+def _comparable(value: Any) -> Any:
+    """Lists compared as sets of names (peft may save target_modules in any order)."""
+    return sorted(value, key=str) if isinstance(value, list) else value
+
+
+def _check_configs_agree(configs: list[dict[str, Any]], directories: list[Path]) -> None:
+    for index in range(1, len(configs)):
+        for field in AGREEING_FIELDS:
+            first, other = configs[0].get(field), configs[index].get(field)
+            if _comparable(first) != _comparable(other):
+                raise InvalidArgument(
+                    f"adapters disagree on {field}: {directories[0]} has {first!r}, "
+                    f"{directories[index]} has {other!r}"
+                )
+
+
+def _read_weights(directory: Path) -> StateDict:
+    path = directory / WEIGHTS_FILE
+    try:
+        return dict(load_file(str(path)))
+    except (OSError, SafetensorError, TypeError, ValueError) as exc:
+        # bfloat16 tensors land here too: NumPy has no bfloat16 (peft saves LoRA in float32).
+        raise InvalidArgument(f"{path} cannot be read with safetensors.numpy: {exc}") from None
+
+
+def _write(state: StateDict, config_from: Path, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config_from / CONFIG_FILE, out / CONFIG_FILE)
+    tensors = {key: np.ascontiguousarray(value) for key, value in state.items()}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})  # what peft itself writes
+    return out

@@ -1,0 +1,87 @@
+"""aggregate_adapter_files on real peft adapters of a tiny BERT: the written adapter loads in peft and
+holds the weighted mean; adapters that disagree are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import BertForSequenceClassification
+
+from splitft.errors import InvalidArgument
+from splitft.federated import Channel, aggregate_adapter_files
+from splitft.testing.tiny import lora_config_for, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("bert", tmp_path_factory.mktemp("bert"), layers=2, hidden=32).path
+
+
+def _adapter(base: Path, out: Path, seed: int, r: int = 4) -> Path:
+    """A peft adapter with every LoRA weight random (B too, which peft initializes to zero)."""
+    model = get_peft_model(BertForSequenceClassification.from_pretrained(base), lora_config_for("bert", r=r))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(out)
+    return out
+
+
+def test_fedavg_of_adapters_loads_in_peft(base: Path, tmp_path: Path) -> None:
+    paths = [_adapter(base, tmp_path / f"device{k}", seed=k) for k in range(3)]
+    weights = [10, 30, 60]
+    result = aggregate_adapter_files(paths, weights, tmp_path / "global")
+    assert result.participants == (0, 1, 2) and result.relative_error == 0.0
+    states = [load_file(str(p / "adapter_model.safetensors")) for p in paths]
+    merged = load_file(str(tmp_path / "global" / "adapter_model.safetensors"))
+    assert set(merged) == set(states[0])
+    for key, value in merged.items():
+        expected = sum(w * s[key] for w, s in zip(weights, states, strict=True)) / 100
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=1e-6)
+        assert value.dtype == torch.float32
+    model = PeftModel.from_pretrained(
+        BertForSequenceClassification.from_pretrained(base), tmp_path / "global"
+    )
+    loaded = get_peft_model_state_dict(model)
+    assert set(loaded) == set(merged)
+    assert all(torch.equal(loaded[key], merged[key]) for key in merged)
+
+
+def test_aircomp_of_adapters_reports_its_error(base: Path, tmp_path: Path) -> None:
+    paths = [_adapter(base, tmp_path / f"device{k}", seed=k) for k in range(3)]
+    channel = Channel(snr_db=20.0, fading="rayleigh", truncation=0.0)
+    result = aggregate_adapter_files(
+        paths, [1, 1, 1], tmp_path / "global", method="aircomp", channel=channel, seed=0
+    )
+    assert result.participants == (0, 1, 2) and 0 < result.relative_error < 1
+    config = json.loads((tmp_path / "global" / "adapter_config.json").read_text())
+    assert config == json.loads((paths[0] / "adapter_config.json").read_text())
+
+
+def test_disagreeing_or_missing_adapters_are_refused(base: Path, tmp_path: Path) -> None:
+    first = _adapter(base, tmp_path / "a", seed=0)
+    other_rank = _adapter(base, tmp_path / "b", seed=1, r=8)
+    with pytest.raises(InvalidArgument, match=r"adapters disagree on r: .*a has 4, .*b has 8"):
+        aggregate_adapter_files([first, other_rank], [1, 1], tmp_path / "out")
+    with pytest.raises(InvalidArgument, match=r"adapter directory .*nowhere has no adapter_config.json"):
+        aggregate_adapter_files([first, tmp_path / "nowhere"], [1, 1], tmp_path / "out")
+    with pytest.raises(InvalidArgument, match="out_path .* is one of the input adapters"):
+        aggregate_adapter_files([first], [1], first)
+    with pytest.raises(InvalidArgument, match="method must be one of fedavg, aircomp, got 'median'"):
+        aggregate_adapter_files([first], [1], tmp_path / "out", method="median")
+    with pytest.raises(InvalidArgument, match="method 'aircomp' needs a channel"):
+        aggregate_adapter_files([first], [1], tmp_path / "out", method="aircomp")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "adapter_config.json").write_text((first / "adapter_config.json").read_text())
+    (tmp_path / "c" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(
+        InvalidArgument, match=r"adapter_model.safetensors cannot be read with safetensors.numpy"
+    ):
+        aggregate_adapter_files([first, tmp_path / "c"], [1, 1], tmp_path / "out")
