@@ -89,8 +89,31 @@ class JobSession(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     adapter: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)  # federated jobs: its round
+    examples: Mapped[int | None] = mapped_column(Integer, nullable=True)  # what its upload weighs
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Round(Base):
+    """One round of a federated job: its deadline, who took part, and the global adapter it made."""
+
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running, aggregated, failed
+    reason: Mapped[str] = mapped_column(Text, default="")
+    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list)  # device names aggregated
+    missed: Mapped[list[str]] = mapped_column(JSON, default=list)  # failed or past the deadline
+    mean_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)  # adapters uploaded to the control plane
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)  # initial adapters handed to devices
+    aggregation_error: Mapped[float | None] = mapped_column(Float, nullable=True)  # AirComp vs FedAvg
+    adapter: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the global adapter .tar.gz
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Metric(Base):

@@ -178,6 +178,23 @@ class SessionPublic(Strict):
     reason: str
     attempts: int
     has_adapter: bool
+    round: int | None = Field(None, description="federated jobs: the round of this session")
+
+
+class RoundPublic(Strict):
+    """One round of a federated job, as operators see it."""
+
+    number: int
+    state: Literal["running", "aggregated", "failed"]
+    reason: str
+    deadline_at: datetime
+    participants: list[str] = Field(description="devices whose uploads were aggregated")
+    missed: list[str] = Field(description="devices that failed or missed the deadline")
+    mean_loss: float | None = Field(description="mean of the participants' last reported losses")
+    bytes_up: int = Field(description="adapter bytes the participants uploaded")
+    bytes_down: int = Field(description="global adapter bytes devices downloaded to start the round")
+    aggregation_error: float | None = Field(description="AirComp: relative error against FedAvg")
+    finished_at: datetime | None
 
 
 class JobPublic(Strict):

@@ -80,6 +80,7 @@ class ControlState:
             if down:
                 logger.warning("edges marked down after missed heartbeats: %s", ", ".join(down))
                 self.metrics.edges_down.inc(len(down))
+        self.store.close_due_rounds()  # federated rounds past their deadline go on without the late
         placed = self.store.place_waiting()
         self.metrics.placements.inc(placed)
         for state, count in self.store.job_counts().items():

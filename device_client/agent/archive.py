@@ -36,3 +36,19 @@ def pack_adapter(directory: str | Path) -> bytes:
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def unpack_adapter(archive: bytes, directory: Path) -> Path:
+    """A global adapter archive from the control plane, unpacked into `directory` (only the files
+    of a peft LoRA adapter, plain files, no paths: anything else is refused)."""
+    wanted = set(ADAPTER_LAYOUTS[0])
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            members = tar.getmembers()
+            names = {m.name for m in members}
+            if names != wanted or not all(m.isfile() for m in members):
+                raise FailedPrecondition(f"the control plane sent an adapter archive of {sorted(names)[:4]}")
+            tar.extractall(directory, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FailedPrecondition(f"the control plane sent an unreadable adapter archive: {exc}") from None
+    return directory

@@ -38,12 +38,23 @@ def parse_assignment(raw: Any) -> Assignment:
 
 
 def total_steps(spec: JobCreate, num_examples: int) -> int:
-    """Optimizer steps the session runs: the job's steps, or its epochs over the local examples."""
-    if spec.steps is not None:
-        return spec.steps
-    if spec.epochs is None:
+    """Optimizer steps the session runs: the job's steps, or its epochs over the local examples (a
+    federated job's per round: its local steps or local epochs)."""
+    steps, epochs = (
+        (spec.federated.local_steps, spec.federated.local_epochs)
+        if spec.federated is not None
+        else (spec.steps, spec.epochs)
+    )
+    if steps is not None:
+        return steps
+    if epochs is None:
         raise InvalidArgument("the job gives neither steps nor epochs")
-    return spec.epochs * batches_per_epoch(num_examples, spec.batch_size)
+    return epochs * batches_per_epoch(num_examples, spec.batch_size)
+
+
+def epochs_of(spec: JobCreate) -> int | None:
+    """The epochs the session's batches cycle through (None: as many as its steps need)."""
+    return spec.federated.local_epochs if spec.federated is not None else spec.epochs
 
 
 def method_config(spec: JobCreate) -> Any:

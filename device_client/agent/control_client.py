@@ -47,11 +47,18 @@ class ControlPlaneClient:
         url = f"{self.base}/v1/sessions/{session_id}/metrics"
         request(self.http, "POST", url, headers=self._headers, json={"points": points})
 
-    def complete(self, session_id: str, archive: bytes) -> None:
-        """Upload the session's adapter archive (.tar.gz), which completes the session."""
+    def complete(self, session_id: str, archive: bytes, examples: int | None = None) -> None:
+        """Upload the session's adapter archive (.tar.gz), which completes the session (`examples`:
+        in a federated round, the local examples its aggregation weight counts)."""
         headers = {**self._headers, "Content-Type": "application/gzip"}
         url = f"{self.base}/v1/sessions/{session_id}/complete"
-        request(self.http, "POST", url, headers=headers, content=archive)
+        params = {"examples": examples} if examples is not None else None
+        request(self.http, "POST", url, headers=headers, content=archive, params=params)
+
+    def initial_adapter(self, session_id: str) -> bytes:
+        """The adapter archive a federated session starts from (the previous round's global one)."""
+        url = f"{self.base}/v1/sessions/{session_id}/initial-adapter"
+        return request(self.http, "GET", url, headers=self._headers).content
 
     def fail(self, session_id: str, reason: str) -> None:
         """Report the session failed, with a short reason."""

@@ -175,7 +175,9 @@ class DeviceAgent:
             self._report_failure(sid, reason)
             raise
         try:
-            self._with_retries(lambda: self.client.complete(sid, archive), f"upload the adapter of {sid}")
+            examples = len(self.trainer.examples) if assignment.round is not None else None  # FedAvg's weight
+            upload = lambda: self.client.complete(sid, archive, examples)  # noqa: E731
+            self._with_retries(upload, f"upload the adapter of {sid}")
         except SplitftError as exc:  # e.g. the archive was refused: the session cannot succeed now
             logger.error("session %s: the control plane did not take the adapter: %s", sid, exc.message)
             self._report_failure(sid, f"adapter upload failed: {failure_reason(exc)}"[:MAX_REASON_CHARS])

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from device_client.agent.archive import pack_adapter
-from device_client.agent.assignment import method_config, total_steps
+from device_client.agent.archive import pack_adapter, unpack_adapter
+from device_client.agent.assignment import epochs_of, method_config, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
@@ -154,10 +154,16 @@ class SessionTrainer:
         model_dir = self._model_dir(spec)
         tokenizer = self.options.tokenizer_loader(model_dir)
         seed = session_seed(assignment.session_id)
+        # A federated job's devices start round 0 from one common adapter: its init follows the job.
+        init_seed = session_seed(assignment.job_id) if assignment.round is not None else seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the trunk adapter's init, the head's and dropout follow from it
+            torch.manual_seed(init_seed)  # the trunk adapter's init, the head's and dropout follow from it
             with self._connect(assignment) as conn:
                 with self._build_model(model_dir, conn, spec) as model:
+                    if assignment.round is not None:
+                        torch.manual_seed(seed)  # after the common init: this session's own dropout
+                    if assignment.initial_adapter:
+                        self._start_from_global(model, assignment.session_id)
                     self._check_labels(model)
                     selection = spec.selection_spec()
                     if selection is not None:  # a selection method chooses what trains first
@@ -168,6 +174,13 @@ class SessionTrainer:
                     with tempfile.TemporaryDirectory(prefix="splitft-adapter-") as tmp:
                         model.save_adapter(tmp)
                         return pack_adapter(tmp)
+
+    def _start_from_global(self, model: SplitModel, session_id: str) -> None:
+        """Load the adapter the control plane says this federated session starts from."""
+        archive = self.client.initial_adapter(session_id)
+        with tempfile.TemporaryDirectory(prefix="splitft-initial-") as tmp:
+            model.load_adapter(unpack_adapter(archive, Path(tmp)))
+        logger.info("session %s starts from the previous round's global adapter", session_id)
 
     def _record(self, model: SplitModel, tokenizer: Any, assignment: Assignment, record_dir: Path) -> None:
         """Keep what this device saw at the end: its adapter and its evaluation logits on a few local
@@ -273,7 +286,7 @@ class SessionTrainer:
         optimizer = make_optimizer(model, spec.optimizer)
         total = total_steps(spec, len(self.examples))
         scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
-        batches = training_batches(self.examples, spec.batch_size, seed=seed, epochs=spec.epochs)
+        batches = training_batches(self.examples, spec.batch_size, seed=seed, epochs=epochs_of(spec))
         window = _Window()
         model.train()
         logger.info("training session %s: %d steps on %d examples", sid, total, len(self.examples))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from splitft.errors import InvalidArgument, PayloadTooLarge
@@ -44,7 +46,30 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
             codec=spec.codec,
         ),
     )
-    return Assignment(session_id=sess.id, job_id=job.id, edge_address=edge.address, token=token, spec=spec)
+    starts_from_adapter = sess.round is not None and (
+        sess.round > 0 or (spec.federated is not None and spec.federated.initial_adapter is not None)
+    )
+    return Assignment(
+        session_id=sess.id,
+        job_id=job.id,
+        edge_address=edge.address,
+        token=token,
+        spec=spec,
+        round=sess.round,
+        initial_adapter=starts_from_adapter,
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/initial-adapter",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the adapter to start from"}},
+)
+def initial_adapter(session_id: str, device: DeviceDep, store: StoreDep) -> Response:
+    """What the device's federated session starts from: the previous round's global adapter (round 0:
+    the job's `initial_adapter`). The session's own device only; 404 when it starts fresh."""
+    data = store.initial_adapter(session_id=session_id, device_id=device.id)
+    return Response(content=data, media_type="application/gzip")
 
 
 @router.post("/sessions/{session_id}/metrics", status_code=status.HTTP_204_NO_CONTENT)
@@ -72,7 +97,15 @@ def report_metrics(session_id: str, body: MetricsReport, device: DeviceDep, stat
         }
     },
 )
-async def complete_session(session_id: str, request: Request, device: DeviceDep, state: State) -> Response:
+async def complete_session(
+    session_id: str,
+    request: Request,
+    device: DeviceDep,
+    state: State,
+    examples: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="federated: local examples")
+    ] = None,
+) -> Response:
     """Upload the session's peft adapter as a .tar.gz; the session and maybe the job succeed.
 
     The session's own device only (401, 403, 404 as for metrics; 409 unless open); 413 over
@@ -95,7 +128,11 @@ async def complete_session(session_id: str, request: Request, device: DeviceDep,
     limits = ArchiveLimits(settings.max_adapter_unpacked_bytes, settings.max_adapter_members)
     await run_in_threadpool(check_adapter_archive, adapter, limits)
     await run_in_threadpool(
-        state.store.complete_session, session_id=session_id, device_id=device.id, adapter=adapter
+        state.store.complete_session,
+        session_id=session_id,
+        device_id=device.id,
+        adapter=adapter,
+        examples=examples,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -14,6 +14,7 @@ from splitft_control.schemas import (
     JobPublic,
     JobState,
     MetricPoint,
+    RoundPublic,
     SessionMetrics,
     SessionPublic,
 )
@@ -31,6 +32,7 @@ def session_public(sess: JobSession, device: str) -> SessionPublic:
         reason=sess.reason,
         attempts=sess.attempts,
         has_adapter=sess.adapter is not None,
+        round=sess.round,
     )
 
 
@@ -134,3 +136,42 @@ def download_adapter(job_id: str, device: str, store: StoreDep) -> Response:
         media_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="{job_id}-{device}-adapter.tar.gz"'},
     )
+
+
+@router.get(
+    "/{job_id}/adapter",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the global adapter as a .tar.gz"}},
+)
+def download_global_adapter(job_id: str, store: StoreDep) -> Response:
+    """A federated job's result: one peft adapter for the whole model (its last round's global
+    adapter). 404 unknown job; 409 while it has not succeeded, or for an independent job (whose
+    devices each have theirs at /v1/jobs/{id}/adapters/{device})."""
+    data = store.global_adapter(job_id=job_id)
+    return Response(
+        content=data,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-global-adapter.tar.gz"'},
+    )
+
+
+@router.get("/{job_id}/rounds", response_model=list[RoundPublic])
+def list_rounds(job_id: str, store: StoreDep) -> list[RoundPublic]:
+    """A federated job's rounds so far: participants, mean loss, bytes, AirComp's error. 404 unknown
+    job; an independent job has none."""
+    return [
+        RoundPublic(
+            number=r.number,
+            state=r.state,  # type: ignore[arg-type]
+            reason=r.reason,
+            deadline_at=r.deadline_at,
+            participants=list(r.participants),
+            missed=list(r.missed),
+            mean_loss=r.mean_loss,
+            bytes_up=r.bytes_up,
+            bytes_down=r.bytes_down,
+            aggregation_error=r.aggregation_error,
+            finished_at=r.finished_at,
+        )
+        for r in store.rounds(job_id=job_id)
+    ]

@@ -8,6 +8,8 @@ routes never hold a database session across awaits.
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
+
 from splitft_control.store.base import (
     ACTIVE_SESSION_STATES,
     FINAL_JOB_STATES,
@@ -23,6 +25,7 @@ from splitft_control.store.devices import DeviceStore
 from splitft_control.store.edges import EdgeStore
 from splitft_control.store.jobs import JobStore
 from splitft_control.store.keys import ApiKeyStore
+from splitft_control.store.rounds import Aggregate, RoundStore
 from splitft_control.store.sessions import DeviceSessionStore
 
 __all__ = [
@@ -39,5 +42,14 @@ __all__ = [
 ]
 
 
-class Store(ApiKeyStore, EdgeStore, DeviceStore, JobStore, DeviceSessionStore):
-    """Every read and write of the control plane's state, on one engine."""
+class Store(ApiKeyStore, EdgeStore, DeviceStore, JobStore, DeviceSessionStore, RoundStore):
+    """Every read and write of the control plane's state, on one engine. `aggregate` turns a
+    federated round's uploads into its global adapter (default: `splitft_control.aggregation`)."""
+
+    def __init__(self, engine: Engine, aggregate: Aggregate | None = None) -> None:
+        super().__init__(engine)
+        if aggregate is None:
+            from splitft_control.aggregation import aggregate_archives
+
+            aggregate = aggregate_archives
+        self.aggregate = aggregate

@@ -98,8 +98,20 @@ def sessions_of(s: Session, job_id: str) -> list[tuple[JobSession, str]]:
 
 
 def refresh_job(s: Session, job: Job) -> None:
-    """Derive the job's state and reason from its sessions' (all succeeded, one failed, some running...)."""
-    states = [(sess.state, sess.reason) for sess, _ in sessions_of(s, job.id)]
+    """Derive the job's state and reason from its sessions' (all succeeded, one failed, some running...);
+    a federated job's from its rounds (`splitft_control.store.rounds`)."""
+    if job.spec.get("mode") == "federated":
+        from splitft_control.store.rounds import federated_state  # rounds build on this module
+
+        new, reason = federated_state(s, job)
+    else:
+        new, reason = state_from_sessions([(sess.state, sess.reason) for sess, _ in sessions_of(s, job.id)])
+    if (new, reason) != (job.state, job.reason):
+        job.state, job.reason, job.updated_at = new, reason, utcnow()
+
+
+def state_from_sessions(states: list[tuple[str, str]]) -> tuple[str, str]:
+    """A job's (state, reason) from its sessions' (state, reason)."""
     names = [st for st, _ in states]
     if names and all(st == "succeeded" for st in names):
         new, reason = "succeeded", ""
@@ -109,5 +121,4 @@ def refresh_job(s: Session, job: Job) -> None:
         new, reason = "running", next((r for st, r in states if st == "waiting"), "")
     else:
         new, reason = "pending", next((r for _, r in states if r), "waiting to be placed on an edge")
-    if (new, reason) != (job.state, job.reason):
-        job.state, job.reason, job.updated_at = new, reason, utcnow()
+    return new, reason

@@ -23,6 +23,7 @@ from splitft_control.store.base import (
     refresh_job,
     sessions_of,
 )
+from splitft_control.store.rounds import federated_spec, open_round
 
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -40,6 +41,11 @@ class JobStore(StoreBase):
             job = Job(id=new_id(), name=name, spec=spec, reason="waiting to be placed on an edge")
             s.add(job)
             s.flush()
+            federated = federated_spec(job)
+            if federated is not None:
+                _check_initial_adapter(s, federated.initial_adapter)
+                open_round(s, job, 0, [devices[name].id for name in device_names], federated)
+                return job
             for device_name in device_names:
                 s.add(JobSession(id=new_id(), job_id=job.id, device_id=devices[device_name].id))
         return job
@@ -158,7 +164,8 @@ class JobStore(StoreBase):
         with self.tx() as s:
             if get_row(s, Job, job_id) is None:
                 raise NotFound(f"no job {job_id!r}")
-            for sess, device in sessions_of(s, job_id):
+            rounds_last = sorted(sessions_of(s, job_id), key=lambda row: -(row[0].round or 0))
+            for sess, device in rounds_last:  # a federated job's: the device's latest round
                 if device == device_name:
                     if sess.adapter is None:
                         raise FailedPrecondition(
@@ -166,6 +173,19 @@ class JobStore(StoreBase):
                         )
                     return sess.adapter
             raise NotFound(f"device {device_name!r} is not part of job {job_id!r}")
+
+
+def _check_initial_adapter(s: Session, job_id: str | None) -> None:
+    """A federated job may start from another's global adapter: a succeeded federated job."""
+    if job_id is None:
+        return
+    source = get_row(s, Job, job_id)
+    if source is None:
+        raise NotFound(f"federated.initial_adapter: no job {job_id!r}")
+    if federated_spec(source) is None or source.state != "succeeded":
+        raise FailedPrecondition(
+            f"federated.initial_adapter: job {job_id} is not a succeeded federated job ({source.state})"
+        )
 
 
 def _load(s: Session, edge_id: str) -> int:

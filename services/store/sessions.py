@@ -7,13 +7,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from splitft.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from splitft_control.models import Edge, Job, JobSession, Metric, utcnow
 from splitft_control.store.base import ACTIVE_SESSION_STATES, StoreBase, get_row, refresh_job
+from splitft_control.store.rounds import Aggregate, advance_round
 
 
 class DeviceSessionStore(StoreBase):
     """What an enrolled device does with its own sessions; every call checks the session is its."""
+
+    aggregate: Aggregate  # how a federated round's uploads become its global adapter (set by `Store`)
 
     def next_assignment(self, *, device_id: str) -> tuple[JobSession, Job, Edge] | None:
         """The device's oldest session placed on an edge; it becomes running."""
@@ -73,16 +76,29 @@ class DeviceSessionStore(StoreBase):
                 )
             s.add_all(Metric(session_id=session_id, **point) for point in points)
 
-    def complete_session(self, *, session_id: str, device_id: str, adapter: bytes) -> None:
-        """Mark the device's open session succeeded and keep its trained adapter archive."""
+    def complete_session(
+        self, *, session_id: str, device_id: str, adapter: bytes, examples: int | None = None
+    ) -> None:
+        """Mark the device's open session succeeded and keep its trained adapter archive (and, in a
+        federated round, the example count its upload weighs; the round closes once all are in)."""
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
+            if sess.round is not None and (examples is None or examples < 1):
+                raise InvalidArgument(
+                    "a federated round's upload needs examples=N (N >= 1, its local examples)"
+                )
             sess.state, sess.adapter, sess.reason, sess.updated_at = "succeeded", adapter, "", utcnow()
-            job = s.get(Job, sess.job_id)
-            assert job is not None  # foreign key
-            refresh_job(s, job)
+            sess.examples = examples if sess.round is not None else None
+            self._session_ended(s, sess)
+
+    def _session_ended(self, s: Session, sess: JobSession) -> None:
+        job = s.get(Job, sess.job_id)
+        assert job is not None  # foreign key
+        if sess.round is not None:
+            advance_round(s, job, self.aggregate)
+        refresh_job(s, job)
 
     def fail_session(self, *, session_id: str, device_id: str, reason: str) -> None:
         """Mark the device's open session failed with the reason it reported (the job fails with it)."""
@@ -91,6 +107,4 @@ class DeviceSessionStore(StoreBase):
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
             sess.state, sess.reason, sess.updated_at = "failed", f"device reported: {reason}", utcnow()
-            job = s.get(Job, sess.job_id)
-            assert job is not None  # foreign key
-            refresh_job(s, job)
+            self._session_ended(s, sess)

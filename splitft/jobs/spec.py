@@ -141,6 +141,40 @@ class ScheduleSpec(Strict):
     warmup_steps: StrictInt = Field(0, ge=0, le=1_000_000)
 
 
+class FederatedSpec(Strict):
+    """A federated job's rounds: every device starts round r from round r-1's global adapter (round 0
+    from the job's common initial adapter), trains locally, uploads its adapter with its example
+    count, and the control plane aggregates them into the next global adapter (docs/federated.md)."""
+
+    rounds: StrictInt = Field(ge=1, le=10_000)
+    local_steps: StrictInt | None = Field(None, ge=1, le=1_000_000, description="optimizer steps per round")
+    local_epochs: StrictInt | None = Field(None, ge=1, le=10_000, description="local epochs per round")
+    aggregation: Literal["fedavg", "aircomp"] = "fedavg"
+    min_devices: StrictInt = Field(1, ge=1, le=10_000, description="uploads a round needs by its deadline")
+    round_timeout_s: StrictFloat = Field(3600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    trunk_adapter: Literal["averaged", "shared"] = Field(
+        "averaged", description="averaged: each session's trunk adapter is averaged with the device parts"
+    )
+    snr_db: StrictFloat | None = Field(
+        20.0, ge=-30, le=100, allow_inf_nan=False, description="aircomp: receive SNR; null: noiseless"
+    )
+    fading: Literal["rayleigh", "none"] = "rayleigh"
+    secure_aggregation: bool = False
+    initial_adapter: str | None = Field(
+        None, max_length=64, description="a succeeded federated job whose global adapter starts round 0"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederatedSpec:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError("federated: give exactly one of local_steps or local_epochs")
+        if self.trunk_adapter == "shared":
+            raise ValueError('federated.trunk_adapter "shared" is not available yet; use "averaged"')
+        if self.secure_aggregation:
+            raise ValueError("federated.secure_aggregation is not available yet")
+        return self
+
+
 class JobCreate(Strict):
     """POST /v1/jobs: what to train, how the model is split, and on which devices."""
 
@@ -174,6 +208,10 @@ class JobCreate(Strict):
     )
     clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
+    mode: Literal["independent", "federated"] = Field(
+        "independent", description="independent: an adapter per device; federated: one global adapter"
+    )
+    federated: FederatedSpec | None = Field(None, description="the rounds, with mode federated")
 
     @field_validator("codec")
     @classmethod
@@ -187,7 +225,8 @@ class JobCreate(Strict):
     @model_validator(mode="after")
     def _one_length(self) -> JobCreate:
         """Cross-field checks: one of steps or epochs, distinct devices, the method's own spec only."""
-        if (self.steps is None) == (self.epochs is None):
+        self._check_mode()
+        if self.mode == "independent" and (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         if len(set(self.devices)) != len(self.devices):
             raise ValueError("devices must not repeat")
@@ -199,6 +238,24 @@ class JobCreate(Strict):
             if self.method != method and getattr(self, method) is not None:
                 raise ValueError(f"a {method} spec needs method {method!r}")
         return self
+
+    def _check_mode(self) -> None:
+        if self.mode == "independent":
+            if self.federated is not None:
+                raise ValueError('a federated spec needs mode "federated"')
+            return
+        if self.federated is None:
+            raise ValueError('mode "federated" needs a federated spec (rounds, local_steps or local_epochs)')
+        if self.steps is not None or self.epochs is not None:
+            raise ValueError(
+                "a federated job counts its training per round: federated.local_steps or "
+                "federated.local_epochs, not steps or epochs"
+            )
+        if self.method != "lora":
+            raise ValueError("a federated job averages LoRA adapters: method must be 'lora'")
+        wanted, devices = self.federated.min_devices, len(self.devices)
+        if wanted > devices:
+            raise ValueError(f"federated.min_devices ({wanted}) exceeds the job's {devices} devices")
 
     def selection_spec(self) -> SelectionSpec | None:
         """The job's selection-method member (its defaults when absent); None for a LoRA job."""
@@ -216,3 +273,7 @@ class Assignment(Strict):
     edge_address: str
     token: str = Field(repr=False, description="signed session token for the edge")
     spec: JobCreate
+    round: StrictInt | None = Field(None, ge=0, description="federated jobs: the round this session trains")
+    initial_adapter: bool = Field(
+        False, description="federated jobs: start from GET /v1/sessions/{id}/initial-adapter"
+    )

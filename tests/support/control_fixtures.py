@@ -43,6 +43,18 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+STORE_TABLES = (
+    "metrics",
+    "session_closures",
+    "sessions",
+    "rounds",
+    "jobs",
+    "devices",
+    "edges",
+    "api_keys",
+)  # children first, for deletes
+
+
 def job_body(
     devices: list[str], *, model: str = MODEL, name: str = "job", **overrides: Any
 ) -> dict[str, Any]:

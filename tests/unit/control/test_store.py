@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -11,49 +10,11 @@ from sqlalchemy import Engine, inspect, select, text
 from splitft.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
 from splitft_control import migrate
 from splitft_control.models import ApiKey, Device, Edge, utcnow
-from splitft_control.store import Store, make_engine
-from tests.support.control_fixtures import MODEL, job_body, postgres_database, postgres_unreachable_reason
+from splitft_control.store import Store
+from tests.support.control_fixtures import MODEL, job_body
+from tests.support.control_fixtures import STORE_TABLES as TABLES
 
-TABLES = (
-    "metrics",
-    "session_closures",
-    "sessions",
-    "jobs",
-    "devices",
-    "edges",
-    "api_keys",
-)  # children first, for deletes
 ADAPTER = b"\x1f\x8b adapter bytes"
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """A migrated database per backend, shared by the module (migrating per test would dominate)."""
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("store") / "control.db"
-        yield from _migrated(f"sqlite:///{path}")
-        return
-    reason = postgres_unreachable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with postgres_database() as url:
-        yield from _migrated(url)
-
-
-def _migrated(url: str) -> Iterator[Engine]:
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()  # PostgreSQL refuses to drop a database with open connections
-
-
-@pytest.fixture
-def store(engine: Engine) -> Store:
-    """The shared database, emptied: each test starts from nothing."""
-    with engine.begin() as conn:
-        for table in TABLES:
-            conn.execute(text(f"DELETE FROM {table}"))
-    return Store(engine)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -125,7 +86,7 @@ def test_upgrade_twice_is_a_no_op(engine: Engine, store: Store) -> None:
     assert set(inspect(engine).get_table_names()) == tables
     assert set(TABLES) | {"alembic_version"} <= tables
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
     assert store.api_key_valid(key=key)  # data survives
 
 

@@ -1,0 +1,62 @@
+"""A federated round's uploads -> its global adapter, in the control plane (numpy, no torch).
+
+Each upload is the .tar.gz a device sent to /complete (validated there: a peft adapter's two files
+and nothing else); they are unpacked to a scratch directory and aggregated by
+`splitft.federated.aggregate_adapter_files`, weighted by each device's example count, FedAvg or
+AirComp as the job says; the result is packed the same way, byte-identical for identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import tempfile
+from pathlib import Path
+
+from splitft.federated import Channel, aggregate_adapter_files
+from splitft.jobs.spec import FederatedSpec
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def aggregate_archives(
+    archives: list[bytes], weights: list[int], spec: FederatedSpec, seed: int
+) -> tuple[bytes, float | None]:
+    """The global adapter archive of a round and, for AirComp, its relative error against FedAvg."""
+    with tempfile.TemporaryDirectory(prefix="splitft-round-") as tmp:
+        root = Path(tmp)
+        paths = [_unpack(archive, root / f"upload-{i}") for i, archive in enumerate(archives)]
+        channel = Channel(snr_db=spec.snr_db, fading=spec.fading) if spec.aggregation == "aircomp" else None
+        result = aggregate_adapter_files(
+            paths,
+            [float(w) for w in weights],
+            root / "global",
+            method=spec.aggregation,
+            channel=channel,
+            seed=seed,
+        )
+        error = result.relative_error if spec.aggregation == "aircomp" else None
+        return pack_adapter_files(result.out_path), error
+
+
+def _unpack(archive: bytes, directory: Path) -> Path:
+    """The upload's adapter files (already checked at upload: exactly these names, plain files)."""
+    directory.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(
+            directory, members=[m for m in tar.getmembers() if m.name in ADAPTER_FILES], filter="data"
+        )
+    return directory
+
+
+def pack_adapter_files(directory: Path) -> bytes:
+    """A peft adapter directory's two files as a reproducible .tar.gz (what devices upload)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name in ADAPTER_FILES:
+            data = (directory / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -1,0 +1,110 @@
+"""A federated job end to end with real processes: control plane, an edge and device agents on
+loopback. Two devices with their own (non-overlapping) data train two rounds; round 1 starts both
+from round 0's global adapter; the job's result, one peft adapter for the whole model, is the
+example-weighted mean of the last round's uploads."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import BertForSequenceClassification
+
+from splitft.data.stdlib_task import build_stdlib_task
+from splitft.demo.sdk import default_model_dir
+from splitft.local.loop import LocalLoop, write_jsonl
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+MODEL = "minilm"
+WEIGHTS = "adapter_model.safetensors"
+
+
+def _spec(devices: list[str], num_labels: int) -> dict:
+    return {
+        "name": "federated-e2e",
+        "model": MODEL,
+        "device_layers": 2,
+        "head_layers": 1,
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "task_type": "SEQ_CLS"},
+        "batch_size": 8,
+        "max_length": 32,
+        "num_labels": num_labels,
+        "optimizer": {"name": "AdamW", "lr": 1e-3},
+        "devices": devices,
+        "mode": "federated",
+        "federated": {"rounds": 2, "local_steps": 2, "min_devices": 2, "round_timeout_s": 600},
+    }
+
+
+def _unpack(data: bytes, dest) -> dict[str, torch.Tensor]:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    return load_file(str(dest / WEIGHTS))
+
+
+def test_a_federated_job_over_rest_averages_its_devices_into_one_adapter(tmp_path) -> None:
+    task = build_stdlib_task(max_per_class=12)
+    model_arg = f"{MODEL}={default_model_dir()}"
+    shards = {"phone-1": task.train[0::3], "phone-2": task.train[1::3]}  # two of three: unequal sizes
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [model_arg])
+        for name, examples in shards.items():
+            data = write_jsonl(examples, tmp_path / f"{name}.jsonl")
+            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=2)
+        job = loop.create_job(_spec(list(shards), len(task.labels)))
+        job = loop.wait_job(job["id"], timeout=300)
+        assert job["state"] == "succeeded", job
+        rounds = loop.api("GET", f"/v1/jobs/{job['id']}/rounds").json()
+        assert [(r["number"], r["state"], r["participants"]) for r in rounds] == [
+            (0, "aggregated", ["phone-1", "phone-2"]),
+            (1, "aggregated", ["phone-1", "phone-2"]),
+        ]
+        assert rounds[1]["bytes_down"] > 0 and all(r["bytes_up"] > 0 for r in rounds)
+        assert all(r["mean_loss"] is not None for r in rounds)
+        global_state = _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapter").content, tmp_path / "global")
+        uploads = {
+            name: _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapters/{name}").content, tmp_path / name)
+            for name in shards
+        }
+    sizes = {name: len(examples) for name, examples in shards.items()}
+    total = sum(sizes.values())
+    assert any(".layer.3." in k for k in global_state)  # the trunk's adapter is averaged too
+    for key, value in global_state.items():
+        expected = sum(uploads[n][key].double() * sizes[n] / total for n in shards).float()
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
+    base = BertForSequenceClassification.from_pretrained(
+        str(default_model_dir()), num_labels=len(task.labels)
+    )
+    PeftModel.from_pretrained(base, str(tmp_path / "global"))  # one standard peft adapter
+
+
+def test_a_device_killed_mid_round_misses_it_and_the_job_goes_on(tmp_path) -> None:
+    task = build_stdlib_task(max_per_class=12)
+    model_arg = f"{MODEL}={default_model_dir()}"
+    names = ["phone-1", "phone-2", "phone-3"]
+    spec = _spec(names, len(task.labels))
+    spec["federated"].update(rounds=1, min_devices=2, round_timeout_s=120, local_steps=2)
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [model_arg])
+        agents = {}
+        for i, name in enumerate(names):
+            data = write_jsonl(task.train[i::3], tmp_path / f"{name}.jsonl")
+            agents[name] = loop.start_agent(loop.enroll_device(name), data, model_arg)
+        job = loop.create_job(spec)
+
+        def phone_3_running(current: dict) -> bool:
+            return any(s["device"] == "phone-3" and s["state"] == "running" for s in current["sessions"])
+
+        loop.wait_job(job["id"], timeout=110, until=phone_3_running)
+        agents["phone-3"].kill()  # SIGKILL mid-round: it never uploads nor reports
+        job = loop.wait_job(job["id"], timeout=240)
+        assert job["state"] == "succeeded", job
+        (round0,) = loop.api("GET", f"/v1/jobs/{job['id']}/rounds").json()
+    assert round0["participants"] == ["phone-1", "phone-2"] and round0["missed"] == ["phone-3"]
+    dead = next(s for s in job["sessions"] if s["device"] == "phone-3")
+    assert dead["state"] == "failed" and "missed the deadline of round 0" in dead["reason"]

@@ -1,0 +1,58 @@
+"""The federated member of the job spec: what a federated job needs, refused with the field named."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from splitft.jobs.spec import JobCreate
+from tests.support.control_fixtures import job_body
+
+
+def _federated(**changes: object) -> dict:
+    body = job_body(["a", "b"])
+    body.pop("steps")
+    body.update(mode="federated", federated={"rounds": 3, "local_steps": 5})
+    body.update(changes)
+    return body
+
+
+def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work() -> None:
+    spec = JobCreate.model_validate(_federated())
+    assert spec.federated is not None
+    assert (spec.federated.aggregation, spec.federated.min_devices, spec.federated.trunk_adapter) == (
+        "fedavg",
+        1,
+        "averaged",
+    )
+    assert JobCreate.model_validate(job_body(["a"])).mode == "independent"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"federated": None}, 'mode "federated" needs a federated spec'),
+        ({"federated": {"rounds": 2}}, "federated: give exactly one of local_steps or local_epochs"),
+        ({"federated": {"rounds": 2, "local_steps": 1, "local_epochs": 1}}, "exactly one of local_steps"),
+        ({"steps": 4}, "counts its training per round: federated.local_steps"),
+        (
+            {"federated": {"rounds": 2, "local_steps": 1, "min_devices": 3}},
+            r"federated.min_devices \(3\) exceeds",
+        ),
+        ({"federated": {"rounds": 0, "local_steps": 1}}, "rounds"),
+        ({"federated": {"rounds": 2, "local_steps": 1, "aggregation": "median"}}, "aggregation"),
+        (
+            {"federated": {"rounds": 2, "local_steps": 1, "trunk_adapter": "shared"}},
+            '"shared" is not available yet',
+        ),
+        (
+            {"federated": {"rounds": 2, "local_steps": 1, "secure_aggregation": True}},
+            "secure_aggregation is not",
+        ),
+        ({"mode": "independent"}, 'a federated spec needs mode "federated"'),
+        ({"method": "taskedge", "lora": None}, "a federated job averages LoRA adapters"),
+    ],
+)
+def test_bad_federated_specs_name_what_is_wrong(changes: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        JobCreate.model_validate(_federated(**changes))
