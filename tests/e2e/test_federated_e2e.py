@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +40,14 @@ def _spec(devices: list[str], num_labels: int) -> dict:
         "mode": "federated",
         "federated": {"rounds": 2, "local_steps": 2, "min_devices": 2, "round_timeout_s": 600},
     }
+
+
+def _wait_for_logs(paths: list[Path], text: str, timeout: float) -> None:
+    """Until every log file holds `text`."""
+    deadline = time.monotonic() + timeout
+    while not all(p.is_file() and text in p.read_text(errors="replace") for p in paths):
+        assert time.monotonic() < deadline, f"{text!r} not in every one of {paths} after {timeout:.0f} s"
+        time.sleep(0.5)
 
 
 def _unpack(data: bytes, dest) -> dict[str, torch.Tensor]:
@@ -88,19 +98,22 @@ def test_a_device_killed_mid_round_misses_it_and_the_job_goes_on(tmp_path) -> No
     model_arg = f"{MODEL}={default_model_dir()}"
     names = ["phone-1", "phone-2", "phone-3"]
     spec = _spec(names, len(task.labels))
-    spec["federated"].update(rounds=1, min_devices=2, round_timeout_s=120, local_steps=2)
+    # The deadline runs from the round's start: agents are up (their data loaded) before the job is
+    # made, so it measures training, not how long a loaded machine takes to import torch.
+    spec["federated"].update(rounds=1, min_devices=2, round_timeout_s=60, local_steps=2)
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [model_arg])
         agents = {}
         for i, name in enumerate(names):
             data = write_jsonl(task.train[i::3], tmp_path / f"{name}.jsonl")
             agents[name] = loop.start_agent(loop.enroll_device(name), data, model_arg)
+        _wait_for_logs([loop.root / f"agent-{name}.log" for name in names], "loaded", timeout=180)
         job = loop.create_job(spec)
 
         def phone_3_running(current: dict) -> bool:
             return any(s["device"] == "phone-3" and s["state"] == "running" for s in current["sessions"])
 
-        loop.wait_job(job["id"], timeout=110, until=phone_3_running)
+        loop.wait_job(job["id"], timeout=55, until=phone_3_running)
         agents["phone-3"].kill()  # SIGKILL mid-round: it never uploads nor reports
         job = loop.wait_job(job["id"], timeout=240)
         assert job["state"] == "succeeded", job
