@@ -1,7 +1,8 @@
 """One device's session on the edge: its view of the shared trunk, its adapter, optimizer and graphs.
 
 Plain compute, no gRPC: the wire state (codecs, encoders) belongs to the transport
-(`edge_server.session_wire`), the optimizer policy to `edge_server.trunk_optim`. The frozen trunk
+(`edge_server.session_wire`), the optimizer policy to `edge_server.trunk_optim`, the checks on a
+forward's tensors to `edge_server.session_inputs`. The frozen trunk
 weights are shared by every session; a session owns a shallow copy of the trunk's modules (so
 per-session LoRA layers, train/eval mode and autograd graphs never touch another session) plus its
 adapter parameters and optimizer state.
@@ -25,6 +26,7 @@ from edge_server.admission import SessionMemory, untracked
 from edge_server.batched_trunk import batchable_layers, share_modules
 from edge_server.batching import MAX_SHARED_TOKENS, ForwardItem, SharedPending, TrunkBatcher
 from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
+from edge_server.session_inputs import check_forward_inputs
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.methods.scorer import MeasuredLayer, TrunkScorer
@@ -149,7 +151,7 @@ class TrunkSession:
     ) -> torch.Tensor:
         """Run the trunk span on `inputs` ('hidden', optional 'attention_mask' and 'position_ids');
         keeps the graph under `forward_id` when a backward will follow. Returns the output, detached."""
-        hidden, mask, positions = self._check_inputs(inputs)
+        hidden, mask, positions = check_forward_inputs(inputs, self.span, self.limits)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
         if keep:
@@ -345,47 +347,6 @@ class TrunkSession:
                 dropped,
                 MAX_PENDING_FORWARDS,
             )
-
-    def _check_inputs(
-        self, inputs: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        unknown = set(inputs) - {"hidden", "attention_mask", "position_ids"}
-        if unknown:
-            raise InvalidArgument(f"unexpected forward tensors {sorted(unknown)}")
-        hidden = inputs.get("hidden")
-        if hidden is None:
-            raise InvalidArgument("forward needs a 'hidden' tensor")
-        hidden_size = self.span.config.hidden_size
-        if hidden.dim() != 3 or hidden.shape[-1] != hidden_size or hidden.shape[0] < 1 or hidden.shape[1] < 1:
-            raise InvalidArgument(
-                f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}"
-            )
-        self.limits.check_tokens(hidden.shape[0], hidden.shape[1])
-        dtype = next(iter(self.span.root.parameters())).dtype
-        if hidden.dtype != dtype:
-            raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")
-        mask = _check_index_tensor(
-            inputs.get("attention_mask"), "attention_mask", hidden.shape[0], hidden.shape[1]
-        )
-        positions = _check_index_tensor(
-            inputs.get("position_ids"), "position_ids", hidden.shape[0], hidden.shape[1]
-        )
-        if positions is not None and positions.dtype == torch.bool:
-            raise InvalidArgument("position_ids must be an integer tensor")
-        if mask is not None and mask.shape[0] != hidden.shape[0]:
-            # A [1, tokens] mask is accepted for every row; not every family's mask builder broadcasts it.
-            mask = mask.expand(hidden.shape[0], -1)
-        return hidden, mask, positions
-
-
-def _check_index_tensor(t: torch.Tensor | None, name: str, batch: int, tokens: int) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if t.dtype.is_floating_point:
-        raise InvalidArgument(f"{name} must be an integer or bool tensor, got {t.dtype}")
-    if t.dim() != 2 or t.shape[0] not in (1, batch) or t.shape[1] != tokens:
-        raise InvalidArgument(f"{name} must have shape [{batch} or 1, {tokens}], got {list(t.shape)}")
-    return t
 
 
 def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
