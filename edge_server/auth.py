@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_server.handlers import rewrap
 from edge_server.limits import DeviceCallCounter
 from splitft.errors import PermissionDenied, ResourceExhausted, SplitftError, Unauthenticated
 from splitft.security.tokens import CLOCK_SKEW_SECONDS, METADATA_KEY, SessionClaims, authorize, verify_token
@@ -117,28 +117,22 @@ def _wrap_handler(
     handler: grpc.RpcMethodHandler, admit: Callable[[grpc.ServicerContext], Any]
 ) -> grpc.RpcMethodHandler:
     """`handler` with every call run inside `admit(context)` and its claims in CURRENT_CLAIMS."""
-    kind = (
-        ("stream" if handler.request_streaming else "unary")
-        + "_"
-        + ("stream" if handler.response_streaming else "unary")
-    )
-    behavior = getattr(handler, kind)
 
-    if handler.response_streaming or inspect.isgeneratorfunction(behavior):
+    def wrap(behavior: Callable[..., Any], yields: bool) -> Callable[..., Any]:
+        if yields:
 
-        def streaming(request: Any, context: grpc.ServicerContext) -> Any:
-            with admit(context) as claims:
-                token = CURRENT_CLAIMS.set(claims)
-                timer = _end_at_expiry(context, claims) if handler.request_streaming else None
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    CURRENT_CLAIMS.reset(token)
-                    if timer is not None:
-                        timer.cancel()
+            def streaming(request: Any, context: grpc.ServicerContext) -> Any:
+                with admit(context) as claims:
+                    token = CURRENT_CLAIMS.set(claims)
+                    timer = _end_at_expiry(context, claims) if handler.request_streaming else None
+                    try:
+                        yield from behavior(request, context)
+                    finally:
+                        CURRENT_CLAIMS.reset(token)
+                        if timer is not None:
+                            timer.cancel()
 
-        wrapped: Callable = streaming
-    else:
+            return streaming
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             with admit(context) as claims:
@@ -148,13 +142,9 @@ def _wrap_handler(
                 finally:
                     CURRENT_CLAIMS.reset(token)
 
-        wrapped = unary
-    factory = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+        return unary
+
+    return rewrap(handler, wrap)
 
 
 def _end_at_expiry(context: grpc.ServicerContext, claims: SessionClaims | None) -> threading.Timer | None:

@@ -169,7 +169,8 @@ class BatchedTrunk:
         training: bool,
     ) -> torch.Tensor:
         """Run the blocks over every row with `self.plan` set by the caller."""
-        self.root.train(training)
+        if self.root.training != training:  # only this tree's passes set its mode: skip the walk
+            self.root.train(training)
         return self.span.family.run_trunk(self.root, hidden, mask, positions, self.start, self.stop)
 
 

@@ -30,7 +30,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from edge_server.batched_trunk import BatchedTrunks, Segment
-from edge_server.gather import Gather, RecentPeers
+from edge_server.gather import Gather, RecentPeers, Slots
 from splitft.model.loading import LoadedSpan
 from splitft.model.randomness import RowStream, RowStreams, SessionRandomness
 
@@ -203,8 +203,10 @@ class TrunkBatcher:
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
         self.trees = BatchedTrunks()
-        self._forwards: Gather[ForwardItem] = Gather(window_seconds)
-        self._backwards: Gather[BackwardItem] = Gather(window_seconds)
+        # Shared passes, forward and backward, run in as many slots as passes run side by side.
+        slots = Slots(self.parallel_passes)
+        self._forwards: Gather[ForwardItem] = Gather(window_seconds, slots)
+        self._backwards: Gather[BackwardItem] = Gather(window_seconds, slots)
         # A session that has not sent a forward of a kind for this long is not waited for.
         self._peers = RecentPeers(max(1.0, 50 * window_seconds))
 

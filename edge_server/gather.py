@@ -3,14 +3,21 @@
 The first request for a key becomes the leader: it waits until the batch is complete (as many
 requests as are expected) or the window has passed, then runs the whole batch in its own thread
 while the followers wait for their results. No scheduler thread, and a request that is alone (no
-peer expected) never waits.
+peer expected) never waits while the CPU has room.
+
+The batches of every key run in a bounded number of `Slots` (as many as the CPU runs side by side).
+A leader whose window has passed while every slot is busy keeps its batch open until a slot frees:
+requests arriving meanwhile join it instead of starting passes of their own that would only share
+the same cores. Batches grow with the load (continuous batching), and a slot is never left idle
+while a batch is ready.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -26,11 +33,38 @@ class _Group(Generic[Item]):
     error: BaseException | None = None
 
 
-class Gather(Generic[Item]):
-    """Batches of `Item`s by key, each run once by its leader with `run(items)`."""
+class Slots:
+    """At most `count` batches run at once (shared by the gatherers of one edge)."""
 
-    def __init__(self, window_seconds: float) -> None:
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"need at least one slot, got {count}")
+        self.count = count
+        self.busy = 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def taken(self) -> Iterator[None]:
+        """Hold a slot for the block (waits until one is free)."""
+        with self._free:
+            while self.busy >= self.count:
+                self._free.wait()
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self._free:
+                self.busy -= 1
+                self._free.notify()
+
+
+class Gather(Generic[Item]):
+    """Batches of `Item`s by key, each run once by its leader with `run(items)`, in one of `slots`
+    (unbounded when None)."""
+
+    def __init__(self, window_seconds: float, slots: Slots | None = None) -> None:
         self.window = window_seconds
+        self.slots = slots
         self._open: dict[Hashable, _Group[Item]] = {}
         self._lock = threading.Lock()
 
@@ -57,15 +91,16 @@ class Gather(Generic[Item]):
             return
         if self.window > 0 and expected > 1:
             group.complete.wait(self.window)
-        with self._lock:
-            del self._open[key]  # later arrivals start the next batch
-        try:
-            run(group.items)
-        except BaseException as exc:
-            group.error = exc
-            raise
-        finally:
-            group.done.set()
+        with self.slots.taken() if self.slots is not None else nullcontext():
+            with self._lock:
+                del self._open[key]  # later arrivals start the next batch
+            try:
+                run(group.items)
+            except BaseException as exc:
+                group.error = exc
+                raise
+            finally:
+                group.done.set()
 
 
 class RecentPeers:

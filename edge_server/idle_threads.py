@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from edge_server.handlers import rewrap
 from splitft.threads import release_idle_threads
 
 
@@ -36,14 +37,11 @@ class IdleThreadsInterceptor(grpc.ServerInterceptor):
 
 
 def _releasing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    kind = (
-        ("stream" if handler.request_streaming else "unary")
-        + "_"
-        + ("stream" if handler.response_streaming else "unary")
-    )
-    behavior = getattr(handler, kind)
+    return rewrap(handler, _release_after)
 
-    if handler.response_streaming:
+
+def _release_after(behavior: Callable[..., Any], yields: bool) -> Callable[..., Any]:
+    if yields:
 
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
@@ -51,19 +49,12 @@ def _releasing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             finally:
                 release_idle_threads()
 
-        wrapped: Callable[..., Any] = streaming
-    else:
+        return streaming
 
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                return behavior(request, context)
-            finally:
-                release_idle_threads()
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        finally:
+            release_idle_threads()
 
-        wrapped = unary
-    factory = getattr(grpc, f"{kind}_rpc_method_handler")
-    return factory(  # type: ignore[no-any-return]
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return unary

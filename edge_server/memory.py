@@ -39,7 +39,7 @@ DEFAULT_MEMORY_SHARE = 0.5  # of the memory available when the edge starts (afte
 
 
 @contextmanager
-def _kept_storages(params: set[int], kept: dict[int, int]) -> Iterator[None]:
+def kept_storages(params: set[int], kept: dict[int, int]) -> Iterator[None]:
     """Record every storage autograd saves in the block (ptr -> bytes), parameters excepted."""
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def _measure(
     try:
         # Dropout as sessions draw it (their own generators; the attention then runs unfused).
         randomness = SessionRandomness(RowStreams.single(seeded(0))) if has_dropout(root) else nullcontext()
-        with randomness, torch.enable_grad(), _kept_storages(params, kept):
+        with randomness, torch.enable_grad(), kept_storages(params, kept):
             out = span.family.run_trunk(root, hidden, mask, None, 1, stop)
     finally:
         for hook in hooks:

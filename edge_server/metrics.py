@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class _StateCollector(Collector):
     def __init__(self, metrics: EdgeMetrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         active = GaugeMetricFamily("splitft_edge_active_sessions", "sessions open on this edge")
         sessions = self.metrics.sessions
         active.add_metric([], sessions.count() if sessions is not None else 0)
@@ -75,21 +75,44 @@ class _StateCollector(Collector):
         yield adapters
         memory = sessions.memory if sessions is not None else None
         if memory is not None:  # the admission's own figures (edge_server.admission)
-            limit = GaugeMetricFamily("splitft_edge_memory_limit_bytes", "memory all sessions may hold")
-            limit.add_metric([], memory.limit)
-            yield limit
-            used = GaugeMetricFamily(
+            yield _single(
+                GaugeMetricFamily,
+                "splitft_edge_memory_limit_bytes",
+                "memory all sessions may hold",
+                memory.limit,
+            )
+            yield _single(
+                GaugeMetricFamily,
                 "splitft_edge_memory_used_bytes",
                 "memory the sessions hold or have reserved (state, kept graphs or their reservation)",
+                memory.used(),
             )
-            used.add_metric([], memory.used())
-            yield used
         batcher = sessions.batcher if sessions is not None else None
         if batcher is not None:
             yield from _batching_metrics(batcher.stats)
 
 
-def _batching_metrics(stats: BatchStats) -> Iterator[CounterMetricFamily]:
+# Unlabelled batching counters: (metric name, help, BatchStats field).
+_SHARED_COUNTERS = (
+    ("splitft_edge_shared_passes", "trunk passes run for more than one session", "shared_passes"),
+    ("splitft_edge_shared_pass_rows", "rows carried by shared trunk passes", "shared_rows"),
+    (
+        "splitft_edge_shared_backward_calls",
+        "autograd calls through shared passes (each serves one or more sessions)",
+        "shared_backwards",
+    ),
+    ("splitft_edge_shared_backwards", "session backwards served by shared passes", "backward_items"),
+)
+
+
+def _single(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str, value: float) -> Metric:
+    """A metric family of one unlabelled sample."""
+    family = kind(name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def _batching_metrics(stats: BatchStats) -> Iterator[Metric]:
     """Cross-session batching counters (edge_server.batching.BatchStats)."""
     forwards = CounterMetricFamily(
         "splitft_edge_trunk_forwards",
@@ -99,21 +122,8 @@ def _batching_metrics(stats: BatchStats) -> Iterator[CounterMetricFamily]:
     forwards.add_metric(["yes"], stats.shared_forwards)
     forwards.add_metric(["no"], stats.alone_forwards)
     yield forwards
-    passes = CounterMetricFamily("splitft_edge_shared_passes", "trunk passes run for more than one session")
-    passes.add_metric([], stats.shared_passes)
-    yield passes
-    rows = CounterMetricFamily("splitft_edge_shared_pass_rows", "rows carried by shared trunk passes")
-    rows.add_metric([], stats.shared_rows)
-    yield rows
-    backwards = CounterMetricFamily(
-        "splitft_edge_shared_backward_calls",
-        "autograd calls through shared passes (each serves one or more sessions)",
-    )
-    backwards.add_metric([], stats.shared_backwards)
-    yield backwards
-    served = CounterMetricFamily("splitft_edge_shared_backwards", "session backwards served by shared passes")
-    served.add_metric([], stats.backward_items)
-    yield served
+    for name, doc, field in _SHARED_COUNTERS:
+        yield _single(CounterMetricFamily, name, doc, getattr(stats, field))
 
 
 class EdgeMetrics:

@@ -1,7 +1,8 @@
 """One device's session on the edge: its view of the shared trunk, its adapter, optimizer and graphs.
 
 Plain compute, no gRPC: the wire state (codecs, encoders) belongs to the transport
-(`edge_server.session_wire`), the optimizer policy to `edge_server.trunk_optim`. The frozen trunk
+(`edge_server.session_wire`), the optimizer policy to `edge_server.trunk_optim`, the checks on a
+forward's tensors to `edge_server.session_inputs`. The frozen trunk
 weights are shared by every session; a session owns a shallow copy of the trunk's modules (so
 per-session LoRA layers, train/eval mode and autograd graphs never touch another session) plus its
 adapter parameters and optimizer state.

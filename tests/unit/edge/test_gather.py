@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge_server.gather import Gather, RecentPeers
+from edge_server.gather import Gather, RecentPeers, Slots
 
 
 def _submit_all(gather: Gather, items: list[int], expected: int, delays: list[float]) -> list[list[int]]:
@@ -92,3 +92,41 @@ def test_recent_peers_age_out(horizon):
     peers.arrive("k", "a")
     time.sleep(horizon * 3)
     assert peers.arrive("k", "b") == 1
+
+
+def test_batches_never_run_in_more_slots_than_given_and_a_waiting_batch_keeps_gathering():
+    slots = Slots(1)
+    gather: Gather[int] = Gather(window_seconds=0.01, slots=slots)
+    running, most, batches = [0], [0], []
+    lock = threading.Lock()
+
+    def run(batch: list[int]) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            batches.append(sorted(batch))
+        time.sleep(0.3 if batch == [0] else 0.01)  # the first batch holds the only slot a while
+        with lock:
+            running[0] -= 1
+
+    def one(key: str, item: int, delay: float) -> None:
+        time.sleep(delay)
+        gather.submit(key, item, 2, run)
+
+    # Item 0 runs alone in the slot; 1, 2 and 3 arrive (two keys) while it runs: key "a"'s leader's
+    # window passes with the slot still busy, so 3 joins its batch instead of starting a new one.
+    plan = [("a", 0, 0.0), ("a", 1, 0.05), ("b", 2, 0.06), ("a", 3, 0.15)]
+    threads = [threading.Thread(target=one, args=args) for args in plan]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 1
+    assert batches[0] == [0]
+    assert sorted(batches[1:]) == [[1, 3], [2]]
+    assert slots.busy == 0
+
+
+def test_slots_need_at_least_one():
+    with pytest.raises(ValueError):
+        Slots(0)

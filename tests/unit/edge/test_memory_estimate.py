@@ -20,7 +20,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from edge_server.memory import measure_profile
+from edge_server.memory import kept_storages, measure_profile
 from edge_server.registry import ServedModel, load_trunk
 from edge_server.session import TrunkSession
 from splitft.errors import InvalidArgument
@@ -69,14 +69,7 @@ def _saved_bytes(session: TrunkSession, found: list[int]) -> Iterator[None]:
     are shared, the adapter's are its state)."""
     params = {p.untyped_storage().data_ptr() for p in session.root.parameters()}
     kept: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with kept_storages(params, kept):  # the edge's own measuring hook (edge_server.memory)
         yield
     for tensor in (session._pending[1].inputs, session._pending[1].output):
         kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
