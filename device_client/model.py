@@ -40,6 +40,7 @@ from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
+from splitft.model.quantize import check_quantize
 from splitft.model.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class SplitModel(nn.Module):
         method: SelectionConfig | LoraConfig | None = None,
         stream: bool = True,
         batch_shape: tuple[int, int] | None = None,
+        quantize: str = "none",
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -130,8 +132,12 @@ class SplitModel(nn.Module):
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
         selected entries of both sides train, as sparse deltas.
+
+        `quantize` ("none", "int8", "nf4") stores the linear weights of the device's frozen blocks
+        quantized (`splitft.model.quantize`); LoRA trains on top of them, selection methods cannot.
         """
         lora_config, selection = resolve_method(lora_config, method)
+        check_quantize(quantize, selection=selection is not None)
         codecs = parse_codecs(codec)
         config, _family = read_config(model_dir)
         num_layers = num_layers_of(config)
@@ -146,7 +152,15 @@ class SplitModel(nn.Module):
         trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:
             return cls._build(
-                model_dir, spec, device_config, edge, trunk, request.model, config_overrides or {}, selection
+                model_dir,
+                spec,
+                device_config,
+                edge,
+                trunk,
+                request.model,
+                config_overrides or {},
+                selection,
+                quantize,
             )
         except BaseException:
             trunk.close()
@@ -163,6 +177,7 @@ class SplitModel(nn.Module):
         model_name: str,
         overrides: dict[str, Any],
         selection: SelectionConfig | None = None,
+        quantize: str = "none",
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -171,6 +186,7 @@ class SplitModel(nn.Module):
             lambda root, family: device_view(root, family, spec.trunk_start, spec.trunk_stop, entry),
             init_missing=True,
             config_overrides=overrides,
+            quantize=quantize,
         )
         if lora_config is None:
             return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)

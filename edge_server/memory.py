@@ -30,6 +30,7 @@ from edge_server.registry import ModelRegistry
 from splitft.memory.estimate import BlockLinear, MemoryProfile, default_session
 from splitft.methods.common import is_linear_like, linear_shape
 from splitft.model.loading import LoadedSpan
+from splitft.model.quantize import compute_dtype, is_quantized, storage_pointers
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped
 
@@ -44,6 +45,8 @@ def _kept_storages(params: set[int], kept: dict[int, int]) -> Iterator[None]:
     """Record every storage autograd saves in the block (ptr -> bytes), parameters excepted."""
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if is_quantized(tensor):  # a frozen quantized weight (a tensor subclass without one storage)
+            return tensor
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in params:
             kept[storage.data_ptr()] = storage.nbytes()
@@ -69,8 +72,8 @@ def _measure(
     """Bytes a training forward of one row of `tokens` through blocks [1, stop) keeps; with
     `linears`, also fills it with block 1's linear layers' (input storage, whether it is kept)."""
     root = _trunk_view(span, 1, stop).train()
-    weight = next(iter(span.root.parameters()))
-    params = {p.untyped_storage().data_ptr() for p in span.root.parameters()}
+    dtype, device = compute_dtype(span.root), next(iter(span.root.parameters())).device
+    params = {ptr for p in span.root.parameters() for ptr in storage_pointers(p)}
     kept: dict[int, int] = {}
     inputs: dict[str, torch.Tensor] = {}  # held, so no later tensor reuses an input's address
     hooks = []
@@ -79,9 +82,9 @@ def _measure(
         for name, module in block.named_modules():
             if is_linear_like(module):
                 hooks.append(module.register_forward_pre_hook(_record_input(inputs, name)))
-    hidden = torch.randn(1, tokens, span.config.hidden_size, dtype=weight.dtype, device=weight.device)
+    hidden = torch.randn(1, tokens, span.config.hidden_size, dtype=dtype, device=device)
     hidden.requires_grad_(True)
-    mask = torch.ones(1, tokens, dtype=torch.long, device=weight.device)
+    mask = torch.ones(1, tokens, dtype=torch.long, device=device)
     mask[0, -1] = 0  # a padded row, as devices send: the family builds a real attention mask
     try:
         # Dropout as sessions draw it (their own generators; the attention then runs unfused).
@@ -154,10 +157,9 @@ def measure_profile(span: LoadedSpan) -> MemoryProfile:
         per_block, outside = [float(x) for x in one], [0.0, 0.0]
     block_token, block_token2 = _fit(*per_block)
     forward_token, forward_token2 = _fit(*[max(0.0, x) for x in outside])
-    weight = next(iter(span.root.parameters()))
     return MemoryProfile(
         num_layers=span.num_layers,
-        dtype_bytes=weight.element_size(),
+        dtype_bytes=compute_dtype(span.root).itemsize,  # activations and adapters: never quantized
         forward_token=forward_token,
         forward_token2=forward_token2,
         block_token=block_token,

@@ -29,15 +29,16 @@ class ServedModel:
         return self.span.num_layers
 
 
-def load_trunk(name: str, model_dir: Path) -> ServedModel:
-    """Load all blocks but the first (the device always keeps at least one) and check they are frozen."""
+def load_trunk(name: str, model_dir: Path, quantize: str = "none") -> ServedModel:
+    """Load all blocks but the first (the device always keeps at least one) and check they are frozen;
+    `quantize` stores their linear weights in a scheme of `splitft.model.quantize`."""
 
     def cut(root: nn.Module, family: Family) -> None:
         """Keep blocks 1..L: the device always holds block 0."""
         num_layers = len(family.blocks(root))
         edge_view(root, family, 1, num_layers)
 
-    span = load_span(model_dir, cut, init_missing=False)
+    span = load_span(model_dir, cut, init_missing=False, quantize=quantize)
     trainable = [n for n, p in span.root.named_parameters() if p.requires_grad]
     if trainable:
         raise RuntimeError(f"trunk of {name} is not frozen: {trainable[:5]}")
@@ -61,9 +62,10 @@ class ModelRegistry:
         self.models = models
 
     @classmethod
-    def from_dirs(cls, args: list[str]) -> ModelRegistry:
-        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`)."""
-        return cls({name: load_trunk(name, path) for name, path in parse_model_dirs(args).items()})
+    def from_dirs(cls, args: list[str], quantize: str = "none") -> ModelRegistry:
+        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`), quantized as asked."""
+        dirs = parse_model_dirs(args)
+        return cls({name: load_trunk(name, path, quantize) for name, path in dirs.items()})
 
     def get(self, name: str) -> ServedModel:
         """The served model called `name`; NotFound lists the ones served."""

@@ -82,6 +82,12 @@ class TrunkSession:
         method: TrunkMethod | None = None,
         limits: DataPlaneLimits | None = None,
     ) -> None:
+        if method is not None and span.quantization is not None:
+            raise FailedPrecondition(
+                f"this edge serves the trunk quantized ({span.quantization.scheme}): selection methods "
+                "train the frozen weights themselves and need them unquantized; use LoRA, or an edge "
+                "started with --quantize none"
+            )
         self.session_id = session_id
         self.limits = limits or DataPlaneLimits()
         self.owner = SessionOwner()

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from splitft.cli.args import byte_size, handled_by
+from splitft.model.schemes import QUANTIZE_SCHEMES
 
 # How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
 DEFAULT_BATCH_WINDOW_MS = 20.0
@@ -74,6 +75,13 @@ def _register_serve(edge: argparse._SubParsersAction) -> None:
         help="with --certs and no token issuer: serve without session tokens on purpose (logs a warning)",
     )
     _add_batching_flags(serve)
+    serve.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        default="none",
+        help="store the trunk's frozen linear weights in int8 (torchao) or nf4 (bitsandbytes); "
+        "sessions still train LoRA on them (default: none)",
+    )
     _add_limit_flags(serve)
     handled_by(serve, "edge:serve")
 

@@ -24,6 +24,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from splitft.errors import InvalidArgument, NotFound
 from splitft.model.families import Family, family_for
+from splitft.model.quantize import QuantizeReport, quantize_blocks
 from splitft.model.spans import Skipped
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class LoadedSpan:
     model_dir: Path
     new_parameters: list[str] = field(default_factory=list)  # not in the checkpoint, freshly initialised
     bytes_read: int = 0  # tensor bytes read from the checkpoint
+    quantization: QuantizeReport | None = None  # the blocks' linear weights, when quantized
 
     @property
     def num_layers(self) -> int:
@@ -106,11 +108,13 @@ def load_span(
     init_missing: bool,
     dtype: torch.dtype = torch.float32,
     config_overrides: dict[str, object] | None = None,
+    quantize: str = "none",
 ) -> LoadedSpan:
     """Build the model on meta, apply `cut`, and read only the parameters that remain.
 
     `init_missing`: initialise parameters the checkpoint lacks (a new classification head) instead
-    of failing; only the device, which owns the head, should allow it.
+    of failing; only the device, which owns the head, should allow it. `quantize`: a scheme of
+    `splitft.model.quantize` for the frozen linear layers of the span's blocks.
     """
     config, family = read_config(model_dir)
     root = build_meta_model(config, family, **(config_overrides or {}))
@@ -132,7 +136,8 @@ def load_span(
     _check_materialised(root)
     root.requires_grad_(False)
     root.eval()
-    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read)
+    report = quantize_blocks(root, family, quantize)
+    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read, report)
 
 
 def _checkpoint_files(model_dir: Path) -> list[Path]:

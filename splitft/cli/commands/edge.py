@@ -16,6 +16,7 @@ from edge_server.memory import build_accountant
 from edge_server.registry import ModelRegistry
 from splitft.cli.edge import LIMIT_FLAGS
 from splitft.errors import InvalidArgument
+from splitft.model.quantize import check_available
 from splitft.security.trust import read_ca_file
 
 
@@ -38,11 +39,13 @@ def serve(args: argparse.Namespace) -> int:
         batching=args.batching == "on",
         batch_window_ms=args.batch_window_ms,
         memory_limit=args.memory_limit,
+        quantize=args.quantize,
         limits=DataPlaneLimits(
             **{name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
         ),
     )
-    registry = ModelRegistry.from_dirs(config.model_dirs)
+    check_available(config.quantize, "cpu")  # before loading any model
+    registry = ModelRegistry.from_dirs(config.model_dirs, config.quantize)
     memory = build_accountant(registry, config.memory_limit)
     link = _register_edge(args, config, registry, memory) if args.control_plane else None
     server = EdgeServer(config, registry, memory)
