@@ -131,17 +131,14 @@ class SplitModel(nn.Module):
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas.
-
-        `quantize` ("none", "int8", "nf4") stores the linear weights of the device's frozen blocks
-        quantized (`splitft.model.quantize`); LoRA trains on top of them, selection methods cannot.
+        selected entries of both sides train, as sparse deltas. `quantize` ("none", "int8", "nf4"):
+        the device blocks' frozen linear weights, quantized (`splitft.model.quantize`; LoRA only).
         """
         lora_config, selection = resolve_method(lora_config, method)
         check_quantize(quantize, selection=selection is not None)
         codecs = parse_codecs(codec)
         config, _family = read_config(model_dir)
-        num_layers = num_layers_of(config)
-        spec = SplitSpec(num_layers, device_layers, head_layers)
+        spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
         name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
@@ -151,17 +148,8 @@ class SplitModel(nn.Module):
         opened = edge.call("OpenSession", request)
         trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:
-            return cls._build(
-                model_dir,
-                spec,
-                device_config,
-                edge,
-                trunk,
-                request.model,
-                config_overrides or {},
-                selection,
-                quantize,
-            )
+            built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
+            return cls._build(*built, quantize)
         except BaseException:
             trunk.close()
             raise

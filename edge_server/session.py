@@ -31,6 +31,7 @@ from splitft.methods.scorer import MeasuredLayer, TrunkScorer
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TrunkMethod
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
+from splitft.model.quantize import compute_dtype
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped, SplitSpec
 
@@ -82,12 +83,6 @@ class TrunkSession:
         method: TrunkMethod | None = None,
         limits: DataPlaneLimits | None = None,
     ) -> None:
-        if method is not None and span.quantization is not None:
-            raise FailedPrecondition(
-                f"this edge serves the trunk quantized ({span.quantization.scheme}): selection methods "
-                "train the frozen weights themselves and need them unquantized; use LoRA, or an edge "
-                "started with --quantize none"
-            )
         self.session_id = session_id
         self.limits = limits or DataPlaneLimits()
         self.owner = SessionOwner()
@@ -367,7 +362,7 @@ class TrunkSession:
                 f"hidden must have shape [batch, tokens, {hidden_size}], got {list(hidden.shape)}"
             )
         self.limits.check_tokens(hidden.shape[0], hidden.shape[1])
-        dtype = next(iter(self.span.root.parameters())).dtype
+        dtype = compute_dtype(self.span.root)  # a quantized weight's dtype is its storage's
         if hidden.dtype != dtype:
             raise InvalidArgument(f"hidden must be {dtype} for this model, got {hidden.dtype}")
         mask = _check_index_tensor(

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitft.errors import InvalidArgument
+from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.model.families import Family
 from splitft.model.schemes import QUANTIZE_SCHEMES
 
@@ -108,6 +108,17 @@ def check_quantize(scheme: str, *, selection: bool, device: torch.device | str =
         raise InvalidArgument(
             f"quantize={scheme!r} cannot be combined with a selection method: it trains entries of the "
             "frozen weights, which must stay unquantized; use LoRA, or quantize='none'"
+        )
+
+
+def check_selection_allowed(quantization: QuantizeReport | None) -> None:
+    """FailedPrecondition when a selection method would train a span stored quantized (the edge's
+    answer: its trunk is what it is)."""
+    if quantization is not None:
+        raise FailedPrecondition(
+            f"this edge serves the trunk quantized ({quantization.scheme}): selection methods train "
+            "the frozen weights themselves and need them unquantized; use LoRA, or an edge started "
+            "with --quantize none"
         )
 
 

@@ -45,7 +45,8 @@ def test_every_scheme_runs_on_this_cpu():
 def test_a_platform_without_the_scheme_is_refused_naming_what_is_available(scheme):
     ok, reason = availability(scheme, "mps")
     assert not ok and "cpu and cuda" in reason
-    with pytest.raises(InvalidArgument, match=rf"--quantize {scheme} is not available on mps.*available here: none"):
+    refused = rf"--quantize {scheme} is not available on mps.*available here: none"
+    with pytest.raises(InvalidArgument, match=refused):
         check_available(scheme, "mps")
     if not torch.cuda.is_available():  # this machine: the library is installed, CUDA is not
         with pytest.raises(InvalidArgument, match="CUDA is not available here; available here: none"):
