@@ -246,7 +246,8 @@ def _build(spec: dict[str, Any], conn: Any, model_dir: str, name: str) -> _Run:
         head_layers=spec["head_layers"] if name == spec["model_name"] else 0,
         codec=spec["codec"],
         lora_config=lora,
-        quantize=spec.get("quantize", "none") if name == spec["model_name"] else "none",  # bench quantize
+        # `bench quantize`; the warm-up model too, so the scheme's code paths load before the baseline
+        quantize=spec.get("quantize", "none"),
     )
     return _Run(split, split.configure_optimizer(torch.optim.AdamW, lr=1e-3), split)
 
