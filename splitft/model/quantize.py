@@ -194,6 +194,7 @@ def quantize_blocks(root: nn.Module, family: Family, scheme: str) -> QuantizeRep
     dtype = compute_dtype(root)
     before = sum(weight_bytes(b) for b in blocks)
     layers = sum(_quantize_block(b, scheme, dtype) for b in blocks)
+    detach_from_checkpoint(root)
     library = f"{LIBRARIES[scheme]} {importlib.metadata.version(LIBRARIES[scheme])}"
     report = QuantizeReport(scheme, library, layers, before, sum(weight_bytes(b) for b in blocks))
     logger.info(
@@ -206,6 +207,20 @@ def quantize_blocks(root: nn.Module, family: Family, scheme: str) -> QuantizeRep
         report.ratio,
     )
     return report
+
+
+def detach_from_checkpoint(root: nn.Module) -> None:
+    """Copy `root`'s unquantized tensors out of the checkpoint's file mapping.
+
+    Loaded tensors are views of the safetensors file mapping, and one live view keeps the whole
+    mapping, so the pages that quantizing read (every quantized layer's original weights) would
+    stay resident, counted in the process's memory, for as long as an embedding or a norm
+    references the file. With nothing left on the mapping it is unmapped.
+    """
+    with torch.no_grad():
+        for tensor in [*root.parameters(), *root.buffers()]:
+            if not is_quantized(tensor):
+                tensor.data = tensor.data.clone()
 
 
 def _quantize_block(block: nn.Module, scheme: str, dtype: torch.dtype) -> int:
