@@ -49,6 +49,7 @@ from splitft.model.placement import (
     claim_cuda_autograd,
     release_cuda_autograd,
 )
+from splitft.model.quantize import check_quantize
 from splitft.model.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class SplitModel(nn.Module):
         batch_shape: tuple[int, int] | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        quantize: str = "none",
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -140,11 +142,13 @@ class SplitModel(nn.Module):
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas.
+        selected entries of both sides train, as sparse deltas. `quantize` ("none", "int8", "nf4"):
+        the device blocks' frozen linear weights, quantized (`splitft.model.quantize`; LoRA only).
         """
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         placement = Placement(device, dtype).resolve()  # refused before a session opens
+        check_quantize(quantize, selection=selection is not None, device=placement.device)
         claim_cuda_autograd("device", placement.device)
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
@@ -157,7 +161,7 @@ class SplitModel(nn.Module):
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
             built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
-            return cls._build(*built, placement)
+            return cls._build(*built, placement, quantize)
         except BaseException:
             trunk.close()
             release_cuda_autograd("device", placement.device)
@@ -175,6 +179,7 @@ class SplitModel(nn.Module):
         overrides: dict[str, Any],
         selection: SelectionConfig | None = None,
         placement: ResolvedPlacement = CPU_FLOAT32,
+        quantize: str = "none",
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -184,6 +189,7 @@ class SplitModel(nn.Module):
             init_missing=True,
             placement=placement,
             config_overrides=overrides,
+            quantize=quantize,
         )
         if lora_config is None:
             return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)

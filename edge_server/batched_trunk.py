@@ -20,6 +20,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.lora.torchao import TorchaoLoraLinear
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -28,7 +29,10 @@ from splitft.model.loading import LoadedSpan
 from splitft.model.randomness import SessionRandomness
 from splitft.model.spans import Skipped
 
-_BASE_KINDS = (nn.Linear, Conv1D)
+_BASE_KINDS = (nn.Linear, Conv1D)  # bitsandbytes' Linear4bit is an nn.Linear too
+# peft's vanilla LoRA layer, and its subclass for torchao-quantized bases (`--quantize int8`), which
+# only adds merging: `_with_lora` reproduces the forward of both.
+PLAIN_LORA: tuple[type, ...] = (LoraLinear, TorchaoLoraLinear)
 
 
 @dataclass
@@ -135,7 +139,7 @@ def batchable_layers(root: nn.Module) -> dict[str, LoraLinear] | None:
     for name, module in root.named_modules():
         if not hasattr(module, "lora_A"):
             continue
-        if type(module) is not LoraLinear or module.merged or module.disable_adapters:
+        if type(module) not in PLAIN_LORA or module.merged or module.disable_adapters:
             return None
         if any(a in module.lora_variant for a in module.active_adapters):
             return None

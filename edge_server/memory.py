@@ -29,6 +29,7 @@ from splitft.memory.estimate import BlockLinear, MemoryProfile, default_session
 from splitft.memory.host import host_available
 from splitft.methods.common import is_linear_like, linear_shape
 from splitft.model.loading import LoadedSpan
+from splitft.model.quantize import is_quantized, storage_pointers
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped
 
@@ -43,6 +44,8 @@ def kept_storages(params: set[int], kept: dict[int, int]) -> Iterator[None]:
     """Record every storage autograd saves in the block (ptr -> bytes), parameters excepted."""
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if is_quantized(tensor):  # a frozen quantized weight (a tensor subclass without one storage)
+            return tensor
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in params:
             kept[storage.data_ptr()] = storage.nbytes()
@@ -68,7 +71,7 @@ def _measure(
     """Bytes a training forward of one row of `tokens` through blocks [1, stop) keeps; with
     `linears`, also fills it with block 1's linear layers' (input storage, whether it is kept)."""
     root = _trunk_view(span, 1, stop).train()
-    params = {p.untyped_storage().data_ptr() for p in span.root.parameters()}
+    params = {ptr for p in span.root.parameters() for ptr in storage_pointers(p)}
     kept: dict[int, int] = {}
     inputs: dict[str, torch.Tensor] = {}  # held, so no later tensor reuses an input's address
     hooks = []

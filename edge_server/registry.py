@@ -30,16 +30,19 @@ class ServedModel:
         return self.span.num_layers
 
 
-def load_trunk(name: str, model_dir: Path, placement: ResolvedPlacement = CPU_FLOAT32) -> ServedModel:
+def load_trunk(
+    name: str, model_dir: Path, placement: ResolvedPlacement = CPU_FLOAT32, quantize: str = "none"
+) -> ServedModel:
     """Load all blocks but the first (the device always keeps at least one) onto `placement`'s
-    device(s) in its dtype, and check they are frozen."""
+    device(s) in its dtype, and check they are frozen; `quantize` stores their linear weights in a
+    scheme of `splitft.model.quantize`."""
 
     def cut(root: nn.Module, family: Family) -> None:
         """Keep blocks 1..L: the device always holds block 0."""
         num_layers = len(family.blocks(root))
         edge_view(root, family, 1, num_layers)
 
-    span = load_span(model_dir, cut, init_missing=False, placement=placement)
+    span = load_span(model_dir, cut, init_missing=False, placement=placement, quantize=quantize)
     trainable = [n for n, p in span.root.named_parameters() if p.requires_grad]
     if trainable:
         raise RuntimeError(f"trunk of {name} is not frozen: {trainable[:5]}")
@@ -64,10 +67,13 @@ class ModelRegistry:
         self.models = models
 
     @classmethod
-    def from_dirs(cls, args: list[str], placement: ResolvedPlacement = CPU_FLOAT32) -> ModelRegistry:
-        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`) onto `placement`."""
+    def from_dirs(
+        cls, args: list[str], placement: ResolvedPlacement = CPU_FLOAT32, quantize: str = "none"
+    ) -> ModelRegistry:
+        """Load every `--model-dir` (DIR or NAME=DIR, see `splitft.model.dirs`) onto `placement`,
+        quantized as asked."""
         dirs = parse_model_dirs(args)
-        return cls({name: load_trunk(name, path, placement) for name, path in dirs.items()})
+        return cls({name: load_trunk(name, path, placement, quantize) for name, path in dirs.items()})
 
     def get(self, name: str) -> ServedModel:
         """The served model called `name`; NotFound lists the ones served."""

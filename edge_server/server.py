@@ -24,6 +24,7 @@ from edge_server.servicer import DataPlaneServicer, add_to_server
 from edge_server.sessions import SessionManager
 from splitft.errors import InvalidArgument, NotFound
 from splitft.model.placement import Placement, claim_cuda_autograd, release_cuda_autograd
+from splitft.model.schemes import QUANTIZE_SCHEMES
 from splitft.security.certs import CertPaths
 from splitft.security.tokens import load_public_key
 from splitft.threads import release_idle_threads
@@ -58,6 +59,7 @@ class EdgeConfig:
     batching: bool = True  # --batching: concurrent sessions' forwards and backwards share trunk passes
     batch_window_ms: float = 20.0  # --batch-window-ms: how long a pass waits for other sessions to join
     placement: Placement = field(default_factory=Placement)  # --device, --dtype, --device-map
+    quantize: str = "none"  # --quantize: the trunk's frozen linear weights (splitft.model.quantize)
 
     def __post_init__(self) -> None:
         if self.insecure and self.certs_dir:
@@ -79,6 +81,9 @@ class EdgeConfig:
             raise InvalidArgument(
                 f"--memory-limit must be a positive number of bytes, got {self.memory_limit}"
             )
+        if self.quantize not in QUANTIZE_SCHEMES:
+            known = ", ".join(QUANTIZE_SCHEMES)
+            raise InvalidArgument(f"--quantize must be one of {known}, got {self.quantize!r}")
         if not 0 <= self.batch_window_ms <= 1000:
             raise InvalidArgument(f"--batch-window-ms must be in [0, 1000], got {self.batch_window_ms:g}")
 
@@ -141,7 +146,9 @@ class EdgeServer:
         """`memory`: the session memory accountant, when the caller built it already (to report the
         edge's capacity at registration); by default measured here (`edge_server.memory`)."""
         self.config = config
-        self.registry = registry or ModelRegistry.from_dirs(config.model_dirs, config.placement.resolve())
+        self.registry = registry or ModelRegistry.from_dirs(
+            config.model_dirs, config.placement.resolve(), config.quantize
+        )
         self.memory = memory or build_accountant(self.registry, config.memory_limit)
         self.sessions = SessionManager(
             self.registry,

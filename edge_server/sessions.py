@@ -31,6 +31,7 @@ from splitft.errors import (
 )
 from splitft.memory.estimate import SessionEstimate
 from splitft.methods.wire import TrunkMethod
+from splitft.model.quantize import check_selection_allowed
 from splitft.model.spans import SplitSpec
 from splitft.security.tokens import check_session_id
 
@@ -130,6 +131,8 @@ class SessionManager:
         replaces its estimate (it must fit too); on failure its slot and memory are given back."""
         try:
             span = self.registry.get(model).span
+            if method is not None:
+                check_selection_allowed(span.quantization)
             session = TrunkSession(
                 session_id, span, spec, lora_config, seed, method=method, limits=self.limits
             )

@@ -108,7 +108,7 @@ class ConvergeBenchConfig:
 
 
 @dataclass
-class _Task:
+class ConvergeTask:
     name: str
     model_dir: Path
     train: list[Batch]  # exactly `steps` batches, in training order
@@ -118,7 +118,8 @@ class _Task:
     lora_config: LoraConfig
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def split_model(self, conn: Any, codec: str, seed: int) -> Any:
+    def split_model(self, conn: Any, codec: str, seed: int, quantize: str = "none") -> Any:
+        """The task's split model on `conn` (`quantize`: the device blocks', see `bench quantize`)."""
         from device_client import SplitModel
 
         return SplitModel.from_pretrained(
@@ -131,6 +132,7 @@ class _Task:
             seed=seed,
             lora_config=self.lora_config,
             config_overrides=self.config_overrides,
+            quantize=quantize,
         )
 
 
@@ -139,7 +141,7 @@ def run_converge_bench(config: ConvergeBenchConfig) -> str:
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-converge-") as tmp:
-        tasks, pretrain = _tasks(config, Path(tmp))
+        tasks, pretrain = build_tasks(config, Path(tmp))
         edge_models = [f"{EDGE_NAMES[t.name]}={t.model_dir}" for t in tasks]
         with EdgeProcess(edge_models, threads=config.threads, log_path=str(Path(tmp) / "edge.log")) as edge:
             for task in tasks:
@@ -155,14 +157,14 @@ def run_converge_bench(config: ConvergeBenchConfig) -> str:
     return json.dumps(report, indent=2)
 
 
-def _run_task(task: _Task, config: ConvergeBenchConfig, address: str) -> dict[str, Any]:
+def _run_task(task: ConvergeTask, config: ConvergeBenchConfig, address: str) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     for label, codec in [(c, c) for c in config.codecs] + [("raw (repeat)", "raw")]:
         logger.info("bench converge: %s / %s", task.name, label)
         with EdgeConnection(address, insecure=True) as conn:
             torch.manual_seed(config.seed)  # same device adapter and head init for every codec
             with task.split_model(conn, codec, config.seed) as model:
-                runs[label] = _train_and_evaluate(model, task, config.seed)
+                runs[label] = train_and_evaluate(model, task, config.seed)
     raw, raw_train = runs["raw"]["heldout_loss"], runs["raw"]["train_loss_last_10"]
     for row in runs.values():
         row["gap_percent"] = round(100.0 * (row["heldout_loss"] - raw) / raw, 3)
@@ -170,7 +172,7 @@ def _run_task(task: _Task, config: ConvergeBenchConfig, address: str) -> dict[st
     return {"train_steps": len(task.train), "heldout_batches": len(task.heldout), "codecs": runs}
 
 
-def _train_and_evaluate(model: Any, task: _Task, seed: int) -> dict[str, Any]:
+def train_and_evaluate(model: Any, task: ConvergeTask, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)  # device-side dropout draws the same masks for every codec
     optimizer = model.configure_optimizer(torch.optim.AdamW, lr=task.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -198,7 +200,7 @@ def _train_and_evaluate(model: Any, task: _Task, seed: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _evaluate(model: Any, task: _Task) -> dict[str, float]:
+def _evaluate(model: Any, task: ConvergeTask) -> dict[str, float]:
     model.eval()
     loss_sum, count, correct = 0.0, 0, 0
     for batch in task.heldout:
@@ -234,7 +236,7 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # The two tasks: data, model and split.
 
 
-def _tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[_Task], dict[str, Any] | None]:
+def build_tasks(config: ConvergeBenchConfig, tmp: Path) -> tuple[list[ConvergeTask], dict[str, Any] | None]:
     text = build_stdlib_task(max_per_class=config.max_per_class)
     tasks, pretrain = [], None
     if "classification" in config.tasks:
@@ -257,7 +259,7 @@ def _first(iterator: Iterator[Any], n: int) -> list[Any]:
     return [item for _, item in zip(range(n), iterator, strict=False)]
 
 
-def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
+def _classification(config: ConvergeBenchConfig, text: Any) -> ConvergeTask:
     model_dir = Path(config.cls_model_dir or default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
@@ -277,10 +279,12 @@ def _classification(config: ConvergeBenchConfig, text: Any) -> _Task:
         r=8, lora_alpha=16, target_modules=["query", "key", "value", "dense"], task_type="SEQ_CLS"
     )
     overrides = {"num_labels": len(text.labels)}
-    return _Task("classification", model_dir, train, heldout, config.cls_lr, 2, lora, overrides)
+    return ConvergeTask("classification", model_dir, train, heldout, config.cls_lr, 2, lora, overrides)
 
 
-def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task, dict[str, Any] | None]:
+def _causal_lm(
+    config: ConvergeBenchConfig, text: Any, tmp: Path
+) -> tuple[ConvergeTask, dict[str, Any] | None]:
     model_dir, pretrain = pretrained_tiny_llama(tmp / "tiny-llama", config)
 
     train = [
@@ -288,5 +292,6 @@ def _causal_lm(config: ConvergeBenchConfig, text: Any, tmp: Path) -> tuple[_Task
         for texts, _ in _first(_cycle(text.train, config), config.steps)
     ]
     heldout = [encode_bytes(texts, config.lm_max_length) for texts, _ in batches(text.heldout, 64)]
-    task = _Task("causal_lm", model_dir, train, heldout, config.lm_lr, 1, lora_config_for("llama", r=8))
+    lora = lora_config_for("llama", r=8)
+    task = ConvergeTask("causal_lm", model_dir, train, heldout, config.lm_lr, 1, lora)
     return task, pretrain

@@ -54,6 +54,7 @@ from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
 from splitft.bench.worker import run_worker
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.model.quantize import tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ def _build(spec: dict[str, Any], conn: Any, model_dir: str, name: str) -> _Run:
         head_layers=spec["head_layers"] if name == spec["model_name"] else 0,
         codec=spec["codec"],
         lora_config=lora,
+        # `bench quantize`; the warm-up model too, so the scheme's code paths load before the baseline
+        quantize=spec.get("quantize", "none"),
     )
     return _Run(split, split.configure_optimizer(torch.optim.AdamW, lr=1e-3), split)
 
@@ -272,7 +275,7 @@ def _parameters(model: nn.Module) -> dict[str, int]:
 
 def _expected(model: nn.Module, saved: SavedActivations) -> dict[str, int]:
     params = list(model.parameters())
-    weights = sum(t.numel() * t.element_size() for t in [*params, *model.buffers()] if not t.requires_grad)
+    weights = sum(tensor_bytes(t) for t in [*params, *model.buffers()] if not t.requires_grad)
     adapter = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     return {"weights": weights, "adapter_state": ADAM_COPIES * adapter, "saved_activations": saved.peak_bytes}
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitft.model.quantize import is_quantized, storage_pointers
+
 
 class AllocationTracker:
     """Peak bytes held by torch's CPU allocator, per phase, from the profiler's memory events.
@@ -68,11 +70,13 @@ class SavedActivations:
 
     def __init__(self, model: nn.Module) -> None:
         tensors = [*model.parameters(), *model.buffers()]
-        self._skip = {t.untyped_storage().data_ptr() for t in tensors}
+        self._skip = {ptr for t in tensors for ptr in storage_pointers(t)}
         self._step: dict[int, int] = {}
         self.peak_bytes = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if is_quantized(tensor):  # a frozen quantized weight: counted as weights
+            return tensor
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in self._skip and storage.nbytes():
             self._step[storage.data_ptr()] = storage.nbytes()
@@ -99,5 +103,6 @@ def file_mapped_bytes(tensors: list[torch.Tensor]) -> int:
         if len(fields) == 6 and fields[5].startswith("/"):
             start, end = (int(x, 16) for x in fields[0].split("-"))
             files.append((start, end))
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    plain = [t for t in tensors if not is_quantized(t)]  # quantized ones were made in memory
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in plain}
     return sum(n for ptr, n in storages.items() if any(a <= ptr < b for a, b in files))

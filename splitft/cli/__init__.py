@@ -53,6 +53,10 @@ def _configure_logging(level: str, *, model_stack: bool = True) -> None:
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torchao's PyPI wheel carries CUDA kernels that fail to load on a CPU-only torch (and warns at
+    # every import, which peft does): splitft's int8 uses none of them.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     # Library chatter a CLI user cannot act on: HF loading bars and deprecation notices from deps.
     warnings.filterwarnings("ignore", category=FutureWarning)
     if not model_stack:  # e.g. a health probe: importing transformers would cost most of its time

@@ -1,4 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control`: the benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize`: the benchmarks
+(parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -10,6 +11,7 @@ import argparse
 
 from splitft.cli.args import CODEC_HELP, codec, handled_by, name_list, session_counts
 from splitft.model.choices import DTYPE_NAMES
+from splitft.model.schemes import QUANTIZE_SCHEMES
 
 FAMILIES = ["llama", "gpt2", "bert", "vit"]
 TASKS = ["classification", "causal_lm"]
@@ -17,7 +19,7 @@ METHODS = ["lora", "taskedge", "tinytrain", "head_only"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the `bench` group and its eight benchmarks to the top-level `commands`."""
+    """Add the `bench` group and its nine benchmarks to the top-level `commands`."""
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
     )
@@ -27,6 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_edge(bench)
     _register_methods(bench)
     _register_control(bench)
+    _register_quantize(bench)
 
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
@@ -146,3 +149,24 @@ def _register_control(bench: argparse._SubParsersAction) -> None:
     control.add_argument("--jobs", type=int, default=50)
     control.add_argument("--db", default=None, metavar="URL", help="default: SQLite in a temp dir")
     handled_by(control, "bench:control")
+
+
+def _register_quantize(bench: argparse._SubParsersAction) -> None:
+    quantize = bench.add_parser(
+        "quantize",
+        help="fp32 vs int8 vs nf4 frozen weights on both sides: weight bytes, device peak memory, step "
+        "time, held-out loss after bench converge's recipe (JSON)",
+    )
+    quantize.add_argument("--schemes", nargs="+", default=list(QUANTIZE_SCHEMES), choices=QUANTIZE_SCHEMES)
+    quantize.add_argument("--layers", type=int, default=8)
+    quantize.add_argument("--hidden", type=int, default=512)
+    quantize.add_argument("--batch", type=int, default=8)
+    quantize.add_argument("--tokens", type=int, default=128)
+    quantize.add_argument("--threads", type=int, default=1, help="torch threads in each process")
+    quantize.add_argument("--rounds", type=int, default=3, help="of step time and memory, order alternating")
+    quantize.add_argument("--steps-per-round", type=int, default=3)
+    quantize.add_argument("--converge-tasks", nargs="+", default=["causal_lm"], choices=TASKS)
+    quantize.add_argument("--converge-steps", type=int, default=60)
+    quantize.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    quantize.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    handled_by(quantize, "bench:quantize")

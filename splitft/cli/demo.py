@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from splitft.cli.args import codec, handled_by
+from splitft.model.schemes import QUANTIZE_SCHEMES
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +31,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=codec,
         default="raw",
         help="wire codec, e.g. int8 or activations=int8,gradients=lowrank:8:noef (default raw)",
+    )
+    demo.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        default="none",
+        help="frozen weights in int8 or nf4: the edge's trunk, and with --sdk the device's blocks too",
     )
     demo.add_argument("--max-per-class", type=int, default=160)
     demo.add_argument("--out", default="runs/demo", help="where the adapter and logs go")

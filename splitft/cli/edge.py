@@ -7,6 +7,7 @@ import os
 
 from splitft.cli.args import byte_size, device_memory, handled_by
 from splitft.model.choices import DEVICE_MAPS, DTYPE_NAMES
+from splitft.model.schemes import QUANTIZE_SCHEMES
 
 # How long a forward waits for other sessions to join its trunk pass (EdgeConfig has the same default).
 DEFAULT_BATCH_WINDOW_MS = 20.0
@@ -76,6 +77,13 @@ def _register_serve(edge: argparse._SubParsersAction) -> None:
     )
     _add_batching_flags(serve)
     _add_placement_flags(serve)
+    serve.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SCHEMES,
+        default="none",
+        help="store the trunk's frozen linear weights in int8 (torchao) or nf4 (bitsandbytes); "
+        "sessions still train LoRA on them (default: none)",
+    )
     _add_limit_flags(serve)
     handled_by(serve, "edge:serve")
 

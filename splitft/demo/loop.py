@@ -71,7 +71,7 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
             f"[bold]control plane[/] {loop.url} (SQLite in {loop.root / 'data'}; HTTPS, verified against "
             f"{loop.certs / 'ca.pem'}); API docs at {loop.url}/docs"
         )
-        loop.start_edge("edge-1", [f"{MODEL}={model_dir}"])
+        loop.start_edge("edge-1", [f"{MODEL}={model_dir}"], ["--quantize", config.quantize])
         console.print("[bold]edge[/] edge-1 registered over REST, serving the trunk over mutual TLS")
         shards = {name: task.train[i :: len(names)] for i, name in enumerate(names)}
         for name in names:

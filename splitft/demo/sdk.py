@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 from splitft.data.stdlib_task import Example, TextTask, batches, build_stdlib_task
 from splitft.errors import InvalidArgument, NotFound
 from splitft.local.launch import EdgeProcess, LocalPki
+from splitft.model.quantize import check_available
 
 logger = logging.getLogger(__name__)
 EDGE_MODEL_NAME = "demo-model"
@@ -42,10 +43,12 @@ class DemoConfig:
     max_per_class: int = 160
     out_dir: str = "runs/demo"
     seed: int = 0
+    quantize: str = "none"  # the frozen weights on the edge and, in the SDK demo, on the device too
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise InvalidArgument("epochs and batch size must be >= 1, max length >= 8")
+        check_available(self.quantize, "cpu")
 
 
 def default_model_dir() -> Path:
@@ -78,12 +81,13 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
         [f"{EDGE_MODEL_NAME}={model_dir}"],
         log_path=str(out / "edge.log"),
         tls=pki.tls,
-        extra_args=pki.edge_args(),
+        extra_args=[*pki.edge_args(), "--quantize", config.quantize],
     )
     with edge_process as edge:
         console.print(
             f"[bold]edge[/]: process serving the trunk at {edge.address} over mutual TLS with session "
-            f"tokens (certificates in {pki.directory}, log in {out / 'edge.log'})"
+            f"tokens (certificates in {pki.directory}, log in {out / 'edge.log'}), frozen weights "
+            f"{'in fp32' if config.quantize == 'none' else 'quantized to ' + config.quantize} on both sides"
         )
         with pki.connect(edge.address, session=f"demo-{uuid.uuid4().hex[:8]}", model=EDGE_MODEL_NAME) as conn:
             torch.manual_seed(config.seed)
@@ -99,6 +103,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
                     r=8, lora_alpha=16, target_modules=["query", "key", "value", "dense"], task_type="SEQ_CLS"
                 ),
                 config_overrides={"num_labels": len(task.labels)},
+                quantize=config.quantize,
             )
             with model:
                 summary = _train_and_report(model, tokenizer, task, config, console)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,14 @@ class LocalLoop:
             raise Unavailable(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
         return response
 
-    def start_edge(self, name: str, model_args: list[str]) -> EdgeProcess:
-        edge = self.edge_process(name, model_args).start()
+    def start_edge(self, name: str, model_args: list[str], extra_args: Sequence[str] = ()) -> EdgeProcess:
+        edge = self.edge_process(name, model_args, extra_args).start()
         self.edges[name] = edge
         return edge
 
-    def edge_process(self, name: str, model_args: list[str]) -> EdgeProcess:
-        """The (unstarted) edge `start_edge` runs: registered with this loop's control plane."""
+    def edge_process(self, name: str, model_args: list[str], extra_args: Sequence[str] = ()) -> EdgeProcess:
+        """The (unstarted) edge `start_edge` runs: registered with this loop's control plane
+        (`extra_args`: more `edge serve` options, e.g. `--quantize int8`)."""
         paths = CertPaths(self.certs)
         return EdgeProcess(
             model_args,
@@ -110,7 +112,7 @@ class LocalLoop:
                 str(paths.device_cert("healthcheck")),
                 str(paths.device_key("healthcheck")),
             ),
-            extra_args=["--control-plane", self.url, "--edge-name", name, "--threads", "1"],
+            extra_args=["--control-plane", self.url, "--edge-name", name, "--threads", "1", *extra_args],
             # Not on the command line: `ps` would show it, and one starting with "-" reads as an option.
             env={"SPLITFT_EDGE_SECRET": self.edge_secret},
         )

@@ -25,6 +25,7 @@ from transformers import AutoConfig, PretrainedConfig
 from splitft.errors import InvalidArgument, NotFound
 from splitft.model.families import Family, family_for
 from splitft.model.placement import CPU_FLOAT32, ResolvedPlacement, plan_device_map, torch_device
+from splitft.model.quantize import QuantizeReport, quantize_blocks
 from splitft.model.spans import Skipped
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class LoadedSpan:
     bytes_read: int = 0  # tensor bytes read from the checkpoint
     placement: ResolvedPlacement = CPU_FLOAT32  # where the span computes and in what dtype
     device_map: dict[str, int | str] | None = None  # accelerate's map, when the blocks are spread
+    quantization: QuantizeReport | None = None  # the blocks' linear weights, when quantized
 
     @property
     def device(self) -> torch.device:
@@ -119,13 +121,17 @@ def load_span(
     init_missing: bool,
     placement: ResolvedPlacement = CPU_FLOAT32,
     config_overrides: dict[str, object] | None = None,
+    quantize: str = "none",
 ) -> LoadedSpan:
     """Build the model on meta, apply `cut`, and read only the parameters that remain, each straight
     to its device and dtype (`placement`; with a device map, the device accelerate chose for it).
 
     `init_missing`: initialise parameters the checkpoint lacks (a new classification head) instead
-    of failing; only the device, which owns the head, should allow it.
+    of failing; only the device, which owns the head, should allow it. `quantize`: a scheme of
+    `splitft.model.quantize` for the frozen linear layers of the span's blocks.
     """
+    if quantize != "none" and placement.device_map is not None:
+        raise InvalidArgument(f"--quantize {quantize} with --device-map is not supported; choose one")
     config, family = read_config(model_dir)
     root = build_meta_model(config, family, **(config_overrides or {}))
     cut(root, family)
@@ -152,7 +158,9 @@ def load_span(
     _place_buffers(root, device_map, placement.device)
     root.requires_grad_(False)
     root.eval()
-    return LoadedSpan(root, config, family, Path(model_dir), new, bytes_read, placement, device_map)
+    report = quantize_blocks(root, family, quantize)
+    span = LoadedSpan(root, config, family, Path(model_dir), new, bytes_read, placement, device_map, report)
+    return span
 
 
 def _device_map(root: nn.Module, family: Family, placement: ResolvedPlacement) -> dict[str, int | str] | None:

@@ -79,3 +79,17 @@ def test_control_benchmark_reports_latency_percentiles():
     assert report["requests"] == 10 and report["errors"] == 0
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+
+
+@pytest.mark.slow
+def test_the_sdk_demo_runs_with_quantized_frozen_weights(tmp_path):
+    """`splitft demo --sdk --quantize int8`: the edge serves its trunk in int8, the device quantizes
+    its own blocks, and the split model still learns."""
+    from splitft.cli import main
+
+    argv = ["demo", "--sdk", "--quantize", "int8", "--epochs", "2", "--max-per-class", "40"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"]
+    assert summary["accuracy_after"] > summary["accuracy_before"]
+    assert "splitft.model.quantize: quantized" in (tmp_path / "edge.log").read_text()  # the trunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,6 +14,8 @@ from splitft.bench.edge import QUICK, EdgeBenchConfig, run_edge_bench
 from splitft.bench.edge_report import markdown_table as edge_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
+from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
+from splitft.bench.quantize import markdown_table as quantize_markdown_table
 from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
 from splitft.bench.step import StepBenchConfig, run_step_bench
 from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
@@ -87,3 +90,13 @@ def methods(args: argparse.Namespace) -> int:
 def control(args: argparse.Namespace) -> int:
     """`bench control`: job-status latency of the control plane under concurrent load."""
     return _print(run_control_bench(config_from_args(ControlBenchConfig, args, db_url=args.db)))
+
+
+def quantize(args: argparse.Namespace) -> int:
+    """`bench quantize`: fp32 vs int8 vs nf4 frozen weights; --markdown prints the table."""
+    config = config_from_args(QuantizeBenchConfig, args, schemes=tuple(args.schemes))
+    report = run_quantize_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(quantize_markdown_table(json.loads(report)) if args.markdown else report)

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
         head_layers=args.head_layers,
         codec=args.codec,
         max_per_class=args.max_per_class,
+        quantize=args.quantize,
     )
     if args.sdk:
         run_demo(DemoConfig(**common))

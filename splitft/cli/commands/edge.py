@@ -17,6 +17,7 @@ from edge_server.registry import ModelRegistry
 from splitft.cli.edge import LIMIT_FLAGS
 from splitft.errors import InvalidArgument
 from splitft.model.placement import Placement
+from splitft.model.quantize import check_available
 from splitft.security.trust import read_ca_file
 
 
@@ -40,11 +41,14 @@ def serve(args: argparse.Namespace) -> int:
         batch_window_ms=args.batch_window_ms,
         memory_limit=args.memory_limit,
         placement=Placement(args.device, args.dtype, args.device_map, args.max_memory),
+        quantize=args.quantize,
         limits=DataPlaneLimits(
             **{name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
         ),
     )
-    registry = ModelRegistry.from_dirs(config.model_dirs, config.placement.resolve())
+    placement = config.placement.resolve()  # before loading any model: what this machine lacks is refused
+    check_available(config.quantize, placement.device)
+    registry = ModelRegistry.from_dirs(config.model_dirs, placement, config.quantize)
     memory = build_accountant(registry, config.memory_limit)
     link = _register_edge(args, config, registry, memory) if args.control_plane else None
     server = EdgeServer(config, registry, memory)

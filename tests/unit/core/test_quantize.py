@@ -1,0 +1,128 @@
+"""Quantized frozen spans (splitft.model.quantize): which schemes run where, what they store, and that
+LoRA trains on them while the gradient reaches the span's input, as the edge needs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model
+from peft.tuners.lora.torchao import TorchaoLoraLinear
+
+from splitft.errors import InvalidArgument
+from splitft.model.loading import device_view, edge_view, load_span
+from splitft.model.quantize import (
+    Int8Linear,
+    availability,
+    available_schemes,
+    check_available,
+    check_quantize,
+    compute_dtype,
+    is_quantized,
+    storage_pointers,
+    weight_bytes,
+)
+from splitft.model.schemes import QUANTIZE_SCHEMES
+from splitft.model.spans import Skipped
+from splitft.testing.tiny import lora_config_for, save_tiny_model
+
+HIDDEN = 64
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return save_tiny_model("llama", tmp_path_factory.mktemp("q") / "llama", hidden=HIDDEN)
+
+
+def _trunk(tiny, scheme: str):
+    return load_span(tiny.path, lambda r, f: edge_view(r, f, 1, 4), init_missing=False, quantize=scheme)
+
+
+def test_every_scheme_runs_on_this_cpu():
+    assert available_schemes("cpu") == list(QUANTIZE_SCHEMES)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+def test_a_platform_without_the_scheme_is_refused_naming_what_is_available(scheme):
+    ok, reason = availability(scheme, "mps")
+    assert not ok and "cpu and cuda" in reason
+    refused = rf"--quantize {scheme} is not available on mps.*available here: none"
+    with pytest.raises(InvalidArgument, match=refused):
+        check_available(scheme, "mps")
+    if not torch.cuda.is_available():  # this machine: the library is installed, CUDA is not
+        with pytest.raises(InvalidArgument, match="CUDA is not available here; available here: none"):
+            check_available(scheme, "cuda")
+
+
+def test_unknown_schemes_and_selection_methods_are_refused():
+    with pytest.raises(InvalidArgument, match="unknown quantization 'int4'; known: none, int8, nf4"):
+        check_available("int4", "cpu")
+    with pytest.raises(InvalidArgument, match="cannot be combined with a selection method"):
+        check_quantize("int8", selection=True)
+    check_quantize("none", selection=True)
+
+
+@pytest.mark.parametrize(("scheme", "most"), [("int8", 0.3), ("nf4", 0.2)])
+def test_block_weights_shrink_and_nothing_else_changes(llama, scheme, most):
+    plain, quantized = _trunk(llama, "none"), _trunk(llama, scheme)
+    report = quantized.quantization
+    assert plain.quantization is None and report is not None
+    assert report.layers == 3 * 7  # blocks 1..3, 7 projections each
+    assert report.bytes_before == weight_bytes(plain.root) - weight_bytes(plain.root.model.rotary_emb)
+    assert report.bytes_after <= most * report.bytes_before
+    assert weight_bytes(quantized.root) < most * weight_bytes(plain.root) + 4096  # norms: a few KB
+    assert compute_dtype(quantized.root) == torch.float32
+    layer = quantized.root.model.layers[1]
+    assert torch.equal(layer.input_layernorm.weight, plain.root.model.layers[1].input_layernorm.weight)
+
+
+def test_a_device_span_keeps_embeddings_and_head_unquantized(llama):
+    def cut(root, family):
+        device_view(root, family, 1, 3, Skipped("trunk"))
+
+    plain = load_span(llama.path, cut, init_missing=True)
+    span = load_span(llama.path, cut, init_missing=True, quantize="int8")
+    assert span.quantization is not None and span.quantization.layers == 2 * 7  # blocks 0 and 3
+    assert isinstance(span.root.model.layers[0].mlp.down_proj, Int8Linear)
+    assert torch.equal(span.root.lm_head.weight, plain.root.lm_head.weight)
+    assert torch.equal(span.root.model.embed_tokens.weight, plain.root.model.embed_tokens.weight)
+
+
+def test_gpt2_blocks_have_no_linear_layers_to_quantize(tmp_path):
+    gpt2 = save_tiny_model("gpt2", tmp_path / "gpt2")
+    with pytest.raises(InvalidArgument, match="no nn.Linear layers to quantize"):
+        load_span(gpt2.path, lambda r, f: edge_view(r, f, 1, 4), init_missing=False, quantize="nf4")
+
+
+def _train_forward(span, lora: bool, seed: int = 0):
+    """The edge's work: LoRA on the trunk, a forward, a backward to the input activations."""
+    root = get_peft_model(span.root, lora_config_for("llama")).get_base_model() if lora else span.root
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 10, HIDDEN, generator=generator, requires_grad=True)
+    saved: list[int] = []  # bytes autograd keeps for the backward, the parameters not counted
+    params = {ptr for p in root.parameters() for ptr in storage_pointers(p)}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not is_quantized(tensor) and tensor.untyped_storage().data_ptr() not in params:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = span.family.run_trunk(root, hidden, None, None, 1, 4)
+    out.pow(2).mean().backward()
+    grads = [p.grad for n, p in root.named_parameters() if "lora_B" in n]
+    return out.detach(), hidden.grad, grads, sum(saved), root
+
+
+@pytest.mark.parametrize(("scheme", "tolerance"), [("int8", 0.01), ("nf4", 0.05)])
+def test_lora_trains_on_quantized_blocks_and_the_input_gradient_flows(llama, scheme, tolerance):
+    out, grad, _, saved, _ = _train_forward(_trunk(llama, "none"), lora=True)
+    q_out, q_grad, lora_grads, q_saved, root = _train_forward(_trunk(llama, scheme), lora=True)
+    assert (q_out - out).norm() / out.norm() < tolerance
+    assert q_grad is not None and (q_grad - grad).norm() / grad.norm() < 2 * tolerance
+    assert lora_grads and all(g is not None for g in lora_grads)
+    # lora_B starts at zero, so its gradient is what the quantized layers passed back.
+    assert all(float(g.abs().sum()) > 0 for g in lora_grads)
+    if scheme == "int8":
+        assert isinstance(root.model.layers[1].self_attn.q_proj, TorchaoLoraLinear)
+    # The graph keeps no unquantized copy of a weight: what the same forward keeps in fp32.
+    assert q_saved == saved
