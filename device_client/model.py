@@ -65,6 +65,17 @@ class SplitStats:
     forwards: int  # trunk forwards (training and inference)
 
 
+def _device_placement(
+    device: str, dtype: str, quantize: str, selection: SelectionConfig | None
+) -> ResolvedPlacement:
+    """Where the device's spans run, checked against this machine and what trains; the CUDA
+    autograd claim is released when the model closes."""
+    placement = Placement(device, dtype).resolve()
+    check_quantize(quantize, selection=selection is not None, device=placement.device)
+    claim_cuda_autograd("device", placement.device)
+    return placement
+
+
 class SplitModel(nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
 
@@ -128,7 +139,6 @@ class SplitModel(nn.Module):
 
         `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
         adapter (default: from torch's global RNG). `config_overrides`: device-side config fields.
-
         `codec`: one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per
         direction, e.g. `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`).
         `stream=False`: one unary call per tensor instead of the session's `Train` stream.
@@ -136,20 +146,18 @@ class SplitModel(nn.Module):
         graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
 
         `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
-        "float16") place the device's spans (adapters stay float32); the wire carries the codec's
-        format, cast on arrival by each side. Pass inputs on the same device.
+        "float16") place the device's spans (adapters stay float32; inputs on the same device; each
+        side casts what arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen
+        linear weights, quantized (`splitft.model.quantize`; LoRA only).
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas. `quantize` ("none", "int8", "nf4"):
-        the device blocks' frozen linear weights, quantized (`splitft.model.quantize`; LoRA only).
+        selected entries of both sides train, as sparse deltas.
         """
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
-        placement = Placement(device, dtype).resolve()  # refused before a session opens
-        check_quantize(quantize, selection=selection is not None, device=placement.device)
-        claim_cuda_autograd("device", placement.device)
+        placement = _device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)

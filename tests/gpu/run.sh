@@ -2,7 +2,8 @@
 # The GPU check (issue 15): run on a machine with a CUDA GPU and PyTorch, from the repository root.
 # Not part of `make test` (CI has no GPU). Wheels the machine lacks may be put in .whl/ beforehand.
 #   bash tests/gpu/run.sh [OUT_DIR]
-# Writes OUT_DIR/{env.txt,pytest.log,step_fp32.json,step_bf16.json,quantize.json}.
+# Writes OUT_DIR/{env.txt,pytest.log,step_float32.json,step_bfloat16.json}. On an H200 the four
+# edge processes of each bench step take 15-25 s each to start: give each bench 150 s or more.
 set -uo pipefail
 out="${1:-${OUT:-gpu-out}}"
 mkdir -p "$out"
@@ -21,15 +22,13 @@ print("transformers", transformers.__version__, "peft", peft.__version__, "accel
 PY
 cd - >/dev/null
 cat "$out/env.txt"
-timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest -q -rA -s -p no:cacheprovider \
+timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest -q -rA -s -p no:cacheprovider --timeout 90 \
   tests/system/test_accelerator.py tests/system/test_placement.py tests/unit/core/test_placement.py \
   tests/system/test_equivalence.py ${EXTRA_TESTS:-} 2>&1 | tee "$out/pytest.log" | grep -E "cuda equivalence|passed|failed|error|PASSED|FAILED|ERROR" | tail -40
 for dtype in float32 bfloat16; do
-  timeout "${BENCH_TIMEOUT:-120}" python3 -m splitft.cli bench step --device cuda --dtype "$dtype" --layers 8 \
+  timeout "${BENCH_TIMEOUT:-200}" python3 -m splitft.cli bench step --device cuda --dtype "$dtype" --layers 8 \
     --hidden 1024 --batch 8 --tokens 256 --repeats 6 >"$out/step_${dtype}.json" 2>"$out/step_${dtype}.err"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], {k: v['median'] for k, v in d['step_seconds'].items()})" "$out/step_${dtype}.json" || tail -5 "$out/step_${dtype}.err"
 done
-if python3 -m splitft.cli bench quantize --help >/dev/null 2>&1; then
-  timeout "${BENCH_TIMEOUT:-120}" python3 -m splitft.cli bench quantize --device cuda ${QUANTIZE_ARGS:-} >"$out/quantize.json" 2>"$out/quantize.err"
-  tail -c 3000 "$out/quantize.json"
-fi
+# Not yet here: `bench quantize` has no --device (it measures on the CPU), and torchao/bitsandbytes
+# wheels for the GPU machine's torch would have to be carried in .whl/ for the quantized tests.
