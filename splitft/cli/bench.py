@@ -1,4 +1,4 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize`: the benchmarks
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated`: the benchmarks
 (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
@@ -19,7 +19,7 @@ METHODS = ["lora", "taskedge", "tinytrain", "head_only"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the `bench` group and its nine benchmarks to the top-level `commands`."""
+    """Add the `bench` group and its benchmarks to the top-level `commands`."""
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
         dest="bench_command", required=True
     )
@@ -30,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_methods(bench)
     _register_control(bench)
     _register_quantize(bench)
+    _register_federated(bench)
 
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
@@ -170,3 +171,27 @@ def _register_quantize(bench: argparse._SubParsersAction) -> None:
     quantize.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     quantize.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(quantize, "bench:quantize")
+
+
+def _register_federated(bench: argparse._SubParsersAction) -> None:
+    fed = bench.add_parser(
+        "federated",
+        help="non-IID demo task over N devices: independent vs FedAvg vs AirComp vs centralized (JSON)",
+    )
+    # None: the full run's value, or --quick's (splitft.bench.federated.QUICK).
+    fed.add_argument("--devices", type=int, default=None, help="default 4")
+    fed.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha of the shards (default 0.5)")
+    fed.add_argument("--rounds", type=int, default=None, help="default 5")
+    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 6)")
+    fed.add_argument("--batch-size", type=int, default=None, help="default 8")
+    fed.add_argument("--max-length", type=int, default=None, help="tokens per text (default 64)")
+    fed.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (default 160)")
+    fed.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 2)")
+    fed.add_argument("--snr-db", type=float, nargs="+", default=None, help="AirComp SNRs (default 0 10 20)")
+    fed.add_argument(
+        "--threads", type=int, default=None, help="torch threads here and in the edge (default 1)"
+    )
+    fed.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, 1 seed, 20 dB")
+    fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    fed.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    handled_by(fed, "bench:federated")

@@ -20,6 +20,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="one device driving the SDK directly (no control plane), with a per-step progress bar",
     )
     demo.add_argument("--devices", type=int, default=3, help="device agents in the whole-loop demo")
+    demo.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="whole loop: Dirichlet alpha of the devices' class shares (non-IID; small is more skewed)",
+    )
+    demo.add_argument(
+        "--no-federated",
+        dest="federated",
+        action="store_false",
+        help="whole loop: skip the federated job that follows the independent one",
+    )
+    demo.add_argument("--rounds", type=int, default=3, help="federated job: rounds")
+    demo.add_argument("--local-steps", type=int, default=6, help="federated job: steps per device and round")
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--max-length", type=int, default=64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -135,8 +136,11 @@ class LocalLoop:
         return path
 
     def start_agent(
-        self, credential: Path, data: Path, model_arg: str, *, max_sessions: int = 1
+        self, credential: Path, data: Path, model_arg: str, *, max_sessions: int = 1, threads: int = 1
     ) -> subprocess.Popen:
+        """A device agent process; `threads` torch threads (the edge runs with one too): several
+        agents with torch's default each oversubscribe a small machine, and OpenMP's busy waiting
+        then slows every step many times over (the demo's 3 agents took 20 s a step on 2 cores)."""
         name = credential.stem
         cmd = [
             sys.executable,
@@ -158,7 +162,8 @@ class LocalLoop:
             str(self.root / "records" / name),
         ]
         log = open(self.root / f"agent-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(cmd, stdout=log, stderr=log)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        process = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
         self.agents.append(process)
         return process
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
 from peft import PeftModel
+from rich.console import Console
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from splitft.bench.step import StepBenchConfig, run_step_bench
+from splitft.data.shards import dirichlet_shards, shard_histogram
 from splitft.data.stdlib_task import build_stdlib_task
+from splitft.demo.loop import LoopDemoConfig, run_loop_demo
 from splitft.demo.sdk import DemoConfig, default_model_dir, run_demo
 
 
@@ -36,6 +40,42 @@ def test_demo_learns_and_saves_a_loadable_adapter(tmp_path):
         predictions = model(**enc).logits.argmax(-1)
     accuracy = (predictions == torch.tensor([e.label for e in task.heldout])).float().mean().item()
     assert accuracy == pytest.approx(summary["accuracy_after"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_whole_loop_demo_runs_a_federated_job_after_the_independent_one(tmp_path):
+    config = LoopDemoConfig(
+        epochs=1,
+        max_per_class=24,
+        batch_size=8,
+        max_length=32,
+        rounds=2,
+        local_steps=2,
+        out_dir=str(tmp_path),
+    )
+    printed = io.StringIO()
+    summary = run_loop_demo(config, Console(file=printed, width=200))
+    assert summary["state"] == "succeeded" and summary["devices"] == 3
+    per_device = summary["per_device"]
+    task = build_stdlib_task(max_per_class=24)
+    labels = [e.label for e in task.train]
+    shards = dirichlet_shards(labels, 3, 0.5, 0)  # the demo's split: non-IID, seeded
+    assert [row["per_class"] for row in per_device.values()] == shard_histogram(labels, shards)
+    fed = summary["federated"]
+    assert fed["state"] == "succeeded" and 0 <= fed["accuracy"] <= 1
+    assert [(r["number"], r["state"], len(r["participants"])) for r in fed["rounds"]] == [
+        (0, "aggregated", 3),
+        (1, "aggregated", 3),
+    ]
+    assert json.loads((tmp_path / "summary.json").read_text())["federated"]["job_id"] == fed["job_id"]
+    text = printed.getvalue()
+    assert "global adapter (federated job)" in text and "own adapter (independent job)" in text
+    assert f"{fed['accuracy']:.1%}" in text and "round 1: aggregated, 3 devices" in text
+    # The global adapter is plain peft: it loads on the whole model.
+    base = BertForSequenceClassification.from_pretrained(
+        str(default_model_dir()), num_labels=len(task.labels)
+    )
+    PeftModel.from_pretrained(base, fed["adapter"])
 
 
 @pytest.mark.slow

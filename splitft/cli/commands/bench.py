@@ -12,6 +12,9 @@ from splitft.bench.control import ControlBenchConfig, run_control_bench
 from splitft.bench.converge import DEFAULT_CONVERGE_CODECS, ConvergeBenchConfig, run_converge_bench
 from splitft.bench.edge import QUICK, EdgeBenchConfig, run_edge_bench
 from splitft.bench.edge_report import markdown_table as edge_markdown_table
+from splitft.bench.federated import QUICK as FEDERATED_QUICK
+from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
+from splitft.bench.federated_report import markdown_table as federated_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
@@ -72,6 +75,13 @@ def edge_config(args: argparse.Namespace) -> EdgeBenchConfig:
     return EdgeBenchConfig(**{f.name: given.get(f.name, preset.get(f.name, f.default)) for f in fields})
 
 
+def _preset_config(cls: type[T], args: argparse.Namespace, preset: dict[str, Any]) -> T:
+    """A config from the options given, else `preset`'s value (a `--quick`), else the default."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    fields = [f for f in dataclasses.fields(cls) if f.name in given or f.name in preset]
+    return cls(**{f.name: given.get(f.name, preset.get(f.name)) for f in fields})
+
+
 def edge(args: argparse.Namespace) -> int:
     """`bench edge`: the edge's capacity with N synthetic devices, batching on vs off."""
     report = run_edge_bench(edge_config(args))
@@ -100,3 +110,13 @@ def quantize(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(quantize_markdown_table(json.loads(report)) if args.markdown else report)
+
+
+def federated(args: argparse.Namespace) -> int:
+    """`bench federated`: independent vs FedAvg vs AirComp vs centralized on non-IID shards."""
+    config = _preset_config(FederatedBenchConfig, args, FEDERATED_QUICK if args.quick else {})
+    report = run_federated_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(federated_markdown_table(report) if args.markdown else report)

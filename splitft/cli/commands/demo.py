@@ -26,5 +26,13 @@ def run(args: argparse.Namespace) -> int:
     if args.sdk:
         run_demo(DemoConfig(**common))
     else:
-        run_loop_demo(LoopDemoConfig(**common, devices=args.devices))
+        loop = LoopDemoConfig(
+            **common,
+            devices=args.devices,
+            alpha=args.alpha,
+            federated=args.federated,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+        )
+        run_loop_demo(loop)
     return 0

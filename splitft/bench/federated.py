@@ -1,0 +1,192 @@
+"""`splitft bench federated`: does cooperation pay on non-IID data? Side by side in one run, on the
+demo's task and model (all-MiniLM-L6-v2 split k=2, j=1, LoRA r=8 on both sides) over ONE local edge
+process, with the training data split across `devices` by Dirichlet(alpha) class shares:
+
+* independent: each device trains its own adapter on its own shard (mean and worst device);
+* FedAvg: `rounds` rounds; each round every device builds a split model, loads the global adapter
+  (`SplitModel.load_adapter`), trains `local_steps` steps, saves its adapter (`save_adapter`), and
+  the bench averages the state dicts by example count (`splitft.federated.fedavg`);
+* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated by
+  `splitft.federated.aircomp_round`, each with its own trajectory;
+* centralized: one device with all the training data, as many optimizer steps as all the devices
+  together (`devices * rounds * local_steps`: the same compute and examples seen as FedAvg), and, for
+  reference, as many as one device (`rounds * local_steps`).
+
+Every device takes the same number of optimizer steps, `rounds * local_steps`, in every variant,
+and sees the same batches in the same order (its own data stream); every variant starts from one
+common initial adapter. The whole adapter (device and trunk parts) is aggregated: the job mode's
+`trunk_adapter: "averaged"`. `"shared"` (one trunk adapter stepped by all sessions) does not exist
+yet, so the report says so instead of giving a number. Repeated over `seeds` seeds (shards,
+initialisation, data order and channel all follow the seed), variants in alternating order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from splitft.bench.common import torch_threads
+from splitft.bench.federated_report import summarize
+from splitft.bench.federated_rounds import Rounds, Shard, run_rounds
+from splitft.bench.federated_train import (
+    EDGE_MODEL,
+    Encoder,
+    Evaluator,
+    Split,
+    initial_adapter,
+    stream,
+    train_local,
+)
+from splitft.data.shards import dirichlet_shards, shard_histogram
+from splitft.data.stdlib_task import TextTask, build_stdlib_task
+from splitft.demo.sdk import default_model_dir
+from splitft.errors import InvalidArgument
+from splitft.local.launch import EdgeProcess
+
+logger = logging.getLogger(__name__)
+
+QUICK: dict[str, Any] = dict(
+    rounds=2, local_steps=2, batch_size=4, max_length=32, max_per_class=24, seeds=1, snr_db=(20.0,)
+)
+
+
+@dataclass
+class FederatedBenchConfig:
+    devices: int = 4
+    alpha: float = 0.5  # Dirichlet concentration of the devices' class shares
+    rounds: int = 5
+    local_steps: int = 6  # optimizer steps per device and round
+    batch_size: int = 8
+    max_length: int = 64
+    max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
+    lr: float = 2e-3  # AdamW, constant, fresh each round (as a device agent starts each round)
+    seeds: int = 2  # seeds 0 .. seeds-1
+    snr_db: tuple[float, ...] = (0.0, 10.0, 20.0)
+    threads: int = 1  # torch threads here and in the edge process
+    model_dir: str | None = None  # None: the packaged all-MiniLM-L6-v2
+
+    def __post_init__(self) -> None:
+        self.snr_db = tuple(float(s) for s in self.snr_db)
+        if min(self.devices, self.rounds, self.local_steps, self.batch_size, self.seeds, self.threads) < 1:
+            raise InvalidArgument("devices, rounds, local_steps, batch_size, seeds and threads must be >= 1")
+        if self.max_length < 8 or self.max_per_class < 2:
+            raise InvalidArgument("max_length must be >= 8 and max_per_class >= 2")
+        if not (self.alpha > 0 and self.lr > 0):
+            raise InvalidArgument("alpha and lr must be > 0")
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per device in every variant."""
+        return self.rounds * self.local_steps
+
+
+def run_federated_bench(config: FederatedBenchConfig) -> str:
+    """Run the benchmark and return its JSON report."""
+    started, load_before = time.perf_counter(), _load()
+    model_dir = Path(config.model_dir or default_model_dir())
+    task = build_stdlib_task(max_per_class=config.max_per_class)
+    encode = Encoder(model_dir, config.max_length)
+    runs = []
+    with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-fed-") as tmp:
+        edge_args = [f"{EDGE_MODEL}={model_dir}"]
+        with EdgeProcess(edge_args, threads=config.threads, log_path=str(Path(tmp) / "edge.log")) as edge:
+            split = Split(model_dir, edge.address, task.num_labels, config.lr)
+            for seed in range(config.seeds):
+                logger.info("bench federated: seed %d of %d", seed + 1, config.seeds)
+                runs.append(_run_seed(config, split, task, encode, seed, Path(tmp) / f"seed-{seed}"))
+    report = {
+        "benchmark": "federated",
+        "config": asdict(config),
+        "steps_per_device": config.steps,
+        "load_average": {"before": load_before, "after": _load(), "cpus": os.cpu_count()},
+        "seeds": runs,
+        **summarize(runs, config),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return json.dumps(report, indent=2)
+
+
+def _load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what `uptime` prints), to label the figures."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _variants(config: FederatedBenchConfig, seed: int) -> list[str]:
+    names = ["independent", "fedavg", *[f"aircomp_{s:g}db" for s in config.snr_db], "centralized"]
+    return names if seed % 2 == 0 else names[::-1]  # alternating order over seeds
+
+
+def _run_seed(
+    config: FederatedBenchConfig, split: Split, task: TextTask, encode: Encoder, seed: int, tmp: Path
+) -> dict[str, Any]:
+    labels = [e.label for e in task.train]
+    indices = dirichlet_shards(labels, config.devices, config.alpha, seed)
+    shards = [
+        Shard(len(ix), stream([task.train[i] for i in ix], config.batch_size, seed * 100 + k, encode, steps))
+        for k, ix in enumerate(indices)
+        for steps in [config.steps]
+    ]
+    start = initial_adapter(split, tmp / "initial", seed)
+    evaluator = Evaluator(split, start, task.heldout, encode)
+    results: dict[str, Any] = {}
+    for name in _variants(config, seed):
+        began = time.perf_counter()
+        if name == "independent":
+            results[name] = _independent(split, start, shards, evaluator, tmp / name, seed)
+        elif name == "centralized":
+            results[name] = _centralized(config, split, start, task, encode, evaluator, tmp / name, seed)
+        else:
+            snr = None if name == "fedavg" else float(name.split("_")[1][:-2])
+            plan = Rounds(config.rounds, config.local_steps, snr, seed)
+            results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
+        results[name]["seconds"] = round(time.perf_counter() - began, 1)
+    return {
+        "seed": seed,
+        "order": _variants(config, seed),
+        "shards": [dict(sorted(h.items())) for h in shard_histogram(labels, indices)],
+        "initial_accuracy": round(evaluator.accuracy(start), 4),
+        "results": results,
+    }
+
+
+def _independent(
+    split: Split, start: Path, shards: list[Shard], evaluator: Evaluator, out: Path, seed: int
+) -> dict[str, Any]:
+    """Each device alone: all its steps on its own data, from the common initial adapter."""
+    accuracies = []
+    for k, shard in enumerate(shards):
+        run = train_local(split, start, shard.batches, out / f"device-{k}", seed * 100 + k)
+        accuracies.append(round(evaluator.accuracy(run.adapter), 4))
+    return {
+        "per_device": accuracies,
+        "mean": round(sum(accuracies) / len(accuracies), 4),
+        "worst": min(accuracies),
+    }
+
+
+def _centralized(
+    config: FederatedBenchConfig,
+    split: Split,
+    start: Path,
+    task: TextTask,
+    encode: Encoder,
+    evaluator: Evaluator,
+    out: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """One device with all the training data: as many steps as all devices together, and as one."""
+    everything = stream(task.train, config.batch_size, seed * 100 + 99, encode, config.devices * config.steps)
+    total = train_local(split, start, everything, out / "all-steps", seed * 100 + 99)
+    one = train_local(split, start, everything[: config.steps], out / "one-device-steps", seed * 100 + 99)
+    return {
+        "accuracy": round(evaluator.accuracy(total.adapter), 4),
+        "steps": len(everything),
+        "accuracy_one_device_steps": round(evaluator.accuracy(one.adapter), 4),
+        "one_device_steps": config.steps,
+    }

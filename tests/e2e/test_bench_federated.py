@@ -1,0 +1,48 @@
+"""`splitft bench federated --quick` end to end: one real edge process, four devices on Dirichlet
+shards of the demo task, every variant side by side, and a report whose figures hang together."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from splitft.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_bench_federated_quick_reports_every_variant_and_the_targets(tmp_path, capsys) -> None:
+    out = tmp_path / "report.json"
+    assert main(["bench", "federated", "--quick", "--json", str(out), "--markdown"]) == 0
+    markdown = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    config = report["config"]
+    assert (config["devices"], config["alpha"], config["rounds"], config["local_steps"]) == (4, 0.5, 2, 2)
+    assert report["steps_per_device"] == 4 and config["snr_db"] == [20.0]
+    (run,) = report["seeds"]
+    assert run["order"] == ["independent", "fedavg", "aircomp_20db", "centralized"]
+    assert len(run["shards"]) == 4 and all(run["shards"])
+    results = run["results"]
+    independent = results["independent"]
+    assert len(independent["per_device"]) == 4 and independent["worst"] == min(independent["per_device"])
+    assert results["centralized"]["steps"] == 4 * 4 and results["centralized"]["one_device_steps"] == 4
+    for name in ("fedavg", "aircomp_20db"):
+        rounds = results[name]["rounds"]
+        assert [r["round"] for r in rounds] == [0, 1]
+        assert all(r["adapter_bytes_up"] > 0 and r["wire_bytes"] > 0 for r in rounds)
+        assert rounds[0]["adapter_bytes_down"] == 0 < rounds[1]["adapter_bytes_down"]
+    assert all(0 <= r["relative_error"] for r in results["aircomp_20db"]["rounds"] if r["participants"])
+    accuracy = report["accuracy_points"]
+    assert accuracy["fedavg"]["mean"] == pytest.approx(100 * results["fedavg"]["accuracy"])
+    assert accuracy["independent_mean"]["mean"] == pytest.approx(100 * independent["mean"])
+    assert [t["target"] for t in report["targets"]] == [
+        "fedavg - independent_mean >= 5 points",
+        "centralized - fedavg <= 3 points",
+        "|fedavg - aircomp_20db| <= 1 point",
+    ]
+    gain = report["targets"][0]
+    assert gain["met"] == (gain["value"] >= 5.0)
+    assert report["trunk_adapter"]["shared"].startswith("not available")
+    assert "| fedavg |" in markdown and "trunk_adapter shared | not available" in markdown
+    assert "load average" in markdown

@@ -1,0 +1,65 @@
+"""`bench federated`'s config checks and report arithmetic, on hand-made runs (the e2e test runs the
+real thing): spread over seeds in points, targets met or not from the means, bytes per round."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from splitft.bench.federated import QUICK, FederatedBenchConfig
+from splitft.bench.federated_report import markdown_table, summarize
+from splitft.errors import InvalidArgument
+
+
+def _round(number: int) -> dict:
+    return {"round": number, "adapter_bytes_up": 400, "adapter_bytes_down": 0 if number == 0 else 404,
+            "wire_bytes": 1000 + number, "mean_last_loss": 1.0}  # fmt: skip
+
+
+def _run(seed: int, fedavg: float, aircomp: float) -> dict:
+    return {
+        "seed": seed,
+        "initial_accuracy": 0.25,
+        "results": {
+            "independent": {"per_device": [0.5, 0.7], "mean": 0.6, "worst": 0.5},
+            "fedavg": {"accuracy": fedavg, "rounds": [_round(0), _round(1)]},
+            "aircomp_20db": {"accuracy": aircomp, "rounds": [_round(0), _round(1)]},
+            "centralized": {"accuracy": 0.8, "accuracy_one_device_steps": 0.7},
+        },
+    }
+
+
+def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() -> None:
+    runs = [_run(0, 0.70, 0.69), _run(1, 0.76, 0.76)]
+    summary = summarize(runs, FederatedBenchConfig(devices=2))
+    accuracy = summary["accuracy_points"]
+    assert accuracy["fedavg"] == {"mean": 73.0, "min": 70.0, "max": 76.0}
+    assert accuracy["independent_worst"]["mean"] == 50.0 and accuracy["initial"]["mean"] == 25.0
+    targets = {t["target"]: (t["value"], t["met"]) for t in summary["targets"]}
+    assert targets == {
+        "fedavg - independent_mean >= 5 points": (13.0, True),
+        "centralized - fedavg <= 3 points": (7.0, False),
+        "|fedavg - aircomp_20db| <= 1 point": (0.5, True),
+    }
+    assert summary["bytes_per_round"] == {
+        "adapter_bytes_up": 400, "adapter_bytes_down": 404, "wire_bytes_training": 1000, "devices": 2,
+    }  # fmt: skip
+    assert summary["trunk_adapter"]["shared"].startswith("not available")
+    report = {
+        "config": {"devices": 2, "alpha": 0.5, "rounds": 2, "local_steps": 3, "batch_size": 8,
+                   "max_length": 64, "seeds": 2},
+        "steps_per_device": 6, "load_average": {"before": [1, 2, 3], "after": [1, 2, 3], "cpus": 2},
+        "seconds": 1.0, **summary,
+    }  # fmt: skip
+    table = markdown_table(json.dumps(report))
+    assert "| fedavg | 73.0% | 70.0% | 76.0% |" in table
+    assert "| centralized - fedavg <= 3 points | 7.00 | no |" in table
+
+
+def test_the_config_refuses_nonsense_and_quick_is_a_valid_config() -> None:
+    assert FederatedBenchConfig(**QUICK).steps == 4
+    assert FederatedBenchConfig().steps == 30
+    for bad in ({"devices": 0}, {"alpha": 0.0}, {"max_length": 4}, {"seeds": 0}, {"lr": -1.0}):
+        with pytest.raises(InvalidArgument):
+            FederatedBenchConfig(**bad)
