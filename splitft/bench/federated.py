@@ -60,10 +60,10 @@ QUICK: dict[str, Any] = dict(
 class FederatedBenchConfig:
     devices: int = 4
     alpha: float = 0.5  # Dirichlet concentration of the devices' class shares
-    rounds: int = 5
-    local_steps: int = 6  # optimizer steps per device and round
+    rounds: int = 3
+    local_steps: int = 5  # optimizer steps per device and round
     batch_size: int = 8
-    max_length: int = 64
+    max_length: int = 48
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
     lr: float = 2e-3  # AdamW, constant, fresh each round (as a device agent starts each round)
     seeds: int = 2  # seeds 0 .. seeds-1
