@@ -1,4 +1,5 @@
-"""Start a split model from a saved whole-model adapter: the device's keys here, the trunk's to the edge.
+"""Start a split model from a saved whole-model adapter: the device's keys here, the trunk's to the
+edge (and write one: `save_peft_adapter`).
 
 A federated round starts every device from the round before's global adapter, and a resumed session
 from its checkpoint; both are one standard peft adapter for the whole model (what `save_adapter`
@@ -8,16 +9,23 @@ writes), whose keys are cut by block: keys inside the session's trunk blocks go 
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from device_client.adapter_check import split_key
+from device_client.trunk import RemoteTrunk
 from splitft.errors import InvalidArgument, NotFound
+from splitft.model.adapter_state import check_adapter_state, load_adapter_state
 from splitft.model.spans import SplitSpec
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -59,3 +67,43 @@ def check_same_lora(saved: dict, live: object) -> None:
     live_targets = getattr(live, "target_modules", None)
     if targets is not None and live_targets is not None and set(targets) != set(live_targets):
         raise InvalidArgument(f"the adapter targets {sorted(targets)}, this model {sorted(live_targets)}")
+
+
+def load_whole_adapter(
+    peft_model: PeftModel,
+    trunk: RemoteTrunk,
+    source: str | Path | Mapping[str, torch.Tensor],
+    blocks_path: str,
+    spec: SplitSpec,
+) -> None:
+    """`SplitModel.load_adapter`: the device's keys of `source` (a directory `save_adapter` wrote, or
+    its state dict) into `peft_model`, the trunk's to the edge, every key checked first."""
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        state, saved_config = read_adapter(source)
+        check_same_lora(saved_config, peft_model.peft_config["default"])
+    device_state, trunk_state = split_adapter(state, blocks_path, spec)
+    if trunk_state and not trunk.trainable:
+        raise InvalidArgument("the adapter has trunk keys but this session trains no trunk adapter")
+    what = "device's adapter"  # checked before the edge loads, so a refusal changes neither side
+    check_adapter_state(device_state, get_peft_model_state_dict(peft_model), what=what)
+    if trunk.trainable:
+        trunk.load_adapter(trunk_state)
+    load_adapter_state(peft_model, device_state, what=what)
+
+
+def save_peft_adapter(
+    peft_model: PeftModel, state: Mapping[str, torch.Tensor], model_dir: str | Path, out: Path
+) -> Path:
+    """`SplitModel.save_adapter` for LoRA: the whole model's `state` as ONE standard peft adapter
+    (adapter_config.json + adapter_model.safetensors) in `out`."""
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.base_model_name_or_path = str(model_dir)
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"}
+    )
+    logger.info("saved adapter with %d tensors to %s", len(state), out)
+    return out

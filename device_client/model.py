@@ -6,7 +6,6 @@ trunk blocks[k:L-j] run on an edge server. Raw inputs and labels never leave the
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,16 +14,18 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import save_file
 from torch import nn
 
 from device_client.adapter_check import check_trunk_adapter
-from device_client.adapter_load import check_same_lora, read_adapter, split_adapter
+from device_client.adapter_load import load_whole_adapter, save_peft_adapter
 from device_client.autograd import ForwardContext, TrunkEntry
+from device_client.checkpoint import Checkpointer, ResumeInfo, Scheduler, write_model_checkpoint
 from device_client.connection import EdgeConnection
 from device_client.opening import (
+    OpenedWith,
     SelectionConfig,
     device_lora_config,
+    device_placement,
     num_layers_of,
     open_session_request,
     resolve_method,
@@ -32,6 +33,7 @@ from device_client.opening import (
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
+from device_client.resume import resume
 from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
@@ -40,21 +42,15 @@ from splitft.methods.port import SplitView
 from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
-from splitft.model.adapter_state import check_adapter_state, load_adapter_state
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan, device_view, load_span, read_config
 from splitft.model.placement import (
     CPU_FLOAT32,
-    Placement,
     ResolvedPlacement,
-    claim_cuda_autograd,
     release_cuda_autograd,
 )
-from splitft.model.quantize import check_quantize
 from splitft.model.spans import SplitSpec
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -63,17 +59,6 @@ class SplitStats:
     bytes_received: int
     steps: int  # optimizer steps taken
     forwards: int  # trunk forwards (training and inference)
-
-
-def _device_placement(
-    device: str, dtype: str, quantize: str, selection: SelectionConfig | None
-) -> ResolvedPlacement:
-    """Where the device's spans run, checked against this machine and what trains; the CUDA
-    autograd claim is released when the model closes."""
-    placement = Placement(device, dtype).resolve()
-    check_quantize(quantize, selection=selection is not None, device=placement.device)
-    claim_cuda_autograd("device", placement.device)
-    return placement
 
 
 class SplitModel(nn.Module):
@@ -113,6 +98,9 @@ class SplitModel(nn.Module):
         self._trunk = trunk
         self._context = context
         self._optimizer: SplitOptimizer | None = None
+        self.opened_with: OpenedWith | None = None  # from_pretrained's arguments, for checkpoints
+        self.resumed: ResumeInfo | None = None  # set by from_checkpoint
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     def from_pretrained(
@@ -137,13 +125,12 @@ class SplitModel(nn.Module):
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
-        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
-        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields.
-        `codec`: one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per
-        direction, e.g. `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`).
-        `stream=False`: one unary call per tensor instead of the session's `Train` stream.
-        `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for one batch's
-        graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
+        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk adapter
+        (default: from torch's global RNG). `config_overrides`: device-side config fields. `codec`: one codec
+        for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
+        `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary
+        call per tensor instead of the session's `Train` stream. `batch_shape` (rows, tokens per row) sizes
+        the edge's memory reservation for one batch's graphs (default 16 x 128; other shapes run too).
 
         `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
         "float16") place the device's spans (adapters stay float32; inputs on the same device; each
@@ -157,19 +144,20 @@ class SplitModel(nn.Module):
         """
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
-        placement = _device_placement(device, dtype, quantize, selection)  # refused before a session opens
+        placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
-        request = open_session_request(
-            name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
-        )
+        opened = OpenedWith(
+            str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
+            selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
+        )  # fmt: skip
+        request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = RemoteTrunk(edge, edge.call("OpenSession", request), codecs, seed=seed, use_stream=stream)
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
-            built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
-            return cls._build(*built, placement, quantize)
+            return cls._build(opened, spec, device_config, edge, trunk, selection, placement)
         except BaseException:
             trunk.close()
             release_cuda_autograd("device", placement.device)
@@ -178,41 +166,44 @@ class SplitModel(nn.Module):
     @classmethod
     def _build(
         cls,
-        model_dir: str | Path,
+        opened: OpenedWith,
         spec: SplitSpec,
         lora_config: LoraConfig | None,
         edge: EdgeConnection,
         trunk: RemoteTrunk,
-        model_name: str,
-        overrides: dict[str, Any],
         selection: SelectionConfig | None = None,
         placement: ResolvedPlacement = CPU_FLOAT32,
-        quantize: str = "none",
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
+        overrides = opened.config_overrides
         span = load_span(
-            model_dir,
+            opened.model_dir,
             lambda root, family: device_view(root, family, spec.trunk_start, spec.trunk_stop, entry),
             init_missing=True,
             placement=placement,
             config_overrides=overrides,
-            quantize=quantize,
+            quantize=opened.quantize,
         )
         if lora_config is None:
-            return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)
-        lora_config = save_new_modules(lora_config, span.new_parameters)
-        try:
-            with MODEL_CONSTRUCTION_LOCK:
-                peft_model = get_peft_model(span.root, lora_config)
-        except ValueError as exc:
-            raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
-        return cls(span, peft_model, spec, edge, trunk, context, model_name)
+            split = cls(span, None, spec, edge, trunk, context, opened.model, selection, overrides)
+        else:
+            lora_config = save_new_modules(lora_config, span.new_parameters)
+            try:
+                with MODEL_CONSTRUCTION_LOCK:
+                    peft_model = get_peft_model(span.root, lora_config)
+            except ValueError as exc:
+                raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
+            split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
+        split.opened_with = opened
+        return split
 
     def forward(self, **inputs: Any) -> Any:
         """Same inputs and outputs as the Hugging Face class (e.g. loss and logits)."""
         if self._trunk.closed:
             raise FailedPrecondition("this split model is closed")
+        if self._checkpointer is not None:
+            self._checkpointer.before_forward(self, self._trunk, self._optimizer)
         if "input_ids" in inputs or "inputs_embeds" in inputs:
             inputs.setdefault("use_cache", False)
         with self._context.forward(inputs.get("attention_mask")):
@@ -239,6 +230,8 @@ class SplitModel(nn.Module):
         blocks run while the edge works on slice i; the gradients equal `pipeline=False` exactly.
         Returns the batch's loss; step the optimizer afterwards as usual.
         """
+        if self._checkpointer is not None:  # before the micro-batch threads start
+            self._checkpointer.before_forward(self, self._trunk, self._optimizer)
         return forward_backward(self, batch, micro_batches=micro_batches, pipeline=pipeline, loss_fn=loss_fn)
 
     @property
@@ -299,25 +292,45 @@ class SplitModel(nn.Module):
         self._optimizer = make_split_optimizer(optimizer_cls, params, trunk, **hparams)
         return self._optimizer
 
+    @property
+    def optimizer(self) -> SplitOptimizer | None:
+        """The optimizer `configure_optimizer` (or `from_checkpoint`) built."""
+        return self._optimizer
+
+    def checkpoint(
+        self, path: str | Path, *, scheduler: Scheduler | None = None, cursor: Any = None, keep: int = 1
+    ) -> Path:
+        """Write the whole training state under `path` (atomically, verified; the newest `keep`
+        kept): both sides' adapters, optimizers and RNGs, `scheduler`'s state, the step count and
+        your JSON `cursor`. Between optimizer steps. docs/resilience.md."""
+        return write_model_checkpoint(
+            self, self._trunk, self._optimizer, path, scheduler=scheduler, cursor=cursor, keep=keep
+        )
+
+    def checkpoint_every(self, steps: int, path: str | Path, **options: Any) -> Checkpointer:
+        """Checkpoint under `path` before the first forward after every `steps`-th optimizer step;
+        `options`: `scheduler`, `cursor` (a callable giving the JSON data cursor), `keep`."""
+        if self.opened_with is None or self.opened_with.selection:
+            raise FailedPrecondition("checkpoints cover LoRA split models (see checkpoint())")
+        last = self.resumed.step if self.resumed is not None else None
+        self._checkpointer = Checkpointer(Path(path), steps, last_step=last, **options)
+        return self._checkpointer
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, edge: EdgeConnection, **options: Any) -> SplitModel:
+        """Open a new session on `edge` from the newest checkpoint under `path` that verifies and
+        restore everything `checkpoint` saved; `model.optimizer` is ready, `model.resumed` says
+        where to continue. `options`: `model_dir`, `model_name` (the edge's name for the model),
+        `optimizer_cls` (not in torch.optim), `restore_rng` (False: fresh randomness)."""
+        return resume(cls, path, edge=edge, **options)
+
     def load_adapter(self, source: str | Path | Mapping[str, torch.Tensor]) -> None:
         """Start from a whole-model LoRA adapter (a directory `save_adapter` wrote, or its state
         dict): the device's keys into this model, the trunk's to the edge. Only before training;
         every key of both adapters must be given, with the same shapes."""
         if self.peft_model is None:
             raise FailedPrecondition("load_adapter is for LoRA split models (selection methods calibrate)")
-        if isinstance(source, Mapping):
-            state = dict(source)
-        else:
-            state, saved_config = read_adapter(source)
-            check_same_lora(saved_config, self.peft_model.peft_config["default"])
-        device_state, trunk_state = split_adapter(state, self.family.blocks_path, self.spec)
-        if trunk_state and not self._trunk.trainable:
-            raise InvalidArgument("the adapter has trunk keys but this session trains no trunk adapter")
-        what = "device's adapter"  # checked before the edge loads, so a refusal changes neither side
-        check_adapter_state(device_state, get_peft_model_state_dict(self.peft_model), what=what)
-        if self._trunk.trainable:
-            self._trunk.load_adapter(trunk_state)
-        load_adapter_state(self.peft_model, device_state, what=what)
+        load_whole_adapter(self.peft_model, self._trunk, source, self.family.blocks_path, self.spec)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's adapter weights: device modules and the trunk's, under peft's names
@@ -350,17 +363,7 @@ class SplitModel(nn.Module):
             assert self.split_method is not None
             meta = {"base_model": str(self.model_dir), "method": self.split_method.name}
             return save_selected(out, state, head, meta)
-        config = copy.deepcopy(self.peft_model.peft_config["default"])
-        config.base_model_name_or_path = str(self.model_dir)
-        config.inference_mode = True
-        config.save_pretrained(str(out))
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            str(out / ADAPTER_WEIGHTS),
-            metadata={"format": "pt"},
-        )
-        logger.info("saved adapter with %d tensors to %s", len(state), out)
-        return out
+        return save_peft_adapter(self.peft_model, state, self.model_dir, out)
 
     @property
     def stats(self) -> SplitStats:

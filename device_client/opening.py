@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -15,6 +16,8 @@ from splitft.errors import InvalidArgument
 from splitft.methods.registry import method_for, method_names
 from splitft.methods.wire import method_to_json
 from splitft.model.lora import trunk_lora_json
+from splitft.model.placement import Placement, ResolvedPlacement, claim_cuda_autograd
+from splitft.model.quantize import check_quantize
 from splitft.model.spans import SplitSpec
 from splitft.security.tokens import unverified_claims
 from splitft.v1 import dataplane_pb2 as pb
@@ -25,32 +28,64 @@ logger = logging.getLogger(__name__)
 SelectionConfig: TypeAlias = Any
 
 
+@dataclass(frozen=True)
+class OpenedWith:
+    """The `SplitModel.from_pretrained` arguments a session was opened with (seed resolved), so a
+    checkpoint can open the same session again on any edge (`device_client.resume`)."""
+
+    model_dir: str
+    model: str
+    device_layers: int
+    head_layers: int
+    lora_config: LoraConfig | None
+    trunk_lora: bool
+    codec: str  # canonical (`DirectionCodecs.__str__`)
+    seed: int
+    selection: bool = False  # a selection method trains (no checkpoints for those)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    stream: bool = True
+    batch_shape: tuple[int, int] | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    quantize: str = "none"
+
+
+def device_placement(
+    device: str, dtype: str, quantize: str, selection: SelectionConfig | None
+) -> ResolvedPlacement:
+    """Where the device's spans run, checked against this machine and what trains; the CUDA
+    autograd claim is released when the model closes."""
+    placement = Placement(device, dtype).resolve()
+    check_quantize(quantize, selection=selection is not None, device=placement.device)
+    claim_cuda_autograd("device", placement.device)
+    return placement
+
+
 def open_session_request(
-    model: str,
+    opened: OpenedWith,
     spec: SplitSpec,
     config: Any,
     codecs: DirectionCodecs,
     trunk_lora_config: LoraConfig | None,
     selection: SelectionConfig | None,
-    seed: int,
     token: str | None,
-    batch_shape: tuple[int, int] | None = None,
 ) -> pb.OpenSessionRequest:
     """What the edge needs to build this session's view of the trunk (and to check it is the same
     model the device holds); the session id comes from the token when there is one.
-    `batch_shape` (rows, tokens per row) lets the edge reserve the right memory (None: its default)."""
-    batch_size, sequence_length = batch_shape or (0, 0)
+    `opened.batch_shape` (rows, tokens per row) lets the edge reserve the right memory (None: its
+    default)."""
+    batch_size, sequence_length = opened.batch_shape or (0, 0)
     if batch_size < 0 or sequence_length < 0:
-        raise InvalidArgument(f"batch_shape must be (rows, tokens) >= 0, got {batch_shape}")
+        raise InvalidArgument(f"batch_shape must be (rows, tokens) >= 0, got {opened.batch_shape}")
     return pb.OpenSessionRequest(
-        model=model,
+        model=opened.model,
         device_layers=spec.device_layers,
         head_layers=spec.head_layers,
         codec=str(codecs),
         trunk_lora=trunk_lora_config is not None,
         lora_config_json=trunk_lora_json(trunk_lora_config) if trunk_lora_config is not None else "",
         method_json=method_to_json(selection) if selection is not None else "",
-        seed=seed,
+        seed=opened.seed,
         model_type=config.model_type,
         num_layers=spec.num_layers,
         hidden_size=config.hidden_size,

@@ -51,6 +51,7 @@ def make_split_optimizer(
     optimizer = split_cls(list(params), **hparams)
     optimizer._trunk = trunk
     optimizer._grad_scale = 1.0
+    optimizer.steps_taken = 0  # both sides stepped; a checkpoint's step and data cursor
     # The edge gets the constructor's arguments, then at every step the current values of those
     # (and lr), so LR schedulers and manual param_group edits reach the trunk's optimizer too.
     optimizer._synced = sorted({"lr", *hparams})
@@ -64,6 +65,7 @@ class SplitOptimizer(torch.optim.Optimizer):
 
     _trunk: RemoteTrunk | None
     _grad_scale: float
+    steps_taken: int
     _synced: list[str]
     param_groups: list[dict[str, Any]]
 
@@ -78,6 +80,7 @@ class SplitOptimizer(torch.optim.Optimizer):
         if self._trunk is not None:
             self._trunk.step(self._current_hparams(), self._grad_scale)
         self._grad_scale = 1.0
+        self.steps_taken += 1
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -231,6 +231,26 @@ class RemoteTrunk:
         )
         return int(self.conn.upload("LoadAdapter", requests).loaded)
 
+    def export_state(self) -> tuple[pb.SessionState, dict[str, torch.Tensor]]:
+        """The session's whole trunk state for a checkpoint (`edge_server.session_state`)."""
+        responses = iter(
+            self.conn.stream("ExportSessionState", pb.ExportSessionStateRequest(session_id=self.session_id))
+        )
+        first = next(responses, None)
+        if first is None or first.WhichOneof("item") != "state":
+            raise Unavailable("the edge's ExportSessionState stream did not start with the state")
+        return first.state, parts_to_tensors(r.part for r in responses)
+
+    def import_state(self, state: pb.SessionState, tensors: dict[str, torch.Tensor]) -> int:
+        """Continue a checkpointed session in this fresh one; returns the session's step count."""
+        header = pb.ImportSessionStateHeader(session_id=self.session_id, state=state)
+        requests = itertools.chain(
+            [pb.ImportSessionStateRequest(header=header)],
+            tensors_to_parts(tensors, "raw", into=pb.ImportSessionStateRequest),
+        )
+        self.steps = int(self.conn.upload("ImportSessionState", requests).steps)
+        return self.steps
+
     def close(self) -> None:
         """Close the session stream and the session on the edge (idempotent)."""
         with self._lock:

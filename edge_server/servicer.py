@@ -26,6 +26,7 @@ from edge_server.errors import translate_errors
 from edge_server.limits import DataPlaneLimits
 from edge_server.metrics import EdgeMetrics
 from edge_server.session import SessionOwner, TrunkSession
+from edge_server.session_state import SessionStateCalls
 from edge_server.session_wire import GRAD, HIDDEN
 from edge_server.sessions import SessionManager
 from edge_server.stream_requests import BACKWARD_TENSORS, FORWARD_TENSORS, StreamRequest, read_stream
@@ -43,8 +44,9 @@ from splitft.wire.serde import hparams_from_json
 logger = logging.getLogger(__name__)
 
 
-class DataPlaneServicer(pb_grpc.DataPlaneServicer):
-    """The edge's data-plane RPCs (see `dataplane.proto`) over a `SessionManager`."""
+class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
+    """The edge's data-plane RPCs (see `dataplane.proto`) over a `SessionManager`; the session state
+    RPCs (checkpoints) come from `SessionStateCalls`."""
 
     def __init__(
         self,

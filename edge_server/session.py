@@ -138,6 +138,11 @@ class TrunkSession:
         return self.optim.steps
 
     @property
+    def pending_forwards(self) -> int:
+        """Forwards whose graph is kept for a backward (none between optimizer steps)."""
+        return len(self._pending)
+
+    @property
     def trainable_parameters(self) -> int:
         """How many trunk parameters this session trains."""
         return sum(p.numel() for p in self.trainable)

@@ -7,7 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from device_client.model import ADAPTER_WEIGHTS
+from device_client.adapter_load import ADAPTER_WEIGHTS
 from splitft.errors import FailedPrecondition
 
 # What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas

@@ -27,7 +27,7 @@ def wire_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
 
 def raw_bytes(tensor: torch.Tensor) -> bytes:
     """Little-endian bytes of `tensor` as it is (no cast)."""
-    wire = tensor.detach().to(device="cpu").contiguous()
+    wire = tensor.detach().to(device="cpu").contiguous().reshape(-1)  # a 0-dim tensor cannot view as bytes
     return wire.view(torch.uint8).numpy().tobytes() if wire.numel() else b""
 
 

@@ -10,6 +10,8 @@ header, the shape, the dtype and the bytes, and validates the size before touchi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from splitft.compress import elementwise, lowrank, topk
@@ -71,6 +73,56 @@ class TensorEncoder:
     def reset(self) -> None:
         """Forget residuals and bases (e.g. when a session restarts its steps)."""
         self._streams.clear()
+
+    def state(self) -> tuple[bytes, dict[str, torch.Tensor]]:
+        """Everything this encoder carries between steps, for a checkpoint: its generator's state
+        and, per tensor name, the error-feedback residual ("residual/NAME") and the low-rank
+        warm-start basis ("basis/NAME"). `load_state` on an encoder of the same codec continues
+        exactly where this one is."""
+        tensors: dict[str, torch.Tensor] = {}
+        for key, stream in self._streams.items():
+            if stream.feedback is not None and stream.feedback.residual is not None:
+                tensors[f"residual/{key}"] = stream.feedback.residual.detach().to("cpu", copy=True)
+            if stream.powersgd is not None and stream.powersgd.q is not None:
+                tensors[f"basis/{key}"] = stream.powersgd.q.detach().to("cpu", copy=True)
+        return bytes(self._generator.get_state().numpy().tobytes()), tensors
+
+    def load_state(self, generator: bytes, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Continue from `state()`'s output; everything is checked before anything changes, and a
+        state this codec cannot carry (a residual without error feedback, a basis of another rank)
+        is InvalidArgument."""
+        rng = generator_state(generator, "encoder generator")
+        streams: dict[str, _Stream] = {}
+        for name, tensor in tensors.items():
+            kind, _, key = name.partition("/")
+            if kind not in ("residual", "basis") or not tensor.dtype.is_floating_point:
+                raise InvalidArgument(f"encoder state {name!r}: not a residual/ or basis/ float tensor")
+            stream = streams.setdefault(key, _Stream(self.spec, self._generator))
+            if kind == "residual" and stream.feedback is not None:
+                stream.feedback.residual = tensor.detach().clone()
+            elif kind == "basis" and stream.powersgd is not None and _fits_basis(tensor, self.spec):
+                stream.powersgd.q = tensor.detach().to(torch.float32, copy=True)
+            else:
+                raise InvalidArgument(f"encoder state {name!r} does not fit codec {str(self.spec)!r}")
+        self._generator.set_state(rng)
+        self._streams = streams
+
+
+def _fits_basis(tensor: torch.Tensor, spec: CodecSpec) -> bool:
+    return tensor.dim() == 2 and spec.rank is not None and 1 <= tensor.shape[1] <= spec.rank
+
+
+def generator_state(data: bytes, what: str) -> torch.Tensor:
+    """A CPU `torch.Generator` state from its bytes, checked by loading it into a scratch generator
+    (a wrong length is InvalidArgument naming `what`)."""
+    state = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    )
+    try:
+        torch.Generator().set_state(state)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidArgument(f"{what}: not a CPU generator state ({len(data)} bytes): {exc}") from None
+    return state
 
 
 def payload_bytes(spec: CodecSpec, shape: tuple[int, ...], dtype: torch.dtype) -> int:

@@ -66,3 +66,42 @@ def hparams_from_json(text: str) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidArgument(f"hyper-parameter {key!r} must be finite")
     return hparams
+
+
+def _group_value_ok(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+
+
+def optimizer_groups_to_json(groups: list[Mapping[str, Any]]) -> str:
+    """`optimizer_groups_json` (a session checkpoint): torch's `param_groups` without "params";
+    every value a finite number, a bool, null or a list of numbers (tuples become lists)."""
+    out = []
+    for group in groups:
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in group.items() if k != "params"}
+        bad = sorted(k for k, v in plain.items() if not _group_value_ok(v))
+        if bad:
+            raise InvalidArgument(f"optimizer hyper-parameters {bad} cannot be checkpointed as JSON")
+        out.append(plain)
+    return json.dumps(out)
+
+
+def optimizer_groups_from_json(text: str) -> list[dict[str, Any]]:
+    """The param groups of an `optimizer_groups_json`: a non-empty JSON list of objects whose values
+    `optimizer_groups_to_json` allows; InvalidArgument otherwise."""
+    try:
+        groups = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"optimizer_groups_json is not valid JSON: {exc}") from exc
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise InvalidArgument("optimizer_groups_json must be a non-empty JSON list of objects")
+    for group in groups:
+        bad = sorted(k for k, v in group.items() if k == "params" or not _group_value_ok(v))
+        if bad:
+            raise InvalidArgument(f"optimizer_groups_json: invalid entries {bad}")
+    return groups

@@ -359,3 +359,76 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class SessionState(_message.Message):
+    __slots__ = ("format", "model_type", "num_layers", "hidden_size", "trunk_start", "trunk_stop", "codec", "lora_config_json", "steps", "optimizer", "optimizer_groups_json", "generators")
+    class GeneratorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_START_FIELD_NUMBER: _ClassVar[int]
+    TRUNK_STOP_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    LORA_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_GROUPS_JSON_FIELD_NUMBER: _ClassVar[int]
+    GENERATORS_FIELD_NUMBER: _ClassVar[int]
+    format: int
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    trunk_start: int
+    trunk_stop: int
+    codec: str
+    lora_config_json: str
+    steps: int
+    optimizer: str
+    optimizer_groups_json: str
+    generators: _containers.ScalarMap[str, bytes]
+    def __init__(self, format: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., trunk_start: _Optional[int] = ..., trunk_stop: _Optional[int] = ..., codec: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., optimizer_groups_json: _Optional[str] = ..., generators: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class ExportSessionStateRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportSessionStateResponse(_message.Message):
+    __slots__ = ("state", "part")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    state: SessionState
+    part: TensorPart
+    def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class ImportSessionStateHeader(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: SessionState
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ...) -> None: ...
+
+class ImportSessionStateRequest(_message.Message):
+    __slots__ = ("header", "part")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    header: ImportSessionStateHeader
+    part: TensorPart
+    def __init__(self, header: _Optional[_Union[ImportSessionStateHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+
+class ImportSessionStateResponse(_message.Message):
+    __slots__ = ("steps", "tensors")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    tensors: int
+    def __init__(self, steps: _Optional[int] = ..., tensors: _Optional[int] = ...) -> None: ...

@@ -109,6 +109,16 @@ class DataPlaneStub:
                 request_serializer=splitft_dot_v1_dot_dataplane__pb2.TrainRequest.SerializeToString,
                 response_deserializer=splitft_dot_v1_dot_dataplane__pb2.TrainResponse.FromString,
                 _registered_method=True)
+        self.ExportSessionState = channel.unary_stream(
+                '/splitft.v1.DataPlane/ExportSessionState',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateResponse.FromString,
+                _registered_method=True)
+        self.ImportSessionState = channel.stream_unary(
+                '/splitft.v1.DataPlane/ImportSessionState',
+                request_serializer=splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateRequest.SerializeToString,
+                response_deserializer=splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateResponse.FromString,
+                _registered_method=True)
 
 
 class DataPlaneServicer:
@@ -208,6 +218,20 @@ class DataPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSessionState(self, request, context):
+        """A session's whole trunk state (adapter, optimizer, steps, RNG, encoders) for a checkpoint, and
+        its import into a new session on this or another edge (resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSessionState(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -285,6 +309,16 @@ def add_DataPlaneServicer_to_server(servicer, server):
                     servicer.Train,
                     request_deserializer=splitft_dot_v1_dot_dataplane__pb2.TrainRequest.FromString,
                     response_serializer=splitft_dot_v1_dot_dataplane__pb2.TrainResponse.SerializeToString,
+            ),
+            'ExportSessionState': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSessionState,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateResponse.SerializeToString,
+            ),
+            'ImportSessionState': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSessionState,
+                    request_deserializer=splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateRequest.FromString,
+                    response_serializer=splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +726,60 @@ class DataPlane:
             '/splitft.v1.DataPlane/Train',
             splitft_dot_v1_dot_dataplane__pb2.TrainRequest.SerializeToString,
             splitft_dot_v1_dot_dataplane__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSessionState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/splitft.v1.DataPlane/ExportSessionState',
+            splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.ExportSessionStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSessionState(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/splitft.v1.DataPlane/ImportSessionState',
+            splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateRequest.SerializeToString,
+            splitft_dot_v1_dot_dataplane__pb2.ImportSessionStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
