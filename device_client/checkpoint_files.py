@@ -135,7 +135,7 @@ def latest_checkpoint(path: str | Path) -> tuple[Path, dict[str, bytes]]:
     """The checkpoint at `path` (a checkpoint directory, or a root holding several: the newest that
     verifies, skipping corrupt ones with a warning) and its verified files."""
     path = Path(path)
-    if (path / MANIFEST).exists():
+    if (path / MANIFEST).exists() or _NAME.fullmatch(path.name):
         return path, read_checkpoint(path)
     candidates = checkpoint_dirs(path)
     if not candidates:

@@ -92,6 +92,10 @@ class TensorEncoder:
         state this codec cannot carry (a residual without error feedback, a basis of another rank)
         is InvalidArgument."""
         rng = generator_state(generator, "encoder generator")
+        if tensors and self.spec.name in ELEMENTWISE_CODECS:
+            raise InvalidArgument(
+                f"encoder state {sorted(tensors)[:3]} does not fit codec {str(self.spec)!r}: it keeps none"
+            )
         streams: dict[str, _Stream] = {}
         for name, tensor in tensors.items():
             kind, _, key = name.partition("/")

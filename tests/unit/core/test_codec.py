@@ -69,6 +69,13 @@ def test_empty_tensor_roundtrips() -> None:
     assert _roundtrip(x, "raw").shape == (0, 4)
 
 
+def test_a_zero_dim_tensor_roundtrips() -> None:
+    # An optimizer's step count is one (a session checkpoint carries it); it used to fail to encode.
+    for x in (torch.tensor(7.0), torch.tensor(3, dtype=torch.int64)):
+        out = _roundtrip(x, "raw")
+        assert out.shape == () and out.dtype == x.dtype and torch.equal(out, x)
+
+
 def _header(**fields: object) -> pb.TensorPart:
     base: dict[str, object] = dict(
         name="t", shape=[2, 2], dtype="float32", codec="raw", total_bytes=16, data=b"\0" * 16

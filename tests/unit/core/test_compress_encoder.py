@@ -117,3 +117,47 @@ def test_float16_and_bfloat16_gradients_decode_to_their_dtype() -> None:
         for codec in ("topk:0.2", "lowrank:2", "int8:sr"):
             name, payload = TensorEncoder(codec).encode(g)
             assert decode_payload(name, payload, (6, 10), dtype).dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("codec", "stateful"),
+    [("raw", False), ("topk:0.05:noef", False), ("int8:sr", True), ("topk:0.05", True), ("lowrank:2", True)],
+)
+def test_state_moves_an_encoder_on_exactly(codec: str, stateful: bool) -> None:
+    """A checkpoint's encoder state: a new encoder (another seed) loaded with it encodes the next
+    tensors byte for byte as the original goes on to; without it, a stateful codec's would not."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(2, 6, 16, generator=generator) for _ in range(6)]
+    original = TensorEncoder(codec, seed=1)
+    for x in tensors[:3]:
+        original.encode(x, key="grad")
+    generator_state, state = original.state()
+    resumed = TensorEncoder(codec, seed=99)
+    resumed.load_state(generator_state, state)
+    unrestored = TensorEncoder(codec, seed=99)
+    expected = [original.encode(x, key="grad") for x in tensors[3:]]
+    assert [resumed.encode(x, key="grad") for x in tensors[3:]] == expected
+    assert ([unrestored.encode(x, key="grad") for x in tensors[3:]] != expected) == stateful
+
+
+def test_state_that_does_not_fit_the_codec_is_refused_and_changes_nothing() -> None:
+    encoder = TensorEncoder("lowrank:2", seed=1)
+    encoder.encode(torch.randn(2, 4, 8), key="g")
+    before = encoder.state()
+    generator_state = before[0]
+    cases = [
+        (b"\0" * 3, {}, "not a CPU generator state"),
+        (generator_state, {"basis/g": torch.zeros(8, 3)}, "does not fit codec"),  # rank 3 > 2
+        (generator_state, {"basis/g": torch.zeros(8)}, "does not fit codec"),
+        (generator_state, {"other/g": torch.zeros(2)}, "not a residual/ or basis/"),
+        (generator_state, {"residual/g": torch.zeros(2, dtype=torch.int64)}, "not a residual/ or basis/"),
+    ]
+    for generator, tensors, message in cases:
+        with pytest.raises(InvalidArgument, match=message):
+            encoder.load_state(generator, tensors)
+    after = encoder.state()
+    assert after[0] == before[0] and all(torch.equal(after[1][k], v) for k, v in before[1].items())
+    with pytest.raises(InvalidArgument, match="keeps none"):
+        TensorEncoder("int8").load_state(generator_state, {"residual/g": torch.zeros(2)})
+    with pytest.raises(InvalidArgument, match="does not fit codec"):
+        TensorEncoder("topk:0.1:noef").load_state(generator_state, {"residual/g": torch.zeros(2)})

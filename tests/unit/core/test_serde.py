@@ -17,6 +17,8 @@ from splitft.wire.serde import (
     hparams_to_json,
     lora_from_json,
     lora_to_json,
+    optimizer_groups_from_json,
+    optimizer_groups_to_json,
 )
 
 
@@ -87,3 +89,35 @@ def test_every_reader_of_the_optimizer_names_reads_the_one_constant() -> None:
         assert OptimizerSpec(name=name).name == name
     with pytest.raises(ValueError, match="AdamW"):
         OptimizerSpec(name="LBFGS")
+
+
+def test_optimizer_groups_round_trip_without_params_and_tuples_as_lists() -> None:
+    import torch
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.01, betas=(0.8, 0.9))
+    groups = optimizer_groups_from_json(optimizer_groups_to_json(optimizer.state_dict()["param_groups"]))
+    assert len(groups) == 1 and "params" not in groups[0]
+    assert groups[0]["betas"] == [0.8, 0.9] and groups[0]["lr"] == 0.01 and groups[0]["fused"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "non-empty JSON list"),
+        ('{"lr": 1}', "non-empty JSON list"),
+        ("[1]", "non-empty JSON list"),
+        ('[{"lr": "fast"}]', r"invalid entries \['lr'\]"),
+        ('[{"params": [0]}]', r"invalid entries \['params'\]"),
+        ('[{"betas": [0.9, "x"]}]', "invalid entries"),
+        ('[{"lr": NaN}]', "invalid entries"),
+    ],
+)
+def test_optimizer_groups_refusals(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        optimizer_groups_from_json(text)
+
+
+def test_optimizer_groups_that_json_cannot_carry_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"\['weird'\] cannot be checkpointed"):
+        optimizer_groups_to_json([{"lr": 0.1, "weird": object()}])
