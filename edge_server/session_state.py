@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -206,7 +206,7 @@ def _restored_optimizer(
         assert match is not None
         entries.setdefault(index, {})[match.group(2)] = tensor
     try:
-        cls = OPTIMIZERS[state.optimizer]
+        cls: Callable[..., torch.optim.Optimizer] = OPTIMIZERS[state.optimizer]
         # Built with what its constructor takes; load_state_dict then sets every saved group entry.
         accepted = inspect.signature(cls.__init__).parameters
         optimizer = cls(params, **{k: v for k, v in groups[0].items() if k in accepted and k != "params"})
