@@ -1,5 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated`: the benchmarks
-(parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated|resume`: the
+benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -31,6 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_control(bench)
     _register_quantize(bench)
     _register_federated(bench)
+    _register_resume(bench)
 
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
@@ -195,3 +196,26 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     fed.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
     handled_by(fed, "bench:federated")
+
+
+def _register_resume(bench: argparse._SubParsersAction) -> None:
+    resume = bench.add_parser(
+        "resume",
+        help="cost of resilience: step time with checkpoints every N steps vs none, checkpoint size and "
+        "time, time from an edge kill (SIGKILL) to the first resumed step on another edge (JSON)",
+    )
+    resume.add_argument("--layers", type=int, default=6)
+    resume.add_argument("--hidden", type=int, default=256)
+    resume.add_argument("--batch", type=int, default=4)
+    resume.add_argument("--tokens", type=int, default=64)
+    resume.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+    resume.add_argument(
+        "--every", type=int, nargs="+", default=[1, 10, 100], help="checkpoint intervals compared with none"
+    )
+    resume.add_argument("--steps", type=int, default=100, help="timed steps per setting")
+    resume.add_argument("--rounds", type=int, default=5, help="chunks of the timed steps, order alternating")
+    resume.add_argument("--checkpoint-repeats", type=int, default=5, help="explicit checkpoints timed")
+    resume.add_argument("--kill-repeats", type=int, default=3, help="edge kills, a fresh edge process each")
+    resume.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
+    resume.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
+    handled_by(resume, "bench:resume")

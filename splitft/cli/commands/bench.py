@@ -19,6 +19,8 @@ from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
 from splitft.bench.quantize import markdown_table as quantize_markdown_table
+from splitft.bench.resume import ResumeBenchConfig, run_resume_bench
+from splitft.bench.resume import markdown_table as resume_markdown_table
 from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
 from splitft.bench.step import StepBenchConfig, run_step_bench
 from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
@@ -120,3 +122,12 @@ def federated(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(federated_markdown_table(report) if args.markdown else report)
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`bench resume`: step time with checkpoints every N steps vs none, size, kill to resumed step."""
+    report = run_resume_bench(config_from_args(ResumeBenchConfig, args, every=tuple(args.every)))
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(resume_markdown_table(json.loads(report)) if args.markdown else report)
