@@ -118,6 +118,12 @@ UNKNOWN_SESSION_CALLS: dict[str, Callable[[DataPlaneStub], Any]] = {
     "ConfigureOptimizer": lambda s: s.ConfigureOptimizer(
         pb.ConfigureOptimizerRequest(session_id=MISSING, name="AdamW")
     ),
+    "ExportSessionState": lambda s: list(
+        s.ExportSessionState(pb.ExportSessionStateRequest(session_id=MISSING))
+    ),
+    "ImportSessionState": lambda s: s.ImportSessionState(
+        iter([pb.ImportSessionStateRequest(header=pb.ImportSessionStateHeader(session_id=MISSING))])
+    ),
 }
 
 
