@@ -135,7 +135,10 @@ def checkpoint_files(
         "step": optimizer.steps_taken,
         "cursor": _json(cursor, "the data cursor"),
         "training": model.training,
-        "open": {**dataclasses.asdict(opened), "lora_config": lora_to_dict(opened.lora_config)},
+        "open": _json(
+            {**dataclasses.asdict(opened), "lora_config": lora_to_dict(opened.lora_config)},
+            "from_pretrained's arguments (config_overrides, lora_config)",
+        ),
         "parameters": [[n, list(p.shape)] for n, p in trainable_named(model)],
         "optimizer": _optimizer_state(optimizer, tensors),
         "scheduler": None if scheduler is None else _json(scheduler.state_dict(), "the LR scheduler's state"),

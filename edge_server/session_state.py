@@ -116,7 +116,7 @@ def import_session_state(
         groups[kind][rest if kind == "adapter" else name] = tensor
     _check_adapter(session, groups["adapter"])
     optimizer = _restored_optimizer(session, state, groups["optim"])
-    encoders = _restored_encoders(wire, state, groups["wire"])
+    encoders = _restored_encoders(wire, state, groups["wire"], _max_wire_entries(session))
     session_rng = _generator(state, SESSION_GENERATOR)
     if optimizer is not None:  # its state per parameter must fit this edge's memory first
         session.memory.settle(session.trainable, state.optimizer, optimizer.param_groups[0])
@@ -218,16 +218,28 @@ def _restored_optimizer(
     return optimizer
 
 
+def _max_wire_entries(session: TrunkSession) -> int:
+    """The most entries an encoder's residual or basis can have: one forward's largest output."""
+    return session.limits.max_batch_tokens * int(session.span.config.hidden_size)
+
+
 def _restored_encoders(
-    wire: SessionWire, state: pb.SessionState, tensors: dict[str, torch.Tensor]
+    wire: SessionWire, state: pb.SessionState, tensors: dict[str, torch.Tensor], max_entries: int
 ) -> dict[str, TensorEncoder]:
-    """Scratch encoders per direction holding the exported state (not yet installed)."""
+    """Scratch encoders per direction holding the exported state (not yet installed). An edge
+    encoder only ever keeps state for the one tensor its direction sends (named as the direction),
+    no bigger than one forward's output: nothing else may be parked in a session's memory."""
     by_direction: dict[str, dict[str, torch.Tensor]] = {d: {} for d in wire.encoders}
     for name, tensor in tensors.items():
         _, direction, rest = name.split("/", 2) if name.count("/") >= 2 else ("", "", "")
         if direction not in by_direction:
             raise InvalidArgument(
                 f"wire state {name!r} names no direction of this edge {sorted(by_direction)}"
+            )
+        if rest.partition("/")[2] != direction or tensor.numel() > max_entries:
+            raise InvalidArgument(
+                f"wire state {name!r} ({tensor.numel()} entries) is not state this edge's "
+                f"{direction!r} encoder keeps"
             )
         by_direction[direction][rest] = tensor
     restored = {}

@@ -130,9 +130,15 @@ CASES: list[tuple[str, Callable, type[SplitftError], str]] = [
     ("direction", _tensor("wire/sideways/residual/x", lambda t: torch.zeros(2)), InvalidArgument, "names no"),
     (
         "codec state",
-        _tensor("wire/hidden/residual/h", lambda t: torch.zeros(2)),
+        _tensor("wire/hidden/residual/hidden", lambda t: torch.zeros(2)),
         InvalidArgument,
         "does not fit",
+    ),
+    (
+        "wire key",
+        _tensor("wire/grad/residual/parked", lambda t: torch.zeros(2)),
+        InvalidArgument,
+        "not state",
     ),
     (
         "oversized",

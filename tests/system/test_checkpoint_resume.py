@@ -33,11 +33,11 @@ def dropout_edge(tmp_path_factory, tiny_models) -> Iterator[tuple[Path, EdgeServ
     server.stop(grace=1)
 
 
-def _open(bert: Path, conn: EdgeConnection, codec: str) -> tuple[SplitModel, object]:
+def _open(bert: Path, conn: EdgeConnection, codec: str, trunk_lora: bool = True) -> tuple[SplitModel, object]:
     torch.manual_seed(0)
     model = SplitModel.from_pretrained(
         bert, edge=conn, model="bert", device_layers=1, head_layers=1,
-        lora_config=lora_config_for("bert"), seed=3, codec=codec,
+        lora_config=lora_config_for("bert"), seed=3, codec=codec, trunk_lora=trunk_lora,
     )  # fmt: skip
     optimizer = model.configure_optimizer(torch.optim.AdamW, lr=2e-2)
     model.train()
@@ -56,18 +56,23 @@ def _train(model: SplitModel, scheduler, start: int, stop: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "codec",
-    ["raw", "activations=int8:sr,gradients=topk:0.2", "activations=int8,gradients=lowrank:2"],
+    ("codec", "trunk_lora"),
+    [
+        ("raw", True),
+        ("activations=int8:sr,gradients=topk:0.2", True),
+        ("activations=int8,gradients=lowrank:2", True),
+        ("raw", False),  # a frozen trunk: the edge's state is its dropout stream and step count
+    ],
 )
-def test_resume_equals_training_on(dropout_edge, tmp_path, codec) -> None:
+def test_resume_equals_training_on(dropout_edge, tmp_path, codec, trunk_lora) -> None:
     bert, server = dropout_edge
     with EdgeConnection(server.address, insecure=True) as conn:
-        model, scheduler = _open(bert, conn, codec)
+        model, scheduler = _open(bert, conn, codec, trunk_lora)
         _train(model, scheduler, 0, STEPS)
         reference = model.adapter_state_dict()
         model.close()
 
-        model, scheduler = _open(bert, conn, codec)
+        model, scheduler = _open(bert, conn, codec, trunk_lora)
         _train(model, scheduler, 0, 2)
         written = model.checkpoint(tmp_path / "ck", scheduler=scheduler, cursor={"epoch": 0, "next": 2})
         _train(model, scheduler, 2, 3)  # then lost: never checkpointed
