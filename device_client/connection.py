@@ -50,6 +50,11 @@ class EdgeConnection:
     `key` this device's client certificate and key (PEM paths or bytes); `server_name` overrides the
     name checked against the edge certificate. `token` is a session token sent with every call.
     `insecure=True` gives plaintext gRPC, for local experiments only.
+
+    `reconnect_backoff_s` (first, most) bounds how long the channel waits between attempts to
+    connect again after losing the edge (gRPC's own backoff, 1 s growing to 120 s by default): a
+    call made while it waits fails at once with UNAVAILABLE, so the retry policy's tries
+    (`device_client.retry`) only reach an edge that came back when this is no longer than its waits.
     """
 
     def __init__(
@@ -63,10 +68,16 @@ class EdgeConnection:
         server_name: str | None = None,
         token: str | None = None,
         timeout: float = 120.0,
+        reconnect_backoff_s: tuple[float, float] = (0.2, 10.0),
         interceptors: Iterable[grpc.UnaryUnaryClientInterceptor | grpc.StreamStreamClientInterceptor] = (),
     ) -> None:
         if not address or ":" not in address:
             raise InvalidArgument(f"edge address must be HOST:PORT, got {address!r}")
+        first, most = reconnect_backoff_s
+        if not 0 < first <= most:
+            raise InvalidArgument(
+                f"reconnect_backoff_s must be (first, most) with 0 < first <= most, got {reconnect_backoff_s}"
+            )
         self.address = address
         self.timeout = timeout
         self.stats = WireStats()
@@ -75,6 +86,8 @@ class EdgeConnection:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
             ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+            ("grpc.initial_reconnect_backoff_ms", max(1, int(first * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, int(most * 1000))),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))

@@ -32,6 +32,7 @@ from device_client.opening import (
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
+from device_client.retry import RetryPolicy
 from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
@@ -134,6 +135,7 @@ class SplitModel(nn.Module):
         device: str = "cpu",
         dtype: str = "float32",
         quantize: str = "none",
+        retry: RetryPolicy | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -148,7 +150,9 @@ class SplitModel(nn.Module):
         `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
         "float16") place the device's spans (adapters stay float32; inputs on the same device; each
         side casts what arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen
-        linear weights, quantized (`splitft.model.quantize`; LoRA only).
+        linear weights, quantized (`splitft.model.quantize`; LoRA only). `retry`: how calls to the
+        edge are retried after transient failures (default `RetryPolicy()`; `RetryPolicy.off()`
+        never retries); past its budget a call raises `EdgeUnreachable` (docs/resilience.md).
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
@@ -165,7 +169,8 @@ class SplitModel(nn.Module):
         request = open_session_request(
             name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
         )
-        trunk = RemoteTrunk(edge, edge.call("OpenSession", request), codecs, seed=seed, use_stream=stream)
+        opened = edge.call("OpenSession", request)
+        trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream, retry=retry)
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
             built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
