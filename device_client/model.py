@@ -27,6 +27,7 @@ from device_client.opening import (
     device_lora_config,
     num_layers_of,
     open_session_request,
+    open_trunk,
     resolve_method,
     save_new_modules,
 )
@@ -140,24 +141,22 @@ class SplitModel(nn.Module):
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
         `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
-        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields.
-        `codec`: one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per
-        direction, e.g. `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`).
-        `stream=False`: one unary call per tensor instead of the session's `Train` stream.
-        `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for one batch's
-        graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
-
-        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
-        "float16") place the device's spans (adapters stay float32; inputs on the same device; each
-        side casts what arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen
-        linear weights, quantized (`splitft.model.quantize`; LoRA only). `retry`: how calls to the
-        edge are retried after transient failures (default `RetryPolicy()`; `RetryPolicy.off()`
-        never retries); past its budget a call raises `EdgeUnreachable` (docs/resilience.md).
+        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields. `codec`:
+        one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
+        `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary
+        call per tensor instead of the session's `Train` stream. `retry`: the `RetryPolicy` of the calls to
+        the edge (default `RetryPolicy()`; past its budget a call raises `EdgeUnreachable`;
+        docs/resilience.md). `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for
+        one batch's graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
+        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16", "float16")
+        place the device's spans (adapters stay float32; inputs on the same device; each side casts what
+        arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights, quantized
+        (`splitft.model.quantize`; LoRA only).
 
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
-        registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
-        own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas.
+        registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your own:
+        docs/methods.md): then call `calibrate(batches)` before training, and only the selected entries of
+        both sides train, as sparse deltas.
         """
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
@@ -169,11 +168,9 @@ class SplitModel(nn.Module):
         request = open_session_request(
             name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
         )
-        opened = edge.call("OpenSession", request)
-        trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream, retry=retry)
+        trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
         try:
-            device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
-            built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
+            built = (model_dir, spec, lora_config, edge, trunk, name, config_overrides or {}, selection)
             return cls._build(*built, placement, quantize)
         except BaseException:
             trunk.close()
@@ -206,7 +203,7 @@ class SplitModel(nn.Module):
         )
         if lora_config is None:
             return cls(span, None, spec, edge, trunk, context, model_name, selection, overrides)
-        lora_config = save_new_modules(lora_config, span.new_parameters)
+        lora_config = save_new_modules(device_lora_config(lora_config, model_dir), span.new_parameters)
         try:
             with MODEL_CONSTRUCTION_LOCK:
                 peft_model = get_peft_model(span.root, lora_config)
