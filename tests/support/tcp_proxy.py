@@ -1,6 +1,7 @@
 """A TCP relay for fault injection: real loopback sockets between a device and an edge, which a
 test can cut (every connection at once, or after so many bytes towards the edge), stall (hold
-what the edge sends for a while) or close to new connections. It relays bytes and never parses
+what the edge sends for a while), blackhole (its open connections go silent, no reset: a link that
+died without a word) or close to new connections. It relays bytes and never parses
 them, so it sits in front of a mutual-TLS edge unchanged; tests pick the phase to cut at by
 calling `cut()` from a hook on the edge (after it applied a request, before its answer left).
 """
@@ -42,6 +43,7 @@ class TcpProxy:
         self._refusing = False
         self._cut_after: int | None = None  # bytes towards the edge still let through before a cut
         self._stall_until = 0.0  # monotonic time before which nothing goes towards the device
+        self._silent: set[socket.socket] = set()  # sockets whose bytes are dropped (blackhole)
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
         self._acceptor.start()
@@ -51,6 +53,7 @@ class TcpProxy:
         with self._lock:
             pairs, self._pairs = self._pairs, []
             self._cut_after = None
+            self._silent.clear()
             self.stats.cut += len(pairs)
         for pair in pairs:
             for sock in pair:
@@ -67,6 +70,14 @@ class TcpProxy:
         """Hold every byte towards the device for `seconds` from now, then deliver them in order."""
         with self._lock:
             self._stall_until = time.monotonic() + seconds
+
+    def blackhole(self) -> None:
+        """The open connections go silent: bytes either way are dropped, nobody is told (new
+        connections are relayed as usual)."""
+        with self._lock:
+            for pair in self._pairs:
+                self._silent.update(pair)
+        logger.info("proxy blackholed %d connections", len(self._pairs))
 
     def refuse(self, refusing: bool = True) -> None:
         """Refuse new connections (accept and reset them) and, when refusing, cut the open ones:
@@ -115,6 +126,8 @@ class TcpProxy:
                 if not data:
                     break
                 data, cut = self._let_through(data) if up else (self._after_stall(data), False)
+                if source in self._silent:
+                    continue
                 if data:
                     sink.sendall(data)
                 if cut:

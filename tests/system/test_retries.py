@@ -61,7 +61,7 @@ def proxy(tls_edge: EdgeServer) -> Iterator[TcpProxy]:
     relay.close()
 
 
-def connect(address: str, pki: CertPaths, timeout: float = 20.0) -> EdgeConnection:
+def connect(address: str, pki: CertPaths, timeout: float = 20.0, **options) -> EdgeConnection:
     return EdgeConnection(
         address,
         ca=pki.ca_cert,
@@ -69,6 +69,7 @@ def connect(address: str, pki: CertPaths, timeout: float = 20.0) -> EdgeConnecti
         key=pki.device_key("dev-a"),
         timeout=timeout,
         reconnect_backoff_s=(0.01, 0.05),  # as short as FAST's waits: every try really connects
+        **options,
     )
 
 
@@ -222,14 +223,28 @@ def test_pipelined_micro_batches_in_flight_are_sent_again_in_order(
     assert_same_adapter(run, reference(dropout=0.0, micro_batches=2))
 
 
+@pytest.mark.parametrize("name", ["step", "forward"])  # a unary deadline; a stream wait
 def test_a_stalled_answer_past_the_deadline_is_retried_and_applied_once(
-    tiny_models, tls_edge, pki, proxy, reference, monkeypatch
+    name, tiny_models, tls_edge, pki, proxy, reference, monkeypatch
 ) -> None:
     hooks = EdgeHooks(monkeypatch)
-    hooks.after("step", 1, lambda: proxy.stall(3.5))  # DEADLINE_EXCEEDED twice, then the answer
+    hooks.after(name, 2, lambda: proxy.stall(3.5))  # no answer within 1.5 s, twice; then all of them
     with connect(proxy.address, pki, timeout=1.5) as conn:
         run = train(tiny_models["llama"], tls_edge, conn)
-    assert run.replayed >= 1 and hooks.calls["step"] == STEPS
+    assert run.replayed >= 1 and hooks.calls[name] == STEPS
+    assert_same_adapter(run, reference())
+
+
+def test_a_link_that_dies_silently_is_found_by_keepalive_and_replaced(
+    tiny_models, tls_edge, pki, proxy, reference, monkeypatch
+) -> None:
+    # No reset, no answer, a deadline far away: only the unanswered keepalive ping tells.
+    hooks = EdgeHooks(monkeypatch)
+    hooks.after("forward", 2, proxy.blackhole)
+    with connect(proxy.address, pki, keepalive_s=1.0) as conn:
+        run = train(tiny_models["llama"], tls_edge, conn)
+    assert proxy.stats.accepted >= 2 and run.replayed >= 1
+    assert hooks.calls["forward"] == STEPS
     assert_same_adapter(run, reference())
 
 
