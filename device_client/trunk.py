@@ -13,6 +13,7 @@ retried too; OpenSession is not (docs/resilience.md).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -33,6 +34,8 @@ from splitft.wire.codec import parts_to_tensors, tensors_to_parts
 from splitft.wire.serde import hparams_to_json
 
 logger = logging.getLogger(__name__)
+
+CLOSE_BUDGET_S = 5.0  # CloseSession's retry budget, at most
 
 
 class RemoteTrunk:
@@ -303,8 +306,17 @@ class RemoteTrunk:
         if stream is not None:
             stream.close()
         request = pb.CloseSessionRequest(session_id=self.session_id)
+        # Cleanup, often of a session whose edge is gone: a short budget (the edge's TTL frees it).
+        policy = dataclasses.replace(self.retry, budget_s=min(self.retry.budget_s, CLOSE_BUDGET_S))
+        what = f"CloseSession of session {self.session_id}"
         try:
-            self._retrying("CloseSession", lambda: self.conn.call("CloseSession", request))
+            call_with_retry(
+                lambda: self.conn.call("CloseSession", request),
+                policy,
+                self._jitter,
+                what=what,
+                idempotent=True,
+            )
         except NotFound:
             logger.info("session %s was already gone on the edge", self.session_id)
 
