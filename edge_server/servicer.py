@@ -169,7 +169,7 @@ class DataPlaneServicer(SelectionRpcs, pb_grpc.DataPlaneServicer):
         wire = self.sessions.wire(session.session_id)
         self.metrics.received(wire.label, size)
 
-        def apply() -> list[pb.TensorPart]:
+        def apply() -> list[Any]:
             out = session.forward(
                 header.forward_id,
                 tensors,
@@ -178,7 +178,7 @@ class DataPlaneServicer(SelectionRpcs, pb_grpc.DataPlaneServicer):
                 need_input_grad=header.need_input_grad,
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
-            return list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes))
+            return list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes, into=into))
 
         with session.lock, self.metrics.time_step("forward", session):
             parts = wire.replay.run(header.request_id, ("forward", header.forward_id), apply)
@@ -199,12 +199,12 @@ class DataPlaneServicer(SelectionRpcs, pb_grpc.DataPlaneServicer):
         wire = self.sessions.wire(session.session_id)
         self.metrics.received(wire.label, size)
 
-        def apply() -> list[pb.TensorPart]:
+        def apply() -> list[Any]:
             zero_first = header.zero_grad_first
             grad = session.backward(header.forward_id, tensors["grad"], zero_grad_first=zero_first)
             if grad is None:
                 return []
-            return list(tensor_parts(GRAD, grad, wire.encoders[GRAD], self.chunk_bytes))
+            return list(tensor_parts(GRAD, grad, wire.encoders[GRAD], self.chunk_bytes, into=into))
 
         with session.lock, self.metrics.time_step("backward", session):
             parts = wire.replay.run(header.request_id, ("backward", header.forward_id), apply)
@@ -354,13 +354,16 @@ class DataPlaneServicer(SelectionRpcs, pb_grpc.DataPlaneServicer):
             return self._once(session, header.request_id, "load-adapter", apply)
 
 
-def _enveloped(parts: list[pb.TensorPart], into: Callable[[], Any]) -> list[Any]:
-    """Stored tensor parts in the call's own messages (a replay may come on another call kind)."""
+def _enveloped(stored: list[Any], into: Callable[[], Any]) -> list[Any]:
+    """A forward's or backward's answer as `into()` messages. It was stored as the messages of the
+    call that applied it; a replay on another kind of call (Train, Forward) copies the parts over."""
+    if not stored or type(stored[0]) is type(into()):
+        return stored  # the same request on the same kind of call: the same messages
     messages = []
-    for part in parts:
-        message = into()
-        message.part.CopyFrom(part)
-        messages.append(message)
+    for message in stored:
+        envelope = into()
+        envelope.part.CopyFrom(message.part)
+        messages.append(envelope)
     return messages
 
 

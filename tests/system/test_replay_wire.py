@@ -109,7 +109,10 @@ def test_a_repeated_forward_gets_the_same_bytes_and_windows_are_per_session(stub
     assert len(data) == 2 and data[0] == data[1]
     again = list(stub.Train(iter(once)))  # and on another stream, as after a reconnect
     assert _hidden_bytes(again) == data[:1]
-    assert edge.sessions.wire(first).replay.replayed == 1 + 2
+    as_call = [pb.ForwardRequest(header=once[0].forward), pb.ForwardRequest(part=once[1].part)]
+    unary = list(stub.Forward(iter(as_call)))  # and as the one-call Forward (stream=False)
+    assert [r.part.tensor.data for r in unary if r.part.HasField("tensor")] == data[:1]
+    assert edge.sessions.wire(first).replay.replayed == 1 + 3
     other = list(stub.Train(iter(_train_messages(second, 1, 2, hidden))))  # same numbers, own window
     assert edge.sessions.wire(second).replay.replayed == 1 and _hidden_bytes(other)
     fresh = list(stub.Train(iter(_train_messages(first, 2, 3, hidden))))  # a new forward: new masks
