@@ -19,6 +19,9 @@ from splitft.wire.codec import MESSAGE_LIMIT_BYTES
 
 logger = logging.getLogger(__name__)
 
+# Keepalive pings while calls are open; edges accept them every 10 s or more (edge_server.server).
+KEEPALIVE_S = 30.0
+
 
 @dataclass
 class WireStats:
@@ -37,6 +40,36 @@ class WireStats:
             self.bytes_received += count
 
 
+def _channel_options(
+    reconnect_backoff_s: tuple[float, float], keepalive_s: float | None, server_name: str | None
+) -> list[tuple[str, Any]]:
+    """The channel's gRPC options, checked (see `EdgeConnection`)."""
+    first, most = reconnect_backoff_s
+    if not 0 < first <= most:
+        raise InvalidArgument(
+            f"reconnect_backoff_s must be (first, most) with 0 < first <= most, got {reconnect_backoff_s}"
+        )
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
+        ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", max(1, int(first * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, int(most * 1000))),
+    ]
+    if keepalive_s is not None:
+        if not 0 < keepalive_s:
+            raise InvalidArgument(f"keepalive_s must be > 0 seconds or None, got {keepalive_s}")
+        unanswered_ms = max(1, int(min(keepalive_s, 10.0) * 1000))
+        options += [
+            ("grpc.keepalive_time_ms", max(1, int(keepalive_s * 1000))),
+            ("grpc.keepalive_timeout_ms", unanswered_ms),
+            ("grpc.http2.ping_timeout_ms", unanswered_ms),  # what gRPC 1.85 acts on (default 1 min)
+            ("grpc.http2.max_pings_without_data", 0),  # keep pinging through a long silence
+        ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
 def _read(value: str | bytes | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -50,6 +83,15 @@ class EdgeConnection:
     `key` this device's client certificate and key (PEM paths or bytes); `server_name` overrides the
     name checked against the edge certificate. `token` is a session token sent with every call.
     `insecure=True` gives plaintext gRPC, for local experiments only.
+
+    `reconnect_backoff_s` (first, most) bounds how long the channel waits between attempts to
+    connect again after losing the edge (gRPC's own backoff, 1 s growing to 120 s by default): a
+    call made while it waits fails at once with UNAVAILABLE, so the retry policy's tries
+    (`device_client.retry`) only reach an edge that came back when this is no longer than its waits.
+    `keepalive_s`: while calls are open, ping the edge after this many seconds without traffic and
+    drop the connection when the ping goes unanswered (at most 10 s): a link that died silently
+    (no reset, e.g. a phone changing networks) fails its calls with UNAVAILABLE, and they are
+    retried on a new connection, instead of waiting for their deadlines. None: no pings.
     """
 
     def __init__(
@@ -63,21 +105,18 @@ class EdgeConnection:
         server_name: str | None = None,
         token: str | None = None,
         timeout: float = 120.0,
+        reconnect_backoff_s: tuple[float, float] = (0.2, 10.0),
+        keepalive_s: float | None = KEEPALIVE_S,
         interceptors: Iterable[grpc.UnaryUnaryClientInterceptor | grpc.StreamStreamClientInterceptor] = (),
     ) -> None:
         if not address or ":" not in address:
             raise InvalidArgument(f"edge address must be HOST:PORT, got {address!r}")
+        options = _channel_options(reconnect_backoff_s, keepalive_s, server_name)
         self.address = address
         self.timeout = timeout
         self.stats = WireStats()
         self.token = token
         self._metadata = ((METADATA_KEY, f"Bearer {token}"),) if token else ()
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
-            ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
-        ]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
         if insecure:
             channel = grpc.insecure_channel(address, options=options)
         else:

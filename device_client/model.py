@@ -28,12 +28,14 @@ from device_client.opening import (
     device_placement,
     num_layers_of,
     open_session_request,
+    open_trunk,
     resolve_method,
     save_new_modules,
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
 from device_client.resume import resume
+from device_client.retry import RetryPolicy
 from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
@@ -122,26 +124,26 @@ class SplitModel(nn.Module):
         device: str = "cpu",
         dtype: str = "float32",
         quantize: str = "none",
+        retry: RetryPolicy | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
-        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk adapter
-        (default: from torch's global RNG). `config_overrides`: device-side config fields. `codec`: one codec
-        for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
+        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
+        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields. `codec`:
+        one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
         `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary
-        call per tensor instead of the session's `Train` stream. `batch_shape` (rows, tokens per row) sizes
-        the edge's memory reservation for one batch's graphs (default 16 x 128; other shapes run too).
+        call per tensor instead of the session's `Train` stream. `retry`: the `RetryPolicy` of the calls to
+        the edge (default `RetryPolicy()`; past its budget a call raises `EdgeUnreachable`;
+        docs/resilience.md). `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for
+        one batch's graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
+        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16", "float16")
+        place the device's spans (adapters stay float32; inputs on the same device; each side casts what
+        arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights, quantized
+        (`splitft.model.quantize`; LoRA only).
 
-        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16",
-        "float16") place the device's spans (adapters stay float32; inputs on the same device; each
-        side casts what arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen
-        linear weights, quantized (`splitft.model.quantize`; LoRA only).
-
-        `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
-        registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
-        own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas.
-        """
+        `method`: a `peft.LoraConfig` (as `lora_config`) or a registered selection method's config
+        (`splitft.methods`, docs/methods.md; `calibrate(batches)` first, then only the selected entries
+        of both sides train, as sparse deltas)."""
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
@@ -154,7 +156,7 @@ class SplitModel(nn.Module):
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
-        trunk = RemoteTrunk(edge, edge.call("OpenSession", request), codecs, seed=seed, use_stream=stream)
+        trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
             return cls._build(opened, spec, device_config, edge, trunk, selection, placement)
@@ -321,7 +323,8 @@ class SplitModel(nn.Module):
         """Open a new session on `edge` from the newest checkpoint under `path` that verifies and
         restore everything `checkpoint` saved; `model.optimizer` is ready, `model.resumed` says
         where to continue. `options`: `model_dir`, `model_name` (the edge's name for the model),
-        `optimizer_cls` (not in torch.optim), `restore_rng` (False: fresh randomness)."""
+        `optimizer_cls` (not in torch.optim), `restore_rng` (False: fresh randomness), `retry` (the
+        new session's `RetryPolicy`, as in `from_pretrained`)."""
         return resume(cls, path, edge=edge, **options)
 
     def load_adapter(self, source: str | Path | Mapping[str, torch.Tensor]) -> None:

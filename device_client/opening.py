@@ -11,6 +11,9 @@ from typing import Any, TypeAlias
 
 from peft import LoraConfig
 
+from device_client.connection import EdgeConnection
+from device_client.retry import RetryPolicy
+from device_client.trunk import RemoteTrunk
 from splitft.compress import DirectionCodecs
 from splitft.errors import InvalidArgument
 from splitft.methods.registry import method_for, method_names
@@ -93,6 +96,21 @@ def open_session_request(
         batch_size=batch_size,
         sequence_length=sequence_length,
     )
+
+
+def open_trunk(
+    edge: EdgeConnection,
+    request: pb.OpenSessionRequest,
+    codecs: DirectionCodecs,
+    seed: int,
+    *,
+    stream: bool,
+    retry: RetryPolicy | None,
+) -> RemoteTrunk:
+    """Open the session on the edge and its client. OpenSession itself is not retried: a retry
+    after a lost answer would open a second session (docs/resilience.md)."""
+    opened = edge.call("OpenSession", request)
+    return RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream, retry=retry)
 
 
 def resolve_method(

@@ -32,6 +32,7 @@ from device_client.checkpoint import (
 from device_client.checkpoint_files import CorruptCheckpoint, latest_checkpoint
 from device_client.connection import EdgeConnection
 from device_client.optim import SplitOptimizer
+from device_client.retry import RetryPolicy
 from device_client.trunk import RemoteTrunk
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.v1 import dataplane_pb2 as pb
@@ -62,6 +63,7 @@ def resume(
     model_name: str | None = None,
     optimizer_cls: type[torch.optim.Optimizer] | None = None,
     restore_rng: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> SplitModel:
     """`SplitModel.from_checkpoint` (see there)."""
     directory, files = latest_checkpoint(path)
@@ -76,6 +78,7 @@ def resume(
         edge=edge,
         lora_config=lora,
         batch_shape=tuple(batch_shape) if batch_shape else None,
+        retry=retry,
         **opened,
     )
     try:

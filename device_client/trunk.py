@@ -4,19 +4,26 @@ Forwards and backwards go out encoded with the session's codecs (parsed once, by
 handed in as a `DirectionCodecs`), on the session stream or as one call each; the optimizer,
 export and selection calls are unary. `device_client.autograd` turns this client into a local
 autograd operation.
+
+Every call that changes the session's state carries a request id (`device_client.retry.RequestIds`)
+and is retried after transient failures as the session's `RetryPolicy` allows, with the same id and
+the same encoded bytes: the edge applies it once (`edge_server.replay`). Read-only calls are
+retried too; OpenSession is not (docs/resilience.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from device_client.connection import EdgeConnection
+from device_client.retry import RequestIds, RetryPolicy, call_with_retry
 from device_client.stream import SessionStream
 from splitft.compress import DirectionCodecs
 from splitft.compress.encoder import TensorEncoder
@@ -27,6 +34,8 @@ from splitft.wire.codec import parts_to_tensors, tensors_to_parts
 from splitft.wire.serde import hparams_to_json
 
 logger = logging.getLogger(__name__)
+
+CLOSE_BUDGET_S = 5.0  # CloseSession's retry budget, at most
 
 
 class RemoteTrunk:
@@ -40,6 +49,7 @@ class RemoteTrunk:
         *,
         seed: int = 0,
         use_stream: bool = True,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.conn = conn
         self.session_id = opened.session_id
@@ -55,6 +65,9 @@ class RemoteTrunk:
         self.forwards = 0
         self.closed = False
         self._ids = itertools.count(1)
+        self.retry = retry or RetryPolicy()
+        self._jitter = self.retry.jitter()
+        self._requests = RequestIds()
         self._zero_grad_pending = False
         # Forwards and backwards travel on one stream per session; False: one call each (the
         # pre-stream protocol, kept for comparison in `splitft bench step`).
@@ -112,48 +125,82 @@ class RemoteTrunk:
         tensors: dict[str, torch.Tensor],
         on_submit: Callable[[], None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One forward or backward on the session stream (opened on first use), or as one call."""
+        """One forward or backward, numbered, on the session stream (opened on first use) or as one
+        call; retried as the policy allows."""
         encoder = self.encoders["backward" if isinstance(header, pb.BackwardHeader) else "forward"]
-        if not self.use_stream:
-            method, request_type, response_field = (
-                ("Backward", pb.BackwardRequest, "part")
-                if isinstance(header, pb.BackwardHeader)
-                else ("Forward", pb.ForwardRequest, "part")
-            )
-            requests = itertools.chain(
-                [request_type(header=header)],
-                tensors_to_parts(tensors, encoder, into=request_type),
-            )
+        with self._requests.request() as request_id:
+            header.request_id.CopyFrom(request_id)
+            if not self.use_stream:
+                return self._request_call(header, tensors, encoder, on_submit)
+            stream = self._session_stream()
+            with self._encode_lock:  # encoders keep state (error feedback, random streams)
+                future = stream.submit(header, tensors, encoder)
             if on_submit is not None:
                 on_submit()
-            release_idle_threads()
-            responses = self.conn.stream(method, requests)
-            return parts_to_tensors(getattr(r, response_field) for r in responses)
-        stream = self._session_stream()
-        with self._encode_lock:  # encoders keep state (error feedback, random streams)
-            future = stream.submit(header, tensors, encoder)
+            release_idle_threads()  # nothing to compute until the answer: no OpenMP workers spin
+            while True:
+                try:
+                    return future.result(timeout=self.conn.timeout)
+                except TimeoutError:
+                    if not stream.retrying:
+                        raise Unavailable(f"no answer from the edge within {self.conn.timeout} s") from None
+                    logger.warning(
+                        "no answer from the edge within %s s: opening the stream again", self.conn.timeout
+                    )
+                    stream.reset()
+
+    def _request_call(
+        self,
+        header: pb.ForwardHeader | pb.BackwardHeader,
+        tensors: dict[str, torch.Tensor],
+        encoder: TensorEncoder,
+        on_submit: Callable[[], None] | None,
+    ) -> dict[str, torch.Tensor]:
+        """A forward or backward as one call of its own (the pre-stream protocol)."""
+        method, request_type = (
+            ("Backward", pb.BackwardRequest)
+            if isinstance(header, pb.BackwardHeader)
+            else ("Forward", pb.ForwardRequest)
+        )
+        with self._encode_lock:  # encoded once: a retry sends the same bytes
+            requests = [request_type(header=header), *tensors_to_parts(tensors, encoder, into=request_type)]
         if on_submit is not None:
             on_submit()
-        release_idle_threads()  # nothing to compute until the answer: no OpenMP workers spinning meanwhile
-        try:
-            return future.result(timeout=self.conn.timeout)
-        except TimeoutError:
-            raise Unavailable(f"no answer from the edge within {self.conn.timeout} s") from None
+        release_idle_threads()
+        responses = self._retrying(method, lambda: self.conn.stream(method, iter(requests)))
+        return parts_to_tensors(r.part for r in responses)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """`call()`, retried after transient failures as the session's policy allows. Every call
+        this client retries is numbered or changes nothing, so a deadline is transient too."""
+        what = f"{what} of session {self.session_id}"
+        return call_with_retry(call, self.retry, self._jitter, what=what, idempotent=True)
+
+    def _numbered(self, method: str, make: Callable[[pb.RequestId], Any]) -> Any:
+        """A unary call that changes the session: numbered, so its retries apply once."""
+        with self._requests.request() as request_id:
+            request = make(request_id)
+            return self._retrying(method, lambda: self.conn.call(method, request))
+
+    def _numbered_upload(self, method: str, messages: list[Any]) -> Any:
+        """A request-streaming call that changes the session (its header already numbered)."""
+        return self._retrying(method, lambda: self.conn.upload(method, iter(messages)))
 
     def _session_stream(self) -> SessionStream:
         with self._lock:
             if self.closed:
                 raise FailedPrecondition("this session is closed")
             if self._stream is None:
-                self._stream = SessionStream(self.conn)
+                self._stream = SessionStream(self.conn, self.retry, self._jitter)
             return self._stream
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk adapter's optimizer `name` (one of `EDGE_OPTIMIZERS`) on the edge."""
-        self.conn.call(
+        hparams_json = hparams_to_json(hparams)
+        self._numbered(
             "ConfigureOptimizer",
-            pb.ConfigureOptimizerRequest(
-                session_id=self.session_id, name=name, hparams_json=hparams_to_json(hparams)
+            lambda rid: pb.ConfigureOptimizerRequest(
+                session_id=self.session_id, name=name, hparams_json=hparams_json, request_id=rid
             ),
         )
 
@@ -163,46 +210,60 @@ class RemoteTrunk:
 
     def grad_norm_sq(self) -> float:
         """The squared 2-norm of the trunk adapter's gradients."""
-        response = self.conn.call(
-            "GradNorm", pb.GradNormRequest(session_id=self.session_id, zero_grad_first=self._take_zero_grad())
+        zero_first = self._take_zero_grad()
+        response = self._numbered(
+            "GradNorm",
+            lambda rid: pb.GradNormRequest(
+                session_id=self.session_id, zero_grad_first=zero_first, request_id=rid
+            ),
         )
         return float(response.sum_of_squares)
 
     def step(self, hparams: dict[str, Any], grad_scale: float) -> None:
         """One trunk optimizer step with the current `hparams` and clipping's `grad_scale`."""
-        response = self.conn.call(
+        hparams_json, zero_first = hparams_to_json(hparams), self._take_zero_grad()
+        response = self._numbered(
             "Step",
-            pb.StepRequest(
+            lambda rid: pb.StepRequest(
                 session_id=self.session_id,
-                hparams_json=hparams_to_json(hparams),
+                hparams_json=hparams_json,
                 grad_scale=grad_scale,
-                zero_grad_first=self._take_zero_grad(),
+                zero_grad_first=zero_first,
+                request_id=rid,
             ),
         )
         self.steps = int(response.steps)
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
         """The trunk adapter's tensors, under peft's names (or a selection's sparse deltas)."""
-        responses = self.conn.stream("ExportAdapter", pb.ExportAdapterRequest(session_id=self.session_id))
+        request = pb.ExportAdapterRequest(session_id=self.session_id)
+        responses = self._retrying("ExportAdapter", lambda: self.conn.stream("ExportAdapter", request))
         return parts_to_tensors(r.part for r in responses)
 
     def start_calibration(self) -> int:
         """Selection methods: the edge scores the trunk from the forwards that follow."""
-        response = self.conn.call("StartCalibration", pb.StartCalibrationRequest(session_id=self.session_id))
+        response = self._numbered(
+            "StartCalibration",
+            lambda rid: pb.StartCalibrationRequest(session_id=self.session_id, request_id=rid),
+        )
         return int(response.target_rows)
 
     def select_parameters(self, k_per_row: int) -> int:
         """TaskEdge: keep `k_per_row` entries per trunk target row; returns entries selected."""
-        response = self.conn.call(
-            "SelectParameters", pb.SelectParametersRequest(session_id=self.session_id, k_per_row=k_per_row)
+        response = self._numbered(
+            "SelectParameters",
+            lambda rid: pb.SelectParametersRequest(
+                session_id=self.session_id, k_per_row=k_per_row, request_id=rid
+            ),
         )
         self.trainable_parameters = int(response.selected)
         return int(response.selected)
 
     def fisher_potentials(self) -> tuple[list[pb.TrunkLayer], int, dict[str, torch.Tensor]]:
         """TinyTrain: the trunk's target layers in forward order, N, and their potentials."""
+        request = pb.FisherPotentialsRequest(session_id=self.session_id)
         responses = iter(
-            self.conn.stream("FisherPotentials", pb.FisherPotentialsRequest(session_id=self.session_id))
+            self._retrying("FisherPotentials", lambda: self.conn.stream("FisherPotentials", request))
         )
         first = next(responses, None)
         if first is None or first.WhichOneof("item") != "summary":
@@ -215,24 +276,35 @@ class RemoteTrunk:
 
     def select_channels(self, channels: dict[str, torch.Tensor]) -> int:
         """TinyTrain: train these output rows of these trunk layers; returns trunk entries selected."""
-        requests = itertools.chain(
-            [pb.SelectChannelsRequest(header=pb.SelectChannelsHeader(session_id=self.session_id))],
-            tensors_to_parts(channels, "raw", into=pb.SelectChannelsRequest),
-        )
-        response = self.conn.upload("SelectChannels", requests)
+        with self._requests.request() as rid:
+            header = pb.SelectChannelsHeader(session_id=self.session_id, request_id=rid)
+            requests = [
+                pb.SelectChannelsRequest(header=header),
+                *tensors_to_parts(channels, "raw", into=pb.SelectChannelsRequest),
+            ]
+            response = self._numbered_upload("SelectChannels", requests)
         self.trainable_parameters = int(response.selected)
         return int(response.selected)
 
     def load_adapter(self, state: dict[str, torch.Tensor]) -> int:
         """Set the trunk adapter on the edge (peft names, every key `export_adapter` gives)."""
-        requests = itertools.chain(
-            [pb.LoadAdapterRequest(header=pb.LoadAdapterHeader(session_id=self.session_id))],
-            tensors_to_parts(state, "raw", into=pb.LoadAdapterRequest),
-        )
-        return int(self.conn.upload("LoadAdapter", requests).loaded)
+        with self._requests.request() as rid:
+            header = pb.LoadAdapterHeader(session_id=self.session_id, request_id=rid)
+            requests = [
+                pb.LoadAdapterRequest(header=header),
+                *tensors_to_parts(state, "raw", into=pb.LoadAdapterRequest),
+            ]
+            return int(self._numbered_upload("LoadAdapter", requests).loaded)
 
     def export_state(self) -> tuple[pb.SessionState, dict[str, torch.Tensor]]:
-        """The session's whole trunk state for a checkpoint (`edge_server.session_state`)."""
+        """The session's whole trunk state for a checkpoint (`edge_server.session_state`); it
+        changes nothing, so a broken export is retried whole."""
+        return cast(
+            "tuple[pb.SessionState, dict[str, torch.Tensor]]",
+            self._retrying("ExportSessionState", self._export_state_once),
+        )
+
+    def _export_state_once(self) -> tuple[pb.SessionState, dict[str, torch.Tensor]]:
         responses = iter(
             self.conn.stream("ExportSessionState", pb.ExportSessionStateRequest(session_id=self.session_id))
         )
@@ -242,13 +314,14 @@ class RemoteTrunk:
         return first.state, parts_to_tensors(r.part for r in responses)
 
     def import_state(self, state: pb.SessionState, tensors: dict[str, torch.Tensor]) -> int:
-        """Continue a checkpointed session in this fresh one; returns the session's step count."""
+        """Continue a checkpointed session in this fresh one; returns the session's step count.
+        Importing the same state again before a step sets the same state, so it is retried whole."""
         header = pb.ImportSessionStateHeader(session_id=self.session_id, state=state)
-        requests = itertools.chain(
-            [pb.ImportSessionStateRequest(header=header)],
-            tensors_to_parts(tensors, "raw", into=pb.ImportSessionStateRequest),
-        )
-        self.steps = int(self.conn.upload("ImportSessionState", requests).steps)
+        requests = [
+            pb.ImportSessionStateRequest(header=header),
+            *tensors_to_parts(tensors, "raw", into=pb.ImportSessionStateRequest),
+        ]
+        self.steps = int(self._numbered_upload("ImportSessionState", requests).steps)
         return self.steps
 
     def close(self) -> None:
@@ -260,8 +333,18 @@ class RemoteTrunk:
             stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()
+        request = pb.CloseSessionRequest(session_id=self.session_id)
+        # Cleanup, often of a session whose edge is gone: a short budget (the edge's TTL frees it).
+        policy = dataclasses.replace(self.retry, budget_s=min(self.retry.budget_s, CLOSE_BUDGET_S))
+        what = f"CloseSession of session {self.session_id}"
         try:
-            self.conn.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id))
+            call_with_retry(
+                lambda: self.conn.call("CloseSession", request),
+                policy,
+                self._jitter,
+                what=what,
+                idempotent=True,
+            )
         except NotFound:
             logger.info("session %s was already gone on the edge", self.session_id)
 

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    if isinstance(exc, grpc.RpcError):
+        # Raised by the call's own request iterator: the device went away mid-call (a dropped
+        # connection, a cancelled stream). Nothing to answer; the device retries (docs/resilience.md).
+        logger.info("%s: the call ended under it (the device went away or cancelled)", method)
+        return
     if isinstance(exc, SplitftError):
         logger.info("%s -> %s: %s", method, exc.code.name, exc.message)
         context.abort(exc.code.grpc_status, exc.message)

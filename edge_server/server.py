@@ -103,6 +103,7 @@ def server_credentials(certs_dir: str | Path) -> grpc.ServerCredentials:
 # Threads and gRPC slots kept beyond the DataPlane's own bound, so health checks are answered
 # even when every DataPlane slot is taken.
 HEALTH_HEADROOM = 4
+MIN_CLIENT_PING_INTERVAL_MS = 10_000  # keepalive pings accepted this often (a device pings every 30 s)
 
 
 def _issuers(config: EdgeConfig) -> list:
@@ -166,6 +167,9 @@ class EdgeServer:
         options = [
             ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
             ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+            # Devices ping while their calls are open (device_client.connection.KEEPALIVE_S) to find
+            # a silently dead link; gRPC's server default counts pings closer than 5 min as abuse.
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ]
         interceptors = _interceptors(config)
         # A session's Train stream holds a handler thread while it is open, so every session may keep

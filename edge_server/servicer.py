@@ -25,6 +25,7 @@ from edge_server.auth import (
 from edge_server.errors import translate_errors
 from edge_server.limits import DataPlaneLimits
 from edge_server.metrics import EdgeMetrics
+from edge_server.selection_rpcs import SelectionRpcs
 from edge_server.session import SessionOwner, TrunkSession
 from edge_server.session_state import SessionStateCalls
 from edge_server.session_wire import GRAD, HIDDEN
@@ -44,9 +45,10 @@ from splitft.wire.serde import hparams_from_json
 logger = logging.getLogger(__name__)
 
 
-class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
+class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServicer):
     """The edge's data-plane RPCs (see `dataplane.proto`) over a `SessionManager`; the session state
-    RPCs (checkpoints) come from `SessionStateCalls`."""
+    RPCs (checkpoints) come from `SessionStateCalls`, the selection methods' four from
+    `edge_server.selection_rpcs`."""
 
     def __init__(
         self,
@@ -76,6 +78,13 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
         session = self._session(session_id)
         with session.lock:
             yield session
+
+    def _once(
+        self, session: TrunkSession, request_id: pb.RequestId, kind: str, apply: Callable[[], Any]
+    ) -> Any:
+        """`apply()`'s answer, applied once per request id (`edge_server.replay`); the caller holds
+        the session's lock."""
+        return self.sessions.wire(session.session_id).replay.run(request_id, (kind, 0), apply)
 
     def _assembler(self, names: frozenset[str] | None) -> TensorAssembler:
         return TensorAssembler(
@@ -161,7 +170,8 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
         `into()` messages."""
         wire = self.sessions.wire(session.session_id)
         self.metrics.received(wire.label, size)
-        with session.lock, self.metrics.time_step("forward", session):
+
+        def apply() -> list[Any]:
             out = session.forward(
                 header.forward_id,
                 tensors,
@@ -170,8 +180,11 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
                 need_input_grad=header.need_input_grad,
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
-            parts = list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes, into=into))
-        return wire, parts
+            return list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes, into=into))
+
+        with session.lock, self.metrics.time_step("forward", session):
+            parts = wire.replay.run(header.request_id, ("forward", header.forward_id), apply)
+        return wire, _enveloped(parts, into)
 
     def _backward(
         self,
@@ -187,16 +200,17 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
             raise InvalidArgument(f"backward carries exactly one tensor named 'grad', got {sorted(tensors)}")
         wire = self.sessions.wire(session.session_id)
         self.metrics.received(wire.label, size)
+
+        def apply() -> list[Any]:
+            zero_first = header.zero_grad_first
+            grad = session.backward(header.forward_id, tensors["grad"], zero_grad_first=zero_first)
+            if grad is None:
+                return []
+            return list(tensor_parts(GRAD, grad, wire.encoders[GRAD], self.chunk_bytes, into=into))
+
         with session.lock, self.metrics.time_step("backward", session):
-            grad = session.backward(
-                header.forward_id, tensors["grad"], zero_grad_first=header.zero_grad_first
-            )
-            parts = (
-                []
-                if grad is None
-                else list(tensor_parts(GRAD, grad, wire.encoders[GRAD], self.chunk_bytes, into=into))
-            )
-        return wire, parts
+            parts = wire.replay.run(header.request_id, ("backward", header.forward_id), apply)
+        return wire, _enveloped(parts, into)
 
     @translate_errors
     def Forward(self, request_iterator, context) -> Iterator[pb.ForwardResponse]:
@@ -288,23 +302,35 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
         """Build the trunk adapter's optimizer (one of EDGE_OPTIMIZERS) with the device's settings."""
         hparams = hparams_from_json(request.hparams_json)
         with self._locked(request.session_id) as session:
-            session.configure_optimizer(request.name, hparams)
-        return pb.ConfigureOptimizerResponse()
+
+            def apply() -> pb.ConfigureOptimizerResponse:
+                session.configure_optimizer(request.name, hparams)
+                return pb.ConfigureOptimizerResponse()
+
+            return self._once(session, request.request_id, "configure", apply)
 
     @translate_errors
     def GradNorm(self, request, context):
         """The squared gradient norm of the trunk adapter, for global-norm clipping across both sides."""
         with self._locked(request.session_id) as session:
-            total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
-        return pb.GradNormResponse(sum_of_squares=total)
+
+            def apply() -> pb.GradNormResponse:
+                total = session.grad_norm_sq(zero_grad_first=request.zero_grad_first)
+                return pb.GradNormResponse(sum_of_squares=total)
+
+            return self._once(session, request.request_id, "grad-norm", apply)
 
     @translate_errors
     def Step(self, request, context):
         """One optimizer step of the trunk adapter with the device's hyper-parameters and grad scale."""
         hparams = hparams_from_json(request.hparams_json)
         with self._locked(request.session_id) as session, self.metrics.time_step("optimizer", session):
-            steps = session.step(hparams, request.grad_scale, zero_grad_first=request.zero_grad_first)
-        return pb.StepResponse(steps=steps)
+
+            def apply() -> pb.StepResponse:
+                steps = session.step(hparams, request.grad_scale, zero_grad_first=request.zero_grad_first)
+                return pb.StepResponse(steps=steps)
+
+            return self._once(session, request.request_id, "step", apply)
 
     @translate_errors
     def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
@@ -316,54 +342,6 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
                 yield self._sent("raw", message)
 
     @translate_errors
-    def StartCalibration(self, request, context):
-        """Start a selection method's calibration: the next forwards are scored, not trained."""
-        with self._locked(request.session_id) as session:
-            rows = session.start_calibration()
-        return pb.StartCalibrationResponse(target_rows=rows)
-
-    @translate_errors
-    def SelectParameters(self, request, context):
-        """TaskEdge's trunk half: keep `k_per_row` entries per output row from the scores gathered."""
-        with self._locked(request.session_id) as session:
-            chosen = session.select_parameters(request.k_per_row)
-            layers = len(session.selection.names) if session.selection is not None else 0
-        return pb.SelectParametersResponse(selected=chosen, layers=layers)
-
-    @translate_errors
-    def FisherPotentials(self, request, context) -> Iterator[pb.FisherPotentialsResponse]:
-        """TinyTrain's trunk half: the Fisher potentials and costs measured over calibration."""
-        with self._locked(request.session_id) as session:
-            layers, samples, potentials = session.fisher_potentials()
-        summary = pb.FisherSummary(
-            layers=[
-                pb.TrunkLayer(
-                    name=x.name, out_features=x.out_features, in_features=x.in_features, tokens=x.tokens
-                )
-                for x in layers
-            ],
-            samples=samples,
-        )
-        yield self._sent("raw", pb.FisherPotentialsResponse(summary=summary))
-        for layer in layers:  # raw: potentials choose channels, a lossy codec could reorder them
-            potential = potentials[layer.name]
-            for message in tensor_parts(
-                layer.name, potential, "raw", self.chunk_bytes, into=pb.FisherPotentialsResponse
-            ):
-                yield self._sent("raw", message)
-
-    @translate_errors
-    def SelectChannels(self, request_iterator, context):
-        """TinyTrain's trunk half: train the output channels the device chose for the trunk's layers."""
-        header, session, channels, size = read_stream(
-            request_iterator, pb.SelectChannelsHeader, self._header_session, lambda _: self._assembler(None)
-        )
-        self.metrics.received("raw", size)
-        with session.lock:
-            chosen = session.select_channels(channels)
-        return pb.SelectParametersResponse(selected=chosen, layers=len(channels))
-
-    @translate_errors
     def LoadAdapter(self, request_iterator, context):
         """Set a LoRA session's trunk adapter before it trains (a federated round, a checkpoint)."""
         header, session, state, size = read_stream(
@@ -371,8 +349,24 @@ class DataPlaneServicer(SessionStateCalls, pb_grpc.DataPlaneServicer):
         )
         self.metrics.received("raw", size)
         with session.lock:
-            loaded = session.load_adapter(state)
-        return pb.LoadAdapterResponse(loaded=loaded)
+
+            def apply() -> pb.LoadAdapterResponse:
+                return pb.LoadAdapterResponse(loaded=session.load_adapter(state))
+
+            return self._once(session, header.request_id, "load-adapter", apply)
+
+
+def _enveloped(stored: list[Any], into: Callable[[], Any]) -> list[Any]:
+    """A forward's or backward's answer as `into()` messages. It was stored as the messages of the
+    call that applied it; a replay on another kind of call (Train, Forward) copies the parts over."""
+    if not stored or type(stored[0]) is type(into()):
+        return stored  # the same request on the same kind of call: the same messages
+    messages = []
+    for message in stored:
+        envelope = into()
+        envelope.part.CopyFrom(message.part)
+        messages.append(envelope)
+    return messages
 
 
 def _requested_split(request: pb.OpenSessionRequest, codecs: DirectionCodecs) -> SplitClaims:

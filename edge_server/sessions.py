@@ -103,7 +103,7 @@ class SessionManager:
         session = self._build(session_id, model, spec, lora_config, seed, method)
         session.owner = owner
         session.batcher = self.batcher
-        wire = SessionWire.open(codecs, seed)
+        wire = SessionWire.open(codecs, seed, self.limits.max_request_bytes)
         with self._lock:
             self._opening.pop(session_id, None)
             self._sessions[session_id] = session

@@ -95,6 +95,17 @@ class Unavailable(SplitftError):
     code = ErrorCode.UNAVAILABLE
 
 
+class DeadlineExceeded(Unavailable):
+    """A call ran past its deadline (gRPC DEADLINE_EXCEEDED): the edge may or may not have applied
+    it, so a client retries it only when the request carries an id the edge deduplicates."""
+
+
+class EdgeUnreachable(Unavailable):
+    """The device gave up on its edge: transient failures went on past the retry budget
+    (`device_client.retry.RetryPolicy`). Raised on the device only, never sent by an edge; what
+    catches it resumes the session elsewhere (docs/resilience.md)."""
+
+
 class UnsupportedModel(InvalidArgument):
     """The model's architecture is not one of the supported families."""
 
@@ -118,9 +129,9 @@ _CLASS_BY_CODE: dict[ErrorCode, type[SplitftError]] = {
 def error_from_grpc(status: grpc.StatusCode, detail: str) -> SplitftError:
     """The Python exception a client raises for a gRPC failure status."""
     code = _BY_GRPC.get(status, ErrorCode.INTERNAL)
-    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
-        code = ErrorCode.UNAVAILABLE
     cls = _CLASS_BY_CODE.get(code, SplitftError)
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        code, cls = ErrorCode.UNAVAILABLE, DeadlineExceeded
     err = cls(f"{status.name}: {detail}")
     err.code = code
     return err

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection, SplitModel
+from device_client.retry import RetryPolicy
 from splitft.errors import InvalidArgument
 from splitft.testing.tiny import lora_config_for
 
@@ -103,6 +104,7 @@ def split_model(
     edge_model: str = "bench",
     device: str = "cpu",
     dtype: str = "float32",
+    retry: RetryPolicy | None = None,
 ) -> tuple[SplitModel, Any]:
     """A split model of the saved model at `path` (named `edge_model` on the edge), and its AdamW."""
     model = SplitModel.from_pretrained(
@@ -116,5 +118,6 @@ def split_model(
         stream=stream,
         device=device,
         dtype=dtype,
+        retry=retry,
     )
     return model, model.configure_optimizer(torch.optim.AdamW, lr=1e-3)

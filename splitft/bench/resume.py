@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection, SplitModel
+from device_client.retry import RetryPolicy
 from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads, train_step
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.local.launch import EdgeProcess
@@ -57,6 +58,9 @@ class ResumeBenchConfig(BenchModelConfig):
     rounds: int = 5  # chunks the timed steps are cut into, the settings' order alternating
     checkpoint_repeats: int = 5
     kill_repeats: int = 3
+    # How long the device retries a dead edge before it resumes elsewhere (its `RetryPolicy` budget):
+    # part of the time from the kill to the first resumed step, so the report gives it.
+    retry_budget_s: float = 1.0
     edge_args: tuple[str, ...] = field(default_factory=tuple)  # extra `edge serve` flags
 
     def __post_init__(self) -> None:
@@ -152,7 +156,8 @@ def _kill_and_resume(
     path: Path, doomed: EdgeProcess, healthy: str, config: ResumeBenchConfig, batch: dict, root: Path
 ) -> dict[str, float]:
     conn = EdgeConnection(doomed.address, insecure=True, timeout=30)
-    model, optimizer = split_model(path, conn, config, edge_model="bench")
+    retry = RetryPolicy(budget_s=config.retry_budget_s, seed=0)
+    model, optimizer = split_model(path, conn, config, edge_model="bench", retry=retry)
     model.checkpoint_every(1, root)
     for _ in range(3):
         train_step(model, optimizer, batch)

@@ -26,6 +26,7 @@ import torch
 
 from device_client import SplitModel
 from device_client.optim import make_scheduler
+from device_client.retry import RetryPolicy
 from splitft.errors import Unavailable
 from splitft.local.launch import EdgeProcess, LocalPki
 from splitft.testing.tiny import lora_config_for, make_batch, save_tiny_model
@@ -56,6 +57,7 @@ def _open(path: Path, conn) -> tuple[SplitModel, torch.optim.Optimizer, object]:
         head_layers=1,
         lora_config=lora_config_for("bert"),
         seed=11,
+        retry=RetryPolicy(max_attempts=3, budget_s=1.0, seed=0),  # the edge is killed: fail over fast
     )
     optimizer = model.configure_optimizer(torch.optim.AdamW, lr=2e-2, weight_decay=0.01)
     scheduler = make_scheduler(optimizer, "cosine", 2, STEPS)

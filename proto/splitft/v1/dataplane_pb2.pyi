@@ -36,6 +36,14 @@ class TensorPart(_message.Message):
     chunk: TensorChunk
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
+class RequestId(_message.Message):
+    __slots__ = ("seq", "answered_below")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BELOW_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    answered_below: int
+    def __init__(self, seq: _Optional[int] = ..., answered_below: _Optional[int] = ...) -> None: ...
+
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json", "batch_size", "sequence_length")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -93,18 +101,20 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ForwardHeader(_message.Message):
-    __slots__ = ("session_id", "forward_id", "training", "requires_grad", "need_input_grad")
+    __slots__ = ("session_id", "forward_id", "training", "requires_grad", "need_input_grad", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
     NEED_INPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     forward_id: int
     training: bool
     requires_grad: bool
     need_input_grad: bool
-    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., training: _Optional[bool] = ..., requires_grad: _Optional[bool] = ..., need_input_grad: _Optional[bool] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., training: _Optional[bool] = ..., requires_grad: _Optional[bool] = ..., need_input_grad: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("header", "part")
@@ -121,14 +131,16 @@ class ForwardResponse(_message.Message):
     def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
 class BackwardHeader(_message.Message):
-    __slots__ = ("session_id", "forward_id", "zero_grad_first")
+    __slots__ = ("session_id", "forward_id", "zero_grad_first", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
     ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     forward_id: int
     zero_grad_first: bool
-    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., zero_grad_first: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class BackwardRequest(_message.Message):
     __slots__ = ("header", "part")
@@ -145,26 +157,30 @@ class BackwardResponse(_message.Message):
     def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
 class ConfigureOptimizerRequest(_message.Message):
-    __slots__ = ("session_id", "name", "hparams_json")
+    __slots__ = ("session_id", "name", "hparams_json", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     hparams_json: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., hparams_json: _Optional[str] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., hparams_json: _Optional[str] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class ConfigureOptimizerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GradNormRequest(_message.Message):
-    __slots__ = ("session_id", "zero_grad_first")
+    __slots__ = ("session_id", "zero_grad_first", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     zero_grad_first: bool
-    def __init__(self, session_id: _Optional[str] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., zero_grad_first: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class GradNormResponse(_message.Message):
     __slots__ = ("sum_of_squares",)
@@ -173,16 +189,18 @@ class GradNormResponse(_message.Message):
     def __init__(self, sum_of_squares: _Optional[float] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "hparams_json", "grad_scale", "zero_grad_first")
+    __slots__ = ("session_id", "hparams_json", "grad_scale", "zero_grad_first", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HPARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     GRAD_SCALE_FIELD_NUMBER: _ClassVar[int]
     ZERO_GRAD_FIRST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     hparams_json: str
     grad_scale: float
     zero_grad_first: bool
-    def __init__(self, session_id: _Optional[str] = ..., hparams_json: _Optional[str] = ..., grad_scale: _Optional[float] = ..., zero_grad_first: _Optional[bool] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., hparams_json: _Optional[str] = ..., grad_scale: _Optional[float] = ..., zero_grad_first: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("steps",)
@@ -203,10 +221,12 @@ class ExportAdapterResponse(_message.Message):
     def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
 class StartCalibrationRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class StartCalibrationResponse(_message.Message):
     __slots__ = ("target_rows",)
@@ -215,12 +235,14 @@ class StartCalibrationResponse(_message.Message):
     def __init__(self, target_rows: _Optional[int] = ...) -> None: ...
 
 class SelectParametersRequest(_message.Message):
-    __slots__ = ("session_id", "k_per_row")
+    __slots__ = ("session_id", "k_per_row", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     K_PER_ROW_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     k_per_row: int
-    def __init__(self, session_id: _Optional[str] = ..., k_per_row: _Optional[int] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., k_per_row: _Optional[int] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class SelectParametersResponse(_message.Message):
     __slots__ = ("selected", "layers")
@@ -265,10 +287,12 @@ class FisherPotentialsResponse(_message.Message):
     def __init__(self, summary: _Optional[_Union[FisherSummary, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
 class SelectChannelsHeader(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class SelectChannelsRequest(_message.Message):
     __slots__ = ("header", "part")
@@ -279,10 +303,12 @@ class SelectChannelsRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[SelectChannelsHeader, _Mapping]] = ..., part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
 
 class LoadAdapterHeader(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    request_id: RequestId
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("header", "part")
