@@ -208,6 +208,13 @@ class JobCreate(Strict):
     )
     clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
+    seed: StrictInt | None = Field(
+        None,
+        ge=0,
+        lt=2**62,
+        description="the common initialisation; each device's data order and dropout follow (seed, device "
+        "name, round) (splitft.jobs.seeds); null: derived from the job id",
+    )
     mode: Literal["independent", "federated"] = Field(
         "independent", description="independent: an adapter per device; federated: one global adapter"
     )
