@@ -38,6 +38,8 @@ class SecAggKey(Strict):
 
 
 class SecAggMember(Strict):
+    """One member of a secure round: its device name (the masks' order) and its public key."""
+
     device: str
     public_key: str = Field(description="raw 32-byte X25519 key, base64")
 

@@ -63,6 +63,7 @@ def members_of(s: Session, job_id: str, number: int, attempt: int) -> list[SecAg
 
 
 def needed(spec: FederatedSpec) -> int:
+    """Members a secure round needs: min_devices, and never fewer than two (one sum is one update)."""
     return max(MIN_MEMBERS, spec.min_devices)
 
 

@@ -47,9 +47,31 @@ class InProcessControl:
         enrolled = self._ok(self.client.post("/v1/devices/enroll", json={"enrollment_token": token})).json()
         return DeviceCredential(CP, enrolled["id"], enrolled["name"], enrolled["credential"])
 
-    def agent(self, credential: DeviceCredential, model_dirs: dict[str, Path], data: Any) -> DeviceAgent:
-        """A device agent (plaintext edge) whose REST calls go to this control plane."""
-        return DeviceAgent(credential, model_dirs, data, poll_interval=0.02, http=self.client, insecure=True)
+    def agent(
+        self,
+        credential: DeviceCredential,
+        model_dirs: dict[str, Path],
+        data: Any,
+        *,
+        train_lock: threading.Lock | None = None,
+    ) -> DeviceAgent:
+        """A device agent (plaintext edge) whose REST calls go to this control plane.
+
+        Agents that run in threads of one process share what separate devices never do: torch's
+        global RNG (the agent seeds it for the common initialisation) and the span loading's global
+        patches. Given one `train_lock`, they train one at a time, everything else (keys, waiting
+        for peers, uploads) concurrently, as separate devices would.
+        """
+        agent = DeviceAgent(credential, model_dirs, data, poll_interval=0.02, http=self.client, insecure=True)
+        if train_lock is not None:
+            train = agent.trainer.train
+
+            def one_at_a_time(*args: Any, **kwargs: Any) -> bytes:
+                with train_lock:
+                    return train(*args, **kwargs)
+
+            agent.trainer.train = one_at_a_time  # type: ignore[method-assign]
+        return agent
 
     def create_job(self, body: dict[str, Any]) -> str:
         response = self._ok(self.client.post("/v1/jobs", json=body, headers=bearer(OPERATOR_KEY)))
