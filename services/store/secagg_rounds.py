@@ -80,7 +80,11 @@ def advance_secure_round(s: Session, job: Job, current: Round, spec: FederatedSp
         if pending and not past_deadline:
             return
         _fail(s, pending, f"missed the deadline of round {current.number} before offering its key")
-        _fix_members(s, current, state, rows, members, spec)
+        by_session = {sess.id: sess for sess, _ in rows}
+        for member in [m for m in members if by_session[m.session_id].state not in OPEN_STATES]:
+            s.delete(member)  # it failed before the members were fixed: no mask to cancel, not a member
+        live = [m for m in members if by_session[m.session_id].state in OPEN_STATES]
+        _fix_members(s, current, state, rows, live, spec)
         return
     by_session = {sess.id: sess for sess, _ in rows}
     if past_deadline:

@@ -176,6 +176,20 @@ def test_a_device_dropping_out_after_the_members_are_fixed_redoes_the_round_with
     np.testing.assert_allclose(result[A], expected[A], rtol=0, atol=1e-6)
 
 
+def test_a_device_failing_after_its_key_but_before_the_members_are_fixed_is_left_out(store: Store) -> None:
+    job_id, (laptop, phone, tablet) = secure_round(store, ["laptop", "phone", "tablet"])
+    tablet.post_key(store)
+    store.fail_session(session_id=tablet.session, device_id=tablet.row.id, reason="battery")
+    laptop.post_key(store)
+    phone.post_key(store)  # the members are fixed now: laptop and phone, no redo needed
+    found = store.secagg_members(session_id=phone.session, device_id=phone.row.id)
+    assert found is not None and sorted(found.keys) == ["laptop", "phone"] and found.context.endswith(":0")
+    laptop.upload(store)
+    phone.upload(store)
+    (round0,) = store.rounds(job_id=job_id)
+    assert round0.participants == ["laptop", "phone"] and round0.missed == ["tablet"]
+
+
 def test_too_few_members_fail_the_round(store: Store) -> None:
     job_id, (laptop, phone) = secure_round(store, ["laptop", "phone"])
     laptop.post_key(store)
