@@ -23,7 +23,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_ADAPTER_UPLOAD = re.compile(r"^/v1/sessions/[^/]+/complete$")
+_ADAPTER_UPLOAD = re.compile(r"^/v1/sessions/[^/]+/(complete|secagg/masked)$")  # adapter-sized
 _METRICS_POST = re.compile(r"^/v1/sessions/[^/]+/metrics$")
 # Routes anyone may call: no bearer to check early (enrollment carries its token in the body).
 _OPEN_PATHS = {"/healthz", "/metrics", "/v1/ca.pem", "/v1/devices/enroll", "/docs", "/redoc", "/openapi.json"}

@@ -139,3 +139,37 @@ class SessionClosure(Base):
     edge_id: Mapped[str] = mapped_column(ForeignKey("edges.id"), index=True)
     session_id: Mapped[str] = mapped_column(String(48))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class SecAggRound(Base):
+    """Secure aggregation's state of a federated round: which attempt runs (a member that drops out
+    after the members are fixed makes the round start again without it), when its members were fixed,
+    and the devices left out of it so far."""
+
+    __tablename__ = "secagg_rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    fixed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    excluded: Mapped[list[str]] = mapped_column(JSON, default=list)  # device names, by redos
+
+
+class SecAggMember(Base):
+    """A session's part in a secure round: its public key, its update's layout and adapter config and
+    example count (all in the clear), and its masked vector until the round's sum is taken. Never a
+    device's plain adapter."""
+
+    __tablename__ = "secagg_members"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))  # the device's name: the masks' order
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    layout: Mapped[list[Any]] = mapped_column(JSON)
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    examples: Mapped[int] = mapped_column(Integer)
+    masked: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # dropped once summed
+    masked_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

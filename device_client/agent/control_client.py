@@ -60,6 +60,25 @@ class ControlPlaneClient:
         url = f"{self.base}/v1/sessions/{session_id}/initial-adapter"
         return request(self.http, "GET", url, headers=self._headers).content
 
+    def post_secagg_key(self, session_id: str, body: dict[str, Any]) -> None:
+        """Secure aggregation: offer this round's public key, layout, adapter config and examples."""
+        url = f"{self.base}/v1/sessions/{session_id}/secagg/key"
+        request(self.http, "POST", url, headers=self._headers, json=body)
+
+    def secagg_members(self, session_id: str) -> tuple[dict[str, Any] | None, float | None]:
+        """The round's fixed members (context, keys), or None and Retry-After while not fixed yet."""
+        url = f"{self.base}/v1/sessions/{session_id}/secagg/members"
+        response = request(self.http, "GET", url, headers=self._headers)
+        if response.status_code == 204:
+            return None, _retry_after(response)
+        return response_json(response), None
+
+    def upload_masked(self, session_id: str, data: bytes) -> None:
+        """Secure aggregation: the masked update, which completes the session."""
+        headers = {**self._headers, "Content-Type": "application/octet-stream"}
+        url = f"{self.base}/v1/sessions/{session_id}/secagg/masked"
+        request(self.http, "POST", url, headers=headers, content=data)
+
     def fail(self, session_id: str, reason: str) -> None:
         """Report the session failed, with a short reason."""
         url = f"{self.base}/v1/sessions/{session_id}/fail"

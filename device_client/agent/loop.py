@@ -21,6 +21,7 @@ import httpx
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import as_examples
+from device_client.agent.secure_upload import SecureUploader, is_secure
 from device_client.agent.trainer import SessionTrainer, TrainerOptions, TrainingProgress, load_tokenizer
 from splitft.errors import InvalidArgument, SplitftError, Unavailable
 from splitft.jobs.spec import Assignment
@@ -176,8 +177,12 @@ class DeviceAgent:
             raise
         try:
             examples = len(self.trainer.examples) if assignment.round is not None else None  # FedAvg's weight
-            upload = lambda: self.client.complete(sid, archive, examples)  # noqa: E731
-            self._with_retries(upload, f"upload the adapter of {sid}")
+            if is_secure(assignment):  # only the masked update leaves (secure_upload.py); not retried:
+                uploader = SecureUploader(self.client, self.credential.device_name, self._stop)
+                uploader.upload(assignment, archive, examples or 1)  # a second key would be refused
+            else:
+                upload = lambda: self.client.complete(sid, archive, examples)  # noqa: E731
+                self._with_retries(upload, f"upload the adapter of {sid}")
         except SplitftError as exc:  # e.g. the archive was refused: the session cannot succeed now
             logger.error("session %s: the control plane did not take the adapter: %s", sid, exc.message)
             self._report_failure(sid, f"adapter upload failed: {failure_reason(exc)}"[:MAX_REASON_CHARS])

@@ -1,13 +1,13 @@
 """One session end to end on the device: dial the edge, build the split model, train, pack the adapter.
 
 A `SessionTrainer` turns an `Assignment` into the adapter archive /complete takes. Metrics go to the
-control plane every few steps (best effort while it is down). Each session's RNG is seeded from its
-id, so a rerun of the same session on the same data is reproducible.
+control plane every few steps (best effort while it is down). Randomness follows `splitft.jobs.seeds`:
+the initialisation from the job's seed, data order and dropout from (job seed, device, round), so a
+rerun of the same job on the same data trains identically.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -30,6 +30,7 @@ from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
 from device_client.optim import make_scheduler
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from splitft.jobs.seeds import device_seed, job_seed
 from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec
 from splitft.model.loading import read_config
 from splitft.security.tokens import check_session_id, unverified_claims
@@ -41,11 +42,6 @@ SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families 
 MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
 OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}  # what the edge can run too
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
-
-
-def session_seed(session_id: str) -> int:
-    """A seed fixed by the session id (not Python's salted hash), so a rerun trains identically."""
-    return int.from_bytes(hashlib.sha256(f"splitft-session:{session_id}".encode()).digest()[:8], "big") >> 2
 
 
 def make_optimizer(model: SplitModel, spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -153,15 +149,15 @@ class SessionTrainer:
         self._pending = []
         model_dir = self._model_dir(spec)
         tokenizer = self.options.tokenizer_loader(model_dir)
-        seed = session_seed(assignment.session_id)
-        # A federated job's devices start round 0 from one common adapter: its init follows the job.
-        init_seed = session_seed(assignment.job_id) if assignment.round is not None else seed
+        # splitft.jobs.seeds: the init follows the job (every device of a job starts from the same
+        # adapter, independent or federated); data order and dropout follow (job, device, round).
+        init_seed = job_seed(spec.seed, assignment.job_id)
+        seed = device_seed(init_seed, self.credential.device_name, assignment.round)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)  # the trunk adapter's init, the head's and dropout follow from it
+            torch.manual_seed(init_seed)  # the edge session's seed, the adapters' and the head's init
             with self._connect(assignment) as conn:
                 with self._build_model(model_dir, conn, spec) as model:
-                    if assignment.round is not None:
-                        torch.manual_seed(seed)  # after the common init: this session's own dropout
+                    torch.manual_seed(seed)  # after the common init: this device's own dropout
                     if assignment.initial_adapter:
                         self._start_from_global(model, assignment.session_id)
                     self._check_labels(model)

@@ -114,7 +114,9 @@ async def complete_session(
     The session must be open before a byte of the body is read, and the archive check runs in a
     worker thread with bounds, so an upload never stalls other requests."""
     settings = state.settings
-    await run_in_threadpool(state.store.check_open_session, session_id=session_id, device_id=device.id)
+    await run_in_threadpool(
+        state.store.check_open_session, session_id=session_id, device_id=device.id, plain_upload=True
+    )
     limit = settings.max_adapter_bytes
     data = bytearray()
     async for chunk in request.stream():

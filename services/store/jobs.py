@@ -162,8 +162,14 @@ class JobStore(StoreBase):
         """The adapter archive `device_name` trained in the job: NotFound for an unknown job or a
         device not in it, FailedPrecondition while its session has not succeeded."""
         with self.tx() as s:
-            if get_row(s, Job, job_id) is None:
+            job = get_row(s, Job, job_id)
+            if job is None:
                 raise NotFound(f"no job {job_id!r}")
+            if (job.spec.get("federated") or {}).get("secure_aggregation"):
+                raise FailedPrecondition(
+                    f"job {job_id} uses secure aggregation: the control plane never holds one device's "
+                    f"adapter; the job's result is GET /v1/jobs/{job_id}/adapter"
+                )
             rounds_last = sorted(sessions_of(s, job_id), key=lambda row: -(row[0].round or 0))
             for sess, device in rounds_last:  # a federated job's: the device's latest round
                 if device == device_name:

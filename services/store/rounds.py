@@ -59,6 +59,11 @@ def advance_round(s: Session, job: Job, aggregate: Aggregate) -> None:
     current = current_round(s, job.id)
     if spec is None or current is None or current.state != "running":
         return
+    if spec.secure_aggregation:  # keys, fixed members, the masked sum: store/secagg_rounds.py
+        from splitft_control.store.secagg_rounds import advance_secure_round
+
+        advance_secure_round(s, job, current, spec)
+        return
     rows = [(sess, name) for sess, name in sessions_of(s, job.id) if sess.round == current.number]
     active = [sess for sess, _ in rows if sess.state in ACTIVE_SESSION_STATES or sess.state == "waiting"]
     if active and utcnow() < aware(current.deadline_at):  # type: ignore[operator]

@@ -50,12 +50,15 @@ class DeviceSessionStore(StoreBase):
             raise PermissionDenied("this session belongs to another device")
         return sess
 
-    def check_open_session(self, *, session_id: str, device_id: str) -> None:
-        """NotFound, PermissionDenied or FailedPrecondition unless the device's session is open."""
+    def check_open_session(self, *, session_id: str, device_id: str, plain_upload: bool = False) -> None:
+        """NotFound, PermissionDenied or FailedPrecondition unless the device's session is open (and,
+        with `plain_upload`, its job takes plain adapters: not one with secure aggregation)."""
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
+            if plain_upload:
+                _refuse_plain_upload_of_secure_job(s, sess)
 
     def record_metrics(
         self, *, session_id: str, device_id: str, points: list[dict[str, Any]], max_points: int = 100_000
@@ -85,6 +88,7 @@ class DeviceSessionStore(StoreBase):
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
+            _refuse_plain_upload_of_secure_job(s, sess)
             if sess.round is not None and (examples is None or examples < 1):
                 raise InvalidArgument(
                     "a federated round's upload needs examples=N (N >= 1, its local examples)"
@@ -108,3 +112,14 @@ class DeviceSessionStore(StoreBase):
                 raise FailedPrecondition(f"session is {sess.state}, not running")
             sess.state, sess.reason, sess.updated_at = "failed", f"device reported: {reason}", utcnow()
             self._session_ended(s, sess)
+
+
+def _refuse_plain_upload_of_secure_job(s: Session, sess: JobSession) -> None:
+    """A job with secure aggregation never takes one device's adapter in the clear."""
+    job = s.get(Job, sess.job_id)
+    federated = job.spec.get("federated") if job is not None else None
+    if isinstance(federated, dict) and federated.get("secure_aggregation"):
+        raise FailedPrecondition(
+            f"job {sess.job_id} uses secure aggregation: the control plane takes no plain adapter; "
+            f"POST the masked update to /v1/sessions/{sess.id}/secagg/masked"
+        )

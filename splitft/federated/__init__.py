@@ -2,7 +2,8 @@
 
 ``fedavg`` is the weighted mean of state dicts; ``aircomp`` / ``aircomp_round`` simulate DEFT's
 over-the-air aggregation (channel inversion under a power limit, truncation of deep fades, receiver
-noise); ``aggregate_adapter_files`` applies either to peft adapter directories. docs/federated.md.
+noise); ``aggregate_adapter_files`` applies either to peft adapter directories; ``secagg`` (with
+``fixedpoint``) masks each device's update so that only their sum can be read. docs/federated.md.
 """
 
 from __future__ import annotations

@@ -159,7 +159,9 @@ class FederatedSpec(Strict):
         20.0, ge=-30, le=100, allow_inf_nan=False, description="aircomp: receive SNR; null: noiseless"
     )
     fading: Literal["rayleigh", "none"] = "rayleigh"
-    secure_aggregation: bool = False
+    secure_aggregation: bool = Field(
+        False, description="the control plane sees only the sum of a round's updates (pairwise masks)"
+    )
     initial_adapter: str | None = Field(
         None, max_length=64, description="a succeeded federated job whose global adapter starts round 0"
     )
@@ -170,8 +172,15 @@ class FederatedSpec(Strict):
             raise ValueError("federated: give exactly one of local_steps or local_epochs")
         if self.trunk_adapter == "shared":
             raise ValueError('federated.trunk_adapter "shared" is not available yet; use "averaged"')
-        if self.secure_aggregation:
-            raise ValueError("federated.secure_aggregation is not available yet")
+        if self.secure_aggregation and self.aggregation != "fedavg":
+            raise ValueError(
+                "federated.secure_aggregation sums masked updates (FedAvg); AirComp's simulated channel "
+                'scales each device\'s own update, which the control plane would have to see: use "fedavg"'
+            )
+        if self.secure_aggregation and self.min_devices < 2:
+            raise ValueError(
+                "federated.secure_aggregation needs min_devices >= 2: the sum of one update is that update"
+            )
         return self
 
 
@@ -208,6 +217,13 @@ class JobCreate(Strict):
     )
     clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
+    seed: StrictInt | None = Field(
+        None,
+        ge=0,
+        lt=2**62,
+        description="the common initialisation; each device's data order and dropout follow (seed, device "
+        "name, round) (splitft.jobs.seeds); null: derived from the job id",
+    )
     mode: Literal["independent", "federated"] = Field(
         "independent", description="independent: an adapter per device; federated: one global adapter"
     )

@@ -44,6 +44,8 @@ def bearer(token: str) -> dict[str, str]:
 
 
 STORE_TABLES = (
+    "secagg_members",
+    "secagg_rounds",
     "metrics",
     "session_closures",
     "sessions",

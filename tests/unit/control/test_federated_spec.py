@@ -17,6 +17,12 @@ def _federated(**changes: object) -> dict:
     return body
 
 
+def test_secure_aggregation_takes_fedavg_and_two_devices() -> None:
+    federated = {"rounds": 1, "local_steps": 1, "min_devices": 2, "secure_aggregation": True}
+    spec = JobCreate.model_validate(_federated(federated=federated))
+    assert spec.federated is not None and spec.federated.secure_aggregation
+
+
 def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work() -> None:
     spec = JobCreate.model_validate(_federated())
     assert spec.federated is not None
@@ -47,7 +53,19 @@ def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work()
         ),
         (
             {"federated": {"rounds": 2, "local_steps": 1, "secure_aggregation": True}},
-            "secure_aggregation is not",
+            "secure_aggregation needs min_devices >= 2",
+        ),
+        (
+            {
+                "federated": {
+                    "rounds": 2,
+                    "local_steps": 1,
+                    "min_devices": 2,
+                    "secure_aggregation": True,
+                    "aggregation": "aircomp",
+                }
+            },
+            'AirComp.*use "fedavg"',
         ),
         ({"mode": "independent"}, 'a federated spec needs mode "federated"'),
         ({"method": "taskedge", "lora": None}, "a federated job averages LoRA adapters"),

@@ -14,7 +14,6 @@ import pytest
 
 from device_client.agent import DeviceAgent
 from device_client.agent.loop import failure_reason
-from device_client.agent.trainer import session_seed
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from tests.support.agent_support import (
     DATA,
@@ -31,9 +30,7 @@ def bert_with_tokenizer(tiny_models: Any, tmp_path_factory: pytest.TempPathFacto
     return make_bert_with_tokenizer(tiny_models, tmp_path_factory)
 
 
-def test_session_seed_and_failure_reason() -> None:
-    assert session_seed("s-1") == session_seed("s-1") != session_seed("s-2")
-    assert 0 <= session_seed("s-1") < 2**62
+def test_failure_reason() -> None:
     assert failure_reason(NotFound("no model 'x'")) == "NotFound: no model 'x'"
     assert failure_reason(RuntimeError("first line\nsecret second line")) == "RuntimeError: first line"
     assert failure_reason(KeyboardInterrupt()) == "interrupted on the device"
