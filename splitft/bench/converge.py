@@ -118,8 +118,10 @@ class ConvergeTask:
     lora_config: LoraConfig
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def split_model(self, conn: Any, codec: str, seed: int, quantize: str = "none") -> Any:
-        """The task's split model on `conn` (`quantize`: the device blocks', see `bench quantize`)."""
+    def split_model(
+        self, conn: Any, codec: str, seed: int, quantize: str = "none", dtype: str = "float32"
+    ) -> Any:
+        """The task's split model on `conn` (`quantize`, `dtype`: the device spans', see `bench quantize`)."""
         from device_client import SplitModel
 
         return SplitModel.from_pretrained(
@@ -133,6 +135,7 @@ class ConvergeTask:
             lora_config=self.lora_config,
             config_overrides=self.config_overrides,
             quantize=quantize,
+            dtype=dtype,
         )
 
 

@@ -248,6 +248,7 @@ def _build(spec: dict[str, Any], conn: Any, model_dir: str, name: str) -> _Run:
         lora_config=lora,
         # `bench quantize`; the warm-up model too, so the scheme's code paths load before the baseline
         quantize=spec.get("quantize", "none"),
+        dtype=spec.get("dtype", "float32"),  # `bench quantize`'s bf16
     )
     return _Run(split, split.configure_optimizer(torch.optim.AdamW, lr=1e-3), split)
 

@@ -156,10 +156,11 @@ def _register_control(bench: argparse._SubParsersAction) -> None:
 def _register_quantize(bench: argparse._SubParsersAction) -> None:
     quantize = bench.add_parser(
         "quantize",
-        help="fp32 vs int8 vs nf4 frozen weights on both sides: weight bytes, device peak memory, step "
-        "time, held-out loss after bench converge's recipe (JSON)",
+        help="fp32 vs bf16 vs int8 vs nf4 frozen weights on both sides: weight bytes, device peak memory, "
+        "step time, held-out loss after bench converge's recipe (JSON)",
     )
-    quantize.add_argument("--schemes", nargs="+", default=list(QUANTIZE_SCHEMES), choices=QUANTIZE_SCHEMES)
+    variants = ["none", "bf16", *(s for s in QUANTIZE_SCHEMES if s != "none")]  # none: fp32; bf16: --dtype
+    quantize.add_argument("--schemes", nargs="+", default=variants, choices=variants)
     quantize.add_argument("--layers", type=int, default=8)
     quantize.add_argument("--hidden", type=int, default=512)
     quantize.add_argument("--batch", type=int, default=8)
@@ -169,6 +170,14 @@ def _register_quantize(bench: argparse._SubParsersAction) -> None:
     quantize.add_argument("--steps-per-round", type=int, default=3)
     quantize.add_argument("--converge-tasks", nargs="+", default=["causal_lm"], choices=TASKS)
     quantize.add_argument("--converge-steps", type=int, default=60)
+    quantize.add_argument(
+        "--memory-rounds", type=int, default=2, help="memory workers per variant, shape and measure"
+    )
+    quantize.add_argument(
+        "--memory-shapes", nargs="+", default=[], metavar="BxT",
+        help="batch x tokens of the device peak runs (default: --batch x --tokens, and 1x32)",
+    )  # fmt: skip
+    quantize.add_argument("--memory-modes", nargs="+", default=["rss", "alloc"], choices=["rss", "alloc"])
     quantize.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     quantize.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(quantize, "bench:quantize")

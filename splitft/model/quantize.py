@@ -230,24 +230,59 @@ def _quantize_block(block: nn.Module, scheme: str, dtype: torch.dtype) -> int:
     return len(linears)
 
 
+# Rows of an int8 weight dequantized at a time: 2**18 elements (1 MiB in float32) bound the
+# temporaries of a forward or backward, where a whole-weight copy per layer is what glibc then keeps
+# resident (docs/benchmarks.md, `bench quantize`).
+_DEQUANTIZED_ELEMENTS = 1 << 18
+
+
+def _row_chunks(weight: torch.Tensor) -> list[slice]:
+    rows, columns = weight.shape
+    step = max(1, _DEQUANTIZED_ELEMENTS // columns)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _dequantized_rows(weight: Any, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+    """Rows `rows` of torchao's `Int8Tensor` as `dtype`: `qdata * scale`, as its `dequantize`."""
+    return weight.qdata[rows].to(dtype) * weight.scale[rows].reshape(-1, 1).to(dtype)
+
+
+def int8_linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
+    """`F.linear(x, weight)` for torchao's int8 weight, dequantizing a bounded block of rows at a
+    time; equal to torchao's own `x @ qdata.T * scale` (tests/unit/core/test_quantize.py)."""
+    out = x.new_empty(*x.shape[:-1], weight.shape[0])
+    for rows in _row_chunks(weight):
+        scale = weight.scale[rows].reshape(-1).to(x.dtype)
+        out[..., rows] = F.linear(x, weight.qdata[rows].to(x.dtype)) * scale
+    return out
+
+
+def int8_linear_input_grad(grad: torch.Tensor, weight: Any) -> torch.Tensor:
+    """`grad @ dequantize(weight)`, summed over the same bounded blocks of rows."""
+    total = grad.new_zeros(*grad.shape[:-1], weight.shape[1])
+    for rows in _row_chunks(weight):
+        total.add_(grad[..., rows] @ _dequantized_rows(weight, rows, grad.dtype))
+    return total
+
+
 class _DequantizeForBackward(torch.autograd.Function):
-    """`F.linear` with a frozen torchao weight whose backward dequantizes the weight again.
+    """`F.linear` with a frozen torchao weight, forward and backward in bounded blocks of rows.
 
     torchao's int8 linear multiplies by `weight.to(dtype)`, and autograd would keep that full-size
     copy until the backward: a pending forward would hold every layer's weight unquantized, more
     than an unquantized span holds. Keeping the int8 weight (the shared parameter) instead costs
-    one dequantization per layer in the backward.
+    one dequantization per layer in the backward, one block of rows at a time.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.weight = weight  # the parameter itself, not a copy; frozen, so no version check needed
-        return F.linear(x, weight, bias)
+        out = int8_linear(x, weight)
+        return out if bias is None else out + bias
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        weight = ctx.weight.dequantize().to(grad.dtype)
-        return grad @ weight, None, None
+        return int8_linear_input_grad(grad, ctx.weight), None, None
 
 
 class Int8Linear(nn.Linear):

@@ -15,26 +15,36 @@ def test_the_config_refuses_what_cannot_run() -> None:
         QuantizeBenchConfig(schemes=("int4",))
     with pytest.raises(InvalidArgument, match="rounds"):
         QuantizeBenchConfig(rounds=0)
+    with pytest.raises(InvalidArgument, match="BATCHxTOKENS with both >= 1, e.g. 1x32; got '0x4'"):
+        QuantizeBenchConfig(memory_shapes=("0x4",))
+    with pytest.raises(InvalidArgument, match="memory_modes must be some of rss, alloc"):
+        QuantizeBenchConfig(memory_modes=("vms",))
     assert QuantizeBenchConfig(schemes=("int8",)).schemes == ("none", "int8")  # ratios are to fp32
+    assert QuantizeBenchConfig(batch=4, tokens=8).memory_shapes == ("4x8", "1x32")
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_bench_quantize_reports_every_scheme_side_by_side() -> None:
+def test_bench_quantize_reports_every_variant_side_by_side() -> None:
+    # The smallest run with every part: bf16 and int8 against fp32 (nf4's rows are the same code).
     config = QuantizeBenchConfig(
-        layers=3, hidden=64, batch=2, tokens=16, rounds=2, steps_per_round=1, memory_steps=1,
+        schemes=("bf16", "int8"), layers=3, hidden=64, batch=2, tokens=16, rounds=1, steps_per_round=1,
+        memory_steps=1, memory_rounds=1, memory_shapes=("2x16",), memory_modes=("alloc",),
         converge_steps=3, extra={"lm_pretrain_steps": 2, "max_per_class": 12},
     )  # fmt: skip
     report = json.loads(run_quantize_bench(config))
-    labels = ["fp32", "int8", "nf4"]
-    assert list(report["step_seconds"]) == labels and list(report["device_peak"]) == labels
+    labels = ["fp32", "bf16", "int8"]
+    assert list(report["step_seconds"]) == labels
+    assert list(report["device_peak"]["2x16"]["alloc"]) == labels
     assert list(report["heldout"]["causal_lm"]) == [*labels, "fp32 (repeat)"]
     assert report["heldout"]["causal_lm"]["fp32 (repeat)"]["gap_percent"] == 0.0  # seeded: the noise floor
     weights = report["weights"]
-    assert weights["nf4"]["trunk_bytes"] < weights["int8"]["trunk_bytes"] < weights["none"]["trunk_bytes"]
-    assert weights["int8"]["device_bytes"] < weights["none"]["device_bytes"]
+    assert weights["int8"]["trunk_bytes"] < weights["bf16"]["trunk_bytes"] < weights["none"]["trunk_bytes"]
+    assert weights["bf16"]["device_bytes"] < weights["none"]["device_bytes"]
     assert {row["target"] for row in report["targets"]} == {
-        "int8 trunk bytes / fp32", "int8 held-out loss gap % (causal_lm)", "int8 device peak / fp32",
+        "int8 trunk bytes / fp32", "int8 held-out loss gap % (causal_lm)",
+        "bf16 held-out loss gap % (causal_lm)", "int8 device peak / fp32 (2x16, alloc)",
     }  # fmt: skip
-    table = markdown_table(report)
-    assert table.count("\n") == 4 and "| nf4 |" in table
+    main, peaks = markdown_table(report).split("\n\n")
+    assert main.count("\n") == 4 and "| bf16 |" in main
+    assert peaks.count("\n") == 4 and "device peak MiB 2x16 alloc" in peaks

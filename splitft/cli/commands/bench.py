@@ -105,8 +105,10 @@ def control(args: argparse.Namespace) -> int:
 
 
 def quantize(args: argparse.Namespace) -> int:
-    """`bench quantize`: fp32 vs int8 vs nf4 frozen weights; --markdown prints the table."""
-    config = config_from_args(QuantizeBenchConfig, args, schemes=tuple(args.schemes))
+    """`bench quantize`: fp32 vs bf16 vs int8 vs nf4 frozen weights; --markdown prints the tables."""
+    config = config_from_args(
+        QuantizeBenchConfig, args, schemes=tuple(args.schemes), memory_shapes=tuple(args.memory_shapes)
+    )
     report = run_quantize_bench(config)
     if args.json:
         with open(args.json, "w") as out:

@@ -126,3 +126,19 @@ def test_lora_trains_on_quantized_blocks_and_the_input_gradient_flows(llama, sch
         assert isinstance(root.model.layers[1].self_attn.q_proj, TorchaoLoraLinear)
     # The graph keeps no unquantized copy of a weight: what the same forward keeps in fp32.
     assert q_saved == saved
+
+
+def test_int8_linear_in_blocks_of_rows_equals_torchaos_linear_and_its_backward(monkeypatch):
+    from splitft.model import quantize
+
+    torch.manual_seed(0)
+    layer = quantize._int8(torch.nn.Linear(96, 70, bias=False))
+    monkeypatch.setattr(quantize, "_DEQUANTIZED_ELEMENTS", 96 * 16)  # 5 blocks: 16 rows each, 6 left
+    assert len(quantize._row_chunks(layer.weight)) == 5
+    x = torch.randn(3, 7, 96, requires_grad=True)
+    out = layer(x)
+    # Each output element is the same dot product in the same order: exactly torchao's result.
+    assert torch.equal(out, torch.nn.functional.linear(x, layer.weight))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.allclose(x.grad, grad @ layer.weight.dequantize(), atol=1e-6)
