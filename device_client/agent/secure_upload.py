@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
+from device_client.adapter_load import ADAPTER_WEIGHTS
 from device_client.agent.control_client import ControlPlaneClient
-from device_client.model import ADAPTER_WEIGHTS
 from splitft.errors import FailedPrecondition, Unavailable
 from splitft.federated.fixedpoint import FRACTION_BITS, Layout
 from splitft.federated.secagg import MIN_MEMBERS, generate_private_key, mask_update, public_bytes
