@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from device_client.adapter_check import split_key
+from device_client.trunk import RemoteTrunk
 from splitft.errors import InvalidArgument, NotFound
+from splitft.federated.shared_trunk import trunk_marks
 from splitft.model.spans import SplitSpec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -45,6 +47,17 @@ def split_adapter(
         found = split_key(key, blocks_path)
         (trunk if found is not None and found[0] in spec.trunk_range else device)[key] = tensor
     return device, trunk
+
+
+def shared_marks(
+    state: Mapping[str, torch.Tensor], blocks_path: str, spec: SplitSpec, trunk: RemoteTrunk
+) -> dict[str, str]:
+    """The metadata that marks a saved adapter's trunk part as an export of a shared trunk adapter
+    and the steps it held (`splitft.federated.shared_trunk`); {} for a session's own adapter."""
+    if not trunk.shared_adapter:
+        return {}
+    trunk_keys = split_adapter(state, blocks_path, spec)[1]
+    return trunk_marks(list(trunk_keys), trunk.exported_steps, trunk.shared_adapter)
 
 
 def check_same_lora(saved: dict, live: object) -> None:

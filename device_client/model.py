@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from device_client.adapter_check import check_trunk_adapter
-from device_client.adapter_load import check_same_lora, read_adapter, split_adapter
+from device_client.adapter_load import check_same_lora, read_adapter, shared_marks, split_adapter
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.connection import EdgeConnection
 from device_client.opening import (
@@ -134,6 +134,7 @@ class SplitModel(nn.Module):
         device: str = "cpu",
         dtype: str = "float32",
         quantize: str = "none",
+        shared_trunk_adapter: str = "",
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -153,19 +154,18 @@ class SplitModel(nn.Module):
         `method` picks what trains: a `peft.LoraConfig` (same as `lora_config`), or the config of a
         registered selection method (`splitft.methods.TaskEdgeConfig` / `TinyTrainConfig`, or your
         own: docs/methods.md): then call `calibrate(batches)` before training, and only the
-        selected entries of both sides train, as sparse deltas.
+        selected entries of both sides train, as sparse deltas. `shared_trunk_adapter`: the key of a
+        federated job's shared trunk adapter to join instead of an own one (docs/federated.md).
         """
-        lora_config, selection = resolve_method(lora_config, method)
-        codecs = parse_codecs(codec)
+        (lora_config, selection), codecs = resolve_method(lora_config, method), parse_codecs(codec)
         placement = _device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
         seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         name, trunk_config = model or Path(model_dir).name, lora_config if trunk_lora else None
-        request = open_session_request(
-            name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape
-        )
-        trunk = RemoteTrunk(edge, edge.call("OpenSession", request), codecs, seed=seed, use_stream=stream)
+        opening = (name, spec, config, codecs, trunk_config, selection, seed, edge.token, batch_shape)
+        opened = edge.call("OpenSession", open_session_request(*opening, shared_adapter=shared_trunk_adapter))
+        trunk = RemoteTrunk(edge, opened, codecs, seed=seed, use_stream=stream)
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
             built = (model_dir, spec, device_config, edge, trunk, name, config_overrides or {}, selection)
@@ -354,11 +354,9 @@ class SplitModel(nn.Module):
         config.base_model_name_or_path = str(self.model_dir)
         config.inference_mode = True
         config.save_pretrained(str(out))
-        save_file(
-            {k: v.contiguous() for k, v in state.items()},
-            str(out / ADAPTER_WEIGHTS),
-            metadata={"format": "pt"},
-        )
+        marks = shared_marks(state, self.family.blocks_path, self.spec, self._trunk)  # {} unless shared
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt", **marks})
         logger.info("saved adapter with %d tensors to %s", len(state), out)
         return out
 

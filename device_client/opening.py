@@ -35,10 +35,13 @@ def open_session_request(
     seed: int,
     token: str | None,
     batch_shape: tuple[int, int] | None = None,
+    *,
+    shared_adapter: str = "",
 ) -> pb.OpenSessionRequest:
     """What the edge needs to build this session's view of the trunk (and to check it is the same
     model the device holds); the session id comes from the token when there is one.
-    `batch_shape` (rows, tokens per row) lets the edge reserve the right memory (None: its default)."""
+    `batch_shape` (rows, tokens per row) lets the edge reserve the right memory (None: its default).
+    `shared_adapter`: the key of the job's shared trunk adapter to join ("": its own adapter)."""
     batch_size, sequence_length = batch_shape or (0, 0)
     if batch_size < 0 or sequence_length < 0:
         raise InvalidArgument(f"batch_shape must be (rows, tokens) >= 0, got {batch_shape}")
@@ -57,6 +60,7 @@ def open_session_request(
         session_id=unverified_claims(token).session if token else "",
         batch_size=batch_size,
         sequence_length=sequence_length,
+        shared_adapter=shared_adapter,
     )
 
 

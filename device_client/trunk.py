@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class RemoteTrunk:
             "backward": TensorEncoder(codecs.gradients, seed=seed ^ 0xD36),
         }
         self.steps = 0
+        self.shared_adapter = opened.shared_adapter  # the shared trunk adapter it joined ("": its own)
+        self.exported_steps = 0  # the adapter's steps at the last export (a shared one: all sessions')
         self.forwards = 0
         self.closed = False
         self._ids = itertools.count(1)
@@ -184,7 +186,16 @@ class RemoteTrunk:
     def export_adapter(self) -> dict[str, torch.Tensor]:
         """The trunk adapter's tensors, under peft's names (or a selection's sparse deltas)."""
         responses = self.conn.stream("ExportAdapter", pb.ExportAdapterRequest(session_id=self.session_id))
-        return parts_to_tensors(r.part for r in responses)
+        steps = [0]
+
+        def parts() -> Iterator[pb.TensorPart]:
+            for response in responses:
+                steps[0] = max(steps[0], int(response.adapter_steps))
+                yield response.part
+
+        state = parts_to_tensors(parts())
+        self.exported_steps = steps[0]
+        return state
 
     def start_calibration(self) -> int:
         """Selection methods: the edge scores the trunk from the forwards that follow."""

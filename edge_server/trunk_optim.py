@@ -50,6 +50,17 @@ class TrunkOptimizer:
         except (TypeError, ValueError, IndexError) as exc:
             raise InvalidArgument(f"invalid {name} hyper-parameters {hparams}: {exc}") from exc
 
+    def accumulate(self, params: list[nn.Parameter], grads: list[torch.Tensor | None]) -> None:
+        """Add gradients computed elsewhere (a shared pass's backward) to `params`' `.grad`, as
+        `Tensor.backward` would."""
+        for param, grad in zip(params, grads, strict=True):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad
+            else:
+                param.grad += grad
+
     def zero_grad(self) -> None:
         """Drop every trainable parameter's gradient."""
         for p in self.params:
