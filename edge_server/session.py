@@ -294,6 +294,7 @@ class TrunkSession:
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
+        self.optim.check_name(name)  # refused before the memory accounting changes
         self.memory.settle(self.trainable, name, hparams)  # its state per parameter must fit first
         self.optim.configure(name, hparams)
 

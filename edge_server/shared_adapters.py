@@ -146,17 +146,21 @@ class SharedTrunkAdapter:
         """Optimizer steps taken, by every session."""
         return self.built.steps
 
+    def check_optimizer(self, name: str) -> None:
+        """FailedPrecondition when the adapter already steps with another optimizer than `name`."""
+        current = self.optimizer_name
+        if current is not None and name != current:
+            raise FailedPrecondition(
+                f"the shared trunk adapter {self.key!r} steps with {current}; this session asked for {name}"
+            )
+
     def configure(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the optimizer on the first call; later sessions must name the same one."""
         with self.lock:
+            self.check_optimizer(name)
             if self.optimizer_name is None:
                 self.built.optim.configure(name, hparams)
                 self.optimizer_name = name
-            elif name != self.optimizer_name:
-                raise FailedPrecondition(
-                    f"the shared trunk adapter {self.key!r} steps with {self.optimizer_name}; "
-                    f"this session asked for {name}"
-                )
 
     def step(self, grads: list[torch.Tensor | None], hparams: dict[str, Any], grad_scale: float) -> int:
         """One optimizer step with one session's gradients (in `params` order); every session's steps."""

@@ -69,6 +69,11 @@ class SharedAdapterView(TrunkOptimizer):
         """This session's module tree over the shared adapter."""
         return snapshot_tree(self.adapter.root)
 
+    def check_name(self, name: str) -> None:
+        """As for an own optimizer, and the name of the optimizer the adapter already runs, if any."""
+        super().check_name(name)
+        self.adapter.check_optimizer(name)
+
     def configure(self, name: str, hparams: dict[str, Any]) -> None:
         """The first session configures the adapter's optimizer; the others must name the same."""
         self.adapter.configure(name, hparams)

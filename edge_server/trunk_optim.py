@@ -32,12 +32,16 @@ class TrunkOptimizer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps = 0
 
-    def configure(self, name: str, hparams: dict[str, Any]) -> None:
-        """Build the `name` optimizer (one of `EDGE_OPTIMIZERS`) over the trainable parameters."""
+    def check_name(self, name: str) -> None:
+        """InvalidArgument unless `name` is one of `EDGE_OPTIMIZERS`."""
         if name not in OPTIMIZERS:
             raise InvalidArgument(
                 f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}"
             )
+
+    def configure(self, name: str, hparams: dict[str, Any]) -> None:
+        """Build the `name` optimizer (one of `EDGE_OPTIMIZERS`) over the trainable parameters."""
+        self.check_name(name)
         if not self.params:
             return
         if not {"foreach", "fused"} & set(hparams):

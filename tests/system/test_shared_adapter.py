@@ -104,7 +104,12 @@ def test_sessions_must_agree_with_the_adapter_they_join(tiny_models, conn) -> No
     with pytest.raises(InvalidArgument, match='shared_adapter must be "<job id>"'):
         split_llama(tiny, conn, shared_trunk_adapter="job-c/r0/x")
     _train(first, steps=1, seed=0)  # the adapter and its session go on
+    second = split_llama(tiny, conn, seed=1, shared_trunk_adapter="job-c/r0")
+    with pytest.raises(FailedPrecondition, match="steps with AdamW; this session asked for SGD"):
+        second.configure_optimizer(torch.optim.SGD, lr=0.1)
+    assert second._trunk.grad_norm_sq() == 0.0  # its own gradients: none yet, whatever the first has
     first.close()
+    second.close()
 
 
 def test_sessions_load_the_same_start_and_nothing_else_once_it_stepped(tiny_models, conn) -> None:
