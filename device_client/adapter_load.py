@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from device_client.adapter_check import split_key
 from device_client.trunk import RemoteTrunk
 from splitft.errors import InvalidArgument, NotFound
+from splitft.federated.shared_trunk import trunk_marks
 from splitft.model.adapter_state import check_adapter_state, load_adapter_state
 from splitft.model.spans import SplitSpec
 
@@ -53,6 +54,17 @@ def split_adapter(
         found = split_key(key, blocks_path)
         (trunk if found is not None and found[0] in spec.trunk_range else device)[key] = tensor
     return device, trunk
+
+
+def shared_marks(
+    state: Mapping[str, torch.Tensor], blocks_path: str, spec: SplitSpec, trunk: RemoteTrunk
+) -> dict[str, str]:
+    """The metadata that marks a saved adapter's trunk part as an export of a shared trunk adapter
+    and the steps it held (`splitft.federated.shared_trunk`); {} for a session's own adapter."""
+    if not trunk.shared_adapter:
+        return {}
+    trunk_keys = split_adapter(state, blocks_path, spec)[1]
+    return trunk_marks(list(trunk_keys), trunk.exported_steps, trunk.shared_adapter)
 
 
 def check_same_lora(saved: dict, live: object) -> None:
@@ -94,16 +106,20 @@ def load_whole_adapter(
 
 
 def save_peft_adapter(
-    peft_model: PeftModel, state: Mapping[str, torch.Tensor], model_dir: str | Path, out: Path
+    peft_model: PeftModel,
+    state: Mapping[str, torch.Tensor],
+    model_dir: str | Path,
+    out: Path,
+    marks: Mapping[str, str] | None = None,
 ) -> Path:
     """`SplitModel.save_adapter` for LoRA: the whole model's `state` as ONE standard peft adapter
-    (adapter_config.json + adapter_model.safetensors) in `out`."""
+    (adapter_config.json + adapter_model.safetensors) in `out`; `marks`: extra safetensors metadata
+    (`shared_marks`)."""
     config = copy.deepcopy(peft_model.peft_config["default"])
     config.base_model_name_or_path = str(model_dir)
     config.inference_mode = True
     config.save_pretrained(str(out))
-    save_file(
-        {k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"}
-    )
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt", **(marks or {})})
     logger.info("saved adapter with %d tensors to %s", len(state), out)
     return out

@@ -126,6 +126,11 @@ def checkpoint_files(
             "checkpoints cover LoRA split models opened with from_pretrained; a selection method's "
             "selected entries and scorer state are not exportable"
         )
+    if opened.shared_trunk_adapter:
+        raise FailedPrecondition(
+            "a session on a shared trunk adapter cannot be checkpointed: the adapter is the job's, "
+            "stepped by other sessions too, so restoring it would undo their steps"
+        )
     if optimizer is None:
         raise FailedPrecondition("call configure_optimizer before checkpointing: its state is part of one")
     state, trunk_tensors = trunk.export_state()

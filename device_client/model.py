@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from device_client.adapter_check import check_trunk_adapter
-from device_client.adapter_load import load_whole_adapter, save_peft_adapter
+from device_client.adapter_load import load_whole_adapter, save_peft_adapter, shared_marks
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.checkpoint import Checkpointer, ResumeInfo, Scheduler, write_model_checkpoint
 from device_client.connection import EdgeConnection
@@ -125,25 +125,22 @@ class SplitModel(nn.Module):
         dtype: str = "float32",
         quantize: str = "none",
         retry: RetryPolicy | None = None,
+        shared_trunk_adapter: str = "",
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
         `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
-        adapter (default: from torch's global RNG). `config_overrides`: device-side config fields. `codec`:
-        one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
+        adapter (default: torch's global RNG). `config_overrides`: device-side config fields. `codec`: one
+        for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
         `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary
-        call per tensor instead of the session's `Train` stream. `retry`: the `RetryPolicy` of the calls to
-        the edge (default `RetryPolicy()`; past its budget a call raises `EdgeUnreachable`;
-        docs/resilience.md). `batch_shape` (rows, tokens per row) sizes the edge's memory reservation for
-        one batch's graphs (default: the edge's 16 x 128; other shapes run too, counted as they come).
-        `device` ("cpu", "cuda", "cuda:N", "mps", "auto") and `dtype` ("float32", "bfloat16", "float16")
-        place the device's spans (adapters stay float32; inputs on the same device; each side casts what
-        arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights, quantized
-        (`splitft.model.quantize`; LoRA only).
-
-        `method`: a `peft.LoraConfig` (as `lora_config`) or a registered selection method's config
-        (`splitft.methods`, docs/methods.md; `calibrate(batches)` first, then only the selected entries
-        of both sides train, as sparse deltas)."""
+        call per tensor, not the `Train` stream. `retry`: the calls' `RetryPolicy` (past its budget:
+        `EdgeUnreachable`; docs/resilience.md). `batch_shape` (rows, tokens): the edge's memory reservation
+        per batch (default 16 x 128). `device` ("cpu", "cuda", "cuda:N", "mps", "auto"), `dtype`
+        ("float32", "bfloat16", "float16"): the device spans' (adapters stay float32; each side casts what
+        arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights (LoRA only).
+        `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
+        `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
+        join instead of its own (docs/federated.md)."""
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
@@ -154,6 +151,7 @@ class SplitModel(nn.Module):
         opened = OpenedWith(
             str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
+            shared_trunk_adapter,
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
@@ -366,7 +364,8 @@ class SplitModel(nn.Module):
             assert self.split_method is not None
             meta = {"base_model": str(self.model_dir), "method": self.split_method.name}
             return save_selected(out, state, head, meta)
-        return save_peft_adapter(self.peft_model, state, self.model_dir, out)
+        marks = shared_marks(state, self.family.blocks_path, self.spec, self._trunk)  # {} unless shared
+        return save_peft_adapter(self.peft_model, state, self.model_dir, out, marks)
 
     @property
     def stats(self) -> SplitStats:

@@ -51,6 +51,7 @@ class OpenedWith:
     device: str = "cpu"
     dtype: str = "float32"
     quantize: str = "none"
+    shared_trunk_adapter: str = ""  # a federated job's shared trunk adapter joined ("": its own)
 
 
 def device_placement(
@@ -95,6 +96,7 @@ def open_session_request(
         session_id=unverified_claims(token).session if token else "",
         batch_size=batch_size,
         sequence_length=sequence_length,
+        shared_adapter=opened.shared_trunk_adapter,
     )
 
 

@@ -62,6 +62,8 @@ class RemoteTrunk:
             "backward": TensorEncoder(codecs.gradients, seed=seed ^ 0xD36),
         }
         self.steps = 0
+        self.shared_adapter = opened.shared_adapter  # the shared trunk adapter it joined ("": its own)
+        self.exported_steps = 0  # the adapter's steps at the last export (a shared one: all sessions')
         self.forwards = 0
         self.closed = False
         self._ids = itertools.count(1)
@@ -238,6 +240,7 @@ class RemoteTrunk:
         """The trunk adapter's tensors, under peft's names (or a selection's sparse deltas)."""
         request = pb.ExportAdapterRequest(session_id=self.session_id)
         responses = self._retrying("ExportAdapter", lambda: self.conn.stream("ExportAdapter", request))
+        self.exported_steps = max((int(r.adapter_steps) for r in responses), default=0)
         return parts_to_tensors(r.part for r in responses)
 
     def start_calibration(self) -> int:

@@ -35,6 +35,7 @@ from splitft.memory.estimate import (
 from splitft.memory.units import format_bytes
 
 logger = logging.getLogger(__name__)
+SHARED_ENTRY_PREFIX = "shared-adapter/"  # shared trunk adapters' entries: no session id holds a "/"
 INDEX_BYTES = 8  # a selection's int64 index per entry (entries layout) or per row (rows layout)
 
 
@@ -77,18 +78,36 @@ class MemoryAccountant:
         return ResourceExhausted(
             f"edge memory exhausted: {what} needs {format_bytes(need)}{f' ({parts})' if parts else ''}; "
             f"{format_bytes(free)} of {format_bytes(self.limit)} is free (--memory-limit; in use by "
-            f"{len(self._usage)} sessions)"
+            f"{self._holders()})"
         )
 
+    def _holders(self) -> str:
+        shared = sum(1 for name in self._usage if name.startswith(SHARED_ENTRY_PREFIX))
+        held = f"{len(self._usage) - shared} sessions"
+        return held + (f" and {shared} shared trunk adapters" if shared else "")
+
     def estimate(
-        self, model: str, blocks: int, adapter: TrunkAdapter, batch_size: int = 0, sequence_length: int = 0
+        self,
+        model: str,
+        blocks: int,
+        adapter: TrunkAdapter,
+        batch_size: int = 0,
+        sequence_length: int = 0,
+        *,
+        joins_shared: bool = False,
     ) -> SessionEstimate | None:
-        """A new session's memory on `model` (None for a model without a profile: not counted)."""
+        """A new session's memory on `model` (None for a model without a profile: not counted);
+        `joins_shared`: it joins an existing shared trunk adapter (its gradients only)."""
         profile = self.profiles.get(model)
         if profile is None:
             return None
         return estimate_session(
-            profile, blocks=blocks, adapter=adapter, batch_size=batch_size, sequence_length=sequence_length
+            profile,
+            blocks=blocks,
+            adapter=adapter,
+            batch_size=batch_size,
+            sequence_length=sequence_length,
+            joins_shared=joins_shared,
         )
 
     def link(self, session_id: str, model: str, blocks: int, adapter: TrunkAdapter) -> SessionMemory:
@@ -107,11 +126,25 @@ class MemoryAccountant:
         with self._lock:
             self._usage.pop(session_id, None)
 
-    def set_state(self, session_id: str, state: int, *, what: str, graph_reserved: int | None = None) -> None:
+    def set_state(
+        self,
+        session_id: str,
+        state: int,
+        *,
+        what: str,
+        graph_reserved: int | None = None,
+        create: bool = False,
+    ) -> None:
         """The session's state is now `state` bytes (and its graph reservation `graph_reserved`, when
-        given); ResourceExhausted if growing to them does not fit, and then nothing changes."""
+        given); ResourceExhausted if growing to them does not fit, and then nothing changes.
+        `create`: an entry that is not there yet starts empty (a shared trunk adapter's)."""
         with self._lock:
             usage = self._usage.get(session_id)
+            if usage is None and create:
+                usage = _Usage(0, 0)
+                if state > self.limit - self._used():
+                    raise self._refuse(what, state)
+                self._usage[session_id] = usage
             if usage is None:
                 return
             reserved = usage.graph_reserved if graph_reserved is None else graph_reserved
@@ -194,6 +227,7 @@ class SessionMemory:
         self.adapter = adapter
         self.slots = optimizer_slots()  # AdamW until ConfigureOptimizer names another
         self.index_bytes = 0  # a selection's indices
+        self.shared_entry: str | None = None  # the accountant's entry of a shared trunk adapter it joined
         self.fixed = 0  # bytes every kept forward holds whatever its shape (a selection's dense deltas)
 
     def graph_bytes(self, shape: torch.Size | tuple[int, ...]) -> int:
@@ -231,13 +265,24 @@ class SessionMemory:
         """The state is now `params` with the optimizer `name` (None: as before); ResourceExhausted
         if it grew past what is free (and then nothing changes)."""
         slots = optimizer_slots(name, hparams) if name is not None else self.slots
-        if self.accountant is not None:
+        if self.accountant is not None and self.shared_entry is not None:
+            self._settle_shared(self.shared_entry, sum(p.numel() * p.element_size() for p in params), slots)
+        elif self.accountant is not None:
             values = sum(p.numel() * p.element_size() for p in params)
             what = "this session's adapter with gradients and optimizer state" + (
                 f" ({name})" if name else ""
             )
             self.accountant.set_state(self.session_id, values * (2 + slots) + self.index_bytes, what=what)
         self.slots = slots
+
+    def _settle_shared(self, entry: str, values: int, slots: int) -> None:
+        """A session of a shared trunk adapter holds its gradients; the adapter's values and optimizer
+        slots are counted once, under `entry` (shrinking the session first: its admission reserved
+        them when it built the adapter)."""
+        assert self.accountant is not None
+        self.accountant.set_state(self.session_id, values, what="this session's trunk adapter gradients")
+        what = "the job's shared trunk adapter with its optimizer state"
+        self.accountant.set_state(entry, values * (1 + slots), what=what, create=True)
 
     def admit_selection(self, masks: Mapping[str, torch.Tensor]) -> None:
         """Before a selection allocates its deltas: reserve them (ResourceExhausted if they do not fit).

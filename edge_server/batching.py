@@ -229,8 +229,10 @@ class TrunkBatcher:
         return item
 
     def _run_backwards(self, items: list[BackwardItem]) -> None:
-        items[0].pending.shared.backward(items)
-        self._count(shared_backwards=1, backward_items=len(items))
+        groups = _disjoint_groups(items)
+        for group in groups:
+            items[0].pending.shared.backward(group)
+        self._count(shared_backwards=len(groups), backward_items=len(items))
 
     def _count(self, **counts: int) -> None:
         with self._stats_lock:
@@ -254,6 +256,22 @@ class TrunkBatcher:
             return
         rows = sum(item.hidden.shape[0] for item in items)
         self._count(shared_passes=1, shared_rows=rows, shared_forwards=len(items), stacked_lora_calls=stacked)
+
+
+def _disjoint_groups(items: list[BackwardItem]) -> list[list[BackwardItem]]:
+    """`items` in groups whose sessions share no parameter, in arrival order. Sessions of one shared
+    trunk adapter (`edge_server.shared_adapters`) train the same parameters: in one autograd call
+    each would get the sum of their gradients, so each runs its own call on the pass's graph."""
+    groups: list[tuple[set[int], list[BackwardItem]]] = []
+    for item in items:
+        params = {id(p) for p in item.pending.shared.segments[item.pending.index].params}
+        home = next((g for g in groups if not g[0] & params), None)
+        if home is None:
+            groups.append((set(params), [item]))
+        else:
+            home[0].update(params)
+            home[1].append(item)
+    return [group for _, group in groups]
 
 
 def _run_shared(trees: BatchedTrunks, items: list[ForwardItem]) -> int:

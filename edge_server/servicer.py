@@ -7,6 +7,7 @@ compute `TrunkSession`), and outgoing tensors are encoded here under the session
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from edge_server.session import SessionOwner, TrunkSession
 from edge_server.session_state import SessionStateCalls
 from edge_server.session_wire import GRAD, HIDDEN
 from edge_server.sessions import SessionManager
+from edge_server.shared_adapters import authorize_shared_key
 from edge_server.stream_requests import BACKWARD_TENSORS, FORWARD_TENSORS, StreamRequest, read_stream
 from splitft.compress import DirectionCodecs, parse_codecs
 from splitft.errors import InvalidArgument, SplitftError
@@ -124,6 +126,8 @@ class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServi
         codecs = parse_codecs(request.codec or "raw")  # the one parse: the typed value travels on
         if claims is not None:
             authorize_split(claims, _requested_split(request, codecs))
+            if request.shared_adapter:  # a job's shared trunk adapter: only its own job's sessions
+                authorize_shared_key(request.shared_adapter, claims.job)
         lora = trunk_lora_from_json(request.lora_config_json) if request.trunk_lora else None
         session = self.sessions.open(
             request.model,
@@ -140,6 +144,7 @@ class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServi
             else SessionOwner(peer_device(context) or ""),
             batch_size=request.batch_size,
             sequence_length=request.sequence_length,
+            shared_adapter=request.shared_adapter,
         )
         self.metrics.track(session)
         return pb.OpenSessionResponse(
@@ -148,6 +153,7 @@ class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServi
             trunk_stop=session.spec.trunk_stop,
             trunk_trainable_parameters=session.trainable_parameters,
             ttl_seconds=int(self.sessions.ttl_seconds),
+            shared_adapter=session.shared.adapter.key if session.shared is not None else "",
         )
 
     @translate_errors
@@ -336,9 +342,10 @@ class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServi
     def ExportAdapter(self, request, context) -> Iterator[pb.ExportAdapterResponse]:
         """Stream the session's trunk adapter (LoRA tensors or sparse deltas) back to its device."""
         with self._locked(request.session_id) as session:
-            state = session.export_adapter()
+            state, steps = session.export_with_steps()
+        into = functools.partial(pb.ExportAdapterResponse, adapter_steps=steps)
         for name, tensor in state.items():
-            for message in tensor_parts(name, tensor, "raw", self.chunk_bytes, into=pb.ExportAdapterResponse):
+            for message in tensor_parts(name, tensor, "raw", self.chunk_bytes, into=into):
                 yield self._sent("raw", message)
 
     @translate_errors

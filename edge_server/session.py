@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -36,6 +36,9 @@ from splitft.model.adapter_state import load_adapter_state
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
 from splitft.model.spans import Skipped, SplitSpec
+
+if TYPE_CHECKING:
+    from edge_server.shared_view import SharedAdapterView
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class TrunkSession:
         seed: int,
         method: TrunkMethod | None = None,
         limits: DataPlaneLimits | None = None,
+        shared: SharedAdapterView | None = None,
     ) -> None:
         self.session_id = session_id
         self.limits = limits or DataPlaneLimits()
@@ -101,15 +105,11 @@ class TrunkSession:
         self.optim = TrunkOptimizer([])
         self._pending: OrderedDict[int, Pending | SharedPending] = OrderedDict()
         self.batcher: TrunkBatcher | None = None  # set by the manager when batching is on
-        root = share_modules(span.root)
-        blocks = span.family.blocks(root)
-        for i in range(len(blocks)):
-            if i not in spec.trunk_range:
-                blocks[i] = Skipped(f"block {i}")
-        if lora_config is not None:  # bounded before any adapter memory is allocated
-            check_adapter_size(lora_parameter_estimate(root, lora_config), self.limits)
-        self.peft_model = _attach_lora(root, lora_config, seed) if lora_config is not None else None
-        self.root = self.peft_model.get_base_model() if self.peft_model is not None else root
+        self.shared = shared  # a view of its job's one trunk adapter (edge_server.shared_adapters)
+        if shared is not None:  # which is also this session's optimizer, over its own gradients
+            self.peft_model, self.root, self.optim = None, shared.session_root(), shared
+        else:
+            self.peft_model, self.root = _own_tree(span, spec, lora_config, seed, self.limits)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         check_adapter_size(self.trainable_parameters, self.limits)
         # The selection method's trunk half (splitft.methods.scorer), built through the registry.
@@ -278,6 +278,8 @@ class TrunkSession:
             self.optim.zero_grad()
         if isinstance(pending, SharedPending):
             return self._backward_shared(pending, grad)
+        if self.shared is not None:  # into this session's own gradients, never the adapter's .grad
+            return self.shared.backward(pending.output, pending.inputs, grad)
         pending.output.backward(grad)
         if self.selection is not None:
             self.selection.on_backward(grad.shape[0])
@@ -292,18 +294,12 @@ class TrunkSession:
         except BaseException:
             pending.drop()  # the graph must not outlive a failed backward
             raise
-        params = pending.shared.segments[pending.index].params
-        for param, param_grad in zip(params, item.param_grads, strict=True):
-            if param_grad is None:
-                continue
-            if param.grad is None:
-                param.grad = param_grad
-            else:
-                param.grad += param_grad
+        self.optim.accumulate(pending.shared.segments[pending.index].params, item.param_grads)
         return item.input_grad
 
     def configure_optimizer(self, name: str, hparams: dict[str, Any]) -> None:
         """Build the trunk optimizer `name` (see `edge_server.trunk_optim`) with `hparams`."""
+        self.optim.check_name(name)  # refused before the memory accounting changes
         self.memory.settle(self.trainable, name, hparams)  # its state per parameter must fit first
         self.optim.configure(name, hparams)
 
@@ -317,6 +313,16 @@ class TrunkSession:
 
     def export_adapter(self) -> dict[str, torch.Tensor]:
         """The trunk adapter's tensors (peft names), or the selection's sparse deltas."""
+        return self.export_with_steps()[0]
+
+    def export_with_steps(self) -> tuple[dict[str, torch.Tensor], int]:
+        """`export_adapter` and the optimizer steps the adapter has taken, read together (a shared
+        adapter's: every session's steps)."""
+        if self.shared is not None:
+            return self.shared.export()
+        return self._export_own(), self.steps
+
+    def _export_own(self) -> dict[str, torch.Tensor]:
         if self.selection is not None:
             return {k: v.detach().clone() for k, v in sparse_state_dict(self.root).items()}
         if self.peft_model is None:
@@ -327,6 +333,8 @@ class TrunkSession:
     def load_adapter(self, state: dict[str, torch.Tensor]) -> int:
         """Set the trunk adapter to `state` (every key `export_adapter` gives, same shapes), before
         the session trains; returns how many tensors were loaded."""
+        if self.shared is not None:
+            return self.shared.load(state, session_started=bool(self.steps or self._pending))
         if self.peft_model is None or self.selection is not None:
             raise FailedPrecondition("only a session training LoRA on the trunk can load a trunk adapter")
         if self.steps or self._pending:
@@ -362,6 +370,23 @@ class TrunkSession:
                 dropped,
                 MAX_PENDING_FORWARDS,
             )
+
+
+def _own_tree(
+    span: LoadedSpan, spec: SplitSpec, lora_config: LoraConfig | None, seed: int, limits: DataPlaneLimits
+) -> tuple[PeftModel | None, nn.Module]:
+    """A session's own view of the trunk: a module tree over the served frozen weights, the blocks
+    outside its trunk skipped, with its own LoRA adapter when it trains one."""
+    root = share_modules(span.root)
+    blocks = span.family.blocks(root)
+    for i in range(len(blocks)):
+        if i not in spec.trunk_range:
+            blocks[i] = Skipped(f"block {i}")
+    if lora_config is None:
+        return None, root
+    check_adapter_size(lora_parameter_estimate(root, lora_config), limits)  # before adapter memory
+    peft_model = _attach_lora(root, lora_config, seed)
+    return peft_model, peft_model.get_base_model()
 
 
 def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:

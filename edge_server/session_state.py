@@ -48,6 +48,11 @@ _OPTIM_NAME = re.compile(r"optim/(\d{1,9})/([A-Za-z_][A-Za-z0-9_]{0,63})")
 
 
 def _refuse_selection(session: TrunkSession, what: str) -> None:
+    if session.shared is not None:
+        raise FailedPrecondition(
+            f"cannot {what} a session on a shared trunk adapter: the adapter is its job's, stepped by "
+            "other sessions too (docs/federated.md)"
+        )
     if session.selection is not None:
         raise FailedPrecondition(
             f"cannot {what} a selection-method session: its selected entries and scorer state are not "

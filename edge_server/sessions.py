@@ -20,6 +20,8 @@ from edge_server.limits import DataPlaneLimits
 from edge_server.registry import ModelRegistry
 from edge_server.session import SessionOwner, TrunkSession
 from edge_server.session_wire import SessionWire
+from edge_server.shared_adapters import SharedAdapters, check_shared_key
+from edge_server.shared_view import SharedAdapterView
 from splitft.compress import DirectionCodecs
 from splitft.errors import (
     AlreadyExists,
@@ -65,6 +67,7 @@ class SessionManager:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._revoked: frozenset[str] = frozenset()
+        self.shared = SharedAdapters(self.limits, memory)  # federated jobs' shared trunk adapters
 
     def open(
         self,
@@ -81,11 +84,13 @@ class SessionManager:
         owner: SessionOwner | None = None,
         batch_size: int = 0,
         sequence_length: int = 0,
+        shared_adapter: str = "",
     ) -> TrunkSession:
         """Open a session on `model` (its trunk blocks between the device's layers); its slot
         (edge-wide and per device) and its estimated memory (at its expected batch shape, 0: the
         default) are reserved before it is built. `codecs` come parsed from OpenSession and stay
-        with the session's wire state."""
+        with the session's wire state. `shared_adapter`: the key of the shared trunk adapter it
+        joins (already authorised against its token; `edge_server.shared_adapters`)."""
         if session_id is not None and session_id in self._revoked:
             raise PermissionDenied(f"session {session_id!r} was revoked by the control plane")
         served = self.registry.get(model)
@@ -96,11 +101,11 @@ class SessionManager:
         if method is not None and lora_config is not None:
             raise InvalidArgument("a session trains either a LoRA adapter or selected parameters, not both")
         owner = owner or SessionOwner()
-        adapter, blocks = adapter_of(lora_config, method), spec.trunk_stop - spec.trunk_start
-        memory = self.memory
-        estimate = memory.estimate(model, blocks, adapter, batch_size, sequence_length) if memory else None
-        self._reserve(session_id, owner, estimate)
-        session = self._build(session_id, model, spec, lora_config, seed, method)
+        shape = (batch_size, sequence_length)
+        self._reserve(
+            session_id, owner, self._estimate(model, spec, lora_config, method, shape, shared_adapter)
+        )
+        session = self._build(session_id, model, spec, lora_config, seed, method, shared_adapter)
         session.owner = owner
         session.batcher = self.batcher
         wire = SessionWire.open(codecs, seed, self.limits.max_request_bytes)
@@ -118,6 +123,25 @@ class SessionManager:
         )
         return session
 
+    def _estimate(
+        self,
+        model: str,
+        spec: SplitSpec,
+        lora_config: LoraConfig | None,
+        method: TrunkMethod | None,
+        shape: tuple[int, int],
+        shared_adapter: str,
+    ) -> SessionEstimate | None:
+        """A new session's estimated memory (None when none is counted); a session joining an
+        existing shared trunk adapter counts its gradients, not the adapter again."""
+        if shared_adapter and (lora_config is None or method is not None):
+            raise InvalidArgument("a shared trunk adapter is LoRA: open it with trunk_lora and a LoRA config")
+        joins = bool(shared_adapter) and self.shared.has(check_shared_key(shared_adapter))
+        if self.memory is None:
+            return None
+        adapter, blocks = adapter_of(lora_config, method), spec.trunk_stop - spec.trunk_start
+        return self.memory.estimate(model, blocks, adapter, *shape, joins_shared=joins)
+
     def _build(
         self,
         session_id: str,
@@ -126,21 +150,28 @@ class SessionManager:
         lora_config: LoraConfig | None,
         seed: int,
         method: TrunkMethod | None,
+        shared_adapter: str = "",
     ) -> TrunkSession:
         """Build a reserved session and link it to the memory accountant, where the built adapter
         replaces its estimate (it must fit too); on failure its slot and memory are given back."""
+        view: SharedAdapterView | None = None
         try:
             span = self.registry.get(model).span
             if method is not None:
                 check_selection_allowed(span.quantization)
+            if shared_adapter and lora_config is not None:
+                view = self.shared.join(shared_adapter, model, span, spec, lora_config, seed)
             session = TrunkSession(
-                session_id, span, spec, lora_config, seed, method=method, limits=self.limits
+                session_id, span, spec, lora_config, seed, method=method, limits=self.limits, shared=view
             )
             if self.memory is not None:
                 adapter, blocks = adapter_of(lora_config, method), spec.trunk_stop - spec.trunk_start
                 session.memory = self.memory.link(session_id, model, blocks, adapter)
+                session.memory.shared_entry = view.adapter.memory_entry if view is not None else None
                 session.memory.settle(session.trainable)
         except BaseException:
+            if view is not None:
+                view.release()  # leaves the shared adapter (idle if this was its only session)
             with self._lock:
                 self._opening.pop(session_id, None)
             if self.memory is not None:
@@ -247,6 +278,7 @@ class SessionManager:
             with session.lock:
                 session.release()
             logger.info("session %s expired after %.0f s idle", session.session_id, self.ttl_seconds)
+        self.shared.expire_idle(self.ttl_seconds)  # shared trunk adapters no session held for the TTL
         return expired
 
     def start_reaper(self, interval: float | None = None) -> None:
@@ -266,6 +298,7 @@ class SessionManager:
             sessions, self._sessions, self._wires = list(self._sessions.values()), {}, {}
         for session in sessions:
             session.release()
+        self.shared.close_all()
 
     def _reap_loop(self, period: float) -> None:
         while not self._stop.wait(period):

@@ -32,12 +32,16 @@ class TrunkOptimizer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps = 0
 
-    def configure(self, name: str, hparams: dict[str, Any]) -> None:
-        """Build the `name` optimizer (one of `EDGE_OPTIMIZERS`) over the trainable parameters."""
+    def check_name(self, name: str) -> None:
+        """InvalidArgument unless `name` is one of `EDGE_OPTIMIZERS`."""
         if name not in OPTIMIZERS:
             raise InvalidArgument(
                 f"optimizer {name!r} is not supported on the edge; supported: {list(OPTIMIZERS)}"
             )
+
+    def configure(self, name: str, hparams: dict[str, Any]) -> None:
+        """Build the `name` optimizer (one of `EDGE_OPTIMIZERS`) over the trainable parameters."""
+        self.check_name(name)
         if not self.params:
             return
         if not {"foreach", "fused"} & set(hparams):
@@ -49,6 +53,17 @@ class TrunkOptimizer:
             self.optimizer = OPTIMIZERS[name](self.params, **hparams)
         except (TypeError, ValueError, IndexError) as exc:
             raise InvalidArgument(f"invalid {name} hyper-parameters {hparams}: {exc}") from exc
+
+    def accumulate(self, params: list[nn.Parameter], grads: list[torch.Tensor | None]) -> None:
+        """Add gradients computed elsewhere (a shared pass's backward) to `params`' `.grad`, as
+        `Tensor.backward` would."""
+        for param, grad in zip(params, grads, strict=True):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad
+            else:
+                param.grad += grad
 
     def zero_grad(self) -> None:
         """Drop every trainable parameter's gradient."""

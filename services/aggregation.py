@@ -35,6 +35,7 @@ def aggregate_archives(
             method=spec.aggregation,
             channel=channel,
             seed=seed,
+            trunk=spec.trunk_adapter,  # shared: the device parts averaged, the edge's latest trunk export
         )
         error = result.relative_error if spec.aggregation == "aircomp" else None
         return pack_adapter_files(result.out_path), error

@@ -156,7 +156,7 @@ class SessionTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)  # the edge session's seed, the adapters' and the head's init
             with self._connect(assignment) as conn:
-                with self._build_model(model_dir, conn, spec) as model:
+                with self._build_model(model_dir, conn, spec, assignment.shared_trunk_adapter) as model:
                     torch.manual_seed(seed)  # after the common init: this device's own dropout
                     if assignment.initial_adapter:
                         self._start_from_global(model, assignment.session_id)
@@ -232,7 +232,9 @@ class SessionTrainer:
         return conn
 
     @staticmethod
-    def _build_model(model_dir: Path, conn: EdgeConnection, spec: JobCreate) -> SplitModel:
+    def _build_model(
+        model_dir: Path, conn: EdgeConnection, spec: JobCreate, shared: str | None
+    ) -> SplitModel:
         return SplitModel.from_pretrained(
             model_dir,
             edge=conn,
@@ -244,6 +246,7 @@ class SessionTrainer:
             codec=spec.codec,
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
             batch_shape=(spec.batch_size, spec.max_length),
+            shared_trunk_adapter=shared or "",  # a federated job's one trunk adapter per round
         )
 
     def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int, count: int) -> None:

@@ -11,6 +11,7 @@ from splitft.errors import InvalidArgument, PayloadTooLarge
 from splitft.security.tokens import SplitClaims, issue_token
 from splitft_control.archive import ArchiveLimits, check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
+from splitft_control.scheduler import shared_adapter_key
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
 
 router = APIRouter(prefix="/v1", tags=["device"])
@@ -57,6 +58,7 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         spec=spec,
         round=sess.round,
         initial_adapter=starts_from_adapter,
+        shared_trunk_adapter=shared_adapter_key(job.id, sess.round, spec),
     )
 
 

@@ -13,7 +13,7 @@ from splitft.errors import FailedPrecondition, NotFound
 from splitft.jobs.spec import JobCreate
 from splitft.memory.estimate import MemoryProfile
 from splitft_control.models import Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
-from splitft_control.scheduler import EdgeLoad, choose_edge, no_edge_reason, place, session_need
+from splitft_control.scheduler import EdgeLoad, choose_edge, no_edge_reason, place, session_need, shares_trunk
 from splitft_control.store.base import (
     ACTIVE_SESSION_STATES,
     FINAL_JOB_STATES,
@@ -24,6 +24,7 @@ from splitft_control.store.base import (
     sessions_of,
 )
 from splitft_control.store.rounds import federated_spec, open_round
+from splitft_control.store.shared_placement import shared_choice, waiting_rounds
 
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -102,12 +103,19 @@ class JobStore(StoreBase):
                 .join(Job, JobSession.job_id == Job.id)
                 .where(JobSession.state == "waiting", Job.state.in_(("pending", "running")))
                 .order_by(JobSession.created_at)
-            )
+            ).all()
+            rounds = waiting_rounds([(sess, job.id) for sess, job in waiting])
             for sess, job in waiting:
-                spec = _spec(job, specs)
-                edge = choose_edge(list(load.values()), job.spec["model"], spec)
+                spec, model = _spec(job, specs), job.spec["model"]
+                if shares_trunk(spec):  # the round's sessions on one edge, with its one trunk adapter
+                    edge, reason, joins = shared_choice(
+                        s, sess, spec, load, rounds[(job.id, sess.round)], model
+                    )
+                else:
+                    edge, joins = choose_edge(list(load.values()), model, spec), False
+                    reason = no_edge_reason(model, list(load.values()), spec) if edge is None else ""
                 if edge is None:
-                    sess.reason = no_edge_reason(job.spec["model"], list(load.values()), spec)
+                    sess.reason = reason
                     continue
                 sess.state, sess.edge_id, sess.reason, sess.updated_at = "assigned", edge.id, "", utcnow()
                 s.execute(  # back on an edge it was taken from: that edge must not refuse it now
@@ -116,7 +124,7 @@ class JobStore(StoreBase):
                     )
                 )
                 sess.attempts += 1
-                place(edge, spec)
+                place(edge, spec, joins=joins)
                 placed += 1
             for job in s.scalars(select(Job).where(Job.state.in_(("pending", "running")))):
                 refresh_job(s, job)
@@ -227,11 +235,15 @@ def _edge_load(s: Session, edge: Edge, specs: dict[str, JobCreate | None]) -> Ed
         load.default_bytes[model] = int(entry.get("session_bytes", 0))
     load.memory_free = edge.memory_limit_bytes
     placed = s.execute(
-        select(Job)
+        select(Job, JobSession.round)
         .join(JobSession, JobSession.job_id == Job.id)
         .where(JobSession.edge_id == edge.id, JobSession.state.in_(ACTIVE_SESSION_STATES))
     )
-    for (job,) in placed:
-        load.memory_free -= session_need(load, _spec(job, specs)) or 0
+    rounds: set[tuple[str, int | None]] = set()  # a shared trunk adapter is counted once per round
+    for job, number in placed:
+        spec = _spec(job, specs)
+        joins = shares_trunk(spec) and (job.id, number) in rounds
+        rounds.add((job.id, number))
+        load.memory_free -= session_need(load, spec, joins=joins) or 0
     load.memory_free = max(0, min(load.memory_free, edge.memory_free_bytes))
     return load

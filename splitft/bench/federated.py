@@ -14,9 +14,10 @@ process, with the training data split across `devices` by Dirichlet(alpha) class
 
 Every device takes the same number of optimizer steps, `rounds * local_steps`, in every variant,
 and sees the same batches in the same order (its own data stream); every variant starts from one
-common initial adapter. The whole adapter (device and trunk parts) is aggregated: the job mode's
-`trunk_adapter: "averaged"`. `"shared"` (one trunk adapter stepped by all sessions) does not exist
-yet, so the report says so instead of giving a number. Repeated over `seeds` seeds (shards,
+common initial adapter. The fedavg and aircomp rows aggregate the whole adapter (device and trunk
+parts): the job mode's `trunk_adapter: "averaged"`. The fedavg_shared row is `trunk_adapter:
+"shared"`: one trunk adapter per round on the edge, stepped by every device in turn (the devices
+train one after another here), FedAvg of the device parts. Repeated over `seeds` seeds (shards,
 initialisation, data order and channel all follow the seed), variants in alternating order.
 """
 
@@ -118,7 +119,13 @@ def _load() -> list[float]:
 
 
 def _variants(config: FederatedBenchConfig, seed: int) -> list[str]:
-    names = ["independent", "fedavg", *[f"aircomp_{s:g}db" for s in config.snr_db], "centralized"]
+    names = [
+        "independent",
+        "fedavg",
+        "fedavg_shared",
+        *[f"aircomp_{s:g}db" for s in config.snr_db],
+        "centralized",
+    ]
     return names if seed % 2 == 0 else names[::-1]  # alternating order over seeds
 
 
@@ -142,8 +149,8 @@ def _run_seed(
         elif name == "centralized":
             results[name] = _centralized(config, split, start, task, encode, evaluator, tmp / name, seed)
         else:
-            snr = None if name == "fedavg" else float(name.split("_")[1][:-2])
-            plan = Rounds(config.rounds, config.local_steps, snr, seed)
+            snr = None if name.startswith("fedavg") else float(name.split("_")[1][:-2])
+            plan = Rounds(config.rounds, config.local_steps, snr, seed, shared_trunk=name == "fedavg_shared")
             results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
         results[name]["seconds"] = round(time.perf_counter() - began, 1)
     return {

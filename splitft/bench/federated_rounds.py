@@ -1,6 +1,11 @@
 """`bench federated`'s rounds, simulated in one process: every device starts each round from the
 global adapter, trains its local steps through the SDK and saves its adapter; the adapters' state
-dicts are aggregated by example count with `splitft.federated` (FedAvg, or AirComp at an SNR)."""
+dicts are aggregated by example count with `splitft.federated` (FedAvg, or AirComp at an SNR).
+
+With a shared trunk adapter (`trunk_adapter: "shared"`), every device of a round joins ONE trunk
+adapter on the edge (key `bench-s<seed>/r<round>`); the devices train one after another, so each
+continues the trunk where the one before left it (SplitLoRA's sequential server updates). The
+device parts are aggregated; the trunk part is the latest export's (`splitft.federated.shared_trunk`)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from splitft.bench.federated_train import (
 )
 from splitft.errors import FailedPrecondition
 from splitft.federated import aircomp_round, fedavg
+from splitft.federated.shared_trunk import read_trunk_marks, split_shared
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,7 @@ class Rounds:
     local_steps: int
     snr_db: float | None  # None: FedAvg; else AirComp at this SNR (Rayleigh fading)
     seed: int
+    shared_trunk: bool = False  # one trunk adapter per round on the edge, stepped by every device
 
 
 def run_rounds(
@@ -49,12 +56,17 @@ def run_rounds(
     current, per_round = start, []
     for number in range(plan.rounds):
         steps = slice(number * plan.local_steps, (number + 1) * plan.local_steps)
+        key = f"bench-s{plan.seed}/r{number}" if plan.shared_trunk else ""
         runs: list[LocalRun] = [
             train_local(split, current, shard.batches[steps], out / f"round-{number}" / f"device-{k}",
-                        plan.seed * 100 + k)
+                        plan.seed * 100 + k, key)
             for k, shard in enumerate(shards)
         ]  # fmt: skip
         states = [read_state(run.adapter) for run in runs]
+        trunk: dict[str, Any] = {}
+        if plan.shared_trunk:  # the device parts are aggregated; the trunk is the latest export
+            marks = [read_trunk_marks(run.adapter / WEIGHTS) for run in runs]
+            states, trunk = split_shared(states, marks)
         row: dict[str, Any] = {
             "round": number,
             "adapter_bytes_up": sum(run.adapter_bytes for run in runs),
@@ -62,9 +74,11 @@ def run_rounds(
             "wire_bytes": sum(run.wire_bytes for run in runs),
             "mean_last_loss": round(sum(run.last_loss for run in runs) / len(runs), 4),
         }  # fmt: skip
+        if plan.shared_trunk:
+            row["trunk_steps"] = max(m.steps for m in marks if m is not None)
         state = _aggregate(plan, number, states, weights, row)
         if state is not None:
-            current = write_state(state, runs[0].adapter, out / f"round-{number}" / "global")
+            current = write_state({**state, **trunk}, runs[0].adapter, out / f"round-{number}" / "global")
         per_round.append(row)
     return {"accuracy": round(evaluator.accuracy(current), 4), "rounds": per_round}
 

@@ -87,7 +87,8 @@ class Split:
     num_labels: int
     lr: float
 
-    def build(self, conn: EdgeConnection, seed: int) -> SplitModel:
+    def build(self, conn: EdgeConnection, seed: int, shared_trunk: str = "") -> SplitModel:
+        """A split model on `conn`; `shared_trunk`: the key of the edge's shared trunk adapter to join."""
         return SplitModel.from_pretrained(
             self.model_dir,
             edge=conn,
@@ -98,14 +99,18 @@ class Split:
             seed=seed,
             lora_config=lora_config(),
             config_overrides={"num_labels": self.num_labels},
+            shared_trunk_adapter=shared_trunk,
         )
 
 
-def train_local(split: Split, start: Path, data: list[Batch], out: Path, seed: int) -> LocalRun:
+def train_local(
+    split: Split, start: Path, data: list[Batch], out: Path, seed: int, shared_trunk: str = ""
+) -> LocalRun:
     """Build a split model, load `start`, train one step per batch of `data` (fresh AdamW, constant
-    lr, clipping at 1.0, as a device does each round), save the adapter to `out`."""
+    lr, clipping at 1.0, as a device does each round), save the adapter to `out`. `shared_trunk`:
+    train the edge's shared trunk adapter of that key (its saved trunk part is marked with its steps)."""
     started = time.perf_counter()
-    with EdgeConnection(split.address, insecure=True) as conn, split.build(conn, seed) as model:
+    with EdgeConnection(split.address, insecure=True) as conn, split.build(conn, seed, shared_trunk) as model:
         model.load_adapter(start)
         torch.manual_seed(seed)  # the device side's dropout masks
         optimizer = model.configure_optimizer(torch.optim.AdamW, lr=split.lr, weight_decay=0.01)

@@ -24,12 +24,14 @@ from safetensors.numpy import load_file, save_file
 from splitft.errors import InvalidArgument
 from splitft.federated.aggregate import Channel, aircomp_round, fedavg
 from splitft.federated.checks import StateDict
+from splitft.federated.shared_trunk import latest_trunk, read_trunk_marks, split_shared
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 METHODS = ("fedavg", "aircomp")
+TRUNK_MODES = ("averaged", "shared")
 # Fields that change which tensors exist, their shapes or how they are scaled: adapters must agree.
 AGREEING_FIELDS = (
     "peft_type",
@@ -63,6 +65,7 @@ def aggregate_adapter_files(
     method: str = "fedavg",
     channel: Channel | None = None,
     seed: int | None = None,
+    trunk: str = "averaged",
 ) -> AdapterAggregate:
     """Aggregate the peft adapters in ``paths`` into one written to ``out_path``.
 
@@ -71,14 +74,29 @@ def aggregate_adapter_files(
     of their configs and on their tensors' names and shapes; ``out_path`` gets the first adapter's
     ``adapter_config.json`` and the aggregated ``adapter_model.safetensors``. Raises InvalidArgument
     naming the path, field or tensor at fault.
+
+    ``trunk="shared"``: the uploads' trunk parts are exports of ONE shared trunk adapter (marked,
+    ``splitft.federated.shared_trunk``): the device parts are aggregated and the trunk part is the
+    latest export's. Without any marked upload, the whole adapters are aggregated (and a warning
+    logged).
     """
     if method not in METHODS:
         raise InvalidArgument(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if trunk not in TRUNK_MODES:
+        raise InvalidArgument(f"trunk must be one of {', '.join(TRUNK_MODES)}, got {trunk!r}")
     directories = _check_paths(paths, out_path)
     configs = [_read_config(path) for path in directories]
     _check_configs_agree(configs, directories)
     states = [_read_weights(path) for path in directories]
-    state, participants, error = _aggregate(states, weights, method, channel, seed)
+    marks = [read_trunk_marks(path / WEIGHTS_FILE) for path in directories] if trunk == "shared" else []
+    if trunk == "shared" and latest_trunk(marks) is not None:
+        devices, trunk_state = split_shared(states, marks)
+        state, participants, error = _aggregate(devices, weights, method, channel, seed)
+        state = {**state, **trunk_state}
+    else:
+        if trunk == "shared":
+            logger.warning("no upload carries a shared trunk adapter's marks: averaging whole adapters")
+        state, participants, error = _aggregate(states, weights, method, channel, seed)
     out = _write(state, directories[0], Path(out_path))
     logger.info("aggregated %d adapters (%s) into %s", len(directories), method, out)
     return AdapterAggregate(out_path=out, participants=participants, relative_error=error)

@@ -153,7 +153,9 @@ class FederatedSpec(Strict):
     min_devices: StrictInt = Field(1, ge=1, le=10_000, description="uploads a round needs by its deadline")
     round_timeout_s: StrictFloat = Field(3600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
     trunk_adapter: Literal["averaged", "shared"] = Field(
-        "averaged", description="averaged: each session's trunk adapter is averaged with the device parts"
+        "averaged",
+        description="averaged: each session's trunk adapter is averaged with the device parts; shared: "
+        "one trunk adapter per round on the job's edge, stepped by every session (all on one edge)",
     )
     snr_db: StrictFloat | None = Field(
         20.0, ge=-30, le=100, allow_inf_nan=False, description="aircomp: receive SNR; null: noiseless"
@@ -170,8 +172,11 @@ class FederatedSpec(Strict):
     def _consistent(self) -> FederatedSpec:
         if (self.local_steps is None) == (self.local_epochs is None):
             raise ValueError("federated: give exactly one of local_steps or local_epochs")
-        if self.trunk_adapter == "shared":
-            raise ValueError('federated.trunk_adapter "shared" is not available yet; use "averaged"')
+        if self.trunk_adapter == "shared" and self.secure_aggregation:
+            raise ValueError(
+                'federated.secure_aggregation with trunk_adapter "shared" is not supported: the shared '
+                'trunk adapter is the edge\'s, exported whole, not a sum of masked updates; use "averaged"'
+            )
         if self.secure_aggregation and self.aggregation != "fedavg":
             raise ValueError(
                 "federated.secure_aggregation sums masked updates (FedAvg); AirComp's simulated channel "
@@ -272,6 +277,10 @@ class JobCreate(Strict):
         wanted, devices = self.federated.min_devices, len(self.devices)
         if wanted > devices:
             raise ValueError(f"federated.min_devices ({wanted}) exceeds the job's {devices} devices")
+        if self.federated.trunk_adapter == "shared" and not self.trunk_lora:
+            raise ValueError(
+                'federated.trunk_adapter "shared" shares the trunk\'s LoRA: it needs trunk_lora true'
+            )
 
     def selection_spec(self) -> SelectionSpec | None:
         """The job's selection-method member (its defaults when absent); None for a LoRA job."""
@@ -292,4 +301,10 @@ class Assignment(Strict):
     round: StrictInt | None = Field(None, ge=0, description="federated jobs: the round this session trains")
     initial_adapter: bool = Field(
         False, description="federated jobs: start from GET /v1/sessions/{id}/initial-adapter"
+    )
+    shared_trunk_adapter: str | None = Field(
+        None,
+        max_length=200,
+        description='federated jobs with trunk_adapter "shared": the key of the edge\'s shared trunk adapter '
+        "the session joins (OpenSession.shared_adapter)",
     )

@@ -206,6 +206,12 @@ def state_bytes(parameters: int, dtype_bytes: int, slots: int) -> int:
     return parameters * dtype_bytes * (2 + slots)
 
 
+def shared_adapter_bytes(parameters: int, dtype_bytes: int, slots: int) -> int:
+    """Bytes of a shared trunk adapter of `parameters` values, counted once: the values and `slots`
+    optimizer states (each session that steps it holds its own gradients)."""
+    return parameters * dtype_bytes * (1 + slots)
+
+
 def trunk_blocks(profile: MemoryProfile, device_layers: int, head_layers: int) -> int:
     """Trunk blocks of a split (InvalidArgument when the device keeps them all)."""
     blocks = profile.num_layers - device_layers - head_layers
@@ -225,14 +231,23 @@ def estimate_session(
     batch_size: int = 0,
     sequence_length: int = 0,
     optimizer: str = "AdamW",
+    joins_shared: bool = False,
 ) -> SessionEstimate:
     """The memory a session of `blocks` trunk blocks training `adapter` is admitted with, at its
-    batch shape (0: the default shape)."""
+    batch shape (0: the default shape). `joins_shared`: it joins a shared trunk adapter that exists
+    already, so its state is its gradients alone (the adapter's values and optimizer slots are
+    counted once, with the adapter: `shared_adapter_bytes`)."""
     batch = batch_size or DEFAULT_BATCH_SIZE
     tokens = sequence_length or DEFAULT_SEQUENCE_LENGTH
     parameters = adapter_parameters(profile, blocks, adapter)
+    slots = optimizer_slots(optimizer)
+    state = (
+        parameters * ADAPTER_DTYPE_BYTES
+        if joins_shared
+        else state_bytes(parameters, ADAPTER_DTYPE_BYTES, slots)
+    )
     return SessionEstimate(
-        state_bytes=state_bytes(parameters, ADAPTER_DTYPE_BYTES, optimizer_slots(optimizer)),
+        state_bytes=state,
         graph_bytes=graph_bytes(profile, blocks=blocks, batch=batch, tokens=tokens, adapter=adapter),
         batch_size=batch,
         sequence_length=tokens,

@@ -21,13 +21,13 @@ def test_bench_federated_quick_reports_every_variant_and_the_targets(tmp_path, c
     assert (config["devices"], config["alpha"], config["rounds"], config["local_steps"]) == (4, 0.5, 2, 2)
     assert report["steps_per_device"] == 4 and config["snr_db"] == [20.0]
     (run,) = report["seeds"]
-    assert run["order"] == ["independent", "fedavg", "aircomp_20db", "centralized"]
+    assert run["order"] == ["independent", "fedavg", "fedavg_shared", "aircomp_20db", "centralized"]
     assert len(run["shards"]) == 4 and all(run["shards"])
     results = run["results"]
     independent = results["independent"]
     assert len(independent["per_device"]) == 4 and independent["worst"] == min(independent["per_device"])
     assert results["centralized"]["steps"] == 4 * 4 and results["centralized"]["one_device_steps"] == 4
-    for name in ("fedavg", "aircomp_20db"):
+    for name in ("fedavg", "fedavg_shared", "aircomp_20db"):
         rounds = results[name]["rounds"]
         assert [r["round"] for r in rounds] == [0, 1]
         assert all(r["adapter_bytes_up"] > 0 and r["wire_bytes"] > 0 for r in rounds)
@@ -43,6 +43,11 @@ def test_bench_federated_quick_reports_every_variant_and_the_targets(tmp_path, c
     ]
     gain = report["targets"][0]
     assert gain["met"] == (gain["value"] >= 5.0)
-    assert report["trunk_adapter"]["shared"].startswith("not available")
-    assert "| fedavg |" in markdown and "trunk_adapter shared | not available" in markdown
+    # (e) the shared trunk: every device of a round steps it in turn, so its last export holds them all
+    assert [r["trunk_steps"] for r in results["fedavg_shared"]["rounds"]] == [4 * 2, 4 * 2]
+    trunk = report["trunk_adapter"]
+    assert trunk["shared"] == pytest.approx(100 * results["fedavg_shared"]["accuracy"])
+    assert trunk["shared_minus_averaged"] == pytest.approx(trunk["shared"] - trunk["averaged"], abs=0.01)
+    assert "| fedavg |" in markdown and "| fedavg_shared |" in markdown
+    assert "trunk_adapter averaged (fedavg)" in markdown
     assert "load average" in markdown

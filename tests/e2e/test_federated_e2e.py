@@ -18,6 +18,7 @@ from transformers import BertForSequenceClassification
 
 from splitft.data.stdlib_task import build_stdlib_task
 from splitft.demo.sdk import default_model_dir
+from splitft.federated.shared_trunk import read_trunk_marks
 from splitft.local.loop import LocalLoop, write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -121,3 +122,41 @@ def test_a_device_killed_mid_round_misses_it_and_the_job_goes_on(tmp_path) -> No
     assert round0["participants"] == ["phone-1", "phone-2"] and round0["missed"] == ["phone-3"]
     dead = next(s for s in job["sessions"] if s["device"] == "phone-3")
     assert dead["state"] == "failed" and "missed the deadline of round 0" in dead["reason"]
+
+
+def test_a_shared_trunk_job_steps_one_trunk_adapter_per_round(tmp_path) -> None:
+    """trunk_adapter "shared": both devices' sessions of a round step ONE trunk adapter on the edge;
+    each upload is marked with the steps its trunk export held, the latest holds every step of the
+    round, and the global adapter is the device parts averaged with that trunk."""
+    task = build_stdlib_task(max_per_class=12)
+    model_arg = f"{MODEL}={default_model_dir()}"
+    shards = {"phone-1": task.train[0::3], "phone-2": task.train[1::3]}
+    spec = _spec(list(shards), len(task.labels))
+    spec["federated"]["trunk_adapter"] = "shared"
+    with LocalLoop(tmp_path) as loop:
+        loop.start_edge("edge-a", [model_arg])
+        for name, examples in shards.items():
+            data = write_jsonl(examples, tmp_path / f"{name}.jsonl")
+            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=2)
+        job = loop.wait_job(loop.create_job(spec)["id"], timeout=300)
+        assert job["state"] == "succeeded", job
+        rounds = loop.api("GET", f"/v1/jobs/{job['id']}/rounds").json()
+        assert [(r["number"], r["participants"]) for r in rounds] == [(n, list(shards)) for n in (0, 1)]
+        global_state = _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapter").content, tmp_path / "global")
+        uploads = {
+            name: _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapters/{name}").content, tmp_path / name)
+            for name in shards
+        }
+    marks = {name: read_trunk_marks(tmp_path / name / WEIGHTS) for name in shards}
+    assert all(m is not None and m.adapter == f"{job['id']}/r1" for m in marks.values()), marks
+    latest = max(shards, key=lambda n: marks[n].steps)  # type: ignore[union-attr]
+    trunk = marks[latest].keys  # type: ignore[union-attr]
+    assert marks[latest].steps == 2 * spec["federated"]["local_steps"]  # type: ignore[union-attr]  # both devices'
+    assert {int(k.split(".layer.")[1].split(".")[0]) for k in trunk} == {2, 3, 4}  # MiniLM's trunk blocks
+    sizes = {name: len(examples) for name, examples in shards.items()}
+    for key, value in global_state.items():
+        if key in trunk:  # the shared adapter, as its latest export held it
+            assert torch.equal(value, uploads[latest][key]), key
+        else:
+            expected = sum(uploads[n][key].double() * sizes[n] / sum(sizes.values()) for n in shards).float()
+            torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)

@@ -45,7 +45,7 @@ class RequestId(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., answered_below: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json", "batch_size", "sequence_length")
+    __slots__ = ("model", "device_layers", "head_layers", "codec", "trunk_lora", "lora_config_json", "seed", "model_type", "num_layers", "hidden_size", "session_id", "method_json", "batch_size", "sequence_length", "shared_adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class OpenSessionRequest(_message.Message):
     METHOD_JSON_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHARED_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: str
     device_layers: int
     head_layers: int
@@ -74,21 +75,24 @@ class OpenSessionRequest(_message.Message):
     method_json: str
     batch_size: int
     sequence_length: int
-    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ..., method_json: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
+    shared_adapter: str
+    def __init__(self, model: _Optional[str] = ..., device_layers: _Optional[int] = ..., head_layers: _Optional[int] = ..., codec: _Optional[str] = ..., trunk_lora: _Optional[bool] = ..., lora_config_json: _Optional[str] = ..., seed: _Optional[int] = ..., model_type: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., session_id: _Optional[str] = ..., method_json: _Optional[str] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ..., shared_adapter: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds")
+    __slots__ = ("session_id", "trunk_start", "trunk_stop", "trunk_trainable_parameters", "ttl_seconds", "shared_adapter")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNK_START_FIELD_NUMBER: _ClassVar[int]
     TRUNK_STOP_FIELD_NUMBER: _ClassVar[int]
     TRUNK_TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     trunk_start: int
     trunk_stop: int
     trunk_trainable_parameters: int
     ttl_seconds: int
-    def __init__(self, session_id: _Optional[str] = ..., trunk_start: _Optional[int] = ..., trunk_stop: _Optional[int] = ..., trunk_trainable_parameters: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    shared_adapter: str
+    def __init__(self, session_id: _Optional[str] = ..., trunk_start: _Optional[int] = ..., trunk_stop: _Optional[int] = ..., trunk_trainable_parameters: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., shared_adapter: _Optional[str] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -215,10 +219,12 @@ class ExportAdapterRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class ExportAdapterResponse(_message.Message):
-    __slots__ = ("part",)
+    __slots__ = ("part", "adapter_steps")
     PART_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_STEPS_FIELD_NUMBER: _ClassVar[int]
     part: TensorPart
-    def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ...) -> None: ...
+    adapter_steps: int
+    def __init__(self, part: _Optional[_Union[TensorPart, _Mapping]] = ..., adapter_steps: _Optional[int] = ...) -> None: ...
 
 class StartCalibrationRequest(_message.Message):
     __slots__ = ("session_id", "request_id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from splitft.jobs.spec import JobCreate
+from splitft.jobs.spec import Assignment, JobCreate
 from tests.support.control_fixtures import job_body
 
 
@@ -48,9 +48,10 @@ def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work()
         ({"federated": {"rounds": 0, "local_steps": 1}}, "rounds"),
         ({"federated": {"rounds": 2, "local_steps": 1, "aggregation": "median"}}, "aggregation"),
         (
-            {"federated": {"rounds": 2, "local_steps": 1, "trunk_adapter": "shared"}},
-            '"shared" is not available yet',
+            {"federated": {"rounds": 2, "local_steps": 1, "trunk_adapter": "shared"}, "trunk_lora": False},
+            'federated.trunk_adapter "shared" shares the trunk\'s LoRA: it needs trunk_lora true',
         ),
+        ({"federated": {"rounds": 2, "local_steps": 1, "trunk_adapter": "pooled"}}, "trunk_adapter"),
         (
             {"federated": {"rounds": 2, "local_steps": 1, "secure_aggregation": True}},
             "secure_aggregation needs min_devices >= 2",
@@ -74,3 +75,23 @@ def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work()
 def test_bad_federated_specs_name_what_is_wrong(changes: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         JobCreate.model_validate(_federated(**changes))
+
+
+def test_a_shared_trunk_adapter_is_accepted_and_reaches_the_device() -> None:
+    body = _federated(federated={"rounds": 2, "local_steps": 3, "trunk_adapter": "shared"})
+    spec = JobCreate.model_validate(body)
+    assert spec.federated is not None and spec.federated.trunk_adapter == "shared"
+    assignment = Assignment.model_validate(
+        {
+            "session_id": "s-1",
+            "job_id": "j-1",
+            "edge_address": "edge:1",
+            "token": "t",
+            "spec": body,
+            "round": 1,
+            "shared_trunk_adapter": "j-1/r1",
+        }
+    )
+    assert assignment.shared_trunk_adapter == "j-1/r1"
+    older = Assignment.model_validate({**assignment.model_dump(), "shared_trunk_adapter": None})
+    assert older.shared_trunk_adapter is None  # an independent or averaged job's session: its own adapter

@@ -7,11 +7,16 @@ from splitft.memory.estimate import BlockLinear, MemoryProfile
 from splitft_control.scheduler import (
     EdgeLoad,
     choose_edge,
+    choose_edge_for_all,
     job_adapter,
+    no_edge_for_all_reason,
     no_edge_reason,
     place,
+    room_for_all,
     session_need,
     sessions_fit,
+    shared_adapter_key,
+    shares_trunk,
 )
 from tests.support.control_fixtures import job_body
 
@@ -119,3 +124,45 @@ def test_no_edge_with_memory_gives_a_memory_reason() -> None:
 def test_a_split_the_model_cannot_take_never_fits() -> None:
     edge_ = memory_edge("a", 1 << 30)
     assert choose_edge([edge_], "bert", spec(device_layers=3, head_layers=1)) is None
+
+
+# --- a shared trunk adapter: a round's sessions together on one edge ----------------------------------
+
+
+def _shared_spec() -> JobCreate:
+    federated = {"rounds": 2, "local_steps": 3, "trunk_adapter": "shared"}
+    body = job_body(["a", "b", "c"], model="bert", steps=None, mode="federated", federated=federated)
+    return JobCreate.model_validate(body)
+
+
+def test_the_round_key_names_the_job_and_the_round_only_for_shared_jobs() -> None:
+    assert shared_adapter_key("job-1", 2, _shared_spec()) == "job-1/r2"
+    assert shared_adapter_key("job-1", None, _shared_spec()) is None
+    assert shared_adapter_key("job-1", 0, JobCreate.model_validate(job_body(["a"]))) is None
+    assert shares_trunk(_shared_spec()) and not shares_trunk(None)
+
+
+def test_a_shared_round_goes_where_all_its_sessions_fit_by_slots() -> None:
+    spec = _shared_spec()
+    edges = [edge("a", ["bert"], 4, 2), edge("b", ["bert"], 8, 5), edge("c", ["bert"], 3, 0)]
+    assert choose_edge(edges, "bert", spec).name == "c"  # type: ignore[union-attr]  # a single session
+    chosen = choose_edge_for_all(edges, "bert", spec, 3)  # b and c take three; c has more room
+    assert chosen is not None and chosen.name == "c"
+    assert choose_edge_for_all(edges, "bert", spec, 4) is None
+    reason = no_edge_for_all_reason("bert", edges, spec, 4)
+    assert "take all 4 sessions of this round together" in reason and "takes now is 3 (c)" in reason
+
+
+def test_a_shared_round_counts_its_adapter_once_in_memory() -> None:
+    spec = _shared_spec()
+    probe = memory_edge("probe", 1 << 40)
+    first, then = session_need(probe, spec), session_need(probe, spec, joins=True)
+    assert first is not None and then is not None and 0 < then < first
+    exact = memory_edge("exact", first + 2 * then)  # three sessions: the adapter once, gradients thrice
+    assert room_for_all(exact, spec, 3) and not room_for_all(
+        memory_edge("less", first + 2 * then - 1), spec, 3
+    )
+    assert sessions_fit(exact, first) < 3  # three independent sessions would not fit
+    place(exact, spec)
+    place(exact, spec, joins=True)
+    assert exact.memory_free == then and exact.active == 2

@@ -24,6 +24,7 @@ def _run(seed: int, fedavg: float, aircomp: float) -> dict:
         "results": {
             "independent": {"per_device": [0.5, 0.7], "mean": 0.6, "worst": 0.5},
             "fedavg": {"accuracy": fedavg, "rounds": [_round(0), _round(1)]},
+            "fedavg_shared": {"accuracy": fedavg + 0.02, "rounds": [_round(0), _round(1)]},
             "aircomp_20db": {"accuracy": aircomp, "rounds": [_round(0), _round(1)]},
             "centralized": {"accuracy": 0.8, "accuracy_one_device_steps": 0.7},
         },
@@ -45,7 +46,7 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
     assert summary["bytes_per_round"] == {
         "adapter_bytes_up": 400, "adapter_bytes_down": 404, "wire_bytes_training": 1000, "devices": 2,
     }  # fmt: skip
-    assert summary["trunk_adapter"]["shared"].startswith("not available")
+    assert summary["trunk_adapter"] == {"averaged": 73.0, "shared": 75.0, "shared_minus_averaged": 2.0}
     report = {
         "config": {"devices": 2, "alpha": 0.5, "rounds": 2, "local_steps": 3, "batch_size": 8,
                    "max_length": 64, "seeds": 2},
@@ -55,6 +56,7 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
     table = markdown_table(json.dumps(report))
     assert "| fedavg | 73.0% | 70.0% | 76.0% |" in table
     assert "| centralized - fedavg <= 3 points | 7.00 | no |" in table
+    assert "trunk_adapter averaged (fedavg) 73.0% vs shared (fedavg_shared) 75.0%: +2.00 points." in table
 
 
 def test_the_config_refuses_nonsense_and_quick_is_a_valid_config() -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification
 
 from splitft.errors import InvalidArgument
 from splitft.federated import Channel, aggregate_adapter_files
+from splitft.federated.shared_trunk import TrunkMarks, read_trunk_marks, trunk_marks
 from splitft.testing.tiny import lora_config_for, save_tiny_model
 
 
@@ -85,3 +86,43 @@ def test_disagreeing_or_missing_adapters_are_refused(base: Path, tmp_path: Path)
         InvalidArgument, match=r"adapter_model.safetensors cannot be read with safetensors.numpy"
     ):
         aggregate_adapter_files([first, tmp_path / "c"], [1, 1], tmp_path / "out")
+
+
+def _mark(path: Path, trunk_keys: list[str], steps: int) -> Path:
+    """Mark a saved adapter's `trunk_keys` as an export of a shared trunk adapter with `steps` steps."""
+    weights = path / "adapter_model.safetensors"
+    save_file(
+        load_file(str(weights)),
+        str(weights),
+        metadata={"format": "pt", **trunk_marks(trunk_keys, steps, "j/r0")},
+    )
+    return path
+
+
+def test_a_shared_trunk_comes_from_the_latest_export_and_the_rest_is_averaged(
+    base: Path, tmp_path: Path
+) -> None:
+    paths = [_adapter(base, tmp_path / f"device{k}", seed=k) for k in range(3)]
+    states = [load_file(str(p / "adapter_model.safetensors")) for p in paths]
+    trunk = sorted(k for k in states[0] if ".layer.1." in k)  # block 1 is the trunk
+    assert trunk and len(trunk) < len(states[0])
+    for path, steps in zip(paths, (5, 12, 7), strict=True):
+        _mark(path, trunk, steps)
+    assert read_trunk_marks(paths[1] / "adapter_model.safetensors") == TrunkMarks(
+        frozenset(trunk), 12, "j/r0"
+    )
+    result = aggregate_adapter_files(paths, [1, 1, 2], tmp_path / "global", trunk="shared")
+    merged = load_file(str(result.out_path / "adapter_model.safetensors"))
+    for key, value in merged.items():
+        if key in trunk:
+            assert torch.equal(value, states[1][key]), key  # the export of 12 steps, as it was
+        else:
+            torch.testing.assert_close(value, (states[0][key] + states[1][key] + 2 * states[2][key]) / 4)
+    unmarked = [_adapter(base, tmp_path / f"plain{k}", seed=k) for k in range(2)]
+    whole = aggregate_adapter_files(unmarked, [1, 1], tmp_path / "whole", trunk="shared")  # nobody shared
+    assert whole.participants == (0, 1)
+    with pytest.raises(InvalidArgument, match="trunk must be one of averaged, shared"):
+        aggregate_adapter_files(paths, [1, 1, 1], tmp_path / "x", trunk="pooled")
+    _mark(paths[2], trunk[:-1], 3)
+    with pytest.raises(InvalidArgument, match="uploads 2 and 1 disagree on the shared trunk adapter's keys"):
+        aggregate_adapter_files(paths, [1, 1, 1], tmp_path / "y", trunk="shared")
