@@ -56,7 +56,10 @@ def get_row(s: Session, model: type[_Row], key: str) -> _Row | None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; on SQLite with foreign keys enforced and WAL, so readers never block writers."""
+    """An engine for `url`; on SQLite with foreign keys enforced, WAL (readers never block writers)
+    and synchronous=FULL: every commit, so every acknowledged write, is in the WAL on disk before the
+    answer leaves, which survives a killed process and a power loss too (NORMAL would survive only
+    the first; the control plane's write rate makes the fsync per commit cheap: docs/resilience.md)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -65,6 +68,7 @@ def make_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # per connection; not left to the build's default
             cursor.close()
 
         return engine
