@@ -5,7 +5,9 @@ accountant (`edge_server.admission`), its memory limit, the bytes free now, and 
 memory profile, a default session's bytes and how many such sessions still fit.
 
 The control plane lets the shared edge secret register a new name only; to register its name again
-(after a restart) an edge presents its own credential, kept in `credential_file`. Each heartbeat
+(after a restart) an edge presents its own credential, kept in `credential_file`. The edge names the
+credential it will hold next and keeps it (`credential_file`.next) before it asks, so a registration
+whose answer was lost (the control plane killed after its commit) is retried as this edge. Each heartbeat
 answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`.
 
 A control plane that is down or restarting (unreachable, or a 5xx) is waited for: registration is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable
@@ -28,9 +31,11 @@ import httpx
 
 from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, Unavailable
+from splitft.security.files import write_private_file
 from splitft.security.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
+REGISTER = "/v1/edges/register"
 REGISTER_WAIT_S = 300.0  # how long a starting edge waits for an unreachable control plane
 
 
@@ -85,6 +90,7 @@ class ControlPlaneLink:
         self.http = http or control_client(ca_pem, timeout=10)
         self.credential_file = Path(credential_file) if credential_file else None
         self.registration: Registration | None = None
+        self._proposed: str | None = None  # the credential a registration in progress asks for
         self.reconnect = ReconnectPolicy(base_delay_s=0.5, max_delay_s=10.0, budget_s=register_wait_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,14 +106,23 @@ class ControlPlaneLink:
         )
 
     def _register_once(self) -> Registration:
-        stored = self._stored_credential()
-        response = self._send("/v1/edges/register", self.body, stored) if stored else None
-        if response is not None and response.status_code == 401:
-            logger.warning("the control plane does not know the stored edge credential; using the secret")
+        """One registration, as this edge (its stored credential, then the one it proposed last time,
+        in case that answer was lost) or else with the shared secret. It names its next credential,
+        kept (0600) before it is sent: a control plane killed after its commit cannot lock it out."""
+        proposed, tried_before = self._next_credential()
+        body = {**self.body, "credential": proposed}
+        own = [c for c in (self._stored_credential(), proposed if tried_before else None) if c]
+        response = None
+        for token in dict.fromkeys(own):
+            response = self._send(REGISTER, body, token)
+            if response.status_code != 401:
+                break
             response = None
         if response is None:
-            response = self._send("/v1/edges/register", self.body, self.secret)
-        data = self._checked(response, "/v1/edges/register").json()
+            if own:
+                logger.warning("the control plane does not know this edge's credentials; using the secret")
+            response = self._send(REGISTER, body, self.secret)
+        data = self._checked(response, REGISTER).json()
         self.registration = Registration(
             data["id"],
             data["credential"],
@@ -116,7 +131,32 @@ class ControlPlaneLink:
         )
         logger.info("registered with the control plane %s as edge %s", self.url, self.registration.edge_id)
         self._store_credential(self.registration.credential)
+        self._forget_next_credential()
         return self.registration
+
+    def _next_file(self) -> Path | None:
+        if self.credential_file is None:
+            return None
+        return self.credential_file.with_name(self.credential_file.name + ".next")
+
+    def _next_credential(self) -> tuple[str, bool]:
+        """The credential this registration proposes, and whether an earlier try (of this process,
+        or of one that died) sent it already."""
+        path = self._next_file()
+        if self._proposed is None and path is not None and path.is_file():
+            self._proposed = path.read_text().strip() or None
+        if self._proposed is not None:
+            return self._proposed, True
+        self._proposed = f"sfe_{secrets.token_urlsafe(32)}"
+        if path is not None:
+            write_private_file(path, self._proposed.encode() + b"\n", force=True)
+        return self._proposed, False
+
+    def _forget_next_credential(self) -> None:
+        self._proposed = None
+        path = self._next_file()
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def _stored_credential(self) -> str | None:
         if self.credential_file is None or not self.credential_file.is_file():

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tests.support.control_fixtures import (
+    EDGE_SECRET,
     OPERATOR_KEY,
     adapter_archive,
     add_device,
@@ -94,3 +95,24 @@ def test_sqlite_commits_reach_the_disk_before_the_answer(tmp_path: Path) -> None
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+
+
+def test_an_edge_may_name_its_next_credential_but_only_a_strong_one(client: TestClient) -> None:
+    """So a registration whose answer was lost can be retried as that edge (edge_server/control.py)."""
+    body: dict[str, Any] = {"name": "edge-n", "address": "127.0.0.1:7001", "models": ["tiny-bert"]}
+    for weak in ("sfe_short", "sfk_" + "a" * 43, "sfe_" + "a" * 42, "sfe_" + "a" * 42 + "!"):
+        refused = client.post(
+            "/v1/edges/register", json=body | {"credential": weak}, headers=bearer(EDGE_SECRET)
+        )
+        assert refused.status_code == 422, (weak, refused.text)
+    chosen = "sfe_" + "x" * 43
+    answer = client.post(
+        "/v1/edges/register", json=body | {"credential": chosen}, headers=bearer(EDGE_SECRET)
+    )
+    assert answer.status_code == 200 and answer.json()["credential"] == chosen
+    again = client.post("/v1/edges/register", json=body | {"credential": chosen}, headers=bearer(chosen))
+    assert again.status_code == 200 and again.json()["id"] == answer.json()["id"]  # the retry, as itself
+    beat = client.post(
+        f"/v1/edges/{answer.json()['id']}/heartbeat", json={"active_sessions": 0}, headers=bearer(chosen)
+    )
+    assert beat.status_code == 200, beat.text
