@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import text
 
+from splitft_control.migrate import migrated_store
 from tests.support.control_fixtures import (
     EDGE_SECRET,
     OPERATOR_KEY,
@@ -19,6 +21,7 @@ from tests.support.control_fixtures import (
     add_device,
     app_on,
     bearer,
+    control_settings,
     create_job,
     register_edge,
     tar_gz,
@@ -95,6 +98,11 @@ def test_sqlite_commits_reach_the_disk_before_the_answer(tmp_path: Path) -> None
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    lighter = migrated_store(control_settings(tmp_path / "normal", sqlite_synchronous="normal"))
+    with lighter.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL, when asked for
+    with pytest.raises(ValidationError, match="sqlite_synchronous"):
+        control_settings(tmp_path, sqlite_synchronous="off")  # OFF would lose commits to a killed process
 
 
 def test_an_edge_may_name_its_next_credential_but_only_a_strong_one(client: TestClient) -> None:
