@@ -5,13 +5,21 @@ accountant (`edge_server.admission`), its memory limit, the bytes free now, and 
 memory profile, a default session's bytes and how many such sessions still fit.
 
 The control plane lets the shared edge secret register a new name only; to register its name again
-(after a restart) an edge presents its own credential, kept in `credential_file`. Each heartbeat
-answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`."""
+(after a restart) an edge presents its own credential, kept in `credential_file`. The edge names the
+credential it will hold next and keeps it (`credential_file`.next) before it asks, so a registration
+whose answer was lost (the control plane killed after its commit) is retried as this edge. Each heartbeat
+answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`.
+
+A control plane that is down or restarting (unreachable, or a 5xx) is waited for: registration is
+retried with jittered backoff for `register_wait_s`, heartbeats go on at jittered intervals no
+longer than the heartbeat interval until one is answered (docs/resilience.md). Refusals (4xx) and
+a certificate that does not verify are raised at once."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable
@@ -21,10 +29,18 @@ from typing import Any
 
 import httpx
 
+from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, Unavailable
+from splitft.security.files import write_private_file
 from splitft.security.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
+REGISTER = "/v1/edges/register"
+REGISTER_WAIT_S = 300.0  # how long a starting edge waits for an unreachable control plane
+
+
+class ControlPlaneDown(Unavailable):
+    """The control plane did not answer, or answered 5xx: the same request may succeed later."""
 
 
 @dataclass
@@ -54,10 +70,12 @@ class ControlPlaneLink:
         ca_pem: bytes | None = None,
         insecure: bool = False,
         credential_file: str | Path | None = None,
+        register_wait_s: float | None = REGISTER_WAIT_S,
     ) -> None:
         """`capacity`: the memory fields of the capacity (`MemoryAccountant.capacity()`; None: none
         reported). `ca_pem` verifies the control plane's HTTPS (None: the system's trust store);
-        plaintext http:// to another host is refused unless `insecure`."""
+        plaintext http:// to another host is refused unless `insecure`. `register_wait_s`: how long
+        `register` retries an unreachable control plane (None: for ever)."""
         self.url = check_control_url(url, insecure=insecure)
         if not secret:
             raise InvalidArgument("--edge-secret is required with --control-plane")
@@ -72,19 +90,39 @@ class ControlPlaneLink:
         self.http = http or control_client(ca_pem, timeout=10)
         self.credential_file = Path(credential_file) if credential_file else None
         self.registration: Registration | None = None
+        self._proposed: str | None = None  # the credential a registration in progress asks for
+        self.reconnect = ReconnectPolicy(base_delay_s=0.5, max_delay_s=10.0, budget_s=register_wait_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def register(self) -> Registration:
-        """Register with the stored credential if there is one (its name is ours), else the secret."""
-        stored = self._stored_credential()
-        response = self._send("/v1/edges/register", self.body, stored) if stored else None
-        if response is not None and response.status_code == 401:
-            logger.warning("the control plane does not know the stored edge credential; using the secret")
+        """Register with the stored credential if there is one (its name is ours), else the secret;
+        an unreachable control plane is retried for `register_wait_s`."""
+        return retry_while(
+            self._register_once,
+            lambda exc: isinstance(exc, ControlPlaneDown),
+            self.reconnect,
+            what=f"register with the control plane {self.url}",
+        )
+
+    def _register_once(self) -> Registration:
+        """One registration, as this edge (its stored credential, then the one it proposed last time,
+        in case that answer was lost) or else with the shared secret. It names its next credential,
+        kept (0600) before it is sent: a control plane killed after its commit cannot lock it out."""
+        proposed, tried_before = self._next_credential()
+        body = {**self.body, "credential": proposed}
+        own = [c for c in (self._stored_credential(), proposed if tried_before else None) if c]
+        response = None
+        for token in dict.fromkeys(own):
+            response = self._send(REGISTER, body, token)
+            if response.status_code != 401:
+                break
             response = None
         if response is None:
-            response = self._send("/v1/edges/register", self.body, self.secret)
-        data = self._checked(response, "/v1/edges/register").json()
+            if own:
+                logger.warning("the control plane does not know this edge's credentials; using the secret")
+            response = self._send(REGISTER, body, self.secret)
+        data = self._checked(response, REGISTER).json()
         self.registration = Registration(
             data["id"],
             data["credential"],
@@ -93,7 +131,32 @@ class ControlPlaneLink:
         )
         logger.info("registered with the control plane %s as edge %s", self.url, self.registration.edge_id)
         self._store_credential(self.registration.credential)
+        self._forget_next_credential()
         return self.registration
+
+    def _next_file(self) -> Path | None:
+        if self.credential_file is None:
+            return None
+        return self.credential_file.with_name(self.credential_file.name + ".next")
+
+    def _next_credential(self) -> tuple[str, bool]:
+        """The credential this registration proposes, and whether an earlier try (of this process,
+        or of one that died) sent it already."""
+        path = self._next_file()
+        if self._proposed is None and path is not None and path.is_file():
+            self._proposed = path.read_text().strip() or None
+        if self._proposed is not None:
+            return self._proposed, True
+        self._proposed = f"sfe_{secrets.token_urlsafe(32)}"
+        if path is not None:
+            write_private_file(path, self._proposed.encode() + b"\n", force=True)
+        return self._proposed, False
+
+    def _forget_next_credential(self) -> None:
+        self._proposed = None
+        path = self._next_file()
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def _stored_credential(self) -> str | None:
         if self.credential_file is None or not self.credential_file.is_file():
@@ -140,9 +203,20 @@ class ControlPlaneLink:
         capacity: Callable[[], dict[str, Any]] | None,
     ) -> None:
         assert self.registration is not None
-        while not self._stop.wait(self.registration.heartbeat_interval):
+        interval = self.registration.heartbeat_interval
+        # After a failure the next beat comes sooner, at a jittered moment (edges cut off together
+        # do not come back together), never later than the interval: a restarted control plane
+        # hears from every edge within one interval and marks none down.
+        failed = Backoff(ReconnectPolicy(base_delay_s=interval / 4, max_delay_s=interval, budget_s=None))
+        wait = interval
+        while not self._stop.wait(wait):
+            wait = interval
             try:
                 self.heartbeat(active_sessions(), on_revoked, capacity() if capacity else None)
+                failed.reset()
+            except ControlPlaneDown as exc:
+                wait = failed.next_delay() or interval
+                logger.warning("heartbeat failed, next in %.1f s: %s", wait, exc)
             except Unavailable as exc:
                 logger.warning("heartbeat failed: %s", exc)
             except Exception:  # the heartbeat must outlive a bad answer or a failing close
@@ -174,11 +248,12 @@ class ControlPlaneLink:
         try:
             return self.http.post(self.url + path, json=body, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
-            raise Unavailable(f"control plane {self.url} unreachable: {exc}") from None
+            # A certificate that does not verify will not verify later: no retry.
+            cls = Unavailable if "CERTIFICATE_VERIFY_FAILED" in str(exc) else ControlPlaneDown
+            raise cls(f"control plane {self.url} unreachable: {exc}") from None
 
     def _checked(self, response: httpx.Response, path: str) -> httpx.Response:
         if response.status_code >= 400:
-            raise Unavailable(
-                f"control plane answered {response.status_code} to {path}: {response.text[:200]}"
-            )
+            cls = ControlPlaneDown if response.status_code >= 500 else Unavailable
+            raise cls(f"control plane answered {response.status_code} to {path}: {response.text[:200]}")
         return response

@@ -36,6 +36,6 @@ def upgrade(engine: Engine) -> None:
 def migrated_store(settings: ControlSettings) -> Store:
     """The store the settings name, its data dir created and its schema brought up to date."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     upgrade(engine)
     return Store(engine)

@@ -68,6 +68,13 @@ class EdgeRegister(Strict):
     )
     models: list[str] = Field(min_length=1, max_length=64, description="model names this edge serves")
     capacity: EdgeCapacity = Field(default_factory=EdgeCapacity)
+    credential: str | None = Field(
+        None,
+        pattern=r"^sfe_[A-Za-z0-9_-]{43,128}$",
+        description="the heartbeat credential the edge will hold (32+ random bytes, urlsafe base64), "
+        "kept by the edge before it asks: a registration whose answer was lost is retried with it. "
+        "None: the control plane draws one",
+    )
 
 
 class EdgeRegistered(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,11 @@ class ControlSettings(BaseSettings):
 
     data_dir: Path = Field(Path("splitft-data"), description="SQLite file, issuer key and CA live here")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="SQLite commits: full syncs each one (survives a power cut), normal only at "
+        "checkpoints (a killed process still loses nothing; a power cut may lose the last commits)",
+    )
     dev_mode: bool = Field(False, description="allow weak or missing secrets, for a local experiment")
     operator_key: str | None = Field(None, description="the first operator API key (else generated once)")
     edge_secret: str | None = Field(None, description="shared secret edges enroll with")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import as_examples
 from device_client.agent.secure_upload import SecureUploader, is_secure
 from device_client.agent.trainer import SessionTrainer, TrainerOptions, TrainingProgress, load_tokenizer
+from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, SplitftError, Unavailable
 from splitft.jobs.spec import Assignment
 from splitft.model.dirs import parse_model_dirs
@@ -61,7 +61,9 @@ class DeviceAgent:
     `datasets.as_examples`); it is loaded and checked once, now. `insecure=True` dials edges in
     plaintext (for an edge started with --insecure) and accepts a plaintext http:// control plane on
     another host; otherwise the credential must hold a client certificate, its key and the CA.
-    `tokenizer_loader(model_dir)` replaces AutoTokenizer.
+    `tokenizer_loader(model_dir)` replaces AutoTokenizer. `reconnect` bounds how long a finished
+    session's last metrics, its adapter upload and a failure report wait for an unreachable control
+    plane (default: jittered backoff up to 30 s apart, for 10 minutes); polls retry for ever.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class DeviceAgent:
         insecure: bool = False,
         connect_timeout: float = 30.0,
         record_dir: str | Path | None = None,
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         if poll_interval <= 0 or metrics_every < 1:
             raise InvalidArgument("poll_interval must be > 0 and metrics_every >= 1")
@@ -85,6 +88,7 @@ class DeviceAgent:
             credential = DeviceCredential.load(credential)
         self.credential = credential
         self.poll_interval = poll_interval
+        self.reconnect = reconnect or ReconnectPolicy()
         self.client = ControlPlaneClient(credential, http, insecure=insecure)
         options = TrainerOptions(
             metrics_every=metrics_every,
@@ -129,16 +133,18 @@ class DeviceAgent:
         """
         if stop is not None:
             self._stop = stop
-        summary, backoff = AgentSummary(), self.poll_interval
+        summary = AgentSummary()
+        policy = ReconnectPolicy(self.poll_interval, max(MAX_BACKOFF, self.poll_interval), budget_s=None)
+        backoff = Backoff(policy)
         while not self._stop.is_set() and (max_sessions is None or summary.handled < max_sessions):
             try:
                 assignment = self.poll()
             except Unavailable as exc:
-                logger.warning("control plane unavailable, retrying in %.0f s: %s", backoff, exc.message)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                delay = backoff.next_delay() or self.poll_interval
+                logger.warning("control plane unavailable, retrying in %.1f s: %s", delay, exc.message)
+                self._stop.wait(delay)
                 continue
-            backoff = self.poll_interval
+            backoff.reset()
             if assignment is None:
                 self._stop.wait(max(self._retry_after or 0.0, self.poll_interval))
                 continue
@@ -166,15 +172,18 @@ class DeviceAgent:
     # - one session -
 
     def run_session(self, assignment: Assignment) -> None:
-        """Train one assignment and upload its adapter; on failure report /fail, then re-raise."""
+        """Train one assignment, flush its metrics and upload its adapter; on failure report /fail,
+        then re-raise. An unreachable control plane is retried within `reconnect`'s budget."""
         sid = assignment.session_id
         try:
             archive = self.trainer.train(assignment, self._stop)
         except BaseException as exc:
             reason = failure_reason(exc)
             logger.error("session %s failed: %s", sid, reason, exc_info=not isinstance(exc, SplitftError))
+            self._flush_metrics(sid)
             self._report_failure(sid, reason)
             raise
+        self._flush_metrics(sid)  # before the upload: a finished session takes no more points
         try:
             examples = len(self.trainer.examples) if assignment.round is not None else None  # FedAvg's weight
             if is_secure(assignment):  # only the masked update leaves (secure_upload.py); not retried:
@@ -182,29 +191,31 @@ class DeviceAgent:
                 uploader.upload(assignment, archive, examples or 1)  # a second key would be refused
             else:
                 upload = lambda: self.client.complete(sid, archive, examples)  # noqa: E731
-                self._with_retries(upload, f"upload the adapter of {sid}")
+                self._retrying(upload, f"upload the adapter of {sid}")
         except SplitftError as exc:  # e.g. the archive was refused: the session cannot succeed now
             logger.error("session %s: the control plane did not take the adapter: %s", sid, exc.message)
             self._report_failure(sid, f"adapter upload failed: {failure_reason(exc)}"[:MAX_REASON_CHARS])
             raise
         logger.info("session %s complete: uploaded a %d-byte adapter", sid, len(archive))
 
+    def _flush_metrics(self, session_id: str) -> None:
+        send = lambda points: self.client.report_metrics(session_id, points)  # noqa: E731
+        self.trainer.metrics.flush(send, self.reconnect, self._stop)
+
     def _report_failure(self, session_id: str, reason: str) -> None:
         try:
-            self.client.fail(session_id, reason)
+            self._retrying(
+                lambda: self.client.fail(session_id, reason), f"report the failure of {session_id}"
+            )
         except SplitftError as exc:
             logger.warning("could not report the failure of session %s: %s", session_id, exc.message)
 
-    def _with_retries(self, call: Callable[[], None], what: str, attempts: int = 3) -> None:
-        """Retry only Unavailable: the adapter took a whole session to make, worth a few seconds."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return call()
-            except Unavailable as exc:
-                if attempt == attempts:
-                    raise
-                logger.warning("could not %s (attempt %d): %s", what, attempt, exc.message)
-                time.sleep(2 ** (attempt - 1))
+    def _retrying(self, call: Callable[[], None], what: str) -> None:
+        """Retry only Unavailable (unreachable, 5xx): the control plane restarting loses nothing it
+        acknowledged, and /complete and /fail take a retried request once."""
+        retry_while(
+            call, lambda exc: isinstance(exc, Unavailable), self.reconnect, what=what, stop=self._stop
+        )
 
 
 def run_device(

@@ -26,10 +26,11 @@ from device_client.agent.assignment import epochs_of, method_config, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
+from device_client.agent.metrics_buffer import MetricsBuffer
 from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
 from device_client.optim import make_scheduler
-from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from splitft.jobs.seeds import device_seed, job_seed
 from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec
 from splitft.model.loading import read_config
@@ -39,7 +40,6 @@ from splitft.wire.serde import EDGE_OPTIMIZERS
 logger = logging.getLogger(__name__)
 RECORD_EXAMPLES = 8  # local examples whose evaluation logits a recorded session keeps
 SEQ_CLS_MAPPING = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"  # families the agent can train
-MAX_PENDING_POINTS = 10_000  # MetricsReport's own limit; older points are dropped beyond it
 OPTIMIZERS = {name: getattr(torch.optim, name) for name in EDGE_OPTIMIZERS}  # what the edge can run too
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 
@@ -141,12 +141,12 @@ class SessionTrainer:
         self.examples = examples
         self.client = client
         self.options = options
-        self._pending: list[dict[str, Any]] = []
+        self.metrics = MetricsBuffer()  # this session's points not acknowledged yet
 
     def train(self, assignment: Assignment, stop: threading.Event) -> bytes:
         """Train `assignment` end to end; the adapter as the .tar.gz that /complete takes."""
         spec = assignment.spec
-        self._pending = []
+        self.metrics = MetricsBuffer()
         model_dir = self._model_dir(spec)
         tokenizer = self.options.tokenizer_loader(model_dir)
         # splitft.jobs.seeds: the init follows the job (every device of a job starts from the same
@@ -323,11 +323,7 @@ class SessionTrainer:
         return float(out.loss.item())
 
     def _send_metrics(self, session_id: str, point: dict[str, Any]) -> None:
-        """Metrics are best effort while the control plane is down: keep them and resend later."""
-        self._pending = [*self._pending, point][-MAX_PENDING_POINTS:]
-        try:
-            self.client.report_metrics(session_id, self._pending)
-        except Unavailable as exc:
-            logger.warning("metrics for session %s kept for later: %s", session_id, exc.message)
-            return
-        self._pending = []
+        """Metrics are best effort while the control plane is down: kept and sent later
+        (`metrics_buffer.py`); the agent flushes what is left before the upload."""
+        self.metrics.add(point)
+        self.metrics.send(lambda points: self.client.report_metrics(session_id, points))

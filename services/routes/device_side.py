@@ -114,10 +114,16 @@ async def complete_session(
     SPLITFT_MAX_ADAPTER_BYTES or for an archive that unpacks too large or holds too many members;
     400 for an empty upload or one that is not a plain adapter tar.gz (nested paths, missing files).
     The session must be open before a byte of the body is read, and the archive check runs in a
-    worker thread with bounds, so an upload never stalls other requests."""
+    worker thread with bounds, so an upload never stalls other requests. The body is stored whole in
+    the transaction that closes the session, or not at all (a cut upload stores nothing); the same
+    upload again to the session it succeeded is 204 and changes nothing (a retry whose answer was lost)."""
     settings = state.settings
-    await run_in_threadpool(
-        state.store.check_open_session, session_id=session_id, device_id=device.id, plain_upload=True
+    done = await run_in_threadpool(
+        state.store.check_open_session,
+        session_id=session_id,
+        device_id=device.id,
+        plain_upload=True,
+        allow_succeeded=True,
     )
     limit = settings.max_adapter_bytes
     data = bytearray()
@@ -130,7 +136,8 @@ async def complete_session(
     adapter = bytes(data)
     del data  # one copy of the body from here on
     limits = ArchiveLimits(settings.max_adapter_unpacked_bytes, settings.max_adapter_members)
-    await run_in_threadpool(check_adapter_archive, adapter, limits)
+    if not done:  # a succeeded session takes only a repeat of its stored (checked) upload: 204, else 409
+        await run_in_threadpool(check_adapter_archive, adapter, limits)
     await run_in_threadpool(
         state.store.complete_session,
         session_id=session_id,

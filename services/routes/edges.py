@@ -53,7 +53,9 @@ def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> E
 
     The shared edge secret registers a new name only (409 for a taken one); an edge re-registers its
     own name with its current credential (403 for another's name or a disabled edge; an operator
-    deletes a lost one: DELETE /v1/edges/{id}). 401 for neither; 422 for a bad name or address."""
+    deletes a lost one: DELETE /v1/edges/{id}). 401 for neither; 422 for a bad name or address.
+    An edge may name its next credential (`credential`): if the answer is lost it re-registers with
+    that one, so a control plane killed after the commit does not lock the edge out of its name."""
     edge, credential = state.store.register_edge(
         name=body.name,
         address=body.address,
@@ -63,6 +65,7 @@ def register_edge(body: EdgeRegister, state: State, registrant: Registrant) -> E
         as_edge=registrant.edge_id,
         memory_limit_bytes=body.capacity.memory_limit_bytes,
         model_memory=_model_memory(body.capacity),
+        credential=body.credential,
     )
     state.store.place_waiting()
     return EdgeRegistered(

@@ -55,8 +55,15 @@ def get_row(s: Session, model: type[_Row], key: str) -> _Row | None:
     return s.get(model, key)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; on SQLite with foreign keys enforced and WAL, so readers never block writers."""
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; on SQLite with foreign keys enforced, WAL (readers never block writers)
+    and synchronous=FULL by default: every commit, so every acknowledged write, is synced to the WAL
+    on disk before the answer leaves, which survives a killed process and a power cut. NORMAL syncs
+    at checkpoints only: a killed process still loses nothing, a power cut may lose the last commits
+    (SPLITFT_SQLITE_SYNCHRONOUS; docs/resilience.md)."""
+    if sqlite_synchronous.upper() not in ("FULL", "NORMAL"):
+        raise ValueError(f"sqlite_synchronous must be FULL or NORMAL, not {sqlite_synchronous!r}")
+    synchronous = sqlite_synchronous.upper()
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -65,6 +72,7 @@ def make_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")  # per connection, not the build's default
             cursor.close()
 
         return engine

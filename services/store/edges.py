@@ -34,11 +34,13 @@ class EdgeStore(StoreBase):
         as_edge: str | None = None,
         memory_limit_bytes: int = 0,
         model_memory: dict[str, Any] | None = None,
+        credential: str | None = None,
     ) -> tuple[Edge, str]:
         """Create the edge called `name`, or update it when the caller is that edge (`as_edge`, its
-        id); returns it with a fresh heartbeat credential. The shared edge secret alone only creates:
-        it must not let one edge take over another's name (and sessions)."""
-        credential = new_secret("sfe")
+        id); returns it with its new heartbeat credential (`credential`, the one the edge chose, else
+        a fresh one). The shared edge secret alone only creates: it must not let one edge take over
+        another's name (and sessions)."""
+        credential = credential or new_secret("sfe")
         with self.tx() as s:
             edge = s.scalar(select(Edge).where(Edge.name == name))
             if edge is None:

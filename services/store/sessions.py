@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from splitft_control.models import Edge, Job, JobSession, Metric, utcnow
 from splitft_control.store.base import ACTIVE_SESSION_STATES, StoreBase, get_row, refresh_job
+from splitft_control.store.idempotence import is_repeated_upload, new_points
 from splitft_control.store.rounds import Aggregate, advance_round
 
 
@@ -50,15 +51,21 @@ class DeviceSessionStore(StoreBase):
             raise PermissionDenied("this session belongs to another device")
         return sess
 
-    def check_open_session(self, *, session_id: str, device_id: str, plain_upload: bool = False) -> None:
+    def check_open_session(
+        self, *, session_id: str, device_id: str, plain_upload: bool = False, allow_succeeded: bool = False
+    ) -> bool:
         """NotFound, PermissionDenied or FailedPrecondition unless the device's session is open (and,
-        with `plain_upload`, its job takes plain adapters: not one with secure aggregation)."""
+        with `plain_upload`, its job takes plain adapters: not one with secure aggregation). With
+        `allow_succeeded` a succeeded session passes too (a retried upload, whose answer was lost,
+        may repeat what it stored); True when it succeeded."""
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
-            if sess.state not in ACTIVE_SESSION_STATES:
+            allowed = (*ACTIVE_SESSION_STATES, "succeeded") if allow_succeeded else ACTIVE_SESSION_STATES
+            if sess.state not in allowed:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
             if plain_upload:
                 _refuse_plain_upload_of_secure_job(s, sess)
+            return sess.state == "succeeded"
 
     def record_metrics(
         self, *, session_id: str, device_id: str, points: list[dict[str, Any]], max_points: int = 100_000
@@ -70,6 +77,7 @@ class DeviceSessionStore(StoreBase):
                 raise FailedPrecondition(
                     f"session is {sess.state}: metrics are accepted only while it is assigned or running"
                 )
+            points = new_points(s, session_id, points)  # a resent report (its answer was lost) adds nothing
             query = select(func.count()).select_from(Metric).where(Metric.session_id == session_id)
             stored = int(s.scalar(query) or 0)
             if stored + len(points) > max_points:
@@ -86,6 +94,8 @@ class DeviceSessionStore(StoreBase):
         federated round, the example count its upload weighs; the round closes once all are in)."""
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if is_repeated_upload(sess, adapter, examples):
+                return  # the same upload again (its answer was lost): already stored, nothing changes
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
             _refuse_plain_upload_of_secure_job(s, sess)
@@ -108,6 +118,8 @@ class DeviceSessionStore(StoreBase):
         """Mark the device's open session failed with the reason it reported (the job fails with it)."""
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
+            if sess.state == "failed" and sess.reason == f"device reported: {reason}":
+                return  # the same report again (its answer was lost)
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(f"session is {sess.state}, not running")
             sess.state, sess.reason, sess.updated_at = "failed", f"device reported: {reason}", utcnow()

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from device_client import EdgeConnection
@@ -97,3 +98,36 @@ def test_a_restarted_edge_registers_its_name_again_with_its_stored_credential(
     link.registration = again
     seen: list[list[str]] = []
     assert link.heartbeat(0, seen.append) == [] and seen == [[]]
+
+
+def _lost_answer(control: ControlProcess, link: ControlPlaneLink, bearer_token: str) -> None:
+    """What a registration whose answer was lost leaves behind: the edge kept the credential it
+    proposed (`.next`), the control plane committed it, the edge never heard back."""
+    proposed, _ = link._next_credential()
+    body = {**link.body, "credential": proposed}
+    answer = httpx.post(
+        control.url + "/v1/edges/register", json=body, headers={"Authorization": f"Bearer {bearer_token}"}
+    )
+    assert answer.status_code == 200 and answer.json()["credential"] == proposed  # ... and dropped
+
+
+def test_a_registration_whose_answer_was_lost_is_retried_as_this_edge(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "edge-credential"
+    first = _link(control, path)
+    first.body["name"] = "edge-lost-answers"
+    _lost_answer(control, first, EDGE_SECRET)  # its very first registration, with the shared secret
+    assert not path.exists() and path.with_name(path.name + ".next").is_file()
+    restarted = _link(control, path)  # a new process: it knows only what the files hold
+    restarted.body["name"] = "edge-lost-answers"
+    registration = restarted.register()  # not 409 "already registered": it proves it is that edge
+    assert path.read_text().strip() == registration.credential
+    assert not path.with_name(path.name + ".next").exists()
+    _lost_answer(control, restarted, registration.credential)  # a re-registration's answer lost too
+    again = _link(control, path)
+    again.body["name"] = "edge-lost-answers"
+    latest = again.register()  # the stored credential was rotated out: the proposed one works
+    assert latest.edge_id == registration.edge_id and latest.credential != registration.credential
+    seen: list[list[str]] = []
+    assert again.heartbeat(0, seen.append) == []
