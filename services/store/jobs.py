@@ -13,7 +13,7 @@ from splitft.errors import FailedPrecondition, NotFound
 from splitft.jobs.spec import JobCreate
 from splitft.memory.estimate import MemoryProfile
 from splitft_control.models import Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
-from splitft_control.scheduler import EdgeLoad, choose_edge, no_edge_reason, place, session_need
+from splitft_control.scheduler import EdgeLoad, no_edge_reason, place, session_need
 from splitft_control.store.base import (
     ACTIVE_SESSION_STATES,
     FINAL_JOB_STATES,
@@ -23,6 +23,7 @@ from splitft_control.store.base import (
     refresh_job,
     sessions_of,
 )
+from splitft_control.store.resume import choose_avoiding
 from splitft_control.store.rounds import federated_spec, open_round
 
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -105,7 +106,7 @@ class JobStore(StoreBase):
             )
             for sess, job in waiting:
                 spec = _spec(job, specs)
-                edge = choose_edge(list(load.values()), job.spec["model"], spec)
+                edge = choose_avoiding(s, sess, list(load.values()), job.spec["model"], spec)
                 if edge is None:
                     sess.reason = no_edge_reason(job.spec["model"], list(load.values()), spec)
                     continue
