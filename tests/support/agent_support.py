@@ -75,6 +75,7 @@ class FakeControlPlane:
         "placements": 2,
         "max_resumes": 3,
     }
+    initial_adapters: dict[str, bytes] = field(default_factory=dict)  # federated: GET .../initial-adapter
 
     def __call__(self, req: httpx.Request) -> httpx.Response:
         self.calls.append((req.method, req.url.path))
@@ -92,6 +93,8 @@ class FakeControlPlane:
         elif parts[-1] == "complete":
             assert req.headers["content-type"] == "application/gzip"
             self.uploads[parts[-2]] = req.content
+        elif parts[-1] == "initial-adapter":
+            return httpx.Response(200, content=self.initial_adapters[parts[-2]])
         elif parts[-1] == "edge-lost":
             report = json.loads(req.content)
             self.edge_lost.append((parts[-2], report))

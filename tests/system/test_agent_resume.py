@@ -265,3 +265,46 @@ def test_an_edge_that_still_holds_the_session_has_its_stale_copy_closed_and_the_
     assert len(fake.edge_lost) == 1 and seen == [1, 2, 3, 3, 4, 5, 6, 7]
     assert f"edge {proxy.address} still holds session s-5: closing that copy" in caplog.text
     assert gap(adapter(fake.uploads["s-5"]), reference) <= 1e-5
+
+
+def test_a_federated_session_resumed_inside_its_round_continues_that_round(
+    bert: Path, edge_b: EdgeServer, tmp_path: Path
+) -> None:
+    """Round 1 of a federated job starts from the previous round's global adapter: a resume inside
+    the round continues from the checkpoint (which holds it), without fetching it again, and
+    uploads what the uninterrupted round uploads, with its example count."""
+    federated = {"mode": "federated", "steps": None, "federated": {"rounds": 2, "local_steps": STEPS}}
+    spec = {**SPEC, **federated, "checkpoint_every": 1}
+
+    def round_one(sid: str, address: str) -> dict:
+        return {**assignment_json(sid, address, **spec), "round": 1, "initial_adapter": True}
+
+    start = FakeControlPlane(assignments=[assignment_json("s-start", edge_b.address, **SPEC)])
+    with agent_for(start, bert, tmp_path / "start") as agent:  # a "previous round's" global adapter
+        agent.run(max_sessions=1)
+    initial = {"f-ref": start.uploads["s-start"], "f-1": start.uploads["s-start"]}
+    reference = FakeControlPlane(assignments=[round_one("f-ref", edge_b.address)], initial_adapters=initial)
+    with agent_for(reference, bert, tmp_path / "ref") as agent:
+        assert agent.run(max_sessions=1).completed == ["f-ref"]
+
+    edge_a = serve(bert)
+
+    def placed_again(sid: str, report: dict) -> dict:
+        fake.assignments.append(round_one(sid, edge_b.address))
+        return {"state": "waiting", "placements": 2, "max_resumes": 3}
+
+    fake = FakeControlPlane(
+        assignments=[round_one("f-1", edge_a.address)], on_edge_lost=placed_again, initial_adapters=initial
+    )
+    seen, progress = stop_at(4, lambda: edge_a.stop(grace=0))
+    try:
+        with agent_for(fake, bert, tmp_path / "resumed", progress=progress) as agent:
+            assert agent.run(max_sessions=1).completed == ["f-1"]
+    finally:
+        edge_a.stop(grace=0)
+    assert seen == [1, 2, 3, 4, 4, 5, 6, 7] and len(fake.edge_lost) == 1
+    assert fake.calls.count(("GET", "/v1/sessions/f-1/initial-adapter")) == 1  # not again at the resume
+    assert fake.calls.count(("POST", "/v1/sessions/f-1/complete")) == 1
+    trained = adapter(fake.uploads["f-1"])
+    assert gap(trained, adapter(reference.uploads["f-ref"])) <= 1e-5
+    assert gap(trained, adapter(start.uploads["s-start"])) > 1e-3  # it trained from the global adapter
