@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,21 @@ def open_resumed(model_dir: Path, conn: EdgeConnection, root: Path, retry: Retry
         )
         conn.call("CloseSession", pb.CloseSessionRequest(session_id=session_id))
         return SplitModel.from_checkpoint(root, edge=conn, model_dir=model_dir, retry=retry)
+
+
+@contextmanager
+def closing(model: SplitModel) -> Iterator[SplitModel]:
+    """`with model:`, except that closing after a failure never replaces that failure (closing the
+    session of a dead edge fails too, and the first error is the one to report)."""
+    try:
+        yield model
+    except BaseException:
+        try:
+            model.close()
+        except SplitftError as exc:
+            logger.info("could not close the session after its failure: %s", exc.message)
+        raise
+    model.close()
 
 
 def has_checkpoint(root: Path) -> bool:

@@ -26,7 +26,13 @@ from device_client.agent.assignment import method_config, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
-from device_client.agent.resume import SessionInterrupted, has_checkpoint, open_resumed, resume_and_checkpoint
+from device_client.agent.resume import (
+    SessionInterrupted,
+    closing,
+    has_checkpoint,
+    open_resumed,
+    resume_and_checkpoint,
+)
 from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
 from device_client.optim import make_scheduler
@@ -169,7 +175,7 @@ class SessionTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)  # the edge session's seed, the adapters' and the head's init
             with self._connect(assignment) as conn:
-                with self._open(model_dir, conn, spec, resume_from) as model:
+                with closing(self._open(model_dir, conn, spec, resume_from)) as model:
                     if model.resumed is None:  # a resumed model has its state, RNG included
                         torch.manual_seed(seed)  # after the common init: this device's own dropout
                         if initial is not None:
