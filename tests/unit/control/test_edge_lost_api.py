@@ -158,9 +158,9 @@ def test_only_the_sessions_own_device_reports_and_bad_reports_are_422(client: Te
     good = {"reason": "x", "edge_address": assignment["edge_address"]}
     assert client.post(url, json=good, headers=bearer(intruder)).status_code == 403
     assert client.post(url, json=good).status_code == 401
-    assert (
-        client.post("/v1/sessions/nope/edge-lost", json=good, headers=bearer(credential)).status_code == 404
-    )
+    for unknown in ("nope", "a%00b"):  # NUL: no row can have it (PostgreSQL text refuses it)
+        response = client.post(f"/v1/sessions/{unknown}/edge-lost", json=good, headers=bearer(credential))
+        assert response.status_code == 404, response.text
     for bad in (
         {"reason": "x"},
         {**good, "reason": ""},
