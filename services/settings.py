@@ -49,6 +49,12 @@ class ControlSettings(BaseSettings):
     max_metric_points_per_session: int = Field(
         100_000, ge=1, description="metric points one session may store in all"
     )
+    max_session_resumes: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="placements after its first a session may get when its device loses its edge",
+    )
 
     def check_secrets(self) -> None:
         """Refuse to serve with a missing, default or short secret, unless in dev mode."""

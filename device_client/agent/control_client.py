@@ -6,11 +6,14 @@ import math
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from device_client.agent.assignment import parse_assignment
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.http import DEFAULT_HTTP_TIMEOUT, request, response_json
-from splitft.jobs.spec import Assignment
+from splitft.errors import Unavailable
+from splitft.jobs.resume import EdgeLostAnswer, EdgeLostReport
+from splitft.jobs.spec import IGNORE_UNKNOWN, Assignment
 from splitft.security.trust import check_control_url, control_client
 
 MAX_RETRY_AFTER = 300.0
@@ -83,6 +86,18 @@ class ControlPlaneClient:
         """Report the session failed, with a short reason."""
         url = f"{self.base}/v1/sessions/{session_id}/fail"
         request(self.http, "POST", url, headers=self._headers, json={"reason": reason})
+
+    def edge_lost(self, session_id: str, reason: str, edge_address: str) -> EdgeLostAnswer:
+        """Report the session's edge lost; the answer says whether it is placed again (resume)."""
+        url = f"{self.base}/v1/sessions/{session_id}/edge-lost"
+        body = EdgeLostReport(reason=reason, edge_address=edge_address).model_dump()
+        raw = response_json(request(self.http, "POST", url, headers=self._headers, json=body))
+        try:
+            return EdgeLostAnswer.model_validate(raw, context=IGNORE_UNKNOWN)
+        except ValidationError as exc:
+            raise Unavailable(
+                f"the control plane sent a malformed edge-lost answer: {exc.errors()[0]['msg']}"
+            ) from None
 
     def close(self) -> None:
         """Close the HTTP client if this object created it."""

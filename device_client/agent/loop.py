@@ -20,8 +20,10 @@ import httpx
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import as_examples
+from device_client.agent.resume import Resumer, SessionInterrupted, is_edge_lost
 from device_client.agent.secure_upload import SecureUploader, is_secure
 from device_client.agent.trainer import SessionTrainer, TrainerOptions, TrainingProgress, load_tokenizer
+from device_client.retry import RetryPolicy
 from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, SplitftError, Unavailable
 from splitft.jobs.spec import Assignment
@@ -64,6 +66,10 @@ class DeviceAgent:
     `tokenizer_loader(model_dir)` replaces AutoTokenizer. `reconnect` bounds how long a finished
     session's last metrics, its adapter upload and a failure report wait for an unreachable control
     plane (default: jittered backoff up to 30 s apart, for 10 minutes); polls retry for ever.
+    `checkpoint_dir`: where sessions of jobs with
+    `checkpoint_every` keep their last checkpoint (default: a temporary directory removed at `close`);
+    `edge_retry`: the SDK's `RetryPolicy` for calls to the edge, whose budget is how long an edge may
+    be gone before the session is reported and resumed elsewhere (`resume.py`).
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class DeviceAgent:
         connect_timeout: float = 30.0,
         record_dir: str | Path | None = None,
         reconnect: ReconnectPolicy | None = None,
+        checkpoint_dir: str | Path | None = None,
+        edge_retry: RetryPolicy | None = None,
     ) -> None:
         if poll_interval <= 0 or metrics_every < 1:
             raise InvalidArgument("poll_interval must be > 0 and metrics_every >= 1")
@@ -97,8 +105,11 @@ class DeviceAgent:
             insecure=insecure,
             connect_timeout=connect_timeout,
             record_dir=Path(record_dir) if record_dir is not None else None,
+            edge_retry=edge_retry,
         )
         dirs = {name: Path(path) for name, path in model_dirs.items()}
+        self.resumer = Resumer(self.client, Path(checkpoint_dir) if checkpoint_dir is not None else None)
+        options.checkpoint_root = self.resumer.root
         self.trainer = SessionTrainer(credential, dirs, as_examples(data), self.client, options)
         self._stop = threading.Event()
         self._retry_after: float | None = None
@@ -151,6 +162,8 @@ class DeviceAgent:
             try:
                 self.run_session(assignment)
                 summary.completed.append(assignment.session_id)
+            except SessionInterrupted:  # placed again by the control plane: a later poll resumes it
+                continue
             except Exception:  # already logged and reported to the control plane
                 summary.failed.append(assignment.session_id)
         return summary
@@ -160,8 +173,9 @@ class DeviceAgent:
         self._stop.set()
 
     def close(self) -> None:
-        """Close the control-plane client."""
+        """Close the control-plane client; remove the checkpoints of a temporary checkpoint root."""
         self.client.close()
+        self.resumer.close()
 
     def __enter__(self) -> DeviceAgent:
         return self
@@ -178,12 +192,11 @@ class DeviceAgent:
         try:
             archive = self.trainer.train(assignment, self._stop)
         except BaseException as exc:
-            reason = failure_reason(exc)
-            logger.error("session %s failed: %s", sid, reason, exc_info=not isinstance(exc, SplitftError))
-            self._flush_metrics(sid)
-            self._report_failure(sid, reason)
+            self._flush_metrics(sid)  # what it reported before it stopped, whatever comes next
+            self._interrupted_or_failed(assignment, exc)
             raise
         self._flush_metrics(sid)  # before the upload: a finished session takes no more points
+        self.resumer.forget(sid)  # trained: its checkpoints are no longer needed
         try:
             examples = len(self.trainer.examples) if assignment.round is not None else None  # FedAvg's weight
             if is_secure(assignment):  # only the masked update leaves (secure_upload.py); not retried:
@@ -201,6 +214,23 @@ class DeviceAgent:
     def _flush_metrics(self, session_id: str) -> None:
         send = lambda points: self.client.report_metrics(session_id, points)  # noqa: E731
         self.trainer.metrics.flush(send, self.reconnect, self._stop)
+
+    def _interrupted_or_failed(self, assignment: Assignment, exc: BaseException) -> None:
+        """A lost edge is reported for the session to be placed again (`SessionInterrupted`, unless
+        the control plane answers it failed, past its resume bound); anything else is reported /fail."""
+        sid = assignment.session_id
+        if isinstance(exc, SessionInterrupted):
+            raise exc
+        if is_edge_lost(exc) and not self._stop.is_set():
+            state = self.resumer.report(assignment, exc)
+            if state != "failed":
+                raise SessionInterrupted(sid, state or "not reported") from exc
+            logger.error("session %s failed: its edge was lost past the resume bound: %s", sid, exc)
+            return  # the control plane failed it already
+        self.resumer.forget(sid)
+        reason = failure_reason(exc)
+        logger.error("session %s failed: %s", sid, reason, exc_info=not isinstance(exc, SplitftError))
+        self._report_failure(sid, reason)
 
     def _report_failure(self, session_id: str, reason: str) -> None:
         try:
@@ -230,6 +260,8 @@ def run_device(
     stop: threading.Event | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
     record_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    edge_retry: RetryPolicy | None = None,
 ) -> AgentSummary:
     """What `splitft device run` does: load the credential (URL overridable), then run the agent."""
     credential = DeviceCredential.load(credential_path)
@@ -244,5 +276,7 @@ def run_device(
         progress=progress,
         insecure=insecure,
         record_dir=record_dir,
+        checkpoint_dir=checkpoint_dir,
+        edge_retry=edge_retry,
     ) as agent:
         return agent.run(max_sessions=max_sessions, stop=stop)

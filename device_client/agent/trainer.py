@@ -22,15 +22,23 @@ from typing import Any
 import torch
 
 from device_client.agent.archive import pack_adapter, unpack_adapter
-from device_client.agent.assignment import epochs_of, method_config, total_steps
+from device_client.agent.assignment import method_config, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
 from device_client.agent.metrics_buffer import MetricsBuffer
+from device_client.agent.resume import (
+    SessionInterrupted,
+    closing,
+    has_checkpoint,
+    open_resumed,
+    resume_and_checkpoint,
+)
 from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
 from device_client.optim import make_scheduler
-from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from device_client.retry import RetryPolicy
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from splitft.jobs.seeds import device_seed, job_seed
 from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec
 from splitft.model.loading import read_config
@@ -120,6 +128,8 @@ class TrainerOptions:
     insecure: bool = False
     connect_timeout: float = 30.0
     record_dir: Path | None = None
+    checkpoint_root: Path | None = None  # the job's checkpoints go under it, one directory per session
+    edge_retry: RetryPolicy | None = None  # the SDK's retries of calls to the edge (None: its default)
 
 
 class SessionTrainer:
@@ -153,27 +163,58 @@ class SessionTrainer:
         # adapter, independent or federated); data order and dropout follow (job, device, round).
         init_seed = job_seed(spec.seed, assignment.job_id)
         seed = device_seed(init_seed, self.credential.device_name, assignment.round)
+        checkpoints = self._checkpoint_dir(assignment)
+        resume_from = checkpoints if checkpoints is not None and has_checkpoint(checkpoints) else None
+        # The control plane's part before the edge's: in there an Unavailable is the edge's (resume.py).
+        initial = None
+        if assignment.initial_adapter and resume_from is None:
+            try:
+                initial = self.client.initial_adapter(assignment.session_id)
+            except Unavailable as exc:  # the same assignment comes back at a later poll
+                raise SessionInterrupted(assignment.session_id, "the control plane is unreachable") from exc
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)  # the edge session's seed, the adapters' and the head's init
             with self._connect(assignment) as conn:
-                with self._build_model(model_dir, conn, spec, assignment.shared_trunk_adapter) as model:
-                    torch.manual_seed(seed)  # after the common init: this device's own dropout
-                    if assignment.initial_adapter:
-                        self._start_from_global(model, assignment.session_id)
-                    self._check_labels(model)
-                    selection = spec.selection_spec()
-                    if selection is not None:  # a selection method chooses what trains first
-                        self._calibrate(model, tokenizer, spec, seed, selection.calibration_batches)
-                    self._fit(model, tokenizer, assignment, seed, stop)
+                with closing(
+                    self._open(model_dir, conn, spec, resume_from, assignment.shared_trunk_adapter)
+                ) as model:
+                    if model.resumed is None:  # a resumed model has its state, RNG included
+                        torch.manual_seed(seed)  # after the common init: this device's own dropout
+                        if initial is not None:
+                            self._start_from_global(model, assignment.session_id, initial)
+                        self._check_labels(model)
+                        selection = spec.selection_spec()
+                        if selection is not None:  # a selection method chooses what trains first
+                            self._calibrate(model, tokenizer, spec, seed, selection.calibration_batches)
+                    self._fit(model, tokenizer, assignment, seed, stop, checkpoints)
                     if self.options.record_dir is not None:
                         self._record(model, tokenizer, assignment, self.options.record_dir)
                     with tempfile.TemporaryDirectory(prefix="splitft-adapter-") as tmp:
                         model.save_adapter(tmp)
                         return pack_adapter(tmp)
 
-    def _start_from_global(self, model: SplitModel, session_id: str) -> None:
+    def _checkpoint_dir(self, assignment: Assignment) -> Path | None:
+        """Where this session's checkpoints go, when its job asks for them (`resume.py`)."""
+        root = self.options.checkpoint_root
+        if root is None or assignment.spec.checkpoint_every is None:
+            return None
+        return root / check_session_id(assignment.session_id)
+
+    def _open(
+        self,
+        model_dir: Path,
+        conn: EdgeConnection,
+        spec: JobCreate,
+        resume_from: Path | None,
+        shared: str | None,
+    ) -> SplitModel:
+        if resume_from is not None:  # never for a shared trunk adapter's session (the spec refuses it)
+            return open_resumed(model_dir, conn, resume_from, self.options.edge_retry)
+        return self._build_model(model_dir, conn, spec, shared, self.options.edge_retry)
+
+    @staticmethod
+    def _start_from_global(model: SplitModel, session_id: str, archive: bytes) -> None:
         """Load the adapter the control plane says this federated session starts from."""
-        archive = self.client.initial_adapter(session_id)
         with tempfile.TemporaryDirectory(prefix="splitft-initial-") as tmp:
             model.load_adapter(unpack_adapter(archive, Path(tmp)))
         logger.info("session %s starts from the previous round's global adapter", session_id)
@@ -233,7 +274,11 @@ class SessionTrainer:
 
     @staticmethod
     def _build_model(
-        model_dir: Path, conn: EdgeConnection, spec: JobCreate, shared: str | None
+        model_dir: Path,
+        conn: EdgeConnection,
+        spec: JobCreate,
+        shared: str | None,
+        retry: RetryPolicy | None = None,
     ) -> SplitModel:
         return SplitModel.from_pretrained(
             model_dir,
@@ -247,6 +292,7 @@ class SessionTrainer:
             config_overrides={"num_labels": spec.num_labels} if spec.num_labels is not None else None,
             batch_shape=(spec.batch_size, spec.max_length),
             shared_trunk_adapter=shared or "",  # a federated job's one trunk adapter per round
+            retry=retry,
         )
 
     def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int, count: int) -> None:
@@ -279,17 +325,26 @@ class SessionTrainer:
             )
 
     def _fit(
-        self, model: SplitModel, tokenizer: Any, assignment: Assignment, seed: int, stop: threading.Event
+        self,
+        model: SplitModel,
+        tokenizer: Any,
+        assignment: Assignment,
+        seed: int,
+        stop: threading.Event,
+        checkpoints: Path | None,
     ) -> None:
         spec, sid = assignment.spec, assignment.session_id
-        optimizer = make_optimizer(model, spec.optimizer)
+        optimizer = model.optimizer if model.resumed is not None else make_optimizer(model, spec.optimizer)
+        assert optimizer is not None  # restored by from_checkpoint
         total = total_steps(spec, len(self.examples))
         scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
-        batches = training_batches(self.examples, spec.batch_size, seed=seed, epochs=epochs_of(spec))
+        start, batches = resume_and_checkpoint(model, scheduler, spec, self.examples, seed, checkpoints)
         window = _Window()
         model.train()
-        logger.info("training session %s: %d steps on %d examples", sid, total, len(self.examples))
-        for step, (texts, labels) in enumerate(itertools.islice(batches, total), start=1):
+        logger.info(
+            "training session %s: steps %d to %d on %d examples", sid, start + 1, total, len(self.examples)
+        )
+        for step, (texts, labels) in enumerate(itertools.islice(batches, total - start), start=start + 1):
             if stop.is_set():
                 raise FailedPrecondition(f"the device agent was stopped at step {step - 1} of {total}")
             loss = self._step(model, optimizer, tokenizer, texts, labels, spec)

@@ -25,6 +25,7 @@ from splitft_control.store.devices import DeviceStore
 from splitft_control.store.edges import EdgeStore
 from splitft_control.store.jobs import JobStore
 from splitft_control.store.keys import ApiKeyStore
+from splitft_control.store.resume import ResumeStore
 from splitft_control.store.rounds import Aggregate, RoundStore
 from splitft_control.store.secagg import SecAggStore
 from splitft_control.store.sessions import DeviceSessionStore
@@ -43,7 +44,9 @@ __all__ = [
 ]
 
 
-class Store(ApiKeyStore, EdgeStore, DeviceStore, JobStore, DeviceSessionStore, RoundStore, SecAggStore):
+class Store(
+    ApiKeyStore, EdgeStore, DeviceStore, JobStore, ResumeStore, DeviceSessionStore, RoundStore, SecAggStore
+):
     """Every read and write of the control plane's state, on one engine. `aggregate` turns a
     federated round's uploads into its global adapter (default: `splitft_control.aggregation`)."""
 

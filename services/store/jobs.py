@@ -13,7 +13,7 @@ from splitft.errors import FailedPrecondition, NotFound
 from splitft.jobs.spec import JobCreate
 from splitft.memory.estimate import MemoryProfile
 from splitft_control.models import Device, Edge, Job, JobSession, Metric, SessionClosure, utcnow
-from splitft_control.scheduler import EdgeLoad, choose_edge, no_edge_reason, place, session_need, shares_trunk
+from splitft_control.scheduler import EdgeLoad, no_edge_reason, place, session_need, shares_trunk
 from splitft_control.store.base import (
     ACTIVE_SESSION_STATES,
     FINAL_JOB_STATES,
@@ -23,6 +23,7 @@ from splitft_control.store.base import (
     refresh_job,
     sessions_of,
 )
+from splitft_control.store.resume import choose_avoiding
 from splitft_control.store.rounds import federated_spec, open_round
 from splitft_control.store.shared_placement import shared_choice, waiting_rounds
 
@@ -112,7 +113,7 @@ class JobStore(StoreBase):
                         s, sess, spec, load, rounds[(job.id, sess.round)], model
                     )
                 else:
-                    edge, joins = choose_edge(list(load.values()), model, spec), False
+                    edge, joins = choose_avoiding(s, sess, list(load.values()), model, spec), False
                     reason = no_edge_reason(model, list(load.values()), spec) if edge is None else ""
                 if edge is None:
                     sess.reason = reason

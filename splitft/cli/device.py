@@ -68,4 +68,17 @@ def _register_run(device: argparse._SubParsersAction) -> None:
         default=None,
         help="also keep each session's adapter and evaluation logits on a few examples here",
     )
+    run.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="where sessions of jobs with checkpoint_every keep their last checkpoint, to resume after "
+        "their edge dies (default: a temporary directory, removed when the agent exits)",
+    )
+    run.add_argument(
+        "--edge-retry-budget",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the edge may be unreachable before the session is reported and resumed elsewhere",
+    )
     handled_by(run, "device:run")

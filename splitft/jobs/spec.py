@@ -221,6 +221,14 @@ class JobCreate(Strict):
         None, ge=2, le=100_000, description="classes, for classification heads"
     )
     clip_grad_norm: StrictFloat | None = Field(1.0, gt=0, allow_inf_nan=False)
+    checkpoint_every: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="the device agent checkpoints its session every N optimizer steps (on the device) and, "
+        "when its edge dies, resumes from the last one on the edge it is placed on next; null: no "
+        "checkpoints, such a session starts again from its first step (docs/resilience.md)",
+    )
     devices: list[str] = Field(min_length=1, max_length=10_000, description="device names")
     seed: StrictInt | None = Field(
         None,
@@ -253,6 +261,13 @@ class JobCreate(Strict):
             raise ValueError("devices must not repeat")
         if self.method == "lora" and self.lora is None:
             raise ValueError("method 'lora' needs a lora spec")
+        if self.checkpoint_every is not None and self.method != "lora":
+            raise ValueError(f"checkpoint_every: a {self.method} session cannot be checkpointed (LoRA only)")
+        if self.checkpoint_every is not None and self.federated and self.federated.trunk_adapter == "shared":
+            raise ValueError(
+                'checkpoint_every: sessions on a shared trunk adapter (federated.trunk_adapter "shared") '
+                "cannot be checkpointed: the adapter is the round's, stepped by every session"
+            )
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
         for method in SELECTION_SPECS:

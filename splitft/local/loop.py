@@ -136,11 +136,19 @@ class LocalLoop:
         return path
 
     def start_agent(
-        self, credential: Path, data: Path, model_arg: str, *, max_sessions: int = 1, threads: int = 1
+        self,
+        credential: Path,
+        data: Path,
+        model_arg: str,
+        *,
+        max_sessions: int = 1,
+        threads: int = 1,
+        extra_args: Sequence[str] = (),
     ) -> subprocess.Popen:
         """A device agent process; `threads` torch threads (the edge runs with one too): several
         agents with torch's default each oversubscribe a small machine, and OpenMP's busy waiting
-        then slows every step many times over (the demo's 3 agents took 20 s a step on 2 cores)."""
+        then slows every step many times over (the demo's 3 agents took 20 s a step on 2 cores).
+        `extra_args`: more `device run` options, e.g. `--edge-retry-budget 1`."""
         name = credential.stem
         cmd = [
             sys.executable,
@@ -160,6 +168,7 @@ class LocalLoop:
             "0.5",
             "--record-dir",
             str(self.root / "records" / name),
+            *extra_args,
         ]
         log = open(self.root / f"agent-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

@@ -68,6 +68,14 @@ class FakeControlPlane:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    edge_lost: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (session, report)
+    # The answer to /edge-lost (it may queue the session's next assignment first).
+    on_edge_lost: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda sid, report: {
+        "state": "waiting",
+        "placements": 2,
+        "max_resumes": 3,
+    }
+    initial_adapters: dict[str, bytes] = field(default_factory=dict)  # federated: GET .../initial-adapter
 
     def __call__(self, req: httpx.Request) -> httpx.Response:
         self.calls.append((req.method, req.url.path))
@@ -85,6 +93,12 @@ class FakeControlPlane:
         elif parts[-1] == "complete":
             assert req.headers["content-type"] == "application/gzip"
             self.uploads[parts[-2]] = req.content
+        elif parts[-1] == "initial-adapter":
+            return httpx.Response(200, content=self.initial_adapters[parts[-2]])
+        elif parts[-1] == "edge-lost":
+            report = json.loads(req.content)
+            self.edge_lost.append((parts[-2], report))
+            return httpx.Response(200, json=self.on_edge_lost(parts[-2], report))
         elif parts[-1] == "fail":
             self.failures[parts[-2]] = json.loads(req.content)["reason"]
         return httpx.Response(204)

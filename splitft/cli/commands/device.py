@@ -10,6 +10,7 @@ import threading
 
 from device_client.agent import run_device
 from device_client.agent.credentials import enroll as enroll_device
+from device_client.retry import RetryPolicy
 
 logger = logging.getLogger("splitft")
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         stop=stop,
         record_dir=args.record_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        edge_retry=RetryPolicy(budget_s=args.edge_retry_budget),
     )
     logger.info(
         "device agent done: %d sessions completed, %d failed", len(summary.completed), len(summary.failed)
