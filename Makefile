@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/splitft demo
 
+# Two workers (pytest-xdist): most of the suite's time is waiting on the processes it starts (edges,
+# control planes, agents, benchmark workers importing torch), so two workers halve it on two cores.
+# Tests stay independent of order and of each other's ports, temp dirs and databases.
 test: venv
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist worksteal
 
 # The fast loop: pure modules and in-process units (tests/unit), under a minute.
 test-unit: venv
