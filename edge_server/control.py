@@ -8,7 +8,10 @@ The control plane lets the shared edge secret register a new name only; to regis
 (after a restart) an edge presents its own credential, kept in `credential_file`. The edge names the
 credential it will hold next and keeps it (`credential_file`.next) before it asks, so a registration
 whose answer was lost (the control plane killed after its commit) is retried as this edge. Each heartbeat
-answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`.
+answer lists the sessions this edge must close and refuse to open, handed to `on_revoked`. Each
+heartbeat also names the sessions the edge's TTL expired since the last one answered (`note_expired`;
+their device went silent): the control plane fails them unless their device reported since, so a job
+waiting on a device that vanished ends instead of waiting for an operator.
 
 A control plane that is down or restarting (unreachable, or a 5xx) is waited for: registration is
 retried with jittered backoff for `register_wait_s`, heartbeats go on at jittered intervals no
@@ -31,12 +34,16 @@ import httpx
 
 from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, Unavailable
+from splitft.jobs.resume import MAX_EXPIRED_PER_HEARTBEAT
 from splitft.security.files import write_private_file
 from splitft.security.trust import check_control_url, control_client
 
 logger = logging.getLogger(__name__)
 REGISTER = "/v1/edges/register"
 REGISTER_WAIT_S = 300.0  # how long a starting edge waits for an unreachable control plane
+# Expired sessions not yet reported, kept while the control plane is down; beyond it the oldest are
+# dropped (their jobs then wait for an operator, as before edges reported expiries).
+MAX_PENDING_EXPIRED = 10_000
 
 
 class ControlPlaneDown(Unavailable):
@@ -71,11 +78,13 @@ class ControlPlaneLink:
         insecure: bool = False,
         credential_file: str | Path | None = None,
         register_wait_s: float | None = REGISTER_WAIT_S,
+        session_ttl: float | None = None,
     ) -> None:
         """`capacity`: the memory fields of the capacity (`MemoryAccountant.capacity()`; None: none
         reported). `ca_pem` verifies the control plane's HTTPS (None: the system's trust store);
         plaintext http:// to another host is refused unless `insecure`. `register_wait_s`: how long
-        `register` retries an unreachable control plane (None: for ever)."""
+        `register` retries an unreachable control plane (None: for ever). `session_ttl`: the edge's
+        idle-session TTL, reported with expired sessions (None: not reported)."""
         self.url = check_control_url(url, insecure=insecure)
         if not secret:
             raise InvalidArgument("--edge-secret is required with --control-plane")
@@ -94,6 +103,9 @@ class ControlPlaneLink:
         self.reconnect = ReconnectPolicy(base_delay_s=0.5, max_delay_s=10.0, budget_s=register_wait_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.session_ttl = session_ttl
+        self._expired: dict[str, None] = {}  # expired sessions to report, oldest first
+        self._expired_lock = threading.Lock()
 
     def register(self) -> Registration:
         """Register with the stored credential if there is one (its name is ours), else the secret;
@@ -177,6 +189,25 @@ class ControlPlaneLink:
             os.unlink(tmp)
             raise
 
+    def note_expired(self, session_ids: list[str]) -> None:
+        """Report `session_ids` (expired by the TTL) in the next heartbeats (`SessionManager.on_expired`)."""
+        with self._expired_lock:
+            self._expired.update(dict.fromkeys(session_ids))
+            dropped = list(self._expired)[: max(0, len(self._expired) - MAX_PENDING_EXPIRED)]
+            for session_id in dropped:
+                del self._expired[session_id]
+        if dropped:
+            logger.warning("dropped %d expired sessions never reported to the control plane", len(dropped))
+
+    def _expired_to_report(self) -> list[str]:
+        with self._expired_lock:
+            return list(self._expired)[:MAX_EXPIRED_PER_HEARTBEAT]
+
+    def _reported(self, session_ids: list[str]) -> None:
+        with self._expired_lock:
+            for session_id in session_ids:
+                self._expired.pop(session_id, None)
+
     def start(
         self,
         active_sessions: Callable[[], int],
@@ -235,7 +266,19 @@ class ControlPlaneLink:
         body: dict[str, Any] = {"active_sessions": active}
         if capacity is not None:
             body["capacity"] = {"max_sessions": self.max_sessions, **capacity}
-        answer = self._post(path, body, self.registration.credential).json()
+        expired = self._expired_to_report()
+        if expired:
+            body["expired_sessions"] = expired
+            if self.session_ttl is not None:
+                body["session_ttl_seconds"] = self.session_ttl
+        try:
+            answer = self._post(path, body, self.registration.credential).json()
+        except ControlPlaneDown:
+            raise  # kept for the next beat
+        except Unavailable:
+            self._reported(expired)  # refused (4xx): sent again, they would fail every beat
+            raise
+        self._reported(expired)  # answered: the control plane has them
         revoked = [sid for sid in answer.get("close_sessions", []) if isinstance(sid, str)]
         if on_revoked is not None:
             on_revoked(revoked)

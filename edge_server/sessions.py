@@ -67,6 +67,9 @@ class SessionManager:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._revoked: frozenset[str] = frozenset()
+        # Told the ids of the sessions the TTL expired (the control-plane link reports them: their
+        # device went silent, `ControlPlaneLink.note_expired`); None: nobody is told.
+        self.on_expired: Callable[[list[str]], object] | None = None
         self.shared = SharedAdapters(self.limits, memory)  # federated jobs' shared trunk adapters
 
     def open(
@@ -278,6 +281,8 @@ class SessionManager:
             with session.lock:
                 session.release()
             logger.info("session %s expired after %.0f s idle", session.session_id, self.ttl_seconds)
+        if expired and self.on_expired is not None:
+            self.on_expired(expired)
         self.shared.expire_idle(self.ttl_seconds)  # shared trunk adapters no session held for the TTL
         return expired
 

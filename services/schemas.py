@@ -11,9 +11,12 @@ from typing import Literal
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 
+from splitft.errors import InvalidArgument
+from splitft.jobs.resume import MAX_EXPIRED_PER_HEARTBEAT
 from splitft.jobs.spec import NAME_PATTERN, JobCreate, Strict
 from splitft.jobs.spec import Assignment as Assignment  # re-exported: the device route answers with it
 from splitft.memory.estimate import MemoryProfile
+from splitft.security.tokens import check_session_id
 from splitft.security.trust import TOKEN_SEPARATOR
 
 # Free text that lands in a text column: PostgreSQL text cannot hold NUL, so refuse it here (a 422)
@@ -87,10 +90,31 @@ class EdgeRegistered(Strict):
 
 
 class EdgeHeartbeat(Strict):
-    """POST /v1/edges/{id}/heartbeat: the edge's load and, when it changed, its capacity."""
+    """POST /v1/edges/{id}/heartbeat: the edge's load and, when it changed, its capacity; the sessions
+    its TTL expired since its last answered heartbeat."""
 
     capacity: EdgeCapacity | None = None
     active_sessions: StrictInt = Field(0, ge=0, le=INT32_MAX)
+    expired_sessions: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EXPIRED_PER_HEARTBEAT,
+        description="sessions this edge expired (idle past its TTL: their device went silent); the "
+        "control plane fails those placed on this edge unless their device reported since. Others "
+        "are ignored (and logged)",
+    )
+    session_ttl_seconds: StrictFloat | None = Field(
+        None, gt=0, le=1e9, description="the edge's idle-session TTL, quoted in the failed sessions' reason"
+    )
+
+    @field_validator("expired_sessions")
+    @classmethod
+    def _session_ids(cls, ids: list[str]) -> list[str]:
+        for i, session_id in enumerate(ids):
+            try:
+                check_session_id(session_id)
+            except InvalidArgument as exc:
+                raise ValueError(f"expired_sessions[{i}]: {exc}") from None
+        return list(dict.fromkeys(ids))
 
 
 class EdgePublic(Strict):

@@ -82,9 +82,10 @@ def heartbeat(
 ) -> EdgeHeartbeatAnswer:
     """Record the edge's load; the answer lists the sessions it must close and refuse to open.
     The edge itself only: 401 for an unknown credential, 403 for another edge's or a disabled edge,
-    422 for a malformed load."""
+    422 for a malformed load or expired session ids (more than `MAX_EXPIRED_PER_HEARTBEAT`, or not
+    session ids). Expired sessions open on this edge fail (`splitft_control.store.expiry`)."""
     store = state.store
-    store.authenticate_edge(credential=credential, edge_id=edge_id)
+    previous = store.authenticate_edge(credential=credential, edge_id=edge_id).last_heartbeat_at
     capacity = body.capacity
     edge = store.heartbeat(
         edge_id=edge_id,
@@ -94,6 +95,13 @@ def heartbeat(
         memory_limit_bytes=capacity.memory_limit_bytes if capacity else None,
         model_memory=_model_memory(capacity) if capacity else None,
     )
+    if body.expired_sessions:  # their device went silent: their jobs end by their rules
+        store.sessions_expired(
+            edge_id=edge_id,
+            session_ids=body.expired_sessions,
+            ttl_seconds=body.session_ttl_seconds,
+            since=previous,
+        )
     closures = revocation.closures_for_edge(store, edge_id=edge_id, token_ttl=state.settings.token_ttl)
     return EdgeHeartbeatAnswer(**edge_public(edge).model_dump(), close_sessions=closures)
 

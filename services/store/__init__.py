@@ -23,6 +23,7 @@ from splitft_control.store.base import (
 )
 from splitft_control.store.devices import DeviceStore
 from splitft_control.store.edges import EdgeStore
+from splitft_control.store.expiry import ExpiryStore
 from splitft_control.store.jobs import JobStore
 from splitft_control.store.keys import ApiKeyStore
 from splitft_control.store.resume import ResumeStore
@@ -45,7 +46,15 @@ __all__ = [
 
 
 class Store(
-    ApiKeyStore, EdgeStore, DeviceStore, JobStore, ResumeStore, DeviceSessionStore, RoundStore, SecAggStore
+    ApiKeyStore,
+    EdgeStore,
+    DeviceStore,
+    JobStore,
+    ResumeStore,
+    ExpiryStore,
+    DeviceSessionStore,
+    RoundStore,
+    SecAggStore,
 ):
     """Every read and write of the control plane's state, on one engine. `aggregate` turns a
     federated round's uploads into its global adapter (default: `splitft_control.aggregation`)."""

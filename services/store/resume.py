@@ -22,7 +22,7 @@ from splitft.jobs.spec import JobCreate
 from splitft_control.models import Edge, JobSession, SessionClosure, utcnow
 from splitft_control.scheduler import EdgeLoad, choose_edge
 from splitft_control.store.base import ACTIVE_SESSION_STATES
-from splitft_control.store.sessions import DeviceSessionStore
+from splitft_control.store.sessions import DeviceSessionStore, ended_because
 
 
 class ResumeStore(DeviceSessionStore):
@@ -38,7 +38,9 @@ class ResumeStore(DeviceSessionStore):
         with self.tx() as s:
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
             if sess.state not in (*ACTIVE_SESSION_STATES, "waiting"):
-                raise FailedPrecondition(f"session is {sess.state}: it has ended and cannot be resumed")
+                raise FailedPrecondition(
+                    f"session is {sess.state}: it has ended and cannot be resumed{ended_because(sess)}"
+                )
             edge = s.get(Edge, sess.edge_id) if sess.edge_id is not None else None
             if sess.state == "waiting" or edge is None or edge.address != edge_address:
                 return _answer(sess, max_resumes)  # already back in line, or moved: nothing to do

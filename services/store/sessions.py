@@ -62,7 +62,7 @@ class DeviceSessionStore(StoreBase):
             sess = self.device_session(s, session_id=session_id, device_id=device_id)
             allowed = (*ACTIVE_SESSION_STATES, "succeeded") if allow_succeeded else ACTIVE_SESSION_STATES
             if sess.state not in allowed:
-                raise FailedPrecondition(f"session is {sess.state}, not running")
+                raise FailedPrecondition(f"session is {sess.state}, not running{ended_because(sess)}")
             if plain_upload:
                 _refuse_plain_upload_of_secure_job(s, sess)
             return sess.state == "succeeded"
@@ -76,6 +76,7 @@ class DeviceSessionStore(StoreBase):
             if sess.state not in ACTIVE_SESSION_STATES:
                 raise FailedPrecondition(
                     f"session is {sess.state}: metrics are accepted only while it is assigned or running"
+                    + ended_because(sess)
                 )
             points = new_points(s, session_id, points)  # a resent report (its answer was lost) adds nothing
             query = select(func.count()).select_from(Metric).where(Metric.session_id == session_id)
@@ -97,7 +98,7 @@ class DeviceSessionStore(StoreBase):
             if is_repeated_upload(sess, adapter, examples):
                 return  # the same upload again (its answer was lost): already stored, nothing changes
             if sess.state not in ACTIVE_SESSION_STATES:
-                raise FailedPrecondition(f"session is {sess.state}, not running")
+                raise FailedPrecondition(f"session is {sess.state}, not running{ended_because(sess)}")
             _refuse_plain_upload_of_secure_job(s, sess)
             if sess.round is not None and (examples is None or examples < 1):
                 raise InvalidArgument(
@@ -121,9 +122,15 @@ class DeviceSessionStore(StoreBase):
             if sess.state == "failed" and sess.reason == f"device reported: {reason}":
                 return  # the same report again (its answer was lost)
             if sess.state not in ACTIVE_SESSION_STATES:
-                raise FailedPrecondition(f"session is {sess.state}, not running")
+                raise FailedPrecondition(f"session is {sess.state}, not running{ended_because(sess)}")
             sess.state, sess.reason, sess.updated_at = "failed", f"device reported: {reason}", utcnow()
             self._session_ended(s, sess)
+
+
+def ended_because(sess: JobSession) -> str:
+    """Why a session that is no longer open ended, for the 409 its device gets (e.g. its edge expired
+    it while the device was silent); empty when no reason was kept."""
+    return f" ({sess.reason})" if sess.reason else ""
 
 
 def _refuse_plain_upload_of_secure_job(s: Session, sess: JobSession) -> None:

@@ -18,6 +18,9 @@ from pydantic import Field, StrictInt
 from splitft.jobs.spec import Strict
 
 NO_NUL_PATTERN = r"^[^\x00]*$"
+# The other way a device is lost: it goes silent, its edge expires the session (its TTL) and says so in
+# its heartbeat (`expired_sessions`); at most this many ids per heartbeat, the rest in the next ones.
+MAX_EXPIRED_PER_HEARTBEAT = 256
 
 
 class EdgeLostReport(Strict):

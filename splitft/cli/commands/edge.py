@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
     link = _register_edge(args, config, registry, memory) if args.control_plane else None
     server = EdgeServer(config, registry, memory)
     if link is not None:
+        server.sessions.on_expired = link.note_expired  # a vanished device's job ends (resilience.md)
         link.start(server.sessions.count, server.sessions.revoke, capacity=memory.capacity)
     try:
         server.serve_forever()
@@ -81,6 +82,7 @@ def _register_edge(
         ca_pem=_control_plane_ca(args),
         insecure=args.insecure,
         credential_file=args.edge_credential_file,
+        session_ttl=config.session_ttl,
     )
     registration = link.register()
     config.token_issuer_pems.append(registration.issuer_public_pem)
