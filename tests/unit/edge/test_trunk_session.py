@@ -197,3 +197,15 @@ def test_wire_encoders_are_seeded_per_direction_from_the_session() -> None:
     encode = [w.encoders[HIDDEN].encode(x) for w in (first, again, other)]
     assert encode[0] == encode[1]  # same seed, same stochastic rounding
     assert encode[0] != encode[2]
+
+
+def test_only_sessions_the_ttl_expired_are_handed_to_on_expired(manager: SessionManager) -> None:
+    told: list[list[str]] = []
+    manager.on_expired = told.append
+    _open(manager, "a")
+    _open(manager, "b")
+    manager.close("a")  # closed on request: not a silent device
+    assert manager.expire_idle() == [] and told == []  # nothing idle: nobody is told
+    manager.ttl_seconds = 0.0
+    assert manager.expire_idle() == ["b"] and told == [["b"]]
+    manager.ttl_seconds = 60.0
