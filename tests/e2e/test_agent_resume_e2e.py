@@ -5,7 +5,8 @@ plane, edges and device agents as `splitft ... serve/run` processes over HTTPS a
    agent reports the lost edge, the control plane places the same session on the other edge, the
    agent resumes it from its last checkpoint and the job succeeds, with the adapter of the same job
    run without interruption (within 1e-5: lossless codec, a checkpoint every step, dropout 0.1 on
-   every part of a tiny BERT, data order across epochs).
+   every part of a tiny BERT, data order across epochs). The same for a federated job (2 rounds,
+   the edge killed inside round 0): its global adapter is the uninterrupted federated job's.
 2. A device that vanishes for good (its agent killed with SIGKILL mid-round): its session expires on
    the edge after the edge's --session-ttl (2 s), which frees its memory; the edge reports it, the
    control plane fails the session and the federated round closes without it; the job goes on and
@@ -76,8 +77,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: 
     return found
 
 
-def adapter(loop: LocalLoop, job_id: str, device: str) -> dict[str, torch.Tensor]:
-    data = loop.api("GET", f"/v1/jobs/{job_id}/adapters/{device}").content
+def adapter(loop: LocalLoop, path: str) -> dict[str, torch.Tensor]:
+    """The adapter archive at `path` (a device's adapter, or a federated job's global one)."""
+    data = loop.api("GET", path).content
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         member = tar.extractfile("adapter_model.safetensors")
         assert member is not None
@@ -90,45 +92,75 @@ def checkpoint_step(root: Path) -> int:
     return int(found[0].name.split("-")[1]) if found else -1
 
 
+# Each mode's job overrides, the steps of the killed session, and where the job's result is.
+LOCAL_STEPS = 12  # a federated round: 3 batches of 4, 4 epochs
+ROUNDS = {"independent": 1, "federated": 2}  # sessions per job
+MODES: dict[str, tuple[dict[str, Any], int, str]] = {
+    "independent": ({}, STEPS, "/v1/jobs/{job}/adapters/phone"),
+    "federated": (
+        {
+            "steps": None,
+            "mode": "federated",
+            "federated": {
+                "rounds": ROUNDS["federated"],
+                "local_steps": LOCAL_STEPS,
+                "min_devices": 1,
+                "round_timeout_s": 120,
+            },
+        },
+        LOCAL_STEPS,
+        "/v1/jobs/{job}/adapter",  # the global adapter after round 1, which started from round 0's
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
 def test_the_edge_of_a_running_session_killed_the_agent_resumes_on_the_other_and_nothing_is_lost(
-    tmp_path: Path, bert: Path
+    tmp_path: Path, bert: Path, mode: str
 ) -> None:
+    # federated: the edge dies inside round 0; the resumed round ends as the uninterrupted one did,
+    # and round 1 starts from it, so the job's global adapter is the uninterrupted job's.
+    overrides, steps, result = MODES[mode]
     started = time.monotonic()
     model_arg = f"bert={bert}"
     checkpoints = tmp_path / "agent-checkpoints"
-    kill_at = random.Random(KILL_SEED).randrange(3, STEPS - 3)
+    kill_at = random.Random(KILL_SEED).randrange(3, steps - 3)
     # Heartbeats would also move the session after 30 s of silence: the device's report does it first.
     with LocalLoop(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=30.0) as loop:
         data = write_jsonl(DATA, tmp_path / "phone.jsonl")  # type: ignore[arg-type]  # .text, .label
         retry = ["--edge-retry-budget", "1", "--checkpoint-dir", str(checkpoints)]
         # The agent starts while the edges do: most of each start is importing torch.
-        loop.start_agent(loop.enroll_device("phone"), data, model_arg, max_sessions=2, extra_args=retry)
+        sessions = 2 * ROUNDS[mode]  # the reference job's and the killed job's, then it exits
+        phone = loop.enroll_device("phone")
+        loop.start_agent(phone, data, model_arg, max_sessions=sessions, extra_args=retry)
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda name: loop.start_edge(name, [model_arg]), ["edge-a", "edge-b"]))
         edges = {e["id"]: e["name"] for e in loop.api("GET", "/v1/edges").json()}
         print(f"deployment up after {time.monotonic() - started:.1f} s")
-        reference = loop.wait_job(loop.create_job(spec(["phone"]))["id"], timeout=60)
+        reference = loop.wait_job(loop.create_job(spec(["phone"], **overrides))["id"], timeout=90)
         assert reference["state"] == "succeeded", reference
         print(f"reference job done after {time.monotonic() - started:.1f} s")
 
-        job = loop.create_job(spec(["phone"], checkpoint_every=1))
+        job = loop.create_job(spec(["phone"], checkpoint_every=1, **overrides))
         sid = job["sessions"][0]["id"]
         wait_for(f"a checkpoint of step {kill_at}", lambda: checkpoint_step(checkpoints / sid) >= kill_at)
         first = loop.job(job["id"])["sessions"][0]
         loop.kill_edge(edges[first["edge_id"]])  # SIGKILL: the session dies with the process
         killed = time.monotonic()
-        done = loop.wait_job(job["id"], timeout=60)
+        done = loop.wait_job(job["id"], timeout=90)
         assert done["state"] == "succeeded", done
-        (sess,) = done["sessions"]
+        (sess,) = [s for s in done["sessions"] if s["id"] == sid]
         assert sess["attempts"] == 2 and sess["edge_id"] not in (None, first["edge_id"])
-        resumed, uninterrupted = adapter(loop, job["id"], "phone"), adapter(loop, reference["id"], "phone")
+        resumed = adapter(loop, result.format(job=job["id"]))
+        uninterrupted = adapter(loop, result.format(job=reference["id"]))
         assert set(resumed) == set(uninterrupted) and any(".layer.1." in k for k in resumed)  # trunk too
         gap = max(float((resumed[k] - uninterrupted[k]).abs().max()) for k in resumed)
         log = (tmp_path / "agent-phone.log").read_text()
     assert "lost edge" in log and "resuming from" in log  # rich wraps long lines: no ids here
     assert not (checkpoints / sid).exists()  # the session ended: its checkpoint went with it
     print(
-        f"edge killed at checkpoint {kill_at}: resumed and done {time.monotonic() - killed:.1f} s later, "
+        f"{mode}: edge killed at checkpoint {kill_at}: resumed and done "
+        f"{time.monotonic() - killed:.1f} s later, "
         f"adapter gap {gap:.2e}, whole test {time.monotonic() - started:.1f} s"
     )
     assert gap <= 1e-5
