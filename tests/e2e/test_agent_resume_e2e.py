@@ -96,36 +96,19 @@ def checkpoint_step(root: Path) -> int:
 # Each mode's job overrides, the steps of the killed session, and where the job's result is.
 LOCAL_STEPS = 12  # a federated round: 3 batches of 4, 4 epochs
 ROUNDS = {"independent": 1, "federated": 2, "federated-between-rounds": 2}  # sessions per job
+FEDERATED: tuple[dict[str, Any], int, str] = (
+    {
+        "steps": None,
+        "mode": "federated",
+        "federated": {"rounds": 2, "local_steps": LOCAL_STEPS, "min_devices": 1, "round_timeout_s": 120},
+    },
+    LOCAL_STEPS,
+    "/v1/jobs/{job}/adapter",  # the global adapter after round 1, which started from round 0's
+)
 MODES: dict[str, tuple[dict[str, Any], int, str]] = {
     "independent": ({}, STEPS, "/v1/jobs/{job}/adapters/phone"),
-    "federated": (
-        {
-            "steps": None,
-            "mode": "federated",
-            "federated": {
-                "rounds": ROUNDS["federated"],
-                "local_steps": LOCAL_STEPS,
-                "min_devices": 1,
-                "round_timeout_s": 120,
-            },
-        },
-        LOCAL_STEPS,
-        "/v1/jobs/{job}/adapter",  # the global adapter after round 1, which started from round 0's
-    ),
-    "federated-between-rounds": (
-        {
-            "steps": None,
-            "mode": "federated",
-            "federated": {
-                "rounds": ROUNDS["federated"],
-                "local_steps": LOCAL_STEPS,
-                "min_devices": 1,
-                "round_timeout_s": 120,
-            },
-        },
-        LOCAL_STEPS,
-        "/v1/jobs/{job}/adapter",  # the global adapter after round 1, which started from round 0's
-    ),
+    "federated": FEDERATED,  # the edge killed inside round 0
+    "federated-between-rounds": FEDERATED,  # the edge of round 1's session killed as round 0 ends
 }
 
 
