@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from splitft.errors import InvalidArgument, PayloadTooLarge
 from splitft.security.tokens import SplitClaims, issue_token
 from splitft_control.archive import ArchiveLimits, check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
+from splitft_control.routes.body import read_upload
 from splitft_control.scheduler import shared_adapter_key
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
 
@@ -125,16 +125,7 @@ async def complete_session(
         plain_upload=True,
         allow_succeeded=True,
     )
-    limit = settings.max_adapter_bytes
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise PayloadTooLarge(f"adapter upload exceeds {limit} bytes (SPLITFT_MAX_ADAPTER_BYTES)")
-    if not data:
-        raise InvalidArgument("empty adapter upload")
-    adapter = bytes(data)
-    del data  # one copy of the body from here on
+    adapter = await read_upload(request, settings.max_adapter_bytes, "adapter upload")
     limits = ArchiveLimits(settings.max_adapter_unpacked_bytes, settings.max_adapter_members)
     if not done:  # a succeeded session takes only a repeat of its stored (checked) upload: 204, else 409
         await run_in_threadpool(check_adapter_archive, adapter, limits)

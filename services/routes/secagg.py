@@ -13,11 +13,12 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
-from splitft.errors import InvalidArgument, PayloadTooLarge
+from splitft.errors import InvalidArgument
 from splitft.federated.fixedpoint import FRACTION_BITS
 from splitft.federated.secagg import KEY_BYTES
 from splitft.jobs.spec import Strict
 from splitft_control.deps import DeviceDep, State, StoreDep
+from splitft_control.routes.body import read_upload
 from splitft_control.schemas import INT32_MAX
 from splitft_control.store.secagg import KeyOffer
 
@@ -101,15 +102,6 @@ async def post_masked(session_id: str, request: Request, device: DeviceDep, stat
     the session succeeds. 400 for another size; 409 before its key, before the members are fixed, or
     twice; 413 over SPLITFT_MAX_ADAPTER_BYTES. The session must be open before the body is read."""
     await run_in_threadpool(state.store.check_open_session, session_id=session_id, device_id=device.id)
-    limit = state.settings.max_adapter_bytes
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise PayloadTooLarge(f"masked update exceeds {limit} bytes (SPLITFT_MAX_ADAPTER_BYTES)")
-    if not data:
-        raise InvalidArgument("empty masked update")
-    await run_in_threadpool(
-        state.store.upload_masked, session_id=session_id, device_id=device.id, data=bytes(data)
-    )
+    data = await read_upload(request, state.settings.max_adapter_bytes, "masked update")
+    await run_in_threadpool(state.store.upload_masked, session_id=session_id, device_id=device.id, data=data)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
