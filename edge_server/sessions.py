@@ -215,7 +215,7 @@ class SessionManager:
         for session in sessions:
             with session.lock:
                 session.release()
-            logger.info("closed session %s on request", session.session_id)
+            logger.info("closed session %s: on request", session.session_id)
         return chosen
 
     def get(self, session_id: str) -> TrunkSession:
@@ -240,15 +240,16 @@ class SessionManager:
         self._wires.pop(session_id, None)
         return self._sessions.pop(session_id, None)
 
-    def close(self, session_id: str) -> None:
-        """Close session `session_id` and free its memory (NotFound if it is not open)."""
+    def close(self, session_id: str, why: str = "on the device's request") -> None:
+        """Close session `session_id` and free its memory (NotFound if it is not open); `why` goes
+        to the log, so an operator can tell a device's close from a revocation."""
         with self._lock:
             session = self._pop(session_id)
         if session is None:
             raise NotFound(f"unknown session {session_id!r} (never opened, closed, or expired)")
         with session.lock:
             session.release()
-        logger.info("closed session %s", session_id)
+        logger.info("closed session %s: %s", session_id, why)
 
     def revoke(self, session_ids: list[str]) -> list[str]:
         """Make `session_ids` (the control plane's whole current list) the sessions this edge refuses
@@ -259,11 +260,10 @@ class SessionManager:
         closed = []
         for session_id in doomed:
             try:
-                self.close(session_id)
+                self.close(session_id, why="revoked by the control plane")
             except NotFound:  # closed or expired meanwhile
                 continue
             closed.append(session_id)
-            logger.info("closed session %s: revoked by the control plane", session_id)
         return closed
 
     def count(self) -> int:

@@ -56,14 +56,13 @@ def _training(loop: LocalLoop, device: str, data: Path) -> tuple[dict, str]:
 
 
 def _closed_on_edge(loop: LocalLoop, session_id: str) -> bool:
-    """The edge closed the session: revoked by its heartbeat's answer, or on the device's request
-    (the agent, told by the control plane that its job ended, may close it first; the edge refuses
-    it afterwards all the same, which the test checks with a valid token)."""
+    """The edge closed the session, for whatever reason it logs: revoked by its heartbeat's answer,
+    or on the device's request (the agent, told by the control plane that its job ended or refused
+    as disabled, may close it first; the edge refuses it afterwards all the same, which the test
+    checks with a valid token)."""
     log = (loop.root / "edge-edge-a.log").read_text(errors="replace")
     flat = "".join(log.split())  # the console log handler wraps long lines
-    return any(
-        f"closedsession{session_id}{how}" in flat for how in (":revokedbythecontrolplane", "onrequest")
-    )
+    return f"closedsession{session_id}:" in flat
 
 
 def _open_with_a_valid_token(loop: LocalLoop, device: str, session_id: str) -> None:
