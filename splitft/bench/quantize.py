@@ -60,6 +60,11 @@ __all__ = ["QuantizeBenchConfig", "markdown_table", "run_quantize_bench"]
 logger = logging.getLogger(__name__)
 
 
+# `bench memory`'s measures; `rss_fixed_threshold` is `rss` with glibc's mmap threshold fixed, which
+# shows how much of a quantized device's peak RSS is the allocator's cache (docs/benchmarks.md).
+MEMORY_MODES = ("rss", "rss_fixed_threshold", "alloc")
+
+
 @dataclass
 class QuantizeBenchConfig(BenchModelConfig):
     """`bench step`'s model and batch for bytes, memory and time; `bench converge`'s for the loss."""
@@ -87,8 +92,10 @@ class QuantizeBenchConfig(BenchModelConfig):
         for shape in self.memory_shapes:
             parse_shape(shape)
         self.memory_modes = tuple(self.memory_modes)
-        if not self.memory_modes or set(self.memory_modes) - {"rss", "alloc"}:
-            raise InvalidArgument(f"memory_modes must be some of rss, alloc, got {self.memory_modes}")
+        if not self.memory_modes or set(self.memory_modes) - set(MEMORY_MODES):
+            raise InvalidArgument(
+                f"memory_modes must be some of {', '.join(MEMORY_MODES)}, got {self.memory_modes}"
+            )
         counts = [
             self.rounds,
             self.steps_per_round,

@@ -177,7 +177,11 @@ def _register_quantize(bench: argparse._SubParsersAction) -> None:
         "--memory-shapes", nargs="+", default=[], metavar="BxT",
         help="batch x tokens of the device peak runs (default: --batch x --tokens, and 1x32)",
     )  # fmt: skip
-    quantize.add_argument("--memory-modes", nargs="+", default=["rss", "alloc"], choices=["rss", "alloc"])
+    quantize.add_argument(
+        "--memory-modes", nargs="+", default=["rss", "alloc"],
+        choices=["rss", "rss_fixed_threshold", "alloc"],
+        help="bench memory's measures (rss_fixed_threshold: rss, glibc's mmap threshold fixed at 128 KiB)",
+    )  # fmt: skip
     quantize.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     quantize.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(quantize, "bench:quantize")

@@ -17,7 +17,7 @@ def test_the_config_refuses_what_cannot_run() -> None:
         QuantizeBenchConfig(rounds=0)
     with pytest.raises(InvalidArgument, match="BATCHxTOKENS with both >= 1, e.g. 1x32; got '0x4'"):
         QuantizeBenchConfig(memory_shapes=("0x4",))
-    with pytest.raises(InvalidArgument, match="memory_modes must be some of rss, alloc"):
+    with pytest.raises(InvalidArgument, match="memory_modes must be some of rss, rss_fixed_threshold, alloc"):
         QuantizeBenchConfig(memory_modes=("vms",))
     assert QuantizeBenchConfig(schemes=("int8",)).schemes == ("none", "int8")  # ratios are to fp32
     assert QuantizeBenchConfig(batch=4, tokens=8).memory_shapes == ("4x8", "1x32")
