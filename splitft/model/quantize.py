@@ -249,7 +249,8 @@ def _dequantized_rows(weight: Any, rows: slice, dtype: torch.dtype) -> torch.Ten
 
 def int8_linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
     """`F.linear(x, weight)` for torchao's int8 weight, dequantizing a bounded block of rows at a
-    time; equal to torchao's own `x @ qdata.T * scale` (tests/unit/core/test_quantize.py)."""
+    time; equal to torchao's own `x @ qdata.T * scale` to float32 rounding
+    (tests/unit/core/test_quantize.py)."""
     out = x.new_empty(*x.shape[:-1], weight.shape[0])
     for rows in _row_chunks(weight):
         scale = weight.scale[rows].reshape(-1).to(x.dtype)
