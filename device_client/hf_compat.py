@@ -16,13 +16,17 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import torch
 from peft import PeftModel
 from torch import nn
 from torch.optim import Optimizer
 
+from device_client.autograd import ForwardContext
+from device_client.generation import split_generate
 from device_client.optim import SplitOptimizer
 from device_client.trunk import RemoteTrunk
 from splitft.errors import FailedPrecondition
+from splitft.model.families import Family
 
 TRAINER_FRAMES = 12  # how far up the stack a Trainer's compute_loss can be from the forward
 
@@ -101,6 +105,8 @@ class HuggingFaceFacade:
     root: nn.Module | None
     _trunk: RemoteTrunk
     _optimizer: SplitOptimizer | None
+    _context: ForwardContext
+    family: Family
 
     @property
     def hf_root(self) -> nn.Module:
@@ -125,6 +131,15 @@ class HuggingFaceFacade:
     def accepts_loss_kwargs(self) -> bool:
         """Whether Trainer passes `num_items_in_batch` to forward: as for the HF class."""
         return accepts_loss_kwargs(self.hf_root)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        """Hugging Face's `generate` (causal LMs): same arguments as PeftModel.generate (input_ids,
+        attention_mask, max_new_tokens, do_sample, ...), key/value caches on the device and on the
+        edge (`use_cache=False`: none). Returns the token ids (prompt included)."""
+        return split_generate(self._generation_net(), self.hf_root, self.family.name, self._context, **kwargs)
+
+    def _generation_net(self) -> nn.Module:
+        return self.peft_model if self.peft_model is not None else self.hf_root
 
     @property
     def loss_type(self) -> str | None:
