@@ -57,6 +57,7 @@ class SessionKVCache:
         self.length += new_tokens
 
     def free(self) -> None:
+        """Drop the cache (its tensors go with it)."""
         self.cache, self.rows, self.length = None, 0, 0
 
     @property

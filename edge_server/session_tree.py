@@ -33,6 +33,7 @@ def own_tree(
 
 
 def attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
+    """`config`'s LoRA on `root`, its initial weights from the session's `seed`."""
     # The construction lock is accelerate's (loading patches module construction process-wide);
     # the adapter's initial weights come from the session's own generator, not the global RNG.
     with MODEL_CONSTRUCTION_LOCK, SessionRandomness(RowStreams.single(seeded(seed))):
