@@ -91,6 +91,11 @@ def test_plain_trainer_is_refused_where_it_would_train_differently(tiny_models, 
     after = split.adapter_state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+    plain = torch.optim.SGD([p for p in split.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(InvalidArgument, match="optimizer must be the split model's"):
+        SplitTrainer(
+            model=split, args=training_args(tmp_path / "d"), train_dataset=data, optimizers=(plain, None)
+        ).train()
     with pytest.raises(InvalidArgument, match="SplitTrainer trains a device_client.SplitModel"):
         SplitTrainer(model=torch.nn.Linear(2, 2), args=training_args(tmp_path / "c"))
     split.close()
