@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from device_client.adapter_check import split_key
+from device_client.adapter_check import check_trunk_adapter, split_key
 from device_client.trunk import RemoteTrunk
-from splitft.errors import InvalidArgument, NotFound
+from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.federated.shared_trunk import trunk_marks
 from splitft.model.adapter_state import check_adapter_state, load_adapter_state
 from splitft.model.spans import SplitSpec
@@ -123,3 +123,42 @@ def save_peft_adapter(
     save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt", **(marks or {})})
     logger.info("saved adapter with %d tensors to %s", len(state), out)
     return out
+
+
+def adapter_lora_config(path: str | Path, given: object) -> LoraConfig:
+    """`from_pretrained(adapter=path)`: the LoRA config of the peft adapter in `path` (rank, alpha,
+    targets, modules to save), to train on; `given` (a LoraConfig passed as well, or None) must
+    agree with it."""
+    _, saved = read_adapter(path)
+    if saved.get("peft_type", "LORA") != "LORA":
+        raise InvalidArgument(f"{path} holds a {saved.get('peft_type')} adapter; split models train LoRA")
+    if given is not None:
+        if not isinstance(given, LoraConfig):
+            raise InvalidArgument(
+                "adapter= continues a LoRA adapter; it does not combine with a selection method"
+            )
+        check_same_lora(saved, given)
+        return given
+    try:
+        config = LoraConfig.from_pretrained(str(path))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read the LoRA config in {path}: {exc}") from None
+    config.inference_mode = False  # it trains on from here
+    return config
+
+
+def join_adapter_states(
+    device: Mapping[str, torch.Tensor],
+    trunk_state: dict[str, torch.Tensor],
+    root: torch.nn.Module,
+    blocks_path: str,
+    spec: SplitSpec,
+) -> dict[str, torch.Tensor]:
+    """`SplitModel.adapter_state_dict`: the device's adapter (copied to the CPU) and the trunk's
+    export, checked to cover the trunk's blocks and not to overlap."""
+    device_state = {k: v.detach().to("cpu", copy=True) for k, v in device.items()}
+    check_trunk_adapter(trunk_state, device_state, root=root, blocks_path=blocks_path, spec=spec)
+    overlap = set(device_state) & set(trunk_state)
+    if overlap:
+        raise FailedPrecondition(f"device and trunk adapters overlap on {sorted(overlap)[:3]}")
+    return {**device_state, **trunk_state}

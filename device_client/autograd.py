@@ -8,7 +8,7 @@ autograd context keeps only ids, never tensors that live on the edge.
 Hugging Face's block signature does not carry everything the trunk call needs, so the split
 model's forward passes the rest through one `ForwardContext`, set only through its context
 managers: `forward(attention_mask)` (every forward), `pipelined(on_submit)` (micro-batch
-pipelining) and `anchored()` (TinyTrain's Fisher pass).
+pipelining), `anchored()` (TinyTrain's Fisher pass) and `decoding()` (generate).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class ForwardContext(threading.local):
         self._attention_mask: torch.Tensor | None = None
         self._anchors: list[torch.Tensor] | None = None
         self._on_submit: Callable[[], None] | None = None
+        self._past_length: int | None = None
 
     @property
     def attention_mask(self) -> torch.Tensor | None:
@@ -60,6 +61,25 @@ class ForwardContext(threading.local):
             yield
         finally:
             self._attention_mask = previous
+
+    @property
+    def past_length(self) -> int | None:
+        """Inside `decoding()` with caches: the tokens the trunk cache holds before this forward."""
+        return self._past_length
+
+    @contextmanager
+    def decoding(self) -> Iterator[Callable[[torch.Tensor | None, int | None], None]]:
+        """`generate()`: yields the setter its per-forward hook calls with each forward's 2-D
+        attention mask and cached length (None: no caches, the whole sequence goes to the edge)."""
+        previous = self._attention_mask, self._past_length
+
+        def step(attention_mask: torch.Tensor | None, past_length: int | None) -> None:
+            self._attention_mask, self._past_length = attention_mask, past_length
+
+        try:
+            yield step
+        finally:
+            self._attention_mask, self._past_length = previous
 
     @contextmanager
     def pipelined(self, on_submit: Callable[[], None]) -> Iterator[None]:
@@ -161,5 +181,6 @@ class TrunkEntry(nn.Module):
             requires_grad=False,
             need_input_grad=False,
             on_submit=self.context.on_submit,
+            past_length=self.context.past_length,
         )
         return out

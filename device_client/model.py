@@ -16,11 +16,16 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
-from device_client.adapter_check import check_trunk_adapter
-from device_client.adapter_load import load_whole_adapter, save_peft_adapter, shared_marks
+from device_client.adapter_load import (
+    join_adapter_states,
+    load_whole_adapter,
+    save_peft_adapter,
+    shared_marks,
+)
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.checkpoint import Checkpointer, ResumeInfo, Scheduler, write_model_checkpoint
 from device_client.connection import EdgeConnection
+from device_client.hf_compat import HuggingFaceFacade, refuse_plain_trainer, signed_forward
 from device_client.opening import (
     OpenedWith,
     SelectionConfig,
@@ -36,11 +41,11 @@ from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
 from device_client.resume import resume
 from device_client.retry import RetryPolicy
+from device_client.selection import split_view
 from device_client.trunk import RemoteTrunk
 from splitft.compress import parse_codecs
 from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.methods.adapter import save_selected
-from splitft.methods.port import SplitView
 from splitft.methods.registry import SplitMethod, method_for
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.tinytrain.fisher import LossFn
@@ -63,7 +68,7 @@ class SplitStats:
     forwards: int  # trunk forwards (training and inference)
 
 
-class SplitModel(nn.Module):
+class SplitModel(HuggingFaceFacade, nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
 
     def __init__(
@@ -103,6 +108,8 @@ class SplitModel(nn.Module):
         self.opened_with: OpenedWith | None = None  # from_pretrained's arguments, for checkpoints
         self.resumed: ResumeInfo | None = None  # set by from_checkpoint
         self._checkpointer: Checkpointer | None = None
+        # forward takes the HF class's arguments; tools reading its signature see them (Trainer).
+        self.forward = signed_forward(type(self).forward.__get__(self), self.hf_root)  # type: ignore[method-assign]
 
     @classmethod
     def from_pretrained(
@@ -126,6 +133,7 @@ class SplitModel(nn.Module):
         quantize: str = "none",
         retry: RetryPolicy | None = None,
         shared_trunk_adapter: str = "",
+        adapter: str | Path | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -140,8 +148,9 @@ class SplitModel(nn.Module):
         arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights (LoRA only).
         `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
         `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
-        join instead of its own (docs/federated.md)."""
-        lora_config, selection = resolve_method(lora_config, method)
+        join instead of its own (docs/federated.md). `adapter`: a peft LoRA adapter directory (trained
+        elsewhere, or `save_adapter`'s) to start from; its config is the LoRA config."""
+        lora_config, selection = resolve_method(lora_config, method, adapter)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
@@ -157,7 +166,7 @@ class SplitModel(nn.Module):
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
         try:
             device_config = device_lora_config(lora_config, model_dir) if lora_config is not None else None
-            return cls._build(opened, spec, device_config, edge, trunk, selection, placement)
+            return cls._build(opened, spec, device_config, edge, trunk, selection, placement, adapter)
         except BaseException:
             trunk.close()
             release_cuda_autograd("device", placement.device)
@@ -173,6 +182,7 @@ class SplitModel(nn.Module):
         trunk: RemoteTrunk,
         selection: SelectionConfig | None = None,
         placement: ResolvedPlacement = CPU_FLOAT32,
+        adapter: str | Path | None = None,
     ) -> SplitModel:
         context = ForwardContext()
         entry = TrunkEntry(trunk, context)
@@ -196,12 +206,16 @@ class SplitModel(nn.Module):
                 raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
             split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
         split.opened_with = opened
+        if adapter is not None:  # a peft adapter to continue (from_pretrained(adapter=...))
+            split.load_adapter(adapter)
         return split
 
     def forward(self, **inputs: Any) -> Any:
         """Same inputs and outputs as the Hugging Face class (e.g. loss and logits)."""
         if self._trunk.closed:
             raise FailedPrecondition("this split model is closed")
+        if self.training and torch.is_grad_enabled():
+            refuse_plain_trainer(self._trunk.trainable)
         if self._checkpointer is not None:
             self._checkpointer.before_forward(self, self._trunk, self._optimizer)
         if "input_ids" in inputs or "inputs_embeds" in inputs:
@@ -258,38 +272,28 @@ class SplitModel(nn.Module):
             raise InvalidArgument("calibrate() needs at least one batch")
         assert self.root is not None and self.split_method is not None
         calibrate = self.split_method.device_half()
-        result = calibrate(self._split_view(), batches, self.method, loss_fn)
+        result = calibrate(
+            split_view(self, self._trunk, self._context, self._overrides), batches, self.method, loss_fn
+        )
         self.selection_report = result.report
         for name in self.new_parameters:  # a head the checkpoint lacks trains whole
             self.root.get_parameter(name).requires_grad_(True)
         self.calibrated = True
         return dict(result.summary)
 
-    def _split_view(self) -> SplitView:
-        """This model as a method's device half sees it (splitft.methods.port)."""
-        assert self.root is not None
-        return SplitView(
-            model=self,
-            root=self.root,
-            root_prefix="root",
-            entry_name=f"{self.family.blocks_path}.{self.spec.trunk_start}",
-            model_dir=Path(self.model_dir),
-            overrides=self._overrides,
-            trunk=self._trunk,
-            anchored=self._context.anchored,
-        )
-
     def configure_optimizer(
         self, optimizer_cls: type[torch.optim.Optimizer], **hparams: Any
     ) -> SplitOptimizer:
-        """An optimizer over the device adapter that also steps the trunk adapter on the edge."""
+        """An optimizer over the device adapter that also steps the trunk adapter on the edge;
+        `param_groups=`: torch param groups of this model's trainable parameters (default: one)."""
         if self.method is not None and not self.calibrated:
             raise FailedPrecondition(
                 "call calibrate(batches) before configure_optimizer with a selection method"
             )
-        params = [p for p in self.parameters() if p.requires_grad]
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = hparams.pop("param_groups", None) or [{"params": trainable}]
         trunk = self._trunk if self._trunk.trainable else None
-        self._optimizer = make_split_optimizer(optimizer_cls, params, trunk, **hparams)
+        self._optimizer = make_split_optimizer(optimizer_cls, groups, trunk, **hparams)
         return self._optimizer
 
     @property
@@ -336,22 +340,13 @@ class SplitModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's adapter weights: device modules and the trunk's, under peft's names
         (LoRA), or the sparse deltas of both sides (selection methods); on the CPU."""
-        if self.peft_model is not None:
-            device = get_peft_model_state_dict(self.peft_model)
-        else:
+        device = get_peft_model_state_dict(self.peft_model) if self.peft_model is not None else None
+        if device is None:
             assert self.root is not None
             device = sparse_state_dict(self.root)
-        device_state = {k: v.detach().to("cpu", copy=True) for k, v in device.items()}
-        trunk_state = self._trunk.export_adapter()
-        root = self.peft_model.get_base_model() if self.peft_model is not None else self.root
-        assert root is not None  # one of the two always exists
-        check_trunk_adapter(
-            trunk_state, device_state, root=root, blocks_path=self.family.blocks_path, spec=self.spec
+        return join_adapter_states(
+            device, self._trunk.export_adapter(), self.hf_root, self.family.blocks_path, self.spec
         )
-        overlap = set(device_state) & set(trunk_state)
-        if overlap:
-            raise FailedPrecondition(f"device and trunk adapters overlap on {sorted(overlap)[:3]}")
-        return {**device_state, **trunk_state}
 
     def save_adapter(self, path: str | Path) -> Path:
         """Write ONE standard peft adapter (adapter_config.json + adapter_model.safetensors)."""

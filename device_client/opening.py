@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 from peft import LoraConfig
 
+from device_client.adapter_load import adapter_lora_config
 from device_client.connection import EdgeConnection
 from device_client.retry import RetryPolicy
 from device_client.trunk import RemoteTrunk
@@ -116,10 +117,16 @@ def open_trunk(
 
 
 def resolve_method(
-    lora_config: LoraConfig | None, method: SelectionConfig | LoraConfig | None
+    lora_config: LoraConfig | None,
+    method: SelectionConfig | LoraConfig | None,
+    adapter: str | Path | None = None,
 ) -> tuple[LoraConfig | None, SelectionConfig | None]:
+    """(LoRA config, selection config) from `from_pretrained`'s arguments; with `adapter`, the
+    adapter's own LoRA config (one given as well must agree with it)."""
     if method is not None and lora_config is not None:
         raise InvalidArgument("give either lora_config or method, not both")
+    if adapter is not None:
+        return adapter_lora_config(adapter, method if method is not None else lora_config), None
     chosen = method if method is not None else lora_config
     if isinstance(chosen, LoraConfig):
         return chosen, None

@@ -39,7 +39,7 @@ def group_hparams(group: dict[str, Any]) -> dict[str, Any]:
 
 def make_split_optimizer(
     cls: type[torch.optim.Optimizer],
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
     trunk: RemoteTrunk | None,
     **hparams: Any,
 ) -> SplitOptimizer:
@@ -95,16 +95,22 @@ class SplitOptimizer(torch.optim.Optimizer):
         if norm_type != 2.0:
             raise InvalidArgument("only the 2-norm can be combined across the split")
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        sum_sq = sum(float(torch.linalg.vector_norm(g, 2.0).item()) ** 2 for g in grads)
+        # In float32 as torch.nn.utils.clip_grad_norm_ computes it (the norm of the per-tensor
+        # norms, the coefficient clamped to 1), so the clipped gradients round as the one-process
+        # model's do; the trunk's norm joins as one more per-tensor norm.
+        norms = [torch.linalg.vector_norm(g, 2.0).float().cpu() for g in grads]
         if self._trunk is not None and self._trunk.trainable:
-            sum_sq += self._trunk.grad_norm_sq() * self._grad_scale**2
-        total = math.sqrt(sum_sq)
-        coef = min(1.0, float(max_norm) / (total + 1e-6))
-        if coef < 1.0:
+            trunk_sq = self._trunk.grad_norm_sq() * self._grad_scale**2
+            norms.append(torch.tensor(math.sqrt(trunk_sq), dtype=torch.float32))
+        if not norms:
+            return torch.tensor(0.0)
+        total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+        coef = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
+        if float(coef) < 1.0:
             for g in grads:
-                g.mul_(coef)
-            self._grad_scale *= coef
-        return torch.tensor(total)
+                g.mul_(coef.to(g.device))
+            self._grad_scale *= float(coef)
+        return total
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:

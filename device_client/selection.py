@@ -8,6 +8,29 @@ works on a `splitft.methods.port.SplitView` that `SplitModel` builds, whose `tru
 
 from __future__ import annotations
 
-from splitft.methods.adapter import HEAD_FILE, load_selected, save_selected
+from pathlib import Path
+from typing import Any
 
-__all__ = ["HEAD_FILE", "load_selected", "save_selected"]
+from device_client.autograd import ForwardContext
+from device_client.trunk import RemoteTrunk
+from splitft.methods.adapter import HEAD_FILE, load_selected, save_selected
+from splitft.methods.port import SplitView
+
+__all__ = ["HEAD_FILE", "load_selected", "save_selected", "split_view"]
+
+
+def split_view(
+    model: Any, trunk: RemoteTrunk, context: ForwardContext, overrides: dict[str, Any]
+) -> SplitView:
+    """A selection-method `SplitModel` as a method's device half sees it (splitft.methods.port)."""
+    assert model.root is not None
+    return SplitView(
+        model=model,
+        root=model.root,
+        root_prefix="root",
+        entry_name=f"{model.family.blocks_path}.{model.spec.trunk_start}",
+        model_dir=Path(model.model_dir),
+        overrides=overrides,
+        trunk=trunk,
+        anchored=context.anchored,
+    )

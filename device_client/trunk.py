@@ -92,10 +92,12 @@ class RemoteTrunk:
         requires_grad: bool,
         need_input_grad: bool,
         on_submit: Callable[[], None] | None = None,
+        past_length: int | None = None,
     ) -> tuple[int, torch.Tensor]:
         """Run the trunk on `hidden` (plus `extras`: attention mask, position ids); returns the
         forward's id (for its backward) and the trunk output. `on_submit` is called once the
-        activations are on their way (pipelining starts the next micro-batch then)."""
+        activations are on their way (pipelining starts the next micro-batch then). `past_length`
+        (generate): against the session's trunk cache on the edge, after that many tokens."""
         with self._lock:
             forward_id = next(self._ids)
         header = pb.ForwardHeader(
@@ -104,6 +106,8 @@ class RemoteTrunk:
             training=training,
             requires_grad=requires_grad,
             need_input_grad=need_input_grad,
+            use_cache=past_length is not None,
+            past_length=past_length or 0,
         )
         answer = self._request(header, {"hidden": hidden, **extras}, on_submit)
         out = answer.get("hidden")

@@ -20,6 +20,7 @@ DEFAULT_MAX_BATCH_TOKENS = 1 << 17  # batch x sequence per forward
 DEFAULT_MAX_ADAPTER_PARAMETERS = 1 << 27  # trainable trunk parameters per session (512 MiB as fp32)
 DEFAULT_MAX_SESSIONS_PER_DEVICE = 4
 DEFAULT_MAX_CALLS_PER_DEVICE = 8  # concurrent DataPlane calls (open Train streams included)
+DEFAULT_MAX_CACHE_TOKENS = 1 << 15  # rows x tokens of one session's key/value cache (generate)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DataPlaneLimits:
     max_adapter_parameters: int = DEFAULT_MAX_ADAPTER_PARAMETERS
     max_sessions_per_device: int = DEFAULT_MAX_SESSIONS_PER_DEVICE
     max_calls_per_device: int = DEFAULT_MAX_CALLS_PER_DEVICE
+    max_cache_tokens: int = DEFAULT_MAX_CACHE_TOKENS
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

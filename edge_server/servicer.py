@@ -184,6 +184,7 @@ class DataPlaneServicer(SessionStateCalls, SelectionRpcs, pb_grpc.DataPlaneServi
                 training=header.training,
                 requires_grad=header.requires_grad,
                 need_input_grad=header.need_input_grad,
+                past_length=header.past_length if header.use_cache else None,
             )
             # Encoded under the lock: the session's encoders carry state from one step to the next.
             return list(tensor_parts(HIDDEN, out, wire.encoders[HIDDEN], self.chunk_bytes, into=into))

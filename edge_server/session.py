@@ -11,7 +11,6 @@ adapter parameters and optimizer state.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -19,23 +18,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict
 from torch import nn
 
 from edge_server.admission import SessionMemory, untracked
-from edge_server.batched_trunk import batchable_layers, share_modules
+from edge_server.batched_trunk import batchable_layers
 from edge_server.batching import MAX_SHARED_TOKENS, ForwardItem, SharedPending, TrunkBatcher
-from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_parameter_estimate
+from edge_server.kv_cache import SessionKVCache
+from edge_server.limits import DataPlaneLimits, check_adapter_size
 from edge_server.session_inputs import check_forward_inputs, check_gradient
+from edge_server.session_tree import own_tree
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound
 from splitft.methods.scorer import MeasuredLayer, TrunkScorer
 from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TrunkMethod
 from splitft.model.adapter_state import load_adapter_state
-from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
+from splitft.model.loading import LoadedSpan
 from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
-from splitft.model.spans import Skipped, SplitSpec
+from splitft.model.spans import SplitSpec
 
 if TYPE_CHECKING:
     from edge_server.shared_view import SharedAdapterView
@@ -109,7 +110,7 @@ class TrunkSession:
         if shared is not None:  # which is also this session's optimizer, over its own gradients
             self.peft_model, self.root, self.optim = None, shared.session_root(), shared
         else:
-            self.peft_model, self.root = _own_tree(span, spec, lora_config, seed, self.limits)
+            self.peft_model, self.root = own_tree(span, spec, lora_config, seed, self.limits)
         self.trainable = [p for p in self.root.parameters() if p.requires_grad]
         check_adapter_size(self.trainable_parameters, self.limits)
         # The selection method's trunk half (splitft.methods.scorer), built through the registry.
@@ -121,6 +122,7 @@ class TrunkSession:
         self.rng = seeded(seed ^ 0x5EED)  # this session's dropout masks, whatever its neighbours do
         # Plain LoRA (or no adapter) can share trunk passes; selection methods and LoRA variants run alone.
         self.lora_layers = batchable_layers(self.root) if self.selection is None else None
+        self.kv_cache = SessionKVCache(span.config, spec.trunk_range, self.limits.max_cache_tokens)
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -159,9 +161,17 @@ class TrunkSession:
         training: bool,
         requires_grad: bool,
         need_input_grad: bool,
+        past_length: int | None = None,
     ) -> torch.Tensor:
         """Run the trunk span on `inputs` ('hidden', optional 'attention_mask' and 'position_ids');
-        keeps the graph under `forward_id` when a backward will follow. Returns the output, detached."""
+        keeps the graph under `forward_id` when a backward will follow. Returns the output, detached.
+        `past_length` (generate): against the session's key/value cache, after that many tokens."""
+        if past_length is not None:
+            if training or requires_grad:
+                raise InvalidArgument(
+                    "a use_cache forward is no-grad inference: training and requires_grad false"
+                )
+            return self._forward_cached(inputs, past_length)
         hidden, mask, positions = check_forward_inputs(inputs, self.span, self.limits)
         self.root.train(training)
         keep = requires_grad and (need_input_grad or bool(self.trainable) or self._measuring_gradients)
@@ -180,6 +190,23 @@ class TrunkSession:
         if keep:
             self._keep(forward_id, Pending(hidden, out))
         return out.detach()
+
+    def _forward_cached(self, inputs: dict[str, torch.Tensor], past_length: int) -> torch.Tensor:
+        """The new tokens through the trunk blocks, their keys and values kept (edge_server.kv_cache)."""
+        hidden, mask, positions = check_forward_inputs(
+            inputs, self.span, self.limits, past_length=past_length
+        )
+        cache = self.kv_cache.begin(past_length, hidden.shape[0], hidden.shape[1])
+        self.root.train(False)
+        start, stop = self.spec.trunk_start, self.spec.trunk_stop
+        try:
+            with torch.no_grad():
+                out = self.span.family.run_trunk(self.root, hidden, mask, positions, start, stop, cache=cache)
+        except BaseException:
+            self.kv_cache.free()  # some blocks may have cached this forward's tokens already
+            raise
+        self.kv_cache.advanced(hidden.shape[1])
+        return out
 
     def _forward_shared(
         self,
@@ -349,6 +376,7 @@ class TrunkSession:
         if self.batcher is not None:
             self.batcher.forget(self.session_id)
         self.optim.release()
+        self.kv_cache.free()
         self.peft_model = None
         self.lora_layers = None
         self.memory.close()
@@ -370,31 +398,3 @@ class TrunkSession:
                 dropped,
                 MAX_PENDING_FORWARDS,
             )
-
-
-def _own_tree(
-    span: LoadedSpan, spec: SplitSpec, lora_config: LoraConfig | None, seed: int, limits: DataPlaneLimits
-) -> tuple[PeftModel | None, nn.Module]:
-    """A session's own view of the trunk: a module tree over the served frozen weights, the blocks
-    outside its trunk skipped, with its own LoRA adapter when it trains one."""
-    root = share_modules(span.root)
-    blocks = span.family.blocks(root)
-    for i in range(len(blocks)):
-        if i not in spec.trunk_range:
-            blocks[i] = Skipped(f"block {i}")
-    if lora_config is None:
-        return None, root
-    check_adapter_size(lora_parameter_estimate(root, lora_config), limits)  # before adapter memory
-    peft_model = _attach_lora(root, lora_config, seed)
-    return peft_model, peft_model.get_base_model()
-
-
-def _attach_lora(root: nn.Module, config: LoraConfig, seed: int) -> PeftModel:
-    # The construction lock is accelerate's (loading patches module construction process-wide);
-    # the adapter's initial weights come from the session's own generator, not the global RNG.
-    with MODEL_CONSTRUCTION_LOCK, SessionRandomness(RowStreams.single(seeded(seed))):
-        try:
-            return get_peft_model(root, config)
-        except (ValueError, TypeError, AttributeError, KeyError, re.error) as exc:
-            # peft does not type-check fields such as rank_pattern or a target_modules regex.
-            raise InvalidArgument(f"LoRA config does not fit the trunk blocks: {exc}") from exc

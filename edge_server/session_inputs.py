@@ -18,9 +18,10 @@ FORWARD_TENSORS = frozenset({"hidden", "attention_mask", "position_ids"})
 
 
 def check_forward_inputs(
-    inputs: dict[str, torch.Tensor], span: LoadedSpan, limits: DataPlaneLimits
+    inputs: dict[str, torch.Tensor], span: LoadedSpan, limits: DataPlaneLimits, past_length: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(hidden, attention mask, position ids), checked, on the trunk's device, hidden in its dtype."""
+    """(hidden, attention mask, position ids), checked, on the trunk's device, hidden in its dtype;
+    after `past_length` cached tokens (generate), the mask covers those too."""
     unknown = set(inputs) - FORWARD_TENSORS
     if unknown:
         raise InvalidArgument(f"unexpected forward tensors {sorted(unknown)}")
@@ -36,7 +37,7 @@ def check_forward_inputs(
     if hidden.dtype not in WIRE_FLOATS:
         raise InvalidArgument(f"hidden must be float32, bfloat16 or float16, got {hidden.dtype}")
     batch, tokens = hidden.shape[0], hidden.shape[1]
-    mask = _check_index_tensor(inputs.get("attention_mask"), "attention_mask", batch, tokens)
+    mask = _check_index_tensor(inputs.get("attention_mask"), "attention_mask", batch, past_length + tokens)
     positions = _check_index_tensor(inputs.get("position_ids"), "position_ids", batch, tokens)
     if positions is not None and positions.dtype == torch.bool:
         raise InvalidArgument("position_ids must be an integer tensor")

@@ -1,5 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated|resume`: the
-benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated|resume|
+generate`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -32,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_quantize(bench)
     _register_federated(bench)
     _register_resume(bench)
+    _register_generate(bench)
 
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
@@ -232,3 +233,22 @@ def _register_resume(bench: argparse._SubParsersAction) -> None:
     resume.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     resume.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
     handled_by(resume, "bench:resume")
+
+
+def _register_generate(bench: argparse._SubParsersAction) -> None:
+    generate = bench.add_parser(
+        "generate",
+        help="SplitModel.generate tokens per second and bytes per generated token, with key/value "
+        "caches on both sides vs without (JSON)",
+    )
+    generate.add_argument("--family", default="llama", choices=["llama", "gpt2"])
+    generate.add_argument("--layers", type=int, default=8)
+    generate.add_argument("--hidden", type=int, default=256)
+    generate.add_argument("--batch", type=int, default=4)
+    generate.add_argument("--tokens", type=int, default=32, help="prompt tokens per row")
+    generate.add_argument("--new-tokens", type=int, default=32)
+    generate.add_argument("--threads", type=int, default=1, help="torch threads for each process")
+    generate.add_argument("--rounds", type=int, default=5, help="of each mode, order alternating")
+    generate.add_argument("--quick", action="store_true", help="a tiny model and 2 rounds (tests)")
+    generate.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
+    handled_by(generate, "bench:generate")

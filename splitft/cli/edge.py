@@ -19,6 +19,7 @@ LIMIT_FLAGS = {  # edge serve flag -> what it bounds; defaults in edge_server/li
     "max_adapter_parameters": "trainable trunk parameters per session",
     "max_sessions_per_device": "open sessions of one device",
     "max_calls_per_device": "concurrent calls (open streams included) of one device",
+    "max_cache_tokens": "rows x tokens of one session's generate() key/value cache",
 }
 
 

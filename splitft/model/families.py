@@ -15,15 +15,16 @@ from typing import cast
 import torch
 from torch import nn
 from transformers import PretrainedConfig
+from transformers.cache_utils import Cache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.models.auto import modeling_auto
 
 from splitft.errors import UnsupportedModel
 
-# run_trunk(root, hidden, attention_mask, position_ids, start, stop) -> hidden after blocks[start:stop]
-TrunkRunner = Callable[
-    [nn.Module, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", int, int], torch.Tensor
-]
+# run_trunk(root, hidden, attention_mask, position_ids, start, stop, cache=None) -> hidden after
+# blocks[start:stop]; `cache` (a transformers Cache, causal LMs' generate) keeps the blocks' keys and
+# values, and the attention mask then covers the cached tokens too.
+TrunkRunner = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,26 @@ class Family:
         return getattr(module, class_name)
 
 
-def _run_llama(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
+def _run_llama(
+    root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int, cache: Cache | None = None
+) -> torch.Tensor:
     # Llama-style decoders take inputs_embeds as the first block's input unchanged, so the base
     # model's own forward (with the other blocks and the final norm skipped) rebuilds exactly the
     # masks (causal or sliding-window, per layer) and rotary tables the whole model would use.
     base = root.get_submodule("model")
     out = base(
-        inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=cache is not None,
     )
     return out.last_hidden_state
 
 
-def _run_gpt2(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
+def _run_gpt2(
+    root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int, cache: Cache | None = None
+) -> torch.Tensor:
     blocks = cast(nn.ModuleList, root.get_submodule("transformer.h"))
     config = _config(root)
     if attention_mask is not None:
@@ -70,17 +79,25 @@ def _run_gpt2(root: nn.Module, hidden, attention_mask, position_ids, start: int,
         config=config,
         inputs_embeds=hidden,
         attention_mask=attention_mask,
-        past_key_values=None,
+        cache=cache,
         position_ids=position_ids,
     )
     for i in range(start, stop):
         hidden = blocks[i](
-            hidden, None, mask, None, encoder_attention_mask=None, use_cache=False, position_ids=position_ids
+            hidden,
+            cache,
+            mask,
+            None,
+            encoder_attention_mask=None,
+            use_cache=cache is not None,
+            position_ids=position_ids,
         )
     return hidden
 
 
-def _run_bert(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
+def _run_bert(
+    root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int, cache=None
+) -> torch.Tensor:
     blocks = cast(nn.ModuleList, root.get_submodule("bert.encoder.layer"))
     config = _config(root)
     if config.is_decoder:
@@ -91,7 +108,9 @@ def _run_bert(root: nn.Module, hidden, attention_mask, position_ids, start: int,
     return hidden
 
 
-def _run_vit(root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int) -> torch.Tensor:
+def _run_vit(
+    root: nn.Module, hidden, attention_mask, position_ids, start: int, stop: int, cache=None
+) -> torch.Tensor:
     blocks = cast(nn.ModuleList, root.get_submodule("vit.layers"))
     mask = create_bidirectional_mask(config=_config(root), inputs_embeds=hidden, attention_mask=None)
     for i in range(start, stop):

@@ -105,20 +105,24 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ForwardHeader(_message.Message):
-    __slots__ = ("session_id", "forward_id", "training", "requires_grad", "need_input_grad", "request_id")
+    __slots__ = ("session_id", "forward_id", "training", "requires_grad", "need_input_grad", "request_id", "use_cache", "past_length")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
     NEED_INPUT_GRAD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PAST_LENGTH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     forward_id: int
     training: bool
     requires_grad: bool
     need_input_grad: bool
     request_id: RequestId
-    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., training: _Optional[bool] = ..., requires_grad: _Optional[bool] = ..., need_input_grad: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ...) -> None: ...
+    use_cache: bool
+    past_length: int
+    def __init__(self, session_id: _Optional[str] = ..., forward_id: _Optional[int] = ..., training: _Optional[bool] = ..., requires_grad: _Optional[bool] = ..., need_input_grad: _Optional[bool] = ..., request_id: _Optional[_Union[RequestId, _Mapping]] = ..., use_cache: _Optional[bool] = ..., past_length: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("header", "part")

@@ -15,6 +15,9 @@ from splitft.bench.edge_report import markdown_table as edge_markdown_table
 from splitft.bench.federated import QUICK as FEDERATED_QUICK
 from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
+from splitft.bench.generate import QUICK as GENERATE_QUICK
+from splitft.bench.generate import GenerateBenchConfig, run_generate_bench
+from splitft.bench.generate import markdown_table as generate_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
@@ -133,3 +136,10 @@ def resume(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(resume_markdown_table(json.loads(report)) if args.markdown else report)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """`bench generate`: generate() with key/value caches on both sides vs without."""
+    overrides = GENERATE_QUICK if args.quick else {}
+    report = run_generate_bench(config_from_args(GenerateBenchConfig, args, **overrides))
+    return _print(generate_markdown_table(json.loads(report)) if args.markdown else report)
