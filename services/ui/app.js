@@ -9,6 +9,7 @@
   let selected = null;      // the job id shown in the detail panel
   let follower = null;      // its metrics: {jobId, after, seen: Set, bySession: Map}
   let timer = null;
+  let edgeNames = new Map(); // edge id -> name, from the last edges list
 
   const $ = (id) => document.getElementById(id);
 
@@ -28,6 +29,13 @@
     const td = row.insertCell();
     td.textContent = text === null || text === undefined ? "-" : String(text);
     if (cls) td.className = cls;
+    return td;
+  }
+
+  // A 32-character id, shortened on screen; the whole id in its tooltip.
+  function idCell(row, id) {
+    const td = cell(row, id ? id.slice(0, 12) : null, "mono");
+    if (id) td.title = id;
     return td;
   }
 
@@ -82,7 +90,7 @@
       const row = body.insertRow();
       row.className = "clickable" + (job.id === selected ? " selected" : "");
       row.dataset.job = job.id;
-      cell(row, job.id, "mono");
+      idCell(row, job.id);
       cell(row, job.name);
       row.insertCell().appendChild(badge(job.state));
       cell(row, mode(job));
@@ -100,6 +108,7 @@
   function renderEdges(edges) {
     const body = $("edges").tBodies[0];
     body.replaceChildren();
+    edgeNames = new Map(edges.map((e) => [e.id, e.name]));
     for (const e of edges) {
       const row = body.insertRow();
       cell(row, e.name);
@@ -119,7 +128,7 @@
     for (const d of devices) {
       const row = body.insertRow();
       cell(row, d.name);
-      cell(row, d.id, "mono");
+      idCell(row, d.id);
       cell(row, d.status);
       cell(row, when(d.created_at));
       cell(row, when(d.enrolled_at));
@@ -163,10 +172,11 @@
     const last = points.length ? points[points.length - 1] : null;
     const row = body.insertRow();
     row.dataset.session = s.id;
-    cell(row, s.id, "mono");
+    idCell(row, s.id);
     cell(row, s.device);
     cell(row, s.round);
-    cell(row, s.edge_id, "mono");
+    if (edgeNames.has(s.edge_id)) cell(row, edgeNames.get(s.edge_id)).title = s.edge_id;
+    else idCell(row, s.edge_id);
     row.insertCell().appendChild(badge(s.state));
     row.insertCell().appendChild(bar(last ? last.step : 0, stepsPerSession(job.spec)));
     cell(row, last ? last.loss.toFixed(4) : null);

@@ -12,12 +12,14 @@ function svgEl(name, attrs, text) {
   return el;
 }
 
-function niceNumber(value) {
+// `step`: the spacing of neighbouring labels; enough decimals that they differ.
+function niceNumber(value, step) {
   if (!isFinite(value)) return "-";
-  if (Number.isInteger(value)) return String(value);
+  if (Number.isInteger(value) && step === undefined) return String(value);
   const abs = Math.abs(value);
-  if (abs !== 0 && (abs < 0.01 || abs >= 100000)) return value.toExponential(1);
-  return abs >= 100 ? value.toFixed(0) : value.toFixed(abs >= 10 ? 1 : 3);
+  if (abs !== 0 && (abs < 1e-4 || abs >= 1e6)) return value.toExponential(2);
+  const decimals = step > 0 ? Math.min(8, Math.max(0, Math.ceil(-Math.log10(step)) + 1)) : 3;
+  return value.toFixed(decimals);
 }
 
 // series: [{name, points: [[x, y], ...]}]; options: {xLabel, yLabel, boundaries: [x, ...]}.
@@ -42,7 +44,7 @@ function drawLineChart(container, series, options) {
   for (let i = 0; i <= 4; i++) {
     const y = y0 + ((y1 - y0) * i) / 4;
     svg.appendChild(svgEl("line", { x1: left, x2: width - right, y1: sy(y), y2: sy(y), class: "grid" }));
-    svg.appendChild(svgEl("text", { x: left - 6, y: sy(y) + 4, "text-anchor": "end" }, niceNumber(y)));
+    svg.appendChild(svgEl("text", { x: left - 6, y: sy(y) + 4, "text-anchor": "end" }, niceNumber(y, (y1 - y0) / 4)));
   }
   for (const b of opts.boundaries || []) {
     if (b > x0 && b < x1) svg.appendChild(svgEl("line", { x1: sx(b), x2: sx(b), y1: top, y2: height - bottom, class: "round-edge" }));
