@@ -7,6 +7,7 @@ side (assignment, metrics, adapter upload) is driven through its REST routes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,8 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from splitft.cli import main
+from splitft.cli.commands.operator_client import Connection, OperatorClient
+from splitft.cli.commands.watch import MetricsFollower, _watch_bars
 from tests.support.control_fixtures import MODEL, OPERATOR_KEY
 from tests.support.operator_fixtures import RealControl, real_control
 
@@ -195,3 +199,27 @@ def test_the_installed_command_exits_non_zero_with_the_reason(
     )
     assert result.returncode == 2
     assert result.stderr == "error: GET /v1/jobs/missing -> 404: no job 'missing'\n"
+
+
+def test_watch_draws_a_progress_bar_per_device_on_a_terminal(
+    control: RealControl, env: dict[str, str]
+) -> None:
+    creds = {name: control.enrolled_device(name) for name in ("watch-1", "watch-2")}
+    body = {"name": "bars", "model": MODEL, "device_layers": 1, "steps": 2, "devices": list(creds)}
+    body["lora"] = {"r": 4, "target_modules": ["query"]}
+    job = control.call("POST", "/v1/jobs", json=body).json()
+    for i, credential in enumerate(creds.values()):
+        session = control.next_session(credential)
+        control.report(credential, session, [(1, 0.9), (2, 0.4 + i / 10)])
+        control.complete(credential, session)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with OperatorClient(
+        Connection(control.url, OPERATOR_KEY, Path(env["SPLITFT_CONTROL_CA"]).read_text())
+    ) as client:
+        job = _watch_bars(client, job, MetricsFollower(job["id"]), {}, 2, 0.1, console)
+    assert job["state"] == "succeeded"
+    drawn = screen.getvalue()
+    assert "━" in drawn  # the bars
+    for line in ("watch-1", "2/2", "loss 0.4000", "watch-2", "loss 0.5000", "22.0 ex/s", "succeeded"):
+        assert line in drawn, line
