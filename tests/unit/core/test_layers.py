@@ -166,3 +166,14 @@ def test_the_operator_commands_run_without_the_model_stack() -> None:
     result = _run_without_model_stack(code)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: control plane unreachable (GET http://127.0.0.1:9/v1/edges)")
+
+
+def test_the_dashboard_files_ship_as_package_data() -> None:
+    # /ui serves files from the installed package (the control-plane image has no source tree).
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["splitft_control"]
+    files = sorted(p.relative_to(ROOT / "services").as_posix() for p in (ROOT / "services" / "ui").iterdir())
+    assert files == ["ui/app.css", "ui/app.js", "ui/chart.js", "ui/index.html"]
+    assert all(any(fnmatch(name, pattern) for pattern in shipped) for name in files)
