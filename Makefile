@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint typecheck proto bench clean wheelhouse images docker-smoke
+.PHONY: venv demo test test-unit lint typecheck proto bench clean wheelhouse images docker-smoke chromium
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: venv
 # Tests stay independent of order and of each other's ports, temp dirs and databases.
 test: venv
 	$(PY) -m pytest -q -ra -n 2 --dist worksteal
+
+# Debian's headless Chromium for the dashboard's browser test (tests/e2e/test_dashboard_browser.py,
+# skipped without it); Playwright (a dev extra) drives it, never downloading a browser of its own.
+chromium:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 # The fast loop: pure modules and in-process units (tests/unit), under a minute.
 test-unit: venv

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from device_client.agent.assignment import parse_assignment
 from device_client.agent.credentials import DeviceCredential
-from device_client.agent.http import DEFAULT_HTTP_TIMEOUT, request, response_json
 from splitft.errors import Unavailable
 from splitft.jobs.resume import EdgeLostAnswer, EdgeLostReport
 from splitft.jobs.spec import IGNORE_UNKNOWN, Assignment
+from splitft.rest import DEFAULT_HTTP_TIMEOUT, request, response_json
 from splitft.security.trust import check_control_url, control_client
 
 MAX_RETRY_AFTER = 300.0

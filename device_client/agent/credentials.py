@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from device_client.agent.http import DEFAULT_HTTP_TIMEOUT, request, response_json
 from splitft.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from splitft.rest import DEFAULT_HTTP_TIMEOUT, request, response_json
 from splitft.security.files import write_private_file
 from splitft.security.trust import (
     check_ca,

@@ -27,6 +27,7 @@ from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
 from device_client.agent.metrics_buffer import MetricsBuffer
+from device_client.agent.progress import ProgressLog
 from device_client.agent.resume import (
     SessionInterrupted,
     closing,
@@ -339,7 +340,7 @@ class SessionTrainer:
         total = total_steps(spec, len(self.examples))
         scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
         start, batches = resume_and_checkpoint(model, scheduler, spec, self.examples, seed, checkpoints)
-        window = _Window()
+        window, log = _Window(), ProgressLog(sid, start, total)
         model.train()
         logger.info(
             "training session %s: steps %d to %d on %d examples", sid, start + 1, total, len(self.examples)
@@ -352,6 +353,7 @@ class SessionTrainer:
             if not math.isfinite(loss):
                 raise FailedPrecondition(f"the loss became {loss} at step {step}")
             window.add(loss, len(texts))
+            log.step(step, loss, len(texts))
             if self.options.progress is not None:
                 self.options.progress(TrainingProgress(sid, step, total, loss))
             if step % self.options.metrics_every == 0 or step == total:

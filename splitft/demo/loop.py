@@ -25,8 +25,10 @@ from splitft.data.shards import dirichlet_shards, shard_histogram
 from splitft.data.stdlib_task import Example, TextTask, batches, build_stdlib_task
 from splitft.demo.federated import FederatedOutcome, federated_spec, print_comparison, run_federated_job
 from splitft.demo.sdk import DemoConfig, default_model_dir
+from splitft.demo.summary import print_summary
 from splitft.errors import InvalidArgument
 from splitft.local.loop import LocalLoop, write_jsonl
+from splitft.security.files import write_private_file
 
 MODEL = "minilm"
 
@@ -83,9 +85,13 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
         f"{config.alpha}, seed {config.seed}), {len(task.heldout)} held out"
     )
     with LocalLoop(out / "loop") as loop:
+        key_file = out / "operator.key"  # for the dashboard and `splitft jobs` while the demo runs
+        write_private_file(key_file, loop.operator_key.encode() + b"\n", force=True)
         console.print(
             f"[bold]control plane[/] {loop.url} (SQLite in {loop.root / 'data'}; HTTPS, verified against "
-            f"{loop.certs / 'ca.pem'}); API docs at {loop.url}/docs"
+            f"{loop.certs / 'ca.pem'}); API docs at {loop.url}/docs; dashboard at {loop.url}/ui and "
+            f"`splitft jobs list --control-plane {loop.url} --ca {loop.certs / 'ca.pem'} "
+            f"--operator-key-file {key_file}`"
         )
         loop.start_edge("edge-1", [f"{MODEL}={model_dir}"], ["--quantize", config.quantize])
         console.print("[bold]edge[/] edge-1 registered over REST, serving the trunk over mutual TLS")
@@ -118,6 +124,7 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
     _print(console, summary)
     if fed is not None:
         print_comparison(console, summary)
+    print_summary(console, summary, out)
     return summary
 
 

@@ -71,6 +71,14 @@ def test_whole_loop_demo_runs_a_federated_job_after_the_independent_one(tmp_path
     text = printed.getvalue()
     assert "global adapter (federated job)" in text and "own adapter (independent job)" in text
     assert f"{fed['accuracy']:.1%}" in text and "round 1: aggregated, 3 devices" in text
+    # The closing summary: one row per job; the operator key for /ui and `splitft jobs` in a 0600 file.
+    closing = text[text.rindex("held-out accuracy ") :]  # the summary table, from its header on
+    assert summary["job_id"] in closing and fed["job_id"] in closing and "2 rounds" in closing
+    assert (tmp_path / "operator.key").stat().st_mode & 0o777 == 0o600
+    # Each agent logged its sessions' progress (steps, loss, rate) up to the last step.
+    for log in sorted((tmp_path / "loop").glob("agent-*.log")):
+        logged = " ".join(log.read_text().split())
+        assert "(100%), loss" in logged and "examples/s" in logged, log
     # The global adapter is plain peft: it loads on the whole model.
     base = BertForSequenceClassification.from_pretrained(
         str(default_model_dir()), num_labels=len(task.labels)

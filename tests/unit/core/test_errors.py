@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from device_client.agent.http import error_from_http
 from splitft.errors import (
     ErrorCode,
     PayloadTooLarge,
@@ -13,6 +12,7 @@ from splitft.errors import (
     error_from_code,
     error_from_grpc,
 )
+from splitft.rest import error_from_http
 
 
 def test_every_grpc_status_maps_back_to_its_first_code() -> None:

@@ -152,3 +152,28 @@ def test_control_plane_commands_do_not_load_the_model_stack_even_where_installed
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-2] == "0 []"
+
+
+def test_the_operator_commands_run_without_the_model_stack() -> None:
+    # `splitft jobs|devices|edges` run in the control-plane image too: nothing answers on port 9, so
+    # the command gets as far as its REST call and says so (exit 2), with no ImportError on the way.
+    code = (
+        "import os, sys\n"
+        "from splitft.cli import main\n"
+        "os.environ['SPLITFT_OPERATOR_KEY'] = 'k' * 20\n"
+        "sys.exit(main(['edges', 'list', '--control-plane', 'http://127.0.0.1:9']))\n"
+    )
+    result = _run_without_model_stack(code)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: control plane unreachable (GET http://127.0.0.1:9/v1/edges)")
+
+
+def test_the_dashboard_files_ship_as_package_data() -> None:
+    # /ui serves files from the installed package (the control-plane image has no source tree).
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["splitft_control"]
+    files = sorted(p.relative_to(ROOT / "services").as_posix() for p in (ROOT / "services" / "ui").iterdir())
+    assert files == ["ui/app.css", "ui/app.js", "ui/chart.js", "ui/index.html"]
+    assert all(any(fnmatch(name, pattern) for pattern in shipped) for name in files)

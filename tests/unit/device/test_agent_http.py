@@ -1,4 +1,4 @@
-"""REST errors of the control plane mapped onto the splitft catalog (device_client/agent/http.py);
+"""REST errors of the control plane mapped onto the splitft catalog (splitft/rest.py);
 the server is an httpx.MockTransport here."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 
-from device_client.agent.http import error_from_http, request
 from splitft.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,6 +20,7 @@ from splitft.errors import (
     Unauthenticated,
     Unavailable,
 )
+from splitft.rest import error_from_http, request
 from tests.support.agent_support import CP
 
 

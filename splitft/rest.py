@@ -1,4 +1,5 @@
-"""REST plumbing of the device agent: one call, its JSON body, and HTTP errors mapped onto the catalog.
+"""REST plumbing of the device agent and the operator CLI: one call, its JSON body, HTTP errors mapped
+onto the catalog (torch-free: the operator CLI runs in the control-plane image).
 
 A control-plane failure raises the same `splitft.errors` classes as a gRPC one, carrying the server's
 own reason (FastAPI's `detail`), so callers handle REST and gRPC errors alike.
@@ -35,7 +36,7 @@ def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx
     except httpx.TransportError as exc:
         hint = ""
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            hint = " (its certificate is not from the CA this device trusts for it: see --ca)"
+            hint = " (its certificate is not from the CA trusted for it: see --ca)"
         raise Unavailable(
             f"control plane unreachable ({method} {url}): {type(exc).__name__}: {exc}{hint}"
         ) from None
