@@ -196,8 +196,10 @@ def _report(
     }
     dense, sparse = summary["dense"], summary["sparse"]
     time_ratio = sparse["step_ms"]["median"] / dense["step_ms"]["median"]
-    # A ratio is a result only when the two samples do not overlap at all over the rounds.
+    # A ratio is a result only when the two samples do not overlap at all over the rounds; the
+    # per-round ratios pair the two runs of one round (same minute, same load).
     separated = sparse["step_ms"]["max"] < dense["step_ms"]["min"] or sparse["step_ms"]["min"] > dense["step_ms"]["max"]
+    paired = [s / d for s, d in zip(results["sparse"]["step_ms"], results["dense"]["step_ms"], strict=True)]
     return {
         "config": asdict(config),
         "trunk": described,
@@ -206,6 +208,7 @@ def _report(
         "sparse_over_dense": {
             "step_ms": round(time_ratio, 3),
             "step_ms_separated": separated,
+            "step_ms_per_round": spread(paired, 3),
             "saved_bytes_per_forward": round(
                 sparse["saved_bytes_per_forward"]["median"] / dense["saved_bytes_per_forward"]["median"], 4
             ),
