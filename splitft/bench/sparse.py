@@ -95,7 +95,9 @@ def _sessions(config: SparseBenchConfig) -> tuple[dict[str, nn.Module], dict[str
     """One trunk per implementation, the same weights and the same TaskEdge masks."""
     whole = _model(config)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    calibration = [{"inputs_embeds": torch.randn(config.batch, config.tokens, config.hidden, generator=generator)}]
+    calibration = [
+        {"inputs_embeds": torch.randn(config.batch, config.tokens, config.hidden, generator=generator)}
+    ]
     masks = taskedge_masks(whole, calibration, TaskEdgeConfig(budget_fraction=config.budget_fraction))
     trunks: dict[str, nn.Module] = {}
     for name in IMPLEMENTATIONS:
@@ -113,7 +115,7 @@ def _sessions(config: SparseBenchConfig) -> tuple[dict[str, nn.Module], dict[str
         "target_modules": len(modules),
         "target_weight_bytes": weights * 4,
         "nnz": nnz,
-        "k_per_row": sorted({m.per_row for m in modules.values()}),
+        "k_per_row": sorted({int(c) for m in modules.values() for c in m.mask().sum(dim=1).unique()}),
         "state_bytes": nnz * 4 * 4 + nnz * 8,  # values, grads, AdamW's 2 moments; int64 indices
     }
     return trunks, described
@@ -198,7 +200,10 @@ def _report(
     time_ratio = sparse["step_ms"]["median"] / dense["step_ms"]["median"]
     # A ratio is a result only when the two samples do not overlap at all over the rounds; the
     # per-round ratios pair the two runs of one round (same minute, same load).
-    separated = sparse["step_ms"]["max"] < dense["step_ms"]["min"] or sparse["step_ms"]["min"] > dense["step_ms"]["max"]
+    separated = (
+        sparse["step_ms"]["max"] < dense["step_ms"]["min"]
+        or sparse["step_ms"]["min"] > dense["step_ms"]["max"]
+    )
     paired = [s / d for s, d in zip(results["sparse"]["step_ms"], results["dense"]["step_ms"], strict=True)]
     return {
         "config": asdict(config),
@@ -212,7 +217,8 @@ def _report(
             "saved_bytes_per_forward": round(
                 sparse["saved_bytes_per_forward"]["median"] / dense["saved_bytes_per_forward"]["median"], 4
             ),
-            "step_peak_bytes": round(sparse["step_peak_bytes"]["median"] / dense["step_peak_bytes"]["median"], 4),
+            "step_peak_bytes": round(
+                sparse["step_peak_bytes"]["median"] / dense["step_peak_bytes"]["median"], 4
+            ),
         },
     }
-

@@ -1,5 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|control|quantize|federated|resume`: the
-benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|control|quantize|federated|
+resume`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).

@@ -44,7 +44,7 @@ from transformers.pytorch_utils import Conv1D
 
 from splitft.errors import InvalidArgument
 from splitft.methods.common import is_linear_like, linear_shape, linear_weight
-from splitft.methods.sparse_entries import sparse_entries_product, uniform_per_row
+from splitft.methods.sparse_entries import sparse_entries_product
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class SparseDeltaLinear(nn.Module):
         base.requires_grad_(False)
         self.base = base
         self.rows_only = _selects_whole_rows(mask)
-        self.per_row = 0
         if self.rows_only:
             rows = mask.any(dim=1).nonzero().flatten()
             self.register_buffer("delta_rows", rows.to(weight.device))
@@ -74,8 +73,6 @@ class SparseDeltaLinear(nn.Module):
             indices = mask.flatten().nonzero().flatten()
             self.register_buffer("delta_indices", indices.to(weight.device))
             self.delta_values = nn.Parameter(weight.new_zeros(len(indices)))
-            # k when every row holds k entries (TaskEdge), so the product sums over k; else 0.
-            self.per_row = uniform_per_row(indices, self.out_features, self.in_features)
 
     @property
     def nnz(self) -> int:
@@ -112,7 +109,7 @@ class SparseDeltaLinear(nn.Module):
         out = self.base(x)
         shape = (self.out_features, self.in_features)
         indices = cast(torch.Tensor, self.delta_indices)
-        extra = sparse_entries_product(x, self.delta_values, indices, shape, self.per_row)
+        extra = sparse_entries_product(x, self.delta_values, indices, shape)
         return out + extra.to(out.dtype)
 
     def merged(self) -> nn.Module:

@@ -141,7 +141,7 @@ def test_selection_calls_out_of_order_get_precise_statuses(edge, tiny_models):
         with pytest.raises(grpc.RpcError) as err:
             stub.StartCalibration(pb.StartCalibrationRequest(session_id=plain.session_id))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        bad_n_m = [('{"method": "taskedge", "n_m": %s}' % n_m, why) for n_m, why in BAD_N_M]
+        bad_n_m = [(f'{{"method": "taskedge", "n_m": {n_m}}}', why) for n_m, why in BAD_N_M]
         for bad, why in [
             ('{"method": "lora"}', "lora"),
             ("not json", "JSON"),
@@ -153,7 +153,8 @@ def test_selection_calls_out_of_order_get_precise_statuses(edge, tiny_models):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
             assert why in (err.value.details() or ""), (bad, err.value.details())
         # An M that does not divide a trunk layer's width: refused when selecting, naming the layer.
-        odd = stub.OpenSession(pb.OpenSessionRequest(**base, method_json='{"method": "taskedge", "n_m": [2, 3]}'))
+        odd_json = '{"method": "taskedge", "n_m": [2, 3]}'
+        odd = stub.OpenSession(pb.OpenSessionRequest(**base, method_json=odd_json))
         stub.StartCalibration(pb.StartCalibrationRequest(session_id=odd.session_id))
         _calibration_forward(stub, odd.session_id)
         with pytest.raises(grpc.RpcError) as err:

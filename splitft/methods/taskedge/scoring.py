@@ -120,7 +120,9 @@ def _top_k_n_of_m(scores: torch.Tensor, k: int, n: int, m: int, name: str) -> to
     eligible = _top_n_of_m(scores, n, m, name)
     capacity = n * (scores.shape[1] // m)
     if k > capacity:
-        logger.warning("%r: k=%d per row > %d allowed by N:M %d:%d; keeping %d", name, k, capacity, n, m, capacity)
+        logger.warning(
+            "%r: k=%d per row > %d allowed by N:M %d:%d; keeping %d", name, k, capacity, n, m, capacity
+        )
     return _top_k_per_row(scores.masked_fill(~eligible, -math.inf), min(k, capacity))
 
 
