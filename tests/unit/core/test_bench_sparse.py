@@ -35,3 +35,13 @@ def test_dense_keeps_a_copy_of_every_target_weight_per_forward_and_sparse_does_n
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         SparseBenchConfig(**kwargs)
+
+
+def test_the_cli_refuses_bad_options_with_exit_2(capfd: pytest.CaptureFixture[str]) -> None:
+    from splitft.cli import main
+
+    assert main(["bench", "sparse", "--rounds", "0"]) == 2
+    assert "threads must be >= 1" in " ".join(capfd.readouterr().err.split())
+    with pytest.raises(SystemExit) as exit_info:  # argparse: not a number
+        main(["bench", "sparse", "--budget-fraction", "a lot"])
+    assert exit_info.value.code == 2
