@@ -61,13 +61,19 @@ class SparseEntriesProduct(torch.autograd.Function):
         _, cols = rows_and_columns(indices, in_features)
         flat = x.reshape(-1, in_features)
         weights = values.to(flat.dtype)
-        out = flat.new_zeros(flat.shape[0], out_features)
+        out: torch.Tensor | None = None
         for rows, at in parts(indices, shape):
-            picked = flat.index_select(1, cols[at]).mul_(weights[at])  # [tokens, part]
+            picked = flat.index_select(1, cols[at])  # [tokens, part]: the inputs each entry reads
+            if rows is None and out is not None:
+                out.addcmul_(picked, weights[at])
+                continue
+            picked.mul_(weights[at])
             if rows is None:
-                out.add_(picked)
+                out = picked  # the first part of every row: no zeros to add into
             else:
+                out = flat.new_zeros(flat.shape[0], out_features) if out is None else out
                 out.index_add_(1, rows, picked)
+        assert out is not None  # a SparseDeltaLinear has at least one entry
         return out.view(*x.shape[:-1], out_features)
 
     @staticmethod
