@@ -228,7 +228,6 @@ class SessionMemory:
         self.slots = optimizer_slots()  # AdamW until ConfigureOptimizer names another
         self.index_bytes = 0  # a selection's indices
         self.shared_entry: str | None = None  # the accountant's entry of a shared trunk adapter it joined
-        self.fixed = 0  # bytes every kept forward holds whatever its shape (a selection's dense deltas)
 
     def graph_bytes(self, shape: torch.Size | tuple[int, ...]) -> int:
         """What a training forward of input `shape` ([batch, tokens, hidden]) keeps."""
@@ -240,7 +239,6 @@ class SessionMemory:
             batch=shape[0],
             tokens=shape[1],
             adapter=self.adapter,
-            fixed=self.fixed,
         )
 
     def _what(self, shape: torch.Size | tuple[int, ...]) -> str:
@@ -288,26 +286,26 @@ class SessionMemory:
         """Before a selection allocates its deltas: reserve them (ResourceExhausted if they do not fit).
 
         Per module, the entries layout keeps the values, an int64 index per entry, gradients and
-        optimizer slots, and each kept forward holds its dense [out, in] weight; the rows layout
-        keeps [rows, in] values with the same, and an index per row (`splitft.methods.sparse`)."""
+        optimizer slots; the rows layout keeps [rows, in] values with the same, and an index per
+        row (`splitft.methods.sparse`). A kept forward holds the targets' inputs, which the
+        session's estimate already counts per token (`TrunkAdapter.selection`); no weight-sized
+        tensor (the entries layout kept one per module and forward until 2026-11)."""
         if self.profile is None:
             return
-        values = indices = fixed = 0
+        values = indices = 0
         for mask in masks.values():
-            out_features, in_features = mask.shape
+            in_features = mask.shape[1]
             if torch.equal(mask.any(dim=1), mask.all(dim=1)):  # whole rows
                 rows = int(mask.any(dim=1).sum())
                 values, indices = values + rows * in_features, indices + rows * INDEX_BYTES
             else:
                 entries = int(mask.sum())
                 values, indices = values + entries, indices + entries * INDEX_BYTES
-                fixed += out_features * in_features * self.profile.dtype_bytes
         state = values * self.profile.dtype_bytes * (2 + self.slots) + indices
-        if self.accountant is not None:  # one batch's graphs now hold the dense deltas too
+        if self.accountant is not None:
             what = f"the selection ({values} trunk values with their gradients, optimizer state and indices)"
-            reserved = self.accountant.state_bytes(self.session_id)[1] + fixed - self.fixed
-            self.accountant.set_state(self.session_id, state, what=what, graph_reserved=reserved)
-        self.index_bytes, self.fixed = indices, fixed
+            self.accountant.set_state(self.session_id, state, what=what)
+        self.index_bytes = indices
 
     def close(self) -> None:
         """The session is gone: give everything back."""

@@ -56,10 +56,10 @@ DEFAULT_CONVERGE_CODECS = DEFAULT_WIRE_CODECS  # the same codecs whose bytes `be
 TARGETS: dict[str, float] = {
     "int8": 2.0,
     "activations=int8,gradients=topk:0.01": 3.0,
-    "activations=int8,gradients=lowrank:4": 3.0,
-    "activations=int8,gradients=lowrank:8:noef": 3.0,
-    "activations=int4,gradients=lowrank:4:noef": 3.0,  # int4 rows: the stretch target
-    "activations=int4,gradients=lowrank:8:noef": 3.0,
+    "activations=int8,gradients=lowrank:4:ef": 3.0,
+    "activations=int8,gradients=lowrank:8": 3.0,
+    "activations=int4,gradients=lowrank:4": 3.0,  # int4 rows: the stretch target
+    "activations=int4,gradients=lowrank:8": 3.0,
 }
 EDGE_NAMES = {"classification": "minilm", "causal_lm": "tiny-llama"}
 Batch = dict[str, torch.Tensor]

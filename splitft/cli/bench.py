@@ -1,5 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|control|quantize|federated|resume|
-generate`: the benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|control|quantize|federated|
+resume|generate`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -28,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_memory_and_sessions(bench)
     _register_edge(bench)
     _register_methods(bench)
+    _register_sparse(bench)
     _register_control(bench)
     _register_quantize(bench)
     _register_federated(bench)
@@ -210,6 +211,23 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     fed.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
     handled_by(fed, "bench:federated")
+
+
+def _register_sparse(bench: argparse._SubParsersAction) -> None:
+    sparse = bench.add_parser(
+        "sparse",
+        help="a TaskEdge session's edge memory and step time: sparse delta vs the old dense one (JSON)",
+    )
+    sparse.add_argument("--layers", type=int, default=4)
+    sparse.add_argument("--hidden", type=int, default=512)
+    sparse.add_argument("--batch", type=int, default=4)
+    sparse.add_argument("--tokens", type=int, default=128)
+    sparse.add_argument("--budget-fraction", type=float, default=0.001, help="TaskEdge's (default 0.001)")
+    sparse.add_argument("--rounds", type=int, default=5, help="order alternating; the spread is over rounds")
+    sparse.add_argument("--steps", type=int, default=3, help="timed steps per implementation and round")
+    sparse.add_argument("--threads", type=int, default=1, help="torch threads")
+    sparse.add_argument("--seed", type=int, default=0)
+    handled_by(sparse, "bench:sparse")
 
 
 def _register_resume(bench: argparse._SubParsersAction) -> None:

@@ -44,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--codec",
         type=codec,
         default="raw",
-        help="wire codec, e.g. int8 or activations=int8,gradients=lowrank:8:noef (default raw)",
+        help="wire codec, e.g. int8 or activations=int8,gradients=lowrank:8 (default raw)",
     )
     demo.add_argument(
         "--quantize",

@@ -11,8 +11,9 @@ The rank is clamped to min(rows, cols). Payload: P [rows, r] then Q [cols, r], b
 little-endian, 2 r (rows + cols) bytes (0.006x fp32 for [1024, 512] at r = 4): bf16 keeps fp32's
 range, so Q = M^T P, which carries the gradient's own scale, cannot underflow as it could in fp16,
 and its rounding (2^-9 relative per entry) is far below what the rank truncation drops. The encoder
-keeps its fp32 Q for the warm start; error feedback records the decoded (rounded) tensor, so what
-the rounding loses is carried too. Decoding needs no state and checks the payload size.
+keeps its fp32 Q for the warm start; error feedback (off by default for lowrank, `:ef` turns it on:
+see `feedback`) records the decoded (rounded) tensor, so what the rounding loses is carried too.
+Decoding needs no state and checks the payload size.
 """
 
 from __future__ import annotations

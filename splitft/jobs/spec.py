@@ -208,8 +208,9 @@ class JobCreate(Strict):
     codec: str | dict[str, str] = Field(
         "raw",
         description='one codec for both directions ("raw", "fp16", "bf16", "int8", "int8:sr", "int4") or '
-        'one per direction, e.g. {"activations": "int8", "gradients": "lowrank:8:noef"} (gradients also '
-        'take "topk:0.01"; ":noef" turns error feedback off); stored in its canonical string form',
+        'one per direction, e.g. {"activations": "int8", "gradients": "lowrank:8"} (gradients also '
+        'take "topk:0.01"; ":ef" / ":noef" turn error feedback on / off, by default on for topk and '
+        "off for lowrank); stored in its canonical string form",
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)

@@ -175,17 +175,16 @@ def forward_fixed_bytes(profile: MemoryProfile, blocks: int, adapter: TrunkAdapt
 
 
 def graph_bytes(
-    profile: MemoryProfile, *, blocks: int, batch: int, tokens: int, adapter: TrunkAdapter, fixed: int = 0
+    profile: MemoryProfile, *, blocks: int, batch: int, tokens: int, adapter: TrunkAdapter
 ) -> int:
-    """What one training forward of `batch` rows of `tokens` tokens keeps until its backward;
-    `fixed` adds bytes kept per forward whatever its shape (e.g. a selection's dense deltas)."""
+    """What one training forward of `batch` rows of `tokens` tokens keeps until its backward."""
     per_token = profile.block_token + kept_token_bytes(profile, adapter)
     per_row = (
         profile.forward_token * tokens
         + profile.forward_token2 * tokens**2
         + blocks * (per_token * tokens + profile.block_token2 * tokens**2)
     )
-    return math.ceil(batch * per_row) + forward_fixed_bytes(profile, blocks, adapter) + fixed
+    return math.ceil(batch * per_row) + forward_fixed_bytes(profile, blocks, adapter)
 
 
 def optimizer_slots(name: str = "AdamW", hparams: Mapping[str, Any] | None = None) -> int:

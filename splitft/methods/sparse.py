@@ -10,13 +10,13 @@ Two layouts, chosen per mask:
 
 * rows: the mask keeps whole output rows (TinyTrain's channels). The parameter is `[rows, in]`
   and its product with the input is `index_add`-ed into the base output: no dense delta exists.
-* entries: any other mask. The parameter is the `[nnz]` vector of values; forward scatters it
-  into a transient dense `[out, in]` delta with `index_put`, adds the base weight and runs one
-  matmul (`x @ (W + delta)^T` equals `base(x) + x @ delta^T` and costs one matmul, not two).
-  The price is one weight-sized activation per wrapped module, kept from forward to backward
-  (the effective weight, for the input gradient), and one transient weight-sized gradient in
-  backward before the nnz entries are gathered from it; parameters, their `.grad` and AdamW's
-  moments stay `[nnz]`.
+* entries: any other mask. The parameter is the `[nnz]` vector of values; forward adds
+  `x @ delta^T` to the base output, computed sparsely (`splitft.methods.sparse_entries`: gather
+  the selected input columns, scale, add into their rows; the backward likewise), O(tokens x nnz)
+  both ways. No `[out, in]` tensor is built, in forward or backward: a forward keeps only its
+  input, the parameter and the index buffer for backward. (Until 2026-11 this layout added a dense
+  delta to the weight and ran one matmul, which kept a weight-sized copy per module and forward and
+  built a weight-sized gradient; `splitft bench sparse` measures the two side by side.)
 
 On-disk format (`save_sparse_deltas` / `load_sparse_deltas`), a directory with two files:
 
@@ -44,6 +44,7 @@ from transformers.pytorch_utils import Conv1D
 
 from splitft.errors import InvalidArgument
 from splitft.methods.common import is_linear_like, linear_shape, linear_weight
+from splitft.methods.sparse_entries import sparse_entries_product
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,11 @@ class SparseDeltaLinear(nn.Module):
             out = self.base(x)
             extra = F.linear(x, self.delta_values)
             return out.index_add(-1, cast(torch.Tensor, self.delta_rows), extra.to(out.dtype))
-        # One matmul with base + delta; the dense delta is transient (see the module docstring).
-        weight = linear_weight(self.base) + self.dense_delta()
-        return F.linear(x, weight, cast("torch.Tensor | None", self.base.bias))
+        out = self.base(x)
+        shape = (self.out_features, self.in_features)
+        indices = cast(torch.Tensor, self.delta_indices)
+        extra = sparse_entries_product(x, self.delta_values, indices, shape)
+        return out + extra.to(out.dtype)
 
     def merged(self) -> nn.Module:
         """A plain copy of the base module whose weight includes the delta; the base is untouched."""

@@ -75,17 +75,17 @@ def test_configs_canonicalize_codecs_always_include_raw_and_refuse_bad_input() -
 def test_bench_wire_command_prints_ratios_to_raw() -> None:
     command = [sys.executable, "-m", "splitft.cli", "--log-level", "warning", "bench", "wire"]
     command += ["--layers", "3", "--hidden", "64", "--batch", "2", "--tokens", "16", "--steps", "1"]
-    command += ["--codec", "int8", "--codec", "activations=int4,gradients=lowrank:4:noef"]
+    command += ["--codec", "int8", "--codec", "activations=int4,gradients=lowrank:4:noef"]  # the default
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     rows = report["bytes_per_step"]
-    assert list(rows) == ["raw", "int8", "activations=int4,gradients=lowrank:4:noef"]
+    assert list(rows) == ["raw", "int8", "activations=int4,gradients=lowrank:4"]
     for row in rows.values():
         assert row["total"] == row["up"] + row["down"]
         assert row["ratio_to_raw"] == round(row["total"] / rows["raw"]["total"], 4)
     assert 0.25 < rows["int8"]["ratio_to_raw"] < 0.35  # hidden 64: 66 bytes a row instead of 256
-    assert [t["codec"] for t in report["targets"]] == ["int8", "activations=int4,gradients=lowrank:4:noef"]
+    assert [t["codec"] for t in report["targets"]] == ["int8", "activations=int4,gradients=lowrank:4"]
 
 
 @pytest.mark.slow
@@ -120,8 +120,8 @@ def test_cli_codec_arguments_are_canonical_and_bad_ones_exit_2(capsys: pytest.Ca
     from splitft.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["demo", "--codec", "gradients=lowrank:8:noef,activations=int8"])
-    assert args.codec == "activations=int8,gradients=lowrank:8:noef"
+    args = parser.parse_args(["demo", "--codec", "gradients=lowrank:8:ef,activations=int8"])
+    assert args.codec == "activations=int8,gradients=lowrank:8:ef"
     args = parser.parse_args(
         ["bench", "wire", "--codec", "int4", "--codec", "activations=int8,gradients=topk:0.01"]
     )

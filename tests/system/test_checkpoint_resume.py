@@ -60,7 +60,7 @@ def _train(model: SplitModel, scheduler, start: int, stop: int) -> None:
     [
         ("raw", True),
         ("activations=int8:sr,gradients=topk:0.2", True),
-        ("activations=int8,gradients=lowrank:2", True),
+        ("activations=int8,gradients=lowrank:2:ef", True),  # a residual and a warm-start basis
         ("raw", False),  # a frozen trunk: the edge's state is its dropout stream and step count
     ],
 )

@@ -13,14 +13,23 @@ from device_client import SplitModel
 from device_client.selection import load_selected
 from splitft.methods.common import linear_shape
 from splitft.methods.sparse import apply_masks, sparse_modules, sparse_state_dict
-from splitft.methods.taskedge import TaskEdgeConfig, taskedge_masks
+from splitft.methods.taskedge import TaskEdgeConfig, budget_entries, taskedge_masks
 from splitft.methods.tinytrain import TinyTrainConfig, tinytrain_masks
 from splitft.testing.tiny import make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
+from splitft.wire.codec import tensors_to_parts
 
 STEPS = 5
 CONFIG = TaskEdgeConfig(budget_fraction=0.02)
+N_M_CONFIG = TaskEdgeConfig(budget_fraction=0.05, n_m=(2, 4))  # k = 2 on the tiny llama
+BAD_N_M = [
+    ("[4, 2]", "1 <= N <= M, got N=4, M=2"),
+    ("[0, 4]", "1 <= N <= M, got N=0, M=4"),
+    ("[2]", "pair"),
+    ('"2:4"', "pair"),
+    ("[2.5, 4]", "two integers"),
+]
 
 
 def _batches(family: str, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -39,21 +48,28 @@ def _train(model, optimizer, batches) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_taskedge_split_matches_in_process_masks_and_training(family, tiny_models, conn, tmp_path):
+@pytest.mark.parametrize(("family", "config"), [("llama", CONFIG), ("gpt2", CONFIG), ("llama", N_M_CONFIG)])
+def test_taskedge_split_matches_in_process_masks_and_training(family, config, tiny_models, conn, tmp_path):
     tiny = tiny_models[family]
     calibration = _batches(family, 2, seed=21)
     train = _batches(family, STEPS, seed=22)
     split = SplitModel.from_pretrained(
-        tiny.path, edge=conn, model=family, device_layers=1, head_layers=1, method=CONFIG
+        tiny.path, edge=conn, model=family, device_layers=1, head_layers=1, method=config
     )
     selected = split.calibrate(calibration)
     assert selected["device"] > 0 and selected["trunk"] > 0
 
     reference = tiny.model_class.from_pretrained(tiny.path)
     masks = taskedge_masks(
-        reference, [{k: v for k, v in b.items() if k != "labels"} for b in calibration], CONFIG
+        reference, [{k: v for k, v in b.items() if k != "labels"} for b in calibration], config
     )
+    # Within budget on both sides together (or one entry per row, TaskEdge's floor), and
+    # N:M-compatible wherever N:M is asked for.
+    rows = sum(mask.shape[0] for mask in masks.values())
+    assert selected["device"] + selected["trunk"] <= max(budget_entries(reference, config), rows)
+    if config.n_m is not None:
+        n, m = config.n_m
+        assert all(bool((x.reshape(x.shape[0], -1, m).sum(-1) <= n).all()) for x in masks.values())
     device_modules = sparse_modules(split.root)
     trunk_state = split._trunk.export_adapter()
     for name, mask in masks.items():
@@ -125,10 +141,34 @@ def test_selection_calls_out_of_order_get_precise_statuses(edge, tiny_models):
         with pytest.raises(grpc.RpcError) as err:
             stub.StartCalibration(pb.StartCalibrationRequest(session_id=plain.session_id))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        for bad in ('{"method": "lora"}', "not json", '{"method": "taskedge", "budget": 3}'):
+        bad_n_m = [(f'{{"method": "taskedge", "n_m": {n_m}}}', why) for n_m, why in BAD_N_M]
+        for bad, why in [
+            ('{"method": "lora"}', "lora"),
+            ("not json", "JSON"),
+            ('{"method": "taskedge", "budget": 3}', "budget"),
+            *bad_n_m,
+        ]:
             with pytest.raises(grpc.RpcError) as err:
                 stub.OpenSession(pb.OpenSessionRequest(**base, method_json=bad))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert why in (err.value.details() or ""), (bad, err.value.details())
+        # An M that does not divide a trunk layer's width: refused when selecting, naming the layer.
+        odd_json = '{"method": "taskedge", "n_m": [2, 3]}'
+        odd = stub.OpenSession(pb.OpenSessionRequest(**base, method_json=odd_json))
+        stub.StartCalibration(pb.StartCalibrationRequest(session_id=odd.session_id))
+        _calibration_forward(stub, odd.session_id)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SelectParameters(pb.SelectParametersRequest(session_id=odd.session_id, k_per_row=1))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a multiple of N:M's M=3" in (err.value.details() or "")
+
+
+def _calibration_forward(stub: pb_grpc.DataPlaneStub, session_id: str) -> None:
+    """One calibration forward (no grad) of a [1, 4, 32] hidden state through the trunk."""
+    header = pb.ForwardHeader(session_id=session_id, forward_id=1, training=False)
+    hidden = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0))
+    parts = [pb.ForwardRequest(part=p) for p in tensors_to_parts({"hidden": hidden}, "raw")]
+    list(stub.Forward(iter([pb.ForwardRequest(header=header), *parts])))
 
 
 def _trunk_masks(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

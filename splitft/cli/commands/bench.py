@@ -25,6 +25,7 @@ from splitft.bench.quantize import markdown_table as quantize_markdown_table
 from splitft.bench.resume import ResumeBenchConfig, run_resume_bench
 from splitft.bench.resume import markdown_table as resume_markdown_table
 from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
+from splitft.bench.sparse import SparseBenchConfig, run_sparse_bench
 from splitft.bench.step import StepBenchConfig, run_step_bench
 from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
 
@@ -100,6 +101,11 @@ def methods(args: argparse.Namespace) -> int:
     """`bench methods`: LoRA vs TaskEdge vs TinyTrain vs head-only; --markdown prints the table."""
     report = run_methods_bench(config_from_args(MethodsBenchConfig, args))
     return _print(markdown_table(report) if args.markdown else report)
+
+
+def sparse(args: argparse.Namespace) -> int:
+    """`bench sparse`: a TaskEdge session's edge memory and step time, sparse vs dense delta."""
+    return _print(run_sparse_bench(config_from_args(SparseBenchConfig, args)))
 
 
 def control(args: argparse.Namespace) -> int:

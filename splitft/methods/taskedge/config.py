@@ -20,7 +20,8 @@ class TaskEdgeConfig:
 
     # Share of ALL model parameters (embeddings and heads included) to train; the paper uses < 0.1%.
     budget_fraction: float = 0.001
-    # (N, M): keep N of every M consecutive input columns per row, for sparse tensor cores; sizes k.
+    # (N, M): at most N of every M consecutive input columns per row (the pattern sparse tensor
+    # cores accelerate), a constraint on the budgeted k per row: it never raises the count.
     n_m: tuple[int, int] | None = None
     # Module-name filters (exact name or dotted suffix, as in peft); None: every Linear/Conv1D in
     # the transformer blocks, so embeddings and task heads never take budget.

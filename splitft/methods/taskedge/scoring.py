@@ -10,10 +10,15 @@ Rounding: `k = max(1, floor(budget / total_rows))`, capped per layer at its `in_
 selection therefore never exceeds the budget, except when the budget is smaller than the number
 of output rows: then every row still gets one entry (a warning is logged).
 
-N:M mode (e.g. 2:4, for NVIDIA sparse tensor cores) keeps the top N of every M consecutive input
-columns in every row, so k is implied (`N * in / M` per row) and the budget does not size the
-selection; a warning is logged when the implied count exceeds it. Ties break toward the lower
-column index (stable sort), so the same data always gives the same mask.
+N:M (e.g. 2:4, the pattern NVIDIA sparse tensor cores accelerate) is a constraint on that same
+budgeted selection: every row still keeps k entries, and at most N of them fall in any group of M
+consecutive input columns. The greedy choice (take a row's entries by decreasing score, skipping
+one whose group already holds N) equals the top k among the entries that rank in the top N of
+their own group, which is how it is computed. A row holds at most `N * in / M` such entries, so k
+is capped there (a warning says so when it bites). Until 2026-11 `n_m` ignored the budget and kept
+N of every M in every row (half of every target weight at 2:4); that selection is the budget
+`N / M` with this constraint, so it needs no mode of its own. Ties break toward the lower column
+index (stable sort), so the same data always gives the same mask.
 """
 
 from __future__ import annotations
@@ -101,12 +106,24 @@ def _top_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _top_n_of_m(scores: torch.Tensor, n: int, m: int, name: str) -> torch.Tensor:
+    """Per row, the entries ranking in the top N of their group of M consecutive columns."""
     rows, cols = scores.shape
     if cols % m:
-        raise InvalidArgument(f"{name!r}: in_features={cols} is not a multiple of M={m}")
+        raise InvalidArgument(f"{name!r}: in_features={cols} is not a multiple of N:M's M={m}")
     groups = scores.reshape(rows, cols // m, m)
     order = torch.argsort(groups, dim=-1, descending=True, stable=True)[..., :n]
     return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True).reshape(rows, cols)
+
+
+def _top_k_n_of_m(scores: torch.Tensor, k: int, n: int, m: int, name: str) -> torch.Tensor:
+    """The top k entries of every row with at most N in any group of M (see the module docstring)."""
+    eligible = _top_n_of_m(scores, n, m, name)
+    capacity = n * (scores.shape[1] // m)
+    if k > capacity:
+        logger.warning(
+            "%r: k=%d per row > %d allowed by N:M %d:%d; keeping %d", name, k, capacity, n, m, capacity
+        )
+    return _top_k_per_row(scores.masked_fill(~eligible, -math.inf), min(k, capacity))
 
 
 def per_row_k(total_budget_entries: int, total_rows: int) -> int:
@@ -124,30 +141,31 @@ def per_row_k(total_budget_entries: int, total_rows: int) -> int:
 def masks_from_scores(
     scores: dict[str, torch.Tensor], k: int, n_m: tuple[int, int] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Top-k entries of every row (k capped at the row length), or top-N of every M when `n_m` is set.
+    """Top-k entries of every row (k capped at the row length), at most N of every M with `n_m`.
 
     The one selection rule, shared by the whole-model path and both sides of the split (which
     compute k for the whole model and then select their own layers with it)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidArgument(f"k (entries per row) must be an integer >= 1, got {k!r}")
     if n_m is not None:
         n, m = checked_n_m(n_m)
-        return {name: _top_n_of_m(s, n, m, name) for name, s in scores.items()}
+        return {name: _top_k_n_of_m(s, min(k, s.shape[1]), n, m, name) for name, s in scores.items()}
     return {name: _top_k_per_row(s, min(k, s.shape[1])) for name, s in scores.items()}
 
 
 def select_taskedge(
     scores: dict[str, torch.Tensor], total_budget_entries: int, n_m: tuple[int, int] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Boolean `[out, in]` masks: the same k top-scored entries in every row of every layer, or N:M."""
+    """Boolean `[out, in]` masks: the same k top-scored entries in every row of every layer, at
+    most N of every M consecutive columns with `n_m`."""
     if not scores:
         raise InvalidArgument("no layers to select from")
     if total_budget_entries < 1:
         raise InvalidArgument(f"total_budget_entries must be >= 1, got {total_budget_entries}")
-    k = 0 if n_m is not None else per_row_k(total_budget_entries, sum(s.shape[0] for s in scores.values()))
+    k = per_row_k(total_budget_entries, sum(s.shape[0] for s in scores.values()))
     masks = masks_from_scores(scores, k, n_m)
     chosen = sum(int(mask.sum()) for mask in masks.values())
-    if n_m is not None and chosen > total_budget_entries:
-        logger.warning("N:M %s implies %d entries, over the budget of %d", n_m, chosen, total_budget_entries)
-    logger.info("TaskEdge selected %d entries in %d layers", chosen, len(masks))
+    logger.info("TaskEdge selected %d entries in %d layers (k=%d, n_m=%s)", chosen, len(masks), k, n_m)
     return masks
 
 

@@ -47,7 +47,8 @@ class TaskEdgeScorer(TrunkScorer):
         self.token_mask = token_mask  # padding tokens stay out of the calibration norms
 
     def select_parameters(self, k_per_row: int) -> int:
-        """Keep k entries per row (or N:M), wrap the layers as sparse deltas; returns entries selected."""
+        """Keep k entries per row (at most N of every M with N:M), wrap the layers as sparse deltas;
+        returns entries selected."""
         if not self.calibrating:
             raise FailedPrecondition("SelectParameters before StartCalibration")
         missing = [n for n in self.names if n not in self.sums]
@@ -55,8 +56,8 @@ class TaskEdgeScorer(TrunkScorer):
             raise FailedPrecondition(
                 f"calibration forwards never reached {missing[:3]}: send calibration batches"
             )
-        if self.config.n_m is None and k_per_row < 1:
-            raise InvalidArgument("k_per_row must be >= 1")
+        if k_per_row < 1:
+            raise InvalidArgument(f"k_per_row must be >= 1, got {k_per_row}")
         norms = {n: self.sums[n].sqrt().to(torch.float32) for n in self.names}
         scores = taskedge_scores(self.root, norms)
         return self.apply(masks_from_scores(scores, k_per_row, self.config.n_m))

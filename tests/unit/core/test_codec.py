@@ -157,7 +157,7 @@ def test_expected_bytes_for_every_codec_string() -> None:
     assert len(encode(torch.randn(100), "topk:0.07")) == 56
 
 
-@pytest.mark.parametrize("codec", ["int8:sr", "topk:0.01", "topk:0.2:noef", "lowrank:4", "lowrank:2:noef"])
+@pytest.mark.parametrize("codec", ["int8:sr", "topk:0.01", "topk:0.2:noef", "lowrank:4", "lowrank:2:ef"])
 def test_encoder_parts_round_trip_with_chunks(codec: str) -> None:
     encoder = TensorEncoder(codec, seed=0)
     grad = torch.randn(4, 32, 64)

@@ -9,6 +9,7 @@ import torch
 
 from splitft.compress.encoder import TensorEncoder, decode_payload
 from splitft.compress.feedback import ErrorFeedback
+from splitft.compress.spec import parse_codec
 
 
 def _grads(steps: int, *shape: int) -> list[torch.Tensor]:
@@ -26,7 +27,7 @@ def test_feedback_by_hand() -> None:
     assert torch.equal(feedback.compensate(g), torch.tensor([2.0, -2.0, 1.0]))
 
 
-@pytest.mark.parametrize("codec", ["topk:0.05", "topk:0.3", "lowrank:1", "lowrank:3"])
+@pytest.mark.parametrize("codec", ["topk:0.05", "topk:0.3", "lowrank:1:ef", "lowrank:3:ef"])
 def test_sent_plus_residual_equals_sum_of_inputs(codec: str) -> None:
     encoder = TensorEncoder(codec, seed=0)
     grads = _grads(12, 4, 6, 16)
@@ -50,6 +51,19 @@ def test_error_feedback_beats_no_feedback_on_the_sum() -> None:
         sent = sum(decode_payload(*encoder.encode(g), (32, 32), torch.float32) for g in grads)
         errors[codec] = float((sent - total).norm() / total.norm())
     assert errors["topk:0.1"] < errors["topk:0.1:noef"] / 2
+
+
+@pytest.mark.parametrize(
+    ("codec", "feedback"),
+    [("topk:0.05", True), ("topk:0.05:noef", False), ("lowrank:2", False), ("lowrank:2:ef", True)],
+)
+def test_error_feedback_is_on_by_default_only_for_topk(codec: str, feedback: bool) -> None:
+    """The defaults follow `bench converge`: error feedback helped top-k and hurt low rank."""
+    encoder = TensorEncoder(codec, seed=0)
+    for g in _grads(2, 4, 6, 16):
+        encoder.encode(g, key="grad")
+    assert (encoder.residual("grad") is not None) == feedback
+    assert parse_codec(codec).error_feedback is feedback
 
 
 def test_residual_is_per_position_and_dropped_on_a_new_shape(caplog: pytest.LogCaptureFixture) -> None:

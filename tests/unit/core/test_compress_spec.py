@@ -20,7 +20,8 @@ from splitft.errors import InvalidArgument
         ("topk:1.0", CodecSpec("topk", fraction=1.0)),
         ("topk:0.25:noef", CodecSpec("topk", fraction=0.25, error_feedback=False)),
         ("lowrank:4", CodecSpec("lowrank", rank=4)),
-        ("lowrank:1:noef", CodecSpec("lowrank", rank=1, error_feedback=False)),
+        ("lowrank:4", CodecSpec("lowrank", rank=4, error_feedback=False)),
+        ("lowrank:1:ef", CodecSpec("lowrank", rank=1, error_feedback=True)),
     ],
 )
 def test_canonical_strings_round_trip(text: str, spec: CodecSpec) -> None:
@@ -30,7 +31,14 @@ def test_canonical_strings_round_trip(text: str, spec: CodecSpec) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "canonical"), [("topk:1", "topk:1.0"), ("topk:.5", "topk:0.5"), ("topk:1e-2", "topk:0.01")]
+    ("text", "canonical"),
+    [
+        ("topk:1", "topk:1.0"),
+        ("topk:.5", "topk:0.5"),
+        ("topk:1e-2", "topk:0.01"),
+        ("topk:0.5:ef", "topk:0.5"),  # the default, said
+        ("lowrank:8:noef", "lowrank:8"),  # likewise
+    ],
 )
 def test_other_spellings_parse_to_the_canonical_form(text: str, canonical: str) -> None:
     assert str(parse_codec(text)) == canonical
@@ -54,7 +62,8 @@ def test_other_spellings_parse_to_the_canonical_form(text: str, canonical: str) 
         ("topk:nan", r"in \(0, 1\]"),
         ("topk:inf", r"in \(0, 1\]"),
         ("topk:1e-400", r"in \(0, 1\]"),
-        ("topk:0.1:sr", "only option after topk's parameter is 'noef'"),
+        ("topk:0.1:sr", "only options after topk's parameter are 'ef' and 'noef'"),
+        ("lowrank:2:EF", "only options after lowrank's parameter are 'ef' and 'noef'"),
         ("topk:0.1:noef:noef", "topk needs a parameter"),
         ("lowrank:0", "rank must be an integer >= 1"),
         ("lowrank:2.5", "rank must be an integer >= 1"),

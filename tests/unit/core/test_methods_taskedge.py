@@ -19,6 +19,7 @@ from splitft.methods import (
     taskedge_masks,
     taskedge_scores,
 )
+from splitft.methods.taskedge import masks_from_scores
 from splitft.testing.tiny import _build, make_batch
 
 
@@ -134,19 +135,52 @@ def test_k_is_capped_at_a_layers_width() -> None:
     assert bool((masks["wide"].sum(dim=1) == 10).all())
 
 
-@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 8)])
-def test_n_m_mode_keeps_n_of_every_m(n: int, m: int) -> None:
+def _groups(mask: torch.Tensor, m: int) -> torch.Tensor:
+    rows, cols = mask.shape
+    return mask.reshape(rows, cols // m, m).sum(dim=-1)
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 8), (1, 2)])
+@pytest.mark.parametrize("fraction", [0.001, 0.05])  # k = 1 (budget below a row each) and k = 3
+def test_n_m_is_a_constraint_on_the_budgeted_selection(n: int, m: int, fraction: float) -> None:
     model = _model("gpt2")
-    masks = taskedge_masks(model, _batches("gpt2"), TaskEdgeConfig(n_m=(n, m)))
+    config = TaskEdgeConfig(budget_fraction=fraction, n_m=(n, m))
+    masks = taskedge_masks(model, _batches("gpt2"), config)
+    budget, rows = budget_entries(model, config), sum(mask.shape[0] for mask in masks.values())
+    k = max(1, budget // rows)
+    # Within budget (or one per row when the budget is below that: the method's floor, logged).
+    assert sum(int(mask.sum()) for mask in masks.values()) <= max(budget, rows)
     for name, mask in masks.items():
-        rows, cols = mask.shape
-        groups = mask.reshape(rows, cols // m, m).sum(dim=-1)
-        assert bool((groups == n).all()), name
+        assert bool((_groups(mask, m) <= n).all()), name  # N:M-compatible
+        assert bool((mask.sum(dim=1) == min(k, n * mask.shape[1] // m)).all()), name  # k per row kept
+    unconstrained = taskedge_masks(model, _batches("gpt2"), TaskEdgeConfig(budget_fraction=fraction))
+    assert sum(int(x.sum()) for x in masks.values()) == sum(int(x.sum()) for x in unconstrained.values())
+
+
+def test_n_m_keeps_the_best_entries_the_constraint_allows() -> None:
+    scores = torch.tensor([[9.0, 8.0, 7.0, 1.0, 6.0, 0.5, 0.2, 0.1]])
+    # k = 3: unconstrained 9, 8, 7 (all in the first group); 2:4 allows two there, so 9, 8 and 6.
+    mask = select_taskedge({"row": scores}, total_budget_entries=3, n_m=(2, 4))["row"]
+    assert mask.nonzero()[:, 1].tolist() == [0, 1, 4]
+    assert select_taskedge({"row": scores}, 3)["row"].nonzero()[:, 1].tolist() == [0, 1, 2]
+
+
+def test_k_above_what_n_m_allows_is_capped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="splitft.methods.taskedge.scoring"):
+        mask = select_taskedge({"row": torch.rand(2, 8)}, total_budget_entries=12, n_m=(1, 4))["row"]  # k = 6
+    assert mask.sum(dim=1).tolist() == [2, 2] and bool((_groups(mask, 4) == 1).all())
+    assert "k=6 per row > 2 allowed by N:M 1:4" in caplog.text
 
 
 def test_n_m_needs_divisible_width() -> None:
-    with pytest.raises(InvalidArgument, match="not a multiple of M=4"):
+    with pytest.raises(InvalidArgument, match="'odd': in_features=6 is not a multiple of N:M's M=4"):
         select_taskedge({"odd": torch.rand(2, 6)}, 100, n_m=(2, 4))
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_k_must_be_a_positive_integer(k: object) -> None:
+    with pytest.raises(InvalidArgument, match="k \\(entries per row\\) must be an integer >= 1"):
+        masks_from_scores({"a": torch.rand(2, 4)}, k, (2, 4))  # type: ignore[arg-type]
 
 
 def test_same_calibration_data_gives_the_same_mask() -> None:
@@ -161,7 +195,7 @@ def test_same_calibration_data_gives_the_same_mask() -> None:
 def test_ties_break_toward_the_lower_column() -> None:
     masks = select_taskedge({"flat": torch.ones(3, 6)}, total_budget_entries=6)  # k = 2
     assert bool(masks["flat"][:, :2].all()) and not bool(masks["flat"][:, 2:].any())
-    grouped = select_taskedge({"flat": torch.ones(1, 8)}, 1, n_m=(1, 4))["flat"]
+    grouped = select_taskedge({"flat": torch.ones(1, 8)}, 2, n_m=(1, 4))["flat"]  # k = 2
     assert grouped.nonzero()[:, 1].tolist() == [0, 4]
 
 
@@ -171,9 +205,13 @@ def test_ties_break_toward_the_lower_column() -> None:
         ({"budget_fraction": 0.0}, "budget_fraction must be in"),
         ({"budget_fraction": 1.5}, "budget_fraction must be in"),
         ({"budget_fraction": "0.1"}, "budget_fraction must be a number"),
-        ({"n_m": (4, 2)}, "1 <= N <= M"),
+        ({"n_m": (4, 2)}, "1 <= N <= M, got N=4, M=2"),
+        ({"n_m": (0, 4)}, "1 <= N <= M, got N=0, M=4"),
         ({"n_m": (2,)}, "pair"),
+        ({"n_m": (2, 4, 8)}, "pair"),
+        ({"n_m": "2:4"}, "pair"),
         ({"n_m": (2.0, 4)}, "two integers"),
+        ({"n_m": (True, 4)}, "two integers"),
         ({"target_modules": "q_proj"}, "target_modules"),
         ({"target_modules": [""]}, "target_modules"),
     ],

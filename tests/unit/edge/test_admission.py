@@ -183,7 +183,7 @@ def test_a_selection_reserves_its_deltas_before_allocating_them(
     assert values > 0 and indices > 0
     state, graphs = accountant.state_bytes("taskedge")
     assert state == values * 4 + indices  # what the selection really holds, AdamW assumed
-    assert graphs == session.memory.graph_bytes((*SHAPE, HIDDEN))  # one batch, dense deltas included
+    assert graphs == session.memory.graph_bytes((*SHAPE, HIDDEN))  # one batch; no weight-sized term
     small = _manager(served, profile, limit=accountant.used() - values)  # room for less than that
     other = _open(small, "taskedge-small", method=method)
     other.start_calibration()

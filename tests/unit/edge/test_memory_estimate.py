@@ -33,6 +33,8 @@ from splitft.memory.estimate import (
     optimizer_slots,
 )
 from splitft.memory.units import format_bytes, parse_bytes
+from splitft.methods.taskedge import TaskEdgeConfig
+from splitft.methods.wire import method_from_json, method_to_json
 from splitft.model.spans import SplitSpec
 from splitft.testing.tiny import lora_config_for, save_tiny_model
 from splitft.wire.serde import EDGE_OPTIMIZERS
@@ -66,8 +68,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ServedMo
 @contextmanager
 def _saved_bytes(session: TrunkSession, found: list[int]) -> Iterator[None]:
     """Bytes of the distinct storages autograd saves in the block, parameters excepted (the trunk's
-    are shared, the adapter's are its state)."""
-    params = {p.untyped_storage().data_ptr() for p in session.root.parameters()}
+    are shared, the adapter's are its state, as are a selection's index buffers)."""
+    state = [*session.root.parameters(), *(b for n, b in session.root.named_buffers() if "delta_" in n)]
+    params = {t.untyped_storage().data_ptr() for t in state}  # a selection's indices are state too
     kept: dict[int, int] = {}
     with kept_storages(params, kept):  # the edge's own measuring hook (edge_server.memory)
         yield
@@ -116,6 +119,28 @@ def test_the_estimate_bounds_the_kept_graph_within_five_percent(
                 profile, blocks=blocks, batch=rows, tokens=tokens, adapter=_adapter(config)
             )
             assert measured <= estimate <= TOLERANCE * measured, (spec, rows, tokens, measured, estimate)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_the_estimate_bounds_a_taskedge_sessions_kept_graph(
+    served: dict[str, tuple[ServedModel, MemoryProfile]], name: str
+) -> None:
+    """A selection's sparse deltas keep their targets' inputs and nothing weight-sized, so the
+    per-token estimate of `TrunkAdapter.selection` bounds the kept graph without a fixed term."""
+    trunk, profile = served[name]
+    spec = SplitSpec(trunk.num_layers, 1, 0)
+    method = method_from_json(method_to_json(TaskEdgeConfig(budget_fraction=0.01)))
+    session = TrunkSession("taskedge", trunk.span, spec, None, seed=0, method=method)
+    session.start_calibration()
+    with torch.no_grad():
+        _measured(session, 2, 16)
+    assert session.select_parameters(2) > 0
+    blocks = spec.trunk_stop - spec.trunk_start
+    for rows, tokens in SHAPES:
+        measured = _measured(session, rows, tokens)
+        adapter = TrunkAdapter.selection(None)
+        estimate = graph_bytes(profile, blocks=blocks, batch=rows, tokens=tokens, adapter=adapter)
+        assert measured <= estimate <= TOLERANCE * measured, (rows, tokens, measured, estimate)
 
 
 def test_attention_dropout_shows_as_a_per_token_squared_term(
