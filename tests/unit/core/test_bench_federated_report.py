@@ -14,19 +14,34 @@ from splitft.errors import InvalidArgument
 
 def _round(number: int) -> dict:
     return {"round": number, "adapter_bytes_up": 400, "adapter_bytes_down": 0 if number == 0 else 404,
-            "wire_bytes": 1000 + number, "mean_last_loss": 1.0}  # fmt: skip
+            "wire_bytes": 1000 + number, "mean_last_loss": 1.0, "mean_loss": 1.0 - number / 10,
+            "validation_accuracy": 0.5 + number / 10}  # fmt: skip
 
 
 def _run(seed: int, fedavg: float, aircomp: float) -> dict:
     return {
         "seed": seed,
         "initial_accuracy": 0.25,
+        "initial_validation_accuracy": 0.3,
         "results": {
-            "independent": {"per_device": [0.5, 0.7], "mean": 0.6, "worst": 0.5},
-            "fedavg": {"accuracy": fedavg, "rounds": [_round(0), _round(1)]},
-            "fedavg_shared": {"accuracy": fedavg + 0.02, "rounds": [_round(0), _round(1)]},
-            "aircomp_20db": {"accuracy": aircomp, "rounds": [_round(0), _round(1)]},
-            "centralized": {"accuracy": 0.8, "accuracy_one_device_steps": 0.7},
+            "independent": {"per_device": [0.5, 0.7], "mean": 0.6, "worst": 0.5, "validation_mean": 0.62},
+            "fedavg": {"accuracy": fedavg, "validation_accuracy": 0.6, "rounds": [_round(0), _round(1)]},
+            "fedavg_shared": {
+                "accuracy": fedavg + 0.02,
+                "validation_accuracy": 0.6,
+                "rounds": [_round(0), _round(1)],
+            },
+            "aircomp_20db": {
+                "accuracy": aircomp,
+                "validation_accuracy": 0.6,
+                "rounds": [_round(0), _round(1)],
+            },
+            "centralized": {
+                "accuracy": 0.8,
+                "accuracy_one_device_steps": 0.7,
+                "validation_accuracy": 0.9,
+                "validation_accuracy_one_device_steps": 0.8,
+            },
         },
     }
 
@@ -37,6 +52,14 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
     accuracy = summary["accuracy_points"]
     assert accuracy["fedavg"] == {"mean": 73.0, "min": 70.0, "max": 76.0}
     assert accuracy["independent_worst"]["mean"] == 50.0 and accuracy["initial"]["mean"] == 25.0
+    assert summary["per_seed_points"]["fedavg"] == [70.0, 76.0]
+    # validation is reported apart from the test split, never mixed into it
+    assert summary["validation_points"]["centralized"]["mean"] == 90.0
+    assert summary["validation_points"]["independent_mean"]["mean"] == 62.0
+    assert "independent_worst" not in summary["validation_points"]
+    assert summary["validation_curves"]["fedavg"] == [
+        {"validation": 50.0, "mean_loss": 1.0}, {"validation": 60.0, "mean_loss": 0.9}
+    ]  # fmt: skip
     targets = {t["target"]: (t["value"], t["met"]) for t in summary["targets"]}
     assert targets == {
         "fedavg - independent_mean >= 5 points": (13.0, True),
@@ -54,7 +77,8 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
         "seconds": 1.0, **summary,
     }  # fmt: skip
     table = markdown_table(json.dumps(report))
-    assert "| fedavg | 73.0% | 70.0% | 76.0% |" in table
+    assert "| fedavg | 73.0% | 70.0% | 76.0% | 70.0 / 76.0 | 60.0% |" in table
+    assert "| 1 | 60.0% / 0.900 | 60.0% / 0.900 | 60.0% / 0.900 |" in table
     assert "| centralized - fedavg <= 3 points | 7.00 | no |" in table
     assert "trunk_adapter averaged (fedavg) 73.0% vs shared (fedavg_shared) 75.0%: +2.00 points." in table
 
