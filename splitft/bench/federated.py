@@ -71,6 +71,7 @@ class FederatedBenchConfig:
     seeds: int = 2  # seeds first_seed .. first_seed + seeds - 1
     first_seed: int = 0  # > 0: the rest of a run split over processes (merge with `--merge`)
     snr_db: tuple[float, ...] = (0.0, 10.0, 20.0)
+    shared_trunk: bool = True  # False: no fedavg_shared row (a long run on a loaded machine)
     threads: int = 1  # torch threads here and in the edge process
     model_dir: str | None = None  # None: the packaged all-MiniLM-L6-v2
 
@@ -131,7 +132,7 @@ def _variants(config: FederatedBenchConfig, seed: int) -> list[str]:
     names = [
         "independent",
         "fedavg",
-        "fedavg_shared",
+        *(["fedavg_shared"] if config.shared_trunk else []),
         *[f"aircomp_{s:g}db" for s in config.snr_db],
         "centralized",
     ]
@@ -174,6 +175,8 @@ def _run_seed(
             plan = Rounds(config.rounds, config.local_steps, snr, seed, shared_trunk=name == "fedavg_shared")
             results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
         results[name]["seconds"] = round(time.perf_counter() - began, 1)
+        # each variant's figures as soon as they exist: a long run cut short still tells what it got
+        logger.info("bench federated: seed %d %s: %s", seed, name, json.dumps(results[name]))
     return {
         "seed": seed,
         "order": _variants(config, seed),

@@ -219,6 +219,14 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     fed.add_argument(
         "--threads", type=int, default=None, help="torch threads here and in the edge (default 1)"
     )
+    fed.add_argument(
+        "--no-shared-trunk",
+        dest="shared_trunk",
+        action="store_const",
+        const=False,
+        default=None,
+        help="leave out the fedavg_shared row (trunk_adapter shared), e.g. for a long run",
+    )
     fed.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, 1 seed, 20 dB")
     fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     fed.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from splitft.bench.federated import QUICK, FederatedBenchConfig
-from splitft.bench.federated_report import markdown_table, summarize
+from splitft.bench.federated_report import markdown_table, merge_reports, summarize
+from splitft.cli import main
 from splitft.errors import InvalidArgument
 
 
@@ -86,6 +87,44 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
 def test_the_config_refuses_nonsense_and_quick_is_a_valid_config() -> None:
     assert FederatedBenchConfig(**QUICK).steps == 4
     assert FederatedBenchConfig().steps == 15
-    for bad in ({"devices": 0}, {"alpha": 0.0}, {"max_length": 4}, {"seeds": 0}, {"lr": -1.0}):
+    bad_configs = ({"devices": 0}, {"alpha": 0.0}, {"max_length": 4}, {"seeds": 0}, {"lr": -1.0},
+                   {"first_seed": -1}, {"validation_fraction": 0.0}, {"validation_fraction": 1})  # fmt: skip
+    for bad in bad_configs:
         with pytest.raises(InvalidArgument):
             FederatedBenchConfig(**bad)
+
+
+def _part(runs: list[dict], first_seed: int, seconds: float, load: float) -> str:
+    config = {"devices": 2, "alpha": 0.5, "rounds": 2, "local_steps": 3, "batch_size": 8, "max_length": 64,
+              "seeds": len(runs), "first_seed": first_seed}  # fmt: skip
+    summary = summarize(runs, FederatedBenchConfig(devices=2))
+    return json.dumps({"benchmark": "federated", "config": config, "steps_per_device": 6, "seeds": runs,
+                       "load_average": {"before": [load, 1, 1], "after": [load, 1, 1], "cpus": 2},
+                       "seconds": seconds, **summary})  # fmt: skip
+
+
+def test_merging_parts_over_disjoint_seeds_gives_the_summary_of_all_the_seeds() -> None:
+    runs = [_run(0, 0.70, 0.69), _run(1, 0.76, 0.76), _run(2, 0.64, 0.70)]
+    merged = json.loads(merge_reports([_part(runs[1:], 1, 30.0, 9.0), _part(runs[:1], 0, 20.0, 5.0)]))
+    assert [run["seed"] for run in merged["seeds"]] == [0, 1, 2]
+    assert merged["accuracy_points"] == summarize(runs, FederatedBenchConfig(devices=2))["accuracy_points"]
+    assert merged["accuracy_points"]["fedavg"] == {"mean": 70.0, "min": 64.0, "max": 76.0}
+    assert merged["config"]["seeds"] == 3 and merged["config"]["first_seed"] == 0
+    assert merged["seconds"] == 30.0 and merged["load_average"]["before"] == [9.0, 1, 1]
+    assert [p["seeds"] for p in merged["parts"]] == [[1, 2], [0]]
+    assert "| fedavg | 70.0% | 64.0% | 76.0% | 70.0 / 76.0 / 64.0 |" in markdown_table(json.dumps(merged))
+
+
+def test_merging_refuses_shared_seeds_and_different_configs(tmp_path, capsys) -> None:
+    one = _part([_run(0, 0.7, 0.7)], 0, 1.0, 1.0)
+    with pytest.raises(InvalidArgument, match="share seeds"):
+        merge_reports([one, one])
+    other = json.loads(_part([_run(1, 0.7, 0.7)], 1, 1.0, 1.0))
+    other["config"]["rounds"] = 3
+    with pytest.raises(InvalidArgument, match="differ in their config"):
+        merge_reports([one, json.dumps(other)])
+    (tmp_path / "bad.json").write_text("{not json")
+    assert (
+        main(["bench", "federated", "--merge", str(tmp_path / "bad.json"), str(tmp_path / "none.json")]) == 2
+    )
+    assert "--merge: cannot read the report" in capsys.readouterr().err
