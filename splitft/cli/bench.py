@@ -191,12 +191,12 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     # None: the full run's value, or --quick's (splitft.bench.federated.QUICK).
     fed.add_argument("--devices", type=int, default=None, help="default 4")
     fed.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha of the shards (default 0.5)")
-    fed.add_argument("--rounds", type=int, default=None, help="default 3")
-    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 5)")
+    fed.add_argument("--rounds", type=int, default=None, help="default 10")
+    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 4)")
     fed.add_argument("--batch-size", type=int, default=None, help="default 8")
     fed.add_argument("--max-length", type=int, default=None, help="tokens per text (default 48)")
     fed.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (default 160)")
-    fed.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 2)")
+    fed.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
     fed.add_argument(
         "--first-seed", type=int, default=None, help="seeds N.. instead of 0.. (a run split over processes)"
     )

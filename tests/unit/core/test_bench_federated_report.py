@@ -86,7 +86,7 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
 
 def test_the_config_refuses_nonsense_and_quick_is_a_valid_config() -> None:
     assert FederatedBenchConfig(**QUICK).steps == 4
-    assert FederatedBenchConfig().steps == 15
+    assert FederatedBenchConfig().steps == 40
     bad_configs = ({"devices": 0}, {"alpha": 0.0}, {"max_length": 4}, {"seeds": 0}, {"lr": -1.0},
                    {"first_seed": -1}, {"validation_fraction": 0.0}, {"validation_fraction": 1})  # fmt: skip
     for bad in bad_configs:
