@@ -177,7 +177,8 @@ def markdown_table(report_json: str) -> str:
     lines += _curve_table(report["validation_curves"])
     lines += ["", "| target | measured (points) | met |", "|---|---|---|"]
     for row in report["targets"]:
-        lines.append(f"| {row['target']} | {row['value']:.2f} | {'yes' if row['met'] else 'no'} |")
+        name = row["target"].replace("|", "\\|")  # a literal | would end the Markdown cell
+        lines.append(f"| {name} | {row['value']:.2f} | {'yes' if row['met'] else 'no'} |")
     trunk = report["trunk_adapter"]
     if trunk.get("shared") is not None:
         lines += [

@@ -81,6 +81,7 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
     assert "| fedavg | 73.0% | 70.0% | 76.0% | 70.0 / 76.0 | 60.0% |" in table
     assert "| 1 | 60.0% / 0.900 | 60.0% / 0.900 | 60.0% / 0.900 |" in table
     assert "| centralized - fedavg <= 3 points | 7.00 | no |" in table
+    assert "| \\|fedavg - aircomp_20db\\| <= 1 point | 0.50 | yes |" in table
     assert "trunk_adapter averaged (fedavg) 73.0% vs shared (fedavg_shared) 75.0%: +2.00 points." in table
 
 
