@@ -45,7 +45,7 @@ from splitft.bench.federated_train import (
     train_local,
 )
 from splitft.data.shards import dirichlet_shards, shard_histogram
-from splitft.data.stdlib_task import TextTask, build_stdlib_task
+from splitft.data.stdlib_task import Example, build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess
@@ -61,14 +61,18 @@ QUICK: dict[str, Any] = dict(
 class FederatedBenchConfig:
     devices: int = 4
     alpha: float = 0.5  # Dirichlet concentration of the devices' class shares
-    rounds: int = 3
-    local_steps: int = 5  # optimizer steps per device and round
+    # 10 rounds of 4 (40 steps per device, 160 for centralized): 3 rounds of 5 were far from converged
+    rounds: int = 10
+    local_steps: int = 4  # optimizer steps per device and round
     batch_size: int = 8
     max_length: int = 48
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
+    validation_fraction: float = 0.15  # of each class's training data: the validation split
     lr: float = 2e-3  # AdamW, constant, fresh each round (as a device agent starts each round)
-    seeds: int = 2  # seeds 0 .. seeds-1
+    seeds: int = 3  # seeds first_seed .. first_seed + seeds - 1
+    first_seed: int = 0  # > 0: the rest of a run split over processes (merge with `--merge`)
     snr_db: tuple[float, ...] = (0.0, 10.0, 20.0)
+    shared_trunk: bool = True  # False: no fedavg_shared row (a long run on a loaded machine)
     threads: int = 1  # torch threads here and in the edge process
     model_dir: str | None = None  # None: the packaged all-MiniLM-L6-v2
 
@@ -80,6 +84,10 @@ class FederatedBenchConfig:
             raise InvalidArgument("max_length must be >= 8 and max_per_class >= 2")
         if not (self.alpha > 0 and self.lr > 0):
             raise InvalidArgument("alpha and lr must be > 0")
+        if self.first_seed < 0:
+            raise InvalidArgument("first_seed must be >= 0")
+        if not 0 < self.validation_fraction < 1:
+            raise InvalidArgument("validation_fraction must lie strictly between 0 and 1")
 
     @property
     def steps(self) -> int:
@@ -91,20 +99,23 @@ def run_federated_bench(config: FederatedBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
     started, load_before = time.perf_counter(), _load()
     model_dir = Path(config.model_dir or default_model_dir())
-    task = build_stdlib_task(max_per_class=config.max_per_class)
+    full = build_stdlib_task(max_per_class=config.max_per_class)
+    train, validation = validation_split(full.train, config.validation_fraction)
+    task = Task(full.num_labels, train, validation, full.heldout)
     encode = Encoder(model_dir, config.max_length)
     runs = []
     with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-fed-") as tmp:
         edge_args = [f"{EDGE_MODEL}={model_dir}"]
         with EdgeProcess(edge_args, threads=config.threads, log_path=str(Path(tmp) / "edge.log")) as edge:
             split = Split(model_dir, edge.address, task.num_labels, config.lr)
-            for seed in range(config.seeds):
-                logger.info("bench federated: seed %d of %d", seed + 1, config.seeds)
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
+                logger.info("bench federated: seed %d", seed)
                 runs.append(_run_seed(config, split, task, encode, seed, Path(tmp) / f"seed-{seed}"))
     report = {
         "benchmark": "federated",
         "config": asdict(config),
         "steps_per_device": config.steps,
+        "examples": {"train": len(task.train), "validation": len(task.validation), "test": len(task.test)},
         "load_average": {"before": load_before, "after": _load(), "cpus": os.cpu_count()},
         "seeds": runs,
         **summarize(runs, config),
@@ -122,15 +133,27 @@ def _variants(config: FederatedBenchConfig, seed: int) -> list[str]:
     names = [
         "independent",
         "fedavg",
-        "fedavg_shared",
+        *(["fedavg_shared"] if config.shared_trunk else []),
         *[f"aircomp_{s:g}db" for s in config.snr_db],
         "centralized",
     ]
     return names if seed % 2 == 0 else names[::-1]  # alternating order over seeds
 
 
+@dataclass(frozen=True)
+class Task:
+    """The demo task's three disjoint splits: train (sharded over the devices), validation (carved
+    from the task's training data: curves and choices) and test (the task's held-out split: the
+    reported accuracy, never used for a choice)."""
+
+    num_labels: int
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+
 def _run_seed(
-    config: FederatedBenchConfig, split: Split, task: TextTask, encode: Encoder, seed: int, tmp: Path
+    config: FederatedBenchConfig, split: Split, task: Task, encode: Encoder, seed: int, tmp: Path
 ) -> dict[str, Any]:
     labels = [e.label for e in task.train]
     indices = dirichlet_shards(labels, config.devices, config.alpha, seed)
@@ -140,7 +163,7 @@ def _run_seed(
         for steps in [config.steps]
     ]
     start = initial_adapter(split, tmp / "initial", seed)
-    evaluator = Evaluator(split, start, task.heldout, encode)
+    evaluator = Evaluator(split, start, task.test, task.validation, encode)
     results: dict[str, Any] = {}
     for name in _variants(config, seed):
         began = time.perf_counter()
@@ -153,11 +176,14 @@ def _run_seed(
             plan = Rounds(config.rounds, config.local_steps, snr, seed, shared_trunk=name == "fedavg_shared")
             results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
         results[name]["seconds"] = round(time.perf_counter() - began, 1)
+        # each variant's figures as soon as they exist: a long run cut short still tells what it got
+        logger.info("bench federated: seed %d %s: %s", seed, name, json.dumps(results[name]))
     return {
         "seed": seed,
         "order": _variants(config, seed),
         "shards": [dict(sorted(h.items())) for h in shard_histogram(labels, indices)],
         "initial_accuracy": round(evaluator.accuracy(start), 4),
+        "initial_validation_accuracy": round(evaluator.accuracy(start, "validation"), 4),
         "results": results,
     }
 
@@ -166,14 +192,17 @@ def _independent(
     split: Split, start: Path, shards: list[Shard], evaluator: Evaluator, out: Path, seed: int
 ) -> dict[str, Any]:
     """Each device alone: all its steps on its own data, from the common initial adapter."""
-    accuracies = []
+    accuracies, validation = [], []
     for k, shard in enumerate(shards):
         run = train_local(split, start, shard.batches, out / f"device-{k}", seed * 100 + k)
         accuracies.append(round(evaluator.accuracy(run.adapter), 4))
+        validation.append(round(evaluator.accuracy(run.adapter, "validation"), 4))
     return {
         "per_device": accuracies,
         "mean": round(sum(accuracies) / len(accuracies), 4),
         "worst": min(accuracies),
+        "validation_per_device": validation,
+        "validation_mean": round(sum(validation) / len(validation), 4),
     }
 
 
@@ -181,7 +210,7 @@ def _centralized(
     config: FederatedBenchConfig,
     split: Split,
     start: Path,
-    task: TextTask,
+    task: Task,
     encode: Encoder,
     evaluator: Evaluator,
     out: Path,
@@ -193,7 +222,10 @@ def _centralized(
     one = train_local(split, start, everything[: config.steps], out / "one-device-steps", seed * 100 + 99)
     return {
         "accuracy": round(evaluator.accuracy(total.adapter), 4),
+        "validation_accuracy": round(evaluator.accuracy(total.adapter, "validation"), 4),
         "steps": len(everything),
+        "mean_loss": round(total.mean_loss, 4),
         "accuracy_one_device_steps": round(evaluator.accuracy(one.adapter), 4),
+        "validation_accuracy_one_device_steps": round(evaluator.accuracy(one.adapter, "validation"), 4),
         "one_device_steps": config.steps,
     }

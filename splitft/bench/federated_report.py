@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from types import SimpleNamespace
 from typing import Any
+
+from splitft.errors import InvalidArgument
 
 DEFINITIONS = {
     "steps": "every device takes rounds * local_steps optimizer steps in every variant",
@@ -31,22 +34,42 @@ def _points(values: list[float]) -> dict[str, float]:
     }
 
 
-def _accuracies(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+def _accuracies(runs: list[dict[str, Any]], on: str = "test") -> dict[str, list[float]]:
+    """Accuracy per variant and seed on the test split (the reported figures) or on validation."""
+    v = "" if on == "test" else "validation_"
     rows: dict[str, list[float]] = {}
     for run in runs:
         for name, result in run["results"].items():
             if name == "independent":
-                rows.setdefault("independent_mean", []).append(result["mean"])
-                rows.setdefault("independent_worst", []).append(result["worst"])
+                rows.setdefault("independent_mean", []).append(result[f"{v}mean"])
+                if not v:
+                    rows.setdefault("independent_worst", []).append(result["worst"])
             elif name == "centralized":
-                rows.setdefault("centralized", []).append(result["accuracy"])
+                rows.setdefault("centralized", []).append(result[f"{v}accuracy"])
                 rows.setdefault("centralized_one_device_steps", []).append(
-                    result["accuracy_one_device_steps"]
+                    result[f"{v}accuracy_one_device_steps"]
                 )
             else:
-                rows.setdefault(name, []).append(result["accuracy"])
-    rows["initial"] = [run["initial_accuracy"] for run in runs]
+                rows.setdefault(name, []).append(result[f"{v}accuracy"])
+    rows["initial"] = [run[f"initial_{v}accuracy"] for run in runs]
     return rows
+
+
+def _curves(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per round, mean over seeds: the global adapter's validation accuracy (points) and the
+    devices' mean training loss of the round, for every rounds variant: is it converging?"""
+    curves: dict[str, list[dict[str, float]]] = {}
+    names = [name for name, result in runs[0]["results"].items() if "rounds" in result]
+    for name in names:
+        per_seed = [run["results"][name]["rounds"] for run in runs]
+        curves[name] = [
+            {
+                "validation": round(100 * statistics.fmean(s[r]["validation_accuracy"] for s in per_seed), 2),
+                "mean_loss": round(statistics.fmean(s[r]["mean_loss"] for s in per_seed), 4),
+            }
+            for r in range(len(per_seed[0]))
+        ]  # fmt: skip
+    return curves
 
 
 def _targets(accuracy: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
@@ -87,13 +110,48 @@ def _trunk_adapter(accuracy: dict[str, dict[str, float]]) -> dict[str, Any]:
 def summarize(runs: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     """The report's summary part: accuracy spread over seeds, targets, bytes, definitions."""
     accuracy = {name: _points(values) for name, values in _accuracies(runs).items()}
+    validation = {name: _points(values) for name, values in _accuracies(runs, "validation").items()}
     return {
         "accuracy_points": accuracy,
+        "validation_points": validation,
+        "per_seed_points": {name: [round(100 * v, 2) for v in vs] for name, vs in _accuracies(runs).items()},
+        "validation_curves": _curves(runs),
         "targets": _targets(accuracy),
         "bytes_per_round": {**_bytes(runs), "devices": config.devices},
         "trunk_adapter": _trunk_adapter(accuracy),
         "definitions": DEFINITIONS,
     }
+
+
+def merge_reports(report_jsons: list[str]) -> str:
+    """One report from runs of the same config over disjoint seeds (`--first-seed`, e.g. one process
+    per seed on a loaded machine): their seeds together, summarized again. Each part keeps its own
+    seconds and load average; the merged `seconds` is the longest part's."""
+    reports = [json.loads(text) for text in report_jsons]
+    keys = [{k: v for k, v in r["config"].items() if k not in ("seeds", "first_seed")} for r in reports]
+    if any(key != keys[0] for key in keys):
+        raise InvalidArgument("the reports to merge differ in their config (other than their seeds)")
+    runs = sorted((run for r in reports for run in r["seeds"]), key=lambda run: run["seed"])
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise InvalidArgument(f"the reports to merge share seeds: {seeds}")
+    config = SimpleNamespace(**{**keys[0], "seeds": len(runs)})
+    parts = [{"seeds": [run["seed"] for run in r["seeds"]], "seconds": r["seconds"],
+              "load_average": r["load_average"]} for r in reports]  # fmt: skip
+    merged = {
+        **{k: v for k, v in reports[0].items() if k not in ("seeds", "seconds", "load_average")},
+        "config": {**keys[0], "seeds": len(runs), "first_seed": min(seeds)},
+        "parts": parts,
+        "load_average": {
+            "before": max((p["load_average"]["before"] for p in parts), key=lambda x: x[0]),
+            "after": max((p["load_average"]["after"] for p in parts), key=lambda x: x[0]),
+            "cpus": reports[0]["load_average"]["cpus"],
+        },
+        "seeds": runs,
+        **summarize(runs, config),
+        "seconds": max(p["seconds"] for p in parts),
+    }
+    return json.dumps(merged, indent=2)
 
 
 def markdown_table(report_json: str) -> str:
@@ -106,14 +164,21 @@ def markdown_table(report_json: str) -> str:
         f"{config['batch_size']}, max length {config['max_length']}, seeds {config['seeds']}; load average "
         f"{load['before']} before, {load['after']} after, {load['cpus']} CPUs; {report['seconds']} s",
         "",
-        "| variant | held-out accuracy, mean over seeds | min | max |",
-        "|---|---|---|---|",
+        "| variant | test accuracy, mean over seeds | min | max | per seed | validation, mean |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in report["accuracy_points"].items():
-        lines.append(f"| {name} | {row['mean']:.1f}% | {row['min']:.1f}% | {row['max']:.1f}% |")
+        seeds = " / ".join(f"{v:.1f}" for v in report["per_seed_points"][name])
+        valid = report["validation_points"].get(name)
+        lines.append(
+            f"| {name} | {row['mean']:.1f}% | {row['min']:.1f}% | {row['max']:.1f}% | {seeds} | "
+            + (f"{valid['mean']:.1f}% |" if valid else "- |")
+        )
+    lines += _curve_table(report["validation_curves"])
     lines += ["", "| target | measured (points) | met |", "|---|---|---|"]
     for row in report["targets"]:
-        lines.append(f"| {row['target']} | {row['value']:.2f} | {'yes' if row['met'] else 'no'} |")
+        name = row["target"].replace("|", "\\|")  # a literal | would end the Markdown cell
+        lines.append(f"| {name} | {row['value']:.2f} | {'yes' if row['met'] else 'no'} |")
     trunk = report["trunk_adapter"]
     if trunk.get("shared") is not None:
         lines += [
@@ -129,3 +194,17 @@ def markdown_table(report_json: str) -> str:
         f"{data['wire_bytes_training']:,}.",
     ]
     return "\n".join(lines)
+
+
+def _curve_table(curves: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Per round: the global adapter's validation accuracy and the devices' mean loss, per variant."""
+    names = list(curves)
+    lines = [
+        "",
+        "| round | " + " | ".join(f"{n} validation / loss" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for r in range(len(curves[names[0]]) if names else 0):
+        cells = [f"{curves[n][r]['validation']:.1f}% / {curves[n][r]['mean_loss']:.3f}" for n in names]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines

@@ -73,14 +73,22 @@ def run_rounds(
             "adapter_bytes_down": 0 if number == 0 else len(runs) * (current / WEIGHTS).stat().st_size,
             "wire_bytes": sum(run.wire_bytes for run in runs),
             "mean_last_loss": round(sum(run.last_loss for run in runs) / len(runs), 4),
+            "mean_loss": round(sum(run.mean_loss for run in runs) / len(runs), 4),
         }  # fmt: skip
-        if plan.shared_trunk:
+        if plan.shared_trunk:  # every upload carries the trunk part; the aggregate uses one of them
             row["trunk_steps"] = max(m.steps for m in marks if m is not None)
+            row["trunk_part_bytes"] = sum(int(v.nbytes) for v in trunk.values())
+            row["redundant_trunk_bytes_up"] = (len(runs) - 1) * row["trunk_part_bytes"]
         state = _aggregate(plan, number, states, weights, row)
         if state is not None:
             current = write_state({**state, **trunk}, runs[0].adapter, out / f"round-{number}" / "global")
+        row["validation_accuracy"] = round(evaluator.accuracy(current, "validation"), 4)
         per_round.append(row)
-    return {"accuracy": round(evaluator.accuracy(current), 4), "rounds": per_round}
+    return {
+        "accuracy": round(evaluator.accuracy(current), 4),
+        "validation_accuracy": row["validation_accuracy"],
+        "rounds": per_round,
+    }
 
 
 def _aggregate(

@@ -42,6 +42,7 @@ class LocalRun:
     adapter_bytes: int  # that adapter's weights file: the bytes a device uploads
     wire_bytes: int  # SplitModel.stats bytes sent + received while training
     last_loss: float
+    mean_loss: float  # over its steps: a steadier training curve than one batch's loss
     seconds: float
 
 
@@ -115,21 +116,22 @@ def train_local(
         torch.manual_seed(seed)  # the device side's dropout masks
         optimizer = model.configure_optimizer(torch.optim.AdamW, lr=split.lr, weight_decay=0.01)
         model.train()
-        loss = float("nan")
+        losses = [float("nan")]
         for batch in data:
             output = model(**batch)
             output.loss.backward()
             optimizer.clip_grad_norm_(1.0)
             optimizer.step()
             optimizer.zero_grad()
-            loss = output.loss.item()
+            losses.append(output.loss.item())
         stats = model.stats
         model.save_adapter(out)
     return LocalRun(
         adapter=out,
         adapter_bytes=(out / WEIGHTS).stat().st_size,
         wire_bytes=stats.bytes_sent + stats.bytes_received,
-        last_loss=loss,
+        last_loss=losses[-1],
+        mean_loss=sum(losses[1:]) / max(1, len(losses) - 1),
         seconds=time.perf_counter() - started,
     )
 
@@ -156,21 +158,34 @@ def write_state(state: State, like: Path, out: Path) -> Path:
 
 
 class Evaluator:
-    """Held-out accuracy of an adapter on the whole model in one process (plain peft), as an
-    operator who downloaded it would measure: one model, each adapter's weights set in turn."""
+    """Accuracy of an adapter on the whole model in one process (plain peft), as an operator who
+    downloaded it would measure: one model, each adapter's weights set in turn. Two sets: `test`
+    (the task's held-out split: the reported figures) and `validation` (carved from the training
+    data: the per-round curves and any choice; nothing is ever chosen on `test`)."""
 
-    def __init__(self, split: Split, first: Path, heldout: Sequence[Example], encode: Encoder) -> None:
+    def __init__(
+        self,
+        split: Split,
+        first: Path,
+        test: Sequence[Example],
+        validation: Sequence[Example],
+        encode: Encoder,
+    ) -> None:
         base = BertForSequenceClassification.from_pretrained(
             str(split.model_dir), num_labels=split.num_labels
         )
         self.model: Any = PeftModel.from_pretrained(base, str(first)).eval()
-        self.batches = [encode(texts, labels) for texts, labels in batches(tuple(heldout), 64)]
+        self.sets = {
+            name: [encode(texts, labels) for texts, labels in batches(tuple(examples), 64)]
+            for name, examples in (("test", test), ("validation", validation))
+        }
 
     @torch.no_grad()
-    def accuracy(self, adapter: Path) -> float:
+    def accuracy(self, adapter: Path, on: str = "test") -> float:
+        """Accuracy on `on`: "test" or "validation"."""
         set_peft_model_state_dict(self.model, load_torch(str(adapter / WEIGHTS)))
         correct = total = 0
-        for batch in self.batches:
+        for batch in self.sets[on]:
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             correct += int((logits.argmax(-1) == batch["labels"]).sum())
             total += len(batch["labels"])

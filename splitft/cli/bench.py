@@ -197,15 +197,41 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     # None: the full run's value, or --quick's (splitft.bench.federated.QUICK).
     fed.add_argument("--devices", type=int, default=None, help="default 4")
     fed.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha of the shards (default 0.5)")
-    fed.add_argument("--rounds", type=int, default=None, help="default 3")
-    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 5)")
+    fed.add_argument("--rounds", type=int, default=None, help="default 10")
+    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 4)")
     fed.add_argument("--batch-size", type=int, default=None, help="default 8")
     fed.add_argument("--max-length", type=int, default=None, help="tokens per text (default 48)")
     fed.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (default 160)")
-    fed.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 2)")
+    fed.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
+    fed.add_argument(
+        "--first-seed", type=int, default=None, help="seeds N.. instead of 0.. (a run split over processes)"
+    )
+    fed.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="REPORT",
+        help="run nothing: merge JSON reports of one config over disjoint seeds (--first-seed) into one",
+    )
+    fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
+    fed.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of each class's training data held out for validation (default 0.15); "
+        "the reported accuracy is on the task's separate test split",
+    )
     fed.add_argument("--snr-db", type=float, nargs="+", default=None, help="AirComp SNRs (default 0 10 20)")
     fed.add_argument(
         "--threads", type=int, default=None, help="torch threads here and in the edge (default 1)"
+    )
+    fed.add_argument(
+        "--no-shared-trunk",
+        dest="shared_trunk",
+        action="store_const",
+        const=False,
+        default=None,
+        help="leave out the fedavg_shared row (trunk_adapter shared), e.g. for a long run",
     )
     fed.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, 1 seed, 20 dB")
     fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")

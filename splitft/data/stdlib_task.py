@@ -120,6 +120,27 @@ def batches(
         yield [example.text for example in chunk], [example.label for example in chunk]
 
 
+def validation_split(
+    examples: Sequence[Example], fraction: float
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """Split train ``examples`` into ``(train, validation)``: about ``fraction`` of each class, at
+    least one and never all, by a rank independent of the held-out split's, so that choices
+    (learning rate, rounds) are made on validation and the held-out split stays a test split."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction!r}")
+    train: list[Example] = []
+    validation: list[Example] = []
+    for label in sorted({example.label for example in examples}):
+        members = [example for example in examples if example.label == label]
+        if len(members) < 2:
+            raise ValueError(f"class {label} has {len(members)} example(s): at least 2 needed to split")
+        ordered = sorted(members, key=lambda example: (_rank(example.text, "validation"), example.text))
+        held = min(max(1, int(len(ordered) * fraction + 0.5)), len(ordered) - 1)
+        validation.extend(ordered[:held])
+        train.extend(ordered[held:])
+    return _sorted(train), _sorted(validation)
+
+
 def _validate_arguments(
     packages: Sequence[str], max_per_class: int, heldout_fraction: float
 ) -> tuple[str, ...]:

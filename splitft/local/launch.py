@@ -144,7 +144,11 @@ class EdgeProcess:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=env)
-        wait_healthy(self.address, timeout, self.process, self._credentials())
+        try:
+            wait_healthy(self.address, timeout, self.process, self._credentials())
+        except BaseException:  # not healthy in time (a loaded machine): never leave it running orphaned
+            terminate(self.process, 5.0)
+            raise
         logger.info("edge process %d healthy at %s", self.process.pid, self.address)
         return self
 
@@ -292,6 +296,7 @@ class ControlProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        terminate(self.process, 5.0)  # never leave it running orphaned
         raise Unavailable(f"control plane at {self.url} not healthy after {timeout:.0f} s")
 
     def stop(self, timeout: float = 20.0) -> int | None:

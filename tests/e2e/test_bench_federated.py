@@ -45,6 +45,16 @@ def test_bench_federated_quick_reports_every_variant_and_the_targets(tmp_path, c
     assert gain["met"] == (gain["value"] >= 5.0)
     # (e) the shared trunk: every device of a round steps it in turn, so its last export holds them all
     assert [r["trunk_steps"] for r in results["fedavg_shared"]["rounds"]] == [4 * 2, 4 * 2]
+    # ... and every device uploads the trunk part, of which the aggregate keeps one: 3 of 4 redundant
+    for row in results["fedavg_shared"]["rounds"]:
+        assert 0 < row["trunk_part_bytes"] < row["adapter_bytes_up"] / 4
+        assert row["redundant_trunk_bytes_up"] == 3 * row["trunk_part_bytes"]
+    # validation (carved from the training data) and test (the task's held-out split) are disjoint sets
+    sizes = report["examples"]
+    assert sizes["validation"] > 0 and sizes["test"] > 0 and sizes["train"] > sizes["validation"]
+    assert all(0 <= r["validation_accuracy"] <= 1 for r in results["fedavg"]["rounds"])
+    assert results["fedavg"]["validation_accuracy"] == results["fedavg"]["rounds"][-1]["validation_accuracy"]
+    assert len(report["validation_curves"]["fedavg"]) == 2
     trunk = report["trunk_adapter"]
     assert trunk["shared"] == pytest.approx(100 * results["fedavg_shared"]["accuracy"])
     assert trunk["shared_minus_averaged"] == pytest.approx(trunk["shared"] - trunk["averaged"], abs=0.01)

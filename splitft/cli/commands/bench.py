@@ -15,6 +15,7 @@ from splitft.bench.edge_report import markdown_table as edge_markdown_table
 from splitft.bench.federated import QUICK as FEDERATED_QUICK
 from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
+from splitft.bench.federated_report import merge_reports as merge_federated_reports
 from splitft.bench.generate import QUICK as GENERATE_QUICK
 from splitft.bench.generate import GenerateBenchConfig, run_generate_bench
 from splitft.bench.generate import markdown_table as generate_markdown_table
@@ -28,6 +29,7 @@ from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
 from splitft.bench.sparse import SparseBenchConfig, run_sparse_bench
 from splitft.bench.step import StepBenchConfig, run_step_bench
 from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
+from splitft.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -127,12 +129,25 @@ def quantize(args: argparse.Namespace) -> int:
 
 def federated(args: argparse.Namespace) -> int:
     """`bench federated`: independent vs FedAvg vs AirComp vs centralized on non-IID shards."""
-    config = _preset_config(FederatedBenchConfig, args, FEDERATED_QUICK if args.quick else {})
-    report = run_federated_bench(config)
+    if args.merge:
+        report = merge_federated_reports([_read_report(path) for path in args.merge])
+    else:
+        config = _preset_config(FederatedBenchConfig, args, FEDERATED_QUICK if args.quick else {})
+        report = run_federated_bench(config)
     if args.json:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(federated_markdown_table(report) if args.markdown else report)
+
+
+def _read_report(path: str) -> str:
+    """A JSON report's text, or InvalidArgument naming the file."""
+    try:
+        text = open(path).read()
+        json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"--merge: cannot read the report {path}: {exc}") from None
+    return text
 
 
 def resume(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from splitft.data.stdlib_task import (
     TextTask,
     batches,
     build_stdlib_task,
+    validation_split,
 )
 
 _DIGEST_SCRIPT = """
@@ -179,3 +180,25 @@ def test_batches_reject_bad_size(task: TextTask) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         next(batches(task.train, 0))
     assert list(batches([], 4)) == []
+
+
+def test_validation_split_is_disjoint_per_class_and_stable(task: TextTask) -> None:
+    train, validation = validation_split(task.train, 0.15)
+    assert sorted(train + validation, key=lambda e: e.text) == sorted(task.train, key=lambda e: e.text)
+    assert not {e.text for e in train} & {e.text for e in validation}
+    assert not {e.text for e in validation} & {e.text for e in task.heldout}  # test split untouched
+    per_class, held = Counter(e.label for e in task.train), Counter(e.label for e in validation)
+    for label, count in per_class.items():
+        assert held[label] == min(max(1, int(count * 0.15 + 0.5)), count - 1)
+    assert validation_split(task.train, 0.15) == (train, validation)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_validation_split_rejects_bad_fraction(task: TextTask, fraction: float) -> None:
+    with pytest.raises(ValueError, match="fraction must lie strictly between 0 and 1"):
+        validation_split(task.train, fraction)
+
+
+def test_validation_split_needs_two_examples_per_class() -> None:
+    with pytest.raises(ValueError, match="class 0 has 1 example"):
+        validation_split([Example("only one", 0), Example("a", 1), Example("b", 1)], 0.5)
