@@ -13,6 +13,7 @@ intra-op workers allocate nothing on CPU here).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,16 @@ from splitft.bench.memory_probes import AllocationTracker
 StepLoss = Callable[[nn.Module], torch.Tensor]  # the model -> the loss of one step's batch
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: StepLoss) -> float:
+@dataclass
+class Run:
+    """One model to measure: its optimizer and its step's loss."""
+
+    model: nn.Module
+    optimizer: Any
+    loss_of: StepLoss
+
+
+def train_step(model: nn.Module, optimizer: Any, loss_of: StepLoss) -> float:
     """One step: forward, backward, optimizer step, gradients freed."""
     loss = loss_of(model)
     loss.backward()
@@ -32,22 +42,26 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: Step
     return float(loss.detach())
 
 
-def measured_step_bytes(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: StepLoss, steps: int = 2
-) -> tuple[int, list[float]]:
-    """(peak bytes allocated above the start of the steps, the steps' losses)."""
-    losses: list[float] = []
+def measured_runs(runs: list[Run], steps: int = 2) -> list[int]:
+    """Each run's peak bytes above the start of its `steps` steps, one run after the other under one
+    profiler (starting one costs seconds on a loaded machine)."""
     tracker = AllocationTracker()
     with tracker:
-        # An allocation event before the phase: the profiler's running total may carry bytes that
-        # earlier profiled windows allocated and that were freed unprofiled, so the phase's
+        # An allocation event before the first phase: the profiler's running total may carry bytes
+        # that earlier profiled windows allocated and that were freed unprofiled, so a phase's
         # baseline must be read from this window's own events, not assumed 0.
         marker = torch.empty(1)
-        with tracker.phase("train"):
-            for _ in range(steps):
-                losses.append(train_step(model, optimizer, loss_of))
+        for index, run in enumerate(runs):
+            with tracker.phase(f"run{index}"):
+                for _ in range(steps):
+                    train_step(run.model, run.optimizer, run.loss_of)
     del marker
-    return tracker.peak("train") - tracker.live_at("train"), losses
+    return [tracker.peak(f"run{i}") - tracker.live_at(f"run{i}") for i in range(len(runs))]
+
+
+def measured_step_bytes(model: nn.Module, optimizer: Any, loss_of: StepLoss, steps: int = 2) -> int:
+    """One model's peak bytes above the start of its `steps` steps."""
+    return measured_runs([Run(model, optimizer, loss_of)], steps)[0]
 
 
 def adamw(model: nn.Module, lr: float) -> Any:

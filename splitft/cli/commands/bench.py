@@ -15,6 +15,9 @@ from splitft.bench.edge_report import markdown_table as edge_markdown_table
 from splitft.bench.federated import QUICK as FEDERATED_QUICK
 from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
+from splitft.bench.fewshot import QUICK as FEWSHOT_QUICK
+from splitft.bench.fewshot import FewshotBenchConfig, run_fewshot_bench
+from splitft.bench.fewshot import markdown_table as fewshot_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
@@ -97,6 +100,16 @@ def methods(args: argparse.Namespace) -> int:
     """`bench methods`: LoRA vs TaskEdge vs TinyTrain vs head-only; --markdown prints the table."""
     report = run_methods_bench(config_from_args(MethodsBenchConfig, args))
     return _print(markdown_table(report) if args.markdown else report)
+
+
+def fewshot(args: argparse.Namespace) -> int:
+    """`bench fewshot`: TinyTrain on few-shot episodes vs last-layer and full fine-tuning."""
+    config = _preset_config(FewshotBenchConfig, args, FEWSHOT_QUICK if args.quick else {})
+    report = run_fewshot_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(fewshot_markdown_table(report) if args.markdown else report)
 
 
 def control(args: argparse.Namespace) -> int:

@@ -12,9 +12,11 @@ tokens:
 * activations: the bytes autograd saves for backward from `L`'s input on (everything after `L`
   must pass its gradient back), MEASURED during the Fisher pass with saved-tensor hooks
   (`LayerCost.saved_after`): nothing before `L` is saved, every op after it is;
-* transient: the larger of the largest of those saved tensors (backward holds its gradient beside
-  them) and one trained layer's `b * r*out*in` (AdamW's CPU step makes a temporary the size of the
-  parameter it updates).
+* transient: the larger of two peaks, both from the Fisher pass. Backward's: the activations plus
+  the larger of the largest of them (backward holds its gradient beside them) and one trained
+  layer's `b * r*out*in` (AdamW's CPU step makes a temporary the size of the parameter it updates).
+  The forward's: at each leaf module, what was saved so far from `L` on plus the module's inputs
+  and output (a frozen forward keeps no graph, but its widest op's input and output coexist).
 
 MACs: `r*out*in*T` per trained layer for its weight gradient, plus the input-gradient MACs
 `out*in*T` of every target layer after `L` (conservative: a parallel branch, k_proj beside q_proj,
@@ -47,6 +49,7 @@ class LayerCost:
     side: str = DEVICE  # where the layer trains: DEVICE or EDGE
     saved_after: int = 0  # device bytes autograd saves from this layer's input on (measured)
     largest_saved: int = 0  # the largest single tensor among them
+    forward_peak: int = 0  # the forward's largest working set once this layer trains (measured)
     input_id: int | None = None  # layers sharing an id read one input tensor (saved once)
 
     def state_bytes(self, channels: int, bytes_per_element: int) -> int:
@@ -111,7 +114,8 @@ def sided_cost(
         macs += sum(costs[n].input_grad_macs for n in after if costs[n].side == side)
         if side == DEVICE:
             largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
-            memory += first.saved_after + max(first.largest_saved, largest_row_block)
+            backward = first.saved_after + max(first.largest_saved, largest_row_block)
+            memory += max(first.forward_peak, backward)
         result[side] = (memory, macs)
     return SelectionCost(*result[DEVICE], *result[EDGE])
 

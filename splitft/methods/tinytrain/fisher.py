@@ -49,6 +49,7 @@ class FisherPass:
     # per layer: bytes autograd saved from its input on, and the largest such tensor (rounded means)
     saved_after: dict[str, int] = field(default_factory=dict)
     largest_saved: dict[str, int] = field(default_factory=dict)
+    forward_peak: dict[str, int] = field(default_factory=dict)
     input_groups: dict[str, int] = field(default_factory=dict)  # one id per input tensor (first batch)
 
 
@@ -150,6 +151,7 @@ def fisher_pass(
     tokens: dict[str, list[int]] = {}
     saved: dict[str, list[int]] = {}
     largest: dict[str, list[int]] = {}
+    peaks: dict[str, list[int]] = {}
     groups: dict[str, int] = {}
     order: list[str] = []
     samples = 0
@@ -165,12 +167,19 @@ def fisher_pass(
                 after, big = part.saved.after(name)
                 saved.setdefault(name, []).append(after)
                 largest.setdefault(name, []).append(big)
+                peaks.setdefault(name, []).append(part.saved.forward_peak(name))
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
         raise InvalidArgument(f"the support set never reached {missing[:3] or module_names[:3]}")
     potentials = potentials_from_squares({n: squares[n] for n in module_names}, samples)
     return FisherPass(
-        potentials, mean_tokens(tokens), order, mean_tokens(saved), mean_tokens(largest), groups
+        potentials,
+        mean_tokens(tokens),
+        order,
+        mean_tokens(saved),
+        mean_tokens(largest),
+        mean_tokens(peaks),
+        groups,
     )
 
 
@@ -193,6 +202,7 @@ def measured_cost(
         side=side,
         saved_after=round(measured.saved_after.get(name, 0) * scale),
         largest_saved=round(measured.largest_saved.get(name, 0) * scale),
+        forward_peak=round(measured.forward_peak.get(name, 0) * scale),
         input_id=measured.input_groups.get(name),
     )
 

@@ -29,6 +29,8 @@ class SavedBytes:
         self._seen: set[int] = set()
         self.marks: dict[str, int] = {}  # layer -> number of storages saved before its forward began
         self.inputs: dict[str, int] = {}  # layer -> the storage of its input
+        # per leaf module's forward, in order: (storages saved by then, bytes of its inputs and output)
+        self.working: list[tuple[int, int]] = []
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         if is_quantized(tensor):
@@ -48,11 +50,19 @@ class SavedBytes:
 
         return hook
 
+    def _leaf_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if isinstance(output, torch.Tensor):
+            tensors.append(output)
+        self.working.append((len(self.sizes), sum(t.numel() * t.element_size() for t in tensors)))
+
     @contextmanager
     def recording(self) -> Iterator[SavedBytes]:
         handles = [
             self._model.get_submodule(n).register_forward_pre_hook(self._pre_hook(n)) for n in self._names
         ]
+        leaves = [m for m in self._model.modules() if not any(True for _ in m.children())]
+        handles += [m.register_forward_hook(self._leaf_hook) for m in leaves]
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
                 yield self
@@ -66,6 +76,19 @@ class SavedBytes:
             return 0, 0
         tail = self.sizes[self.marks[name] :]
         return sum(tail), max(tail, default=0)
+
+    def forward_peak(self, name: str) -> int:
+        """The forward's largest working set once `name` trains: at each leaf module's forward, what
+        was saved from `name`'s forward on plus that module's inputs and output (transient)."""
+        start = self.marks.get(name)
+        prefix = [0]
+        for size in self.sizes:
+            prefix.append(prefix[-1] + size)
+        peak = 0
+        for count, working in self.working:
+            saved = prefix[count] - prefix[start] if start is not None and count > start else 0
+            peak = max(peak, saved + working)
+        return peak
 
     def input_groups(self) -> dict[str, int]:
         """Per layer that ran, an id shared by the layers that read the same input tensor."""
