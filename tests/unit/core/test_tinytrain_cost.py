@@ -68,3 +68,30 @@ def test_edge_budget_bounds_only_the_trunk() -> None:
     selection = select_tinytrain(potentials, costs, edge_bound)
     assert selection.ratios == {"dev": 1.0, "trunk": 0.25}  # 2 of the trunk's 8 rows fit its budget
     assert selection.edge_memory_bytes <= edge_bound.edge_memory_budget_bytes
+
+
+@pytest.mark.slow  # the real pretrained MiniLM: about 3 s alone, more on a loaded machine
+def test_the_default_job_budget_does_not_train_every_channel_of_the_packaged_minilm() -> None:
+    """A job without a memory budget (a quarter of the default 512 MiB device) trains part of the
+    demo's MiniLM on a 16 x 64 batch, not every channel of every block."""
+    from transformers import BertForSequenceClassification
+
+    from splitft.demo.sdk import default_model_dir
+    from splitft.methods.tinytrain.config import default_memory_budget
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(default_model_dir()), num_labels=4)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(1000, 5000, (16, 64), generator=generator),
+        "attention_mask": torch.ones(16, 64, dtype=torch.long),
+        "labels": torch.randint(0, 4, (16,), generator=generator),
+    }
+    names = find_target_modules(model)
+    measured = fisher_pass(model, [batch], None, names)
+    costs = layer_costs(model, measured)
+    config = TinyTrainConfig(default_memory_budget(None), math.inf)
+    selection = select_tinytrain(measured.potentials, costs, config)
+    assert selection.masks and selection.memory_bytes <= 128 * 1024**2
+    every = sum(c.out_features * c.in_features for c in costs.values())
+    assert sum(int(m.sum()) for m in selection.masks.values()) < every
