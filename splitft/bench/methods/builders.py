@@ -19,7 +19,7 @@ from splitft.bench.methods.data import Data
 from splitft.methods.common import find_target_modules
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import LayerCost, TinyTrainConfig, fisher_pass, layer_costs, select_tinytrain
-from splitft.methods.tinytrain.cost import EDGE
+from splitft.methods.tinytrain.cost import EDGE, sided_cost
 from splitft.model.loading import read_config
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ def size_tinytrain_budget(
     measured = fisher_pass(model, support, None, names)
     costs = _sided(layer_costs(model, measured), trunk)
     lowest = min(c.memory_bytes(1, 4) for c in costs.values())
-    highest = sum(c.memory_bytes(c.out_features, 4) for c in costs.values())
+    every = sided_cost(costs, {n: c.out_features for n, c in costs.items()}, 4)
+    highest = max(every.memory_bytes, every.edge_memory_bytes)  # everything fits both budgets
     best: tuple[float, float, int] | None = None  # (distance, memory budget, entries)
     points = 160
     for i in range(points + 1):
