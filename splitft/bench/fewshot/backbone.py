@@ -29,7 +29,7 @@ def build_backbone(config: FewshotBenchConfig, seed: int) -> BertForSequenceClas
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pad_token_id=PAD_ID,
-        num_labels=len(BACKBONE_PACKAGES),
+        num_labels=len(BACKBONE_PACKAGES),  # type: ignore[call-arg]  # PretrainedConfig kwarg
     )
     return BertForSequenceClassification(bert)
 

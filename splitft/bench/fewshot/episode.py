@@ -54,7 +54,8 @@ def prototype_head(model: nn.Module, support: Batch, ways: int) -> nn.Linear:
     """The linear head equal to nearest-prototype (squared Euclidean) on the pooled features."""
     model.eval()
     with torch.no_grad():
-        features = model.bert(**_inputs(support)).pooler_output
+        encoder: Any = model.get_submodule("bert")
+        features = encoder(**_inputs(support)).pooler_output
     labels = support["labels"]
     means = torch.stack([features[labels == c].mean(0) for c in range(ways)])
     head = nn.Linear(features.shape[-1], ways)
@@ -66,9 +67,9 @@ def prototype_head(model: nn.Module, support: Batch, ways: int) -> nn.Linear:
 
 def prepare(backbone: nn.Module, episode: Episode, ways: int) -> Context:
     """The backbone with the episode's prototype head, and one Fisher pass over the support set."""
-    base = copy.deepcopy(backbone)
+    base: Any = copy.deepcopy(backbone)  # a BertForSequenceClassification
     base.classifier = prototype_head(base, episode.support, ways)
-    base.num_labels = ways
+    base.num_labels = ways  # the loss BertForSequenceClassification computes reads it
     base.requires_grad_(False)
     fisher = fisher_pass(base, [episode.support], None, find_target_modules(base))
     costs = layer_costs(base, fisher)
