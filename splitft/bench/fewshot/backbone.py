@@ -14,6 +14,7 @@ from splitft.bench.fewshot.config import FewshotBenchConfig
 from splitft.bench.fewshot.data import BACKBONE_PACKAGES, MAX_BYTE_ID, PAD_ID, FewshotData, encode
 
 EVAL_BATCH = 64
+MIN_ONE_CYCLE_STEPS = 20
 
 
 def build_backbone(config: FewshotBenchConfig, seed: int) -> BertForSequenceClassification:
@@ -55,11 +56,12 @@ def pretrain(
     model = build_backbone(config, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
     steps = config.pretrain_steps
+    # one-cycle needs a few steps per phase (torch divides by the warm-up's length); fewer: constant
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.pretrain_lr, total_steps=steps, pct_start=0.1
         )
-        if steps
+        if steps >= MIN_ONE_CYCLE_STEPS
         else None
     )
     rng = random.Random(seed)
@@ -71,8 +73,8 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        assert scheduler is not None
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
     report = {
         "classes": list(BACKBONE_PACKAGES),
         "train_examples": len(data.backbone_train),
