@@ -25,6 +25,7 @@ from pydantic import (
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.methods.registry import get_method
+from splitft.methods.tinytrain.config import default_memory_budget
 from splitft.wire.serde import EdgeOptimizer
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -102,15 +103,43 @@ class TaskEdgeSpec(SelectionSpec):
 
 
 class TinyTrainSpec(SelectionSpec):
-    """TinyTrain selection: which layers and channels to train within memory and compute budgets."""
+    """TinyTrain selection: which layers and channels to train within memory and compute budgets.
+
+    A job without a memory budget gets a share of its device's memory (`DEVICE_MEMORY_SHARE` of
+    `device_memory_bytes`): devices declare no memory when they enroll, so the job declares the
+    memory of the devices it targets, by default `DEFAULT_DEVICE_MEMORY_BYTES` (512 MiB, a small
+    edge device). Without it a job would train every channel of every block.
+    """
 
     method_name: ClassVar[str] = "tinytrain"
 
     memory_budget_bytes: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="backward bytes of the trained layers; null: no limit"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the device's training-step bytes (gradients, optimizer state, saved activations of "
+        "the trained layers); null: a quarter of device_memory_bytes",
     )
     compute_budget_macs: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="backward multiply-accumulates per step; null: no limit"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the device's backward multiply-accumulates per step; null: no limit",
+    )
+    device_memory_bytes: StrictInt | None = Field(
+        None,
+        gt=0,
+        le=2**62,
+        description="memory of the devices this job targets (for the default memory budget); null: 512 MiB",
+    )
+    edge_memory_budget_bytes: StrictFloat | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the trunk's selected state and inputs on the edge; null: no limit",
+    )
+    edge_compute_budget_macs: StrictFloat | None = Field(
+        None, gt=0, allow_inf_nan=False, description="the trunk's backward MACs on the edge; null: no limit"
     )
     channel_ratios: list[float] = Field(
         [1.0, 0.5, 0.25, 0.125], min_length=1, max_length=16, description="channel fractions, each in (0, 1]"
@@ -119,6 +148,13 @@ class TinyTrainSpec(SelectionSpec):
     calibration_batches: StrictInt = Field(
         4, ge=1, le=1000, description="labelled support-set batches, on the device"
     )
+
+    def config_fields(self) -> dict[str, Any]:
+        """The config's fields: the memory budget defaulted from the device's memory."""
+        fields = self.model_dump(exclude={"calibration_batches", "device_memory_bytes"})
+        if fields["memory_budget_bytes"] is None:
+            fields["memory_budget_bytes"] = default_memory_budget(self.device_memory_bytes)
+        return fields
 
 
 # Each selection method's member of the job spec, by registered name (a test checks it against the
@@ -202,7 +238,9 @@ class JobCreate(Strict):
         None, description="with method taskedge; defaults apply when absent"
     )
     tinytrain: TinyTrainSpec | None = Field(
-        None, description="with method tinytrain; defaults (no budget limit: every channel) apply when absent"
+        None,
+        description="with method tinytrain; defaults (a memory budget of a quarter of a 512 MiB device, "
+        "no compute limit) apply when absent",
     )
     trunk_lora: bool = True
     codec: str | dict[str, str] = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
 import pytest
@@ -11,10 +12,10 @@ from transformers.pytorch_utils import Conv1D
 
 from device_client import SplitModel
 from device_client.selection import load_selected
-from splitft.methods.common import linear_shape
+from splitft.methods.common import find_target_modules, linear_shape
 from splitft.methods.sparse import apply_masks, sparse_modules, sparse_state_dict
 from splitft.methods.taskedge import TaskEdgeConfig, budget_entries, taskedge_masks
-from splitft.methods.tinytrain import TinyTrainConfig, tinytrain_masks
+from splitft.methods.tinytrain import TinyTrainConfig, fisher_pass, select_tinytrain, tinytrain_masks
 from splitft.testing.tiny import make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.v1 import dataplane_pb2_grpc as pb_grpc
@@ -35,6 +36,15 @@ BAD_N_M = [
 def _batches(family: str, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [make_batch(family, generator) for _ in range(n)]
+
+
+def _block(name: str) -> int | None:
+    match = re.search(r"\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def tiny_blocks(model: torch.nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
 
 
 def _train(model, optimizer, batches) -> list[float]:
@@ -186,23 +196,30 @@ def _trunk_masks(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
 def test_tinytrain_split_matches_in_process_selection_and_training(family, tiny_models, conn, tmp_path):
-    """The device's global choice over both sides equals tinytrain_masks on the whole model, and
-    split training of those channels equals training them in one process."""
+    """The device's global choice over both sides equals the one-process choice from the whole
+    model's potentials, priced per side (the device's budget counts only the device's layers and the
+    activations it saves, the edge's budget the trunk's layers), and split training of those
+    channels equals training them in one process."""
     tiny = tiny_models[family]
     support = _batches(family, 2, seed=31)
     train = _batches(family, STEPS, seed=32)
     reference = tiny.model_class.from_pretrained(tiny.path)
     unlimited = tinytrain_masks(reference, support, TinyTrainConfig(math.inf, math.inf))
-    # A memory budget of a third of everything, so the choice is partial and spans both sides.
-    config = TinyTrainConfig(memory_budget_bytes=unlimited.memory_bytes / 3, compute_budget_macs=math.inf)
-    expected = tinytrain_masks(reference, support, config)
+    # Budgets of a third (device) and a sixth (edge) of everything: a partial choice on both sides.
+    third, sixth = unlimited.memory_bytes / 3, unlimited.memory_bytes / 6
+    config = TinyTrainConfig(third, math.inf, edge_memory_budget_bytes=sixth)
+    measured = fisher_pass(reference, support, None, find_target_modules(reference))
 
     split = SplitModel.from_pretrained(
         tiny.path, edge=conn, model=family, device_layers=1, head_layers=1, method=config
     )
     selected = split.calibrate(support)
     report = split.selection_report
-    assert report is not None and report.memory_bytes <= config.memory_budget_bytes
+    assert report is not None and report.memory_bytes <= third and report.edge_memory_bytes <= sixth
+    trunk_blocks = range(1, tiny_blocks(reference) - 1)
+    for name, cost in report.costs.items():
+        assert cost.side == ("edge" if _block(name) in trunk_blocks else "device"), name
+    expected = select_tinytrain(measured.potentials, report.costs, config)
     assert report.channels == expected.channels and report.ratios == expected.ratios
     for name, score in expected.scores.items():
         assert report.scores[name] == pytest.approx(score, rel=1e-4), name

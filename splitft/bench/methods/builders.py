@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,8 +18,11 @@ from splitft.bench.methods.config import HEAD_INIT_STD, head_module
 from splitft.bench.methods.data import Data
 from splitft.methods.common import find_target_modules
 from splitft.methods.taskedge import TaskEdgeConfig
-from splitft.methods.tinytrain import TinyTrainConfig, fisher_pass, layer_costs, select_tinytrain
+from splitft.methods.tinytrain import LayerCost, TinyTrainConfig, fisher_pass, layer_costs, select_tinytrain
+from splitft.methods.tinytrain.cost import EDGE, sided_cost
 from splitft.model.loading import read_config
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,19 +140,25 @@ def _block_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def size_tinytrain_budget(model: nn.Module, support: list[Any], budget: int) -> tuple[float, int]:
-    """The memory budget (bytes, no compute limit) whose TinyTrain selection is closest to `budget`
-    trainable entries (log scale), and that selection's size. Scans a geometric grid."""
+def size_tinytrain_budget(
+    model: nn.Module, support: list[Any], budget: int, trunk: range | None = None
+) -> tuple[float, int]:
+    """The memory budget (bytes, no compute limit; the same number for the edge's layers) whose
+    TinyTrain selection is closest to `budget` trainable entries (log scale), and that selection's
+    size. Scans a geometric grid. `trunk`: the blocks on the edge, priced as the split prices them
+    (their state and inputs on the edge's budget; the device pays what it saves after them)."""
     names = find_target_modules(model)
     measured = fisher_pass(model, support, None, names)
-    costs = layer_costs(model, measured.order, measured.tokens)
+    costs = _sided(layer_costs(model, measured), trunk)
     lowest = min(c.memory_bytes(1, 4) for c in costs.values())
-    highest = sum(c.memory_bytes(c.out_features, 4) for c in costs.values())
+    every = sided_cost(costs, {n: c.out_features for n, c in costs.items()}, 4)
+    highest = max(every.memory_bytes, every.edge_memory_bytes)  # everything fits both budgets
     best: tuple[float, float, int] | None = None  # (distance, memory budget, entries)
     points = 160
     for i in range(points + 1):
         memory = lowest * (highest / lowest) ** (i / points)
-        selection = select_tinytrain(measured.potentials, costs, TinyTrainConfig(memory, math.inf))
+        config = TinyTrainConfig(memory, math.inf, edge_memory_budget_bytes=memory)
+        selection = select_tinytrain(measured.potentials, costs, config)
         entries = sum(int(m.sum()) for m in selection.masks.values())
         if entries == 0:
             continue
@@ -160,10 +170,26 @@ def size_tinytrain_budget(model: nn.Module, support: list[Any], budget: int) -> 
     return best[1], best[2]
 
 
+def _sided(costs: dict[str, LayerCost], trunk: range | None) -> dict[str, LayerCost]:
+    """The trunk's layers on the edge; the device saves, once one trains, what it saves after the trunk
+    (approximated by the first device layer after it, as one process measured it)."""
+    if trunk is None:
+        return costs
+    after = [c for n, c in costs.items() if (_block_of(n) or -1) >= trunk.stop]
+    saved, largest = (after[0].saved_after, after[0].largest_saved) if after else (0, 0)
+    return {
+        n: replace(c, side=EDGE, saved_after=saved, largest_saved=largest, input_id=None)
+        if _block_of(n) in trunk
+        else c
+        for n, c in costs.items()
+    }
+
+
 def size_tinytrain(spec: dict[str, Any], data: Data) -> dict[str, Any]:
     """Before the memory baseline: the memory budget matching the entry budget (whole-model pass)."""
     model = _whole_model(spec)
-    memory, sized = size_tinytrain_budget(model, data.calibration, int(spec["plan"]["budget"]))
+    plan = spec["plan"]
+    memory, sized = size_tinytrain_budget(model, data.calibration, int(plan["budget"]), _trunk_range(plan))
     del model
     return {**spec, "tinytrain_memory_budget": memory, "tinytrain_sized_entries": sized}
 
@@ -171,7 +197,7 @@ def size_tinytrain(spec: dict[str, Any], data: Data) -> dict[str, Any]:
 def _build_tinytrain(spec: dict[str, Any], data: Data) -> Built:
     plan = spec["plan"]
     memory = float(spec["tinytrain_memory_budget"])
-    model, conn = _split_model(spec, TinyTrainConfig(memory, math.inf))
+    model, conn = _split_model(spec, TinyTrainConfig(memory, math.inf, edge_memory_budget_bytes=memory))
     _reset_head(model, plan, int(spec["seed"]))
     model.calibrate(data.calibration)  # labelled: the loss is computed on the device
     selection = model.selection_report
@@ -182,12 +208,19 @@ def _build_tinytrain(spec: dict[str, Any], data: Data) -> Built:
         "memory_budget_bytes": round(memory),
         "selected_memory_bytes": selection.memory_bytes,
         "selected_macs": selection.macs,
+        "selected_edge_memory_bytes": selection.edge_memory_bytes,
+        "selected_edge_macs": selection.edge_macs,
         "layers": {n: selection.ratios[n] for n in selection.masks},
         "entries_in_trunk": in_trunk,
         "support_batches": len(data.calibration),
     }
-    if int(spec["tinytrain_sized_entries"]) != sum(int(m.sum()) for m in selection.masks.values()):
-        raise RuntimeError("the split TinyTrain selection differs from the whole-model one it was sized on")
+    entries = sum(int(m.sum()) for m in selection.masks.values())
+    if int(spec["tinytrain_sized_entries"]) != entries:  # the sizing approximates the device's saved bytes
+        logger.warning(
+            "TinyTrain across the split chose %d entries, sized on %s",
+            entries,
+            spec["tinytrain_sized_entries"],
+        )
     return _split_built(model, conn, info)
 
 

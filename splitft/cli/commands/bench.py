@@ -16,6 +16,9 @@ from splitft.bench.federated import QUICK as FEDERATED_QUICK
 from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
 from splitft.bench.federated_report import merge_reports as merge_federated_reports
+from splitft.bench.fewshot import QUICK as FEWSHOT_QUICK
+from splitft.bench.fewshot import FewshotBenchConfig, run_fewshot_bench
+from splitft.bench.fewshot import markdown_table as fewshot_markdown_table
 from splitft.bench.generate import QUICK as GENERATE_QUICK
 from splitft.bench.generate import GenerateBenchConfig, run_generate_bench
 from splitft.bench.generate import markdown_table as generate_markdown_table
@@ -108,6 +111,16 @@ def methods(args: argparse.Namespace) -> int:
 def sparse(args: argparse.Namespace) -> int:
     """`bench sparse`: a TaskEdge session's edge memory and step time, sparse vs dense delta."""
     return _print(run_sparse_bench(config_from_args(SparseBenchConfig, args)))
+
+
+def fewshot(args: argparse.Namespace) -> int:
+    """`bench fewshot`: TinyTrain on few-shot episodes vs last-layer and full fine-tuning."""
+    config = _preset_config(FewshotBenchConfig, args, FEWSHOT_QUICK if args.quick else {})
+    report = run_fewshot_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(fewshot_markdown_table(report) if args.markdown else report)
 
 
 def control(args: argparse.Namespace) -> int:

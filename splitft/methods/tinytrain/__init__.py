@@ -1,7 +1,8 @@
 """TinyTrain (Kwon et al., ICML 2024, arXiv 2307.09988): task-adaptive sparse update under budgets.
 
-One folder: `config` (the dataclass and its JSON forms, torch-free), `fisher` (the algorithm on one
-model: Fisher potentials, cost model, greedy choice), `device` (the device half across a split),
+One folder: `config` (the dataclass and its JSON forms, torch-free), `cost` (the cost model),
+`saved` (the activations it measures), `fisher` (the algorithm on one model: Fisher potentials,
+greedy choice), `device` (the device half across a split),
 `trunk` (the edge's half). Importing this package registers the method as "tinytrain" and imports
 no torch; the other names load on first use.
 """
@@ -29,9 +30,12 @@ METHOD = register_method(
 )
 
 if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on first use
+    from splitft.methods.tinytrain.cost import LayerCost as LayerCost
+    from splitft.methods.tinytrain.cost import SelectionCost as SelectionCost
+    from splitft.methods.tinytrain.cost import selection_cost as selection_cost
+    from splitft.methods.tinytrain.cost import sided_cost as sided_cost
     from splitft.methods.tinytrain.device import tinytrain_split as tinytrain_split
     from splitft.methods.tinytrain.fisher import FisherPass as FisherPass
-    from splitft.methods.tinytrain.fisher import LayerCost as LayerCost
     from splitft.methods.tinytrain.fisher import LossFn as LossFn
     from splitft.methods.tinytrain.fisher import TinyTrainSelection as TinyTrainSelection
     from splitft.methods.tinytrain.fisher import fisher_pass as fisher_pass
@@ -41,14 +45,13 @@ if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on
     from splitft.methods.tinytrain.fisher import mean_tokens as mean_tokens
     from splitft.methods.tinytrain.fisher import potentials_from_squares as potentials_from_squares
     from splitft.methods.tinytrain.fisher import select_tinytrain as select_tinytrain
-    from splitft.methods.tinytrain.fisher import selection_cost as selection_cost
     from splitft.methods.tinytrain.fisher import squared_sample_sums as squared_sample_sums
     from splitft.methods.tinytrain.fisher import tinytrain_masks as tinytrain_masks
     from splitft.methods.tinytrain.trunk import TinyTrainScorer as TinyTrainScorer
 
+_COST = ("LayerCost", "SelectionCost", "selection_cost", "sided_cost")
 _FISHER = (
     "FisherPass",
-    "LayerCost",
     "LossFn",
     "TinyTrainSelection",
     "fisher_pass",
@@ -58,11 +61,24 @@ _FISHER = (
     "mean_tokens",
     "potentials_from_squares",
     "select_tinytrain",
-    "selection_cost",
     "squared_sample_sums",
     "tinytrain_masks",
 )
 __getattr__ = lazy_exports(
-    __name__, {**dict.fromkeys(_FISHER, "fisher"), "tinytrain_split": "device", "TinyTrainScorer": "trunk"}
+    __name__,
+    {
+        **dict.fromkeys(_FISHER, "fisher"),
+        **dict.fromkeys(_COST, "cost"),
+        "tinytrain_split": "device",
+        "TinyTrainScorer": "trunk",
+    },
 )
-__all__ = ["METHOD", "TinyTrainConfig", "TinyTrainTrunk", *_FISHER, "tinytrain_split", "TinyTrainScorer"]
+__all__ = [
+    "METHOD",
+    "TinyTrainConfig",
+    "TinyTrainTrunk",
+    *_FISHER,
+    *_COST,
+    "tinytrain_split",
+    "TinyTrainScorer",
+]

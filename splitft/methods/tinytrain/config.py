@@ -17,11 +17,18 @@ NAME = "tinytrain"
 
 @dataclass
 class TinyTrainConfig:
-    """Backward budgets of one training step and the channel ratios TinyTrain may pick from."""
+    """Budgets of one training step and the channel ratios TinyTrain may pick from.
 
-    # Bytes for weight gradients and saved inputs of the trained layers; math.inf: no limit.
+    The memory budgets bound what a training step allocates (the cost model in `cost.py`: the
+    trained rows' gradients and AdamW state, their inputs, and the activations backward needs to
+    reach the earliest trained layer); the compute budgets bound backward MACs. Across a split the
+    device's budgets count only the device's side; the edge's budgets (no limit by default) count
+    the trunk's layers.
+    """
+
+    # The device's training-step bytes; math.inf: no limit.
     memory_budget_bytes: float
-    # Backward multiply-accumulates per step; math.inf: no limit.
+    # The device's backward multiply-accumulates per step; math.inf: no limit.
     compute_budget_macs: float
     # Fractions of a layer's output channels that may be trained, tried largest first.
     channel_ratios: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
@@ -31,10 +38,13 @@ class TinyTrainConfig:
     bytes_per_element: int = 4
     # Tokens through every layer per step; None: what each layer saw per support-set batch.
     tokens_per_step: int | None = None
+    # Across a split: the trunk's selected state and inputs (bytes) and its backward MACs.
+    edge_memory_budget_bytes: float = math.inf
+    edge_compute_budget_macs: float = math.inf
 
     def __post_init__(self) -> None:
-        check_budget("memory_budget_bytes", self.memory_budget_bytes)
-        check_budget("compute_budget_macs", self.compute_budget_macs)
+        for name in _BUDGETS:
+            check_budget(name, getattr(self, name))
         self.channel_ratios = checked_ratios(self.channel_ratios)
         if self.target_modules is not None:
             self.target_modules = checked_filters(self.target_modules)
@@ -72,8 +82,25 @@ _FIELDS = (
     "target_modules",
     "bytes_per_element",
     "tokens_per_step",
+    "edge_memory_budget_bytes",
+    "edge_compute_budget_macs",
 )
-_BUDGETS = ("memory_budget_bytes", "compute_budget_macs")
+_BUDGETS = (
+    "memory_budget_bytes",
+    "compute_budget_macs",
+    "edge_memory_budget_bytes",
+    "edge_compute_budget_macs",
+)
+# A job that names no memory budget gets a share of its device's memory (devices declare none at
+# enrollment, so the job's `device_memory_bytes` does, with this default: a small edge device).
+DEFAULT_DEVICE_MEMORY_BYTES = 512 * 1024 * 1024
+DEVICE_MEMORY_SHARE = 0.25
+
+
+def default_memory_budget(device_memory_bytes: int | None) -> float:
+    """The training-step budget a job without one gets: a quarter of the device's memory."""
+    memory = DEFAULT_DEVICE_MEMORY_BYTES if device_memory_bytes is None else device_memory_bytes
+    return float(memory) * DEVICE_MEMORY_SHARE
 
 
 def config_to_json(config: TinyTrainConfig) -> dict[str, Any]:

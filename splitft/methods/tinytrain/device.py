@@ -20,12 +20,13 @@ from splitft.methods.common import find_target_modules, linear_shape
 from splitft.methods.port import Calibrated, SplitView, TrunkLayerInfo
 from splitft.methods.sparse import apply_masks
 from splitft.methods.tinytrain.config import TinyTrainConfig
+from splitft.methods.tinytrain.cost import EDGE, LayerCost
 from splitft.methods.tinytrain.fisher import (
     FisherPass,
-    LayerCost,
     LossFn,
     TinyTrainSelection,
     fisher_pass,
+    measured_cost,
     select_tinytrain,
 )
 
@@ -39,18 +40,29 @@ def _costs(
     layers: Sequence[TrunkLayerInfo],
     config: TinyTrainConfig,
 ) -> dict[str, LayerCost]:
-    """Every layer's cost in forward order, the trunk's layers where the trunk ran."""
+    """Every layer's cost in forward order, the trunk's layers where the trunk ran.
+
+    The trunk's layers train on the edge; the activations the device saves once one of them
+    trains are those it saved from the trunk's call on (measured at `entry`).
+    """
     strip = len(split.root_prefix) + 1
     costs: dict[str, LayerCost] = {}
     for name in measured.order:
         if name == entry:
+            at_entry = measured_cost(measured, entry, (1, 1), config.tokens_per_step)
             for layer in layers:
                 tokens = config.tokens_per_step or int(layer.tokens)
-                costs[layer.name] = LayerCost(int(layer.out_features), int(layer.in_features), tokens)
+                costs[layer.name] = LayerCost(
+                    int(layer.out_features),
+                    int(layer.in_features),
+                    tokens,
+                    side=EDGE,
+                    saved_after=at_entry.saved_after,
+                    largest_saved=at_entry.largest_saved,
+                )
         else:
-            out_features, in_features = linear_shape(split.model.get_submodule(name))
-            tokens = config.tokens_per_step or measured.tokens[name]
-            costs[name[strip:]] = LayerCost(out_features, in_features, tokens)
+            shape = linear_shape(split.model.get_submodule(name))
+            costs[name[strip:]] = measured_cost(measured, name, shape, config.tokens_per_step)
     return costs
 
 

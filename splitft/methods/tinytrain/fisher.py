@@ -8,20 +8,13 @@ potentials divided by (normalised backward memory x normalised backward MACs), s
 being informative and cheap to train. Layers are taken greedily by score, each at the largest
 channel ratio whose cost still fits both budgets; its channels are its top ones by potential.
 
-Cost model (one training step, `T` tokens through a layer with `out x in` weight, `r*out`
-channels trained, `b` bytes per element):
+The cost model (memory per side, MACs) is `cost`'s docstring. The Fisher pass also measures what
+it needs: per target layer the bytes autograd saves from the layer's input on, the largest of those
+tensors, and which layers read one input tensor.
 
-* memory: `b * (r*out*in + T*in)`: the weight-gradient rows plus the saved layer input, which
-  every trained row needs in full. Optimizer state and activations saved by non-linear ops are
-  not modelled.
-* MACs: `r*out*in*T` for the weight gradient, plus the input-gradient MACs `out*in*T` of every
-  target layer that runs after the earliest trained one (backward must reach it). This is a cost
-  of the whole selection, so each greedy step prices the selection with the candidate in it. It
-  is conservative: a parallel branch (k_proj beside q_proj) is counted though it needs no input
-  gradient.
-
-A layer's normalisers use its cost when trained alone at ratio 1 (propagation included), divided
-by the largest such cost over the target layers. Channel counts round down: `max(1, floor(r*out))`.
+A layer's normalisers use its own memory (state + input) and its backward MACs (propagation
+included), each when trained alone at ratio 1, divided by the largest such cost over the target
+layers. Channel counts round down: `max(1, floor(r*out))`.
 """
 
 from __future__ import annotations
@@ -38,6 +31,8 @@ from torch import nn
 from splitft.errors import InvalidArgument
 from splitft.methods.common import call_model, eval_mode, find_target_modules, linear_shape
 from splitft.methods.tinytrain.config import TinyTrainConfig
+from splitft.methods.tinytrain.cost import DEVICE, LayerCost, SelectionCost, sided_cost, whole_macs
+from splitft.methods.tinytrain.saved import SavedBytes
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +46,11 @@ class FisherPass:
     potentials: dict[str, torch.Tensor]  # [out] per layer
     tokens: dict[str, int]  # tokens per batch through each layer (rounded mean)
     order: list[str]  # layers in the order the forward first ran them
+    # per layer: bytes autograd saved from its input on, and the largest such tensor (rounded means)
+    saved_after: dict[str, int] = field(default_factory=dict)
+    largest_saved: dict[str, int] = field(default_factory=dict)
+    forward_peak: dict[str, int] = field(default_factory=dict)
+    input_groups: dict[str, int] = field(default_factory=dict)  # one id per input tensor (first batch)
 
 
 def _loss_of(outputs: Any, batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
@@ -98,6 +98,7 @@ class _BatchStats:
     tokens: dict[str, int]  # per layer: tokens through it in this batch
     order: list[str]  # layers in forward order
     samples: int  # N of this batch
+    saved: SavedBytes  # what autograd saved, located by the layers
 
 
 def _one_batch(
@@ -110,10 +111,11 @@ def _one_batch(
     """One forward, then gradients of the loss with respect to the recorded layer outputs only."""
     seen: dict[str, list[torch.Tensor]] = {}
     handles = _record_outputs(model, names, seen)
+    saved = SavedBytes(model, names)
     if extra_inputs is not None:
         extra_inputs.clear()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), saved.recording():
             loss = _loss_of(call_model(model, batch), batch, loss_fn)
     finally:
         for handle in handles:
@@ -127,7 +129,7 @@ def _one_batch(
         squares[name] = squares[name] + part if name in squares else part
     tokens = {name: sum(a.numel() // a.shape[-1] for a in outs) for name, outs in seen.items()}
     samples = flat[0][1].shape[0] if flat else 0
-    return _BatchStats(squares, tokens, list(seen), samples)
+    return _BatchStats(squares, tokens, list(seen), samples, saved)
 
 
 def fisher_pass(
@@ -147,6 +149,10 @@ def fisher_pass(
     """
     squares: dict[str, torch.Tensor] = {}
     tokens: dict[str, list[int]] = {}
+    saved: dict[str, list[int]] = {}
+    largest: dict[str, list[int]] = {}
+    peaks: dict[str, list[int]] = {}
+    groups: dict[str, int] = {}
     order: list[str] = []
     samples = 0
     with eval_mode(model):
@@ -154,14 +160,27 @@ def fisher_pass(
             part = _one_batch(model, batch, loss_fn, module_names, extra_inputs)
             samples += part.samples
             order += [n for n in part.order if n not in order]
+            groups = groups or part.saved.input_groups()
             for name, value in part.squares.items():
                 squares[name] = squares[name] + value if name in squares else value
                 tokens.setdefault(name, []).append(part.tokens[name])
+                after, big = part.saved.after(name)
+                saved.setdefault(name, []).append(after)
+                largest.setdefault(name, []).append(big)
+                peaks.setdefault(name, []).append(part.saved.forward_peak(name))
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
         raise InvalidArgument(f"the support set never reached {missing[:3] or module_names[:3]}")
     potentials = potentials_from_squares({n: squares[n] for n in module_names}, samples)
-    return FisherPass(potentials, mean_tokens(tokens), order)
+    return FisherPass(
+        potentials,
+        mean_tokens(tokens),
+        order,
+        mean_tokens(saved),
+        mean_tokens(largest),
+        mean_tokens(peaks),
+        groups,
+    )
 
 
 def fisher_potentials(
@@ -171,51 +190,41 @@ def fisher_potentials(
     return fisher_pass(model, batches, loss_fn, module_names).potentials
 
 
-@dataclass(frozen=True)
-class LayerCost:
-    """Backward cost of one Linear/Conv1D for one step (see the module docstring)."""
-
-    out_features: int
-    in_features: int
-    tokens: int
-
-    def memory_bytes(self, channels: int, bytes_per_element: int) -> int:
-        return bytes_per_element * (channels * self.in_features + self.tokens * self.in_features)
-
-    def weight_grad_macs(self, channels: int) -> int:
-        return channels * self.in_features * self.tokens
-
-    @property
-    def input_grad_macs(self) -> int:
-        return self.out_features * self.in_features * self.tokens
+def measured_cost(
+    measured: FisherPass, name: str, shape: tuple[int, int], tokens_per_step: int | None, side: str = DEVICE
+) -> LayerCost:
+    """`name`'s cost from the pass; `tokens_per_step` rescales its tokens and saved bytes linearly."""
+    tokens = measured.tokens[name]
+    scale = (tokens_per_step / tokens) if tokens_per_step and tokens else 1.0
+    return LayerCost(
+        *shape,
+        tokens=tokens_per_step or tokens,
+        side=side,
+        saved_after=round(measured.saved_after.get(name, 0) * scale),
+        largest_saved=round(measured.largest_saved.get(name, 0) * scale),
+        forward_peak=round(measured.forward_peak.get(name, 0) * scale),
+        input_id=measured.input_groups.get(name),
+    )
 
 
-def layer_costs(model: nn.Module, order: list[str], tokens: dict[str, int]) -> dict[str, LayerCost]:
-    """A `LayerCost` per layer, in forward order."""
-    return {n: LayerCost(*linear_shape(model.get_submodule(n)), tokens[n]) for n in order}
-
-
-def selection_cost(
-    costs: dict[str, LayerCost], channels: dict[str, int], bytes_per_element: int
-) -> tuple[int, int]:
-    """(backward bytes, backward MACs) of training `channels[name]` rows of each named layer.
-
-    `costs` must be in forward order: layers after the earliest trained one pay input gradients.
-    """
-    if not channels:
-        return 0, 0
-    order = list(costs)
-    first = min(order.index(n) for n in channels)
-    memory = sum(costs[n].memory_bytes(c, bytes_per_element) for n, c in channels.items())
-    macs = sum(costs[n].weight_grad_macs(c) for n, c in channels.items())
-    return memory, macs + sum(costs[n].input_grad_macs for n in order[first + 1 :])
+def layer_costs(
+    model: nn.Module, measured: FisherPass, tokens_per_step: int | None = None
+) -> dict[str, LayerCost]:
+    """A `LayerCost` per measured layer, in forward order."""
+    return {
+        n: measured_cost(measured, n, linear_shape(model.get_submodule(n)), tokens_per_step)
+        for n in measured.order
+    }
 
 
 def layer_scores(
     potentials: dict[str, torch.Tensor], costs: dict[str, LayerCost], bytes_per_element: int
 ) -> dict[str, float]:
-    """Sum of potentials / (normalised memory x normalised MACs), each layer trained alone, whole."""
-    alone = {n: selection_cost(costs, {n: c.out_features}, bytes_per_element) for n, c in costs.items()}
+    """Sum of potentials / (normalised memory x normalised MACs), each layer trained alone, whole
+    (its own memory and its MACs over both sides: the same score in one process and across a split)."""
+    alone = {
+        n: (c.memory_bytes(c.out_features, bytes_per_element), whole_macs(costs, n)) for n, c in costs.items()
+    }
     max_memory = max(memory for memory, _ in alone.values())
     max_macs = max(macs for _, macs in alone.values())
     return {
@@ -231,15 +240,28 @@ class TinyTrainSelection:
     masks: dict[str, torch.Tensor]  # bool [out, in], whole rows
     ratios: dict[str, float]  # the ratio picked per selected layer
     channels: dict[str, list[int]]  # selected output channels per layer, best first
-    memory_bytes: int
-    macs: int
+    memory_bytes: int  # the device's predicted training-step bytes (cost.py)
+    macs: int  # the device's backward MACs
     memory_budget_bytes: float
     compute_budget_macs: float
     scores: dict[str, float] = field(default_factory=dict)  # every candidate layer's score
+    edge_memory_bytes: int = 0  # across a split: the trunk's selected state and inputs
+    edge_macs: int = 0
+    costs: dict[str, LayerCost] = field(default_factory=dict)  # what the choice was priced with
 
 
 def _channel_count(ratio: float, out_features: int) -> int:
     return max(1, math.floor(ratio * out_features + 1e-9))  # 1e-9: 0.5 * 6 must stay 3, not 2
+
+
+def fits(cost: SelectionCost, config: TinyTrainConfig) -> bool:
+    """Within every budget of `config` (the device's two, the edge's two)."""
+    return (
+        cost.memory_bytes <= config.memory_budget_bytes
+        and cost.macs <= config.compute_budget_macs
+        and cost.edge_memory_bytes <= config.edge_memory_budget_bytes
+        and cost.edge_macs <= config.edge_compute_budget_macs
+    )
 
 
 def _greedy(
@@ -252,8 +274,7 @@ def _greedy(
     for name in ranked:
         for ratio in config.channel_ratios:
             trial = {**chosen, name: _channel_count(ratio, costs[name].out_features)}
-            memory, macs = selection_cost(costs, trial, config.bytes_per_element)
-            if memory <= config.memory_budget_bytes and macs <= config.compute_budget_macs:
+            if fits(sided_cost(costs, trial, config.bytes_per_element), config):
                 chosen, ratios[name] = trial, ratio
                 break
     return ratios
@@ -279,17 +300,23 @@ def select_tinytrain(
             count = _channel_count(ratios[name], costs[name].out_features)
             masks[name], channels[name] = _row_mask(potentials[name], count, costs[name].in_features)
     counts = {n: len(c) for n, c in channels.items()}
-    memory, macs = selection_cost(costs, counts, config.bytes_per_element)
-    logger.info("TinyTrain picked %d of %d layers: %d bytes, %d MACs", len(masks), len(costs), memory, macs)
+    cost = sided_cost(costs, counts, config.bytes_per_element)
+    logger.info(
+        "TinyTrain picked %d of %d layers: device %d bytes, %d MACs; edge %d bytes, %d MACs",
+        *(len(masks), len(costs), cost.memory_bytes, cost.macs, cost.edge_memory_bytes, cost.edge_macs),
+    )
     return TinyTrainSelection(
         masks=masks,
         ratios={n: ratios[n] for n in masks},
         channels=channels,
-        memory_bytes=memory,
-        macs=macs,
+        memory_bytes=cost.memory_bytes,
+        macs=cost.macs,
         memory_budget_bytes=config.memory_budget_bytes,
         compute_budget_macs=config.compute_budget_macs,
         scores=scores,
+        edge_memory_bytes=cost.edge_memory_bytes,
+        edge_macs=cost.edge_macs,
+        costs=dict(costs),
     )
 
 
@@ -299,8 +326,5 @@ def tinytrain_masks(
     """The whole method: targets, Fisher pass, cost model, greedy selection."""
     names = find_target_modules(model, config.target_modules)
     measured = fisher_pass(model, batches, loss_fn, names)
-    tokens = measured.tokens
-    if config.tokens_per_step is not None:
-        tokens = dict.fromkeys(names, config.tokens_per_step)
-    costs = layer_costs(model, measured.order, tokens)
+    costs = layer_costs(model, measured, config.tokens_per_step)
     return select_tinytrain(measured.potentials, costs, config)

@@ -22,6 +22,7 @@ from splitft.jobs.spec import SELECTION_SPECS, JobCreate, TaskEdgeSpec, TinyTrai
 from splitft.methods import get_method, method_names
 from splitft.methods.taskedge import TaskEdgeConfig
 from splitft.methods.tinytrain import TinyTrainConfig
+from splitft.methods.tinytrain.config import DEFAULT_DEVICE_MEMORY_BYTES, DEVICE_MEMORY_SHARE
 from splitft_control.app import create_app
 from tests.support.control_fixtures import OPERATOR_KEY, add_device, bearer, control_settings
 
@@ -71,6 +72,33 @@ def test_the_agent_builds_each_methods_config_through_the_registry() -> None:
     tinytrain = JobCreate.model_validate({**BASE, "method": "tinytrain"})  # member absent: its defaults
     assert tinytrain.selection_spec() == TinyTrainSpec()
     expected = get_method("tinytrain").config_from(TinyTrainSpec().config_fields())
-    assert method_config(tinytrain) == expected == TinyTrainConfig(math.inf, math.inf)
+    default_budget = DEFAULT_DEVICE_MEMORY_BYTES * DEVICE_MEMORY_SHARE  # a quarter of 512 MiB
+    assert method_config(tinytrain) == expected == TinyTrainConfig(default_budget, math.inf)
     lora: dict[str, Any] = {**BASE, "lora": {"target_modules": ["q"]}}
     assert JobCreate.model_validate(lora).selection_spec() is None
+
+
+def test_a_tinytrain_job_without_a_memory_budget_gets_a_share_of_its_devices_memory() -> None:
+    """No budget never means "train everything": the device's declared memory (or the documented
+    512 MiB default) gives the budget; edge budgets stay unlimited unless given."""
+    declared = JobCreate.model_validate(
+        {**BASE, "method": "tinytrain", "tinytrain": {"device_memory_bytes": 2 * 1024**3}}
+    )
+    config = method_config(declared)
+    assert config.memory_budget_bytes == 512 * 1024**2 and config.compute_budget_macs == math.inf
+    assert config.edge_memory_budget_bytes == math.inf and config.edge_compute_budget_macs == math.inf
+    explicit = {
+        "memory_budget_bytes": 1e6,
+        "device_memory_bytes": 2 * 1024**3,
+        "edge_memory_budget_bytes": 5e5,
+    }
+    config = method_config(JobCreate.model_validate({**BASE, "method": "tinytrain", "tinytrain": explicit}))
+    assert config.memory_budget_bytes == 1e6 and config.edge_memory_budget_bytes == 5e5
+
+
+@pytest.mark.parametrize(
+    "bad", [{"device_memory_bytes": 0}, {"device_memory_bytes": 1.5}, {"edge_compute_budget_macs": -1}]
+)
+def test_tinytrain_memory_fields_are_checked(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        JobCreate.model_validate({**BASE, "method": "tinytrain", "tinytrain": bad})

@@ -86,25 +86,37 @@ def linear_out(model: nn.Module, name: str) -> int:
 
 
 def test_cost_model_by_hand() -> None:
-    costs = {"a": LayerCost(4, 3, 5), "b": LayerCost(2, 4, 5)}
-    assert costs["a"].memory_bytes(2, 4) == 4 * (2 * 3 + 5 * 3)
+    costs = {
+        "a": LayerCost(4, 3, 5, saved_after=500, largest_saved=60, input_id=0),
+        "b": LayerCost(2, 4, 5, saved_after=200, largest_saved=10, input_id=1),
+    }
+    # own memory: the rows' gradient and AdamW's two moments, plus the layer's input
+    assert costs["a"].memory_bytes(2, 4) == 4 * (3 * 2 * 3 + 5 * 3)
     assert costs["a"].weight_grad_macs(2) == 2 * 3 * 5
-    # training only "b" (the later layer) needs no input gradients
-    assert selection_cost(costs, {"b": 1}, 4) == (4 * (1 * 4 + 5 * 4), 1 * 4 * 5)
-    # training "a" means backward must run through "b" too: + out*in*T of b
-    assert selection_cost(costs, {"a": 4}, 2) == (2 * (4 * 3 + 5 * 3), 4 * 3 * 5 + 2 * 4 * 5)
+    # training only "b" (the later layer): its state and input, the activations saved from its input
+    # on, the larger of their largest tensor and its row block; no input gradients
+    assert selection_cost(costs, {"b": 1}, 4) == (4 * (3 * 1 * 4 + 5 * 4) + 200 + max(10, 4 * 4), 1 * 4 * 5)
+    # training "a" means backward must run through "b" too: + out*in*T of b, and a's activations
+    assert selection_cost(costs, {"a": 4}, 2) == (
+        2 * (3 * 4 * 3 + 5 * 3) + 500 + max(60, 2 * 4 * 3),
+        4 * 3 * 5 + 2 * 4 * 5,
+    )
+    # two layers reading one input save it once
+    shared = {"q": LayerCost(2, 3, 5, input_id=0), "k": LayerCost(2, 3, 5, input_id=0)}
+    assert selection_cost(shared, {"q": 2, "k": 2}, 1)[0] == 2 * 3 * 2 * 3 + 5 * 3 + 2 * 3
     assert selection_cost(costs, {}, 4) == (0, 0)
 
 
 def test_greedy_takes_the_largest_ratio_that_fits() -> None:
     costs = {"early": LayerCost(8, 4, 1), "late": LayerCost(8, 4, 1)}
     potentials = {"early": torch.arange(8.0), "late": torch.full((8,), 100.0)}
-    # late alone at ratio 1: 8*4 + 1*4 = 36 elements; early at 1/4 (2 rows): 2*4 + 4 = 12 elements
-    config = TinyTrainConfig(memory_budget_bytes=36 + 14, compute_budget_macs=math.inf, bytes_per_element=1)
+    # late alone at ratio 1: 3*8*4 + 1*4 = 100 (+ its row block 32, the transient); adding early at
+    # 1/4 (2 rows): 3*2*4 + 4 = 28 more (the transient stays 32)
+    config = TinyTrainConfig(memory_budget_bytes=132 + 30, compute_budget_macs=math.inf, bytes_per_element=1)
     selection = select_tinytrain(potentials, costs, config)
     assert selection.ratios == {"early": 0.25, "late": 1.0}
     assert selection.channels["early"] == [7, 6]  # its top channels by potential
-    assert selection.memory_bytes == 48
+    assert selection.memory_bytes == 160
     assert torch.equal(selection.masks["early"].any(dim=1), torch.arange(8) >= 6)
 
 
@@ -122,7 +134,7 @@ def test_selection_never_exceeds_either_budget() -> None:
     model = _model()
     names = find_target_modules(model)
     measured = fisher_pass(model, _batches(), None, names)
-    costs = layer_costs(model, measured.order, measured.tokens)
+    costs = layer_costs(model, measured)
     full_memory, full_macs = selection_cost(costs, {n: c.out_features for n, c in costs.items()}, 4)
     picked_some = False
     for memory_share, macs_share in itertools.product((0.02, 0.1, 0.3, 0.7), (0.02, 0.1, 0.4, 0.9)):
@@ -146,7 +158,7 @@ def test_selection_never_exceeds_either_budget() -> None:
 def test_gradients_are_zero_outside_selected_channels() -> None:
     model = _model()
     batches = _batches()
-    config = TinyTrainConfig(memory_budget_bytes=60_000, compute_budget_macs=2e6, channel_ratios=(0.5, 0.25))
+    config = TinyTrainConfig(memory_budget_bytes=200_000, compute_budget_macs=2e6, channel_ratios=(0.5, 0.25))
     selection = tinytrain_masks(model, batches, config)
     assert selection.masks
     wrapped = apply_masks(model, selection.masks)

@@ -86,7 +86,7 @@ def test_the_agent_reads_what_the_real_control_plane_emits(tmp_path: Path, spec:
     assert total_steps(assignment.spec, 12) == (2 * 3 if assignment.spec.epochs else 4)
 
 
-def test_a_tinytrain_job_becomes_the_sdk_config_with_null_budgets_as_no_limit() -> None:
+def test_a_tinytrain_job_becomes_the_sdk_config_with_a_null_compute_budget_as_no_limit() -> None:
     rest = rest_assignment(method="tinytrain", lora=None, tinytrain={"memory_budget_bytes": 5e5})
     config = method_config(parse_assignment(rest).spec)
     assert isinstance(config, TinyTrainConfig)

@@ -1,0 +1,137 @@
+"""TinyTrain's cost model: what one training step of a selection allocates, and its backward MACs.
+
+The memory a selection costs is what `bench memory`'s instrument (torch's allocator, through the
+profiler) sees a training step allocate above what was live when it started (the weights, the
+trainable deltas, the batch). For a selection whose earliest trained layer (in forward order) is
+`L`, with `b` bytes per element, AdamW, and `r*out` rows of an `out x in` layer trained on `T`
+tokens:
+
+* state: `3 * b * r*out*in` per trained layer: the rows' gradient and AdamW's two moments;
+* inputs: `b * T * in` per distinct input of the trained layers (q, k and v read one input): a
+  trained row needs its whole input for its weight gradient;
+* activations: the bytes autograd saves for backward from `L`'s input on (everything after `L`
+  must pass its gradient back), MEASURED during the Fisher pass with saved-tensor hooks
+  (`LayerCost.saved_after`): nothing before `L` is saved, every op after it is;
+* transient: the larger of two peaks, both from the Fisher pass. Backward's: the activations plus
+  the larger of the largest of them (backward holds its gradient beside them) and one trained
+  layer's `b * r*out*in` (AdamW's CPU step makes a temporary the size of the parameter it updates).
+  The forward's: at each leaf module, what was saved so far from `L` on plus the module's inputs
+  and output (a frozen forward keeps no graph, but its widest op's input and output coexist).
+
+MACs: `r*out*in*T` per trained layer for its weight gradient, plus the input-gradient MACs
+`out*in*T` of every target layer after `L` (conservative: a parallel branch, k_proj beside q_proj,
+is counted though it needs no input gradient).
+
+Across a split every layer has a side: the device's layers and the trunk's (the edge's). The
+device is charged its own layers' state, inputs and MACs, and the activations IT saves (measured in
+its process: after a trunk layer only its head blocks save); the edge is charged its layers' state,
+inputs and MACs (the trunk's kept graphs are the edge's admission estimate's business,
+docs/memory.md). The layer score's normaliser is side-independent: its own memory (state + input)
+and its backward MACs over the whole model, each trained alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICE = "device"
+EDGE = "edge"
+OPTIMIZER_COPIES = 3  # a trained entry's gradient and AdamW's exp_avg and exp_avg_sq
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Backward cost of one Linear/Conv1D for one step (see the module docstring)."""
+
+    out_features: int
+    in_features: int
+    tokens: int
+    side: str = DEVICE  # where the layer trains: DEVICE or EDGE
+    saved_after: int = 0  # device bytes autograd saves from this layer's input on (measured)
+    largest_saved: int = 0  # the largest single tensor among them
+    forward_peak: int = 0  # the forward's largest working set once this layer trains (measured)
+    input_id: int | None = None  # layers sharing an id read one input tensor (saved once)
+
+    def state_bytes(self, channels: int, bytes_per_element: int) -> int:
+        return OPTIMIZER_COPIES * bytes_per_element * channels * self.in_features
+
+    def input_bytes(self, bytes_per_element: int) -> int:
+        return bytes_per_element * self.tokens * self.in_features
+
+    def memory_bytes(self, channels: int, bytes_per_element: int) -> int:
+        """The layer's own memory: state + input (the score's normaliser; activations excluded)."""
+        return self.state_bytes(channels, bytes_per_element) + self.input_bytes(bytes_per_element)
+
+    def weight_grad_macs(self, channels: int) -> int:
+        return channels * self.in_features * self.tokens
+
+    @property
+    def input_grad_macs(self) -> int:
+        return self.out_features * self.in_features * self.tokens
+
+
+@dataclass(frozen=True)
+class SelectionCost:
+    """Predicted bytes and backward MACs of one training step, per side."""
+
+    memory_bytes: int  # the device's
+    macs: int  # the device's
+    edge_memory_bytes: int = 0
+    edge_macs: int = 0
+
+
+def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: int) -> int:
+    seen: set[object] = set()
+    total = 0
+    for name in names:
+        key = costs[name].input_id if costs[name].input_id is not None else ("own", name)
+        if key not in seen:
+            seen.add(key)
+            total += costs[name].input_bytes(bytes_per_element)
+    return total
+
+
+def sided_cost(
+    costs: dict[str, LayerCost], channels: dict[str, int], bytes_per_element: int
+) -> SelectionCost:
+    """Device and edge cost of training `channels[name]` rows of each named layer.
+
+    `costs` must be in forward order: layers after the earliest trained one pay input gradients.
+    """
+    if not channels:
+        return SelectionCost(0, 0)
+    order = list(costs)
+    first_index = min(order.index(n) for n in channels)
+    first = costs[order[first_index]]
+    after = order[first_index + 1 :]
+    b = bytes_per_element
+    result: dict[str, tuple[int, int]] = {}
+    for side in (DEVICE, EDGE):
+        trained = [n for n in order if n in channels and costs[n].side == side]
+        state = sum(costs[n].state_bytes(channels[n], b) for n in trained)
+        memory = state + _inputs(costs, trained, b)
+        macs = sum(costs[n].weight_grad_macs(channels[n]) for n in trained)
+        macs += sum(costs[n].input_grad_macs for n in after if costs[n].side == side)
+        if side == DEVICE:
+            largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
+            backward = first.saved_after + max(first.largest_saved, largest_row_block)
+            memory += max(first.forward_peak, backward)
+        result[side] = (memory, macs)
+    return SelectionCost(*result[DEVICE], *result[EDGE])
+
+
+def selection_cost(
+    costs: dict[str, LayerCost], channels: dict[str, int], bytes_per_element: int
+) -> tuple[int, int]:
+    """(device bytes, device MACs) of one training step of the selection (all of it in one process)."""
+    cost = sided_cost(costs, channels, bytes_per_element)
+    return cost.memory_bytes, cost.macs
+
+
+def whole_macs(costs: dict[str, LayerCost], name: str) -> int:
+    """Backward MACs of training all of `name` alone, both sides together."""
+    order = list(costs)
+    after = order[order.index(name) + 1 :]
+    return costs[name].weight_grad_macs(costs[name].out_features) + sum(
+        costs[n].input_grad_macs for n in after
+    )

@@ -1,0 +1,96 @@
+"""What autograd saves for backward during one forward, located by TinyTrain's target layers.
+
+The Fisher pass makes every target layer's output require grad, so from the first target layer on
+the forward builds the graph a training step whose earliest trained layer is that one would build:
+the bytes saved after a layer's forward begins are the activations backward needs to reach it.
+Parameters and buffers are not counted (they are the weights); each storage counts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitft.model.quantize import is_quantized, storage_pointers
+
+
+class SavedBytes:
+    """Distinct storages saved in one forward, in order, and where each named layer's forward began."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self._model = model
+        self._names = names
+        self._skip = {ptr for t in [*model.parameters(), *model.buffers()] for ptr in storage_pointers(t)}
+        self.sizes: list[int] = []  # bytes of each newly saved storage, in the order saved
+        self._seen: set[int] = set()
+        self.marks: dict[str, int] = {}  # layer -> number of storages saved before its forward began
+        self.inputs: dict[str, int] = {}  # layer -> the storage of its input
+        # per leaf module's forward, in order: (storages saved by then, bytes of its inputs and output)
+        self.working: list[tuple[int, int]] = []
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if is_quantized(tensor):
+            return tensor
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._skip and ptr not in self._seen and storage.nbytes():
+            self._seen.add(ptr)
+            self.sizes.append(storage.nbytes())
+        return tensor
+
+    def _pre_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.marks.setdefault(name, len(self.sizes))
+            if args and isinstance(args[0], torch.Tensor):
+                self.inputs.setdefault(name, args[0].untyped_storage().data_ptr())
+
+        return hook
+
+    def _leaf_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if isinstance(output, torch.Tensor):
+            tensors.append(output)
+        self.working.append((len(self.sizes), sum(t.numel() * t.element_size() for t in tensors)))
+
+    @contextmanager
+    def recording(self) -> Iterator[SavedBytes]:
+        handles = [
+            self._model.get_submodule(n).register_forward_pre_hook(self._pre_hook(n)) for n in self._names
+        ]
+        leaves = [m for m in self._model.modules() if not any(True for _ in m.children())]
+        handles += [m.register_forward_hook(self._leaf_hook) for m in leaves]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+                yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def after(self, name: str) -> tuple[int, int]:
+        """(bytes saved from `name`'s forward on, the largest of those storages); (0, 0) if it never ran."""
+        if name not in self.marks:
+            return 0, 0
+        tail = self.sizes[self.marks[name] :]
+        return sum(tail), max(tail, default=0)
+
+    def forward_peak(self, name: str) -> int:
+        """The forward's largest working set once `name` trains: at each leaf module's forward, what
+        was saved from `name`'s forward on plus that module's inputs and output (transient)."""
+        start = self.marks.get(name)
+        prefix = [0]
+        for size in self.sizes:
+            prefix.append(prefix[-1] + size)
+        peak = 0
+        for count, working in self.working:
+            saved = prefix[count] - prefix[start] if start is not None and count > start else 0
+            peak = max(peak, saved + working)
+        return peak
+
+    def input_groups(self) -> dict[str, int]:
+        """Per layer that ran, an id shared by the layers that read the same input tensor."""
+        first: dict[int, int] = {}
+        return {n: first.setdefault(ptr, i) for i, (n, ptr) in enumerate(self.inputs.items())}

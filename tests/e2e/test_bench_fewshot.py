@@ -1,0 +1,55 @@
+"""`splitft bench fewshot --quick` end to end: a backbone pretrained in the run, few-shot episodes of
+classes it never saw, TinyTrain under a memory and a MAC budget beside its baselines, and the cost
+model's predicted bytes beside the measured ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from splitft.bench.fewshot.data import BACKBONE_PACKAGES, EPISODE_PACKAGES
+from splitft.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_bench_fewshot_quick_reports_every_method_and_predicted_vs_measured(tmp_path, capsys) -> None:
+    out = tmp_path / "report.json"
+    assert main(["bench", "fewshot", "--quick", "--json", str(out), "--markdown"]) == 0
+    markdown = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "fewshot" and report["meta_training"] is False
+    assert not set(BACKBONE_PACKAGES) & set(EPISODE_PACKAGES)
+    config = report["config"]
+    assert config["shots"] == [1, 5] and config["seeds"] == [0] and config["budgets"] == [[0.2, 0.3]]
+    methods = {"prototypes", "last_layer", "full", "tinytrain@0.2/0.3"}
+    for shots in (1, 5):
+        runs = {r["method"]: r for r in report["runs"] if r["shots"] == shots}
+        assert set(runs) == methods
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs.values())
+        full, last, tiny = runs["full"], runs["last_layer"], runs["tinytrain@0.2/0.3"]
+        # the head trains in every method; full trains every weight, TinyTrain a budgeted part
+        assert last["trainable"] < tiny["trainable"] < full["trainable"]
+        assert last["backward_macs"] < tiny["backward_macs"] < full["backward_macs"]
+        assert tiny["backward_macs"] - last["backward_macs"] <= tiny["budget"]["macs"]
+        assert tiny["predicted_bytes"] - 3 * 4 * last["trainable"] <= tiny["budget"]["memory_bytes"]
+        assert (
+            last["measured_bytes"] < full["measured_bytes"]
+            and tiny["measured_bytes"] < full["measured_bytes"]
+        )
+    selections = report["selections"]
+    assert len(selections) == 2 and all(s["layers"] >= 1 for s in selections)
+    for selection in selections:
+        assert selection["predicted_over_measured"] == pytest.approx(
+            selection["predicted_bytes"] / selection["measured_bytes"], abs=1e-3
+        )
+        assert 0.75 <= selection["predicted_over_measured"] <= 1.25
+    assert "| 5 | tinytrain@0.2/0.3 |" in markdown
+
+
+def test_bench_fewshot_refuses_a_bad_budget(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "fewshot", "--budgets", "0.1"])
+    assert exit_info.value.code == 2
+    assert "MEMORY:MACS" in capsys.readouterr().err
