@@ -1,10 +1,11 @@
 """Write an emulator directory: the source checkpoint with its trunk uniformly layer-dropped.
 
 Tensors are read one at a time from the source safetensors (the dropped blocks are never kept in
-memory, the emulator's are, to be written as one file): embeddings, device blocks, head blocks, final norm and head unchanged, the kept trunk blocks
-renumbered. The config's block count (and per-layer lists such as Llama's `layer_types`) is
-rewritten, the tokenizer and other small files are copied, and the layout goes to
-`splitft_emulator.json`. The result loads with plain transformers.
+memory, the emulator's are, to be written as one file): embeddings, device blocks, head blocks,
+final norm and head unchanged, the kept trunk blocks renumbered, every name as the task model
+(transformers' own key mapping) calls it. The config's block count (and per-layer lists such as
+Llama's `layer_types`) is rewritten, the tokenizer and other small files are copied, and the
+layout goes to `splitft_emulator.json`. The result loads with plain transformers.
 """
 
 from __future__ import annotations
