@@ -130,7 +130,7 @@ def distill(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
             logger.info("distill step %d/%d: normalized MSE %.5f", step + 1, config.steps, losses[-1])
     emulator.requires_grad_(False)
