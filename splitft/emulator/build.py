@@ -94,9 +94,10 @@ def write_emulator(
         raise FailedPrecondition(f"{target} exists and is not empty; give a new directory")
     if target.resolve() == source.resolve():
         raise InvalidArgument("the emulator cannot be written over its source model")
-    rename = checkpoint_renamer(emulator_config(config, layout), family)
+    rename = checkpoint_renamer(config, family)  # the source's names: every block index exists there
     new_index = {full: i for i, full in enumerate(layout.source_indices())}
     tensors, size = _dropped_tensors(source, rename, family.blocks_path, new_index)
+    _check_every_block_written(tensors, family.blocks_path, layout.emulator_layers)
     target.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target / WEIGHTS), metadata={"format": "pt"})
     emulator_config(config, layout).save_pretrained(str(target))
@@ -129,6 +130,23 @@ def _dropped_tensors(
                 elif int(match.group(1)) in new_index:
                     tensors[f"{blocks_path}.{new_index[int(match.group(1))]}.{match.group(2)}"] = tensor
     return tensors, (count, nbytes)
+
+
+def _check_every_block_written(tensors: dict[str, torch.Tensor], blocks_path: str, count: int) -> None:
+    """Every emulator block got the same tensors (else a checkpoint key was not recognised)."""
+    pattern = block_pattern(blocks_path)
+    per_block: dict[int, set[str]] = {i: set() for i in range(count)}
+    for name in tensors:
+        match = pattern.match(name)
+        if match is not None:
+            per_block.setdefault(int(match.group(1)), set()).add(match.group(2))
+    shapes = {frozenset(names) for names in per_block.values()}
+    if len(per_block) != count or len(shapes) != 1 or not next(iter(shapes)):
+        empty = sorted(i for i, names in per_block.items() if not names)
+        raise FailedPrecondition(
+            f"could not map the checkpoint's blocks to the emulator's {count} blocks (blocks without "
+            f"weights: {empty}); is every block under {blocks_path!r}?"
+        )
 
 
 def _copy_small_files(source: Path, target: Path) -> None:

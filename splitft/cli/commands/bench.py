@@ -17,6 +17,9 @@ from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
+from splitft.bench.offsite import QUICK as OFFSITE_QUICK
+from splitft.bench.offsite import OffsiteBenchConfig, run_offsite_bench
+from splitft.bench.offsite import markdown_table as offsite_markdown_table
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
 from splitft.bench.quantize import markdown_table as quantize_markdown_table
 from splitft.bench.resume import ResumeBenchConfig, run_resume_bench
@@ -133,3 +136,12 @@ def resume(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(resume_markdown_table(json.loads(report)) if args.markdown else report)
+
+
+def offsite(args: argparse.Namespace) -> int:
+    """`bench offsite`: zero-shot vs offsite-tuned plug-in vs split (trunk frozen, trunk LoRA)."""
+    report = run_offsite_bench(_preset_config(OffsiteBenchConfig, args, OFFSITE_QUICK if args.quick else {}))
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(offsite_markdown_table(report) if args.markdown else report)
