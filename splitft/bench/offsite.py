@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -46,7 +47,14 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "causal_lm")
 VARIANTS = ("offsite_drop", "offsite_distilled", "split_frozen", "split_trunk_lora")
-QUICK = {"steps": 3, "seeds": 1, "distill_steps": 3, "max_per_class": 20, "lm_pretrain_steps": 3, "threads": 1}
+QUICK = {
+    "steps": 3,
+    "seeds": 1,
+    "distill_steps": 3,
+    "max_per_class": 20,
+    "lm_pretrain_steps": 3,
+    "threads": 1,
+}
 
 
 @dataclass
@@ -81,7 +89,7 @@ class OffsiteBenchConfig:
 
 def run_offsite_bench(config: OffsiteBenchConfig) -> str:
     """Run the benchmark and return its JSON report."""
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), _load_average()
     results: dict[str, Any] = {}
     with torch_threads(config.threads), tempfile.TemporaryDirectory(prefix="splitft-bench-offsite-") as tmp:
         tasks, pretrain = build_tasks(config.converge(0), Path(tmp))
@@ -95,6 +103,7 @@ def run_offsite_bench(config: OffsiteBenchConfig) -> str:
         "tasks": results,
         "lm_pretraining": pretrain,
         "seconds": round(time.perf_counter() - started, 1),
+        "load_average": {"start": load_start, "end": _load_average(), "cpus": os.cpu_count()},
     }
     return json.dumps(report, indent=2)
 
@@ -102,9 +111,11 @@ def run_offsite_bench(config: OffsiteBenchConfig) -> str:
 def _run_task(task: ConvergeTask, config: OffsiteBenchConfig, address: str, tmp: Path) -> dict[str, Any]:
     emulators = _emulators(task, config, tmp / task.name)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ("zero_shot", *VARIANTS)}
+    orders = []
     for seed in range(config.seeds):
         runs["zero_shot"].append(_zero_shot(task, seed))
         order = VARIANTS[seed % len(VARIANTS) :] + VARIANTS[: seed % len(VARIANTS)]  # rotated per seed
+        orders.append(list(order))
         for variant in order:
             logger.info("bench offsite: %s / %s / seed %d", task.name, variant, seed)
             if variant.startswith("offsite"):
@@ -121,6 +132,7 @@ def _run_task(task: ConvergeTask, config: OffsiteBenchConfig, address: str, tmp:
         "full_model_weight_bytes": full_bytes,
         "emulator": {name: report.to_json() for name, report in emulators.items()},
         "variants": {name: _summary(rows) for name, rows in runs.items()},
+        "orders": orders,
     }
 
 
@@ -201,6 +213,13 @@ def _train(model: Any, task: ConvergeTask, seed: int) -> dict[str, Any]:
     }
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of the parameters `module` holds, frozen and trainable (a split model's: the device's
     spans and adapter; the trunk lives on the edge)."""
@@ -238,6 +257,11 @@ def markdown_table(report_json: str) -> str:
                 f"{_cell(row, 'train_seconds')} | {_cell(row, 'wire_bytes_per_step')} |"
             )
         lines.append("")
+    load = report["load_average"]
+    lines.append(
+        f"load average (1, 5, 15 min) at start {load['start']}, at end {load['end']}, on "
+        f"{load['cpus']} CPUs; {report['seconds']} s in all"
+    )
     return "\n".join(lines)
 
 
