@@ -51,6 +51,7 @@ class OffsiteModel(nn.Module):
         self.new_parameters = span.new_parameters
         self._optimizer: SplitOptimizer | None = None
         self._forwards = 0
+        self.resumed = None  # offsite sessions have no checkpoints to resume from (a split model's field)
 
     @classmethod
     def from_emulator(
