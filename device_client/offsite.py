@@ -153,6 +153,7 @@ class OffsiteModel(nn.Module):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         live = self.peft_model.peft_config["default"]
+        assert isinstance(live, LoraConfig)  # from_emulator attached a LoraConfig
         targeted = relative_targets(self.peft_model.targeted_module_names, self.family.blocks_path)
         config = plugin_config(live, self.layout, self.family.blocks_path, targeted, self.base_model_dir)
         config.save_pretrained(str(out))

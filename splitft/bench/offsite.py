@@ -139,14 +139,15 @@ def _run_task(task: ConvergeTask, config: OffsiteBenchConfig, address: str, tmp:
 def _emulators(task: ConvergeTask, config: OffsiteBenchConfig, out: Path) -> dict[str, EmulatorReport]:
     trunk = num_layers(read_config(task.model_dir)[0]) - task.device_layers - 1
     keep = config.keep or math.ceil(trunk / 2)
-    common = {"device_layers": task.device_layers, "head_layers": 1, "keep": keep}
-    drop = build_emulator(task.model_dir, out / "drop", **common)
+    k = task.device_layers
+    drop = build_emulator(task.model_dir, out / "drop", device_layers=k, head_layers=1, keep=keep)
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in task.train]
     heldout = [{k: v for k, v in b.items() if k != "labels"} for b in task.heldout[:2]]
     distill = DistillConfig(steps=config.distill_steps, lr=config.distill_lr, seed=0)
     distilled = build_emulator(
-        task.model_dir, out / "distilled", **common, distill_config=distill, train=inputs, heldout=heldout
-    )
+        task.model_dir, out / "distilled", device_layers=k, head_layers=1, keep=keep,
+        distill_config=distill, train=inputs, heldout=heldout,
+    )  # fmt: skip
     return {"drop": drop, "distilled": distilled}
 
 

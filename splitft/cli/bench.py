@@ -252,7 +252,9 @@ def _register_offsite(bench: argparse._SubParsersAction) -> None:
     offsite.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (160)")
     offsite.add_argument("--lm-pretrain-steps", type=int, default=None, help="default 150")
     offsite.add_argument(
-        "--quick", action="store_true", help="smoke run: 3 steps, 1 seed, 3 distillation steps, small data, 1 thread"
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 steps, 1 seed, 3 distillation steps, small data, 1 thread",
     )
     offsite.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     offsite.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")

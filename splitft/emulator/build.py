@@ -96,7 +96,7 @@ def write_emulator(
         raise InvalidArgument("the emulator cannot be written over its source model")
     rename = checkpoint_renamer(config, family)  # the source's names: every block index exists there
     new_index = {full: i for i, full in enumerate(layout.source_indices())}
-    tensors, size = _dropped_tensors(source, rename, family.blocks_path, new_index)
+    tensors, (source_count, source_bytes) = _dropped_tensors(source, rename, family.blocks_path, new_index)
     _check_every_block_written(tensors, family.blocks_path, layout.emulator_layers)
     target.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target / WEIGHTS), metadata={"format": "pt"})
@@ -104,7 +104,7 @@ def write_emulator(
     _copy_small_files(source, target)
     layout.save(target)
     emulator_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    size = EmulatorSize(size[0], sum(t.numel() for t in tensors.values()), size[1], emulator_bytes)
+    size = EmulatorSize(source_count, sum(t.numel() for t in tensors.values()), source_bytes, emulator_bytes)
     logger.info("emulator of %s: trunk blocks %s kept, %s of the parameters", source, layout.kept, size.ratio)
     return layout, size
 
