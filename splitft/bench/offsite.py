@@ -270,7 +270,12 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if key not in row:
         return "-"
     s = row[key]
-    return f"{s['median']:g} [{s['min']:g}, {s['max']:g}]" if row["seeds"] > 1 else f"{s['median']:g}"
+    shown = [_number(s[k]) for k in ("median", "min", "max")]
+    return f"{shown[0]} [{shown[1]}, {shown[2]}]" if row["seeds"] > 1 else shown[0]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
 
 
 def _mb(row: dict[str, Any], key: str) -> str:
