@@ -150,9 +150,13 @@ def _check_every_block_written(tensors: dict[str, torch.Tensor], blocks_path: st
 
 
 def _copy_small_files(source: Path, target: Path) -> None:
-    """Tokenizer and generation files (not weights, not folders such as sentence-transformers')."""
+    """Tokenizer, generation and other config files, folders too (sentence-transformers' pooling
+    config); never weights, which belong to the full model."""
+    skip = shutil.ignore_patterns(*(f"*{suffix}" for suffix in _WEIGHT_SUFFIXES))
     for path in sorted(source.iterdir()):
-        if path.is_file() and path.name not in _NOT_COPIED and not path.name.endswith(_WEIGHT_SUFFIXES):
+        if path.is_dir():
+            shutil.copytree(path, target / path.name, ignore=skip)
+        elif path.name not in _NOT_COPIED and not path.name.endswith(_WEIGHT_SUFFIXES):
             shutil.copy2(path, target / path.name)
 
 
