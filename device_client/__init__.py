@@ -13,11 +13,20 @@ from typing import Any
 
 from device_client.connection import EdgeConnection
 from device_client.model import SplitModel, SplitStats
+from device_client.offsite import OffsiteModel
 from device_client.retry import RetryPolicy
 
 _AGENT_EXPORTS = ("DeviceAgent", "DeviceCredential", "TextExample", "enroll", "load_jsonl", "run_device")
 
-__all__ = ["EdgeConnection", "RetryPolicy", "SplitModel", "SplitStats", "SplitTrainer", *_AGENT_EXPORTS]
+__all__ = [
+    "EdgeConnection",
+    "OffsiteModel",
+    "RetryPolicy",
+    "SplitModel",
+    "SplitStats",
+    "SplitTrainer",
+    *_AGENT_EXPORTS,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -93,3 +93,32 @@ class MetricsBuffer:
             return False
         self.points = []
         return True
+
+
+class MetricsWindow:
+    """Loss and throughput since the last metrics report: one MetricPoint per report."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.examples = 0
+        self.started = time.perf_counter()
+
+    def reset(self) -> None:
+        self.losses, self.examples, self.started = [], 0, time.perf_counter()
+
+    def add(self, loss: float, examples: int) -> None:
+        self.losses.append(loss)
+        self.examples += examples
+
+    def point(self, step: int, model: Any) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        stats = model.stats  # a split model's or an offsite model's (no bytes)
+        point = {
+            "step": step,
+            "loss": sum(self.losses) / len(self.losses),
+            "examples_per_second": self.examples / elapsed,
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+        }
+        self.reset()  # the next point covers only the steps after this one
+        return point

@@ -13,8 +13,8 @@ import logging
 import math
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from device_client.agent.assignment import method_config, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
-from device_client.agent.metrics_buffer import MetricsBuffer
+from device_client.agent.metrics_buffer import MetricsBuffer, MetricsWindow
 from device_client.agent.progress import ProgressLog
 from device_client.agent.resume import (
     SessionInterrupted,
@@ -37,6 +37,7 @@ from device_client.agent.resume import (
 )
 from device_client.connection import EdgeConnection
 from device_client.model import SplitModel
+from device_client.offsite import OffsiteModel
 from device_client.optim import make_scheduler
 from device_client.retry import RetryPolicy
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
@@ -69,35 +70,6 @@ class TrainingProgress:
     step: int  # optimizer steps done, 1-based
     total_steps: int
     loss: float
-
-
-class _Window:
-    """Loss and throughput since the last metrics report: one MetricPoint per report."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.examples = 0
-        self.started = time.perf_counter()
-
-    def reset(self) -> None:
-        self.losses, self.examples, self.started = [], 0, time.perf_counter()
-
-    def add(self, loss: float, examples: int) -> None:
-        self.losses.append(loss)
-        self.examples += examples
-
-    def point(self, step: int, model: SplitModel) -> dict[str, Any]:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        stats = model.stats
-        point = {
-            "step": step,
-            "loss": sum(self.losses) / len(self.losses),
-            "examples_per_second": self.examples / elapsed,
-            "bytes_sent": stats.bytes_sent,
-            "bytes_received": stats.bytes_received,
-        }
-        self.reset()  # the next point covers only the steps after this one
-        return point
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -175,24 +147,41 @@ class SessionTrainer:
                 raise SessionInterrupted(assignment.session_id, "the control plane is unreachable") from exc
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)  # the edge session's seed, the adapters' and the head's init
-            with self._connect(assignment) as conn:
-                with closing(
-                    self._open(model_dir, conn, spec, resume_from, assignment.shared_trunk_adapter)
-                ) as model:
-                    if model.resumed is None:  # a resumed model has its state, RNG included
-                        torch.manual_seed(seed)  # after the common init: this device's own dropout
-                        if initial is not None:
-                            self._start_from_global(model, assignment.session_id, initial)
-                        self._check_labels(model)
-                        selection = spec.selection_spec()
-                        if selection is not None:  # a selection method chooses what trains first
-                            self._calibrate(model, tokenizer, spec, seed, selection.calibration_batches)
-                    self._fit(model, tokenizer, assignment, seed, stop, checkpoints)
-                    if self.options.record_dir is not None:
-                        self._record(model, tokenizer, assignment, self.options.record_dir)
-                    with tempfile.TemporaryDirectory(prefix="splitft-adapter-") as tmp:
-                        model.save_adapter(tmp)
-                        return pack_adapter(tmp)
+            with self._session_model(assignment, model_dir, resume_from) as model:
+                if model.resumed is None:  # a resumed model has its state, RNG included
+                    torch.manual_seed(seed)  # after the common init: this device's own dropout
+                    if initial is not None:
+                        self._start_from_global(model, assignment.session_id, initial)
+                    self._check_labels(model)
+                    selection = spec.selection_spec()
+                    if selection is not None:  # a selection method chooses what trains first
+                        self._calibrate(model, tokenizer, spec, seed, selection.calibration_batches)
+                self._fit(model, tokenizer, assignment, seed, stop, checkpoints)
+                if self.options.record_dir is not None:
+                    self._record(model, tokenizer, assignment, self.options.record_dir)
+                with tempfile.TemporaryDirectory(prefix="splitft-adapter-") as tmp:
+                    model.save_adapter(tmp)
+                    return pack_adapter(tmp)
+
+    @contextmanager
+    def _session_model(
+        self, assignment: Assignment, model_dir: Path, resume_from: Path | None
+    ) -> Iterator[Any]:
+        """The session's model: split through the assigned edge, or (an offsite job) the device's
+        adapters on its emulator, in this process, with no connection at all."""
+        spec = assignment.spec
+        if spec.offsite is not None:
+            overrides = {"num_labels": spec.num_labels} if spec.num_labels is not None else None
+            with OffsiteModel.from_emulator(
+                model_dir, lora_config=method_config(spec), config_overrides=overrides
+            ) as model:
+                yield model
+            return
+        with self._connect(assignment) as conn:
+            with closing(
+                self._open(model_dir, conn, spec, resume_from, assignment.shared_trunk_adapter)
+            ) as split:
+                yield split
 
     def _checkpoint_dir(self, assignment: Assignment) -> Path | None:
         """Where this session's checkpoints go, when its job asks for them (`resume.py`)."""
@@ -241,10 +230,11 @@ class SessionTrainer:
         )
 
     def _model_dir(self, spec: JobCreate) -> Path:
-        model_dir = self.model_dirs.get(spec.model)
+        name = spec.offsite.emulator if spec.offsite is not None else spec.model  # offsite: the emulator's
+        model_dir = self.model_dirs.get(name)
         if model_dir is None:
             known = ", ".join(sorted(self.model_dirs)) or "none"
-            raise NotFound(f"this device has no local directory for model {spec.model!r} (it has: {known})")
+            raise NotFound(f"this device has no local directory for model {name!r} (it has: {known})")
         _config, family = read_config(model_dir)
         if family.class_mapping != SEQ_CLS_MAPPING:
             raise InvalidArgument(
@@ -340,7 +330,7 @@ class SessionTrainer:
         total = total_steps(spec, len(self.examples))
         scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
         start, batches = resume_and_checkpoint(model, scheduler, spec, self.examples, seed, checkpoints)
-        window, log = _Window(), ProgressLog(sid, start, total)
+        window, log = MetricsWindow(), ProgressLog(sid, start, total)
         model.train()
         logger.info(
             "training session %s: steps %d to %d on %d examples", sid, start + 1, total, len(self.examples)

@@ -31,6 +31,8 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Retry-After": "2"})
     sess, job, edge = found
     spec = JobCreate.model_validate(job.spec)
+    if edge is None:  # an offsite job: the device trains against its emulator, no edge, no token
+        return Assignment(session_id=sess.id, job_id=job.id, edge_address="", token="", spec=spec)
     token = issue_token(
         state.issuer,
         session=sess.id,

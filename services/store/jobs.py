@@ -108,6 +108,11 @@ class JobStore(StoreBase):
             rounds = waiting_rounds([(sess, job.id) for sess, job in waiting])
             for sess, job in waiting:
                 spec, model = _spec(job, specs), job.spec["model"]
+                if spec is not None and spec.offsite is not None:  # no edge: the device trains alone
+                    sess.state, sess.reason, sess.updated_at = "assigned", "", utcnow()
+                    sess.attempts += 1
+                    placed += 1
+                    continue
                 if shares_trunk(spec):  # the round's sessions on one edge, with its one trunk adapter
                     edge, reason, joins = shared_choice(
                         s, sess, spec, load, rounds[(job.id, sess.round)], model

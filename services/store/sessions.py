@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
@@ -19,18 +19,19 @@ class DeviceSessionStore(StoreBase):
 
     aggregate: Aggregate  # how a federated round's uploads become its global adapter (set by `Store`)
 
-    def next_assignment(self, *, device_id: str) -> tuple[JobSession, Job, Edge] | None:
-        """The device's oldest session placed on an edge; it becomes running."""
+    def next_assignment(self, *, device_id: str) -> tuple[JobSession, Job, Edge | None] | None:
+        """The device's oldest session placed on an edge (or, for an offsite job, on none: the device
+        trains against its emulator); it becomes running."""
         with self.tx() as s:
             row = s.execute(
                 select(JobSession, Job, Edge)
                 .join(Job, JobSession.job_id == Job.id)
-                .join(Edge, JobSession.edge_id == Edge.id)
+                .outerjoin(Edge, JobSession.edge_id == Edge.id)
                 .where(
                     JobSession.device_id == device_id,
                     JobSession.state.in_(ACTIVE_SESSION_STATES),
                     Job.state.in_(("pending", "running")),
-                    Edge.status == "up",
+                    or_(Edge.status == "up", JobSession.edge_id.is_(None)),
                 )
                 .order_by(JobSession.created_at)
                 .limit(1)

@@ -195,7 +195,7 @@ def train_and_evaluate(model: Any, task: ConvergeTask, seed: int) -> dict[str, A
     seconds = time.perf_counter() - started
     stats = model.stats  # before the evaluation, whose forwards would count too
     return {
-        **_evaluate(model, task),
+        **evaluate(model, task),
         "train_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         "train_seconds": round(seconds, 1),
         "train_bytes_per_step": round((stats.bytes_sent + stats.bytes_received) / len(task.train)),
@@ -203,7 +203,7 @@ def train_and_evaluate(model: Any, task: ConvergeTask, seed: int) -> dict[str, A
 
 
 @torch.no_grad()
-def _evaluate(model: Any, task: ConvergeTask) -> dict[str, float]:
+def evaluate(model: Any, task: ConvergeTask) -> dict[str, float]:
     model.eval()
     loss_sum, count, correct = 0.0, 0, 0
     for batch in task.heldout:

@@ -1,5 +1,5 @@
 """`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|fewshot|control|quantize|
-federated|resume|generate`: the benchmarks (parsers only).
+federated|resume|generate|offsite`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -35,6 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_federated(bench)
     _register_resume(bench)
     _register_generate(bench)
+    _register_offsite(bench)
 
 
 def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
@@ -333,3 +334,33 @@ def _register_generate(bench: argparse._SubParsersAction) -> None:
     generate.add_argument("--quick", action="store_true", help="a tiny model and 2 rounds (tests)")
     generate.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     handled_by(generate, "bench:generate")
+
+
+def _register_offsite(bench: argparse._SubParsersAction) -> None:
+    offsite = bench.add_parser(
+        "offsite",
+        help="zero-shot vs offsite-tuned (emulator, plugged into the full model) vs split with the trunk "
+        "frozen vs split with trunk LoRA, on the demo task and the causal LM, over seeds (JSON)",
+    )
+    offsite.add_argument("--tasks", nargs="+", default=["classification", "causal_lm"], choices=TASKS)
+    # None: the full run's value, or --quick's (splitft.bench.offsite.QUICK).
+    offsite.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps per task, variant, seed (60)"
+    )
+    offsite.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
+    offsite.add_argument(
+        "--keep", type=int, default=None, help="trunk blocks the emulator keeps (default: half)"
+    )
+    offsite.add_argument("--distill-steps", type=int, default=None, help="default 200")
+    offsite.add_argument("--distill-lr", type=float, default=None, help="default 1e-3")
+    offsite.add_argument("--threads", type=int, default=None, help="torch threads here and in the edge (2)")
+    offsite.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (160)")
+    offsite.add_argument("--lm-pretrain-steps", type=int, default=None, help="default 150")
+    offsite.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 steps, 1 seed, 3 distillation steps, small data, 1 thread",
+    )
+    offsite.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    offsite.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    handled_by(offsite, "bench:offsite")

@@ -225,6 +225,18 @@ class FederatedSpec(Strict):
         return self
 
 
+class OffsiteSpec(Strict):
+    """Offsite tuning (docs/planning.md, "Emulator"): each device trains its adapters against an
+    emulator it holds, in its own process, with no edge; the adapter it uploads is for the full
+    model (`model`), its head blocks renumbered, and loads into it with plain peft."""
+
+    emulator: str = Field(
+        pattern=NAME_PATTERN,
+        description="the emulator's model name on the devices (`splitft device run --model-dir "
+        "NAME=DIR`, a directory `splitft emulator build` wrote for this job's split)",
+    )
+
+
 class JobCreate(Strict):
     """POST /v1/jobs: what to train, how the model is split, and on which devices."""
 
@@ -280,6 +292,9 @@ class JobCreate(Strict):
         "independent", description="independent: an adapter per device; federated: one global adapter"
     )
     federated: FederatedSpec | None = Field(None, description="the rounds, with mode federated")
+    offsite: OffsiteSpec | None = Field(
+        None, description="train against an emulator on each device, with no edge (trunk_lora false)"
+    )
 
     @field_validator("codec")
     @classmethod
@@ -307,12 +322,28 @@ class JobCreate(Strict):
                 'checkpoint_every: sessions on a shared trunk adapter (federated.trunk_adapter "shared") '
                 "cannot be checkpointed: the adapter is the round's, stepped by every session"
             )
+        self._check_offsite()
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
         for method in SELECTION_SPECS:
             if self.method != method and getattr(self, method) is not None:
                 raise ValueError(f"a {method} spec needs method {method!r}")
         return self
+
+    def _check_offsite(self) -> None:
+        if self.offsite is None:
+            return
+        if self.method != "lora" or self.mode != "independent":
+            raise ValueError('offsite: an offsite job trains LoRA (method "lora") in mode "independent"')
+        if self.trunk_lora:
+            raise ValueError(
+                "offsite: the emulator's trunk is not the model's, so no trunk adapter can be carried over: "
+                "set trunk_lora false"
+            )
+        if self.checkpoint_every is not None:
+            raise ValueError(
+                "offsite: checkpoint_every is for split sessions (an offsite session has no edge)"
+            )
 
     def _check_mode(self) -> None:
         if self.mode == "independent":
@@ -349,8 +380,8 @@ class Assignment(Strict):
 
     session_id: str
     job_id: str
-    edge_address: str
-    token: str = Field(repr=False, description="signed session token for the edge")
+    edge_address: str = Field(description='the edge to open the session on; "" for an offsite job (no edge)')
+    token: str = Field(repr=False, description='signed session token for the edge; "" for an offsite job')
     spec: JobCreate
     round: StrictInt | None = Field(None, ge=0, description="federated jobs: the round this session trains")
     initial_adapter: bool = Field(

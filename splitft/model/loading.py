@@ -199,7 +199,7 @@ def _place_buffers(root: nn.Module, device_map: dict[str, int | str] | None, dev
     dispatch_model(root, device_map=device_map)
 
 
-def _checkpoint_files(model_dir: Path) -> list[Path]:
+def checkpoint_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -215,10 +215,10 @@ def _read_tensors(
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Read the wanted tensors. A shape mismatch (a head for another number of labels) is skipped,
     so the parameter is initialised afresh, where `allow_mismatch`; otherwise it is an error."""
-    rename = _key_renamer(root, set(shapes))
+    rename = key_renamer(root, set(shapes))
     state: dict[str, torch.Tensor] = {}
     bytes_read = 0
-    for path in _checkpoint_files(model_dir):
+    for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 name = rename(key)
@@ -240,7 +240,7 @@ def _read_tensors(
     return state, bytes_read
 
 
-def _key_renamer(root: nn.Module, wanted: set[str]) -> Callable[[str], str]:
+def key_renamer(root: nn.Module, wanted: set[str]) -> Callable[[str], str]:
     """Map a checkpoint key to the model's parameter name, as transformers' own loader would.
 
     Uses transformers' conversion mapping (legacy layouts, e.g. old ViT checkpoints) and its

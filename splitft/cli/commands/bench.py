@@ -24,6 +24,9 @@ from splitft.bench.generate import GenerateBenchConfig, run_generate_bench
 from splitft.bench.generate import markdown_table as generate_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
+from splitft.bench.offsite import QUICK as OFFSITE_QUICK
+from splitft.bench.offsite import OffsiteBenchConfig, run_offsite_bench
+from splitft.bench.offsite import markdown_table as offsite_markdown_table
 from splitft.bench.quantize import QuantizeBenchConfig, run_quantize_bench
 from splitft.bench.quantize import markdown_table as quantize_markdown_table
 from splitft.bench.resume import ResumeBenchConfig, run_resume_bench
@@ -177,3 +180,12 @@ def generate(args: argparse.Namespace) -> int:
     overrides = GENERATE_QUICK if args.quick else {}
     report = run_generate_bench(config_from_args(GenerateBenchConfig, args, **overrides))
     return _print(generate_markdown_table(json.loads(report)) if args.markdown else report)
+
+
+def offsite(args: argparse.Namespace) -> int:
+    """`bench offsite`: zero-shot vs offsite-tuned plug-in vs split (trunk frozen, trunk LoRA)."""
+    report = run_offsite_bench(_preset_config(OffsiteBenchConfig, args, OFFSITE_QUICK if args.quick else {}))
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(offsite_markdown_table(report) if args.markdown else report)
