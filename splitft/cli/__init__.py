@@ -1,6 +1,6 @@
 """The `splitft` command line: edge server, control plane, device agent, PKI, demo and benchmarks.
 
-The parsers (`splitft.cli.{edge,control,device,pki,demo,bench}`) are light and always built, so
+The parsers (`splitft.cli.{edge,control,device,pki,demo,bench,plan}`) are light and always built, so
 every `--help` works where the model stack is not installed (the control-plane image). Each
 command names its handler in `splitft.cli.commands`, and `main` imports only that module.
 """
@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.logging import RichHandler
 
-from splitft.cli import bench, control, demo, device, edge, pki
+from splitft.cli import bench, control, demo, device, edge, pki, plan
 from splitft.errors import SplitftError
 
 logger = logging.getLogger("splitft")
 
-GROUPS = (edge, control, device, pki, demo, bench)  # in the order `splitft --help` lists them
+GROUPS = (edge, control, device, pki, demo, bench, plan)  # in the order `splitft --help` lists them
 # The commands that load models; the others (control, certs, tokens) never import transformers,
 # not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
 MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench"})

@@ -12,12 +12,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictFloat,
     StrictInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,28 +22,14 @@ from pydantic import (
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.methods.registry import get_method
+from splitft.plan.candidates import Precision
+from splitft.plan.choice import PlanPoint
+from splitft.plan.strict import IGNORE_UNKNOWN, Strict
+
+__all__ = ["IGNORE_UNKNOWN", "Strict", "JobCreate", "Assignment"]
 from splitft.wire.serde import EdgeOptimizer
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-# Validation context under which unknown fields are dropped instead of refused (the device's reading).
-IGNORE_UNKNOWN = {"ignore_unknown": True}
-
-
-class Strict(BaseModel):
-    """Unknown fields are refused. Numbers in requests are `StrictInt`/`StrictFloat`: lax pydantic would
-    read JSON `true` as 1 and `"0.1"` as 0.1, which hides a client's mistake instead of naming it.
-
-    Validated with `context=IGNORE_UNKNOWN`, unknown fields are dropped at every level instead.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_unknown_if_asked(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("ignore_unknown"):
-            return {key: value for key, value in data.items() if key in cls.model_fields}
-        return data
 
 
 class LoraSpec(Strict):
@@ -194,8 +177,17 @@ class JobCreate(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
-    device_layers: StrictInt = Field(ge=1, le=1024)
+    split: Literal["manual", "auto"] = Field(
+        "manual",
+        description="manual: device_layers and head_layers as given; auto: each device runs the front point "
+        "the model's registered plan recommends for its device class (split, LoRA rank, codec, precision; "
+        "docs/planning.md), shown on its session",
+    )
+    device_layers: StrictInt | None = Field(None, ge=1, le=1024, description="required unless split is auto")
     head_layers: StrictInt = Field(0, ge=0, le=1024)
+    precision: Precision = Field(
+        "fp32", description="the device's frozen blocks: fp32, bf16, or int8 weights (splitft[quantize])"
+    )
     method: Literal["lora", "taskedge", "tinytrain"] = "lora"
     lora: LoraSpec | None = Field(None, description="required when method is lora")
     taskedge: TaskEdgeSpec | None = Field(
@@ -255,6 +247,7 @@ class JobCreate(Strict):
     def _one_length(self) -> JobCreate:
         """Cross-field checks: one of steps or epochs, distinct devices, the method's own spec only."""
         self._check_mode()
+        self._check_split()
         if self.mode == "independent" and (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         if len(set(self.devices)) != len(self.devices):
@@ -274,6 +267,39 @@ class JobCreate(Strict):
             if self.method != method and getattr(self, method) is not None:
                 raise ValueError(f"a {method} spec needs method {method!r}")
         return self
+
+    def _check_split(self) -> None:
+        if self.split == "manual":
+            if self.device_layers is None:
+                raise ValueError('device_layers is required (or split "auto")')
+            return
+        if self.method != "lora" or self.mode != "independent":
+            raise ValueError(
+                'split "auto" chooses a LoRA rank per device: it needs method lora, mode independent'
+            )
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        """(device_layers, head_layers) of a manual spec or a resolved auto one (`with_point`)."""
+        if self.device_layers is None:
+            raise InvalidArgument(
+                'this spec has split "auto" and no plan point applied yet: no device_layers'
+            )
+        return self.device_layers, self.head_layers
+
+    def with_point(self, point: PlanPoint) -> JobCreate:
+        """The spec one device of an `auto` job runs: the point's split, rank, codec and precision."""
+        assert self.lora is not None  # split auto needs method lora (checked above)
+        lora = self.lora.model_copy(update={"r": point.lora_r, "lora_alpha": float(2 * point.lora_r)})
+        return self.model_copy(
+            update={
+                "device_layers": point.device_layers,
+                "head_layers": point.head_layers,
+                "lora": lora,
+                "codec": point.codec,
+                "precision": point.precision,
+            }
+        )
 
     def _check_mode(self) -> None:
         if self.mode == "independent":
@@ -316,6 +342,10 @@ class Assignment(Strict):
     round: StrictInt | None = Field(None, ge=0, description="federated jobs: the round this session trains")
     initial_adapter: bool = Field(
         False, description="federated jobs: start from GET /v1/sessions/{id}/initial-adapter"
+    )
+    plan_point: PlanPoint | None = Field(
+        None,
+        description='split "auto": the front point chosen for this device\'s class (spec has it applied)',
     )
     shared_trunk_adapter: str | None = Field(
         None,
