@@ -94,13 +94,16 @@ def write_plot(plan: PlanFile, path: Path) -> None:
                 label=f"recommended: {chosen[0].name}",
                 zorder=5,
             )
+    title = f"splitft plan: {plan.model}"
     if plan.device_class is not None:
-        ax.axvline(
-            plan.device_class.memory_bytes / 2**20, color="gray", linestyle="--", label="device memory"
-        )
+        memory = plan.device_class.memory_bytes / 2**20
+        if memory <= 1.5 * max([p.device_peak_mb for p in points], default=0.0):
+            ax.axvline(memory, color="gray", linestyle="--", label="device memory")
+        else:  # far right of every point: a line there would squash them against the axis
+            title += f" (device memory {memory:.0f} MiB: every point fits)"
     ax.set_xlabel("device peak memory (MiB, over the runtime)")
     ax.set_ylabel("held-out loss after the short run")
-    ax.set_title(f"splitft plan: {plan.model}")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
