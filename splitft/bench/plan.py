@@ -84,14 +84,10 @@ class PlanConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PlanConfig:
         """The config from `splitft plan run`'s arguments (InvalidArgument, exit 2, for bad ones)."""
+        from splitft.cli.commands.plan import device_class as class_of
+
+        device_class = class_of(args)
         try:
-            device_class = DeviceClass(
-                memory_bytes=args.device_memory,
-                uplink_mbps=args.uplink_mbps,
-                downlink_mbps=args.downlink_mbps,
-                speed_factor=args.speed_factor,
-                flops=args.device_flops,
-            )
             ranks = [int(r) for r in args.ranks]
         except ValueError as exc:
             raise InvalidArgument(f"plan run: {exc}") from None

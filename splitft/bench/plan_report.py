@@ -26,14 +26,19 @@ def render_table(plan: PlanFile, console: Console | None = None) -> None:
     table.add_column("status")
     projected = {p.name: p for p in plan.projected}
     front = set(plan.front)
+    skipped: dict[str, int] = {}
     for result in plan.candidates:
         p = projected.get(result.name)
         mark = " *" if result.name == plan.recommended else ""
-        if p is None:
+        if result.status == "skipped":  # one line per reason below, not one row each
+            skipped[result.reason] = skipped.get(result.reason, 0) + 1
+        elif p is None:
             table.add_row(result.name, "", "", "", "", "", "", "", f"{result.status}: {result.reason}")
-            continue
-        table.add_row(result.name + mark, *_cells(p, p.name in front), "measured")
+        else:
+            table.add_row(result.name + mark, *_cells(p, p.name in front), "measured")
     console.print(table)
+    for reason, count in skipped.items():
+        console.print(f"{count} more candidates not measured: {reason}")
     console.print(f"recommended: {plan.recommended or 'none fits'} (rule: {plan.rule})")
 
 

@@ -1,4 +1,5 @@
-"""`splitft plan front|run`: the Pareto front of points, and the split planner (parsers only)."""
+"""`splitft plan front|run|project`: the Pareto front of points, the split planner, and a plan on another
+device class (parsers only)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     front.add_argument("--minimize", type=name_list, action="append", default=[], help="fields; repeatable")
     handled_by(front, "plan:front")
     _register_run(plan)
+    project = plan.add_parser(
+        "project", help="a plan.json's measurements on another device class: table (and --out's files)"
+    )
+    project.add_argument("--plan", required=True, help="a plan.json from `splitft plan run`")
+    _device_class_arguments(project)
+    project.add_argument("--out", default=None, help="also write OUT/plan.json and OUT/front.png")
+    handled_by(project, "plan:project")
+
+
+def _device_class_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-memory", type=byte_size, required=True, help="memory for the model: 512MB")
+    parser.add_argument("--uplink-mbps", type=positive_float, required=True)
+    parser.add_argument("--downlink-mbps", type=positive_float, required=True)
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--device-flops", type=positive_float, help="device FLOP/s (vs the plan machine)")
+    speed.add_argument("--speed-factor", type=positive_float, help="device speed / plan machine (default 1)")
 
 
 def _register_run(plan: argparse._SubParsersAction) -> None:
@@ -28,14 +45,7 @@ def _register_run(plan: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--model-dir", required=True, help="a Hugging Face sequence-classification model")
     run.add_argument("--model", default=None, help="its name on the edges (default: the directory's name)")
-    run.add_argument("--device-memory", type=byte_size, required=True, help="memory for the model: 512MB")
-    run.add_argument("--uplink-mbps", type=positive_float, required=True)
-    run.add_argument("--downlink-mbps", type=positive_float, required=True)
-    speed = run.add_mutually_exclusive_group()
-    speed.add_argument("--device-flops", type=positive_float, help="the device's FLOP/s (vs this machine's)")
-    speed.add_argument(
-        "--speed-factor", type=positive_float, help="device speed / this machine's (default 1)"
-    )
+    _device_class_arguments(run)
     run.add_argument("--data", default=None, help='JSONL {"text", "label"} (default: the demo task)')
     run.add_argument("--out", required=True, help="writes OUT/plan.json and OUT/front.png")
     run.add_argument("--max-candidates", type=int, default=12, help="measured candidates at most")

@@ -1,4 +1,5 @@
-"""`splitft plan front|run`: the Pareto front of a JSON list of points, and the split planner."""
+"""`splitft plan front|run|project`: the Pareto front of a JSON list of points, the split planner, and a
+plan projected onto another device class."""
 
 from __future__ import annotations
 
@@ -59,3 +60,45 @@ def run(args: argparse.Namespace) -> int:
     plan = run_plan(config)
     render_table(plan)
     return 0
+
+
+def project(args: argparse.Namespace) -> int:
+    """Project a plan file's measurements onto another device class: table, and files with --out."""
+    from pydantic import ValidationError
+
+    from splitft.bench.plan_report import render_table, write_plot
+    from splitft.plan.choice import PlanFile, plan_for_class
+
+    source = Path(args.plan)
+    if not source.is_file():
+        raise NotFound(f"--plan {source}: no such file")
+    try:
+        plan = PlanFile.model_validate_json(source.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        raise InvalidArgument(f"--plan {source}: not a plan file: {exc.errors()[0]['msg']}") from None
+    planned = plan_for_class(plan, device_class(args))
+    render_table(planned)
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(planned.model_dump_json(indent=2) + "\n")
+        write_plot(planned, out / "front.png")
+    return 0
+
+
+def device_class(args: argparse.Namespace) -> Any:
+    """The device class of `plan run|project`'s arguments (InvalidArgument when inconsistent)."""
+    from pydantic import ValidationError
+
+    from splitft.plan.choice import DeviceClass
+
+    try:
+        return DeviceClass(
+            memory_bytes=args.device_memory,
+            uplink_mbps=args.uplink_mbps,
+            downlink_mbps=args.downlink_mbps,
+            speed_factor=args.speed_factor,
+            flops=args.device_flops,
+        )
+    except ValidationError as exc:
+        raise InvalidArgument(f"device class: {exc.errors()[0]['msg']}") from None

@@ -121,3 +121,23 @@ def test_a_candidate_names_why_it_cannot_run() -> None:
     assert Candidate(device_layers=4, head_layers=1, lora_r=4).problem(6) is None
     lowrank_up = Candidate(device_layers=1, head_layers=0, lora_r=4, activations="lowrank:4")
     assert "gradients only" in (lowrank_up.problem(6) or "")
+
+
+def test_plan_project_command_recommends_per_class_and_refuses_bad_files(tmp_path, capsys) -> None:
+    from splitft.cli import main
+
+    source = tmp_path / "plan.json"
+    source.write_text(plan_file().model_dump_json())
+    base = ["plan", "project", "--plan", str(source), "--device-memory", "1GiB"]
+    assert main([*base, "--uplink-mbps", "1000", "--downlink-mbps", "1000"]) == 0
+    assert "recommended: k2j1-r8-raw/raw-fp32" in capsys.readouterr().out
+    out = tmp_path / "slow"
+    assert main([*base, "--uplink-mbps", "1", "--downlink-mbps", "1", "--out", str(out)]) == 0
+    assert "recommended: k2j1-r8-int8/int8-fp32" in capsys.readouterr().out
+    assert (
+        PlanFile.model_validate_json((out / "plan.json").read_text()).recommended == "k2j1-r8-int8/int8-fp32"
+    )
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
+    source.write_text('{"model": "m"}')
+    assert main([*base, "--uplink-mbps", "1", "--downlink-mbps", "1"]) == 2
+    assert "notaplanfile" in "".join(capsys.readouterr().err.split())
