@@ -11,12 +11,12 @@ import json
 import pytest
 
 from splitft.data.stdlib_task import build_stdlib_task
-from splitft.demo.sdk import default_model_dir
 from splitft.local.loop import LocalLoop, write_jsonl
+from tests.support.agent_support import make_bert_with_tokenizer
 from tests.support.plans import MIB, plan_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-MODEL = "minilm"
+MODEL = "bert"  # the tiny BERT (4 blocks) with a tokenizer: both points' splits leave a trunk
 CLASSES = {
     # enough memory, fast link: the most accurate point (k=2, j=1, r=8, raw, fp32)
     "phone-fast": {"memory_bytes": 1024 * MIB, "uplink_mbps": 1000.0, "downlink_mbps": 1000.0},
@@ -26,9 +26,11 @@ CLASSES = {
 EXPECTED = {"phone-fast": "k2j1-r8-raw/raw-fp32", "watch-tiny": "k1j0-r4-raw/raw-int8"}
 
 
-def test_auto_job_places_two_device_classes_on_different_front_points(tmp_path) -> None:
+def test_auto_job_places_two_device_classes_on_different_front_points(
+    tmp_path, tiny_models, tmp_path_factory
+) -> None:
     task = build_stdlib_task(max_per_class=8)
-    model_arg = f"{MODEL}={default_model_dir()}"
+    model_arg = f"{MODEL}={make_bert_with_tokenizer(tiny_models, tmp_path_factory)}"
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [model_arg])
         registered = loop.api("POST", "/v1/plans", json=plan_file(model=MODEL).model_dump(mode="json")).json()

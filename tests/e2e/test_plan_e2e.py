@@ -41,13 +41,13 @@ def test_plan_run_measures_within_its_bounds_and_writes_table_json_and_plot(
     out = tmp_path / "plan"
     started = time.monotonic()
     # Splits 1:0 and 2:1 run on 4 blocks; 3:1 leaves no trunk block (refused). 3 splits x 2 gradient
-    # codecs x 2 precisions = 12 candidates, at most 3 measured.
+    # codecs x 2 precisions = 12 candidates, at most 2 measured.
     done = plan_cli(
         *("--model-dir", str(bert), "--model", "bert", "--data", str(data), "--out", str(out)),
         *("--device-memory", "4GB", "--uplink-mbps", "10", "--downlink-mbps", "50", "--speed-factor", "0.5"),
         *("--splits", "1:0,3:1,2:1", "--ranks", "4", "--activations-codecs", "raw"),
         *("--gradients-codecs", "raw,int8", "--precisions", "fp32,int8"),
-        *("--max-candidates", "3", "--budget-s", str(BUDGET_S), "--train-steps", "3"),
+        *("--max-candidates", "2", "--budget-s", str(BUDGET_S), "--train-steps", "3"),
         *("--batch-size", "4", "--max-length", "16", "--eval-examples", "8"),
     )
     elapsed = time.monotonic() - started
@@ -56,11 +56,12 @@ def test_plan_run_measures_within_its_bounds_and_writes_table_json_and_plot(
     plan = PlanFile.model_validate_json((out / "plan.json").read_text())
     status = [r.status for r in plan.candidates]
     assert len(plan.candidates) == 12 and status[0] == "measured"  # the reference runs first
-    assert status.count("measured") + status.count("failed") == 3
+    assert status.count("measured") + status.count("failed") == 2
     refused = [r for r in plan.candidates if r.status == "refused"]
     assert len(refused) == 4 and all("no trunk block" in r.reason for r in refused)
     assert all(r.candidate.device_layers == 3 for r in refused)
-    assert {r.reason for r in plan.candidates if r.status == "skipped"} == {"--max-candidates reached"}
+    skipped = [r.reason for r in plan.candidates if r.status == "skipped"]
+    assert set(skipped) == {"--max-candidates reached"} and len(skipped) == 6
     for result in plan.candidates:
         if result.measured is not None:
             m = result.measured
@@ -72,29 +73,8 @@ def test_plan_run_measures_within_its_bounds_and_writes_table_json_and_plot(
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = " ".join(done.stdout.split())
     assert f"recommended: {plan.recommended}" in table and "refused" in table
+    assert "6 more candidates not measured: --max-candidates reached" in table
     assert "plan:1/12k1j0-r4-raw/raw-fp32:measuring" in "".join(done.stderr.split())  # progress
-
-
-def test_plan_run_with_no_budget_left_skips_everything_and_still_reports(bert: Path, tmp_path: Path) -> None:
-    out = tmp_path / "plan"
-    done = plan_cli(
-        *(
-            "--model-dir",
-            str(bert),
-            "--out",
-            str(out),
-            "--data",
-            str(write_jsonl(build_stdlib_task(max_per_class=4).train, tmp_path / "d.jsonl")),
-        ),
-        *("--device-memory", "1MB", "--uplink-mbps", "1", "--downlink-mbps", "1"),
-        *("--splits", "1:0", "--ranks", "4", "--activations-codecs", "raw", "--gradients-codecs", "raw"),
-        *("--precisions", "fp32", "--budget-s", "0.001"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    plan = PlanFile.model_validate_json((out / "plan.json").read_text())
-    assert [r.status for r in plan.candidates] == ["skipped"]
-    assert plan.candidates[0].reason == "--budget-s spent" and plan.recommended is None
-    assert "none fits" in done.stdout and (out / "front.png").is_file()
 
 
 @pytest.mark.parametrize(

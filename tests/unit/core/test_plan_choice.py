@@ -141,3 +141,36 @@ def test_plan_project_command_recommends_per_class_and_refuses_bad_files(tmp_pat
     source.write_text('{"model": "m"}')
     assert main([*base, "--uplink-mbps", "1", "--downlink-mbps", "1"]) == 2
     assert "notaplanfile" in "".join(capsys.readouterr().err.split())
+
+
+def test_the_planner_skips_what_the_budget_or_the_count_leaves_no_room_for(tmp_path) -> None:
+    """`_measure_all`'s bounds, without starting anything: the budget is spent before the first
+    candidate, so no worker runs; a refused candidate is reported whatever the bounds."""
+    import time
+
+    from splitft.bench.plan import PlanConfig, _measure_all, candidates
+
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 4}')
+    cls = DeviceClass(memory_bytes=MIB, uplink_mbps=1.0, downlink_mbps=1.0)
+    config = PlanConfig(
+        model_dir=str(tmp_path),
+        out=str(tmp_path / "out"),
+        device_class=cls,
+        splits=[(1, 0), (3, 1)],
+        ranks=[4],
+        activations_codecs=["raw"],
+        gradients_codecs=["raw"],
+        precisions=["fp32"],
+        budget_s=1.0,
+    )
+    found = candidates(config, 4)
+    assert [c.name for c in found] == ["k1j0-r4-raw/raw-fp32", "k3j1-r4-raw/raw-fp32"]
+    results = _measure_all(config, found, 4, {}, started=time.monotonic() - 5)
+    assert [(r.status, r.reason) for r in results] == [
+        ("skipped", "--budget-s spent"),
+        ("refused", "split k=3, j=1 leaves no trunk block of the model's 4 (need k + j < 4)"),
+    ]
+    planned = plan_for_class(
+        PlanFile(model="m", created_at="2026-11-30T00:00:00Z", num_layers=4, candidates=results), cls
+    )
+    assert planned.recommended is None and planned.front == []
