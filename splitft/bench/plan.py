@@ -240,7 +240,8 @@ def _measure_one(candidate: Candidate, base: dict[str, Any], timeout: float) -> 
         lines = [line for line in str(exc).splitlines() if line.strip()]
         return CandidateResult(candidate=candidate, status="failed", reason=_reason(lines))
     except Exception as exc:  # noqa: BLE001  # e.g. the budget's timeout: reported, the run goes on
-        return CandidateResult(candidate=candidate, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        why = f"{type(exc).__name__}: {exc}"[:2000]
+        return CandidateResult(candidate=candidate, status="failed", reason=why)
     return CandidateResult(candidate=candidate, status="measured", measured=Measured(**result))
 
 

@@ -88,13 +88,18 @@ class CandidateResult(Strict):
 
     candidate: Candidate
     status: Status
-    reason: str = Field("", max_length=4000)
+    reason: str = Field("", max_length=2000)
     measured: Measured | None = None
 
     @model_validator(mode="after")
     def _figures_iff_measured(self) -> CandidateResult:
         if (self.status == "measured") != (self.measured is not None):
             raise ValueError("figures are given exactly for a measured candidate")
+        if self.status == "measured":  # what a device will be told to run must be valid
+            try:
+                self.candidate.codec  # noqa: B018  # parsed for its refusal
+            except InvalidArgument as exc:
+                raise ValueError(f"measured candidate {self.name}: {exc.message}") from None
         return self
 
     @property

@@ -21,7 +21,7 @@ the front of (held-out loss, device memory, step time) over the fitting candidat
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
@@ -30,6 +30,7 @@ from splitft.plan.front import pareto_front
 from splitft.plan.strict import Strict
 
 DEFAULT_LOSS_TOLERANCE = 0.05
+MAX_CANDIDATES = 2000  # a plan file's bound (the default grid is 144)
 OBJECTIVES = {"minimize": ["held_out_loss", "device_peak_mb", "step_time_s"]}
 RULE = (
     "among the measured candidates that fit the device's memory, those within {tol:.0%} of the best "
@@ -72,7 +73,7 @@ class DeviceClass(Strict):
 class Projected(Strict):
     """A measured candidate on one device class (what the table, the plot and the front show)."""
 
-    name: str
+    name: str = Field(max_length=200)
     fits: bool
     held_out_loss: float
     held_out_accuracy: float | None
@@ -92,13 +93,15 @@ class PlanFile(Strict):
     num_layers: StrictInt = Field(ge=2, le=4096)
     host_flops: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="plan machine")
     machine: dict[str, Any] = Field(default_factory=dict, description="load, cores, threads, quality run")
-    candidates: list[CandidateResult] = Field(min_length=1, max_length=10_000)
+    candidates: list[CandidateResult] = Field(min_length=1, max_length=MAX_CANDIDATES)
     device_class: DeviceClass | None = None
     loss_tolerance: StrictFloat = Field(DEFAULT_LOSS_TOLERANCE, ge=0, le=10, allow_inf_nan=False)
-    projected: list[Projected] = Field(default_factory=list)
-    front: list[str] = Field(default_factory=list)
-    recommended: str | None = None
-    rule: str = ""
+    projected: list[Projected] = Field(default_factory=list, max_length=MAX_CANDIDATES)
+    front: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_CANDIDATES
+    )
+    recommended: str | None = Field(None, max_length=200)
+    rule: str = Field("", max_length=1000)
 
 
 def project(result: CandidateResult, cls: DeviceClass, host_flops: float | None) -> Projected | None:

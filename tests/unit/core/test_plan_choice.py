@@ -174,3 +174,10 @@ def test_the_planner_skips_what_the_budget_or_the_count_leaves_no_room_for(tmp_p
         PlanFile(model="m", created_at="2026-11-30T00:00:00Z", num_layers=4, candidates=results), cls
     )
     assert planned.recommended is None and planned.front == []
+
+
+def test_a_measured_candidate_with_a_codec_no_device_could_run_is_refused() -> None:
+    body = plan_file().model_dump(mode="json")
+    body["candidates"][0]["candidate"]["activations"] = "lowrank:4"
+    with pytest.raises(ValidationError, match="gradients only"):
+        PlanFile.model_validate(body)
