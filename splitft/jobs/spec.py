@@ -21,10 +21,10 @@ from pydantic import (
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.jobs.strict import IGNORE_UNKNOWN, Strict
 from splitft.methods.registry import get_method
 from splitft.plan.candidates import Precision
 from splitft.plan.choice import PlanPoint
-from splitft.plan.strict import IGNORE_UNKNOWN, Strict
 
 __all__ = ["IGNORE_UNKNOWN", "Strict", "JobCreate", "Assignment"]
 from splitft.wire.serde import EdgeOptimizer

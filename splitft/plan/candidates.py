@@ -15,8 +15,8 @@ from pydantic import ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
+from splitft.jobs.strict import Strict
 from splitft.model.schemes import PRECISIONS
-from splitft.plan.strict import Strict
 
 __all__ = ["PRECISIONS", "Candidate", "CandidateResult", "Measured"]
 Precision = Literal["fp32", "bf16", "int8"]

@@ -25,9 +25,9 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
+from splitft.jobs.strict import Strict
 from splitft.plan.candidates import CandidateResult, Precision
 from splitft.plan.front import pareto_front
-from splitft.plan.strict import Strict
 
 DEFAULT_LOSS_TOLERANCE = 0.05
 MAX_CANDIDATES = 2000  # a plan file's bound (the default grid is 144)
