@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from splitft.errors import FailedPrecondition
-from splitft.plan.choice import PlanPoint
+from splitft.plan.choice import DeviceClass, PlanPoint
 from splitft.security.tokens import SplitClaims, issue_token
 from splitft_control.archive import ArchiveLimits, check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
@@ -67,6 +67,15 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         plan_point=PlanPoint.model_validate(sess.plan_point) if sess.plan_point else None,
         shared_trunk_adapter=shared_adapter_key(job.id, sess.round, spec),
     )
+
+
+@router.put("/device-class", status_code=status.HTTP_204_NO_CONTENT)
+def set_own_class(body: DeviceClass, device: DeviceDep, store: StoreDep) -> Response:
+    """The calling device registers its own class (memory for the model, uplink and downlink in
+    Mbit/s, a speed factor or FLOP/s), which split "auto" jobs plan it for; what an operator sets with
+    PUT /v1/devices/{id}/class. Enrolled devices only (401, 403 disabled); 422 for a bad class."""
+    store.set_device_class(device_id=device.id, device_class=body)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

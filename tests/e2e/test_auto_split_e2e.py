@@ -34,12 +34,18 @@ def test_auto_job_places_two_device_classes_on_different_front_points(
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [model_arg])
         registered = loop.api("POST", "/v1/plans", json=plan_file(model=MODEL).model_dump(mode="json")).json()
-        ids = {}
         for i, name in enumerate(CLASSES):
             credential = loop.enroll_device(name)
-            ids[name] = {d["name"]: d["id"] for d in loop.api("GET", "/v1/devices").json()}[name]
-            loop.api("PUT", f"/v1/devices/{ids[name]}/class", json=CLASSES[name])
-            loop.start_agent(credential, write_jsonl(task.train[i::2], tmp_path / f"{name}.jsonl"), model_arg)
+            data = write_jsonl(task.train[i::2], tmp_path / f"{name}.jsonl")
+            if name == "phone-fast":  # the operator gives this one its class
+                device_id = {d["name"]: d["id"] for d in loop.api("GET", "/v1/devices").json()}[name]
+                loop.api("PUT", f"/v1/devices/{device_id}/class", json=CLASSES[name])
+                loop.start_agent(credential, data, model_arg)
+            else:  # this one registers its own with its first poll (`device run --class-*`)
+                cls = CLASSES[name]
+                own = ["--class-memory", str(cls["memory_bytes"]), "--class-uplink-mbps", "1000"]
+                own += ["--class-downlink-mbps", "1000"]
+                loop.start_agent(credential, data, model_arg, extra_args=own)
         spec = {
             "name": "auto",
             "model": MODEL,

@@ -166,3 +166,14 @@ def test_a_device_created_with_a_class_shows_it(client: TestClient) -> None:
         "/v1/devices", json={"name": "p2", "device_class": {"memory_bytes": 1}}, headers=OPERATOR
     )
     assert bad.status_code == 422
+
+
+def test_a_device_registers_its_own_class(client: TestClient) -> None:
+    credential = add_device(client, "watch")
+    assert client.put("/v1/device-class", json=TINY, headers=bearer(credential)).status_code == 204
+    listed = client.get("/v1/devices", headers=OPERATOR).json()
+    assert listed[0]["device_class"]["memory_bytes"] == TINY["memory_bytes"]
+    assert client.put("/v1/device-class", json=TINY).status_code == 401
+    assert client.put("/v1/device-class", json=TINY, headers=OPERATOR).status_code == 401  # not a device
+    bad = client.put("/v1/device-class", json={**TINY, "downlink_mbps": 0}, headers=bearer(credential))
+    assert bad.status_code == 422 and "downlink_mbps" in bad.text
