@@ -23,7 +23,7 @@ from splitft.security.files import write_private_file
 from splitft.security.trust import CA_PATH
 from splitft_control import migrate
 from splitft_control.limits import BodyLimitMiddleware, BodyLimits
-from splitft_control.routes import device_side, devices, edges, jobs, resume, secagg, ui
+from splitft_control.routes import device_side, devices, edges, jobs, plans, resume, secagg, ui
 from splitft_control.settings import ControlSettings
 from splitft_control.state import ControlState
 from splitft_control.store import Store
@@ -90,6 +90,7 @@ def create_app(settings: ControlSettings, state: ControlState | None = None) -> 
         resume.router,
         secagg.router,
         ui.router,
+        plans.router,
     ):
         app.include_router(router)
     limits = BodyLimits(

@@ -62,6 +62,19 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # splitft.plan.choice.DeviceClass as JSON (memory, link, speed): what `split: "auto"` plans for
+    device_class: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Plan(Base):
+    """A model's plan (splitft.plan.choice.PlanFile, what `splitft plan run` measured), registered by an
+    operator; an `auto` job's devices get the front point the model's newest plan recommends."""
+
+    __tablename__ = "plans"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Job(Base):
@@ -91,6 +104,8 @@ class JobSession(Base):
     adapter: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     round: Mapped[int | None] = mapped_column(Integer, nullable=True)  # federated jobs: its round
     examples: Mapped[int | None] = mapped_column(Integer, nullable=True)  # what its upload weighs
+    # split "auto": the front point chosen for its device's class (splitft.plan.choice.PlanPoint)
+    plan_point: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

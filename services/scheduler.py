@@ -76,7 +76,7 @@ def session_need(edge: EdgeLoad, spec: JobCreate | None, *, joins: bool = False)
     if profile is None:
         return edge.default_bytes.get(spec.model)
     try:
-        blocks = trunk_blocks(profile, spec.device_layers, spec.head_layers)
+        blocks = trunk_blocks(profile, *spec.layers)
     except InvalidArgument:  # the edge refuses this split at open; say so by never fitting
         return edge.memory_free + 1
     estimate = estimate_session(

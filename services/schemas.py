@@ -16,6 +16,7 @@ from splitft.jobs.resume import MAX_EXPIRED_PER_HEARTBEAT
 from splitft.jobs.spec import NAME_PATTERN, JobCreate, Strict
 from splitft.jobs.spec import Assignment as Assignment  # re-exported: the device route answers with it
 from splitft.memory.estimate import MemoryProfile
+from splitft.plan.choice import DeviceClass, PlanPoint
 from splitft.security.tokens import check_session_id
 from splitft.security.trust import TOKEN_SEPARATOR
 
@@ -147,6 +148,9 @@ class DeviceCreate(Strict):
     """POST /v1/devices: the new device's name."""
 
     name: str = Field(pattern=NAME_PATTERN, description="unique; becomes the CN of its client certificate")
+    device_class: DeviceClass | None = Field(
+        None, description='memory, link and speed: what a split "auto" job plans this device for'
+    )
 
 
 class DeviceCreated(Strict):
@@ -194,6 +198,7 @@ class DevicePublic(Strict):
     created_at: datetime
     enrolled_at: datetime | None
     disabled_at: datetime | None = None
+    device_class: DeviceClass | None = None
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -210,6 +215,9 @@ class SessionPublic(Strict):
     attempts: int
     has_adapter: bool
     round: int | None = Field(None, description="federated jobs: the round of this session")
+    plan_point: PlanPoint | None = Field(
+        None, description='split "auto": the front point chosen for its device\'s class'
+    )
 
 
 class RoundPublic(Strict):
@@ -279,6 +287,15 @@ class SessionFail(Strict):
     """POST /v1/sessions/{id}/fail: why the device gave up."""
 
     reason: str = Field(min_length=1, max_length=2000, pattern=NO_NUL_PATTERN)
+
+
+class PlanSummary(Strict):
+    """A registered plan as listed (GET /v1/plans); GET /v1/plans/{id} returns the whole plan file."""
+
+    id: str
+    model: str
+    created_at: datetime
+    candidates: dict[str, int] = Field(description="candidates by status (measured, refused, ...)")
 
 
 class ApiKeyCreated(Strict):

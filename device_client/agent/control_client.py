@@ -45,6 +45,10 @@ class ControlPlaneClient:
             return None, _retry_after(response)
         return parse_assignment(response_json(response)), None
 
+    def set_device_class(self, device_class: dict[str, Any]) -> None:
+        """PUT this device's class (memory, link, speed), which split "auto" jobs plan it for."""
+        request(self.http, "PUT", f"{self.base}/v1/device-class", headers=self._headers, json=device_class)
+
     def report_metrics(self, session_id: str, points: list[dict[str, Any]]) -> None:
         """POST metric points of a running session."""
         url = f"{self.base}/v1/sessions/{session_id}/metrics"

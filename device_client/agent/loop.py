@@ -28,6 +28,7 @@ from splitft.backoff import Backoff, ReconnectPolicy, retry_while
 from splitft.errors import InvalidArgument, SplitftError, Unavailable
 from splitft.jobs.spec import Assignment
 from splitft.model.dirs import parse_model_dirs
+from splitft.plan.choice import DeviceClass
 
 logger = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500
@@ -89,6 +90,7 @@ class DeviceAgent:
         reconnect: ReconnectPolicy | None = None,
         checkpoint_dir: str | Path | None = None,
         edge_retry: RetryPolicy | None = None,
+        device_class: DeviceClass | None = None,
     ) -> None:
         if poll_interval <= 0 or metrics_every < 1:
             raise InvalidArgument("poll_interval must be > 0 and metrics_every >= 1")
@@ -113,11 +115,17 @@ class DeviceAgent:
         self.trainer = SessionTrainer(credential, dirs, as_examples(data), self.client, options)
         self._stop = threading.Event()
         self._retry_after: float | None = None
+        self._device_class = device_class  # registered with the first poll that reaches the control plane
 
     # - the loop -
 
     def poll(self) -> Assignment | None:
-        """Ask once for work; None when nothing is assigned yet."""
+        """Ask once for work; None when nothing is assigned yet. The first poll that reaches the
+        control plane registers this device's class first, when one was given."""
+        if self._device_class is not None:
+            self.client.set_device_class(self._device_class.model_dump(mode="json"))
+            logger.info("registered this device's class: %s", self._device_class.model_dump_json())
+            self._device_class = None
         assignment, self._retry_after = self.client.next_assignment()
         if assignment is not None:
             logger.info(
@@ -262,6 +270,7 @@ def run_device(
     record_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     edge_retry: RetryPolicy | None = None,
+    device_class: DeviceClass | None = None,
 ) -> AgentSummary:
     """What `splitft device run` does: load the credential (URL overridable), then run the agent."""
     credential = DeviceCredential.load(credential_path)
@@ -278,5 +287,6 @@ def run_device(
         record_dir=record_dir,
         checkpoint_dir=checkpoint_dir,
         edge_retry=edge_retry,
+        device_class=device_class,
     ) as agent:
         return agent.run(max_sessions=max_sessions, stop=stop)

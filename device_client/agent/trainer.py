@@ -44,6 +44,7 @@ from splitft.errors import FailedPrecondition, InvalidArgument, NotFound, Permis
 from splitft.jobs.seeds import device_seed, job_seed
 from splitft.jobs.spec import Assignment, JobCreate, OptimizerSpec
 from splitft.model.loading import read_config
+from splitft.plan.candidates import PRECISION_SDK
 from splitft.security.tokens import check_session_id, unverified_claims
 from splitft.wire.serde import EDGE_OPTIMIZERS
 
@@ -271,12 +272,16 @@ class SessionTrainer:
         shared: str | None,
         retry: RetryPolicy | None = None,
     ) -> SplitModel:
+        device_layers, head_layers = spec.layers  # an auto job's assignment has its point applied
+        dtype, quantize = PRECISION_SDK[spec.precision]
         return SplitModel.from_pretrained(
             model_dir,
             edge=conn,
             model=spec.model,
-            device_layers=spec.device_layers,
-            head_layers=spec.head_layers,
+            device_layers=device_layers,
+            head_layers=head_layers,
+            dtype=dtype,
+            quantize=quantize,
             method=method_config(spec),
             trunk_lora=spec.trunk_lora,
             codec=spec.codec,

@@ -7,12 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from splitft.errors import FailedPrecondition
+from splitft.plan.choice import DeviceClass, PlanPoint
 from splitft.security.tokens import SplitClaims, issue_token
 from splitft_control.archive import ArchiveLimits, check_adapter_archive
 from splitft_control.deps import DeviceDep, State, StoreDep
 from splitft_control.routes.body import read_upload
 from splitft_control.scheduler import shared_adapter_key
 from splitft_control.schemas import Assignment, JobCreate, MetricsReport, SessionFail
+from splitft_control.store.plans import session_spec
 
 router = APIRouter(prefix="/v1", tags=["device"])
 
@@ -30,9 +33,12 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
     if found is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Retry-After": "2"})
     sess, job, edge = found
-    spec = JobCreate.model_validate(job.spec)
+    spec = session_spec(JobCreate.model_validate(job.spec), sess)
+    if spec is None:  # placed sessions of auto jobs always have their point: never reached
+        raise FailedPrecondition(f"session {sess.id} of a split auto job has no plan point yet")
     if edge is None:  # an offsite job: the device trains against its emulator, no edge, no token
         return Assignment(session_id=sess.id, job_id=job.id, edge_address="", token="", spec=spec)
+    device_layers, head_layers = spec.layers
     token = issue_token(
         state.issuer,
         session=sess.id,
@@ -43,8 +49,8 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         ttl_seconds=state.settings.token_ttl,
         # The edge refuses an OpenSession whose split differs from the job's (PERMISSION_DENIED).
         split=SplitClaims(
-            device_layers=spec.device_layers,
-            head_layers=spec.head_layers,
+            device_layers=device_layers,
+            head_layers=head_layers,
             trunk_lora=spec.trunk_lora and spec.method == "lora",
             codec=spec.codec,
         ),
@@ -60,8 +66,18 @@ def next_assignment(device: DeviceDep, state: State) -> Assignment | Response:
         spec=spec,
         round=sess.round,
         initial_adapter=starts_from_adapter,
+        plan_point=PlanPoint.model_validate(sess.plan_point) if sess.plan_point else None,
         shared_trunk_adapter=shared_adapter_key(job.id, sess.round, spec),
     )
+
+
+@router.put("/device-class", status_code=status.HTTP_204_NO_CONTENT)
+def set_own_class(body: DeviceClass, device: DeviceDep, store: StoreDep) -> Response:
+    """The calling device registers its own class (memory for the model, uplink and downlink in
+    Mbit/s, a speed factor or FLOP/s), which split "auto" jobs plan it for; what an operator sets with
+    PUT /v1/devices/{id}/class. Enrolled devices only (401, 403 disabled); 422 for a bad class."""
+    store.set_device_class(device_id=device.id, device_class=body)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Response, status
 
 from splitft.errors import FailedPrecondition, InvalidArgument
+from splitft.plan.choice import DeviceClass
 from splitft.security.certs import sign_device_key
 from splitft.security.trust import bind_enrollment_token
 from splitft_control import revocation
@@ -26,6 +27,7 @@ def device_public(device: Device) -> DevicePublic:
         created_at=device.created_at,
         enrolled_at=device.enrolled_at,
         disabled_at=device.disabled_at,
+        device_class=DeviceClass.model_validate(device.device_class) if device.device_class else None,
     )
 
 
@@ -33,7 +35,8 @@ def device_public(device: Device) -> DevicePublic:
 def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCreated:
     """Create a pending device and return its one-time enrollment token (bound to the deployment CA's
     fingerprint when there is one). Operators only (401); 409 for a taken name, 422 for a bad one."""
-    device, token = store.create_device(name=body.name)
+    device_class = body.device_class.model_dump(mode="json") if body.device_class else None
+    device, token = store.create_device(name=body.name, device_class=device_class)
     ca_dir = (
         state.settings.ca_dir
     )  # the token pins the CA the device will be handed (see splitft.security.trust)
@@ -47,6 +50,14 @@ def create_device(body: DeviceCreate, store: StoreDep, state: State) -> DeviceCr
 def list_devices(store: StoreDep) -> list[DevicePublic]:
     """Every device with its status, by name. Operators only (401)."""
     return [device_public(d) for d in store.list_devices()]
+
+
+@router.put("/{device_id}/class", response_model=DevicePublic, dependencies=[Operator])
+def set_device_class(device_id: str, body: DeviceClass, store: StoreDep) -> DevicePublic:
+    """Give the device its class (memory for the model, uplink and downlink in Mbit/s, and a speed
+    factor or FLOP/s), which split "auto" jobs plan it for; sessions already given a plan point keep
+    theirs. Operators only (401); 404 for an unknown id, 422 for a bad class."""
+    return device_public(store.set_device_class(device_id=device_id, device_class=body))
 
 
 @router.post("/{device_id}/disable", response_model=DevicePublic, dependencies=[Operator])

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from splitft.plan.choice import PlanPoint
 from splitft_control.deps import Operator, State, StoreDep
 from splitft_control.models import Job, JobSession
 from splitft_control.schemas import (
@@ -33,6 +34,7 @@ def session_public(sess: JobSession, device: str) -> SessionPublic:
         attempts=sess.attempts,
         has_adapter=sess.adapter is not None,
         round=sess.round,
+        plan_point=PlanPoint.model_validate(sess.plan_point) if sess.plan_point else None,
     )
 
 

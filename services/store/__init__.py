@@ -26,6 +26,7 @@ from splitft_control.store.edges import EdgeStore
 from splitft_control.store.expiry import ExpiryStore
 from splitft_control.store.jobs import JobStore
 from splitft_control.store.keys import ApiKeyStore
+from splitft_control.store.plans import PlanStore
 from splitft_control.store.resume import ResumeStore
 from splitft_control.store.rounds import Aggregate, RoundStore
 from splitft_control.store.secagg import SecAggStore
@@ -55,6 +56,7 @@ class Store(
     DeviceSessionStore,
     RoundStore,
     SecAggStore,
+    PlanStore,
 ):
     """Every read and write of the control plane's state, on one engine. `aggregate` turns a
     federated round's uploads into its global adapter (default: `splitft_control.aggregation`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -14,13 +15,16 @@ from splitft_control.store.base import StoreBase, hash_secret, new_id, new_secre
 class DeviceStore(StoreBase):
     """Devices and their credentials (only hashes of tokens and credentials are stored)."""
 
-    def create_device(self, *, name: str) -> tuple[Device, str]:
-        """A pending device and its one-time enrollment token; AlreadyExists for a taken name."""
+    def create_device(self, *, name: str, device_class: dict[str, Any] | None = None) -> tuple[Device, str]:
+        """A pending device (with its class, `splitft.plan.choice.DeviceClass` as JSON, when given) and
+        its one-time enrollment token; AlreadyExists for a taken name."""
         token = new_secret("sft")
         with self.tx() as s:
             if s.scalar(select(Device).where(Device.name == name)) is not None:
                 raise AlreadyExists(f"device {name!r} already exists")
-            device = Device(id=new_id(), name=name, enrollment_hash=hash_secret(token))
+            device = Device(
+                id=new_id(), name=name, enrollment_hash=hash_secret(token), device_class=device_class
+            )
             s.add(device)
         return device, token
 

@@ -23,6 +23,7 @@ from splitft_control.store.base import (
     refresh_job,
     sessions_of,
 )
+from splitft_control.store.plans import newest_plan, resolve_point, session_spec
 from splitft_control.store.resume import choose_avoiding
 from splitft_control.store.rounds import federated_spec, open_round
 from splitft_control.store.shared_placement import shared_choice, waiting_rounds
@@ -40,6 +41,11 @@ class JobStore(StoreBase):
             missing = sorted(set(device_names) - set(devices))
             if missing:
                 raise NotFound(f"unknown devices: {', '.join(missing)}")
+            if spec.get("split") == "auto" and newest_plan(s, spec["model"]) is None:
+                raise FailedPrecondition(
+                    f'split "auto": no plan is registered for model {spec["model"]!r}: run '
+                    "`splitft plan run` where the model is and POST its plan.json to /v1/plans"
+                )
             job = Job(id=new_id(), name=name, spec=spec, reason="waiting to be placed on an edge")
             s.add(job)
             s.flush()
@@ -108,6 +114,11 @@ class JobStore(StoreBase):
             rounds = waiting_rounds([(sess, job.id) for sess, job in waiting])
             for sess, job in waiting:
                 spec, model = _spec(job, specs), job.spec["model"]
+                if spec is not None and spec.split == "auto":  # its device's front point, once
+                    spec, why = resolve_point(s, sess, spec)
+                    if spec is None:
+                        sess.reason = why
+                        continue
                 if spec is not None and spec.offsite is not None:  # no edge: the device trains alone
                     sess.state, sess.reason, sess.updated_at = "assigned", "", utcnow()
                     sess.attempts += 1
@@ -241,13 +252,13 @@ def _edge_load(s: Session, edge: Edge, specs: dict[str, JobCreate | None]) -> Ed
         load.default_bytes[model] = int(entry.get("session_bytes", 0))
     load.memory_free = edge.memory_limit_bytes
     placed = s.execute(
-        select(Job, JobSession.round)
+        select(Job, JobSession)
         .join(JobSession, JobSession.job_id == Job.id)
         .where(JobSession.edge_id == edge.id, JobSession.state.in_(ACTIVE_SESSION_STATES))
     )
     rounds: set[tuple[str, int | None]] = set()  # a shared trunk adapter is counted once per round
-    for job, number in placed:
-        spec = _spec(job, specs)
+    for job, sess in placed:
+        spec, number = session_spec(_spec(job, specs), sess), sess.round
         joins = shares_trunk(spec) and (job.id, number) in rounds
         rounds.add((job.id, number))
         load.memory_free -= session_need(load, spec, joins=joins) or 0

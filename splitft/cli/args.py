@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from splitft.compress import parse_codecs  # torch-free: only the spec parser
 from splitft.errors import InvalidArgument
@@ -64,3 +65,27 @@ def handled_by(parser: argparse.ArgumentParser, handler: str) -> argparse.Argume
     """
     parser.set_defaults(handler=handler)
     return parser
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def codec_direction(direction: str) -> Callable[[str], list[str]]:
+    """A comma-separated list of one direction's codecs (`activations` or `gradients`), canonical."""
+
+    def parse(text: str) -> list[str]:
+        names = name_list(text)
+        try:
+            return [str(getattr(parse_codecs({direction: name}), direction)) for name in names]
+        except InvalidArgument as err:
+            raise argparse.ArgumentTypeError(err.message) from None
+
+    return parse

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitft.cli.args import handled_by
+from splitft.cli.args import byte_size, handled_by, positive_float
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -81,4 +81,16 @@ def _register_run(device: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="how long the edge may be unreachable before the session is reported and resumed elsewhere",
     )
+    run.add_argument(
+        "--class-memory",
+        type=byte_size,
+        default=None,
+        help='this device\'s class for split "auto" '
+        "jobs (docs/planning.md): memory for the model, e.g. 512MB; with the two links",
+    )
+    run.add_argument("--class-uplink-mbps", type=positive_float, default=None)
+    run.add_argument("--class-downlink-mbps", type=positive_float, default=None)
+    speed = run.add_mutually_exclusive_group()
+    speed.add_argument("--class-speed-factor", type=positive_float, default=None, help="vs the plan machine")
+    speed.add_argument("--class-flops", type=positive_float, default=None, help="this device's FLOP/s")
     handled_by(run, "device:run")

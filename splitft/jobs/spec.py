@@ -9,45 +9,36 @@ without breaking older devices, while types, bounds and defaults are checked on 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictFloat,
     StrictInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
-from splitft.methods.registry import get_method
-from splitft.methods.tinytrain.config import default_memory_budget
+from splitft.jobs.method_specs import SELECTION_SPECS, SelectionSpec, TaskEdgeSpec, TinyTrainSpec
+from splitft.jobs.strict import IGNORE_UNKNOWN, Strict
+from splitft.plan.candidates import Precision
+from splitft.plan.choice import PlanPoint
 from splitft.wire.serde import EdgeOptimizer
 
+__all__ = [
+    "IGNORE_UNKNOWN",
+    "SELECTION_SPECS",
+    "Assignment",
+    "JobCreate",
+    "SelectionSpec",
+    "Strict",
+    "TaskEdgeSpec",
+    "TinyTrainSpec",
+]
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-# Validation context under which unknown fields are dropped instead of refused (the device's reading).
-IGNORE_UNKNOWN = {"ignore_unknown": True}
-
-
-class Strict(BaseModel):
-    """Unknown fields are refused. Numbers in requests are `StrictInt`/`StrictFloat`: lax pydantic would
-    read JSON `true` as 1 and `"0.1"` as 0.1, which hides a client's mistake instead of naming it.
-
-    Validated with `context=IGNORE_UNKNOWN`, unknown fields are dropped at every level instead.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_unknown_if_asked(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and isinstance(info.context, dict) and info.context.get("ignore_unknown"):
-            return {key: value for key, value in data.items() if key in cls.model_fields}
-        return data
 
 
 class LoraSpec(Strict):
@@ -58,108 +49,6 @@ class LoraSpec(Strict):
     lora_dropout: StrictFloat = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(min_length=1, max_length=64)
     task_type: Literal["SEQ_CLS", "CAUSAL_LM"] | None = None
-
-
-class SelectionSpec(Strict):
-    """A selection method's member of the job spec: its config's fields, with the bounds OpenAPI
-    documents, plus how many local batches the device calibrates on.
-
-    The method's own config class checks the fields too (through `splitft.methods.registry`), so
-    the control plane refuses exactly what the device's SDK would, and the agent builds the SDK's
-    config with `method_config()` instead of a converter per method.
-    """
-
-    method_name: ClassVar[str]  # the method's registered name
-    calibration_batches: StrictInt = Field(4, ge=1, le=1000, description="local batches calibrate() runs on")
-
-    def config_fields(self) -> dict[str, Any]:
-        """The fields the method's config takes (all but `calibration_batches`)."""
-        return self.model_dump(exclude={"calibration_batches"})
-
-    def method_config(self) -> Any:
-        """The SDK's config for this member, built by the method's registered config class."""
-        return get_method(self.method_name).config_from(self.config_fields())
-
-    @model_validator(mode="after")
-    def _valid_for_the_method(self) -> SelectionSpec:
-        try:
-            self.method_config()
-        except InvalidArgument as exc:
-            raise ValueError(exc.message) from None
-        return self
-
-
-class TaskEdgeSpec(SelectionSpec):
-    """TaskEdge selection: which share of the weights to train, scored on the device before training."""
-
-    method_name: ClassVar[str] = "taskedge"
-
-    budget_fraction: StrictFloat = Field(0.001, gt=0, le=1, description="share of ALL parameters to train")
-    n_m: tuple[StrictInt, StrictInt] | None = Field(None, description="N:M structure, e.g. [2, 4]")
-    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: StrictInt = Field(
-        4, ge=1, le=1000, description="labels-free batches scored on the device"
-    )
-
-
-class TinyTrainSpec(SelectionSpec):
-    """TinyTrain selection: which layers and channels to train within memory and compute budgets.
-
-    A job without a memory budget gets a share of its device's memory (`DEVICE_MEMORY_SHARE` of
-    `device_memory_bytes`): devices declare no memory when they enroll, so the job declares the
-    memory of the devices it targets, by default `DEFAULT_DEVICE_MEMORY_BYTES` (512 MiB, a small
-    edge device). Without it a job would train every channel of every block.
-    """
-
-    method_name: ClassVar[str] = "tinytrain"
-
-    memory_budget_bytes: StrictFloat | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="the device's training-step bytes (gradients, optimizer state, saved activations of "
-        "the trained layers); null: a quarter of device_memory_bytes",
-    )
-    compute_budget_macs: StrictFloat | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="the device's backward multiply-accumulates per step; null: no limit",
-    )
-    device_memory_bytes: StrictInt | None = Field(
-        None,
-        gt=0,
-        le=2**62,
-        description="memory of the devices this job targets (for the default memory budget); null: 512 MiB",
-    )
-    edge_memory_budget_bytes: StrictFloat | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="the trunk's selected state and inputs on the edge; null: no limit",
-    )
-    edge_compute_budget_macs: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="the trunk's backward MACs on the edge; null: no limit"
-    )
-    channel_ratios: list[float] = Field(
-        [1.0, 0.5, 0.25, 0.125], min_length=1, max_length=16, description="channel fractions, each in (0, 1]"
-    )
-    target_modules: list[str] | None = Field(None, max_length=64, description="default: every block Linear")
-    calibration_batches: StrictInt = Field(
-        4, ge=1, le=1000, description="labelled support-set batches, on the device"
-    )
-
-    def config_fields(self) -> dict[str, Any]:
-        """The config's fields: the memory budget defaulted from the device's memory."""
-        fields = self.model_dump(exclude={"calibration_batches", "device_memory_bytes"})
-        if fields["memory_budget_bytes"] is None:
-            fields["memory_budget_bytes"] = default_memory_budget(self.device_memory_bytes)
-        return fields
-
-
-# Each selection method's member of the job spec, by registered name (a test checks it against the
-# registry); TinyTrainSpec's channel ratios and every other field are checked by the method's config.
-SELECTION_SPECS: dict[str, type[SelectionSpec]] = {"taskedge": TaskEdgeSpec, "tinytrain": TinyTrainSpec}
 
 
 class OptimizerSpec(Strict):
@@ -242,8 +131,17 @@ class JobCreate(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     model: str = Field(min_length=1, max_length=128, description="model name as the edges serve it")
-    device_layers: StrictInt = Field(ge=1, le=1024)
+    split: Literal["manual", "auto"] = Field(
+        "manual",
+        description="manual: device_layers and head_layers as given; auto: each device runs the front point "
+        "the model's registered plan recommends for its device class (split, LoRA rank, codec, precision; "
+        "docs/planning.md), shown on its session",
+    )
+    device_layers: StrictInt | None = Field(None, ge=1, le=1024, description="required unless split is auto")
     head_layers: StrictInt = Field(0, ge=0, le=1024)
+    precision: Precision = Field(
+        "fp32", description="the device's frozen blocks: fp32, bf16, or int8 weights (splitft[quantize])"
+    )
     method: Literal["lora", "taskedge", "tinytrain"] = "lora"
     lora: LoraSpec | None = Field(None, description="required when method is lora")
     taskedge: TaskEdgeSpec | None = Field(
@@ -309,6 +207,7 @@ class JobCreate(Strict):
     def _one_length(self) -> JobCreate:
         """Cross-field checks: one of steps or epochs, distinct devices, the method's own spec only."""
         self._check_mode()
+        self._check_split()
         if self.mode == "independent" and (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         if len(set(self.devices)) != len(self.devices):
@@ -335,6 +234,8 @@ class JobCreate(Strict):
             return
         if self.method != "lora" or self.mode != "independent":
             raise ValueError('offsite: an offsite job trains LoRA (method "lora") in mode "independent"')
+        if self.split == "auto":
+            raise ValueError('offsite: split "auto" plans a split against an edge; give device_layers')
         if self.trunk_lora:
             raise ValueError(
                 "offsite: the emulator's trunk is not the model's, so no trunk adapter can be carried over: "
@@ -344,6 +245,39 @@ class JobCreate(Strict):
             raise ValueError(
                 "offsite: checkpoint_every is for split sessions (an offsite session has no edge)"
             )
+
+    def _check_split(self) -> None:
+        if self.split == "manual":
+            if self.device_layers is None:
+                raise ValueError('device_layers is required (or split "auto")')
+            return
+        if self.method != "lora" or self.mode != "independent":
+            raise ValueError(
+                'split "auto" chooses a LoRA rank per device: it needs method lora, mode independent'
+            )
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        """(device_layers, head_layers) of a manual spec or a resolved auto one (`with_point`)."""
+        if self.device_layers is None:
+            raise InvalidArgument(
+                'this spec has split "auto" and no plan point applied yet: no device_layers'
+            )
+        return self.device_layers, self.head_layers
+
+    def with_point(self, point: PlanPoint) -> JobCreate:
+        """The spec one device of an `auto` job runs: the point's split, rank, codec and precision."""
+        assert self.lora is not None  # split auto needs method lora (checked above)
+        lora = self.lora.model_copy(update={"r": point.lora_r, "lora_alpha": float(2 * point.lora_r)})
+        return self.model_copy(
+            update={
+                "device_layers": point.device_layers,
+                "head_layers": point.head_layers,
+                "lora": lora,
+                "codec": point.codec,
+                "precision": point.precision,
+            }
+        )
 
     def _check_mode(self) -> None:
         if self.mode == "independent":
@@ -386,6 +320,10 @@ class Assignment(Strict):
     round: StrictInt | None = Field(None, ge=0, description="federated jobs: the round this session trains")
     initial_adapter: bool = Field(
         False, description="federated jobs: start from GET /v1/sessions/{id}/initial-adapter"
+    )
+    plan_point: PlanPoint | None = Field(
+        None,
+        description='split "auto": the front point chosen for this device\'s class (spec has it applied)',
     )
     shared_trunk_adapter: str | None = Field(
         None,

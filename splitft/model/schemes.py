@@ -11,3 +11,7 @@ QUANTIZE_SCHEMES = ("none", "int8", "nf4")
 # Bytes per frozen linear weight, scales included (measured by `splitft bench quantize`): int8 keeps
 # one scale per output row, nf4 one absmax per 64 weights, itself quantized to 8 bits per 256.
 BYTES_PER_WEIGHT = {"none": 4.0, "int8": 1.0, "nf4": 0.52}
+
+# The device's precisions the planner chooses among (`splitft plan run --precisions`); what each
+# means for the SDK (dtype, quantize) is `splitft.plan.candidates.PRECISION_SDK`.
+PRECISIONS = ("fp32", "bf16", "int8")

@@ -54,6 +54,7 @@ STORE_TABLES = (
     "devices",
     "edges",
     "api_keys",
+    "plans",
 )  # children first, for deletes
 
 

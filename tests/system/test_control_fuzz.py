@@ -93,7 +93,7 @@ def credential_for(method: str, path: str, world: World) -> str | None:
         return EDGE_SECRET
     if path == "/v1/edges/{edge_id}/heartbeat":
         return world.edge_credential
-    if path.startswith(("/v1/assignments", "/v1/sessions")):
+    if path.startswith(("/v1/assignments", "/v1/sessions", "/v1/device-class")):
         return world.device_credential
     if (method, path) in PUBLIC:
         return None

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from typing import Any
 
 from device_client.agent import run_device
 from device_client.agent.credentials import enroll as enroll_device
@@ -43,8 +44,34 @@ def run(args: argparse.Namespace) -> int:
         record_dir=args.record_dir,
         checkpoint_dir=args.checkpoint_dir,
         edge_retry=RetryPolicy(budget_s=args.edge_retry_budget),
+        device_class=_device_class(args),
     )
     logger.info(
         "device agent done: %d sessions completed, %d failed", len(summary.completed), len(summary.failed)
     )
     return 1 if summary.failed else 0
+
+
+def _device_class(args: argparse.Namespace) -> Any:
+    """The class `--class-*` give (all three of memory and links, or none); None without them."""
+    from splitft.errors import InvalidArgument
+    from splitft.plan.choice import DeviceClass
+
+    given = (args.class_memory, args.class_uplink_mbps, args.class_downlink_mbps)
+    speed = (args.class_speed_factor, args.class_flops)
+    if all(v is None for v in (*given, *speed)):
+        return None
+    if any(v is None for v in given):
+        raise InvalidArgument(
+            "a device class needs --class-memory, --class-uplink-mbps and --class-downlink-mbps"
+        )
+    try:
+        return DeviceClass(
+            memory_bytes=args.class_memory,
+            uplink_mbps=args.class_uplink_mbps,
+            downlink_mbps=args.class_downlink_mbps,
+            speed_factor=args.class_speed_factor,
+            flops=args.class_flops,
+        )
+    except ValueError as exc:  # pydantic's ValidationError: e.g. --class-memory 0
+        raise InvalidArgument(f"device class: {exc}") from None

@@ -86,7 +86,7 @@ def test_upgrade_twice_is_a_no_op(engine: Engine, store: Store) -> None:
     assert set(inspect(engine).get_table_names()) == tables
     assert set(TABLES) | {"alembic_version"} <= tables
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0006"]
     assert store.api_key_valid(key=key)  # data survives
 
 
