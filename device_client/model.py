@@ -34,6 +34,7 @@ from device_client.opening import (
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
+from device_client.privacy import PrivacyGuard
 from device_client.resume import resume
 from device_client.retry import RetryPolicy
 from device_client.trunk import RemoteTrunk
@@ -51,6 +52,7 @@ from splitft.model.placement import (
     release_cuda_autograd,
 )
 from splitft.model.spans import SplitSpec
+from splitft.privacy.config import PrivacyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class SplitStats:
 
 class SplitModel(nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
+
+    privacy: PrivacyConfig = PrivacyConfig()  # the defenses in force (docs/privacy.md)
 
     def __init__(
         self,
@@ -126,6 +130,7 @@ class SplitModel(nn.Module):
         quantize: str = "none",
         retry: RetryPolicy | None = None,
         shared_trunk_adapter: str = "",
+        privacy: PrivacyConfig | Mapping[str, Any] | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -140,7 +145,7 @@ class SplitModel(nn.Module):
         arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights (LoRA only).
         `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
         `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
-        join instead of its own (docs/federated.md)."""
+        join instead of its own (docs/federated.md). `privacy`: a `PrivacyConfig` or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
@@ -151,7 +156,7 @@ class SplitModel(nn.Module):
         opened = OpenedWith(
             str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
-            shared_trunk_adapter,
+            shared_trunk_adapter, PrivacyConfig.from_dict(privacy).to_dict(),  # refused before a session opens
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
@@ -175,7 +180,8 @@ class SplitModel(nn.Module):
         placement: ResolvedPlacement = CPU_FLOAT32,
     ) -> SplitModel:
         context = ForwardContext()
-        entry = TrunkEntry(trunk, context)
+        guard = PrivacyGuard.for_fields(opened.privacy)  # None when every defense is off
+        entry = TrunkEntry(trunk, context, guard)
         overrides = opened.config_overrides
         span = load_span(
             opened.model_dir,
@@ -196,6 +202,7 @@ class SplitModel(nn.Module):
                 raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
             split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
         split.opened_with = opened
+        split.privacy = guard.watching(span.family.blocks(span.root)[0]) if guard else PrivacyConfig()
         return split
 
     def forward(self, **inputs: Any) -> Any:

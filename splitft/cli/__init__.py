@@ -17,15 +17,15 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.logging import RichHandler
 
-from splitft.cli import bench, control, demo, device, edge, pki
+from splitft.cli import bench, control, demo, device, edge, pki, privacy
 from splitft.errors import SplitftError
 
 logger = logging.getLogger("splitft")
 
-GROUPS = (edge, control, device, pki, demo, bench)  # in the order `splitft --help` lists them
+GROUPS = (edge, control, device, pki, demo, bench, privacy)  # in the order `splitft --help` lists them
 # The commands that load models; the others (control, certs, tokens) never import transformers,
 # not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
-MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench"})
+MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench", "privacy"})
 
 
 def build_parser() -> argparse.ArgumentParser:
