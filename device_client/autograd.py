@@ -165,7 +165,9 @@ class TrunkEntry(nn.Module):
                 self.context.on_submit,
                 guard,
             )
-            return guard.with_penalty(out, computed, self.context.attention_mask) if guard is not None else out
+            return (
+                guard.with_penalty(out, computed, self.context.attention_mask) if guard is not None else out
+            )
         _, out = self.trunk.forward(
             hidden_states.detach(),
             extras,

@@ -144,8 +144,8 @@ class SplitModel(nn.Module):
         ("float32", "bfloat16", "float16"): the device spans' (adapters stay float32; each side casts what
         arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights (LoRA only).
         `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
-        `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
-        join instead of its own (docs/federated.md). `privacy`: a `PrivacyConfig` or its fields (docs/privacy.md)."""
+        `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to join
+        instead of its own (docs/federated.md); `privacy`: a PrivacyConfig or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
@@ -156,7 +156,7 @@ class SplitModel(nn.Module):
         opened = OpenedWith(
             str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
-            shared_trunk_adapter, PrivacyConfig.from_dict(privacy).to_dict(),  # refused before a session opens
+            shared_trunk_adapter, PrivacyConfig.from_dict(privacy).to_dict(),  # a bad one: refused here
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)

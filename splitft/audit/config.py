@@ -20,7 +20,8 @@ class AuditConfig:
     max_length: int = 64
     lr: float = 2e-3
     lora_rank: int = 8
-    max_per_class: int = 160  # the demo task's size
+    max_per_class: int = 160  # the demo task's size (and its 128 held-out examples)
+    train_stride: int = 1  # train on every n-th training example (a cheaper run, same held-out set)
     public_texts: int = 3000  # public docstrings the decoders train on
     mlp_epochs: int = 4
     known_per_class: int = 8  # labels the label attacker knows
@@ -37,6 +38,7 @@ class AuditConfig:
             "lr": self.lr > 0,
             "lora_rank": self.lora_rank >= 1,
             "max_per_class": self.max_per_class >= 4,
+            "train_stride": self.train_stride >= 1,
             "public_texts": self.public_texts >= 10,
             "mlp_epochs": self.mlp_epochs >= 0,
             "known_per_class": self.known_per_class >= 1,
@@ -48,5 +50,7 @@ class AuditConfig:
     @classmethod
     def quick(cls, **changes: object) -> AuditConfig:
         """A run of seconds to a minute (the e2e test's): a small task, one epoch, few public texts."""
-        base = cls(epochs=1, max_per_class=24, public_texts=300, mlp_epochs=1, known_per_class=2, max_length=32)
+        base = cls(
+            epochs=1, max_per_class=24, public_texts=300, mlp_epochs=1, known_per_class=2, max_length=32
+        )
         return replace(base, **changes)  # type: ignore[arg-type]

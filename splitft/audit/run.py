@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,15 @@ import torch
 from splitft.audit.config import AuditConfig
 from splitft.audit.train import Epoch, Recording, train_tapped
 from splitft.data.stdlib_task import build_stdlib_task
-from splitft.privacy.inversion import Decoder, TokenSet, concat, fit_linear, fit_mlp, public_token_set, token_set
+from splitft.privacy.inversion import (
+    Decoder,
+    TokenSet,
+    concat,
+    fit_linear,
+    fit_mlp,
+    public_token_set,
+    token_set,
+)
 from splitft.privacy.labels import infer_labels
 from splitft.privacy.public_text import public_texts
 
@@ -45,7 +54,9 @@ class AuditReport:
 
     @property
     def gradient_label_inference(self) -> float:
-        return max((row["best"] for key, row in self.labels.items() if key.startswith("gradient")), default=0.0)
+        return max(
+            (row["best"] for key, row in self.labels.items() if key.startswith("gradient")), default=0.0
+        )
 
     @property
     def output_label_inference(self) -> float:
@@ -122,9 +133,11 @@ def attack(config: AuditConfig, recording: Recording, public: TokenSet) -> Audit
     return report
 
 
-def run_audits(configs: list[AuditConfig], model_dir: Path) -> list[AuditReport]:
+def run_audits(
+    configs: list[AuditConfig], model_dir: Path, on_report: Callable[[list[AuditReport]], None] | None = None
+) -> list[AuditReport]:
     """Audit each configuration (same task, same public text; public activations computed once per
-    layer and clip)."""
+    layer and clip); `on_report` gets the reports so far after each one."""
     first = configs[0]
     task = build_stdlib_task(max_per_class=first.max_per_class)
     private_texts = [example.text for example in (*task.train, *task.heldout)]
@@ -145,4 +158,6 @@ def run_audits(configs: list[AuditConfig], model_dir: Path) -> list[AuditReport]
             report.label_chance,
         )
         reports.append(report)
+        if on_report is not None:
+            on_report(reports)
     return reports

@@ -5,7 +5,6 @@ else."""
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def train_tapped(config: AuditConfig, model_dir: Path, task: TextTask) -> Record
 
 def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> list[Epoch]:
     optimizer = model.configure_optimizer(torch.optim.AdamW, lr=config.lr, weight_decay=0.01)
-    steps_per_epoch = -(-len(task.train) // config.batch_size)
+    steps_per_epoch = -(-len(task.train[:: config.train_stride]) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
@@ -102,7 +101,8 @@ def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, ta
     for epoch in range(config.epochs):
         record = Epoch()
         model.train()
-        for texts, labels in batches(task.train, config.batch_size, shuffle_seed=config.seed + epoch):
+        train = task.train[:: config.train_stride]
+        for texts, labels in batches(train, config.batch_size, shuffle_seed=config.seed + epoch):
             batch = _encode(tokenizer, texts, config.max_length)
             record.forwards.append(len(tap.sent_hidden))
             record.backwards.append(len(tap.sent_grads))

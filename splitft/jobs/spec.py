@@ -195,7 +195,10 @@ class PrivacySpec(Strict):
     PrivacyConfig too, so the control plane refuses exactly what the device's SDK would."""
 
     activation_clip: StrictFloat | None = Field(
-        None, gt=0, allow_inf_nan=False, description="L2 bound of each token's (or example's) h_k; null: no clip"
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="L2 bound of each token's (or example's) h_k; null: no clip",
     )
     activation_noise: StrictFloat = Field(
         0.0, ge=0, le=1e6, allow_inf_nan=False, description="Gaussian noise std on h_k, times activation_clip"
@@ -205,7 +208,11 @@ class PrivacySpec(Strict):
         None, gt=0, allow_inf_nan=False, description="L2 bound of each example's gradient sent to the edge"
     )
     gradient_noise: StrictFloat = Field(
-        0.0, ge=0, le=1e6, allow_inf_nan=False, description="Gaussian noise std on that gradient, times gradient_clip"
+        0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Gaussian noise std on that gradient, times gradient_clip",
     )
     nopeek_weight: StrictFloat = Field(
         0.0, ge=0, le=1e6, allow_inf_nan=False, description="weight of the dCor(embeddings, h_k) penalty"

@@ -20,8 +20,8 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from splitft.errors import InvalidArgument
@@ -49,13 +49,17 @@ class PrivacyConfig:
         _bound("gradient_noise", self.gradient_noise)
         _bound("nopeek_weight", self.nopeek_weight)
         if self.clip_scope not in CLIP_SCOPES:
-            raise InvalidArgument(f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}")
+            raise InvalidArgument(
+                f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
+            )
         if isinstance(self.nopeek_tokens, bool) or not isinstance(self.nopeek_tokens, int):
             raise InvalidArgument(f"privacy.nopeek_tokens must be an integer, got {self.nopeek_tokens!r}")
         if not 4 <= self.nopeek_tokens <= 4096:
             raise InvalidArgument(f"privacy.nopeek_tokens must lie in [4, 4096], got {self.nopeek_tokens}")
         if self.activation_noise > 0 and self.activation_clip is None:
-            raise InvalidArgument("privacy.activation_noise needs privacy.activation_clip (the noise's scale)")
+            raise InvalidArgument(
+                "privacy.activation_noise needs privacy.activation_clip (the noise's scale)"
+            )
         if self.gradient_noise > 0 and self.gradient_clip is None:
             raise InvalidArgument("privacy.gradient_noise needs privacy.gradient_clip (the noise's scale)")
 
@@ -97,7 +101,9 @@ class PrivacyConfig:
             return "none"
         parts = []
         if self.activation_clip is not None:
-            parts.append(f"act clip {self.activation_clip:g}/{self.clip_scope} noise {self.activation_noise:g}")
+            parts.append(
+                f"act clip {self.activation_clip:g}/{self.clip_scope} noise {self.activation_noise:g}"
+            )
         if self.gradient_clip is not None:
             parts.append(f"grad clip {self.gradient_clip:g} noise {self.gradient_noise:g}")
         if self.nopeek_weight > 0:

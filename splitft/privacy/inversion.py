@@ -61,6 +61,7 @@ def public_token_set(
     device would clip it (noise is the decoders' business)."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     base = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    _keep_blocks(base, layer)
     special = set(tokenizer.all_special_ids)
     sets = []
     for start in range(0, len(texts), batch_size):
@@ -71,7 +72,9 @@ def public_token_set(
             max_length=max_length,
             return_tensors="pt",
         )
-        out = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
+        out = base(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
+        )
         hidden = out.hidden_states[layer]
         if privacy.activation_clip is not None:
             hidden = clip_rows(hidden, privacy.activation_clip, privacy.clip_scope)
@@ -79,8 +82,19 @@ def public_token_set(
     return concat(sets)
 
 
+def _keep_blocks(base: nn.Module, layer: int) -> None:
+    """Drop the blocks from `layer` on: h_`layer` is all the edge sees, so nothing later is run."""
+    total = getattr(base.config, "num_hidden_layers", None)
+    for module in base.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == total:
+            del module[layer:]
+            return
+
+
 class Decoder(nn.Module):
     """h -> scores over the public vocabulary (`classes`: the token id of each output)."""
+
+    classes: torch.Tensor
 
     def __init__(self, net: nn.Module, classes: torch.Tensor) -> None:
         super().__init__()

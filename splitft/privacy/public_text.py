@@ -38,7 +38,10 @@ PUBLIC_PACKAGES: tuple[str, ...] = (
 
 
 def public_texts(
-    *, exclude_packages: Sequence[str] = DEFAULT_PACKAGES, exclude_texts: Iterable[str] = (), limit: int = 4000
+    *,
+    exclude_packages: Sequence[str] = DEFAULT_PACKAGES,
+    exclude_texts: Iterable[str] = (),
+    limit: int = 4000,
 ) -> list[str]:
     """Up to `limit` docstring paragraphs of `PUBLIC_PACKAGES` (those this Python has), none from
     `exclude_packages` and none equal to a text of `exclude_texts`; a stable, hash-ranked choice."""

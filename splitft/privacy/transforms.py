@@ -37,7 +37,9 @@ def distance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Sample distance correlation (Szekely et al.) between the rows of `a` [n, p] and `b` [n, q]: 0 for
     independent samples, 1 for a similarity transform of each other. Differentiable."""
     if a.shape[0] != b.shape[0] or a.shape[0] < 2:
-        raise ValueError(f"distance correlation needs the same number (>= 2) of rows, got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"distance correlation needs the same number (>= 2) of rows, got {a.shape}, {b.shape}"
+        )
     big_a, big_b = _centered_distances(a.float()), _centered_distances(b.float())
     dcov_ab = (big_a * big_b).mean()
     dcov_aa, dcov_bb = (big_a * big_a).mean(), (big_b * big_b).mean()

@@ -27,7 +27,12 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     assert "what the edge recovers" in done.stdout
     (report,) = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["tokens"]) == {"linear@first_epoch", "linear@last_epoch", "mlp@first_epoch", "mlp@last_epoch"}
+    assert set(report["tokens"]) == {
+        "linear@first_epoch",
+        "linear@last_epoch",
+        "mlp@first_epoch",
+        "mlp@last_epoch",
+    }
     for row in report["tokens"].values():
         assert 0 <= row["top1"] <= row["top5"] <= 1
     # Undefended, a linear decoder trained on a few hundred public docstrings already reads most tokens.

@@ -22,7 +22,9 @@ from tests.system.test_equivalence import assert_equivalent
 DEVICE_LAYERS = 1
 
 
-def _run(tiny: TinyModel, edge: EdgeServer, privacy: Any, steps: int = 1) -> tuple[WireTap, SplitModel, list[float]]:
+def _run(
+    tiny: TinyModel, edge: EdgeServer, privacy: Any, steps: int = 1
+) -> tuple[WireTap, SplitModel, list[float]]:
     """`steps` training steps of the tiny BERT on fixed batches, then one more forward; the wire tapped."""
     tap = WireTap()
     generator = torch.Generator().manual_seed(1)
@@ -59,7 +61,9 @@ def _h_k(tiny: TinyModel) -> torch.Tensor:
     """The first batch's h_k through the public weights (the LoRA adapters start at zero)."""
     batch = make_batch("bert", torch.Generator().manual_seed(1), batch=8)
     base = AutoModel.from_pretrained(str(tiny.path)).eval()
-    out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    out = base(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    )
     return out.hidden_states[DEVICE_LAYERS]
 
 
@@ -77,7 +81,9 @@ def test_defenses_off_send_the_blocks_output_unchanged(bert, edge, undefended) -
     tap, _, losses = undefended
     torch.testing.assert_close(tap.sent_hidden[0], _h_k(bert), atol=1e-5, rtol=0)
     explicit, _, explicit_losses = _run(bert, edge, PrivacyConfig())
-    for ours, theirs in zip(explicit.sent_hidden + explicit.sent_grads, tap.sent_hidden + tap.sent_grads, strict=True):
+    for ours, theirs in zip(
+        explicit.sent_hidden + explicit.sent_grads, tap.sent_hidden + tap.sent_grads, strict=True
+    ):
         assert torch.equal(ours, theirs)
     assert explicit_losses == losses
 

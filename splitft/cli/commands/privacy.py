@@ -12,7 +12,7 @@ from rich.table import Table
 
 from splitft.audit.config import AuditConfig
 from splitft.audit.run import AuditReport, run_audits
-from splitft.audit.sweep import SWEEP
+from splitft.audit.sweep import sweep_part
 from splitft.demo.sdk import default_model_dir
 from splitft.errors import NotFound
 from splitft.privacy.config import PrivacyConfig
@@ -36,7 +36,10 @@ def _base(args: argparse.Namespace) -> AuditConfig:
         "head_layers": args.head_layers,
         "lora_rank": args.lora_rank,
         "seed": args.seed,
+        "train_stride": args.train_stride,
     }
+    if args.mlp_epochs is not None:
+        changes["mlp_epochs"] = args.mlp_epochs
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     if args.public_texts is not None:
@@ -47,27 +50,42 @@ def _base(args: argparse.Namespace) -> AuditConfig:
 def audit(args: argparse.Namespace) -> int:
     """Audit one configuration (the options') or, with --sweep, every configuration of the curves."""
     base = _base(args)
-    configs = [replace(base, privacy=p, lora_rank=r or base.lora_rank) for p, r in SWEEP] if args.sweep else [
-        replace(base, privacy=privacy_from(args))
-    ]
+    if args.sweep:
+        configs = [replace(base, privacy=p, lora_rank=r or base.lora_rank) for p, r in sweep_part(args.part)]
+    else:
+        configs = [replace(base, privacy=privacy_from(args))]
     model_dir = Path(args.model_dir) if args.model_dir else default_model_dir()
     if not (model_dir / "config.json").is_file():
         raise NotFound(f"--model-dir {model_dir}: no config.json there")
-    reports = run_audits(configs, model_dir)
     console = Console()
+
+    def write(reports: list[AuditReport]) -> None:  # after each configuration: a long sweep keeps its results
+        if args.json:
+            rows = [{**r.to_dict(), "lora_rank": c.lora_rank} for r, c in zip(reports, configs, strict=False)]
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+
+    reports = run_audits(configs, model_dir, on_report=write)
     print_reports(console, reports, [c.lora_rank for c in configs])
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=2))
         console.print(f"report written to {args.json}")
     return 0
 
 
 def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]) -> None:
     table = Table(title="what the edge recovers (top-1 / top-5; label inference: best attack vs chance)")
-    for column in ("defense", "held-out acc", "tokens linear", "tokens MLP", "labels (grad)", "labels (output)"):
+    for column in (
+        "defense",
+        "held-out acc",
+        "tokens linear",
+        "tokens MLP",
+        "labels (grad)",
+        "labels (output)",
+    ):
         table.add_column(column)
     for report, rank in zip(reports, ranks, strict=True):
-        privacy = PrivacyConfig.from_dict(report.privacy).describe() + (f", LoRA r={rank}" if rank != 8 else "")
+        privacy = PrivacyConfig.from_dict(report.privacy).describe() + (
+            f", LoRA r={rank}" if rank != 8 else ""
+        )
         table.add_row(
             privacy,
             f"{report.accuracy:.1%}",
@@ -79,7 +97,8 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
     console.print(table)
     console.print(
         "tokens: first epoch -> last epoch (adapters near init -> trained); "
-        f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on {reports[0].public_tokens:,} public ones"
+        f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on "
+        f"{reports[0].public_tokens:,} public ones"
     )
 
 

@@ -23,7 +23,10 @@ from splitft.privacy.transforms import clip_and_noise, clip_rows, distance_corre
         ({"activation_clip": -1.0}, "privacy.activation_clip"),
         ({"activation_clip": math.inf}, "privacy.activation_clip"),
         ({"activation_clip": "1"}, "privacy.activation_clip must be a number"),
-        ({"activation_noise": -0.1, "activation_clip": 1.0}, "privacy.activation_noise must be a finite number >= 0"),
+        (
+            {"activation_noise": -0.1, "activation_clip": 1.0},
+            "privacy.activation_noise must be a finite number >= 0",
+        ),
         ({"activation_noise": 1.0}, "privacy.activation_noise needs privacy.activation_clip"),
         ({"gradient_noise": 1.0}, "privacy.gradient_noise needs privacy.gradient_clip"),
         ({"gradient_clip": math.nan}, "privacy.gradient_clip"),
