@@ -138,6 +138,7 @@ def run_audits(
 ) -> list[AuditReport]:
     """Audit each configuration (same task, same public text; public activations computed once per
     layer and clip); `on_report` gets the reports so far after each one."""
+    torch.set_num_threads(1)  # device and edge share this process: one thread each call, no idle spinning
     first = configs[0]
     task = build_stdlib_task(max_per_class=first.max_per_class)
     private_texts = [example.text for example in (*task.train, *task.heldout)]

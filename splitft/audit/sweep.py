@@ -13,13 +13,12 @@ from splitft.privacy.config import PrivacyConfig
 CLIP = 12.0
 SWEEP: list[tuple[PrivacyConfig, int | None]] = [
     (PrivacyConfig(), None),
-    (PrivacyConfig(activation_clip=CLIP, activation_noise=0.04), None),
-    (PrivacyConfig(activation_clip=CLIP, activation_noise=0.08), None),
-    (PrivacyConfig(activation_clip=CLIP, activation_noise=0.15), None),
+    (PrivacyConfig(activation_clip=CLIP, activation_noise=0.3), None),
+    (PrivacyConfig(activation_clip=CLIP, activation_noise=0.45), None),
     (PrivacyConfig(gradient_clip=0.01, gradient_noise=0.3), None),
     (PrivacyConfig(nopeek_weight=2.0), 32),
     (
-        PrivacyConfig(activation_clip=CLIP, activation_noise=0.08, gradient_clip=0.01, gradient_noise=0.3),
+        PrivacyConfig(activation_clip=CLIP, activation_noise=0.3, gradient_clip=0.01, gradient_noise=0.3),
         None,
     ),
 ]
