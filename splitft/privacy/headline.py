@@ -20,7 +20,7 @@ def headline_recovery(
     layer: int,
     *,
     privacy: PrivacyConfig = PrivacyConfig(),
-    public_limit: int = 800,
+    public_limit: int = 400,
     max_length: int = 64,
     seed: int = 0,
 ) -> float:
