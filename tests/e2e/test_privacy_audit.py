@@ -44,4 +44,6 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
 def test_a_bad_defense_is_a_usage_error_naming_the_field(tmp_path) -> None:
     done = _audit("--activation-noise", "1.0", tmp_path=tmp_path)
     assert done.returncode == 2
-    assert "privacy.activation_noise needs privacy.activation_clip" in done.stderr
+    assert "privacy.activation_noise needs privacy.activation_clip" in " ".join(
+        done.stderr.split()
+    )  # unwrapped
