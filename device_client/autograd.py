@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from device_client.privacy import PrivacyGuard
 from device_client.trunk import RemoteTrunk
 
 
@@ -117,6 +118,7 @@ class _TrunkFunction(torch.autograd.Function):
         training: bool,
         need_input_grad: bool,
         on_submit: Callable[[], None] | None,
+        guard: PrivacyGuard | None,
     ) -> torch.Tensor:
         forward_id, out = trunk.forward(
             hidden,
@@ -129,23 +131,28 @@ class _TrunkFunction(torch.autograd.Function):
         ctx.trunk = trunk
         ctx.forward_id = forward_id
         ctx.need_input_grad = need_input_grad
+        ctx.guard = guard
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        grad_in = ctx.trunk.backward(ctx.forward_id, grad_out)
+        sent = ctx.guard.outgoing_gradient(grad_out) if ctx.guard is not None else grad_out
+        grad_in = ctx.trunk.backward(ctx.forward_id, sent)
         if grad_in is not None:  # cast on arrival to where and what the device computes in
             grad_in = grad_in.to(device=grad_out.device, dtype=grad_out.dtype)
-        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None, None
+        return (grad_in if ctx.need_input_grad else None), None, None, None, None, None, None, None
 
 
 class TrunkEntry(nn.Module):
     """Stands where trunk block k was: runs blocks[k:L-j] on the edge."""
 
-    def __init__(self, trunk: RemoteTrunk | None, context: ForwardContext) -> None:
+    def __init__(
+        self, trunk: RemoteTrunk | None, context: ForwardContext, guard: PrivacyGuard | None = None
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.context = context
+        self.guard = guard  # the privacy defenses (docs/privacy.md); None: what is computed is sent
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Run the trunk on the edge: differentiable when a backward will need it, else detached."""
@@ -157,6 +164,9 @@ class TrunkEntry(nn.Module):
         positions = kwargs.get("position_ids")
         if isinstance(positions, torch.Tensor):
             extras["position_ids"] = positions
+        computed, guard = hidden_states, self.guard
+        if guard is not None:  # clip and noise h_k before it leaves; the device trains through it
+            hidden_states = guard.outgoing_activations(hidden_states)
         need_input_grad = hidden_states.requires_grad
         anchors = self.context.anchors
         if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable or anchors is not None):
@@ -165,7 +175,7 @@ class TrunkEntry(nn.Module):
             anchor = torch.empty(0, requires_grad=True)
             if anchors is not None:
                 anchors.append(anchor)
-            return _TrunkFunction.apply(
+            out = _TrunkFunction.apply(
                 hidden_states,
                 anchor,
                 self.trunk,
@@ -173,6 +183,10 @@ class TrunkEntry(nn.Module):
                 self.training,
                 need_input_grad,
                 self.context.on_submit,
+                guard,
+            )
+            return (
+                guard.with_penalty(out, computed, self.context.attention_mask) if guard is not None else out
             )
         _, out = self.trunk.forward(
             hidden_states.detach(),

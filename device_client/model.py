@@ -39,6 +39,7 @@ from device_client.opening import (
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
+from device_client.privacy import PrivacyGuard
 from device_client.resume import resume
 from device_client.retry import RetryPolicy
 from device_client.selection import split_view
@@ -56,6 +57,7 @@ from splitft.model.placement import (
     release_cuda_autograd,
 )
 from splitft.model.spans import SplitSpec
+from splitft.privacy.config import PrivacyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class SplitStats:
 
 class SplitModel(HuggingFaceFacade, nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
+
+    privacy: PrivacyConfig = PrivacyConfig()  # the defenses in force (docs/privacy.md)
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         retry: RetryPolicy | None = None,
         shared_trunk_adapter: str = "",
         adapter: str | Path | None = None,
+        privacy: PrivacyConfig | Mapping[str, Any] | None = None,
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
@@ -149,7 +154,8 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
         `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
         join instead of its own (docs/federated.md). `adapter`: a peft LoRA adapter directory (trained
-        elsewhere, or `save_adapter`'s) to start from; its config is the LoRA config."""
+        elsewhere, or `save_adapter`'s) to start from; its config is the LoRA config. `privacy`: a
+        PrivacyConfig or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method, adapter)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
@@ -160,7 +166,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         opened = OpenedWith(
             str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
-            shared_trunk_adapter,
+            shared_trunk_adapter, PrivacyConfig.from_dict(privacy).to_dict(),  # a bad one: refused here
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)
@@ -185,7 +191,8 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         adapter: str | Path | None = None,
     ) -> SplitModel:
         context = ForwardContext()
-        entry = TrunkEntry(trunk, context)
+        guard = PrivacyGuard.for_fields(opened.privacy)  # None when every defense is off
+        entry = TrunkEntry(trunk, context, guard)
         overrides = opened.config_overrides
         span = load_span(
             opened.model_dir,
@@ -206,6 +213,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
                 raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
             split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
         split.opened_with = opened
+        split.privacy = guard.watching(span.family.blocks(span.root)[0]) if guard else PrivacyConfig()
         if adapter is not None:  # a peft adapter to continue (from_pretrained(adapter=...))
             split.load_adapter(adapter)
         return split

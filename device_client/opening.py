@@ -53,6 +53,7 @@ class OpenedWith:
     dtype: str = "float32"
     quantize: str = "none"
     shared_trunk_adapter: str = ""  # a federated job's shared trunk adapter joined ("": its own)
+    privacy: dict[str, Any] = field(default_factory=dict)  # PrivacyConfig's fields ({}: all off)
 
 
 def device_placement(

@@ -289,6 +289,7 @@ class SessionTrainer:
             batch_shape=(spec.batch_size, spec.max_length),
             shared_trunk_adapter=shared or "",  # a federated job's one trunk adapter per round
             retry=retry,
+            privacy=spec.privacy.config() if spec.privacy is not None else None,
         )
 
     def _calibrate(self, model: SplitModel, tokenizer: Any, spec: JobCreate, seed: int, count: int) -> None:

@@ -1,9 +1,10 @@
 """The `splitft` command line: edge server, control plane and its operators, device agent, PKI, demo and
 benchmarks.
 
-The parsers (`splitft.cli.{edge,control,operate,device,pki,demo,bench,emulator,plan}`) are light and
-always built, so every `--help` works where the model stack is not installed (the control-plane image). Each
-command names its handler in `splitft.cli.commands`, and `main` imports only that module.
+The parsers (`splitft.cli.{edge,control,operate,device,pki,demo,bench,emulator,plan,privacy}`) are
+light and always built, so every `--help` works where the model stack is not installed (the
+control-plane image). Each command names its handler in `splitft.cli.commands`, and `main` imports
+only that module.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.logging import RichHandler
 
-from splitft.cli import bench, control, demo, device, edge, emulator, operate, pki, plan
+from splitft.cli import bench, control, demo, device, edge, emulator, operate, pki, plan, privacy
 from splitft.errors import SplitftError
 
 logger = logging.getLogger("splitft")
 
 # In the order `splitft --help` lists them.
-GROUPS = (edge, control, operate, device, pki, demo, bench, emulator, plan)
+GROUPS = (edge, control, operate, device, pki, demo, bench, emulator, plan, privacy)
 # The commands that load models; the others (control, certs, tokens) never import transformers,
 # not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
-MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench", "emulator"})
+MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench", "emulator", "privacy"})
 
 
 def build_parser() -> argparse.ArgumentParser:

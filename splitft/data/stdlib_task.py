@@ -141,6 +141,14 @@ def validation_split(
     return _sorted(train), _sorted(validation)
 
 
+def package_texts(package: str) -> list[str]:
+    """Every distinct cleaned docstring paragraph of ``package`` (an importable stdlib package),
+    sorted; the same texts the task draws its examples from (``splitft.privacy`` uses other
+    packages' texts as the public data a curious edge has)."""
+    _check_package(package)
+    return sorted(_package_texts(package))
+
+
 def _validate_arguments(
     packages: Sequence[str], max_per_class: int, heldout_fraction: float
 ) -> tuple[str, ...]:

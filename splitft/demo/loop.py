@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from splitft.data.shards import dirichlet_shards, shard_histogram
 from splitft.data.stdlib_task import Example, TextTask, batches, build_stdlib_task
 from splitft.demo.federated import FederatedOutcome, federated_spec, print_comparison, run_federated_job
+from splitft.demo.privacy import print_privacy_headline
 from splitft.demo.sdk import DemoConfig, default_model_dir
 from splitft.demo.summary import print_summary
 from splitft.errors import InvalidArgument
@@ -117,6 +118,7 @@ def run_loop_demo(config: LoopDemoConfig, console: Console | None = None) -> dic
             )
     summary = _evaluate(model_dir, task, adapters, metrics, config, fed)
     summary.update(job_id=job["id"], state=job["state"], job_seconds=round(seconds, 1), devices=len(names))
+    summary["privacy_token_recovery"] = print_privacy_headline(console, model_dir, task, config)
     per_device: dict[str, dict[str, object]] = summary["per_device"]  # type: ignore[assignment]
     for name, row in per_device.items():
         row.update(examples=len(shards[name]), per_class=_histogram(shards[name]))

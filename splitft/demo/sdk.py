@@ -110,8 +110,11 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, ob
                 adapter = model.save_adapter(out / "adapter")
                 summary.update(adapter=str(adapter), **asdict(model.stats))
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(console, summary)
+    from splitft.demo.privacy import print_privacy_headline  # it imports this module's DemoConfig
+
+    summary["privacy_token_recovery"] = print_privacy_headline(console, model_dir, task, config)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.jobs.method_specs import SELECTION_SPECS, SelectionSpec, TaskEdgeSpec, TinyTrainSpec
+from splitft.jobs.privacy_spec import PrivacySpec
 from splitft.jobs.strict import IGNORE_UNKNOWN, Strict
 from splitft.plan.candidates import Precision
 from splitft.plan.choice import PlanPoint
@@ -32,6 +33,7 @@ __all__ = [
     "SELECTION_SPECS",
     "Assignment",
     "JobCreate",
+    "PrivacySpec",
     "SelectionSpec",
     "Strict",
     "TaskEdgeSpec",
@@ -192,6 +194,9 @@ class JobCreate(Strict):
     federated: FederatedSpec | None = Field(None, description="the rounds, with mode federated")
     offsite: OffsiteSpec | None = Field(
         None, description="train against an emulator on each device, with no edge (trunk_lora false)"
+    )
+    privacy: PrivacySpec | None = Field(
+        None, description="defenses against a curious edge (docs/privacy.md); null: none"
     )
 
     @field_validator("codec")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict
@@ -43,10 +44,16 @@ def _train(model, optimizer, scheduler, batches: list[dict[str, torch.Tensor]]) 
 
 
 def run_equivalence(
-    tiny: TinyModel, conn: EdgeConnection, workdir: Path, model_name: str, device: str = "cpu"
+    tiny: TinyModel,
+    conn: EdgeConnection,
+    workdir: Path,
+    model_name: str,
+    device: str = "cpu",
+    **options: Any,
 ) -> EquivalenceRun:
     """Train split and whole-model peft from the same initial adapter on the same batches; the
-    device side and the reference on `device` (the edge's placement is the edge's own)."""
+    device side and the reference on `device` (the edge's placement is the edge's own); `options`:
+    more `from_pretrained` arguments (e.g. a privacy config with every defense off)."""
     family = tiny.family
     torch.manual_seed(0)
     split = SplitModel.from_pretrained(
@@ -59,6 +66,7 @@ def run_equivalence(
         trunk_lora=True,
         codec="raw",
         device=device,
+        **options,
     )
     split.save_adapter(workdir / "initial")
     reference = PeftModel.from_pretrained(

@@ -1,0 +1,164 @@
+"""The privacy meter end to end: train tapped, then attack what the edge received.
+
+Token recovery: a linear and an MLP decoder trained on public docstrings through the public device
+blocks (transformed by the job's privacy config, which the edge knows), applied to the h_k the edge
+received in the first epoch (adapters near their initialisation) and in the last (adapters trained).
+Label inference: per epoch, on the gradient the edge received for the trunk output at position 0
+([CLS]) and on the trunk output it computed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from splitft.audit.config import AuditConfig
+from splitft.audit.train import Epoch, Recording, train_tapped
+from splitft.data.stdlib_task import build_stdlib_task
+from splitft.privacy.inversion import (
+    Decoder,
+    TokenSet,
+    concat,
+    fit_linear,
+    fit_mlp,
+    public_token_set,
+    token_set,
+)
+from splitft.privacy.labels import infer_labels
+from splitft.privacy.public_text import public_texts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AuditReport:
+    """What a curious edge recovers; fractions in [0, 1]."""
+
+    privacy: dict[str, object]
+    accuracy: float  # held-out, after training, with the defenses on
+    tokens: dict[str, dict[str, float]] = field(default_factory=dict)  # decoder@phase -> top1/top5
+    labels: dict[str, dict[str, float]] = field(default_factory=dict)  # signal@epoch -> attacks
+    scored_tokens: int = 0
+    public_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def token_recovery(self) -> float:
+        """The headline: the best decoder's top-1 recovery, first or last epoch."""
+        return max((row["top1"] for row in self.tokens.values()), default=0.0)
+
+    @property
+    def gradient_label_inference(self) -> float:
+        return max(
+            (row["best"] for key, row in self.labels.items() if key.startswith("gradient")), default=0.0
+        )
+
+    @property
+    def output_label_inference(self) -> float:
+        return max((row["best"] for key, row in self.labels.items() if key.startswith("output")), default=0.0)
+
+    @property
+    def label_chance(self) -> float:
+        return max((row["chance"] for row in self.labels.values()), default=0.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **asdict(self),
+            "token_recovery": self.token_recovery,
+            "gradient_label_inference": self.gradient_label_inference,
+            "output_label_inference": self.output_label_inference,
+            "label_chance": self.label_chance,
+        }
+
+
+class PublicCache:
+    """Public h_k per (layer, clip): the expensive part, shared by the configurations of a sweep."""
+
+    def __init__(self, model_dir: Path, texts: list[str], max_length: int) -> None:
+        self.model_dir, self.texts, self.max_length = model_dir, texts, max_length
+        self._sets: dict[tuple[object, ...], TokenSet] = {}
+
+    def get(self, config: AuditConfig) -> TokenSet:
+        p = config.privacy
+        key = (config.device_layers, p.activation_clip, p.clip_scope)
+        if key not in self._sets:
+            self._sets[key] = public_token_set(
+                self.model_dir, self.texts, config.device_layers, privacy=p, max_length=self.max_length
+            )
+        return self._sets[key]
+
+
+def _private_tokens(recording: Recording, epoch: Epoch) -> TokenSet:
+    sets = [
+        token_set(recording.tap.sent_hidden[i], ids, mask, recording.special_ids)
+        for i, ids, mask in zip(epoch.forwards, epoch.input_ids, epoch.masks, strict=True)
+    ]
+    return concat(sets)
+
+
+def _label_rows(recording: Recording, epoch: Epoch, known: int, seed: int) -> dict[str, dict[str, float]]:
+    labels = torch.cat(epoch.labels)
+    grads = torch.cat([recording.tap.sent_grads[i][:, 0, :] for i in epoch.backwards])
+    outputs = torch.cat([recording.tap.returned_hidden[i][:, 0, :] for i in epoch.forwards])
+    rows = {}
+    for name, features in (("gradient", grads), ("output", outputs)):
+        attack = infer_labels(features, labels, known_per_class=known, seed=seed)
+        rows[name] = {**asdict(attack), "best": attack.best}
+    return rows
+
+
+def attack(config: AuditConfig, recording: Recording, public: TokenSet) -> AuditReport:
+    """Every attack on one recording."""
+    p = config.privacy
+    noise = p.activation_noise * p.activation_clip if p.activation_clip is not None else 0.0
+    decoders: dict[str, Decoder] = {"linear": fit_linear(public, noise_std=noise)}
+    if config.mlp_epochs > 0:
+        decoders["mlp"] = fit_mlp(public, noise_std=noise, epochs=config.mlp_epochs, seed=config.seed)
+    report = AuditReport(privacy=p.to_dict(), accuracy=recording.accuracy, public_tokens=len(public))
+    phases = {"first_epoch": recording.epochs[0], "last_epoch": recording.epochs[-1]}
+    for phase, epoch in phases.items():
+        private = _private_tokens(recording, epoch)
+        report.scored_tokens = len(private)
+        for name, decoder in decoders.items():
+            top1, top5 = decoder.recovery(private)
+            report.tokens[f"{name}@{phase}"] = {"top1": top1, "top5": top5}
+    for number, epoch in enumerate(recording.epochs, start=1):
+        for signal, row in _label_rows(recording, epoch, config.known_per_class, config.seed).items():
+            report.labels[f"{signal}@epoch{number}"] = row
+    return report
+
+
+def run_audits(
+    configs: list[AuditConfig], model_dir: Path, on_report: Callable[[list[AuditReport]], None] | None = None
+) -> list[AuditReport]:
+    """Audit each configuration (same task, same public text; public activations computed once per
+    layer and clip); `on_report` gets the reports so far after each one."""
+    torch.set_num_threads(1)  # device and edge share this process: one thread each call, no idle spinning
+    first = configs[0]
+    task = build_stdlib_task(max_per_class=first.max_per_class)
+    private_texts = [example.text for example in (*task.train, *task.heldout)]
+    texts = public_texts(exclude_texts=private_texts, limit=first.public_texts)
+    cache = PublicCache(model_dir, texts, first.max_length)
+    reports = []
+    for config in configs:
+        started = time.perf_counter()
+        recording = train_tapped(config, model_dir, task)
+        report = attack(config, recording, cache.get(config))
+        report.seconds = round(time.perf_counter() - started, 1)
+        logger.info(
+            "audit %s: accuracy %.3f, token recovery %.3f, label inference %.3f (chance %.3f)",
+            config.privacy.describe(),
+            report.accuracy,
+            report.token_recovery,
+            report.gradient_label_inference,
+            report.label_chance,
+        )
+        reports.append(report)
+        if on_report is not None:
+            on_report(reports)
+    return reports

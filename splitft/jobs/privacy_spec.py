@@ -1,0 +1,53 @@
+"""The job spec's defenses against a curious edge; `splitft.jobs.spec` re-exports them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, StrictFloat, StrictInt, model_validator
+
+from splitft.errors import InvalidArgument
+from splitft.jobs.strict import Strict
+from splitft.privacy.config import PrivacyConfig
+
+
+class PrivacySpec(Strict):
+    """Defenses against a curious edge (`splitft.privacy.PrivacyConfig`, docs/privacy.md); checked by
+    PrivacyConfig too, so the control plane refuses exactly what the device's SDK would."""
+
+    activation_clip: StrictFloat | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="L2 bound of each token's (or example's) h_k; null: no clip",
+    )
+    activation_noise: StrictFloat = Field(
+        0.0, ge=0, le=1e6, allow_inf_nan=False, description="Gaussian noise std on h_k, times activation_clip"
+    )
+    clip_scope: Literal["token", "example"] = "token"
+    gradient_clip: StrictFloat | None = Field(
+        None, gt=0, allow_inf_nan=False, description="L2 bound of each example's gradient sent to the edge"
+    )
+    gradient_noise: StrictFloat = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Gaussian noise std on that gradient, times gradient_clip",
+    )
+    nopeek_weight: StrictFloat = Field(
+        0.0, ge=0, le=1e6, allow_inf_nan=False, description="weight of the dCor(embeddings, h_k) penalty"
+    )
+    nopeek_tokens: StrictInt = Field(256, ge=4, le=4096, description="token vectors sampled for the penalty")
+
+    def config(self) -> PrivacyConfig:
+        """The SDK's `PrivacyConfig` (what `SplitModel.from_pretrained(privacy=...)` takes)."""
+        return PrivacyConfig(**self.model_dump())
+
+    @model_validator(mode="after")
+    def _valid_config(self) -> PrivacySpec:
+        try:
+            self.config()
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return self

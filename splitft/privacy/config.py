@@ -1,0 +1,122 @@
+"""`PrivacyConfig`: what the device does to the tensors it sends the edge, checked on construction.
+
+Torch-free on purpose: the job spec (`splitft.jobs.spec`) validates it on the control plane, which
+never imports torch. The transforms themselves live in `splitft.privacy.transforms`.
+
+- Activation noise: every activation the device sends (h_k, the input of the trunk) is clipped to an
+  L2 norm of at most `activation_clip` (per token vector, or per example with `clip_scope="example"`),
+  then Gaussian noise of standard deviation `activation_noise * activation_clip` is added to every
+  coordinate. The device's own blocks train through the clipped, noisy tensor (the noise is a constant
+  for autograd). This is a noise defense, NOT differential privacy: no privacy accounting is done.
+- Gradient noise: every gradient the device returns for the trunk output is clipped per example to
+  `gradient_clip` and gets noise of standard deviation `gradient_noise * gradient_clip`. It hides the
+  labels, whose signal the gradient carries; the edge's adapter and the device's first blocks train
+  on the noisy gradient.
+- NoPeek: `nopeek_weight * dCor(embeddings, h_k)` is added to the loss the device computes, the
+  distance correlation between the token embeddings and h_k over (at most `nopeek_tokens` sampled)
+  token vectors of the batch; the device's blocks learn to decorrelate what they send from the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from splitft.errors import InvalidArgument
+
+CLIP_SCOPES = ("token", "example")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Defenses against a curious edge; all off by default (then the wire carries exactly what it
+    carries without a config)."""
+
+    activation_clip: float | None = None  # L2 bound of each token's (or example's) h_k; None: no clip
+    activation_noise: float = 0.0  # noise std per coordinate, as a multiple of activation_clip
+    clip_scope: Literal["token", "example"] = "token"
+    gradient_clip: float | None = None  # L2 bound of each example's gradient sent to the edge
+    gradient_noise: float = 0.0  # noise std per coordinate, as a multiple of gradient_clip
+    nopeek_weight: float = 0.0  # weight of the distance-correlation penalty in the device's loss
+    nopeek_tokens: int = 256  # token vectors sampled per batch for the penalty (O(n^2) memory)
+
+    def __post_init__(self) -> None:
+        _bound("activation_clip", self.activation_clip, optional=True, positive=True)
+        _bound("activation_noise", self.activation_noise)
+        _bound("gradient_clip", self.gradient_clip, optional=True, positive=True)
+        _bound("gradient_noise", self.gradient_noise)
+        _bound("nopeek_weight", self.nopeek_weight)
+        if self.clip_scope not in CLIP_SCOPES:
+            raise InvalidArgument(
+                f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
+            )
+        if isinstance(self.nopeek_tokens, bool) or not isinstance(self.nopeek_tokens, int):
+            raise InvalidArgument(f"privacy.nopeek_tokens must be an integer, got {self.nopeek_tokens!r}")
+        if not 4 <= self.nopeek_tokens <= 4096:
+            raise InvalidArgument(f"privacy.nopeek_tokens must lie in [4, 4096], got {self.nopeek_tokens}")
+        if self.activation_noise > 0 and self.activation_clip is None:
+            raise InvalidArgument(
+                "privacy.activation_noise needs privacy.activation_clip (the noise's scale)"
+            )
+        if self.gradient_noise > 0 and self.gradient_clip is None:
+            raise InvalidArgument("privacy.gradient_noise needs privacy.gradient_clip (the noise's scale)")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything changes what crosses the wire or what the device optimizes."""
+        return self != PrivacyConfig()
+
+    @property
+    def touches_activations(self) -> bool:
+        return self.activation_clip is not None
+
+    @property
+    def touches_gradients(self) -> bool:
+        return self.gradient_clip is not None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | PrivacyConfig | None) -> PrivacyConfig:
+        """From a mapping (a job spec's `privacy`, a CLI's parsed flags); unknown keys are refused by
+        name."""
+        if data is None:
+            return cls()
+        if isinstance(data, PrivacyConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise InvalidArgument(f"privacy must be a PrivacyConfig or a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgument(f"privacy: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A short label for tables: the options that are on."""
+        if not self.active:
+            return "none"
+        parts = []
+        if self.activation_clip is not None:
+            parts.append(
+                f"act clip {self.activation_clip:g}/{self.clip_scope} noise {self.activation_noise:g}"
+            )
+        if self.gradient_clip is not None:
+            parts.append(f"grad clip {self.gradient_clip:g} noise {self.gradient_noise:g}")
+        if self.nopeek_weight > 0:
+            parts.append(f"nopeek {self.nopeek_weight:g}")
+        return ", ".join(parts)
+
+
+def _bound(name: str, value: object, *, optional: bool = False, positive: bool = False) -> None:
+    """`value` must be a finite real number >= 0 (> 0 when `positive`), or None when `optional`."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"privacy.{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        sign = "> 0" if positive else ">= 0"
+        raise InvalidArgument(f"privacy.{name} must be a finite number {sign}, got {value!r}")

@@ -1,0 +1,63 @@
+"""The device-side transforms of `PrivacyConfig`: clip-and-noise, and the distance correlation NoPeek
+penalizes. Pure torch; `device_client` applies them where tensors leave the device."""
+
+from __future__ import annotations
+
+import torch
+
+
+def clip_rows(x: torch.Tensor, bound: float, scope: str) -> torch.Tensor:
+    """Scale every token vector (last dim; `scope="token"`) or every example (all but dim 0;
+    `scope="example"`) of `x` down to an L2 norm of at most `bound`. Differentiable."""
+    if scope == "token":
+        norms = x.norm(dim=-1, keepdim=True)
+    else:
+        norms = x.reshape(x.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (x.dim() - 1)))
+    return x * torch.clamp(bound / (norms + 1e-12), max=1.0)
+
+
+def clip_and_noise(
+    x: torch.Tensor, bound: float, noise: float, scope: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`clip_rows`, then Gaussian noise of std `noise * bound` on every coordinate (a constant for
+    autograd: gradients flow through the clipping only)."""
+    clipped = clip_rows(x, bound, scope)
+    if noise <= 0:
+        return clipped
+    sample = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+    return clipped + (noise * bound) * sample.to(x.dtype)
+
+
+def _centered_distances(x: torch.Tensor) -> torch.Tensor:
+    distances = torch.cdist(x, x)
+    return distances - distances.mean(0, keepdim=True) - distances.mean(1, keepdim=True) + distances.mean()
+
+
+def distance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sample distance correlation (Szekely et al.) between the rows of `a` [n, p] and `b` [n, q]: 0 for
+    independent samples, 1 for a similarity transform of each other. Differentiable."""
+    if a.shape[0] != b.shape[0] or a.shape[0] < 2:
+        raise ValueError(
+            f"distance correlation needs the same number (>= 2) of rows, got {a.shape}, {b.shape}"
+        )
+    big_a, big_b = _centered_distances(a.float()), _centered_distances(b.float())
+    dcov_ab = (big_a * big_b).mean()
+    dcov_aa, dcov_bb = (big_a * big_a).mean(), (big_b * big_b).mean()
+    denominator = torch.sqrt(torch.clamp(dcov_aa * dcov_bb, min=1e-18))
+    return torch.sqrt(torch.clamp(dcov_ab, min=0.0) / denominator)
+
+
+def sample_tokens(
+    embeddings: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matching token vectors of `embeddings` and `hidden` [B, T, H] (real tokens only when `mask`
+    [B, T] is given), at most `count` of them, sampled without replacement."""
+    flat_e = embeddings.reshape(-1, embeddings.shape[-1])
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    if mask is not None:
+        keep = mask.reshape(-1).to(torch.bool).to(flat_e.device)
+        flat_e, flat_h = flat_e[keep], flat_h[keep]
+    if flat_e.shape[0] > count:
+        index = torch.randperm(flat_e.shape[0], device=flat_e.device)[:count]
+        flat_e, flat_h = flat_e[index], flat_h[index]
+    return flat_e, flat_h

@@ -1,0 +1,140 @@
+"""Each privacy option changes what crosses the wire as docs/privacy.md says, on a real edge: the
+tensors are read back from the gRPC messages the device sent (`splitft.privacy.wire_tap.WireTap`),
+and compared with the tiny BERT's own h_k computed in one process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from device_client import EdgeConnection, SplitModel
+from edge_server import EdgeServer
+from splitft.privacy.config import PrivacyConfig
+from splitft.privacy.transforms import clip_rows
+from splitft.privacy.wire_tap import WireTap
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
+from tests.support.equivalence import run_equivalence
+from tests.system.test_equivalence import assert_equivalent
+
+DEVICE_LAYERS = 1
+
+
+def _run(
+    tiny: TinyModel, edge: EdgeServer, privacy: Any, steps: int = 1
+) -> tuple[WireTap, SplitModel, list[float]]:
+    """`steps` training steps of the tiny BERT on fixed batches, then one more forward; the wire tapped."""
+    tap = WireTap()
+    generator = torch.Generator().manual_seed(1)
+    batches = [make_batch("bert", generator, batch=8) for _ in range(steps + 1)]
+    losses = []
+    with EdgeConnection(edge.address, insecure=True, interceptors=[tap]) as conn:
+        torch.manual_seed(0)
+        model = SplitModel.from_pretrained(
+            tiny.path,
+            edge=conn,
+            model="bert",
+            device_layers=DEVICE_LAYERS,
+            head_layers=1,
+            lora_config=lora_config_for("bert"),
+            seed=5,
+            privacy=privacy,
+        )
+        optimizer = model.configure_optimizer(torch.optim.AdamW, lr=5e-2)
+        model.train()
+        for batch in batches[:steps]:
+            out = model(**batch)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(out.loss.item())
+        with torch.no_grad():
+            model(**batches[steps])
+        model.close()
+    return tap, model, losses
+
+
+@torch.no_grad()
+def _h_k(tiny: TinyModel) -> torch.Tensor:
+    """The first batch's h_k through the public weights (the LoRA adapters start at zero)."""
+    batch = make_batch("bert", torch.Generator().manual_seed(1), batch=8)
+    base = AutoModel.from_pretrained(str(tiny.path)).eval()
+    out = base(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    )
+    return out.hidden_states[DEVICE_LAYERS]
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_models: dict[str, TinyModel]) -> TinyModel:
+    return tiny_models["bert"]
+
+
+@pytest.fixture(scope="module")
+def undefended(bert: TinyModel, edge: EdgeServer) -> tuple[WireTap, SplitModel, list[float]]:
+    return _run(bert, edge, None)
+
+
+def test_defenses_off_send_the_blocks_output_unchanged(bert, edge, undefended) -> None:
+    tap, _, losses = undefended
+    torch.testing.assert_close(tap.sent_hidden[0], _h_k(bert), atol=1e-5, rtol=0)
+    explicit, _, explicit_losses = _run(bert, edge, PrivacyConfig())
+    for ours, theirs in zip(
+        explicit.sent_hidden + explicit.sent_grads, tap.sent_hidden + tap.sent_grads, strict=True
+    ):
+        assert torch.equal(ours, theirs)
+    assert explicit_losses == losses
+
+
+def test_defenses_off_keep_the_equivalence_with_local_peft(bert, conn, tmp_path) -> None:
+    assert_equivalent(run_equivalence(bert, conn, tmp_path, model_name="bert", privacy=PrivacyConfig()))
+
+
+def test_activation_clip_bounds_every_token_sent(bert, edge) -> None:
+    expected = _h_k(bert)
+    bound = float(expected.norm(dim=-1).median()) / 2  # active on most tokens
+    tap, model, _ = _run(bert, edge, {"activation_clip": bound})
+    assert model.privacy.activation_clip == bound
+    for sent in tap.sent_hidden:
+        assert float(sent.norm(dim=-1).max()) <= bound * (1 + 1e-5)
+    torch.testing.assert_close(tap.sent_hidden[0], clip_rows(expected, bound, "token"), atol=1e-5, rtol=0)
+    example_tap, _, _ = _run(bert, edge, {"activation_clip": bound, "clip_scope": "example"})
+    assert float(example_tap.sent_hidden[0].reshape(8, -1).norm(dim=1).max()) <= bound * (1 + 1e-5)
+
+
+def test_activation_noise_has_the_documented_scale(bert, edge) -> None:
+    expected = _h_k(bert)
+    tap, _, _ = _run(bert, edge, {"activation_clip": 1.0, "activation_noise": 2.0})
+    residual = tap.sent_hidden[0] - clip_rows(expected, 1.0, "token")
+    assert float(residual.std()) == pytest.approx(2.0, rel=0.1)  # std = noise x clip
+    assert not torch.equal(tap.sent_hidden[1], tap.sent_hidden[0])
+
+
+def test_gradient_clip_and_noise_change_only_the_gradients(bert, edge, undefended) -> None:
+    plain, _, _ = undefended
+    tap, _, _ = _run(bert, edge, {"gradient_clip": 1e-4})
+    torch.testing.assert_close(tap.sent_hidden[0], plain.sent_hidden[0], atol=0, rtol=0)
+    assert float(plain.sent_grads[0].reshape(8, -1).norm(dim=1).max()) > 1e-4  # so the clip is active
+    assert float(tap.sent_grads[0].reshape(8, -1).norm(dim=1).max()) <= 1e-4 * (1 + 1e-5)
+    noisy, _, _ = _run(bert, edge, {"gradient_clip": 1e-4, "gradient_noise": 3.0})
+    assert float(noisy.sent_grads[0].std()) == pytest.approx(3e-4, rel=0.1)
+
+
+def test_nopeek_trains_the_device_blocks_away_without_changing_the_loss(bert, edge, undefended) -> None:
+    plain, _, plain_losses = undefended
+    tap, model, losses = _run(bert, edge, {"nopeek_weight": 1.0})
+    assert losses == plain_losses  # the reported loss is the task's; the penalty only joins backward
+    torch.testing.assert_close(tap.sent_hidden[0], plain.sent_hidden[0], atol=0, rtol=0)
+    penalty = _guard_penalty(model)  # the dCor of the last training forward
+    assert penalty is not None and 0 < penalty <= 1
+    assert not torch.allclose(tap.sent_hidden[-1], plain.sent_hidden[-1], atol=1e-6)  # the step differed
+
+
+def _guard_penalty(model: SplitModel) -> float | None:
+    for module in model.modules():
+        guard = getattr(module, "guard", None)
+        if guard is not None:
+            return guard.last_penalty
+    return None

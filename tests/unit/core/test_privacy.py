@@ -1,0 +1,123 @@
+"""splitft.privacy: the config's refusals (each naming its field), the transforms, and the attacks on
+data whose answer is known (separable labels are found, random ones are not; a linear map of token
+embeddings is decoded, noise defeats it)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from splitft.errors import InvalidArgument
+from splitft.privacy.config import PrivacyConfig
+from splitft.privacy.inversion import TokenSet, fit_linear, fit_mlp, token_set
+from splitft.privacy.labels import infer_labels
+from splitft.privacy.transforms import clip_and_noise, clip_rows, distance_correlation, sample_tokens
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"activation_clip": 0.0}, "privacy.activation_clip must be a finite number > 0"),
+        ({"activation_clip": -1.0}, "privacy.activation_clip"),
+        ({"activation_clip": math.inf}, "privacy.activation_clip"),
+        ({"activation_clip": "1"}, "privacy.activation_clip must be a number"),
+        (
+            {"activation_noise": -0.1, "activation_clip": 1.0},
+            "privacy.activation_noise must be a finite number >= 0",
+        ),
+        ({"activation_noise": 1.0}, "privacy.activation_noise needs privacy.activation_clip"),
+        ({"gradient_noise": 1.0}, "privacy.gradient_noise needs privacy.gradient_clip"),
+        ({"gradient_clip": math.nan}, "privacy.gradient_clip"),
+        ({"nopeek_weight": -1.0}, "privacy.nopeek_weight"),
+        ({"nopeek_weight": True}, "privacy.nopeek_weight must be a number"),
+        ({"nopeek_tokens": 2}, "privacy.nopeek_tokens must lie in [4, 4096]"),
+        ({"nopeek_tokens": 8.0}, "privacy.nopeek_tokens must be an integer"),
+        ({"clip_scope": "batch"}, "privacy.clip_scope must be one of ['token', 'example']"),
+        ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_field(fields: dict, named: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        PrivacyConfig.from_dict(fields)
+    assert named in caught.value.message
+
+
+def test_defaults_are_off_and_a_mapping_round_trips() -> None:
+    assert not PrivacyConfig().active and PrivacyConfig.from_dict(None) == PrivacyConfig()
+    config = PrivacyConfig(activation_clip=2.0, activation_noise=0.5, gradient_clip=1.0, nopeek_weight=0.1)
+    assert config.active and PrivacyConfig.from_dict(config.to_dict()) == config
+    assert "act clip 2/token noise 0.5" in config.describe() and "nopeek 0.1" in config.describe()
+
+
+def test_clip_bounds_each_token_or_each_example() -> None:
+    x = torch.randn(3, 5, 8) * 10
+    assert torch.all(clip_rows(x, 2.0, "token").norm(dim=-1) <= 2.0 + 1e-5)
+    per_example = clip_rows(x, 2.0, "example").reshape(3, -1).norm(dim=1)
+    assert torch.allclose(per_example, torch.full((3,), 2.0), atol=1e-5)
+    small = torch.full((1, 1, 4), 0.1)
+    assert torch.equal(clip_rows(small, 2.0, "token"), small)  # under the bound: unchanged
+
+
+def test_noise_has_the_documented_scale_and_is_constant_for_autograd() -> None:
+    x = torch.zeros(64, 16, 32, requires_grad=True)
+    out = clip_and_noise(x, 3.0, 0.5, "token", torch.Generator().manual_seed(0))
+    assert abs(float(out.detach().std()) - 1.5) < 0.05
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # under the bound the clip is the identity
+
+
+def test_distance_correlation_separates_dependence_from_independence() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(200, 6)
+    rotation = torch.linalg.qr(torch.randn(6, 6)).Q
+    assert float(distance_correlation(a, a @ rotation * 3 + 1)) == pytest.approx(1.0, abs=1e-4)
+    assert float(distance_correlation(a, torch.randn(200, 6))) < 0.4  # biased up at small n
+    with pytest.raises(ValueError, match="same number"):
+        distance_correlation(a, a[:10])
+
+
+def test_sample_tokens_keeps_real_tokens_and_pairs_them() -> None:
+    e, h = torch.arange(24.0).reshape(2, 3, 4), torch.arange(24.0).reshape(2, 3, 4) * 2
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    a, b = sample_tokens(e, h, mask, 100)
+    assert a.shape == (3, 4) and torch.equal(b, a * 2)
+    assert sample_tokens(e, h, None, 4)[0].shape == (4, 4)
+
+
+def _synthetic_tokens(n: int, vocab: int, noise: float, seed: int) -> tuple[TokenSet, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(vocab, 16, generator=torch.Generator().manual_seed(99))
+    tokens = torch.randint(vocab, (n,), generator=generator)
+    hidden = table[tokens] + noise * torch.randn(n, 16, generator=generator)
+    return TokenSet(hidden, tokens), table
+
+
+def test_decoders_recover_a_known_map_and_noise_defeats_them() -> None:
+    public, _ = _synthetic_tokens(4000, 20, 0.1, seed=1)
+    private, _ = _synthetic_tokens(1000, 20, 0.1, seed=2)
+    assert fit_linear(public).recovery(private)[0] > 0.95
+    assert fit_mlp(public, epochs=3).recovery(private)[0] > 0.95
+    noisy = TokenSet(private.hidden + 20 * torch.randn_like(private.hidden), private.tokens)
+    top1, top5 = fit_linear(public, noise_std=20).recovery(noisy)
+    assert top1 < 0.2 and top5 >= top1
+
+
+def test_token_set_drops_padding_and_special_tokens() -> None:
+    ids = torch.tensor([[101, 7, 8, 102], [101, 9, 102, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    kept = token_set(torch.randn(2, 4, 3), ids, mask, {0, 101, 102})
+    assert kept.tokens.tolist() == [7, 8, 9] and kept.hidden.shape == (3, 3)
+
+
+def test_label_attacks_find_separable_labels_and_not_random_ones() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    centers = torch.randn(4, 32, generator=generator) * 3
+    separable = centers[labels] + torch.randn(200, 32, generator=generator)
+    found = infer_labels(separable, labels, known_per_class=4)
+    assert found.kmeans > 0.9 and found.cosine > 0.9 and found.examples == 184
+    assert found.chance == pytest.approx(0.25, abs=0.01)
+    random = infer_labels(torch.randn(200, 32, generator=generator), labels, known_per_class=4)
+    assert random.best < 0.45
