@@ -50,6 +50,7 @@ class LayerCost:
     saved_after: int = 0  # device bytes autograd saves from this layer's input on (measured)
     largest_saved: int = 0  # the largest single tensor among them
     forward_peak: int = 0  # the forward's largest working set once this layer trains (measured)
+    backward_peak: int = 0  # the backward's, until it reaches this layer (measured; 0: not measured)
     input_id: int | None = None  # layers sharing an id read one input tensor (saved once)
 
     def state_bytes(self, channels: int, bytes_per_element: int) -> int:
@@ -91,6 +92,27 @@ def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: in
     return total
 
 
+def _device_peak(
+    first: LayerCost,
+    state: int,
+    inputs: int,
+    trained: list[str],
+    channels: dict[str, int],
+    costs: dict[str, LayerCost],
+    b: int,
+) -> int:
+    """The step's peak: the largest of its forward (AdamW's moments live, not yet the gradients),
+    its backward (gradients too) and AdamW's step (activations freed; a parameter-sized temporary)."""
+    moments = state * (OPTIMIZER_COPIES - 1) // OPTIMIZER_COPIES
+    largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
+    if first.backward_peak:  # measured op by op (live.py): every transient is in it
+        forward = moments + inputs + first.forward_peak
+        backward = state + inputs + first.backward_peak
+        return max(forward, backward, state + largest_row_block)
+    backward = first.saved_after + max(first.largest_saved, largest_row_block)
+    return state + inputs + max(first.forward_peak, backward)
+
+
 def sided_cost(
     costs: dict[str, LayerCost], channels: dict[str, int], bytes_per_element: int
 ) -> SelectionCost:
@@ -113,9 +135,7 @@ def sided_cost(
         macs = sum(costs[n].weight_grad_macs(channels[n]) for n in trained)
         macs += sum(costs[n].input_grad_macs for n in after if costs[n].side == side)
         if side == DEVICE:
-            largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
-            backward = first.saved_after + max(first.largest_saved, largest_row_block)
-            memory += max(first.forward_peak, backward)
+            memory = _device_peak(first, state, _inputs(costs, trained, b), trained, channels, costs, b)
         result[side] = (memory, macs)
     return SelectionCost(*result[DEVICE], *result[EDGE])
 

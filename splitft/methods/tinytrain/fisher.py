@@ -50,6 +50,7 @@ class FisherPass:
     saved_after: dict[str, int] = field(default_factory=dict)
     largest_saved: dict[str, int] = field(default_factory=dict)
     forward_peak: dict[str, int] = field(default_factory=dict)
+    backward_peak: dict[str, int] = field(default_factory=dict)
     input_groups: dict[str, int] = field(default_factory=dict)  # one id per input tensor (first batch)
 
 
@@ -79,12 +80,21 @@ def mean_tokens(tokens: dict[str, list[int]]) -> dict[str, int]:
     return {name: max(1, round(sum(t) / len(t))) for name, t in tokens.items()}
 
 
-def _record_outputs(model: nn.Module, names: list[str], seen: dict[str, list[torch.Tensor]]) -> list[Any]:
+def _record_outputs(
+    model: nn.Module,
+    names: list[str],
+    seen: dict[str, list[torch.Tensor]],
+    hold: Callable[[torch.Tensor], None] | None = None,
+) -> list[Any]:
+    """Forward hooks keeping each named layer's output (`hold` is told: the pass keeps it to its end)."""
+
     def make_hook(name: str) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
             if not output.requires_grad:  # a frozen model: a zero leaf makes the graph reach here
                 output = output + output.new_zeros((), requires_grad=True)
             seen.setdefault(name, []).append(output)
+            if hold is not None:
+                hold(output)
             return output
 
         return hook
@@ -110,8 +120,8 @@ def _one_batch(
 ) -> _BatchStats:
     """One forward, then gradients of the loss with respect to the recorded layer outputs only."""
     seen: dict[str, list[torch.Tensor]] = {}
-    handles = _record_outputs(model, names, seen)
     saved = SavedBytes(model, names)
+    handles = _record_outputs(model, names, seen, saved.live.hold)
     if extra_inputs is not None:
         extra_inputs.clear()
     try:
@@ -122,7 +132,8 @@ def _one_batch(
             handle.remove()
     flat = [(name, a) for name, outs in seen.items() for a in outs]
     extra = list(extra_inputs or [])
-    grads = torch.autograd.grad(loss, [a for _, a in flat] + extra, allow_unused=True)
+    with saved.backward(flat):
+        grads = torch.autograd.grad(loss, [a for _, a in flat] + extra, allow_unused=True)
     squares: dict[str, torch.Tensor] = {}
     for (name, a), g in zip(flat, grads[: len(flat)], strict=True):
         part = torch.zeros(a.shape[-1], dtype=torch.float64) if g is None else squared_sample_sums(a, g)
@@ -152,6 +163,7 @@ def fisher_pass(
     saved: dict[str, list[int]] = {}
     largest: dict[str, list[int]] = {}
     peaks: dict[str, list[int]] = {}
+    backward_peaks: dict[str, list[int]] = {}
     groups: dict[str, int] = {}
     order: list[str] = []
     samples = 0
@@ -167,7 +179,9 @@ def fisher_pass(
                 after, big = part.saved.after(name)
                 saved.setdefault(name, []).append(after)
                 largest.setdefault(name, []).append(big)
-                peaks.setdefault(name, []).append(part.saved.forward_peak(name))
+                forward, backward = part.saved.op_peaks(name)
+                peaks.setdefault(name, []).append(max(forward, part.saved.forward_peak(name)))
+                backward_peaks.setdefault(name, []).append(backward)
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
         raise InvalidArgument(f"the support set never reached {missing[:3] or module_names[:3]}")
@@ -179,6 +193,7 @@ def fisher_pass(
         mean_tokens(saved),
         mean_tokens(largest),
         mean_tokens(peaks),
+        mean_tokens(backward_peaks),
         groups,
     )
 
@@ -203,6 +218,7 @@ def measured_cost(
         saved_after=round(measured.saved_after.get(name, 0) * scale),
         largest_saved=round(measured.largest_saved.get(name, 0) * scale),
         forward_peak=round(measured.forward_peak.get(name, 0) * scale),
+        backward_peak=round(measured.backward_peak.get(name, 0) * scale),
         input_id=measured.input_groups.get(name),
     )
 
