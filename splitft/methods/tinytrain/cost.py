@@ -81,6 +81,16 @@ class SelectionCost:
     edge_macs: int = 0
 
 
+def _kept(
+    costs: dict[str, LayerCost], names: list[str], channels: dict[str, int], bytes_per_element: int
+) -> int:
+    """What the trained layers themselves keep for backward: each distinct input, and each layer's
+    `T x rows` product with its rows, which `index_add` (sparse.py's rows layout) saves whole
+    although its backward reads only its shape."""
+    outputs = sum(bytes_per_element * costs[n].tokens * channels[n] for n in names)
+    return outputs + _inputs(costs, names, bytes_per_element)
+
+
 def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: int) -> int:
     seen: set[object] = set()
     total = 0
@@ -95,7 +105,7 @@ def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: in
 def _device_peak(
     first: LayerCost,
     state: int,
-    inputs: int,
+    kept: int,
     trained: list[str],
     channels: dict[str, int],
     costs: dict[str, LayerCost],
@@ -106,11 +116,11 @@ def _device_peak(
     moments = state * (OPTIMIZER_COPIES - 1) // OPTIMIZER_COPIES
     largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
     if first.backward_peak:  # measured op by op (live.py): every transient is in it
-        forward = moments + inputs + first.forward_peak
-        backward = state + inputs + first.backward_peak
+        forward = moments + kept + first.forward_peak
+        backward = state + kept + first.backward_peak
         return max(forward, backward, state + largest_row_block)
     backward = first.saved_after + max(first.largest_saved, largest_row_block)
-    return state + inputs + max(first.forward_peak, backward)
+    return state + kept + max(first.forward_peak, backward)
 
 
 def sided_cost(
@@ -131,11 +141,13 @@ def sided_cost(
     for side in (DEVICE, EDGE):
         trained = [n for n in order if n in channels and costs[n].side == side]
         state = sum(costs[n].state_bytes(channels[n], b) for n in trained)
-        memory = state + _inputs(costs, trained, b)
+        memory = state + _kept(costs, trained, channels, b)
         macs = sum(costs[n].weight_grad_macs(channels[n]) for n in trained)
         macs += sum(costs[n].input_grad_macs for n in after if costs[n].side == side)
         if side == DEVICE:
-            memory = _device_peak(first, state, _inputs(costs, trained, b), trained, channels, costs, b)
+            memory = _device_peak(
+                first, state, _kept(costs, trained, channels, b), trained, channels, costs, b
+            )
         result[side] = (memory, macs)
     return SelectionCost(*result[DEVICE], *result[EDGE])
 

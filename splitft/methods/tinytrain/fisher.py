@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,20 @@ def _one_batch(
     return _BatchStats(squares, tokens, list(seen), samples, saved)
 
 
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Every parameter frozen for the pass, then its flag back: a training step trains deltas only,
+    so autograd must not save the inputs a weight's gradient would need (the cost model prices the
+    trained layers' inputs itself), and no parameter's `.grad` is written."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
 def fisher_pass(
     model: nn.Module,
     batches: Iterable[Any],
@@ -167,7 +182,7 @@ def fisher_pass(
     groups: dict[str, int] = {}
     order: list[str] = []
     samples = 0
-    with eval_mode(model):
+    with eval_mode(model), _frozen(model):
         for batch in batches:
             part = _one_batch(model, batch, loss_fn, module_names, extra_inputs)
             samples += part.samples

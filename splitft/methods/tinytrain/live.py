@@ -1,19 +1,21 @@
-"""The bytes a pass holds after every tensor op, as torch's allocator would count them, and what a
+"""The bytes a pass holds after every tensor op, as torch's allocator counts them, and what a
 training step from a given layer on would hold at the same op.
 
 Module hooks see a module's inputs and output, not what functional code allocates in between
 (attention's mask, a GELU written in Python), nor when a tensor stops being needed. A dispatch
-mode sees every aten op, composite ones decomposed: per storage an op creates it records the event
-(op) that created it, the last event that read it and the event by which it was freed (a weak
-reference per storage), its bytes (a forward's storage: its last read in the forward), and, when autograd saved it, its `segment`: the number of target
-layers whose forward had begun then.
+mode sees every aten op, composite ones decomposed. Per storage an op creates it records the event
+(op) that created it, its last read (a forward's storage: its last read in the forward), the event
+by which it was freed (a weak reference per storage), its bytes and, when autograd saved it, its
+`segment`: the number of target layers whose forward had begun then. (What a kernel allocates and
+frees inside itself is not seen; on the bench's BERT a frozen forward's op-level peak equals the
+allocator's to the byte.)
 
 The Fisher pass keeps more than a training step: it saves from the FIRST target layer on and holds
 every target output to its end. A training step whose earliest trained layer opened segment `m`
 keeps a storage saved in a segment >= m until backward frees it (as the pass does); one the pass
 alone kept (saved in an earlier segment, or held) lives from its creation to its last read; any
-other lives as long as in the pass (the same Python code holds it).
-`peak_from` replays the events with those lifetimes.
+other lives as long as in the pass (the same Python code holds it). `peak_from` replays the events
+with those lifetimes.
 """
 
 from __future__ import annotations

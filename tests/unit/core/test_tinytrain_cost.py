@@ -74,19 +74,22 @@ def test_split_charges_each_side_its_own_layers() -> None:
         "dev1": LayerCost(2, 2, 5, saved_after=200, largest_saved=40, input_id=2),
     }
     cost = sided_cost(costs, {"trunk": 2}, 4)
-    assert cost.edge_memory_bytes == 3 * 4 * 2 * 4 + 4 * 5 * 4  # state (grad + 2 moments) + input
+    # state (grad + 2 moments) + input + the rows' product (index_add keeps it)
+    assert cost.edge_memory_bytes == 3 * 4 * 2 * 4 + 4 * 5 * 4 + 4 * 5 * 2
     assert cost.edge_macs == 2 * 4 * 5  # its weight gradient; nothing after it runs on the edge
     assert cost.memory_bytes == 600 + 50  # what the device saves from the trunk on, + the largest
     assert cost.macs == 2 * 2 * 5  # dev1's input gradient, on the device
     both = sided_cost(costs, {"dev0": 4, "trunk": 2}, 4)
-    assert both.memory_bytes == 3 * 4 * 4 * 3 + 4 * 5 * 3 + 1000 + max(100, 4 * 4 * 3)
+    assert both.memory_bytes == 3 * 4 * 4 * 3 + 4 * 5 * 3 + 4 * 5 * 4 + 1000 + max(100, 4 * 4 * 3)
     assert both.edge_macs == 2 * 4 * 5 + 2 * 4 * 5  # the trunk's weight and input gradients
 
 
 def test_edge_budget_bounds_only_the_trunk() -> None:
     costs = {"dev": LayerCost(8, 4, 2), "trunk": LayerCost(8, 4, 2, side=EDGE)}
     potentials = {"dev": torch.ones(8), "trunk": torch.full((8,), 10.0)}
-    edge_bound = TinyTrainConfig(math.inf, math.inf, edge_memory_budget_bytes=3 * 4 * 2 * 4 + 2 * 4 * 4)
+    edge_bound = TinyTrainConfig(
+        math.inf, math.inf, edge_memory_budget_bytes=3 * 4 * 2 * 4 + 2 * 4 * 4 + 4 * 2 * 2
+    )
     selection = select_tinytrain(potentials, costs, edge_bound)
     assert selection.ratios == {"dev": 1.0, "trunk": 0.25}  # 2 of the trunk's 8 rows fit its budget
     assert selection.edge_memory_bytes <= edge_bound.edge_memory_budget_bytes
