@@ -6,17 +6,24 @@ trainable deltas, the batch). For a selection whose earliest trained layer (in f
 `L`, with `b` bytes per element, AdamW, and `r*out` rows of an `out x in` layer trained on `T`
 tokens:
 
-* state: `3 * b * r*out*in` per trained layer: the rows' gradient and AdamW's two moments;
-* inputs: `b * T * in` per distinct input of the trained layers (q, k and v read one input): a
-  trained row needs its whole input for its weight gradient;
-* activations: the bytes autograd saves for backward from `L`'s input on (everything after `L`
-  must pass its gradient back), MEASURED during the Fisher pass with saved-tensor hooks
-  (`LayerCost.saved_after`): nothing before `L` is saved, every op after it is;
-* transient: the larger of two peaks, both from the Fisher pass. Backward's: the activations plus
-  the larger of the largest of them (backward holds its gradient beside them) and one trained
-  layer's `b * r*out*in` (AdamW's CPU step makes a temporary the size of the parameter it updates).
-  The forward's: at each leaf module, what was saved so far from `L` on plus the module's inputs
-  and output (a frozen forward keeps no graph, but its widest op's input and output coexist).
+* state: `3 * b * r*out*in` per trained layer: the rows' gradient and AdamW's two moments (the
+  moments live through the whole step from step 2 on; the gradients appear during backward);
+* kept: what the trained layers themselves save for backward: `b * T * in` per distinct input
+  (q, k and v read one input; a trained row needs its whole input for its weight gradient) and
+  `b * T * r*out`, the rows' product, which `index_add` saves whole (sparse.py's rows layout);
+* the rest of the step's working set, MEASURED op by op during the Fisher pass (live.py: every
+  aten op's outputs, their lifetimes, and which of them autograd saved after which target layer;
+  the pass runs with every parameter frozen, so from each layer on it builds the graph a step
+  whose earliest trained layer is that one builds): `forward_peak`, the largest bytes live at any
+  op of the forward of such a step (what it keeps from `L` on plus every transient, attention's
+  mask and a Python GELU's temporaries included), and `backward_peak`, the same over its backward
+  until it reaches `L` (a gradient beside the tensors it is computed from included).
+
+The step's peak is the largest of three: the forward's `moments + kept + forward_peak`, the
+backward's `state + kept + backward_peak` (every gradient counted, a bound) and AdamW's step,
+`state` plus one trained layer's `b * r*out*in` (its CPU step makes a temporary that size). A
+`LayerCost` without `backward_peak` (built by hand) falls back to the Fisher pass's saved bytes:
+`state + kept + max(forward_peak, saved_after + max(largest_saved, one layer's rows))`.
 
 MACs: `r*out*in*T` per trained layer for its weight gradient, plus the input-gradient MACs
 `out*in*T` of every target layer after `L` (conservative: a parallel branch, k_proj beside q_proj,

@@ -9,8 +9,10 @@ being informative and cheap to train. Layers are taken greedily by score, each a
 channel ratio whose cost still fits both budgets; its channels are its top ones by potential.
 
 The cost model (memory per side, MACs) is `cost`'s docstring. The Fisher pass also measures what
-it needs: per target layer the bytes autograd saves from the layer's input on, the largest of those
-tensors, and which layers read one input tensor.
+it needs, with every parameter frozen (the graph a step training deltas builds): per target layer
+the bytes autograd saves from the layer's input on, the largest of those tensors, the op-level
+forward and backward working-set peaks of a step whose earliest trained layer it is (live.py),
+and which layers read one input tensor.
 
 A layer's normalisers use its own memory (state + input) and its backward MACs (propagation
 included), each when trained alone at ratio 1, divided by the largest such cost over the target
