@@ -43,6 +43,17 @@ class Storage:
     held: bool = False  # the pass itself holds it to its end (a recorded output, a captured gradient)
 
 
+def _storage(tensor: object) -> torch.UntypedStorage | None:
+    """The tensor's storage, or None: a meta tensor, or a wrapper subclass (a quantized weight's
+    view) that has none; such tensors are not counted."""
+    if not isinstance(tensor, torch.Tensor) or tensor.is_meta:
+        return None
+    try:
+        return tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 class LiveBytes(TorchDispatchMode):
     """Storage lifetimes, op by op (see the module docstring)."""
 
@@ -68,32 +79,35 @@ class LiveBytes(TorchDispatchMode):
 
     def saved(self, tensor: torch.Tensor, segment: int) -> None:
         """Autograd saved `tensor` once `segment` target layers had begun."""
-        entry = self._live.get(tensor.untyped_storage().data_ptr())
+        storage = _storage(tensor)
+        entry = self._live.get(storage.data_ptr()) if storage is not None else None
         if entry is not None and entry[1].segment == UNSAVED:
             entry[1].segment = segment
 
     def hold(self, tensor: torch.Tensor) -> None:
         """The pass holds `tensor` to its end (a training step would not)."""
-        entry = self._live.get(tensor.untyped_storage().data_ptr())
+        storage = _storage(tensor)
+        entry = self._live.get(storage.data_ptr()) if storage is not None else None
         if entry is not None:
             entry[1].held = True
 
     def read(self, tensor: torch.Tensor) -> None:
         """`tensor` is used at the coming event (an op's input, a gradient handed to a hook)."""
-        entry = self._live.get(tensor.untyped_storage().data_ptr())
+        storage = _storage(tensor)
+        entry = self._live.get(storage.data_ptr()) if storage is not None else None
         # a backward reads a forward's storage only if autograd saved it: its lifetime is `segment`'s
         if entry is not None and (self.backward_from is None or entry[1].created >= self.backward_from):
             entry[1].last_read = self.events
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         for item in tree_flatten((args, kwargs))[0]:
-            if isinstance(item, torch.Tensor) and not item.is_meta:
+            if isinstance(item, torch.Tensor):
                 self.read(item)
         out = func(*args, **(kwargs or {}))
         self._drop_freed()
         for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor) and not item.is_meta:
-                storage = item.untyped_storage()
+            storage = _storage(item)
+            if storage is not None:
                 ptr = storage.data_ptr()
                 if ptr not in self._skip and ptr not in self._live and storage.nbytes():
                     record = Storage(self.events, storage.nbytes(), self.events)
