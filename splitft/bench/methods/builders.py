@@ -176,9 +176,17 @@ def _sided(costs: dict[str, LayerCost], trunk: range | None) -> dict[str, LayerC
     if trunk is None:
         return costs
     after = [c for n, c in costs.items() if (_block_of(n) or -1) >= trunk.stop]
-    saved, largest = (after[0].saved_after, after[0].largest_saved) if after else (0, 0)
+    first = after[0] if after else LayerCost(1, 1, 1)
     return {
-        n: replace(c, side=EDGE, saved_after=saved, largest_saved=largest, input_id=None)
+        n: replace(
+            c,
+            side=EDGE,
+            saved_after=first.saved_after,
+            largest_saved=first.largest_saved,
+            forward_peak=first.forward_peak,
+            backward_peak=first.backward_peak,
+            input_id=None,
+        )
         if _block_of(n) in trunk
         else c
         for n, c in costs.items()

@@ -6,17 +6,24 @@ trainable deltas, the batch). For a selection whose earliest trained layer (in f
 `L`, with `b` bytes per element, AdamW, and `r*out` rows of an `out x in` layer trained on `T`
 tokens:
 
-* state: `3 * b * r*out*in` per trained layer: the rows' gradient and AdamW's two moments;
-* inputs: `b * T * in` per distinct input of the trained layers (q, k and v read one input): a
-  trained row needs its whole input for its weight gradient;
-* activations: the bytes autograd saves for backward from `L`'s input on (everything after `L`
-  must pass its gradient back), MEASURED during the Fisher pass with saved-tensor hooks
-  (`LayerCost.saved_after`): nothing before `L` is saved, every op after it is;
-* transient: the larger of two peaks, both from the Fisher pass. Backward's: the activations plus
-  the larger of the largest of them (backward holds its gradient beside them) and one trained
-  layer's `b * r*out*in` (AdamW's CPU step makes a temporary the size of the parameter it updates).
-  The forward's: at each leaf module, what was saved so far from `L` on plus the module's inputs
-  and output (a frozen forward keeps no graph, but its widest op's input and output coexist).
+* state: `3 * b * r*out*in` per trained layer: the rows' gradient and AdamW's two moments (the
+  moments live through the whole step from step 2 on; the gradients appear during backward);
+* kept: what the trained layers themselves save for backward: `b * T * in` per distinct input
+  (q, k and v read one input; a trained row needs its whole input for its weight gradient) and
+  `b * T * r*out`, the rows' product, which `index_add` saves whole (sparse.py's rows layout);
+* the rest of the step's working set, MEASURED op by op during the Fisher pass (live.py: every
+  aten op's outputs, their lifetimes, and which of them autograd saved after which target layer;
+  the pass runs with every parameter frozen, so from each layer on it builds the graph a step
+  whose earliest trained layer is that one builds): `forward_peak`, the largest bytes live at any
+  op of the forward of such a step (what it keeps from `L` on plus every transient, attention's
+  mask and a Python GELU's temporaries included), and `backward_peak`, the same over its backward
+  until it reaches `L` (a gradient beside the tensors it is computed from included).
+
+The step's peak is the largest of three: the forward's `moments + kept + forward_peak`, the
+backward's `state + kept + backward_peak` (every gradient counted, a bound) and AdamW's step,
+`state` plus one trained layer's `b * r*out*in` (its CPU step makes a temporary that size). A
+`LayerCost` without `backward_peak` (built by hand) falls back to the Fisher pass's saved bytes:
+`state + kept + max(forward_peak, saved_after + max(largest_saved, one layer's rows))`.
 
 MACs: `r*out*in*T` per trained layer for its weight gradient, plus the input-gradient MACs
 `out*in*T` of every target layer after `L` (conservative: a parallel branch, k_proj beside q_proj,
@@ -50,6 +57,7 @@ class LayerCost:
     saved_after: int = 0  # device bytes autograd saves from this layer's input on (measured)
     largest_saved: int = 0  # the largest single tensor among them
     forward_peak: int = 0  # the forward's largest working set once this layer trains (measured)
+    backward_peak: int = 0  # the backward's, until it reaches this layer (measured; 0: not measured)
     input_id: int | None = None  # layers sharing an id read one input tensor (saved once)
 
     def state_bytes(self, channels: int, bytes_per_element: int) -> int:
@@ -80,6 +88,16 @@ class SelectionCost:
     edge_macs: int = 0
 
 
+def _kept(
+    costs: dict[str, LayerCost], names: list[str], channels: dict[str, int], bytes_per_element: int
+) -> int:
+    """What the trained layers themselves keep for backward: each distinct input, and each layer's
+    `T x rows` product with its rows, which `index_add` (sparse.py's rows layout) saves whole
+    although its backward reads only its shape."""
+    outputs = sum(bytes_per_element * costs[n].tokens * channels[n] for n in names)
+    return outputs + _inputs(costs, names, bytes_per_element)
+
+
 def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: int) -> int:
     seen: set[object] = set()
     total = 0
@@ -89,6 +107,27 @@ def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: in
             seen.add(key)
             total += costs[name].input_bytes(bytes_per_element)
     return total
+
+
+def _device_peak(
+    first: LayerCost,
+    state: int,
+    kept: int,
+    trained: list[str],
+    channels: dict[str, int],
+    costs: dict[str, LayerCost],
+    b: int,
+) -> int:
+    """The step's peak: the largest of its forward (AdamW's moments live, not yet the gradients),
+    its backward (gradients too) and AdamW's step (activations freed; a parameter-sized temporary)."""
+    moments = state * (OPTIMIZER_COPIES - 1) // OPTIMIZER_COPIES
+    largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
+    if first.backward_peak:  # measured op by op (live.py): every transient is in it
+        forward = moments + kept + first.forward_peak
+        backward = state + kept + first.backward_peak
+        return max(forward, backward, state + largest_row_block)
+    backward = first.saved_after + max(first.largest_saved, largest_row_block)
+    return state + kept + max(first.forward_peak, backward)
 
 
 def sided_cost(
@@ -109,13 +148,13 @@ def sided_cost(
     for side in (DEVICE, EDGE):
         trained = [n for n in order if n in channels and costs[n].side == side]
         state = sum(costs[n].state_bytes(channels[n], b) for n in trained)
-        memory = state + _inputs(costs, trained, b)
+        memory = state + _kept(costs, trained, channels, b)
         macs = sum(costs[n].weight_grad_macs(channels[n]) for n in trained)
         macs += sum(costs[n].input_grad_macs for n in after if costs[n].side == side)
         if side == DEVICE:
-            largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
-            backward = first.saved_after + max(first.largest_saved, largest_row_block)
-            memory += max(first.forward_peak, backward)
+            memory = _device_peak(
+                first, state, _kept(costs, trained, channels, b), trained, channels, costs, b
+            )
         result[side] = (memory, macs)
     return SelectionCost(*result[DEVICE], *result[EDGE])
 

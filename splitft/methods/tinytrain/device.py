@@ -59,6 +59,8 @@ def _costs(
                     side=EDGE,
                     saved_after=at_entry.saved_after,
                     largest_saved=at_entry.largest_saved,
+                    forward_peak=at_entry.forward_peak,
+                    backward_peak=at_entry.backward_peak,
                 )
         else:
             shape = linear_shape(split.model.get_submodule(name))

@@ -9,8 +9,10 @@ being informative and cheap to train. Layers are taken greedily by score, each a
 channel ratio whose cost still fits both budgets; its channels are its top ones by potential.
 
 The cost model (memory per side, MACs) is `cost`'s docstring. The Fisher pass also measures what
-it needs: per target layer the bytes autograd saves from the layer's input on, the largest of those
-tensors, and which layers read one input tensor.
+it needs, with every parameter frozen (the graph a step training deltas builds): per target layer
+the bytes autograd saves from the layer's input on, the largest of those tensors, the op-level
+forward and backward working-set peaks of a step whose earliest trained layer it is (live.py),
+and which layers read one input tensor.
 
 A layer's normalisers use its own memory (state + input) and its backward MACs (propagation
 included), each when trained alone at ratio 1, divided by the largest such cost over the target
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,7 @@ class FisherPass:
     saved_after: dict[str, int] = field(default_factory=dict)
     largest_saved: dict[str, int] = field(default_factory=dict)
     forward_peak: dict[str, int] = field(default_factory=dict)
+    backward_peak: dict[str, int] = field(default_factory=dict)
     input_groups: dict[str, int] = field(default_factory=dict)  # one id per input tensor (first batch)
 
 
@@ -79,12 +83,21 @@ def mean_tokens(tokens: dict[str, list[int]]) -> dict[str, int]:
     return {name: max(1, round(sum(t) / len(t))) for name, t in tokens.items()}
 
 
-def _record_outputs(model: nn.Module, names: list[str], seen: dict[str, list[torch.Tensor]]) -> list[Any]:
+def _record_outputs(
+    model: nn.Module,
+    names: list[str],
+    seen: dict[str, list[torch.Tensor]],
+    hold: Callable[[torch.Tensor], None] | None = None,
+) -> list[Any]:
+    """Forward hooks keeping each named layer's output (`hold` is told: the pass keeps it to its end)."""
+
     def make_hook(name: str) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
             if not output.requires_grad:  # a frozen model: a zero leaf makes the graph reach here
                 output = output + output.new_zeros((), requires_grad=True)
             seen.setdefault(name, []).append(output)
+            if hold is not None:
+                hold(output)
             return output
 
         return hook
@@ -110,8 +123,8 @@ def _one_batch(
 ) -> _BatchStats:
     """One forward, then gradients of the loss with respect to the recorded layer outputs only."""
     seen: dict[str, list[torch.Tensor]] = {}
-    handles = _record_outputs(model, names, seen)
     saved = SavedBytes(model, names)
+    handles = _record_outputs(model, names, seen, saved.live.hold)
     if extra_inputs is not None:
         extra_inputs.clear()
     try:
@@ -122,7 +135,8 @@ def _one_batch(
             handle.remove()
     flat = [(name, a) for name, outs in seen.items() for a in outs]
     extra = list(extra_inputs or [])
-    grads = torch.autograd.grad(loss, [a for _, a in flat] + extra, allow_unused=True)
+    with saved.backward(flat):
+        grads = torch.autograd.grad(loss, [a for _, a in flat] + extra, allow_unused=True)
     squares: dict[str, torch.Tensor] = {}
     for (name, a), g in zip(flat, grads[: len(flat)], strict=True):
         part = torch.zeros(a.shape[-1], dtype=torch.float64) if g is None else squared_sample_sums(a, g)
@@ -130,6 +144,20 @@ def _one_batch(
     tokens = {name: sum(a.numel() // a.shape[-1] for a in outs) for name, outs in seen.items()}
     samples = flat[0][1].shape[0] if flat else 0
     return _BatchStats(squares, tokens, list(seen), samples, saved)
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Every parameter frozen for the pass, then its flag back: a training step trains deltas only,
+    so autograd must not save the inputs a weight's gradient would need (the cost model prices the
+    trained layers' inputs itself), and no parameter's `.grad` is written."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def fisher_pass(
@@ -152,10 +180,11 @@ def fisher_pass(
     saved: dict[str, list[int]] = {}
     largest: dict[str, list[int]] = {}
     peaks: dict[str, list[int]] = {}
+    backward_peaks: dict[str, list[int]] = {}
     groups: dict[str, int] = {}
     order: list[str] = []
     samples = 0
-    with eval_mode(model):
+    with eval_mode(model), _frozen(model):
         for batch in batches:
             part = _one_batch(model, batch, loss_fn, module_names, extra_inputs)
             samples += part.samples
@@ -167,7 +196,9 @@ def fisher_pass(
                 after, big = part.saved.after(name)
                 saved.setdefault(name, []).append(after)
                 largest.setdefault(name, []).append(big)
-                peaks.setdefault(name, []).append(part.saved.forward_peak(name))
+                forward, backward = part.saved.op_peaks(name)
+                peaks.setdefault(name, []).append(max(forward, part.saved.forward_peak(name)))
+                backward_peaks.setdefault(name, []).append(backward)
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
         raise InvalidArgument(f"the support set never reached {missing[:3] or module_names[:3]}")
@@ -179,6 +210,7 @@ def fisher_pass(
         mean_tokens(saved),
         mean_tokens(largest),
         mean_tokens(peaks),
+        mean_tokens(backward_peaks),
         groups,
     )
 
@@ -203,6 +235,7 @@ def measured_cost(
         saved_after=round(measured.saved_after.get(name, 0) * scale),
         largest_saved=round(measured.largest_saved.get(name, 0) * scale),
         forward_peak=round(measured.forward_peak.get(name, 0) * scale),
+        backward_peak=round(measured.backward_peak.get(name, 0) * scale),
         input_id=measured.input_groups.get(name),
     )
 

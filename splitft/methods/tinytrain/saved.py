@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from splitft.methods.tinytrain.live import LiveBytes, peak_from
 from splitft.model.quantize import is_quantized, storage_pointers
 
 
@@ -31,12 +32,16 @@ class SavedBytes:
         self.inputs: dict[str, int] = {}  # layer -> the storage of its input
         # per leaf module's forward, in order: (storages saved by then, bytes of its inputs and output)
         self.working: list[tuple[int, int]] = []
+        self.live = LiveBytes(self._skip)  # op-level live bytes (live.py), forward then backward
+        self.forward_events = 0  # events of the forward; the backward's follow
+        self.reached: dict[str, int] = {}  # layer -> events before backward produced its output's grad
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         if is_quantized(tensor):
             return tensor
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
+        self.live.saved(tensor, len(self.marks))
         if ptr not in self._skip and ptr not in self._seen and storage.nbytes():
             self._seen.add(ptr)
             self.sizes.append(storage.nbytes())
@@ -64,11 +69,44 @@ class SavedBytes:
         leaves = [m for m in self._model.modules() if not any(True for _ in m.children())]
         handles += [m.register_forward_hook(self._leaf_hook) for m in leaves]
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor), self.live:
                 yield self
         finally:
             for handle in handles:
                 handle.remove()
+            self.forward_events = self.live.events
+
+    @contextmanager
+    def backward(self, outputs: list[tuple[str, torch.Tensor]]) -> Iterator[SavedBytes]:
+        """Record the backward (the pass's `autograd.grad`); `outputs`: (layer, recorded output).
+        The gradients the pass captures it holds to its end; a step only passes them on."""
+
+        def reach(name: str) -> Any:
+            def hook(grad: torch.Tensor) -> None:
+                self.live.read(grad)
+                self.live.hold(grad)  # the pass captures it to its end; a step only passes it on
+                self.reached.setdefault(name, self.live.events)
+
+            return hook
+
+        handles = [a.register_hook(reach(n)) for n, a in outputs if a.requires_grad]
+        self.live.backward_from = self.live.events
+        try:
+            with self.live:
+                yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def op_peaks(self, name: str) -> tuple[int, int]:
+        """(forward, backward) working-set peaks, op by op, of a step whose earliest trained layer
+        is `name`: what it keeps from `name` on plus every transient (live.py); (0, 0) if it never ran."""
+        if name not in self.marks:
+            return 0, 0
+        segment = list(self.marks).index(name) + 1
+        storages, end = self.live.storages, self.reached.get(name, self.live.events)
+        forward = peak_from(storages, segment, 0, self.forward_events)
+        return forward, peak_from(storages, segment, self.forward_events, end)
 
     def after(self, name: str) -> tuple[int, int]:
         """(bytes saved from `name`'s forward on, the largest of those storages); (0, 0) if it never ran."""

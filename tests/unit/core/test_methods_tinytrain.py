@@ -93,30 +93,34 @@ def test_cost_model_by_hand() -> None:
     # own memory: the rows' gradient and AdamW's two moments, plus the layer's input
     assert costs["a"].memory_bytes(2, 4) == 4 * (3 * 2 * 3 + 5 * 3)
     assert costs["a"].weight_grad_macs(2) == 2 * 3 * 5
-    # training only "b" (the later layer): its state and input, the activations saved from its input
-    # on, the larger of their largest tensor and its row block; no input gradients
-    assert selection_cost(costs, {"b": 1}, 4) == (4 * (3 * 1 * 4 + 5 * 4) + 200 + max(10, 4 * 4), 1 * 4 * 5)
+    # training only "b" (the later layer): its state, input and rows' product (index_add keeps it), the
+    # activations saved from its input on, the larger of their largest tensor and its row block; no
+    # input gradients
+    assert selection_cost(costs, {"b": 1}, 4) == (
+        4 * (3 * 1 * 4 + 5 * 4 + 5 * 1) + 200 + max(10, 4 * 4),
+        1 * 4 * 5,
+    )
     # training "a" means backward must run through "b" too: + out*in*T of b, and a's activations
     assert selection_cost(costs, {"a": 4}, 2) == (
-        2 * (3 * 4 * 3 + 5 * 3) + 500 + max(60, 2 * 4 * 3),
+        2 * (3 * 4 * 3 + 5 * 3 + 5 * 4) + 500 + max(60, 2 * 4 * 3),
         4 * 3 * 5 + 2 * 4 * 5,
     )
     # two layers reading one input save it once
     shared = {"q": LayerCost(2, 3, 5, input_id=0), "k": LayerCost(2, 3, 5, input_id=0)}
-    assert selection_cost(shared, {"q": 2, "k": 2}, 1)[0] == 2 * 3 * 2 * 3 + 5 * 3 + 2 * 3
+    assert selection_cost(shared, {"q": 2, "k": 2}, 1)[0] == 2 * 3 * 2 * 3 + 5 * 3 + 2 * 5 * 2 + 2 * 3
     assert selection_cost(costs, {}, 4) == (0, 0)
 
 
 def test_greedy_takes_the_largest_ratio_that_fits() -> None:
     costs = {"early": LayerCost(8, 4, 1), "late": LayerCost(8, 4, 1)}
     potentials = {"early": torch.arange(8.0), "late": torch.full((8,), 100.0)}
-    # late alone at ratio 1: 3*8*4 + 1*4 = 100 (+ its row block 32, the transient); adding early at
-    # 1/4 (2 rows): 3*2*4 + 4 = 28 more (the transient stays 32)
-    config = TinyTrainConfig(memory_budget_bytes=132 + 30, compute_budget_macs=math.inf, bytes_per_element=1)
+    # late alone at ratio 1: 3*8*4 + 1*4 + 1*8 (state, input, rows' product) = 108 (+ its row block 32,
+    # the transient); adding early at 1/4 (2 rows): 3*2*4 + 4 + 2 = 30 more (the transient stays 32)
+    config = TinyTrainConfig(memory_budget_bytes=140 + 32, compute_budget_macs=math.inf, bytes_per_element=1)
     selection = select_tinytrain(potentials, costs, config)
     assert selection.ratios == {"early": 0.25, "late": 1.0}
     assert selection.channels["early"] == [7, 6]  # its top channels by potential
-    assert selection.memory_bytes == 160
+    assert selection.memory_bytes == 170
     assert torch.equal(selection.masks["early"].any(dim=1), torch.arange(8) >= 6)
 
 
