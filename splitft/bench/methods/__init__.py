@@ -47,6 +47,7 @@ from splitft.bench.methods.builders import size_tinytrain_budget
 from splitft.bench.methods.config import (
     BUDGET_MATCHED,
     METHODS,
+    QUICK,
     SPLIT_METHODS,
     TASKS,
     MethodsBenchConfig,
@@ -60,6 +61,7 @@ from splitft.bench.methods.worker import run_method
 __all__ = [
     "BUDGET_MATCHED",
     "METHODS",
+    "QUICK",
     "SPLIT_METHODS",
     "TASKS",
     "MethodsBenchConfig",
