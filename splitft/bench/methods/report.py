@@ -36,7 +36,8 @@ def summarize_method(
     """One method's figures: the chosen rate, test and validation over seeds, its budget ratio, and
     every run (the first seed's at the chosen rate first)."""
     first = runs[0]
-    entries = int(first["trainable"]["method"])
+    per_seed = [int(r["trainable"]["method"]) for r in runs]  # TinyTrain's may differ by seed
+    entries = max(per_seed, key=lambda e: abs(e / budget - 1.0))  # the farthest from the budget
     return {
         "method": method,
         "split": first["split"],
@@ -49,7 +50,12 @@ def summarize_method(
         "test": spread([r["metric"]["after"] for r in runs]),
         "validation": spread([r["metric"]["validation"] for r in runs]),
         "trainable": first["trainable"],
-        "budget": {"entries": entries, "matched_budget": budget, **budget_ratio(entries, budget)},
+        "budget": {
+            "entries": entries,
+            "entries_per_seed": per_seed,
+            "matched_budget": budget,
+            **budget_ratio(entries, budget),
+        },
         "train_peak_delta_mib": spread([r["memory"]["train_peak_delta_mib"] for r in runs]),
         "wire": first["wire"],
         "seconds": spread([r["seconds"] for r in runs]),
@@ -61,6 +67,21 @@ def _metric_text(value: dict[str, Any], accuracy: bool) -> str:
     if accuracy:
         return f"{value['mean']:.1%} ± {value['std']:.1%}"
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def _size_text(r: dict[str, Any]) -> str:
+    """Trainable entries over the seeds (a range where they differ) and their ratio to the budget."""
+    b = r["budget"]
+    per_seed = [int(run["trainable"]["method"]) for run in r["runs"]]
+    low, high = min(per_seed), max(per_seed)
+    entries = f"{low:,}" if low == high else f"{low:,} to {high:,}"
+    if not r["budget_matched"]:
+        return f"{entries} (not matched)"
+    ratios = f"{low / b['matched_budget']:.3f}" + (
+        "" if low == high else f" to {high / b['matched_budget']:.3f}"
+    )
+    within = all(abs(e / b["matched_budget"] - 1.0) <= 0.05 for e in per_seed)
+    return f"{entries} ({ratios}{'' if within else ', off by > 5%'})"
 
 
 def markdown_table(report_json: str | dict[str, Any]) -> str:
@@ -77,9 +98,7 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
         accuracy = info["metric"] == "test_accuracy"
         name = "accuracy" if accuracy else "loss"
         for method, r in info["methods"].items():
-            b = r["budget"]
-            share = f"{b['ratio']:.3f}" + ("" if b["within_tolerance"] else " (off by > 5%)")
-            size = f"{b['entries']:,} ({share})" if r["budget_matched"] else f"{b['entries']:,} (not matched)"
+            size = _size_text(r)
             before = f"{r['before']:.1%}" if accuracy else f"{r['before']:.3f}"
             rows.append(
                 f"| {task} | {method} | {'yes' if r['split'] else 'no'} | {size} | {r['lr']:.3g} "
