@@ -15,7 +15,7 @@ from splitft.model.schemes import QUANTIZE_SCHEMES
 
 FAMILIES = ["llama", "gpt2", "bert", "vit"]
 TASKS = ["classification", "causal_lm"]
-METHODS = ["lora", "taskedge", "tinytrain", "head_only"]
+METHODS = ["lora", "taskedge", "tinytrain", "random", "magnitude", "tinytrain_nocost", "full", "head_only"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -137,11 +137,21 @@ def _register_edge(bench: argparse._SubParsersAction) -> None:
 
 
 def _register_methods(bench: argparse._SubParsersAction) -> None:
-    methods = bench.add_parser("methods", help="LoRA vs TaskEdge vs TinyTrain vs head-only at equal budgets")
-    methods.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    methods.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    methods.add_argument("--threads", type=int, default=2)
+    methods = bench.add_parser(
+        "methods",
+        help="LoRA vs TaskEdge vs TinyTrain and baselines at matched budgets: rate chosen on validation, "
+        "test reported over seeds",
+    )
+    methods.add_argument("--quick", action="store_true", help="tiny causal LM, 1 seed, 1 rate (smoke)")
+    methods.add_argument("--tasks", nargs="+", default=None, choices=TASKS)
+    methods.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    methods.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    methods.add_argument(
+        "--lr-multipliers", type=float, nargs="+", default=None, help="x each method's rate (default 1/3 1 3)"
+    )
+    methods.add_argument("--threads", type=int, default=None, help="torch threads per process (default 2)")
     methods.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke runs)")
+    methods.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     methods.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(methods, "bench:methods")
 

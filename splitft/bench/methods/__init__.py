@@ -1,31 +1,34 @@
-"""`splitft bench methods`: LoRA vs TaskEdge vs TinyTrain vs head-only at equal trainable budgets.
+"""`splitft bench methods`: LoRA vs TaskEdge vs TinyTrain and baselines at matched trainable budgets.
 
 Two tasks:
 
 * `classification`: the demo's real task, pretrained all-MiniLM-L6-v2 classifying which stdlib
-  package a docstring comes from (`splitft.data.stdlib_task`); metric: held-out accuracy.
+  package a docstring comes from (`splitft.data.stdlib_task`); metric: test (held-out) accuracy.
 * `causal_lm`: a Llama-style model built from a config (`splitft.testing.tiny`, 4 blocks, hidden 64,
   RANDOM init: no pretrained causal LM can be downloaded here), first pretrained for a few
   seconds, every weight, on stdlib SOURCE CODE (`lm_pretrain_steps`; 0 skips it), then adapted
   by each method to next-byte prediction of the docstrings, one token per byte (non-ASCII bytes
-  become 127, 0 pads); metric: held-out loss (nats per byte).
+  become 127, 0 pads); metric: test (held-out) loss (nats per byte).
 
-Four methods, each in a fresh Python process (`python -m splitft.bench.methods --worker`) so
-that their memory peaks do not mix:
+Eight methods, each in a fresh Python process (`python -m splitft.bench.methods --worker`) so
+that their memory peaks do not mix (`in_process`, for `--quick` only, runs them in the parent):
 
-* `lora` (split): `SplitModel` with a LoRA config on every Linear of the blocks (the modules
-  TaskEdge scores) and the trunk adapter on; its rank is the one whose LoRA size is closest to
-  the budget.
-* `taskedge` (split): `SplitModel(method=TaskEdgeConfig(budget_fraction))` calibrated on a few
-  labels-free batches; the budget IS `budget_fraction` x all parameters.
+* `lora` (split): `SplitModel` with a LoRA config whose rank and target-module subset (among the
+  blocks' Linear modules, the ones TaskEdge scores) come closest to the matched budget.
+* `taskedge` (split): `SplitModel(method=TaskEdgeConfig(budget_fraction))`, the fraction set so
+  that its budget is the matched budget, calibrated on a few labels-free batches.
 * `tinytrain` (split): `SplitModel(method=TinyTrainConfig(memory_budget, inf))` calibrated on a
-  labelled support set (the labels stay on the device; the edge measures its layers from the
-  gradients of the backward), with the memory budget whose selection's size is closest to the
-  budget. Finding that memory budget needs every layer's potentials; the worker measures them on
-  the whole model BEFORE its memory baseline and frees it (a benchmark artefact to match budgets;
-  a real device is given its budget).
-* `head_only` (NOT split): the whole model in one process, everything frozen but the task head
-  (`classifier` / `lm_head`); its size is what it is, not matched to the budget.
+  labelled support set, with finer channel ratios and the memory budget whose selection's size
+  is closest to the matched budget (sized on the whole model BEFORE the memory baseline; a
+  benchmark artefact to match budgets; a real device is given its budget).
+* one-process baselines (`baselines`): `random` and `magnitude` (TaskEdge's k per row, at random
+  positions or by |W|), `tinytrain_nocost` (Fisher potentials alone, no cost terms), `full`
+  fine-tuning and `head_only`; the last two are not budget-matched.
+
+The matched budget (`budgets`) is TaskEdge's k x rows closest to `budget_fraction` x all
+parameters; each method reports its trainable entries and their ratio to it. Every choice (the
+learning rate, from `lr_multipliers`, with the first seed) is made on a validation split of the
+training examples; the figures are the test split's, mean and spread over `seeds`.
 
 A classification head the checkpoint lacks trains in every method, and starts from the same
 seeded values in every method, so `before` is the same for all four. The budget counts what a
@@ -47,6 +50,7 @@ from splitft.bench.methods.builders import size_tinytrain_budget
 from splitft.bench.methods.config import (
     BUDGET_MATCHED,
     METHODS,
+    QUICK,
     SPLIT_METHODS,
     TASKS,
     MethodsBenchConfig,
@@ -60,6 +64,7 @@ from splitft.bench.methods.worker import run_method
 __all__ = [
     "BUDGET_MATCHED",
     "METHODS",
+    "QUICK",
     "SPLIT_METHODS",
     "TASKS",
     "MethodsBenchConfig",

@@ -14,7 +14,7 @@ from peft import LoraConfig
 from torch import nn
 
 from device_client import EdgeConnection, SplitModel
-from splitft.bench.methods.config import HEAD_INIT_STD, head_module
+from splitft.bench.methods.config import HEAD_INIT_STD, TINYTRAIN_RATIOS
 from splitft.bench.methods.data import Data
 from splitft.methods.common import find_target_modules
 from splitft.methods.taskedge import TaskEdgeConfig
@@ -83,14 +83,14 @@ def _split_model(spec: dict[str, Any], method: Any) -> Any:
     return model, conn
 
 
-def _build_lora(spec: dict[str, Any], data: Data) -> Built:
+def build_lora(spec: dict[str, Any], data: Data) -> Built:
     plan = spec["plan"]
     rank = int(plan["lora_rank"])
     task_type = "SEQ_CLS" if spec["task"] == "classification" else None
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=plan["targets"], task_type=task_type)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=plan["lora_targets"], task_type=task_type)
     model, conn = _split_model(spec, lora)
     _reset_head(model, plan, int(spec["seed"]))
-    return _split_built(model, conn, {"rank": rank, "lora_alpha": 2 * rank})
+    return _split_built(model, conn, {"rank": rank, "lora_alpha": 2 * rank, "targets": plan["lora_targets"]})
 
 
 def _split_built(model: Any, conn: Any, details: dict[str, Any]) -> Built:
@@ -110,9 +110,9 @@ def _split_built(model: Any, conn: Any, details: dict[str, Any]) -> Built:
     )
 
 
-def _build_taskedge(spec: dict[str, Any], data: Data) -> Built:
+def build_taskedge(spec: dict[str, Any], data: Data) -> Built:
     plan = spec["plan"]
-    model, conn = _split_model(spec, TaskEdgeConfig(budget_fraction=plan["budget_fraction"]))
+    model, conn = _split_model(spec, TaskEdgeConfig(budget_fraction=plan["taskedge_fraction"]))
     _reset_head(model, plan, int(spec["seed"]))
     selected = model.calibrate(data.calibration)  # labels are dropped before anything runs
     return _split_built(
@@ -120,7 +120,7 @@ def _build_taskedge(spec: dict[str, Any], data: Data) -> Built:
     )
 
 
-def _whole_model(spec: dict[str, Any]) -> nn.Module:
+def whole_model(spec: dict[str, Any]) -> nn.Module:
     plan = spec["plan"]
     hf_config, family = read_config(plan["model_dir"])
     overrides = {"num_labels": plan["num_labels"]} if plan["num_labels"] else {}
@@ -154,10 +154,10 @@ def size_tinytrain_budget(
     every = sided_cost(costs, {n: c.out_features for n, c in costs.items()}, 4)
     highest = max(every.memory_bytes, every.edge_memory_bytes)  # everything fits both budgets
     best: tuple[float, float, int] | None = None  # (distance, memory budget, entries)
-    points = 160
+    points = 400  # fine enough that the nearest selection is found, with the bench's finer ratios
     for i in range(points + 1):
         memory = lowest * (highest / lowest) ** (i / points)
-        config = TinyTrainConfig(memory, math.inf, edge_memory_budget_bytes=memory)
+        config = _tinytrain_config(memory)
         selection = select_tinytrain(measured.potentials, costs, config)
         entries = sum(int(m.sum()) for m in selection.masks.values())
         if entries == 0:
@@ -168,6 +168,11 @@ def size_tinytrain_budget(
     if best is None:
         raise RuntimeError("TinyTrain selected nothing at any memory budget")
     return best[1], best[2]
+
+
+def _tinytrain_config(memory: float) -> TinyTrainConfig:
+    """TinyTrain with no compute limit, the same memory budget on both sides, the bench's ratios."""
+    return TinyTrainConfig(memory, math.inf, edge_memory_budget_bytes=memory, channel_ratios=TINYTRAIN_RATIOS)
 
 
 def _sided(costs: dict[str, LayerCost], trunk: range | None) -> dict[str, LayerCost]:
@@ -195,17 +200,17 @@ def _sided(costs: dict[str, LayerCost], trunk: range | None) -> dict[str, LayerC
 
 def size_tinytrain(spec: dict[str, Any], data: Data) -> dict[str, Any]:
     """Before the memory baseline: the memory budget matching the entry budget (whole-model pass)."""
-    model = _whole_model(spec)
+    model = whole_model(spec)
     plan = spec["plan"]
     memory, sized = size_tinytrain_budget(model, data.calibration, int(plan["budget"]), _trunk_range(plan))
     del model
     return {**spec, "tinytrain_memory_budget": memory, "tinytrain_sized_entries": sized}
 
 
-def _build_tinytrain(spec: dict[str, Any], data: Data) -> Built:
+def build_tinytrain(spec: dict[str, Any], data: Data) -> Built:
     plan = spec["plan"]
     memory = float(spec["tinytrain_memory_budget"])
-    model, conn = _split_model(spec, TinyTrainConfig(memory, math.inf, edge_memory_budget_bytes=memory))
+    model, conn = _split_model(spec, _tinytrain_config(memory))
     _reset_head(model, plan, int(spec["seed"]))
     model.calibrate(data.calibration)  # labelled: the loss is computed on the device
     selection = model.selection_report
@@ -230,19 +235,3 @@ def _build_tinytrain(spec: dict[str, Any], data: Data) -> Built:
             spec["tinytrain_sized_entries"],
         )
     return _split_built(model, conn, info)
-
-
-def _build_head_only(spec: dict[str, Any], data: Data) -> Built:
-    model = _whole_model(spec)
-    model.requires_grad_(False)
-    model.get_submodule(head_module(spec["task"])).requires_grad_(True)
-    return Built(model, False, {"module": head_module(spec["task"])}, lambda: None, None, lambda: 0)
-
-
-# Each method's builder: (worker spec, data) -> the method's model, ready to train.
-BUILDERS: dict[str, Callable[[dict[str, Any], Data], Built]] = {
-    "lora": _build_lora,
-    "taskedge": _build_taskedge,
-    "tinytrain": _build_tinytrain,
-    "head_only": _build_head_only,
-}

@@ -1,4 +1,4 @@
-"""`bench methods` worker data: the task's examples as training epochs, held-out and calibration batches."""
+"""`bench methods` worker data: training epochs, validation, test and calibration batches."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from splitft.data.stdlib_task import Example, batches
 
 @dataclass
 class Data:
-    """One worker's batches: training epochs, held-out batches and calibration (support) batches."""
+    """One worker's batches: training epochs, validation (every choice is made on it), test (the
+    reported figures) and calibration (support) batches, the latter drawn from the training split."""
 
     train_epochs: list[list[Batch]]
-    heldout: list[Batch]
+    validation: list[Batch]
+    test: list[Batch]
     calibration: list[Batch]
 
 
@@ -36,7 +38,8 @@ def encode_bytes(texts: list[str], max_length: int) -> Batch:
 def prepare_data(spec: dict[str, Any]) -> Data:
     """The worker spec's examples as batches: tokenized (classification) or bytes (causal_lm)."""
     train = [Example(t, int(y)) for t, y in spec["data"]["train"]]
-    heldout = [Example(t, int(y)) for t, y in spec["data"]["heldout"]]
+    validation = [Example(t, int(y)) for t, y in spec["data"]["validation"]]
+    test = [Example(t, int(y)) for t, y in spec["data"]["test"]]
     size, max_length = int(spec["batch_size"]), int(spec["max_length"])
     if spec["task"] == "classification":
         tokenizer = AutoTokenizer.from_pretrained(spec["plan"]["model_dir"], local_files_only=True)
@@ -61,9 +64,10 @@ def prepare_data(spec: dict[str, Any]) -> Data:
     ]
     if spec["max_steps"] is not None:
         epochs = _cap_steps(epochs, int(spec["max_steps"]))
-    held = [encode(t, y) for t, y in batches(heldout, 64)]
+    held = [encode(t, y) for t, y in batches(validation, 64)]
+    tested = [encode(t, y) for t, y in batches(test, 64)]
     calibration = [encode(t, y) for t, y in batches(train, size, shuffle_seed=seed + 10_000)]
-    return Data(epochs, held, calibration[: int(spec["calibration_batches"])])
+    return Data(epochs, held, tested, calibration[: int(spec["calibration_batches"])])
 
 
 def _cap_steps(epochs: list[list[Batch]], steps: int) -> list[list[Batch]]:

@@ -48,7 +48,9 @@ class LmPretrainSettings(Protocol):
     lm_pretrain_steps: int
     lm_max_length: int
     threads: int
-    seed: int
+
+    @property
+    def seed(self) -> int: ...  # a field, or `bench methods`' first seed
 
 
 def pretrained_tiny_llama(

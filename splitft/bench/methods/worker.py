@@ -9,17 +9,30 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from splitft.bench.methods.builders import BUILDERS, Built, size_tinytrain
+from splitft.bench.methods import baselines
+from splitft.bench.methods.builders import Built, build_lora, build_taskedge, build_tinytrain, size_tinytrain
 from splitft.bench.methods.config import BUDGET_MATCHED, RESULT_PREFIX, SPLIT_METHODS, Batch
 from splitft.bench.methods.data import Data, prepare_data
 from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
+
+# Each method's builder: (worker spec, data) -> the method's model, ready to train.
+BUILDERS: dict[str, Callable[[dict[str, Any], Data], Built]] = {
+    "lora": build_lora,
+    "taskedge": build_taskedge,
+    "tinytrain": build_tinytrain,
+    "random": baselines.build_random,
+    "magnitude": baselines.build_magnitude,
+    "tinytrain_nocost": baselines.build_tinytrain_nocost,
+    "full": baselines.build_full,
+    "head_only": baselines.build_head_only,
+}
 
 
 @torch.no_grad()
@@ -64,7 +77,7 @@ def _train(model: nn.Module, optimizer: Any, epochs: list[list[Batch]], lr: floa
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -96,8 +109,9 @@ def _preload() -> None:
 class _Measured:
     """What one method's run measured in the worker (peaks in KiB, wire stats as (sent, received))."""
 
-    before: dict[str, float]
-    after: dict[str, float]
+    before: dict[str, float]  # test split, untrained
+    after: dict[str, float]  # test split, trained
+    validation: dict[str, float]  # validation split, trained: what choices are made on
     losses: list[float]
     peaks: dict[str, int]
     wire: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None  # before train, after, final
@@ -132,7 +146,7 @@ def _measure(built: Built, data: Data, spec: dict[str, Any], started: float) -> 
     setup_seconds = time.perf_counter() - started
     task, lr = spec["task"], float(spec["lr"])
     peaks: dict[str, int] = {}
-    before = _evaluate(built.model, data.heldout, task)
+    before = _evaluate(built.model, data.test, task)
     peaks["setup_and_eval"] = peak_kib()
     release_freed_memory()
     reset_peak()
@@ -143,7 +157,8 @@ def _measure(built: Built, data: Data, spec: dict[str, Any], started: float) -> 
     train_seconds = time.perf_counter() - train_started
     peaks["train"] = peak_kib()
     wire_after_train = built.stats() if built.stats else None
-    after = _evaluate(built.model, data.heldout, task)
+    validation = _evaluate(built.model, data.validation, task)
+    after = _evaluate(built.model, data.test, task)
     peaks["eval_after"] = peak_kib()
     device = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
     trunk = built.trunk_trainable()
@@ -151,7 +166,9 @@ def _measure(built: Built, data: Data, spec: dict[str, Any], started: float) -> 
     wire = None
     if wire_final is not None and wire_before_train is not None and wire_after_train is not None:
         wire = (wire_before_train, wire_after_train, wire_final)
-    return _Measured(before, after, losses, peaks, wire, device, trunk, setup_seconds, train_seconds)
+    return _Measured(
+        before, after, validation, losses, peaks, wire, device, trunk, setup_seconds, train_seconds
+    )
 
 
 def _wire_report(m: _Measured) -> dict[str, Any] | None:
@@ -178,13 +195,20 @@ def _result(
         "method": method,
         "split": method in SPLIT_METHODS,
         "budget_matched": method in BUDGET_MATCHED,
-        "metric": {"name": f"heldout_{metric}", "before": m.before[metric], "after": m.after[metric]},
-        "heldout_before": m.before,
-        "heldout_after": m.after,
+        "metric": {
+            "name": f"test_{metric}",
+            "before": m.before[metric],
+            "after": m.after[metric],
+            "validation": m.validation[metric],
+        },
+        "test_before": m.before,
+        "test_after": m.after,
+        "validation_after": m.validation,
         "train_loss_first": m.losses[0],
         "train_loss_last_10": sum(m.losses[-10:]) / len(m.losses[-10:]),
         "steps": len(m.losses),
         "lr": float(spec["lr"]),
+        "seed": int(spec["seed"]),
         "trainable": {
             "device": m.device,
             "trunk": m.trunk,

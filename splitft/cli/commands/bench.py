@@ -23,6 +23,7 @@ from splitft.bench.generate import QUICK as GENERATE_QUICK
 from splitft.bench.generate import GenerateBenchConfig, run_generate_bench
 from splitft.bench.generate import markdown_table as generate_markdown_table
 from splitft.bench.memory import MemoryBenchConfig, run_memory_bench
+from splitft.bench.methods import QUICK as METHODS_QUICK
 from splitft.bench.methods import MethodsBenchConfig, markdown_table, run_methods_bench
 from splitft.bench.offsite import QUICK as OFFSITE_QUICK
 from splitft.bench.offsite import OffsiteBenchConfig, run_offsite_bench
@@ -106,8 +107,12 @@ def edge(args: argparse.Namespace) -> int:
 
 
 def methods(args: argparse.Namespace) -> int:
-    """`bench methods`: LoRA vs TaskEdge vs TinyTrain vs head-only; --markdown prints the table."""
-    report = run_methods_bench(config_from_args(MethodsBenchConfig, args))
+    """`bench methods`: LoRA vs TaskEdge vs TinyTrain and baselines; --markdown prints the table."""
+    config = _preset_config(MethodsBenchConfig, args, METHODS_QUICK if args.quick else {})
+    report = run_methods_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
     return _print(markdown_table(report) if args.markdown else report)
 
 
