@@ -142,20 +142,18 @@ class SplitModel(HuggingFaceFacade, nn.Module):
     ) -> SplitModel:
         """Load the device spans of `model_dir`, open a session on `edge`, and attach LoRA.
 
-        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk
-        adapter (default: torch's global RNG). `config_overrides`: device-side config fields. `codec`: one
-        for both directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g.
-        `{"activations": "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary
-        call per tensor, not the `Train` stream. `retry`: the calls' `RetryPolicy` (past its budget:
-        `EdgeUnreachable`; docs/resilience.md). `batch_shape` (rows, tokens): the edge's memory reservation
-        per batch (default 16 x 128). `device` ("cpu", "cuda", "cuda:N", "mps", "auto"), `dtype`
-        ("float32", "bfloat16", "float16"): the device spans' (adapters stay float32; each side casts what
-        arrives). `quantize` ("none", "int8", "nf4"): the device blocks' frozen linear weights (LoRA only).
-        `method`: a `peft.LoraConfig` (as `lora_config`) or a selection method's config (docs/methods.md;
-        `calibrate(batches)` first). `shared_trunk_adapter`: a federated job's shared trunk adapter to
-        join instead of its own (docs/federated.md). `adapter`: a peft LoRA adapter directory (trained
-        elsewhere, or `save_adapter`'s) to start from; its config is the LoRA config. `privacy`: a
-        PrivacyConfig or its fields (docs/privacy.md)."""
+        `model`: the model's name on the edge (default: the directory's name). `seed` seeds the trunk adapter
+        (default: torch's global RNG). `config_overrides`: device-side config fields. `codec`: one for both
+        directions ("raw", "fp16", "bf16", "int8", "int8:sr") or one per direction, e.g. `{"activations":
+        "int8", "gradients": "topk:0.01"}` (`splitft.compress`). `stream=False`: one unary call per tensor.
+        `retry`: the calls' `RetryPolicy` (past its budget: `EdgeUnreachable`; docs/resilience.md).
+        `batch_shape` (rows, tokens): the edge's memory reservation per batch (default 16 x 128). `device`
+        ("cpu", "cuda", "cuda:N", "mps", "auto"), `dtype` ("float32", "bfloat16", "float16"): the device
+        spans' (adapters stay float32; each side casts what arrives). `quantize` ("none", "int8", "nf4"): the
+        device blocks' frozen linear weights (LoRA only). `method`: a `peft.LoraConfig` (as `lora_config`) or
+        a selection method's config (docs/methods.md; `calibrate(batches)` first). `shared_trunk_adapter`: a
+        federated job's shared trunk adapter to join (docs/federated.md). `adapter`: a peft LoRA adapter
+        directory to start from. `privacy`: a PrivacyConfig or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method, adapter)
         codecs = parse_codecs(codec)
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
