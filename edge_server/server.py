@@ -170,6 +170,10 @@ class EdgeServer:
             # Devices ping while their calls are open (device_client.connection.KEEPALIVE_S) to find
             # a silently dead link; gRPC's server default counts pings closer than 5 min as abuse.
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+            # gRPC sets SO_REUSEPORT by default on Linux: a second edge could then bind the same port
+            # and the kernel would split new connections between the two (another edge's TLS
+            # identity answering this one's devices). An edge owns its port, or fails to start.
+            ("grpc.so_reuseport", 0),
         ]
         interceptors = _interceptors(config)
         # A session's Train stream holds a handler thread while it is open, so every session may keep
@@ -191,9 +195,12 @@ class EdgeServer:
         )
         add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self._bind(f"{config.host}:{config.port}")
+        try:
+            self.port = self._bind(f"{config.host}:{config.port}")
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            self.port = 0
         if self.port == 0:
-            raise InvalidArgument(f"cannot bind {config.host}:{config.port}")
+            raise InvalidArgument(f"cannot bind {config.host}:{config.port} (in use, or not an address here)")
         self._stopped = threading.Event()
         spans = (served.span for served in self.registry.models.values())
         self._cuda_devices = sorted({str(s.device) for s in spans if s.device.type == "cuda"})

@@ -51,7 +51,7 @@ from torch import nn
 from splitft.bench.common import BenchModelConfig, train_step
 from splitft.bench.memory_probes import AllocationTracker, SavedActivations, file_mapped_bytes
 from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
-from splitft.bench.worker import run_worker
+from splitft.bench.worker import run_worker, serve_worker
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.model.quantize import tensor_bytes
@@ -339,19 +339,7 @@ def _wire(before: Any, after: Any, steps: int) -> dict[str, int]:
     return {"up": up, "down": down}
 
 
-def _worker_main() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    result = measure(json.loads(sys.stdin.read()))
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
 if __name__ == "__main__":
     if "--worker" not in sys.argv[1:]:
         sys.exit("usage: python -m splitft.bench.memory --worker < spec.json (or: splitft bench memory)")
-    sys.exit(_worker_main())
+    sys.exit(serve_worker(measure, prefix=RESULT_PREFIX))

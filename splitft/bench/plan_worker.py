@@ -12,7 +12,6 @@ baseline, load and training included.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from splitft.bench.common import process_cpu_seconds
 from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
 from splitft.bench.procfs import cpu_seconds
+from splitft.bench.worker import serve_worker
 from splitft.plan.candidates import PRECISION_SDK, Candidate
 
 RESULT_PREFIX = "SPLITFT_PLAN_RESULT "
@@ -154,19 +154,7 @@ def _score(model: Any, heldout: list[dict[str, torch.Tensor]]) -> dict[str, floa
     return {"held_out_loss": round(total / count, 6), "held_out_accuracy": round(correct / count, 4)}
 
 
-def _worker_main() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    result = measure(json.loads(sys.stdin.read()))
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
 if __name__ == "__main__":
     if "--worker" not in sys.argv[1:]:
         sys.exit("usage: python -m splitft.bench.plan_worker --worker < spec.json (or: splitft plan run)")
-    sys.exit(_worker_main())
+    sys.exit(serve_worker(measure, prefix=RESULT_PREFIX))

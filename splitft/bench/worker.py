@@ -8,9 +8,11 @@ it prints (logs, warnings) is ignored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -39,3 +41,16 @@ def run_worker(
         raise RuntimeError(f"{label} failed (exit {proc.returncode}):\n{tail}")
     result: dict[str, Any] = json.loads(lines[-1][len(prefix) :])
     return result
+
+
+def serve_worker(measure: Callable[[dict[str, Any]], dict[str, Any]], *, prefix: str) -> int:
+    """The worker's side of `run_worker`: quiet logging, `measure` the spec on stdin, print the result."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    result = measure(json.loads(sys.stdin.read()))
+    sys.stdout.write(prefix + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
