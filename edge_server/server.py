@@ -170,10 +170,7 @@ class EdgeServer:
             # Devices ping while their calls are open (device_client.connection.KEEPALIVE_S) to find
             # a silently dead link; gRPC's server default counts pings closer than 5 min as abuse.
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
-            # gRPC sets SO_REUSEPORT by default on Linux: a second edge could then bind the same port
-            # and the kernel would split new connections between the two (another edge's TLS
-            # identity answering this one's devices). An edge owns its port, or fails to start.
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 0),  # gRPC's default lets 2 edges share a port (see _bind)
         ]
         interceptors = _interceptors(config)
         # A session's Train stream holds a handler thread while it is open, so every session may keep
@@ -195,10 +192,7 @@ class EdgeServer:
         )
         add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        try:
-            self.port = self._bind(f"{config.host}:{config.port}")
-        except RuntimeError:  # grpcio raises where older releases returned 0
-            self.port = 0
+        self.port = self._bind(f"{config.host}:{config.port}")
         if self.port == 0:
             raise InvalidArgument(f"cannot bind {config.host}:{config.port} (in use, or not an address here)")
         self._stopped = threading.Event()
@@ -206,14 +200,20 @@ class EdgeServer:
         self._cuda_devices = sorted({str(s.device) for s in spans if s.device.type == "cuda"})
 
     def _bind(self, address: str) -> int:
-        if self.config.certs_dir:
-            logger.info("edge serves mutual TLS with certificates from %s", self.config.certs_dir)
-            return self.server.add_secure_port(address, server_credentials(self.config.certs_dir))
-        logger.warning(
-            "edge serves PLAINTEXT gRPC (--insecure): activations and adapters are readable "
-            "by anyone on the network; use only for local experiments"
-        )
-        return self.server.add_insecure_port(address)
+        """The bound port, 0 where `address` cannot be bound. With SO_REUSEPORT (gRPC's default on
+        Linux, turned off in the options) a second edge could bind this edge's port and the kernel
+        would split new connections between the two: an edge owns its port or fails to start."""
+        try:
+            if self.config.certs_dir:
+                logger.info("edge serves mutual TLS with certificates from %s", self.config.certs_dir)
+                return int(self.server.add_secure_port(address, server_credentials(self.config.certs_dir)))
+            logger.warning(
+                "edge serves PLAINTEXT gRPC (--insecure): activations and adapters are readable "
+                "by anyone on the network; use only for local experiments"
+            )
+            return int(self.server.add_insecure_port(address))
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            return 0
 
     @property
     def address(self) -> str:
