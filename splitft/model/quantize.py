@@ -256,8 +256,8 @@ def _scratch_rows(rows: int, columns: int, dtype: torch.dtype, device: torch.dev
     buffers = _scratch.__dict__.setdefault("buffers", {})
     needed = rows * columns
     buffer = buffers.get((dtype, device))
-    if buffer is None or buffer.numel() < needed:
-        buffer = torch.empty(max(needed, _DEQUANTIZED_ELEMENTS), dtype=dtype, device=device)
+    if buffer is None or buffer.numel() < needed:  # grows to the largest block this thread has run
+        buffer = torch.empty(needed, dtype=dtype, device=device)
         buffers[(dtype, device)] = buffer
     return buffer[:needed].view(rows, columns)
 
