@@ -101,7 +101,7 @@ def _optimizer_state(optimizer: SplitOptimizer, tensors: dict[str, torch.Tensor]
 def _device_tensors(model: SplitModel, trunk: RemoteTrunk) -> dict[str, torch.Tensor]:
     tensors = {f"param/{n}": p.detach().to("cpu", copy=True) for n, p in trainable_named(model)}
     tensors["rng/torch"] = torch.get_rng_state()
-    if model.placement.device.type == "cuda":
+    if model.placement.device.type == "cuda":  # CUDA-only branch: the GPU's generator too
         tensors["rng/cuda"] = torch.cuda.get_rng_state(model.placement.device)
     for direction, encoder in trunk.encoders.items():
         generator, state = encoder.state()

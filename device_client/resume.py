@@ -162,4 +162,4 @@ def _restore_rng(model: SplitModel, device: dict[str, torch.Tensor]) -> None:
     if "rng/cuda" in device:
         if model.placement.device.type != "cuda":
             raise FailedPrecondition("the checkpoint was taken on CUDA; resume it with device='cuda'")
-        torch.cuda.set_rng_state(device["rng/cuda"], model.placement.device)
+        torch.cuda.set_rng_state(device["rng/cuda"], model.placement.device)  # CUDA-only line

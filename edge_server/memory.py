@@ -168,7 +168,7 @@ def measure_profile(span: LoadedSpan) -> MemoryProfile:
 
 def available_memory(device: torch.device) -> tuple[int, str]:
     """Bytes free for sessions on `device` now, and where the number comes from."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # CUDA-only branch: the GPU's free memory, not the host's
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free memory of {device}"
     return host_available()

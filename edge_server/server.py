@@ -197,7 +197,7 @@ class EdgeServer:
             raise InvalidArgument(f"cannot bind {config.host}:{config.port} (in use, or not an address here)")
         self._stopped = threading.Event()
         spans = (served.span for served in self.registry.models.values())
-        self._cuda_devices = sorted({str(s.device) for s in spans if s.device.type == "cuda"})
+        self._cuda_devices = sorted({str(s.device) for s in spans if s.device.type == "cuda"})  # CUDA-only
 
     def _bind(self, address: str) -> int:
         """The bound port, 0 where `address` cannot be bound. With SO_REUSEPORT (gRPC's default on

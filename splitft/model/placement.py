@@ -73,12 +73,8 @@ CPU_FLOAT32 = ResolvedPlacement(torch.device("cpu"), torch.float32)
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when a GPU is visible, else the CPU; anything not present is refused."""
     name = name.strip().lower()
-    if name == "auto":
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
+    if name == "auto":  # the GPU's side is `_cuda_device`, the CUDA-only branch
+        return _cuda_device(torch.device("cuda")) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -111,7 +107,7 @@ def _cuda_device(device: torch.device) -> torch.device:  # CUDA-only branch
 def available_devices() -> str:
     """The devices this machine offers, for messages: 'cpu, cuda:0, cuda:1'."""
     found = ["cpu"]
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # CUDA-only branch: the visible GPUs
         found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
         found.append("mps")

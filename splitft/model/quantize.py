@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from splitft.errors import FailedPrecondition, InvalidArgument
@@ -235,6 +235,14 @@ def _quantize_block(block: nn.Module, scheme: str, dtype: torch.dtype) -> int:
 # resident (docs/benchmarks.md, `bench quantize`).
 _DEQUANTIZED_ELEMENTS = 1 << 18
 
+# Each thread's scratch for dequantized rows, one tensor per (dtype, device), reused by every int8
+# layer's forward and backward. A fresh 1 MiB block per chunk is what glibc's malloc turned into
+# resident heap: after the first such block is freed it raises its mmap threshold, later blocks come
+# from the heap, and their freed space stays in the process's RSS (docs/benchmarks.md). Per thread,
+# because the edge runs sessions in threads and a buffer must not be written by two at once; at most
+# one chunk per thread and dtype (a thread's buffers go with the thread).
+_scratch = threading.local()
+
 
 def _row_chunks(weight: torch.Tensor) -> list[slice]:
     rows, columns = weight.shape
@@ -242,28 +250,46 @@ def _row_chunks(weight: torch.Tensor) -> list[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _dequantized_rows(weight: Any, rows: slice, dtype: torch.dtype) -> torch.Tensor:
-    """Rows `rows` of torchao's `Int8Tensor` as `dtype`: `qdata * scale`, as its `dequantize`."""
-    return weight.qdata[rows].to(dtype) * weight.scale[rows].reshape(-1, 1).to(dtype)
+def _scratch_rows(rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """This thread's scratch as a `rows x columns` matrix of `dtype` on `device` (contents undefined)."""
+    buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor]
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    needed = rows * columns
+    buffer = buffers.get((dtype, device))
+    if buffer is None or buffer.numel() < needed:  # grows to the largest block this thread has run
+        buffer = torch.empty(needed, dtype=dtype, device=device)
+        buffers[(dtype, device)] = buffer
+    return buffer[:needed].view(rows, columns)
+
+
+def _dequantized_rows(weight: Any, rows: slice, dtype: torch.dtype, *, scaled: bool = True) -> torch.Tensor:
+    """Rows `rows` of torchao's `Int8Tensor` as `dtype` in this thread's scratch: `qdata * scale`, as
+    its `dequantize` (or `qdata` alone, not `scaled`). Valid until the thread's next call."""
+    qdata = weight.qdata[rows]
+    out = _scratch_rows(qdata.shape[0], qdata.shape[1], dtype, qdata.device).copy_(qdata)
+    return out.mul_(weight.scale[rows].reshape(-1, 1).to(dtype)) if scaled else out
 
 
 def int8_linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
-    """`F.linear(x, weight)` for torchao's int8 weight, dequantizing a bounded block of rows at a
-    time; equal to torchao's own `x @ qdata.T * scale` to float32 rounding
-    (tests/unit/core/test_quantize.py)."""
-    out = x.new_empty(*x.shape[:-1], weight.shape[0])
+    """`F.linear(x, weight)` for torchao's int8 weight, a bounded block of rows at a time through this
+    thread's scratch, each block's product written into its columns of the output: torchao's own
+    `x @ qdata.T * scale` to float32 rounding (tests/unit/core/test_quantize.py)."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.new_empty(flat.shape[0], weight.shape[0])
     for rows in _row_chunks(weight):
-        scale = weight.scale[rows].reshape(-1).to(x.dtype)
-        out[..., rows] = F.linear(x, weight.qdata[rows].to(x.dtype)) * scale
-    return out
+        block = out[:, rows]  # strided columns, which the GEMM writes in place (no copy)
+        torch.mm(flat, _dequantized_rows(weight, rows, x.dtype, scaled=False).t(), out=block)
+        block.mul_(weight.scale[rows].reshape(-1).to(x.dtype))
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def int8_linear_input_grad(grad: torch.Tensor, weight: Any) -> torch.Tensor:
-    """`grad @ dequantize(weight)`, summed over the same bounded blocks of rows."""
-    total = grad.new_zeros(*grad.shape[:-1], weight.shape[1])
+    """`grad @ dequantize(weight)`, accumulated over the same bounded blocks of rows in place."""
+    flat = grad.reshape(-1, grad.shape[-1])
+    total = flat.new_zeros(flat.shape[0], weight.shape[1])
     for rows in _row_chunks(weight):
-        total.add_(grad[..., rows] @ _dequantized_rows(weight, rows, grad.dtype))
-    return total
+        total.addmm_(flat[:, rows], _dequantized_rows(weight, rows, grad.dtype))
+    return total.view(*grad.shape[:-1], weight.shape[1])
 
 
 class _DequantizeForBackward(torch.autograd.Function):

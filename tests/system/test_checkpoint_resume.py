@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load, save
 
 from device_client import EdgeConnection, SplitModel
-from device_client.checkpoint_files import CorruptCheckpoint, checkpoint_dirs
+from device_client.checkpoint import DEVICE
+from device_client.checkpoint_files import (
+    CorruptCheckpoint,
+    checkpoint_dirs,
+    read_checkpoint,
+    write_checkpoint,
+)
 from device_client.optim import make_scheduler
 from edge_server import EdgeConfig, EdgeServer
 from splitft.errors import FailedPrecondition
@@ -135,6 +142,24 @@ def test_a_corrupt_checkpoint_is_skipped_and_one_that_does_not_verify_never_load
         with pytest.raises(CorruptCheckpoint, match="no checkpoint in .* verifies"):
             SplitModel.from_checkpoint(root, edge=conn)
         assert server.sessions.count() == before  # refused before any session opened
+
+
+def test_a_checkpoint_taken_on_cuda_is_refused_on_the_cpu(dropout_edge, tmp_path) -> None:
+    """The CPU side of the CUDA-only RNG branch (device_client/resume.py `_restore_rng`): a checkpoint
+    carrying CUDA's RNG state (written here as a CUDA device would write it) cannot resume on the CPU,
+    whose sampling would silently differ; refused before training goes on."""
+    bert, server = dropout_edge
+    with EdgeConnection(server.address, insecure=True) as conn:
+        model, scheduler = _open(bert, conn, "raw")
+        files = read_checkpoint(model.checkpoint(tmp_path / "ck", scheduler=scheduler))
+        model.close()
+        device = load(files[DEVICE])
+        device["rng/cuda"] = torch.get_rng_state()  # the same kind of ByteTensor torch.cuda returns
+        write_checkpoint(tmp_path / "ck", 1, {**files, DEVICE: save(device)})
+        before = server.sessions.count()
+        with pytest.raises(FailedPrecondition, match="taken on CUDA; resume it with device='cuda'"):
+            SplitModel.from_checkpoint(tmp_path / "ck", edge=conn)
+        assert server.sessions.count() == before  # the session it opened was closed
 
 
 def test_selection_methods_and_models_without_an_optimizer_are_refused(

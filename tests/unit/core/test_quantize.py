@@ -143,3 +143,60 @@ def test_int8_linear_in_blocks_of_rows_equals_torchaos_linear_and_its_backward(m
     grad = torch.randn_like(out)
     out.backward(grad)
     assert torch.allclose(x.grad, grad @ layer.weight.dequantize(), atol=1e-6)
+
+
+def test_int8_linear_reuses_one_scratch_per_thread_and_allocates_no_dequantized_rows():
+    from torch.profiler import ProfilerActivity, profile
+
+    from splitft.model import quantize
+
+    torch.manual_seed(0)
+    layer = quantize._int8(torch.nn.Linear(512, 1408, bias=False))
+    assert len(quantize._row_chunks(layer.weight)) == 3  # 512 rows of 512 columns per 1 MiB block
+    x = torch.randn(1, 32, 512, requires_grad=True)
+    layer(x).sum().backward()  # the thread's scratch is made here
+    scratch = quantize._scratch_rows(512, 512, torch.float32, torch.device("cpu")).data_ptr()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = layer(x)
+        out.backward(torch.ones_like(out))
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    # The output (32 x 1408) and the input's gradient (32 x 512) are the largest blocks allocated:
+    # no 1 MiB block of dequantized rows per chunk, which glibc's malloc would keep resident.
+    assert largest == 32 * 1408 * 4
+    assert quantize._scratch_rows(512, 512, torch.float32, torch.device("cpu")).data_ptr() == scratch
+
+
+def test_int8_linear_is_correct_in_concurrent_threads_each_with_its_own_scratch():
+    import threading
+
+    from splitft.model import quantize
+
+    torch.manual_seed(0)
+    layer = quantize._int8(torch.nn.Linear(256, 2048, bias=False))  # 2 blocks of 1024 rows
+    dequantized = layer.weight.dequantize()
+    start = threading.Barrier(4)
+    results: dict[int, tuple[float, float, int]] = {}
+
+    def run(seed: int) -> None:
+        x = torch.randn(4, 256, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        start.wait()  # the four threads step at once, their blocks of rows interleaving
+        out_error = grad_error = 0.0
+        for _ in range(20):
+            x.grad = None
+            out = layer(x)
+            out.backward(out.detach())
+            with torch.no_grad():
+                reference = torch.nn.functional.linear(x, layer.weight)
+                out_error = max(out_error, float((out - reference).abs().max()))
+                grad_error = max(grad_error, float((x.grad - out @ dequantized).abs().max()))
+        ptr = quantize._scratch_rows(1, 256, torch.float32, torch.device("cpu")).data_ptr()
+        results[seed] = (out_error, grad_error, ptr)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # A scratch written by two threads at once would give errors of the outputs' size (about 1).
+    assert len(results) == 4 and all(o < 1e-4 and g < 1e-4 for o, g, _ in results.values()), results
+    assert len({ptr for *_, ptr in results.values()}) == 4  # one scratch per thread
