@@ -1,5 +1,5 @@
-"""`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|fewshot|control|quantize|
-federated|resume|generate|offsite`: the benchmarks (parsers only).
+"""`splitft bench step|wire|converge|memory|sessions|edge|methods|sparse|fewshot|vit|control|
+quantize|federated|resume|generate|offsite`: the benchmarks (parsers only).
 
 The option names match the fields of each benchmark's config dataclass, which the command
 handlers fill from them (`splitft.cli.commands.bench.config_from_args`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from splitft.cli.args import CODEC_HELP, codec, handled_by, name_list, session_counts
+from splitft.cli.bench_regimes import register_fewshot, register_vit
 from splitft.model.choices import DTYPE_NAMES
 from splitft.model.schemes import QUANTIZE_SCHEMES
 
@@ -29,7 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_edge(bench)
     _register_methods(bench)
     _register_sparse(bench)
-    _register_fewshot(bench)
+    register_fewshot(bench)
+    register_vit(bench)
     _register_control(bench)
     _register_quantize(bench)
     _register_federated(bench)
@@ -154,42 +156,6 @@ def _register_methods(bench: argparse._SubParsersAction) -> None:
     methods.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     methods.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(methods, "bench:methods")
-
-
-def _budget_pair(text: str) -> tuple[float, float]:
-    memory, sep, macs = text.partition(":")
-    try:
-        return float(memory), float(macs)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a budget is MEMORY:MACS (shares, e.g. 0.1:0.1), got {text!r}"
-        ) from None
-
-
-def _register_fewshot(bench: argparse._SubParsersAction) -> None:
-    fewshot = bench.add_parser(
-        "fewshot",
-        help="TinyTrain in its regime: N-way K-shot episodes of unseen classes under memory and MAC "
-        "budgets, vs last-layer-only and full fine-tuning (JSON)",
-    )
-    fewshot.add_argument("--quick", action="store_true", help="one seed, one short episode per shot count")
-    fewshot.add_argument("--shots", type=int, nargs="+", default=None)
-    fewshot.add_argument("--ways", type=int, default=None)
-    fewshot.add_argument("--seeds", type=int, nargs="+", default=None)
-    fewshot.add_argument("--episodes", type=int, default=None, help="per seed and shot count")
-    fewshot.add_argument("--steps", type=int, default=None, help="fine-tuning steps per episode")
-    fewshot.add_argument(
-        "--budgets",
-        type=_budget_pair,
-        nargs="+",
-        default=None,
-        help="TinyTrain's MEMORY:MACS budgets as shares of training every block Linear, e.g. 0.1:0.1",
-    )
-    fewshot.add_argument("--pretrain-steps", type=int, default=None)
-    fewshot.add_argument("--threads", type=int, default=None)
-    fewshot.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    fewshot.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
-    handled_by(fewshot, "bench:fewshot")
 
 
 def _register_control(bench: argparse._SubParsersAction) -> None:

@@ -35,6 +35,9 @@ from splitft.bench.resume import markdown_table as resume_markdown_table
 from splitft.bench.sessions import SessionsBenchConfig, run_sessions_bench
 from splitft.bench.sparse import SparseBenchConfig, run_sparse_bench
 from splitft.bench.step import StepBenchConfig, run_step_bench
+from splitft.bench.vit import QUICK as VIT_QUICK
+from splitft.bench.vit import VitBenchConfig, run_vit_bench
+from splitft.bench.vit import markdown_table as vit_markdown_table
 from splitft.bench.wire import DEFAULT_WIRE_CODECS, WireBenchConfig, run_wire_bench
 from splitft.errors import InvalidArgument
 
@@ -129,6 +132,16 @@ def fewshot(args: argparse.Namespace) -> int:
         with open(args.json, "w") as out:
             out.write(report + "\n")
     return _print(fewshot_markdown_table(report) if args.markdown else report)
+
+
+def vit(args: argparse.Namespace) -> int:
+    """`bench vit`: TaskEdge vs LoRA at 0.05-0.5% of a pretrained ViT, on held-out digit tasks."""
+    config = _preset_config(VitBenchConfig, args, VIT_QUICK if args.quick else {})
+    report = run_vit_bench(config)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(vit_markdown_table(report) if args.markdown else report)
 
 
 def control(args: argparse.Namespace) -> int:
