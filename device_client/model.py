@@ -57,7 +57,7 @@ from splitft.model.placement import (
     release_cuda_autograd,
 )
 from splitft.model.spans import SplitSpec
-from splitft.privacy.config import WITHHELD_TRUNK, PrivacyConfig
+from splitft.privacy.config import PrivacyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         federated job's shared trunk adapter to join (docs/federated.md). `adapter`: a peft LoRA adapter
         directory to start from. `privacy`: a PrivacyConfig or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method, adapter)
-        privacy = PrivacyConfig.from_dict(privacy)  # a bad one: refused before a session opens
-        if privacy.withhold_gradients and trunk_lora:
-            raise InvalidArgument(WITHHELD_TRUNK)
-        codecs = parse_codecs(codec)
+        codecs, privacy = parse_codecs(codec), PrivacyConfig.for_split(privacy, trunk_lora)  # bad: refused
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)

@@ -23,10 +23,10 @@ from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 from splitft.jobs.method_specs import SELECTION_SPECS, SelectionSpec, TaskEdgeSpec, TinyTrainSpec
 from splitft.jobs.privacy_spec import PrivacySpec
-from splitft.privacy.config import WITHHELD_TRUNK
 from splitft.jobs.strict import IGNORE_UNKNOWN, Strict
 from splitft.plan.candidates import Precision
 from splitft.plan.choice import PlanPoint
+from splitft.privacy.config import WITHHELD_TRUNK
 from splitft.wire.serde import EdgeOptimizer
 
 __all__ = [

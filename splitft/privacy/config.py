@@ -71,7 +71,9 @@ class PrivacyConfig:
         if isinstance(self.nopeek_warmup, bool) or not isinstance(self.nopeek_warmup, int):
             raise InvalidArgument(f"privacy.nopeek_warmup must be an integer, got {self.nopeek_warmup!r}")
         if not 0 <= self.nopeek_warmup <= 10**7:
-            raise InvalidArgument(f"privacy.nopeek_warmup must lie in [0, 10000000], got {self.nopeek_warmup}")
+            raise InvalidArgument(
+                f"privacy.nopeek_warmup must lie in [0, 10000000], got {self.nopeek_warmup}"
+            )
         if self.activation_noise > 0 and self.activation_clip is None:
             raise InvalidArgument(
                 "privacy.activation_noise needs privacy.activation_clip (the noise's scale)"
@@ -79,7 +81,9 @@ class PrivacyConfig:
         if self.gradient_noise > 0 and self.gradient_clip is None:
             raise InvalidArgument("privacy.gradient_noise needs privacy.gradient_clip (the noise's scale)")
         if not isinstance(self.withhold_gradients, bool):
-            raise InvalidArgument(f"privacy.withhold_gradients must be a boolean, got {self.withhold_gradients!r}")
+            raise InvalidArgument(
+                f"privacy.withhold_gradients must be a boolean, got {self.withhold_gradients!r}"
+            )
         if self.withhold_gradients and self.gradient_clip is not None:
             raise InvalidArgument(
                 "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip"
@@ -113,6 +117,15 @@ class PrivacyConfig:
         if unknown:
             raise InvalidArgument(f"privacy: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(data))
+
+    @classmethod
+    def for_split(cls, data: Mapping[str, Any] | PrivacyConfig | None, trunk_lora: bool) -> PrivacyConfig:
+        """`from_dict`, also checked against the split: withheld gradients leave a trunk adapter
+        nothing to train on."""
+        config = cls.from_dict(data)
+        if config.withhold_gradients and trunk_lora:
+            raise InvalidArgument(WITHHELD_TRUNK)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,7 +33,8 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
     # the device reads what a newer control plane adds without refusing it
     newer = JobCreate.model_validate({**BASE, "privacy": {**privacy, "future": 1}}, context=IGNORE_UNKNOWN)
     assert newer.privacy == spec.privacy
-    withheld = JobCreate.model_validate({**BASE, "trunk_lora": False, "privacy": {"withhold_gradients": True}})
+    privacy = {"withhold_gradients": True}
+    withheld = JobCreate.model_validate({**BASE, "trunk_lora": False, "privacy": privacy})
     assert withheld.privacy is not None and withheld.privacy.config().withhold_gradients
 
 
