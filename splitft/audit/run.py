@@ -157,11 +157,11 @@ def run_audits(
         report = attack(config, recording, cache.get(config))
         report.seconds = round(time.perf_counter() - started, 1)
         logger.info(
-            "audit %s: accuracy %.3f, token recovery %.3f, label inference %.3f (chance %.3f)",
+            "audit %s: accuracy %.3f, token recovery %.3f, labels from the gradient %s (chance %.3f)",
             config.privacy.describe(),
             report.accuracy,
             report.token_recovery,
-            report.gradient_label_inference,
+            "none sent" if config.privacy.withhold_gradients else f"{report.gradient_label_inference:.3f}",
             report.label_chance,
         )
         reports.append(report)
