@@ -135,12 +135,25 @@ def test_nopeek_trains_the_device_blocks_away_without_changing_the_loss(bert, ed
     assert not torch.allclose(tap.sent_hidden[-1], plain.sent_hidden[-1], atol=1e-6)  # the step differed
 
 
-def _guard_penalty(model: SplitModel) -> float | None:
+def _guard(model: SplitModel) -> Any:
     for module in model.modules():
         guard = getattr(module, "guard", None)
         if guard is not None:
-            return guard.last_penalty
+            return guard
     return None
+
+
+def _guard_penalty(model: SplitModel) -> float | None:
+    guard = _guard(model)
+    return None if guard is None else guard.last_penalty
+
+
+def test_nopeek_warmup_ramps_the_weight_up(bert, edge) -> None:
+    _, model, _ = _run(bert, edge, {"nopeek_weight": 2.0, "nopeek_warmup": 4}, steps=3)
+    guard = _guard(model)
+    assert guard.penalized == 3 and guard.last_weight == pytest.approx(2.0 * 3 / 4)
+    _, model, _ = _run(bert, edge, {"nopeek_weight": 2.0, "nopeek_warmup": 2}, steps=3)
+    assert _guard(model).last_weight == pytest.approx(2.0)  # past the warm-up: the full weight
 
 
 def _lora_b_moved(model: SplitModel, first_blocks: bool) -> bool:
