@@ -169,6 +169,9 @@ class TrunkEntry(nn.Module):
             hidden_states = guard.outgoing_activations(hidden_states)
         need_input_grad = hidden_states.requires_grad
         anchors = self.context.anchors
+        withheld = guard is not None and guard.config.withhold_gradients
+        if withheld:  # no gradient will be sent: run the trunk detached (the NoPeek penalty still joins)
+            need_input_grad, anchors = False, None
         if torch.is_grad_enabled() and (need_input_grad or self.trunk.trainable or anchors is not None):
             # The anchor makes the output require grad even when the input does not (only the
             # trunk adapter trains), so autograd still calls backward and the edge gets its grads.
@@ -197,4 +200,6 @@ class TrunkEntry(nn.Module):
             on_submit=self.context.on_submit,
             past_length=self.context.past_length,
         )
+        if withheld and guard is not None:
+            return guard.with_penalty(out, computed, self.context.attention_mask)
         return out

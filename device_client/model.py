@@ -155,7 +155,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         federated job's shared trunk adapter to join (docs/federated.md). `adapter`: a peft LoRA adapter
         directory to start from. `privacy`: a PrivacyConfig or its fields (docs/privacy.md)."""
         lora_config, selection = resolve_method(lora_config, method, adapter)
-        codecs = parse_codecs(codec)
+        codecs, privacy = parse_codecs(codec), PrivacyConfig.for_split(privacy, trunk_lora)  # bad: refused
         placement = device_placement(device, dtype, quantize, selection)  # refused before a session opens
         config, _family = read_config(model_dir)
         spec = SplitSpec(num_layers_of(config), device_layers, head_layers)
@@ -164,7 +164,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         opened = OpenedWith(
             str(model_dir), name, device_layers, head_layers, lora_config, trunk_lora, str(codecs), seed,
             selection is not None, dict(config_overrides or {}), stream, batch_shape, device, dtype, quantize,
-            shared_trunk_adapter, PrivacyConfig.from_dict(privacy).to_dict(),  # a bad one: refused here
+            shared_trunk_adapter, privacy.to_dict(),
         )  # fmt: skip
         request = open_session_request(opened, spec, config, codecs, trunk_config, selection, edge.token)
         trunk = open_trunk(edge, request, codecs, seed, stream=stream, retry=retry)

@@ -41,6 +41,8 @@ class PrivacyGuard:
         self._local = threading.local()
         self._hook: RemovableHandle | None = None
         self.last_penalty: float | None = None  # the last dCor computed (for logs and tests)
+        self.penalized = 0  # training forwards that carried the penalty (for the warm-up)
+        self.last_weight = 0.0  # the penalty's weight in the last of them
 
     @classmethod
     def for_fields(cls, fields: dict[str, Any]) -> PrivacyGuard | None:
@@ -88,6 +90,11 @@ class PrivacyGuard:
             return out
         dcor = distance_correlation(a, b)
         self.last_penalty = float(dcor.detach())
+        self.penalized += 1
+        warmup = self.config.nopeek_warmup
+        if warmup > 0:  # the task trains first; the penalty ramps up linearly
+            weight *= min(1.0, self.penalized / warmup)
+        self.last_weight = weight
         return _AddPenalty.apply(out, weight * dcor)
 
     def close(self) -> None:

@@ -78,7 +78,7 @@ def train_tapped(config: AuditConfig, model_dir: Path, task: TextTask) -> Record
                 device_layers=config.device_layers,
                 head_layers=config.head_layers,
                 lora_config=lora,
-                trunk_lora=True,
+                trunk_lora=not config.privacy.withhold_gradients,  # nothing to train it on otherwise
                 config_overrides={"num_labels": task.num_labels},
                 privacy=config.privacy,
                 seed=config.seed,

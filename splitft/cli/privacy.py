@@ -18,6 +18,14 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--gradient-noise", type=float, default=0.0, help="noise std / gradient clip")
     group.add_argument("--nopeek-weight", type=float, default=0.0, help="distance-correlation penalty weight")
+    group.add_argument(
+        "--nopeek-warmup", type=int, default=0, help="training forwards over which the penalty ramps up"
+    )
+    group.add_argument(
+        "--withhold-gradients",
+        action="store_true",
+        help="send the edge no gradient (the trunk is frozen; only the device's head trains on the task)",
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, StrictFloat, StrictInt, model_validator
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 from splitft.errors import InvalidArgument
 from splitft.jobs.strict import Strict
@@ -39,6 +39,12 @@ class PrivacySpec(Strict):
         0.0, ge=0, le=1e6, allow_inf_nan=False, description="weight of the dCor(embeddings, h_k) penalty"
     )
     nopeek_tokens: StrictInt = Field(256, ge=4, le=4096, description="token vectors sampled for the penalty")
+    nopeek_warmup: StrictInt = Field(
+        0, ge=0, le=10**7, description="training forwards over which the penalty's weight ramps up from 0"
+    )
+    withhold_gradients: StrictBool = Field(
+        False, description="send the edge no gradient (the labels' signal); needs trunk_lora false"
+    )
 
     def config(self) -> PrivacyConfig:
         """The SDK's `PrivacyConfig` (what `SplitModel.from_pretrained(privacy=...)` takes)."""

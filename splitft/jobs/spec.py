@@ -26,6 +26,7 @@ from splitft.jobs.privacy_spec import PrivacySpec
 from splitft.jobs.strict import IGNORE_UNKNOWN, Strict
 from splitft.plan.candidates import Precision
 from splitft.plan.choice import PlanPoint
+from splitft.privacy.config import WITHHELD_TRUNK
 from splitft.wire.serde import EdgeOptimizer
 
 __all__ = [
@@ -227,6 +228,8 @@ class JobCreate(Strict):
                 "cannot be checkpointed: the adapter is the round's, stepped by every session"
             )
         self._check_offsite()
+        if self.privacy is not None and self.privacy.withhold_gradients and self.trunk_lora:
+            raise ValueError(WITHHELD_TRUNK)
         if self.method != "lora" and self.lora is not None:
             raise ValueError(f"method {self.method!r} trains selected weights, not LoRA: drop the lora spec")
         for method in SELECTION_SPECS:

@@ -15,6 +15,12 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
 - NoPeek: `nopeek_weight * dCor(embeddings, h_k)` is added to the loss the device computes, the
   distance correlation between the token embeddings and h_k over (at most `nopeek_tokens` sampled)
   token vectors of the batch; the device's blocks learn to decorrelate what they send from the input.
+  With `nopeek_warmup` = n, the weight ramps linearly from 0 over the first n training forwards (the
+  task trains first).
+- Withheld gradients: the device never sends the gradient of the trunk output, the one tensor that
+  carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
+  on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
+  NoPeek penalty alone (when it is on) or not at all.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from typing import Any, Literal
 from splitft.errors import InvalidArgument
 
 CLIP_SCOPES = ("token", "example")
+WITHHELD_TRUNK = (
+    "privacy.withhold_gradients: the trunk's adapter trains on the gradient the device withholds: "
+    "set trunk_lora false"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,8 @@ class PrivacyConfig:
     gradient_noise: float = 0.0  # noise std per coordinate, as a multiple of gradient_clip
     nopeek_weight: float = 0.0  # weight of the distance-correlation penalty in the device's loss
     nopeek_tokens: int = 256  # token vectors sampled per batch for the penalty (O(n^2) memory)
+    nopeek_warmup: int = 0  # training forwards over which the penalty's weight ramps up from 0
+    withhold_gradients: bool = False  # send no gradient: the labels' signal never leaves the device
 
     def __post_init__(self) -> None:
         _bound("activation_clip", self.activation_clip, optional=True, positive=True)
@@ -56,12 +68,26 @@ class PrivacyConfig:
             raise InvalidArgument(f"privacy.nopeek_tokens must be an integer, got {self.nopeek_tokens!r}")
         if not 4 <= self.nopeek_tokens <= 4096:
             raise InvalidArgument(f"privacy.nopeek_tokens must lie in [4, 4096], got {self.nopeek_tokens}")
+        if isinstance(self.nopeek_warmup, bool) or not isinstance(self.nopeek_warmup, int):
+            raise InvalidArgument(f"privacy.nopeek_warmup must be an integer, got {self.nopeek_warmup!r}")
+        if not 0 <= self.nopeek_warmup <= 10**7:
+            raise InvalidArgument(
+                f"privacy.nopeek_warmup must lie in [0, 10000000], got {self.nopeek_warmup}"
+            )
         if self.activation_noise > 0 and self.activation_clip is None:
             raise InvalidArgument(
                 "privacy.activation_noise needs privacy.activation_clip (the noise's scale)"
             )
         if self.gradient_noise > 0 and self.gradient_clip is None:
             raise InvalidArgument("privacy.gradient_noise needs privacy.gradient_clip (the noise's scale)")
+        if not isinstance(self.withhold_gradients, bool):
+            raise InvalidArgument(
+                f"privacy.withhold_gradients must be a boolean, got {self.withhold_gradients!r}"
+            )
+        if self.withhold_gradients and self.gradient_clip is not None:
+            raise InvalidArgument(
+                "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip"
+            )
 
     @property
     def active(self) -> bool:
@@ -92,6 +118,15 @@ class PrivacyConfig:
             raise InvalidArgument(f"privacy: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(data))
 
+    @classmethod
+    def for_split(cls, data: Mapping[str, Any] | PrivacyConfig | None, trunk_lora: bool) -> PrivacyConfig:
+        """`from_dict`, also checked against the split: withheld gradients leave a trunk adapter
+        nothing to train on."""
+        config = cls.from_dict(data)
+        if config.withhold_gradients and trunk_lora:
+            raise InvalidArgument(WITHHELD_TRUNK)
+        return config
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -108,6 +143,10 @@ class PrivacyConfig:
             parts.append(f"grad clip {self.gradient_clip:g} noise {self.gradient_noise:g}")
         if self.nopeek_weight > 0:
             parts.append(f"nopeek {self.nopeek_weight:g}")
+            if self.nopeek_warmup:
+                parts[-1] += f" (warm-up {self.nopeek_warmup})"
+        if self.withhold_gradients:
+            parts.append("gradients withheld")
         return ", ".join(parts)
 
 

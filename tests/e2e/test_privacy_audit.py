@@ -32,6 +32,8 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
         "linear@last_epoch",
         "mlp@first_epoch",
         "mlp@last_epoch",
+        "linear_aligned@first_epoch",
+        "linear_aligned@last_epoch",
     }
     for row in report["tokens"].values():
         assert 0 <= row["top1"] <= row["top5"] <= 1
@@ -41,9 +43,24 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
     assert 0 <= report["accuracy"] <= 1 and report["scored_tokens"] > 100
 
 
-def test_a_bad_defense_is_a_usage_error_naming_the_field(tmp_path) -> None:
-    done = _audit("--activation-noise", "1.0", tmp_path=tmp_path)
+@pytest.mark.slow
+def test_withheld_gradients_leave_the_gradient_attack_nothing(tmp_path) -> None:
+    done = _audit("--withhold-gradients", "--json", "report.json", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "what the edge recovers" in done.stdout
+    (report,) = json.loads((tmp_path / "report.json").read_text())
+    assert report["labels"] and all(key.startswith("output@") for key in report["labels"])  # no gradient
+    assert report["privacy"]["withhold_gradients"] is True
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--activation-noise", "1.0"], "privacy.activation_noise needs privacy.activation_clip"),
+        (["--withhold-gradients", "--gradient-clip", "1"], "privacy.withhold_gradients sends no gradient"),
+    ],
+)
+def test_a_bad_defense_is_a_usage_error_naming_the_field(options: list[str], named: str, tmp_path) -> None:
+    done = _audit(*options, tmp_path=tmp_path)
     assert done.returncode == 2
-    assert "privacy.activation_noise needs privacy.activation_clip" in " ".join(
-        done.stderr.split()
-    )  # unwrapped
+    assert named in " ".join(done.stderr.split())  # unwrapped

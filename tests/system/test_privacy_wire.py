@@ -12,6 +12,7 @@ from transformers import AutoModel
 
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
+from splitft.errors import InvalidArgument
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.transforms import clip_rows
 from splitft.privacy.wire_tap import WireTap
@@ -23,7 +24,7 @@ DEVICE_LAYERS = 1
 
 
 def _run(
-    tiny: TinyModel, edge: EdgeServer, privacy: Any, steps: int = 1
+    tiny: TinyModel, edge: EdgeServer, privacy: Any, steps: int = 1, trunk_lora: bool = True
 ) -> tuple[WireTap, SplitModel, list[float]]:
     """`steps` training steps of the tiny BERT on fixed batches, then one more forward; the wire tapped."""
     tap = WireTap()
@@ -39,6 +40,7 @@ def _run(
             device_layers=DEVICE_LAYERS,
             head_layers=1,
             lora_config=lora_config_for("bert"),
+            trunk_lora=trunk_lora,
             seed=5,
             privacy=privacy,
         )
@@ -57,9 +59,10 @@ def _run(
 
 
 @torch.no_grad()
-def _h_k(tiny: TinyModel) -> torch.Tensor:
-    """The first batch's h_k through the public weights (the LoRA adapters start at zero)."""
-    batch = make_batch("bert", torch.Generator().manual_seed(1), batch=8)
+def _h_k(tiny: TinyModel, index: int = 0) -> torch.Tensor:
+    """Batch `index`'s h_k through the public weights (the LoRA adapters start at zero)."""
+    generator = torch.Generator().manual_seed(1)
+    batch = [make_batch("bert", generator, batch=8) for _ in range(index + 1)][-1]
     base = AutoModel.from_pretrained(str(tiny.path)).eval()
     out = base(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
@@ -132,9 +135,55 @@ def test_nopeek_trains_the_device_blocks_away_without_changing_the_loss(bert, ed
     assert not torch.allclose(tap.sent_hidden[-1], plain.sent_hidden[-1], atol=1e-6)  # the step differed
 
 
-def _guard_penalty(model: SplitModel) -> float | None:
+def _guard(model: SplitModel) -> Any:
     for module in model.modules():
         guard = getattr(module, "guard", None)
         if guard is not None:
-            return guard.last_penalty
+            return guard
     return None
+
+
+def _guard_penalty(model: SplitModel) -> float | None:
+    guard = _guard(model)
+    return None if guard is None else guard.last_penalty
+
+
+def test_nopeek_warmup_ramps_the_weight_up(bert, edge) -> None:
+    _, model, _ = _run(bert, edge, {"nopeek_weight": 2.0, "nopeek_warmup": 4}, steps=3)
+    guard = _guard(model)
+    assert guard.penalized == 3 and guard.last_weight == pytest.approx(2.0 * 3 / 4)
+    _, model, _ = _run(bert, edge, {"nopeek_weight": 2.0, "nopeek_warmup": 2}, steps=3)
+    assert _guard(model).last_weight == pytest.approx(2.0)  # past the warm-up: the full weight
+
+
+def _lora_b_moved(model: SplitModel, first_blocks: bool) -> bool:
+    """Whether a LoRA B matrix (zero at initialisation) of the device's first blocks (or of the others
+    on the device: the head) has moved."""
+    norms = [
+        float(p.detach().abs().max())
+        for name, p in model.named_parameters()
+        if "lora_B" in name and (".layer.0." in name) == first_blocks
+    ]
+    assert norms, "no LoRA B found"
+    return max(norms) > 0
+
+
+def test_withheld_gradients_never_cross_the_wire(bert, edge) -> None:
+    with pytest.raises(InvalidArgument, match="privacy.withhold_gradients.*trunk_lora false"):
+        _run(bert, edge, {"withhold_gradients": True})  # the trunk adapter would have nothing to train on
+    frozen, _, _ = _run(bert, edge, None, steps=2, trunk_lora=False)
+    tap, model, _ = _run(bert, edge, {"withhold_gradients": True}, steps=2, trunk_lora=False)
+    assert frozen.sent_grads and tap.sent_grads == []  # the labels' signal stays on the device
+    torch.testing.assert_close(tap.sent_hidden[0], frozen.sent_hidden[0], atol=0, rtol=0)
+    # Nothing trains the device's first blocks: after two steps they still send the public blocks' h_k.
+    torch.testing.assert_close(tap.sent_hidden[-1], _h_k(bert, 2), atol=1e-5, rtol=0)
+    assert _lora_b_moved(model, first_blocks=False)  # the head trains on the labels, locally
+    assert not _lora_b_moved(model, first_blocks=True)
+
+
+def test_withheld_gradients_with_nopeek_train_the_blocks_locally(bert, edge) -> None:
+    privacy = {"withhold_gradients": True, "nopeek_weight": 1.0}
+    tap, model, _ = _run(bert, edge, privacy, steps=2, trunk_lora=False)
+    assert tap.sent_grads == []
+    assert _guard_penalty(model) is not None
+    assert not torch.allclose(tap.sent_hidden[-1], _h_k(bert, 2), atol=1e-4)  # the penalty moved h_k

@@ -26,6 +26,8 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         gradient_clip=args.gradient_clip,
         gradient_noise=args.gradient_noise,
         nopeek_weight=args.nopeek_weight,
+        nopeek_warmup=args.nopeek_warmup,
+        withhold_gradients=args.withhold_gradients,
     )
 
 
@@ -78,6 +80,7 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
         "held-out acc",
         "tokens linear",
         "tokens MLP",
+        "tokens aligned",
         "labels (grad)",
         "labels (output)",
     ):
@@ -91,15 +94,23 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
             f"{report.accuracy:.1%}",
             _tokens(report, "linear"),
             _tokens(report, "mlp"),
-            f"{report.gradient_label_inference:.1%} vs {report.label_chance:.1%}",
+            _tokens(report, "linear_aligned"),
+            _grad_labels(report),
             f"{report.output_label_inference:.1%} vs {report.label_chance:.1%}",
         )
     console.print(table)
     console.print(
-        "tokens: first epoch -> last epoch (adapters near init -> trained); "
+        "tokens: first epoch -> last epoch (adapters near init -> trained); aligned: the linear decoder "
+        "on the received h_k moved to the public mean and covariance (an edge adapting to the defense); "
         f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on "
         f"{reports[0].public_tokens:,} public ones"
     )
+
+
+def _grad_labels(report: AuditReport) -> str:
+    if report.privacy.get("withhold_gradients"):
+        return "none sent"
+    return f"{report.gradient_label_inference:.1%} vs {report.label_chance:.1%}"
 
 
 def _tokens(report: AuditReport, decoder: str) -> str:

@@ -33,6 +33,9 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
     # the device reads what a newer control plane adds without refusing it
     newer = JobCreate.model_validate({**BASE, "privacy": {**privacy, "future": 1}}, context=IGNORE_UNKNOWN)
     assert newer.privacy == spec.privacy
+    privacy = {"withhold_gradients": True}
+    withheld = JobCreate.model_validate({**BASE, "trunk_lora": False, "privacy": privacy})
+    assert withheld.privacy is not None and withheld.privacy.config().withhold_gradients
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,9 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
         ({"nopeek_tokens": 1}, "nopeek_tokens"),
         ({"nopeek_weight": "0.1"}, "nopeek_weight"),
         ({"activation_nois": 1.0}, "activation_nois"),
+        ({"withhold_gradients": "yes"}, "withhold_gradients"),
+        ({"withhold_gradients": True, "gradient_clip": 1.0}, "privacy.withhold_gradients sends no gradient"),
+        ({"withhold_gradients": True}, "privacy.withhold_gradients: the trunk's adapter"),
     ],
 )
 def test_bad_privacy_is_a_422_naming_the_field(privacy: dict, why: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from splitft.errors import InvalidArgument
+from splitft.privacy.adaptive import coral_align
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.inversion import TokenSet, fit_linear, fit_mlp, token_set
 from splitft.privacy.labels import infer_labels
@@ -36,6 +37,11 @@ from splitft.privacy.transforms import clip_and_noise, clip_rows, distance_corre
         ({"nopeek_tokens": 8.0}, "privacy.nopeek_tokens must be an integer"),
         ({"clip_scope": "batch"}, "privacy.clip_scope must be one of ['token', 'example']"),
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
+        ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
+        (
+            {"withhold_gradients": True, "gradient_clip": 1.0},
+            "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip",
+        ),
     ],
 )
 def test_bad_configs_are_refused_naming_the_field(fields: dict, named: str) -> None:
@@ -102,6 +108,18 @@ def test_decoders_recover_a_known_map_and_noise_defeats_them() -> None:
     noisy = TokenSet(private.hidden + 20 * torch.randn_like(private.hidden), private.tokens)
     top1, top5 = fit_linear(public, noise_std=20).recovery(noisy)
     assert top1 < 0.2 and top5 >= top1
+
+
+def test_the_aligned_decoder_undoes_an_affine_move_and_not_a_scramble() -> None:
+    public, _ = _synthetic_tokens(4000, 20, 0.1, seed=1)
+    private, _ = _synthetic_tokens(2000, 20, 0.1, seed=2)
+    decoder = fit_linear(public)
+    offset = 10 * torch.randn(16, generator=torch.Generator().manual_seed(3))
+    moved = TokenSet(0.5 * private.hidden + offset, private.tokens)  # an affine move of every vector
+    assert decoder.recovery(moved)[0] < 0.3
+    assert decoder.recovery(coral_align(moved, public))[0] > 0.95  # undone by matching the moments
+    scrambled = TokenSet(private.hidden[torch.randperm(len(private))], private.tokens)
+    assert decoder.recovery(coral_align(scrambled, public))[0] < 0.2  # nothing to align: chance is 5%
 
 
 def test_token_set_drops_padding_and_special_tokens() -> None:
