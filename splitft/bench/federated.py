@@ -6,8 +6,10 @@ process, with the training data split across `devices` by Dirichlet(alpha) class
 * FedAvg: `rounds` rounds; each round every device builds a split model, loads the global adapter
   (`SplitModel.load_adapter`), trains `local_steps` steps, saves its adapter (`save_adapter`), and
   the bench averages the state dicts by example count (`splitft.federated.fedavg`);
-* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated by
-  `splitft.federated.aircomp_round`, each with its own trajectory;
+* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated over
+  the simulated air, each device transmitting its update (its adapter minus the round's global
+  adapter: `splitft.federated.adapters.aggregate_states` with that reference), each SNR its own
+  trajectory; per round the error against FedAvg, split into the devices left out and the noise;
 * centralized: one device with all the training data, as many optimizer steps as all the devices
   together (`devices * rounds * local_steps`: the same compute and examples seen as FedAvg), and, for
   reference, as many as one device (`rounds * local_steps`).
