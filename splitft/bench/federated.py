@@ -63,9 +63,10 @@ QUICK: dict[str, Any] = dict(
 class FederatedBenchConfig:
     devices: int = 4
     alpha: float = 0.5  # Dirichlet concentration of the devices' class shares
-    # 10 rounds of 4 (40 steps per device, 160 for centralized): 3 rounds of 5 were far from converged
-    rounds: int = 10
-    local_steps: int = 4  # optimizer steps per device and round
+    # 20 rounds of 2 (40 steps per device, 160 for centralized), chosen on the validation split over
+    # 10x4, 20x2 and 40x1 (docs/scripts/federated_sweep.py, docs/federated.md); 3x5 was far from converged
+    rounds: int = 20
+    local_steps: int = 2  # optimizer steps per device and round
     batch_size: int = 8
     max_length: int = 48
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
