@@ -213,6 +213,7 @@ def markdown_table(report_json: str) -> str:
             f"{trunk['shared']:.1f}%: {trunk['shared_minus_averaged']:+.2f} points.",
         ]
     for name, row in report.get("aircomp_errors", {}).items():
+        lines += [""]  # a line right under a table would read as one of its rows
         lines.append(
             f"{name}: global adapter's error against FedAvg per round, mean {row['relative_error']:.4f} "
             f"(devices left out alone {row['dropout_error']:.4f}, noise alone {row['noise_error']:.4f}); "
