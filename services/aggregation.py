@@ -21,12 +21,18 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def aggregate_archives(
-    archives: list[bytes], weights: list[int], spec: FederatedSpec, seed: int
+    archives: list[bytes], weights: list[int], spec: FederatedSpec, seed: int, reference: bytes | None = None
 ) -> tuple[bytes, float | None]:
-    """The global adapter archive of a round and, for AirComp, its relative error against FedAvg."""
+    """The global adapter archive of a round and, for AirComp, its relative error against FedAvg.
+
+    ``reference``: the archive the round started from (the previous round's global adapter, or the
+    `initial_adapter` job's); with AirComp the devices' UPDATES (upload - reference) go over the air,
+    so the noise scales with the updates, not the weights. None (round 0 from a fresh adapter, which
+    the control plane never sees): the whole adapters go over the air."""
     with tempfile.TemporaryDirectory(prefix="splitft-round-") as tmp:
         root = Path(tmp)
         paths = [_unpack(archive, root / f"upload-{i}") for i, archive in enumerate(archives)]
+        start = _unpack(reference, root / "reference") if reference is not None else None
         channel = Channel(snr_db=spec.snr_db, fading=spec.fading) if spec.aggregation == "aircomp" else None
         result = aggregate_adapter_files(
             paths,
@@ -36,6 +42,7 @@ def aggregate_archives(
             channel=channel,
             seed=seed,
             trunk=spec.trunk_adapter,  # shared: the device parts averaged, the edge's latest trunk export
+            reference=start if spec.aggregation == "aircomp" else None,
         )
         error = result.relative_error if spec.aggregation == "aircomp" else None
         return pack_adapter_files(result.out_path), error

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from splitft.errors import FailedPrecondition, NotFound
+from splitft.jobs.seeds import derive_seed, job_seed
 from splitft.jobs.spec import FederatedSpec, JobCreate
 from splitft_control.models import Job, JobSession, Metric, Round, SessionClosure, utcnow
 from splitft_control.store.base import (
@@ -28,8 +29,9 @@ from splitft_control.store.base import (
     state_from_sessions,
 )
 
-# (archives, example counts, the job's federated spec, a seed) -> (global archive, aggregation error)
-Aggregate = Callable[[list[bytes], list[int], FederatedSpec, int], tuple[bytes, float | None]]
+# (archives, example counts, the job's federated spec, a seed, the round's starting adapter or None)
+# -> (global archive, aggregation error)
+Aggregate = Callable[[list[bytes], list[int], FederatedSpec, int, bytes | None], tuple[bytes, float | None]]
 
 
 def federated_spec(job: Job) -> FederatedSpec | None:
@@ -101,14 +103,31 @@ def _aggregate_round(
 ) -> None:
     archives = [sess.adapter for sess, _ in done if sess.adapter is not None]
     weights = [max(1, sess.examples or 1) for sess, _ in done]
-    seed = int(job.id[:8], 16) ^ current.number  # AirComp's channel and noise, reproducible per round
-    current.adapter, current.aggregation_error = aggregate(archives, weights, spec, seed)
+    seed = aircomp_seed(job, current.number)
+    start = _starting_adapter(s, job, current.number, spec) if spec.aggregation == "aircomp" else None
+    current.adapter, current.aggregation_error = aggregate(archives, weights, spec, seed, start)
     current.participants = sorted(name for _, name in done)
     current.bytes_up = sum(len(a) for a in archives)
     losses = [_last_loss(s, sess.id) for sess, _ in done]
     known = [x for x in losses if x is not None]
     current.mean_loss = sum(known) / len(known) if known else None
     current.state = "aggregated"
+
+
+def aircomp_seed(job: Job, number: int) -> int:
+    """AirComp's channel and noise draws of round `number`: from the job's seed (the spec's `seed`,
+    else one derived from the job id, `splitft.jobs.seeds`), so a rerun of a seeded spec draws the
+    same channels."""
+    return derive_seed("aircomp", job_seed(job.spec.get("seed"), job.id), number)
+
+
+def _starting_adapter(s: Session, job: Job, number: int, spec: FederatedSpec) -> bytes | None:
+    """The global adapter round `number` started from: the previous round's, for round 0 the
+    `initial_adapter` job's; None when round 0 started fresh (devices draw it; the control plane
+    never sees it)."""
+    if number > 0:
+        return _round_adapter(s, job.id, number - 1)
+    return _round_adapter(s, spec.initial_adapter, None) if spec.initial_adapter is not None else None
 
 
 def _last_loss(s: Session, session_id: str) -> float | None:

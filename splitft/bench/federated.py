@@ -6,8 +6,10 @@ process, with the training data split across `devices` by Dirichlet(alpha) class
 * FedAvg: `rounds` rounds; each round every device builds a split model, loads the global adapter
   (`SplitModel.load_adapter`), trains `local_steps` steps, saves its adapter (`save_adapter`), and
   the bench averages the state dicts by example count (`splitft.federated.fedavg`);
-* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated by
-  `splitft.federated.aircomp_round`, each with its own trajectory;
+* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated over
+  the simulated air, each device transmitting its update (its adapter minus the round's global
+  adapter: `splitft.federated.adapters.aggregate_states` with that reference), each SNR its own
+  trajectory; per round the error against FedAvg, split into the devices left out and the noise;
 * centralized: one device with all the training data, as many optimizer steps as all the devices
   together (`devices * rounds * local_steps`: the same compute and examples seen as FedAvg), and, for
   reference, as many as one device (`rounds * local_steps`).
@@ -61,9 +63,10 @@ QUICK: dict[str, Any] = dict(
 class FederatedBenchConfig:
     devices: int = 4
     alpha: float = 0.5  # Dirichlet concentration of the devices' class shares
-    # 10 rounds of 4 (40 steps per device, 160 for centralized): 3 rounds of 5 were far from converged
-    rounds: int = 10
-    local_steps: int = 4  # optimizer steps per device and round
+    # 20 rounds of 2 (40 steps per device, 160 for centralized), chosen on the validation split over
+    # 10x4, 20x2 and 40x1 (docs/scripts/federated_sweep.py, docs/federated.md); 3x5 was far from converged
+    rounds: int = 20
+    local_steps: int = 2  # optimizer steps per device and round
     batch_size: int = 8
     max_length: int = 48
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out

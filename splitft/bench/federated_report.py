@@ -99,6 +99,31 @@ def _bytes(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _aircomp_errors(runs: list[dict[str, Any]], devices: int) -> dict[str, dict[str, Any]]:
+    """Per AirComp variant, over every round of every seed: the mean relative error of the global
+    adapter against FedAvg of all devices, split into what the devices left out (deep fade) and
+    what the channel noise cost, and how many device-rounds were left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in [n for n in runs[0]["results"] if n.startswith("aircomp_")]:
+        rows = [row for run in runs for row in run["results"][name]["rounds"]]
+        kept = [row for row in rows if row.get("relative_error") is not None]
+        if not kept or "dropout_error" not in kept[0]:
+            continue
+
+        def mean(key: str, rows: list[dict[str, Any]] = kept) -> float:
+            return round(statistics.fmean(row[key] for row in rows), 4)
+
+        out[name] = {
+            "relative_error": mean("relative_error"),
+            "dropout_error": mean("dropout_error"),
+            "noise_error": mean("noise_error"),
+            "rounds": len(rows),
+            "rounds_lost": len(rows) - len(kept),
+            "device_rounds_left_out": sum(devices - row["participants"] for row in rows),
+        }
+    return out
+
+
 def _trunk_adapter(accuracy: dict[str, dict[str, float]]) -> dict[str, Any]:
     """(e) of the issue: the FedAvg rows with the trunk adapter averaged and shared, side by side."""
     if "fedavg_shared" not in accuracy:
@@ -119,6 +144,7 @@ def summarize(runs: list[dict[str, Any]], config: Any) -> dict[str, Any]:
         "targets": _targets(accuracy),
         "bytes_per_round": {**_bytes(runs), "devices": config.devices},
         "trunk_adapter": _trunk_adapter(accuracy),
+        "aircomp_errors": _aircomp_errors(runs, config.devices),
         "definitions": DEFINITIONS,
     }
 
@@ -186,6 +212,14 @@ def markdown_table(report_json: str) -> str:
             f"trunk_adapter averaged (fedavg) {trunk['averaged']:.1f}% vs shared (fedavg_shared) "
             f"{trunk['shared']:.1f}%: {trunk['shared_minus_averaged']:+.2f} points.",
         ]
+    for name, row in report.get("aircomp_errors", {}).items():
+        lines += [""]  # a line right under a table would read as one of its rows
+        lines.append(
+            f"{name}: global adapter's error against FedAvg per round, mean {row['relative_error']:.4f} "
+            f"(devices left out alone {row['dropout_error']:.4f}, noise alone {row['noise_error']:.4f}); "
+            f"{row['device_rounds_left_out']} device-rounds of {row['rounds'] * report['config']['devices']} "
+            f"left out, {row['rounds_lost']} rounds lost."
+        )
     data = report["bytes_per_round"]
     lines += [
         "",

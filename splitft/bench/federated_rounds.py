@@ -25,7 +25,8 @@ from splitft.bench.federated_train import (
     write_state,
 )
 from splitft.errors import FailedPrecondition
-from splitft.federated import aircomp_round, fedavg
+from splitft.federated import Channel, fedavg
+from splitft.federated.adapters import aggregate_states
 from splitft.federated.shared_trunk import read_trunk_marks, split_shared
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run_rounds(
             row["trunk_steps"] = max(m.steps for m in marks if m is not None)
             row["trunk_part_bytes"] = sum(int(v.nbytes) for v in trunk.values())
             row["redundant_trunk_bytes_up"] = (len(runs) - 1) * row["trunk_part_bytes"]
-        state = _aggregate(plan, number, states, weights, row)
+        state = _aggregate(plan, number, states, weights, row, current)
         if state is not None:
             current = write_state({**state, **trunk}, runs[0].adapter, out / f"round-{number}" / "global")
         row["validation_accuracy"] = round(evaluator.accuracy(current, "validation"), 4)
@@ -92,17 +93,30 @@ def run_rounds(
 
 
 def _aggregate(
-    plan: Rounds, number: int, states: list[Any], weights: list[float], row: dict[str, Any]
+    plan: Rounds, number: int, states: list[Any], weights: list[float], row: dict[str, Any], start: Path
 ) -> Any:
     """The round's global state (None: the round is lost, every device in deep fade); AirComp's
-    participants and error go into `row`."""
+    participants and errors go into `row`. AirComp transmits each device's update, its adapter minus
+    the round's starting global adapter `start` (`aggregate_states`' reference)."""
     if plan.snr_db is None:
         return fedavg(states, weights)
     try:
-        result = aircomp_round(states, weights, snr_db=plan.snr_db, seed=plan.seed * 1000 + number)
+        result = aggregate_states(
+            states,
+            weights,
+            "aircomp",
+            Channel(snr_db=plan.snr_db),
+            plan.seed * 1000 + number,
+            read_state(start),
+        )
     except FailedPrecondition as exc:
         logger.warning("bench federated: AirComp round %d lost: %s", number, exc.message)
-        row.update(participants=0, relative_error=None)
+        row.update(participants=0, relative_error=None, dropout_error=None, noise_error=None)
         return None
-    row.update(participants=len(result.participants), relative_error=round(result.relative_error, 4))
+    row.update(
+        participants=len(result.participants),
+        relative_error=round(result.relative_error, 6),
+        dropout_error=round(result.dropout_error, 6),  # the devices left out, alone
+        noise_error=round(result.noise_error, 6),  # the channel noise, alone
+    )
     return result.state

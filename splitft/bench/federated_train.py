@@ -182,11 +182,11 @@ class Evaluator:
 
     @torch.no_grad()
     def accuracy(self, adapter: Path, on: str = "test") -> float:
-        """Accuracy on `on`: "test" or "validation"."""
+        """Accuracy on `on`: "test" or "validation" (NaN for an empty set: a sweep that skips test)."""
         set_peft_model_state_dict(self.model, load_torch(str(adapter / WEIGHTS)))
         correct = total = 0
         for batch in self.sets[on]:
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             correct += int((logits.argmax(-1) == batch["labels"]).sum())
             total += len(batch["labels"])
-        return correct / total
+        return correct / total if total else float("nan")

@@ -211,8 +211,8 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     # None: the full run's value, or --quick's (splitft.bench.federated.QUICK).
     fed.add_argument("--devices", type=int, default=None, help="default 4")
     fed.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha of the shards (default 0.5)")
-    fed.add_argument("--rounds", type=int, default=None, help="default 10")
-    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 4)")
+    fed.add_argument("--rounds", type=int, default=None, help="default 20")
+    fed.add_argument("--local-steps", type=int, default=None, help="per device and round (default 2)")
     fed.add_argument("--batch-size", type=int, default=None, help="default 8")
     fed.add_argument("--max-length", type=int, default=None, help="tokens per text (default 48)")
     fed.add_argument("--max-per-class", type=int, default=None, help="docstrings per package (default 160)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ class AdapterAggregate:
 
     out_path: Path
     participants: tuple[int, ...]  # indices into ``paths`` of the adapters in the aggregate
-    relative_error: float  # against FedAvg of all adapters: 0 for FedAvg, AirComp's error otherwise
+    # ||aggregate - FedAvg of all adapters|| / ||FedAvg of all adapters||: 0 for FedAvg, AirComp's
+    # error otherwise (of the written adapter, with or without a reference)
+    relative_error: float
 
 
 def aggregate_adapter_files(
@@ -66,6 +69,7 @@ def aggregate_adapter_files(
     channel: Channel | None = None,
     seed: int | None = None,
     trunk: str = "averaged",
+    reference: str | Path | None = None,
 ) -> AdapterAggregate:
     """Aggregate the peft adapters in ``paths`` into one written to ``out_path``.
 
@@ -79,6 +83,14 @@ def aggregate_adapter_files(
     ``splitft.federated.shared_trunk``): the device parts are aggregated and the trunk part is the
     latest export's. Without any marked upload, the whole adapters are aggregated (and a warning
     logged).
+
+    ``reference``: the adapter directory the round started from (the previous round's global
+    adapter, or round 0's initial one). With AirComp the devices then transmit their UPDATES,
+    adapter - reference, as AirComp FL does, so the channel noise scales with the updates rather
+    than with the whole weights (LoRA A's random initialisation would dominate); the result is
+    reference + the AirComp estimate of the weighted mean update. It must hold the aggregated keys
+    with the same shapes. FedAvg does not need it: the mean of reference + d_k is reference + the
+    mean of d_k.
     """
     if method not in METHODS:
         raise InvalidArgument(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -88,30 +100,54 @@ def aggregate_adapter_files(
     configs = [_read_config(path) for path in directories]
     _check_configs_agree(configs, directories)
     states = [_read_weights(path) for path in directories]
+    start = _read_weights(_check_paths([reference], out_path)[0]) if reference is not None else None
     marks = [read_trunk_marks(path / WEIGHTS_FILE) for path in directories] if trunk == "shared" else []
     if trunk == "shared" and latest_trunk(marks) is not None:
         devices, trunk_state = split_shared(states, marks)
-        state, participants, error = _aggregate(devices, weights, method, channel, seed)
-        state = {**state, **trunk_state}
+        result = aggregate_states(devices, list(weights), method, channel, seed, start)
+        state = {**result.state, **trunk_state}
     else:
         if trunk == "shared":
             logger.warning("no upload carries a shared trunk adapter's marks: averaging whole adapters")
-        state, participants, error = _aggregate(states, weights, method, channel, seed)
+        result = aggregate_states(states, list(weights), method, channel, seed, start)
+        state = result.state
     out = _write(state, directories[0], Path(out_path))
     logger.info("aggregated %d adapters (%s) into %s", len(directories), method, out)
-    return AdapterAggregate(out_path=out, participants=participants, relative_error=error)
+    return AdapterAggregate(
+        out_path=out, participants=result.participants, relative_error=result.relative_error
+    )
 
 
-def _aggregate(
-    states: list[StateDict], weights: Sequence[float], method: str, channel: Channel | None, seed: int | None
-) -> tuple[StateDict, tuple[int, ...], float]:
-    """The aggregate, the indices of the adapters in it and its relative error against FedAvg."""
+@dataclass(frozen=True)
+class StateAggregate:
+    """``aggregate_states``' result: the aggregate and where its error comes from."""
+
+    state: StateDict
+    participants: tuple[int, ...]  # indices of the states in the aggregate
+    relative_error: float  # ||state - FedAvg of all|| / ||FedAvg of all||
+    dropout_error: float  # ||FedAvg of the participants - FedAvg of all|| / ||FedAvg of all||: the part
+    # of the error the devices left out (deep fade) make, with no noise
+    noise_error: float  # ||state - FedAvg of the participants|| / ||FedAvg of all||: the channel noise's
+
+
+def aggregate_states(
+    states: list[StateDict],
+    weights: Sequence[float],
+    method: str,
+    channel: Channel | None,
+    seed: int | None,
+    reference: StateDict | None = None,
+) -> StateAggregate:
+    """FedAvg or AirComp of state dicts; with a ``reference`` (the round's starting adapter) AirComp
+    transmits the updates ``state - reference`` and returns reference + their estimated mean."""
     if method == "fedavg":
-        return fedavg(states, weights), tuple(range(len(states))), 0.0
+        return StateAggregate(fedavg(states, weights), tuple(range(len(states))), 0.0, 0.0, 0.0)
     if channel is None:
         raise InvalidArgument("method 'aircomp' needs a channel (splitft.federated.Channel)")
+    start = _reference_for(reference, states[0]) if reference is not None else None
+    signals = states if start is None else [_minus(state, start) for state in states]
     result = aircomp_round(
-        states,
+        signals,
         weights,
         snr_db=channel.snr_db,
         fading=channel.fading,
@@ -119,7 +155,55 @@ def _aggregate(
         power_limit=channel.power_limit,
         seed=seed,
     )
-    return result.state, result.participants, result.relative_error
+    state = result.state
+    if start is not None:  # back in each upload's dtype (float32 from peft), as without a reference
+        state = {key: (start[key] + value).astype(states[0][key].dtype) for key, value in state.items()}
+    target = fedavg(states, weights)
+    chosen = fedavg([states[k] for k in result.participants], [weights[k] for k in result.participants])
+    scale = _norm(target)
+    return StateAggregate(
+        state,
+        result.participants,
+        relative_error(state, target),
+        _distance(chosen, target) / scale if scale > 0 else 0.0,
+        _distance(state, chosen) / scale if scale > 0 else 0.0,
+    )
+
+
+def _reference_for(reference: StateDict, like: StateDict) -> dict[str, np.ndarray]:
+    """The reference's tensors of ``like``'s keys in float64; InvalidArgument naming a missing key or
+    a shape that differs (a reference of another layout would shift every device's update)."""
+    out = {}
+    for key, array in like.items():
+        if key not in reference:
+            raise InvalidArgument(f"the reference adapter has no tensor {key!r}")
+        if reference[key].shape != array.shape:
+            raise InvalidArgument(
+                f"the reference adapter's {key!r} has shape {list(reference[key].shape)}, "
+                f"the uploads' {list(array.shape)}"
+            )
+        out[key] = reference[key].astype(np.float64)
+    return out
+
+
+def _minus(state: StateDict, start: dict[str, np.ndarray]) -> StateDict:
+    """state - start, key by key, in float64 (the update a device transmits)."""
+    return {key: state[key].astype(np.float64) - start[key] for key in state}
+
+
+def _distance(a: StateDict, b: StateDict) -> float:
+    """||a - b|| over all keys of ``b``, in float64."""
+    return math.sqrt(sum(float(np.square(a[k].astype(np.float64) - b[k]).sum()) for k in b))
+
+
+def _norm(state: StateDict) -> float:
+    return math.sqrt(sum(float(np.square(v.astype(np.float64)).sum()) for v in state.values()))
+
+
+def relative_error(estimate: StateDict, target: StateDict) -> float:
+    """||estimate - target|| / ||target|| over all keys of ``target`` (0 when both are zero)."""
+    distance, norm = _distance(estimate, target), _norm(target)
+    return distance / norm if norm > 0 else (0.0 if distance == 0 else math.inf)
 
 
 def _check_paths(paths: Sequence[str | Path], out_path: str | Path) -> list[Path]:

@@ -32,7 +32,19 @@ def test_bench_federated_quick_reports_every_variant_and_the_targets(tmp_path, c
         assert [r["round"] for r in rounds] == [0, 1]
         assert all(r["adapter_bytes_up"] > 0 and r["wire_bytes"] > 0 for r in rounds)
         assert rounds[0]["adapter_bytes_down"] == 0 < rounds[1]["adapter_bytes_down"]
-    assert all(0 <= r["relative_error"] for r in results["aircomp_20db"]["rounds"] if r["participants"])
+    air = [r for r in results["aircomp_20db"]["rounds"] if r["participants"]]
+    assert all(0 <= r["relative_error"] and 0 <= r["dropout_error"] and 0 <= r["noise_error"] for r in air)
+    # with every device in, the devices left out cost nothing and the error is the noise's
+    assert all(
+        r["dropout_error"] == 0 and r["noise_error"] == r["relative_error"]
+        for r in air
+        if r["participants"] == 4
+    )
+    errors = report["aircomp_errors"]["aircomp_20db"]
+    assert errors["rounds"] == 2 and errors["device_rounds_left_out"] == sum(
+        4 - r["participants"] for r in results["aircomp_20db"]["rounds"]
+    )
+    assert "aircomp_20db: global adapter's error against FedAvg per round" in markdown
     accuracy = report["accuracy_points"]
     assert accuracy["fedavg"]["mean"] == pytest.approx(100 * results["fedavg"]["accuracy"])
     assert accuracy["independent_mean"]["mean"] == pytest.approx(100 * independent["mean"])

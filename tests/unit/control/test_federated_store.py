@@ -24,10 +24,16 @@ CONFIG = {"r": 2, "lora_alpha": 4, "target_modules": ["query", "value"], "peft_t
 
 def upload(values: float) -> bytes:
     """A real peft-layout adapter archive whose two tensors hold `values`."""
-    tensors = {
-        "base_model.model.layer.0.query.lora_A.weight": np.full((2, 4), values, np.float32),
-        "base_model.model.layer.0.query.lora_B.weight": np.full((4, 2), -values, np.float32),
-    }
+    return upload_of(
+        {
+            "base_model.model.layer.0.query.lora_A.weight": np.full((2, 4), values, np.float32),
+            "base_model.model.layer.0.query.lora_B.weight": np.full((4, 2), -values, np.float32),
+        }
+    )
+
+
+def upload_of(tensors: dict[str, np.ndarray]) -> bytes:
+    """A real peft-layout adapter archive of `tensors`."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in (
@@ -152,3 +158,60 @@ def test_an_independent_job_has_no_global_adapter(store: Store) -> None:
     with pytest.raises(FailedPrecondition, match="is independent: each device has its own adapter"):
         store.global_adapter(job_id=job_id)
     assert store.rounds(job_id=job_id) == []
+
+
+def _aircomp_job(store: Store, devices: list[str], seed: int, **channel: object) -> str:
+    spec = {"rounds": 2, "local_steps": 3, "aggregation": "aircomp", "snr_db": 20.0, **channel}
+    body = job_body(devices, steps=None, mode="federated", federated=spec, seed=seed)
+    return store.create_job(name="air", spec=body, device_names=devices).id
+
+
+def _near(start: dict[str, np.ndarray], seed: int, size: float) -> bytes:
+    """`start` plus a random update of about `size` per entry."""
+    rng = np.random.default_rng(seed)
+    return upload_of(
+        {k: (v + size * rng.standard_normal(v.shape)).astype(np.float32) for k, v in start.items()}
+    )
+
+
+def test_aircomp_rounds_send_updates_from_the_round_s_starting_adapter(store: Store) -> None:
+    """Round 0 starts fresh: whole adapters go over the air, the noise scales with their weights.
+    Round 1 starts from round 0's global adapter: only the updates (upload - start) do, so the
+    same 20 dB cost the global adapter far less."""
+    phone, tablet = enrolled(store, "phone"), enrolled(store, "tablet")
+    edge(store, "edge-a")
+    job_id = _aircomp_job(store, ["phone", "tablet"], seed=5, fading="none")
+    base = {k: np.random.default_rng(0).standard_normal(v.shape) for k, v in tensors_of(upload(1.0)).items()}
+    first = {d.name: take(store, d) for d in (phone, tablet)}
+    for k, device in enumerate((phone, tablet)):
+        store.complete_session(
+            session_id=first[device.name], device_id=device.id, adapter=_near(base, k, 0.01), examples=4
+        )
+    round0 = store.rounds(job_id=job_id)[0]
+    start = tensors_of(round0.adapter)
+    second = {d.name: take(store, d) for d in (phone, tablet)}
+    for k, device in enumerate((phone, tablet)):
+        store.complete_session(
+            session_id=second[device.name],
+            device_id=device.id,
+            adapter=_near(start, 10 + k, 0.01),
+            examples=4,
+        )
+    round1 = store.rounds(job_id=job_id)[1]
+    assert round0.aggregation_error is not None and round1.aggregation_error is not None
+    assert round0.aggregation_error > 0.01  # about 0.1 / sqrt(2) at 20 dB, relative to the weights
+    assert round1.aggregation_error < round0.aggregation_error / 20  # relative to updates 1% the size
+
+
+def test_aircomp_channels_follow_the_job_seed(store: Store) -> None:
+    """Two jobs of the same spec seed draw the same noise; another seed does not."""
+    phone = enrolled(store, "phone")
+    edge(store, "edge-a")
+    results = []
+    for seed in (3, 3, 4):
+        job_id = _aircomp_job(store, ["phone"], seed=seed, rounds=1, fading="none")  # no deep fade
+        store.complete_session(
+            session_id=take(store, phone), device_id=phone.id, adapter=upload(0.5), examples=2
+        )
+        results.append(store.rounds(job_id=job_id)[0].adapter)
+    assert results[0] == results[1] and results[0] != results[2]

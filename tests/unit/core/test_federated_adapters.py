@@ -126,3 +126,56 @@ def test_a_shared_trunk_comes_from_the_latest_export_and_the_rest_is_averaged(
     _mark(paths[2], trunk[:-1], 3)
     with pytest.raises(InvalidArgument, match="uploads 2 and 1 disagree on the shared trunk adapter's keys"):
         aggregate_adapter_files(paths, [1, 1, 1], tmp_path / "y", trunk="shared")
+
+
+def _shifted(start: Path, out: Path, seed: int, size: float) -> Path:
+    """`start`'s adapter plus a random update of about `size` per entry (a device's local training)."""
+    out.mkdir()
+    (out / "adapter_config.json").write_text((start / "adapter_config.json").read_text())
+    generator = torch.Generator().manual_seed(seed)
+    state = load_file(str(start / "adapter_model.safetensors"))
+    moved = {k: v + size * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+    save_file(moved, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_aircomp_with_a_reference_sends_updates_and_costs_far_less(base: Path, tmp_path: Path) -> None:
+    """Adapters = a large common start (the round's global adapter) + small updates: over the air
+    without a reference the noise scales with the whole weights; with it, with the updates."""
+    start = _adapter(base, tmp_path / "start", seed=99)
+    paths = [_shifted(start, tmp_path / f"device{k}", seed=k, size=0.01) for k in range(4)]
+    weights = [3, 1, 2, 2]
+    channel = Channel(snr_db=20.0, fading="rayleigh", truncation=0.0)
+    kwargs = dict(method="aircomp", channel=channel, seed=1)
+    whole = aggregate_adapter_files(paths, weights, tmp_path / "whole", **kwargs)  # type: ignore[arg-type]
+    updates = aggregate_adapter_files(paths, weights, tmp_path / "updates", reference=start, **kwargs)  # type: ignore[arg-type]
+    assert whole.relative_error > 0.01
+    assert updates.relative_error < whole.relative_error / 20
+    exact = aggregate_adapter_files(paths, weights, tmp_path / "fedavg")
+    expected = load_file(str(exact.out_path / "adapter_model.safetensors"))
+    got = load_file(str(updates.out_path / "adapter_model.safetensors"))
+    assert all(got[k].dtype == torch.float32 and got[k].shape == expected[k].shape for k in expected)
+    # no noise, no fading: start + the mean update is FedAvg
+    clean = Channel(snr_db=None, fading="none")
+    noiseless = aggregate_adapter_files(
+        paths, weights, tmp_path / "clean", method="aircomp", channel=clean, seed=1, reference=start
+    )
+    clean_state = load_file(str(noiseless.out_path / "adapter_model.safetensors"))
+    for key, value in expected.items():
+        torch.testing.assert_close(clean_state[key], value, atol=1e-6, rtol=0)
+
+
+def test_a_reference_of_another_layout_is_refused(base: Path, tmp_path: Path) -> None:
+    paths = [_adapter(base, tmp_path / f"device{k}", seed=k) for k in range(2)]
+    other = _adapter(base, tmp_path / "other", seed=5, r=8)
+    channel = Channel(snr_db=20.0, fading="none")
+    with pytest.raises(
+        InvalidArgument, match=r"the reference adapter's .* has shape \[8, .*the uploads' \[4, "
+    ):
+        aggregate_adapter_files(
+            paths, [1, 1], tmp_path / "out", method="aircomp", channel=channel, reference=other
+        )
+    with pytest.raises(InvalidArgument, match=r"adapter directory .*nowhere has no adapter_config.json"):
+        aggregate_adapter_files(
+            paths, [1, 1], tmp_path / "out", method="aircomp", channel=channel, reference=tmp_path / "nowhere"
+        )

@@ -1,0 +1,93 @@
+"""Choose `bench federated`'s round structure and learning rate on the VALIDATION split only.
+
+For each rounds x local_steps (same total steps per device) and learning rate, run FedAvg exactly as
+`splitft bench federated` does (same task, shards, initial adapter, data streams per seed) and print
+the global adapter's validation accuracy per round; the test split is never evaluated here.
+
+    .venv/bin/python docs/scripts/federated_sweep.py --plans 10x4 20x2 40x1 --lrs 2e-3 --seeds 0 1
+
+One JSON line per (seed, plan, lr) on stdout as each finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from splitft.bench.common import torch_threads
+from splitft.bench.federated_rounds import Rounds, Shard, run_rounds
+from splitft.bench.federated_train import EDGE_MODEL, Encoder, Evaluator, Split, initial_adapter, stream
+from splitft.data.shards import dirichlet_shards
+from splitft.data.stdlib_task import Example, build_stdlib_task, validation_split
+from splitft.demo.sdk import default_model_dir
+from splitft.local.launch import EdgeProcess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--plans", nargs="+", default=["10x4", "20x2", "40x1"])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[2e-3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    model_dir = Path(default_model_dir())
+    full = build_stdlib_task(max_per_class=160)  # the bench's defaults
+    train, validation = validation_split(full.train, 0.15)
+    encode = Encoder(model_dir, 48)
+    labels = [e.label for e in train]
+    edge_args = [f"{EDGE_MODEL}={model_dir}"]
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="splitft-sweep-") as tmp:
+        with EdgeProcess(edge_args, threads=1, log_path=str(Path(tmp) / "edge.log")) as edge:
+            for seed in args.seeds:
+                indices = dirichlet_shards(labels, args.devices, args.alpha, seed)
+                for plan in args.plans:
+                    rounds, local = (int(x) for x in plan.split("x"))
+                    shards = [
+                        Shard(
+                            len(ix), stream([train[i] for i in ix], 8, seed * 100 + k, encode, rounds * local)
+                        )
+                        for k, ix in enumerate(indices)
+                    ]
+                    for lr in args.lrs:
+                        split = Split(model_dir, edge.address, full.num_labels, lr)
+                        row = _one(
+                            split, shards, validation, encode, Rounds(rounds, local, None, seed), Path(tmp)
+                        )
+                        sys.stdout.write(json.dumps({"seed": seed, "plan": plan, "lr": lr, **row}) + "\n")
+                        sys.stdout.flush()
+
+
+def _one(
+    split: Split,
+    shards: list[Shard],
+    validation: tuple[Example, ...],
+    encode: Encoder,
+    plan: Rounds,
+    tmp: Path,
+) -> dict[str, object]:
+    """FedAvg of `plan` from the seed's initial adapter: the validation curve, never the test split."""
+    out = tmp / f"s{plan.seed}-{plan.rounds}x{plan.local_steps}-{split.lr}"
+    start = initial_adapter(split, out / "initial", plan.seed)
+    evaluator = Evaluator(split, start, (), validation, encode)  # no test set: NaN if ever asked
+    began = time.perf_counter()
+    curve = [
+        row["validation_accuracy"] for row in run_rounds(plan, split, start, shards, evaluator, out)["rounds"]
+    ]
+    tail = curve[-max(1, plan.rounds // 4) :]
+    return {
+        "validation_final": curve[-1],
+        "validation_last_quarter_mean": round(sum(tail) / len(tail), 4),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+if __name__ == "__main__":
+    main()
