@@ -1,5 +1,6 @@
 """What every wire-level benchmark shares: the model and batch config, a torch thread budget, one
-training step, a split model on a local edge, a process's CPU time and the spread of a sample."""
+training step, a split model on a local edge, a process's CPU time and the spread of a sample
+and its text."""
 
 from __future__ import annotations
 
@@ -77,6 +78,12 @@ def spread(values: list[float], digits: int = 4) -> dict[str, float]:
         "min": round(ordered[0], digits),
         "max": round(ordered[-1], digits),
     }
+
+
+def spread_text(values: dict[str, float], fmt: str = "", extremes: bool = True) -> str:
+    """A `spread` as the benchmark tables show it: `median [q1-q3] (min-max)`, each value in `fmt`."""
+    text = f"{values['median']:{fmt}} [{values['q1']:{fmt}}-{values['q3']:{fmt}}]"
+    return f"{text} ({values['min']:{fmt}}-{values['max']:{fmt}})" if extremes else text
 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:

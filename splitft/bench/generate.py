@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads
+from splitft.bench.common import BenchModelConfig, split_model, spread, spread_text, torch_threads
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import save_tiny_model
@@ -119,9 +119,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for mode in MODES:
         row = report[mode]
-        tps = row["tokens_per_second"]
         lines.append(
-            f"| {mode} | {tps['median']} [{tps['q1']}-{tps['q3']}] ({tps['min']}-{tps['max']}) "
+            f"| {mode} | {spread_text(row['tokens_per_second'])} "
             f"| {row['bytes_up_per_token']['median']} | {row['bytes_down_per_token']['median']} |"
         )
     speedup, load = report["cached_speedup"], report["load_average"]

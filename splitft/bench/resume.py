@@ -37,7 +37,7 @@ import torch
 
 from device_client import EdgeConnection, SplitModel
 from device_client.retry import RetryPolicy
-from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads, train_step
+from splitft.bench.common import BenchModelConfig, split_model, spread, spread_text, torch_threads, train_step
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import make_batch, save_tiny_model
@@ -204,7 +204,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for label, row in report["step_seconds"].items():
         lines.append(
-            f"| {label} | {row['median']:.4f} [{row['q1']:.4f}-{row['q3']:.4f}] | {row['mean']:.4f} "
+            f"| {label} | {spread_text(row, '.4f', extremes=False)} | {row['mean']:.4f} "
             f"| {row['mean_vs_none']:.3f} | {row['checkpoints_timed']} |"
         )
     ckpt, kill = report["checkpoint"], report["kill_to_first_resumed_step"]
