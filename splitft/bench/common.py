@@ -1,13 +1,12 @@
 """What every wire-level benchmark shares: the model and batch config, a torch thread budget, one
-training step, a split model on a local edge, a process's CPU time and the spread of a sample
-and its text."""
+training step, a split model on a local edge, a process's CPU time and the spread of a sample."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,19 +77,6 @@ def spread(values: list[float], digits: int = 4) -> dict[str, float]:
         "min": round(ordered[0], digits),
         "max": round(ordered[-1], digits),
     }
-
-
-def spread_text(values: dict[str, float], fmt: str = "", extremes: bool = True) -> str:
-    """A `spread` as the benchmark tables show it: `median [q1-q3] (min-max)`, each value in `fmt`."""
-    text = f"{values['median']:{fmt}} [{values['q1']:{fmt}}-{values['q3']:{fmt}}]"
-    return f"{text} ({values['min']:{fmt}}-{values['max']:{fmt}})" if extremes else text
-
-
-def markdown_report(columns: Sequence[str], rows: Iterable[Sequence[Any]], notes: Sequence[str] = ()) -> str:
-    """A markdown table (a header of `columns`, a line per row) and, after a blank line, `notes`."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join([*lines, "", *notes] if notes else lines)
 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], micro_batches: int = 0) -> float:

@@ -22,14 +22,8 @@ from typing import Any
 import torch
 
 from device_client import EdgeConnection
-from splitft.bench.common import (
-    BenchModelConfig,
-    markdown_report,
-    split_model,
-    spread,
-    spread_text,
-    torch_threads,
-)
+from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads
+from splitft.bench.tables import markdown_report, spread_text
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import save_tiny_model

@@ -37,15 +37,8 @@ import torch
 
 from device_client import EdgeConnection, SplitModel
 from device_client.retry import RetryPolicy
-from splitft.bench.common import (
-    BenchModelConfig,
-    markdown_report,
-    split_model,
-    spread,
-    spread_text,
-    torch_threads,
-    train_step,
-)
+from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads, train_step
+from splitft.bench.tables import markdown_report, spread_text
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import make_batch, save_tiny_model
