@@ -113,14 +113,16 @@ SELECTION_SPECS = {
 
 
 def test_selection_jobs_over_rest_return_sparse_deltas_that_reproduce_the_device(tmp_path, task):
-    """A job per selection method, side by side on one edge and one agent (two sessions at once):
+    """A job per selection method, side by side on one edge and one agent (a session each, in turn):
     each returns sparse deltas and a head that, loaded on the whole model, give the device's logits."""
     from splitft.methods.sparse import read_sparse_deltas
 
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [_model_arg()])
         data = write_jsonl(task.train, tmp_path / "phone-1.jsonl")
-        loop.start_agent(loop.enroll_device("phone-1"), data, _model_arg(), max_sessions=len(SELECTION_SPECS))
+        loop.start_agent(
+            loop.enroll_device("phone-1"), data, _model_arg(), max_sessions=len(SELECTION_SPECS)
+        )  # then it exits
         jobs = {m: loop.create_job(_selection_spec(m, len(task.labels)))["id"] for m in SELECTION_SPECS}
         records = {}
         for method, job_id in jobs.items():

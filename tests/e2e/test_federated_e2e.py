@@ -59,7 +59,7 @@ def _unpack(data: bytes, dest) -> dict[str, torch.Tensor]:
 
 
 def test_federated_jobs_over_rest_average_their_devices_into_one_adapter(tmp_path) -> None:
-    """Two federated jobs side by side on one edge and the same two devices (two sessions each):
+    """Two federated jobs side by side on one edge and the same two devices (a session per round each):
     one with a trunk adapter per device, one with a shared trunk adapter (`_check_shared_trunk`)."""
     task = build_stdlib_task(max_per_class=12)
     model_arg = f"{MODEL}={default_model_dir()}"
@@ -71,7 +71,8 @@ def test_federated_jobs_over_rest_average_their_devices_into_one_adapter(tmp_pat
         loop.start_edge("edge-a", [model_arg])
         for name, examples in shards.items():
             data = write_jsonl(examples, tmp_path / f"{name}.jsonl")
-            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=2)
+            sessions = len(specs) * shared["federated"]["rounds"]  # the agent exits after that many
+            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=sessions)
         job_ids = {kind: loop.create_job(spec)["id"] for kind, spec in specs.items()}
         results = {
             kind: _finished(loop, job_id, list(shards), tmp_path / kind) for kind, job_id in job_ids.items()
