@@ -98,7 +98,7 @@ def test_federated_jobs_over_rest_average_their_devices_into_one_adapter(tmp_pat
 
 def _finished(loop: LocalLoop, job_id: str, devices: list[str], dest: Path) -> tuple[dict, dict, list]:
     """A succeeded job's global adapter, each device's upload (as tensors) and its rounds."""
-    job = loop.wait_job(job_id, timeout=300)
+    job = loop.wait_job(job_id, timeout=480)  # two jobs' rounds, in turn on each agent
     assert job["state"] == "succeeded", job
     rounds = loop.api("GET", f"/v1/jobs/{job_id}/rounds").json()
     global_state = _unpack(loop.api("GET", f"/v1/jobs/{job_id}/adapter").content, dest / "global")
