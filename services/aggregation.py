@@ -8,7 +8,6 @@ AirComp as the job says; the result is packed the same way, byte-identical for i
 
 from __future__ import annotations
 
-import gzip
 import io
 import tarfile
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from splitft.federated import Channel, aggregate_adapter_files
 from splitft.jobs.spec import FederatedSpec
+from splitft.targz import pack_files
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -60,11 +60,4 @@ def _unpack(archive: bytes, directory: Path) -> Path:
 
 def pack_adapter_files(directory: Path) -> bytes:
     """A peft adapter directory's two files as a reproducible .tar.gz (what devices upload)."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name in ADAPTER_FILES:
-            data = (directory / name).read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return pack_files((name, (directory / name).read_bytes()) for name in ADAPTER_FILES)

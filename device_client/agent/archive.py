@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import tarfile
 from pathlib import Path
 
 from device_client.adapter_load import ADAPTER_WEIGHTS
 from splitft.errors import FailedPrecondition
+from splitft.targz import pack_files
 
 # What /complete accepts in the archive: a peft LoRA adapter, or a selection method's sparse deltas
 # (with, when the head is new, head.safetensors); nothing else (splitft_control.archive).
@@ -28,14 +28,8 @@ def pack_adapter(directory: str | Path) -> bytes:
     if layouts[index]:
         raise FailedPrecondition(f"adapter directory {root} lacks {', '.join(layouts[index])}")
     wanted = {*ADAPTER_LAYOUTS[index], *ADAPTER_OPTIONAL[index]}
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path in sorted(p for p in root.iterdir() if p.is_file() and p.name in wanted):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(path.name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.name in wanted)
+    return pack_files((path.name, path.read_bytes()) for path in paths)
 
 
 def unpack_adapter(archive: bytes, directory: Path) -> Path:

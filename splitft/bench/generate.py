@@ -23,6 +23,7 @@ import torch
 
 from device_client import EdgeConnection
 from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads
+from splitft.bench.tables import markdown_report, spread_text
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import save_tiny_model
@@ -113,21 +114,19 @@ def run_generate_bench(config: GenerateBenchConfig) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    lines = [
-        "| mode | tokens/s median [q1-q3] (min-max) | bytes up / token | bytes down / token |",
-        "|---|---|---|---|",
-    ]
-    for mode in MODES:
-        row = report[mode]
-        tps = row["tokens_per_second"]
-        lines.append(
-            f"| {mode} | {tps['median']} [{tps['q1']}-{tps['q3']}] ({tps['min']}-{tps['max']}) "
-            f"| {row['bytes_up_per_token']['median']} | {row['bytes_down_per_token']['median']} |"
+    columns = ("mode", "tokens/s median [q1-q3] (min-max)", "bytes up / token", "bytes down / token")
+    rows = [
+        (
+            mode,
+            spread_text(report[mode]["tokens_per_second"]),
+            report[mode]["bytes_up_per_token"]["median"],
+            report[mode]["bytes_down_per_token"]["median"],
         )
-    speedup, load = report["cached_speedup"], report["load_average"]
-    lines += [
-        "",
-        f"cached vs uncached, per round: {speedup['median']}x median [{speedup['q1']}-{speedup['q3']}] "
-        f"(min {speedup['min']}, max {speedup['max']}); load average {load[0]:.1f} on {report['cpus']} CPUs",
+        for mode in MODES
     ]
-    return "\n".join(lines)
+    speedup, load = report["cached_speedup"], report["load_average"]
+    note = (
+        f"cached vs uncached, per round: {speedup['median']}x median [{speedup['q1']}-{speedup['q3']}] "
+        f"(min {speedup['min']}, max {speedup['max']}); load average {load[0]:.1f} on {report['cpus']} CPUs"
+    )
+    return markdown_report(columns, rows, [note])

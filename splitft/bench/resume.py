@@ -38,6 +38,7 @@ import torch
 from device_client import EdgeConnection, SplitModel
 from device_client.retry import RetryPolicy
 from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads, train_step
+from splitft.bench.tables import markdown_report, spread_text
 from splitft.errors import InvalidArgument, SplitftError
 from splitft.local.launch import EdgeProcess
 from splitft.testing.tiny import make_batch, save_tiny_model
@@ -198,21 +199,23 @@ def _abandon(model: SplitModel, conn: EdgeConnection) -> None:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The step-time rows as docs/resilience.md shows them, then size and kill-to-resume lines."""
-    lines = [
-        "| checkpoints | step s median [q1-q3] | mean step s | mean x none | checkpoints in timed steps |",
-        "|---|---|---|---|---|",
-    ]
-    for label, row in report["step_seconds"].items():
-        lines.append(
-            f"| {label} | {row['median']:.4f} [{row['q1']:.4f}-{row['q3']:.4f}] | {row['mean']:.4f} "
-            f"| {row['mean_vs_none']:.3f} | {row['checkpoints_timed']} |"
+    columns = ["checkpoints", "step s median [q1-q3]", "mean step s", "mean x none"]
+    columns.append("checkpoints in timed steps")
+    rows = [
+        (
+            label,
+            spread_text(row, ".4f", extremes=False),
+            f"{row['mean']:.4f}",
+            f"{row['mean_vs_none']:.3f}",
+            row["checkpoints_timed"],
         )
+        for label, row in report["step_seconds"].items()
+    ]
     ckpt, kill = report["checkpoint"], report["kill_to_first_resumed_step"]
-    lines += [
-        "",
+    notes = [
         f"checkpoint: {ckpt['bytes']} bytes, {ckpt['seconds']['median']:.4f} s median "
         f"[{ckpt['seconds']['min']:.4f}-{ckpt['seconds']['max']:.4f}]",
         "kill to first resumed step: "
         + ", ".join(f"{k.removesuffix('_seconds')} {v['median']:.3f} s" for k, v in kill.items()),
     ]
-    return "\n".join(lines)
+    return markdown_report(columns, rows, notes)

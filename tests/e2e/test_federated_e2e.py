@@ -58,40 +58,55 @@ def _unpack(data: bytes, dest) -> dict[str, torch.Tensor]:
     return load_file(str(dest / WEIGHTS))
 
 
-def test_a_federated_job_over_rest_averages_its_devices_into_one_adapter(tmp_path) -> None:
+def test_federated_jobs_over_rest_average_their_devices_into_one_adapter(tmp_path) -> None:
+    """Two federated jobs side by side on one edge and the same two devices (a session per round each):
+    one with a trunk adapter per device, one with a shared trunk adapter (`_check_shared_trunk`)."""
     task = build_stdlib_task(max_per_class=12)
     model_arg = f"{MODEL}={default_model_dir()}"
     shards = {"phone-1": task.train[0::3], "phone-2": task.train[1::3]}  # two of three: unequal sizes
+    shared = _spec(list(shards), len(task.labels))
+    shared["federated"]["trunk_adapter"] = "shared"
+    specs = {"own": _spec(list(shards), len(task.labels)), "shared": shared}
     with LocalLoop(tmp_path) as loop:
         loop.start_edge("edge-a", [model_arg])
         for name, examples in shards.items():
             data = write_jsonl(examples, tmp_path / f"{name}.jsonl")
-            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=2)
-        job = loop.create_job(_spec(list(shards), len(task.labels)))
-        job = loop.wait_job(job["id"], timeout=300)
-        assert job["state"] == "succeeded", job
-        rounds = loop.api("GET", f"/v1/jobs/{job['id']}/rounds").json()
-        assert [(r["number"], r["state"], r["participants"]) for r in rounds] == [
-            (0, "aggregated", ["phone-1", "phone-2"]),
-            (1, "aggregated", ["phone-1", "phone-2"]),
-        ]
-        assert rounds[1]["bytes_down"] > 0 and all(r["bytes_up"] > 0 for r in rounds)
-        assert all(r["mean_loss"] is not None for r in rounds)
-        global_state = _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapter").content, tmp_path / "global")
-        uploads = {
-            name: _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapters/{name}").content, tmp_path / name)
-            for name in shards
+            sessions = len(specs) * shared["federated"]["rounds"]  # the agent exits after that many
+            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=sessions)
+        job_ids = {kind: loop.create_job(spec)["id"] for kind, spec in specs.items()}
+        results = {
+            kind: _finished(loop, job_id, list(shards), tmp_path / kind) for kind, job_id in job_ids.items()
         }
     sizes = {name: len(examples) for name, examples in shards.items()}
-    total = sum(sizes.values())
+    global_state, uploads, rounds = results["own"]
+    assert [(r["number"], r["state"], r["participants"]) for r in rounds] == [
+        (0, "aggregated", ["phone-1", "phone-2"]),
+        (1, "aggregated", ["phone-1", "phone-2"]),
+    ]
+    assert rounds[1]["bytes_down"] > 0 and all(r["bytes_up"] > 0 for r in rounds)
+    assert all(r["mean_loss"] is not None for r in rounds)
     assert any(".layer.3." in k for k in global_state)  # the trunk's adapter is averaged too
     for key, value in global_state.items():
-        expected = sum(uploads[n][key].double() * sizes[n] / total for n in shards).float()
+        expected = sum(uploads[n][key].double() * sizes[n] / sum(sizes.values()) for n in shards).float()
         torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
     base = BertForSequenceClassification.from_pretrained(
         str(default_model_dir()), num_labels=len(task.labels)
     )
-    PeftModel.from_pretrained(base, str(tmp_path / "global"))  # one standard peft adapter
+    PeftModel.from_pretrained(base, str(tmp_path / "own" / "global"))  # one standard peft adapter
+    _check_shared_trunk(job_ids["shared"], results["shared"], sizes, shared, tmp_path / "shared")
+
+
+def _finished(loop: LocalLoop, job_id: str, devices: list[str], dest: Path) -> tuple[dict, dict, list]:
+    """A succeeded job's global adapter, each device's upload (as tensors) and its rounds."""
+    job = loop.wait_job(job_id, timeout=480)  # two jobs' rounds, in turn on each agent
+    assert job["state"] == "succeeded", job
+    rounds = loop.api("GET", f"/v1/jobs/{job_id}/rounds").json()
+    global_state = _unpack(loop.api("GET", f"/v1/jobs/{job_id}/adapter").content, dest / "global")
+    uploads = {
+        name: _unpack(loop.api("GET", f"/v1/jobs/{job_id}/adapters/{name}").content, dest / name)
+        for name in devices
+    }
+    return global_state, uploads, rounds
 
 
 def test_a_device_killed_mid_round_misses_it_and_the_job_goes_on(tmp_path) -> None:
@@ -124,39 +139,21 @@ def test_a_device_killed_mid_round_misses_it_and_the_job_goes_on(tmp_path) -> No
     assert dead["state"] == "failed" and "missed the deadline of round 0" in dead["reason"]
 
 
-def test_a_shared_trunk_job_steps_one_trunk_adapter_per_round(tmp_path) -> None:
+def _check_shared_trunk(job_id: str, result: tuple, sizes: dict[str, int], spec: dict, dest: Path) -> None:
     """trunk_adapter "shared": both devices' sessions of a round step ONE trunk adapter on the edge;
     each upload is marked with the steps its trunk export held, the latest holds every step of the
     round, and the global adapter is the device parts averaged with that trunk."""
-    task = build_stdlib_task(max_per_class=12)
-    model_arg = f"{MODEL}={default_model_dir()}"
-    shards = {"phone-1": task.train[0::3], "phone-2": task.train[1::3]}
-    spec = _spec(list(shards), len(task.labels))
-    spec["federated"]["trunk_adapter"] = "shared"
-    with LocalLoop(tmp_path) as loop:
-        loop.start_edge("edge-a", [model_arg])
-        for name, examples in shards.items():
-            data = write_jsonl(examples, tmp_path / f"{name}.jsonl")
-            loop.start_agent(loop.enroll_device(name), data, model_arg, max_sessions=2)
-        job = loop.wait_job(loop.create_job(spec)["id"], timeout=300)
-        assert job["state"] == "succeeded", job
-        rounds = loop.api("GET", f"/v1/jobs/{job['id']}/rounds").json()
-        assert [(r["number"], r["participants"]) for r in rounds] == [(n, list(shards)) for n in (0, 1)]
-        global_state = _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapter").content, tmp_path / "global")
-        uploads = {
-            name: _unpack(loop.api("GET", f"/v1/jobs/{job['id']}/adapters/{name}").content, tmp_path / name)
-            for name in shards
-        }
-    marks = {name: read_trunk_marks(tmp_path / name / WEIGHTS) for name in shards}
-    assert all(m is not None and m.adapter == f"{job['id']}/r1" for m in marks.values()), marks
-    latest = max(shards, key=lambda n: marks[n].steps)  # type: ignore[union-attr]
+    global_state, uploads, rounds = result
+    assert [(r["number"], r["participants"]) for r in rounds] == [(n, list(sizes)) for n in (0, 1)]
+    marks = {name: read_trunk_marks(dest / name / WEIGHTS) for name in sizes}
+    assert all(m is not None and m.adapter == f"{job_id}/r1" for m in marks.values()), marks
+    latest = max(sizes, key=lambda n: marks[n].steps)  # type: ignore[union-attr]
     trunk = marks[latest].keys  # type: ignore[union-attr]
     assert marks[latest].steps == 2 * spec["federated"]["local_steps"]  # type: ignore[union-attr]  # both devices'
     assert {int(k.split(".layer.")[1].split(".")[0]) for k in trunk} == {2, 3, 4}  # MiniLM's trunk blocks
-    sizes = {name: len(examples) for name, examples in shards.items()}
     for key, value in global_state.items():
         if key in trunk:  # the shared adapter, as its latest export held it
             assert torch.equal(value, uploads[latest][key]), key
         else:
-            expected = sum(uploads[n][key].double() * sizes[n] / sum(sizes.values()) for n in shards).float()
+            expected = sum(uploads[n][key].double() * sizes[n] / sum(sizes.values()) for n in sizes).float()
             torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from device_client import EdgeConnection, SplitModel
 from edge_server import EdgeServer
 from splitft.model.families import FAMILIES
+from splitft.privacy.wire_tap import tensor_parts
 from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 from splitft.v1 import dataplane_pb2 as pb
 from splitft.wire.codec import parts_to_tensors
@@ -160,21 +161,9 @@ def _tensor_streams(call: RecordedCall) -> Iterator[dict[str, torch.Tensor]]:
     for messages in (call.requests, call.responses):
         groups = _requests_of(messages) if call.method == "Train" else [messages]
         for group in groups:
-            parts = [part for message in group for part in _parts(message)]
+            parts = [part for message in group for part in tensor_parts(message)]
             if parts:
                 yield parts_to_tensors(parts)
-
-
-def _parts(message: Message) -> Iterator[pb.TensorPart]:
-    # Walk every set field, so a tensor nested anywhere in any message type is found.
-    if isinstance(message, pb.TensorPart):
-        yield message
-        return
-    for descriptor, value in message.ListFields():
-        if descriptor.type != FieldDescriptor.TYPE_MESSAGE:
-            continue
-        for item in value if descriptor.is_repeated else [value]:
-            yield from _parts(item)
 
 
 def _all_tensors(run: Run) -> list[tuple[str, str, torch.Tensor]]:

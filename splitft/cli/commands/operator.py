@@ -7,7 +7,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +88,36 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
+def _print_answer(args: argparse.Namespace, answer: Any, line: str) -> None:
+    """The server's answer as JSON with --json, else one line about it."""
+    if args.json:
+        _print_json(answer)
+    else:
+        _console().print(line)
+
+
+def _print_table(
+    args: argparse.Namespace, answer: Any, columns: Sequence[str], rows: Iterable[Sequence[str]]
+) -> None:
+    """The server's answer as JSON with --json, else a table of `rows` (read only for the table)."""
+    if args.json:
+        _print_json(answer)
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
 @plain_errors
 def jobs_create(args: argparse.Namespace) -> int:
     """POST /v1/jobs with the file's spec; prints the new job (and follows it with --watch)."""
     spec = load_job_file(args.file)
     with _client(args) as client:
         job = client.post("/v1/jobs", spec)
-        if args.json:
-            _print_json(job)
-        else:
-            _console().print(
-                f"job {job['id']} ({job['name']}) created: {job['state']} {job['reason']}".rstrip()
-            )
+        _print_answer(
+            args, job, f"job {job['id']} ({job['name']}) created: {job['state']} {job['reason']}".rstrip()
+        )
         if args.watch:
             return watch_job(client, job["id"], interval=args.interval, plain=args.plain or args.json)
     return 0
@@ -112,26 +130,25 @@ def jobs_list(args: argparse.Namespace) -> int:
         params["state"] = args.state
     with _client(args) as client:
         jobs = client.get("/v1/jobs", **params)
-    if args.json:
-        _print_json(jobs)
-        return 0
-    table = Table("id", "name", "state", "mode", "model", "devices", "sessions", "created", "reason")
-    for job in jobs:
-        sessions = job["sessions"]
-        done = sum(s["state"] == "succeeded" for s in sessions)
-        table.add_row(
-            job["id"],
-            job["name"],
-            job["state"],
-            job["spec"].get("mode", "independent"),
-            job["spec"]["model"],
-            str(len(job["spec"]["devices"])),
-            f"{done}/{len(sessions)} succeeded",
-            job["created_at"][:19],
-            job["reason"],
-        )
-    _console().print(table)
+    columns = ("id", "name", "state", "mode", "model", "devices", "sessions", "created", "reason")
+    _print_table(args, jobs, columns, (_job_row(job) for job in jobs))
     return 0
+
+
+def _job_row(job: dict[str, Any]) -> tuple[str, ...]:
+    sessions = job["sessions"]
+    done = sum(s["state"] == "succeeded" for s in sessions)
+    return (
+        job["id"],
+        job["name"],
+        job["state"],
+        job["spec"].get("mode", "independent"),
+        job["spec"]["model"],
+        str(len(job["spec"]["devices"])),
+        f"{done}/{len(sessions)} succeeded",
+        job["created_at"][:19],
+        job["reason"],
+    )
 
 
 @plain_errors
@@ -193,10 +210,7 @@ def jobs_watch(args: argparse.Namespace) -> int:
 def jobs_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.post(f"/v1/jobs/{args.job}/cancel")
-    if args.json:
-        _print_json(job)
-    else:
-        _console().print(f"job {job['id']} {job['state']}")
+    _print_answer(args, job, f"job {job['id']} {job['state']}")
     return 0
 
 
@@ -234,12 +248,8 @@ def devices_create(args: argparse.Namespace) -> int:
 def devices_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         devices = client.get("/v1/devices")
-    if args.json:
-        _print_json(devices)
-        return 0
-    table = Table("id", "name", "status", "created", "enrolled", "disabled")
-    for d in devices:
-        table.add_row(
+    rows = (
+        (
             d["id"],
             d["name"],
             d["status"],
@@ -247,7 +257,9 @@ def devices_list(args: argparse.Namespace) -> int:
             (d["enrolled_at"] or "-")[:19],
             (d["disabled_at"] or "-")[:19],
         )
-    _console().print(table)
+        for d in devices
+    )
+    _print_table(args, devices, ("id", "name", "status", "created", "enrolled", "disabled"), rows)
     return 0
 
 
@@ -260,10 +272,7 @@ def devices_disable(args: argparse.Namespace) -> int:
         if not match:
             raise NotFound(f"no device with id or name {args.device!r}")
         device = client.post(f"/v1/devices/{match[0]['id']}/disable")
-    if args.json:
-        _print_json(device)
-    else:
-        _console().print(f"device {device['name']} ({device['id']}) {device['status']}")
+    _print_answer(args, device, f"device {device['name']} ({device['id']}) {device['status']}")
     return 0
 
 
@@ -271,27 +280,34 @@ def devices_disable(args: argparse.Namespace) -> int:
 def edges_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         edges = client.get("/v1/edges")
-    if args.json:
-        _print_json(edges)
-        return 0
-    table = Table(
-        "id", "name", "address", "status", "models", "sessions", "free memory", "memory limit", "heartbeat"
+    columns = (
+        "id",
+        "name",
+        "address",
+        "status",
+        "models",
+        "sessions",
+        "free memory",
+        "memory limit",
+        "heartbeat",
     )
-    for e in edges:
-        cap = e["capacity"]
-        table.add_row(
-            e["id"],
-            e["name"],
-            e["address"],
-            e["status"],
-            ", ".join(e["models"]),
-            f"{e['active_sessions']}/{cap['max_sessions']}",
-            _bytes(cap["memory_free_bytes"]),
-            _bytes(cap["memory_limit_bytes"]) if cap["memory_limit_bytes"] else "-",
-            (e["last_heartbeat_at"] or "-")[:19],
-        )
-    _console().print(table)
+    _print_table(args, edges, columns, (_edge_row(e) for e in edges))
     return 0
+
+
+def _edge_row(edge: dict[str, Any]) -> tuple[str, ...]:
+    cap = edge["capacity"]
+    return (
+        edge["id"],
+        edge["name"],
+        edge["address"],
+        edge["status"],
+        ", ".join(edge["models"]),
+        f"{edge['active_sessions']}/{cap['max_sessions']}",
+        _bytes(cap["memory_free_bytes"]),
+        _bytes(cap["memory_limit_bytes"]) if cap["memory_limit_bytes"] else "-",
+        (edge["last_heartbeat_at"] or "-")[:19],
+    )
 
 
 def _bytes(n: int) -> str:

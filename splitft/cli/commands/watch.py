@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,9 +114,15 @@ def watch_job(client: Client, job_id: str, *, interval: float, plain: bool) -> i
     console = Console(highlight=False, soft_wrap=True)
     job = client.get(f"/v1/jobs/{job_id}")
     total = total_steps(job["spec"])
-    follower, rows = MetricsFollower(job_id), {}  # type: ignore[var-annotated]
+    rows: dict[str, DeviceRow] = {}
+    follower = MetricsFollower(job_id)
     if plain or not sys.stdout.isatty():
-        job = _watch_plain(client, job, follower, rows, total, interval, console)
+
+        def print_lines(changed: list[str]) -> None:
+            for device in changed:
+                console.print(rows[device].line(device, total))
+
+        job = _follow(client, job, follower, rows, interval, print_lines)
     else:
         job = _watch_bars(client, job, follower, rows, total, interval, console)
     reason = f": {job['reason']}" if job["reason"] else ""
@@ -123,18 +130,17 @@ def watch_job(client: Client, job_id: str, *, interval: float, plain: bool) -> i
     return 0 if job["state"] == "succeeded" else 1
 
 
-def _watch_plain(
+def _follow(
     client: Client,
     job: dict[str, Any],
     follower: MetricsFollower,
     rows: dict[str, DeviceRow],
-    total: int | None,
     interval: float,
-    console: Console,
+    show: Callable[[list[str]], None],
 ) -> dict[str, Any]:
+    """Poll the job and its metrics until it ends; `show` gets the devices whose row changed."""
     while True:
-        for device in _update_rows(rows, job, follower.poll(client)):
-            console.print(rows[device].line(device, total))
+        show(_update_rows(rows, job, follower.poll(client)))
         if job["state"] in FINAL_STATES:
             return job
         time.sleep(interval)
@@ -159,21 +165,26 @@ def _watch_bars(
         TextColumn("{task.fields[state]}"),
     )
     with Progress(*columns, console=console) as progress:
-        bars: dict[str, TaskID] = {}
-        while True:
-            _update_rows(rows, job, follower.poll(client))
-            for device, row in rows.items():
-                if device not in bars:
-                    bars[device] = progress.add_task(device, total=total, loss="-", rate="", state="")
-                progress.update(
-                    bars[device],
-                    description=row.describe(device),
-                    completed=row.step,
-                    loss="-" if row.loss is None else f"{row.loss:.4f}",
-                    rate="" if row.rate is None else f"{row.rate:.1f} ex/s",
-                    state=row.state,
-                )
-            if job["state"] in FINAL_STATES:
-                return job
-            time.sleep(interval)
-            job = client.get(f"/v1/jobs/{job['id']}")
+        return _follow(client, job, follower, rows, interval, _bar_updater(progress, rows, total))
+
+
+def _bar_updater(
+    progress: Progress, rows: dict[str, DeviceRow], total: int | None
+) -> Callable[[list[str]], None]:
+    """A `show` that redraws every device's bar (a new device gets one)."""
+    bars: dict[str, TaskID] = {}
+
+    def show(changed: list[str]) -> None:
+        for device, row in rows.items():
+            if device not in bars:
+                bars[device] = progress.add_task(device, total=total, loss="-", rate="", state="")
+            progress.update(
+                bars[device],
+                description=row.describe(device),
+                completed=row.step,
+                loss="-" if row.loss is None else f"{row.loss:.4f}",
+                rate="" if row.rate is None else f"{row.rate:.1f} ex/s",
+                state=row.state,
+            )
+
+    return show

@@ -8,18 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from splitft.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    ResourceExhausted,
-    SplitftError,
-    Unauthenticated,
-    Unavailable,
-)
+from splitft import errors
 from splitft.rest import error_from_http, request
 from tests.support.agent_support import CP
 
@@ -27,20 +16,20 @@ from tests.support.agent_support import CP
 @pytest.mark.parametrize(
     ("status", "detail", "error"),
     [
-        (400, "bad", InvalidArgument),
-        (401, "invalid or already used enrollment token", Unauthenticated),
-        (403, "not yours", PermissionDenied),
-        (404, "unknown session", NotFound),
-        (409, "device phone-17 already exists", AlreadyExists),
-        (409, "session is not running", FailedPrecondition),
-        (413, "too big", PayloadTooLarge),
-        (422, [{"loc": ["body", "reason"], "msg": "Field required"}], InvalidArgument),
-        (429, "slow down", ResourceExhausted),
-        (500, "boom", Unavailable),
-        (503, "draining", Unavailable),
+        (400, "bad", errors.InvalidArgument),
+        (401, "invalid or already used enrollment token", errors.Unauthenticated),
+        (403, "not yours", errors.PermissionDenied),
+        (404, "unknown session", errors.NotFound),
+        (409, "device phone-17 already exists", errors.AlreadyExists),
+        (409, "session is not running", errors.FailedPrecondition),
+        (413, "too big", errors.PayloadTooLarge),
+        (422, [{"loc": ["body", "reason"], "msg": "Field required"}], errors.InvalidArgument),
+        (429, "slow down", errors.ResourceExhausted),
+        (500, "boom", errors.Unavailable),
+        (503, "draining", errors.Unavailable),
     ],
 )
-def test_http_errors_map_to_the_catalog(status: int, detail: Any, error: type[SplitftError]) -> None:
+def test_http_errors_map_to_the_catalog(status: int, detail: Any, error: type[errors.SplitftError]) -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json={"detail": detail})
 
@@ -57,7 +46,7 @@ def test_http_connection_failure_and_plain_text_errors() -> None:
         raise httpx.ConnectError("connection refused", request=req)
 
     with httpx.Client(transport=httpx.MockTransport(refuse)) as http:
-        with pytest.raises(Unavailable, match="unreachable.*ConnectError"):
+        with pytest.raises(errors.Unavailable, match="unreachable.*ConnectError"):
             request(http, "GET", f"{CP}/v1/assignments/next")
     assert error_from_http(502, "Bad Gateway").message == "HTTP 502: Bad Gateway"
-    assert type(error_from_http(418, "teapot")) is InvalidArgument
+    assert type(error_from_http(418, "teapot")) is errors.InvalidArgument
