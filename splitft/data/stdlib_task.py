@@ -199,8 +199,13 @@ def _import_quietly(name: str) -> ModuleType:
         return importlib.import_module(name)
 
 
+# Modules that run a program when imported: `idlelib.idle` starts IDLE (it parses sys.argv, so
+# under pytest it exits with a usage error; with a display it opens a window). They define nothing.
+_SCRIPT_MODULES = frozenset({"idlelib.idle"})
+
+
 def _module_names(package: str) -> list[str]:
-    """Names of ``package`` and of its public, non-test submodules, sorted."""
+    """Names of ``package`` and of its public, non-test, non-script submodules, sorted."""
     root = _import_quietly(package)
     names = {package}
     path = getattr(root, "__path__", None)
@@ -213,6 +218,8 @@ def _module_names(package: str) -> list[str]:
     for info in found:
         relative = info.name[len(package) + 1 :]
         if "test" in relative.lower() or any(part.startswith("_") for part in relative.split(".")):
+            continue
+        if info.name in _SCRIPT_MODULES:
             continue
         names.add(info.name)
     return sorted(names)

@@ -202,3 +202,19 @@ def test_validation_split_rejects_bad_fraction(task: TextTask, fraction: float) 
 def test_validation_split_needs_two_examples_per_class() -> None:
     with pytest.raises(ValueError, match="class 0 has 1 example"):
         validation_split([Example("only one", 0), Example("a", 1), Example("b", 1)], 0.5)
+
+
+def test_collecting_idlelib_texts_does_not_start_idle() -> None:
+    """`idlelib.idle` runs IDLE when imported: under pytest it exited on pytest's own `-q` (the demo's
+    privacy headline collects idlelib's docstrings as public text). A fresh interpreter, so no
+    earlier import hides it."""
+    code = (
+        "import sys; sys.argv = ['pytest', '-q'];"
+        "from splitft.data.stdlib_task import package_texts;"
+        "texts = package_texts('idlelib');"
+        "print(len(texts), 'idlelib.idle' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, imported = done.stdout.split()
+    assert int(count) > 100 and imported == "False"
