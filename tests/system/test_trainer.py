@@ -18,6 +18,12 @@ from splitft.testing.tiny import make_batch
 from tests.support.trainer_run import TrainerRun, examples, open_split, reference_from, train, training_args
 
 TOL = 1e-5
+# The adapters after six AdamW steps: every element within TOL plus 1e-4 of its size. AdamW divides
+# each step by sqrt(v), so an element whose gradient is near zero turns float32 rounding of the two
+# sides' different reduction orders into a visible difference: on this session's AMD EPYC two of
+# about 8,000 Llama adapter elements differed by 5.2e-6 and 1.09e-5 (relative 7.7e-5), every other
+# by under 1e-6. Losses and gradient norms, before any such division, stay within TOL absolute.
+ADAPTER_RTOL = 1e-4
 
 
 def assert_same_run(split: TrainerRun, reference: TrainerRun) -> None:
@@ -27,7 +33,7 @@ def assert_same_run(split: TrainerRun, reference: TrainerRun) -> None:
     assert set(split.adapter) == set(reference.adapter)
     assert [k for k in split.adapter if ".2." in k], "the trunk adapter must be part of the export"
     for key, value in reference.adapter.items():
-        torch.testing.assert_close(split.adapter[key], value, atol=TOL, rtol=0)
+        torch.testing.assert_close(split.adapter[key], value, atol=TOL, rtol=ADAPTER_RTOL)
 
 
 @pytest.mark.parametrize("family", ["llama", "bert"])
