@@ -65,7 +65,11 @@ def register_vit(bench: argparse._SubParsersAction) -> None:
     )
     vit.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
     vit.add_argument(
-        "--lr-multipliers", type=float, nargs="+", default=None, help="x each method's rate (default 1/3 1 3)"
+        "--lr-multipliers",
+        type=float,
+        nargs="+",
+        default=None,
+        help="x each method's rate (default 1/3 1 3 10 30)",
     )
     vit.add_argument("--epochs", type=int, default=None, help="fine-tuning passes over the training split")
     vit.add_argument("--pretrain-steps", type=int, default=None)
