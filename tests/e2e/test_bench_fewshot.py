@@ -9,9 +9,10 @@ import json
 
 import pytest
 
-from splitft.bench.fewshot import QUICK
+from splitft.bench.fewshot import QUICK, FewshotBenchConfig
 from splitft.bench.fewshot.data import BACKBONE_PACKAGES, EPISODE_PACKAGES
 from splitft.cli import main
+from splitft.errors import InvalidArgument
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -102,3 +103,12 @@ def test_bench_fewshot_refuses_a_bad_budget(capsys) -> None:
         main(["bench", "fewshot", "--budgets", "0.1"])
     assert exit_info.value.code == 2
     assert "MEMORY:MACS" in capsys.readouterr().err
+
+
+def test_bench_fewshot_refuses_bad_backbone_settings() -> None:
+    with pytest.raises(InvalidArgument, match="backbone"):
+        FewshotBenchConfig(backbone="resnet")
+    with pytest.raises(InvalidArgument, match="vit overrides"):
+        FewshotBenchConfig(vit={"hiden": 32})
+    FewshotBenchConfig(backbone="bert-stdlib", ways=6)  # six held-out packages
+    assert main(["bench", "fewshot", "--ways", "6"]) == 2  # five unseen digits
