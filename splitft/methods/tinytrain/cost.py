@@ -19,7 +19,8 @@ tokens:
   mask and a Python GELU's temporaries included), and `backward_peak`, the same over its backward
   until it reaches `L` (a gradient beside the tensors it is computed from included).
 
-The step's peak is the largest of three: the forward's `moments + kept + forward_peak`, the
+The step's peak is the largest of three: the forward's (`moments` plus the measured peak with
+each kept tensor added from the op it comes to exist on, `_forward_peak`), the
 backward's `state + kept + backward_peak` (every gradient counted, a bound) and AdamW's step,
 `state` plus one trained layer's `b * r*out*in` (its CPU step makes a temporary that size). A
 `LayerCost` without `backward_peak` (built by hand) falls back to the Fisher pass's saved bytes:
