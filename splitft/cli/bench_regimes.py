@@ -40,8 +40,18 @@ def register_fewshot(bench: argparse._SubParsersAction) -> None:
         default=None,
         help="TinyTrain's MEMORY:MACS budgets as shares of training every block Linear, e.g. 0.1:0.1",
     )
-    fewshot.add_argument("--pretrain-steps", type=int, default=None)
+    fewshot.add_argument(
+        "--backbone",
+        default=None,
+        choices=["vit-digits", "bert-stdlib"],
+        help="vit-digits (default): bench vit's ViT, digits 0-4, episodes of digits 5-9; "
+        "bert-stdlib: a tiny BERT pretrained in the run on stdlib docstrings",
+    )
+    fewshot.add_argument("--pretrain-steps", type=int, default=None, help="bert-stdlib's pretraining")
     fewshot.add_argument("--threads", type=int, default=None)
+    fewshot.add_argument(
+        "--cache-dir", default=None, help="vit-digits' backbones (default: bench vit's cache)"
+    )
     fewshot.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     fewshot.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
     handled_by(fewshot, "bench:fewshot")
@@ -65,7 +75,11 @@ def register_vit(bench: argparse._SubParsersAction) -> None:
     )
     vit.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
     vit.add_argument(
-        "--lr-multipliers", type=float, nargs="+", default=None, help="x each method's rate (default 1/3 1 3)"
+        "--lr-multipliers",
+        type=float,
+        nargs="+",
+        default=None,
+        help="x each method's rate (default 1/3 1 3 10 30)",
     )
     vit.add_argument("--epochs", type=int, default=None, help="fine-tuning passes over the training split")
     vit.add_argument("--pretrain-steps", type=int, default=None)

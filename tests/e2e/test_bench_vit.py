@@ -43,6 +43,7 @@ def _check_rows(report: dict) -> None:
     for row in task["rows"]:
         run = row["runs"][0]
         assert set(row["lr_validation"]) == {f"{row['lr']:.3g}"} and row["seeds"] == [0]
+        assert row["lr_multiplier"] == 1.0 and row["lr_edge"] is None  # one rate: no choice, no edge
         # training changed what the model predicts on the test split, and lowered its training loss
         assert run["test_after"] != run["test_before"], row["method"]
         assert run["train_loss_last_10"] < run["train_loss_first"], row["method"]

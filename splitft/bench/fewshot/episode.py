@@ -50,12 +50,18 @@ def _inputs(batch: Batch) -> Batch:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
+def pooled_features(model: nn.Module, inputs: Batch) -> torch.Tensor:
+    """What the model's classifier reads: BERT's pooler output, or ViT's final [CLS] token."""
+    if hasattr(model, "bert"):
+        return model.get_submodule("bert")(**inputs).pooler_output
+    return model.get_submodule("vit")(**inputs).last_hidden_state[:, 0, :]
+
+
 def prototype_head(model: nn.Module, support: Batch, ways: int) -> nn.Linear:
     """The linear head equal to nearest-prototype (squared Euclidean) on the pooled features."""
     model.eval()
     with torch.no_grad():
-        encoder: Any = model.get_submodule("bert")
-        features = encoder(**_inputs(support)).pooler_output
+        features = pooled_features(model, _inputs(support))
     labels = support["labels"]
     means = torch.stack([features[labels == c].mean(0) for c in range(ways)])
     head = nn.Linear(features.shape[-1], ways)
@@ -67,9 +73,10 @@ def prototype_head(model: nn.Module, support: Batch, ways: int) -> nn.Linear:
 
 def prepare(backbone: nn.Module, episode: Episode, ways: int) -> Context:
     """The backbone with the episode's prototype head, and one Fisher pass over the support set."""
-    base: Any = copy.deepcopy(backbone)  # a BertForSequenceClassification
+    base: Any = copy.deepcopy(backbone)  # a BertForSequenceClassification or ViTForImageClassification
     base.classifier = prototype_head(base, episode.support, ways)
-    base.num_labels = ways  # the loss BertForSequenceClassification computes reads it
+    base.num_labels = ways  # the losses BERT's and ViT's classifiers compute read these
+    base.config.num_labels = ways
     base.requires_grad_(False)
     fisher = fisher_pass(base, [episode.support], None, find_target_modules(base))
     costs = layer_costs(base, fisher)

@@ -26,27 +26,60 @@ from splitft.bench.fewshot.backbone import pretrain
 from splitft.bench.fewshot.config import FewshotBenchConfig
 from splitft.bench.fewshot.data import EPISODE_PACKAGES, load_data, sample_episode
 from splitft.bench.fewshot.episode import method_names, prepare, run_episode
+from splitft.bench.fewshot.vit import (
+    VIT_EPISODE_CLASSES,
+    load_vit_backbone,
+    load_vit_pool,
+    sample_vit_episode,
+)
 
 logger = logging.getLogger(__name__)
 MIB = 1024 * 1024
+
+
+class _Backbones:
+    """The chosen backbone family: its pretrained model per seed, its episode pool and sampler."""
+
+    def __init__(self, config: FewshotBenchConfig) -> None:
+        self.config = config
+        self.vit = config.backbone == "vit-digits"
+        self.data = None if self.vit else load_data()
+        self.vit_pool = load_vit_pool() if self.vit else {}
+
+    def pretrained(self, seed: int) -> tuple[Any, dict[str, Any]]:
+        if self.vit:
+            return load_vit_backbone(self.config.vit, self.config.cache_dir, seed)
+        assert self.data is not None
+        return pretrain(self.config, self.data, seed)
+
+    def episode(self, shots: int, rng: random.Random) -> Any:
+        c = self.config
+        if self.vit:
+            return sample_vit_episode(self.vit_pool, c.ways, shots, c.queries, rng)
+        assert self.data is not None
+        return sample_episode(self.data.episode_pool, c.ways, shots, c.queries, c.max_length, rng)
+
+    def pool_sizes(self) -> dict[str, int]:
+        if self.vit:
+            return {k: len(v) for k, v in self.vit_pool.items()}
+        assert self.data is not None
+        return {k: len(v) for k, v in self.data.episode_pool.items()}
 
 
 def run_fewshot_bench(config: FewshotBenchConfig) -> str:
     """Run every seed, shot count and episode; return the JSON report."""
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    data = load_data()
+    source = _Backbones(config)
     methods = method_names(config.budgets)
     runs: list[dict[str, Any]] = []
     backbones: dict[str, Any] = {}
     for seed in config.seeds:
-        backbone, backbones[str(seed)] = pretrain(config, data, seed)
+        backbone, backbones[str(seed)] = source.pretrained(seed)
         rng = random.Random(seed)
         for shots in config.shots:
             for index in range(config.episodes):
-                episode = sample_episode(
-                    data.episode_pool, config.ways, shots, config.queries, config.max_length, rng
-                )
+                episode = source.episode(shots, rng)
                 ctx = prepare(backbone, episode, config.ways)
                 turn = (index + shots) % len(methods)
                 order = methods[turn:] + methods[:turn]  # alternate the order
@@ -55,11 +88,12 @@ def run_fewshot_bench(config: FewshotBenchConfig) -> str:
                 logger.info("seed %d, %d-shot episode %d done", seed, shots, index)
     report = {
         "benchmark": "fewshot",
+        "backbone": config.backbone,
         "config": asdict(config),
         "data": {
             "backbone_classes": backbones[str(config.seeds[0])]["classes"],
-            "episode_classes": list(EPISODE_PACKAGES),
-            "episode_pool": {k: len(v) for k, v in data.episode_pool.items()},
+            "episode_classes": list(VIT_EPISODE_CLASSES if source.vit else EPISODE_PACKAGES),
+            "episode_pool": source.pool_sizes(),
         },
         "backbones": backbones,
         "meta_training": False,

@@ -126,9 +126,10 @@ def _row(
         )
         return run_one(backbones[seed][0], data, method, budget, recipe, seed)
 
-    tried = {lr: run(config.seed, lr) for lr in (config.lr[method] * m for m in config.lr_multipliers)}
-    chosen = max(tried, key=lambda lr: (tried[lr]["validation_after"], -tried[lr]["validation_loss"]))
-    runs = [tried[chosen]] + [run(seed, chosen) for seed in config.seeds[1:]]
+    tried = {m: run(config.seed, config.lr[method] * m) for m in config.lr_multipliers}
+    multiplier = max(tried, key=lambda m: (tried[m]["validation_after"], -tried[m]["validation_loss"]))
+    chosen = config.lr[method] * multiplier
+    runs = [tried[multiplier]] + [run(seed, chosen) for seed in config.seeds[1:]]
     entries = [int(r["entries"]) for r in runs]
     row: dict[str, Any] = {
         "method": method,
@@ -137,7 +138,9 @@ def _row(
         "entries": entries[0],
         "budget": budget_ratio(entries[0], budget.entries) if budget else None,
         "lr": chosen,
-        "lr_validation": {f"{lr:.3g}": r["validation_after"] for lr, r in tried.items()},
+        "lr_multiplier": multiplier,
+        "lr_edge": grid_edge(multiplier, config.lr_multipliers),
+        "lr_validation": {f"{r['lr']:.3g}": r["validation_after"] for r in tried.values()},
         "seeds": list(config.seeds),
         "test_before": spread([r["test_before"] for r in runs]),
         "test": spread([r["test_after"] for r in runs]),
@@ -150,6 +153,22 @@ def _row(
     return row
 
 
+def grid_edge(multiplier: float, grid: tuple[float, ...]) -> str | None:
+    """'top' or 'bottom' when the chosen rate is the grid's end (a better one may lie beyond), else None."""
+    if len(grid) < 2:
+        return None  # one rate: nothing was chosen
+    return "top" if multiplier == max(grid) else "bottom" if multiplier == min(grid) else None
+
+
+def _lr_cell(row: dict[str, Any]) -> str:
+    edge = f", {row['lr_edge']} edge" if row.get("lr_edge") else ""
+    return (
+        f"{row['lr']:.3g} (x{row['lr_multiplier']:.3g}{edge})"
+        if "lr_multiplier" in row
+        else f"{row['lr']:.3g}"
+    )
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -160,7 +179,7 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
     backbone = report["backbone"]["parameters"]
     lines = [
         "| task | budget (share of backbone) | method | trainable entries (ratio to budget) "
-        "| lr (validation) "
+        "| lr (multiplier; validation) "
         "| test accuracy before -> after, mean ± std (min-max) | validation after |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -177,7 +196,7 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
             size = f"{row['entries']:,}" + (f" ({row['budget']['ratio']:.3f})" if row["budget"] else "")
             test = row["test"]
             lines.append(
-                f"| {task} | {share} | {row['method']} | {size} | {row['lr']:.3g} "
+                f"| {task} | {share} | {row['method']} | {size} | {_lr_cell(row)} "
                 f"| {_pct(row['test_before']['mean'])} -> {_pct(test['mean'])} ± {_pct(test['std'])} "
                 f"({_pct(test['min'])}-{_pct(test['max'])}, n={len(row['seeds'])}) "
                 f"| {_pct(row['validation']['mean'])} |"

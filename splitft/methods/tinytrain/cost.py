@@ -19,7 +19,8 @@ tokens:
   mask and a Python GELU's temporaries included), and `backward_peak`, the same over its backward
   until it reaches `L` (a gradient beside the tensors it is computed from included).
 
-The step's peak is the largest of three: the forward's `moments + kept + forward_peak`, the
+The step's peak is the largest of three: the forward's (`moments` plus the measured peak with
+each kept tensor added from the op it comes to exist on, `_forward_peak`), the
 backward's `state + kept + backward_peak` (every gradient counted, a bound) and AdamW's step,
 `state` plus one trained layer's `b * r*out*in` (its CPU step makes a temporary that size). A
 `LayerCost` without `backward_peak` (built by hand) falls back to the Fisher pass's saved bytes:
@@ -59,6 +60,9 @@ class LayerCost:
     forward_peak: int = 0  # the forward's largest working set once this layer trains (measured)
     backward_peak: int = 0  # the backward's, until it reaches this layer (measured; 0: not measured)
     input_id: int | None = None  # layers sharing an id read one input tensor (saved once)
+    # per target layer (measured, when this one trains first): (name, event its input is no longer
+    # held by the replay, forward peak from then on, event its output is made, peak from then on)
+    forward_steps: tuple[tuple[str, int, int, int, int], ...] = ()
 
     def state_bytes(self, channels: int, bytes_per_element: int) -> int:
         return OPTIMIZER_COPIES * bytes_per_element * channels * self.in_features
@@ -109,6 +113,34 @@ def _inputs(costs: dict[str, LayerCost], names: list[str], bytes_per_element: in
     return total
 
 
+def _forward_peak(
+    first: LayerCost,
+    trained: list[str],
+    channels: dict[str, int],
+    costs: dict[str, LayerCost],
+    b: int,
+    kept: int,
+) -> int:
+    """The forward's peak with what the trained layers keep: each kept tensor (an input, a rows'
+    product) adds to the measured peak from the event it outlives the replay's copy / is made on,
+    not before (a last-block layer's input does not exist at a first-block peak). Without the
+    measured steps: every kept byte on the whole forward's peak (a bound)."""
+    steps = {s[0]: s[1:] for s in first.forward_steps}
+    if not all(n in steps for n in trained):
+        return kept + first.forward_peak
+    adds: dict[object, tuple[int, int, int]] = {}  # (event, peak from it, bytes), inputs once
+    for n in trained:
+        end, after_end, made, after_made = steps[n]
+        key = costs[n].input_id if costs[n].input_id is not None else ("own", n)
+        adds.setdefault(key, (end, after_end, costs[n].input_bytes(b)))
+        adds[("rows", n)] = (made, after_made, b * costs[n].tokens * channels[n])
+    peak, total = first.forward_peak, 0
+    for _, after, size in sorted(adds.values()):
+        total += size
+        peak = max(peak, after + total)
+    return peak
+
+
 def _device_peak(
     first: LayerCost,
     state: int,
@@ -123,7 +155,7 @@ def _device_peak(
     moments = state * (OPTIMIZER_COPIES - 1) // OPTIMIZER_COPIES
     largest_row_block = max((b * channels[n] * costs[n].in_features for n in trained), default=0)
     if first.backward_peak:  # measured op by op (live.py): every transient is in it
-        forward = moments + kept + first.forward_peak
+        forward = moments + _forward_peak(first, trained, channels, costs, b, kept)
         backward = state + kept + first.backward_peak
         return max(forward, backward, state + largest_row_block)
     backward = first.saved_after + max(first.largest_saved, largest_row_block)

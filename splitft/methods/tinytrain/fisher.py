@@ -55,6 +55,8 @@ class FisherPass:
     forward_peak: dict[str, int] = field(default_factory=dict)
     backward_peak: dict[str, int] = field(default_factory=dict)
     input_groups: dict[str, int] = field(default_factory=dict)  # one id per input tensor (first batch)
+    # per layer: the forward's op-level peaks after each target's input and output events (first batch)
+    forward_steps: dict[str, tuple[tuple[str, int, int, int, int], ...]] = field(default_factory=dict)
 
 
 def _loss_of(outputs: Any, batch: Any, loss_fn: LossFn | None) -> torch.Tensor:
@@ -182,6 +184,7 @@ def fisher_pass(
     peaks: dict[str, list[int]] = {}
     backward_peaks: dict[str, list[int]] = {}
     groups: dict[str, int] = {}
+    steps: dict[str, tuple[tuple[str, int, int, int, int], ...]] = {}
     order: list[str] = []
     samples = 0
     with eval_mode(model), _frozen(model):
@@ -198,6 +201,8 @@ def fisher_pass(
                 largest.setdefault(name, []).append(big)
                 forward, backward = part.saved.op_peaks(name)
                 peaks.setdefault(name, []).append(max(forward, part.saved.forward_peak(name)))
+                if forward >= part.saved.forward_peak(name):  # the op peak is the peak
+                    steps.setdefault(name, part.saved.forward_steps(name))
                 backward_peaks.setdefault(name, []).append(backward)
     missing = [n for n in module_names if n not in squares]
     if samples == 0 or missing:
@@ -212,6 +217,7 @@ def fisher_pass(
         mean_tokens(peaks),
         mean_tokens(backward_peaks),
         groups,
+        steps,
     )
 
 
@@ -237,6 +243,10 @@ def measured_cost(
         forward_peak=round(measured.forward_peak.get(name, 0) * scale),
         backward_peak=round(measured.backward_peak.get(name, 0) * scale),
         input_id=measured.input_groups.get(name),
+        forward_steps=tuple(
+            (n, a, round(p * scale), b, round(q * scale))
+            for n, a, p, b, q in measured.forward_steps.get(name, ())
+        ),
     )
 
 

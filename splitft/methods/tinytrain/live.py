@@ -91,6 +91,12 @@ class LiveBytes(TorchDispatchMode):
         if entry is not None:
             entry[1].held = True
 
+    def record(self, tensor: torch.Tensor) -> Storage | None:
+        """The live storage record of `tensor` (None: untracked: a weight, the batch)."""
+        storage = _storage(tensor)
+        entry = self._live.get(storage.data_ptr()) if storage is not None else None
+        return entry[1] if entry is not None else None
+
     def read(self, tensor: torch.Tensor) -> None:
         """`tensor` is used at the coming event (an op's input, a gradient handed to a hook)."""
         storage = _storage(tensor)
@@ -118,23 +124,53 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def peak_from(storages: list[Storage], segment: int, start: int, stop: int) -> int:
-    """The largest working set over events [start, stop) of a step that keeps only what was saved
-    in segments >= `segment` (its earliest trained layer opened that segment)."""
+def step_end(s: Storage, segment: int, stop: int) -> int:
+    """The event a step whose earliest trained layer opened `segment` frees `s` by."""
+    kept = s.segment != UNSAVED and s.segment >= segment
+    end = s.freed if s.freed is not None else stop
+    if not kept and (s.held or s.segment != UNSAVED):  # the pass kept it longer than a step
+        end = min(end, s.last_read + 1)
+    return end
+
+
+def peak_at(storages: list[Storage], segment: int, start: int, stop: int) -> tuple[int, int]:
+    """(the largest working set over events [start, stop) of a step that keeps only what was saved
+    in segments >= `segment` (its earliest trained layer opened that segment), the event of it)."""
     if stop <= start:
-        return 0
+        return 0, start
     delta = [0] * (stop - start + 1)
     for s in storages:
-        kept = s.segment != UNSAVED and s.segment >= segment
-        end = s.freed if s.freed is not None else stop
-        if not kept and (s.held or s.segment != UNSAVED):  # the pass kept it longer than a step
-            end = min(end, s.last_read + 1)
-        first, last = max(s.created, start), min(end, stop)
+        first, last = max(s.created, start), min(step_end(s, segment, stop), stop)
         if first < last:
             delta[first - start] += s.size
             delta[last - start] -= s.size
     peak = running = 0
+    at = start
+    for index, change in enumerate(delta[:-1]):
+        running += change
+        if running > peak:
+            peak, at = running, start + index
+    return peak, at
+
+
+def peak_from(storages: list[Storage], segment: int, start: int, stop: int) -> int:
+    """`peak_at`'s bytes alone."""
+    return peak_at(storages, segment, start, stop)[0]
+
+
+def suffix_peaks(storages: list[Storage], segment: int, stop: int, events: list[int]) -> list[int]:
+    """For each of `events`, the largest working set of that step's forward from it on."""
+    delta = [0] * (stop + 1)
+    for s in storages:
+        first, last = s.created, min(step_end(s, segment, stop), stop)
+        if first < last:
+            delta[first] += s.size
+            delta[last] -= s.size
+    curve, running = [], 0
     for change in delta[:-1]:
         running += change
-        peak = max(peak, running)
-    return peak
+        curve.append(running)
+    suffix = [0] * (stop + 1)
+    for index in range(stop - 1, -1, -1):
+        suffix[index] = max(curve[index], suffix[index + 1])
+    return [suffix[min(max(e, 0), stop)] for e in events]

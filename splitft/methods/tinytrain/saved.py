@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitft.methods.tinytrain.live import LiveBytes, peak_from
+from splitft.methods.tinytrain.live import LiveBytes, Storage, peak_from, step_end, suffix_peaks
 from splitft.model.quantize import is_quantized, storage_pointers
 
 
@@ -30,6 +30,8 @@ class SavedBytes:
         self._seen: set[int] = set()
         self.marks: dict[str, int] = {}  # layer -> number of storages saved before its forward began
         self.inputs: dict[str, int] = {}  # layer -> the storage of its input
+        self.input_records: dict[str, Storage] = {}  # layer -> its input's lifetime (live.py)
+        self.output_events: dict[str, int] = {}  # layer -> the event its output was made at
         # per leaf module's forward, in order: (storages saved by then, bytes of its inputs and output)
         self.working: list[tuple[int, int]] = []
         self.live = LiveBytes(self._skip)  # op-level live bytes (live.py), forward then backward
@@ -52,6 +54,15 @@ class SavedBytes:
             self.marks.setdefault(name, len(self.sizes))
             if args and isinstance(args[0], torch.Tensor):
                 self.inputs.setdefault(name, args[0].untyped_storage().data_ptr())
+                record = self.live.record(args[0])
+                if record is not None:
+                    self.input_records.setdefault(name, record)
+
+        return hook
+
+    def _output_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.output_events.setdefault(name, self.live.events - 1)
 
         return hook
 
@@ -68,6 +79,9 @@ class SavedBytes:
         ]
         leaves = [m for m in self._model.modules() if not any(True for _ in m.children())]
         handles += [m.register_forward_hook(self._leaf_hook) for m in leaves]
+        handles += [
+            self._model.get_submodule(n).register_forward_hook(self._output_hook(n)) for n in self._names
+        ]
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor), self.live:
                 yield self
@@ -107,6 +121,22 @@ class SavedBytes:
         storages, end = self.live.storages, self.reached.get(name, self.live.events)
         forward = peak_from(storages, segment, 0, self.forward_events)
         return forward, peak_from(storages, segment, self.forward_events, end)
+
+    def forward_steps(self, name: str) -> tuple[tuple[str, int, int, int, int], ...]:
+        """Per target layer `n`, for a step whose earliest trained layer is `name`: (n, the event
+        the step's replay stops holding n's input at, the forward's peak from then on, the event n's
+        output is made at, the peak from then on). A trained layer keeps its input and its rows'
+        product to backward, from those events on: the cost model adds each to the peak that
+        follows it, not to the whole forward's (live.py's replay holds them until then)."""
+        if name not in self.marks:
+            return ()
+        segment = list(self.marks).index(name) + 1
+        stop = self.forward_events
+        names = [n for n in self.input_records if n in self.output_events]
+        ends = [min(step_end(self.input_records[n], segment, stop), stop) for n in names]
+        outs = [self.output_events[n] for n in names]
+        peaks = suffix_peaks(self.live.storages, segment, stop, ends + outs)
+        return tuple((n, ends[i], peaks[i], outs[i], peaks[len(names) + i]) for i, n in enumerate(names))
 
     def after(self, name: str) -> tuple[int, int]:
         """(bytes saved from `name`'s forward on, the largest of those storages); (0, 0) if it never ran."""
