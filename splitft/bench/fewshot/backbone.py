@@ -12,9 +12,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from splitft.bench.fewshot.config import FewshotBenchConfig
 from splitft.bench.fewshot.data import BACKBONE_PACKAGES, MAX_BYTE_ID, PAD_ID, FewshotData, encode
+from splitft.bench.vit.backbone import pretraining_optimizer
 
 EVAL_BATCH = 64
-MIN_ONE_CYCLE_STEPS = 20
 
 
 def build_backbone(config: FewshotBenchConfig, seed: int) -> BertForSequenceClassification:
@@ -54,16 +54,8 @@ def pretrain(
     """The backbone trained on the backbone classes (every weight, AdamW, one-cycle), and its report."""
     started = time.perf_counter()
     model = build_backbone(config, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
     steps = config.pretrain_steps
-    # one-cycle needs a few steps per phase (torch divides by the warm-up's length); fewer: constant
-    scheduler = (
-        torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.pretrain_lr, total_steps=steps, pct_start=0.1
-        )
-        if steps >= MIN_ONE_CYCLE_STEPS
-        else None
-    )
+    optimizer, scheduler = pretraining_optimizer(model, config.pretrain_lr, steps)
     rng = random.Random(seed)
     model.train()
     for _ in range(steps):

@@ -102,21 +102,27 @@ def pretrained_backbone(config: VitBenchConfig, seed: int) -> tuple[Path, dict[s
     return directory, {**report, "cached": False}
 
 
+def pretraining_optimizer(
+    model: torch.nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR | None]:
+    """AdamW without weight decay over every weight and, when `steps` allow, one-cycle to `lr`
+    (torch divides by the warm-up's length, so fewer steps train at a constant rate)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if steps < MIN_ONE_CYCLE_STEPS:
+        return optimizer, None
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=steps, pct_start=0.1
+    )
+
+
 def _pretrain(config: VitBenchConfig, seed: int) -> tuple[ViTForImageClassification, dict[str, Any]]:
     """Every weight trained to tell `PRETRAIN_CLASSES` apart (AdamW, one-cycle, clipping at 1)."""
     started = time.perf_counter()
     train, heldout = pretraining_data()
     torch.manual_seed(seed)
     model = ViTForImageClassification(vit_config(config, len(PRETRAIN_CLASSES)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.0)
     steps = config.pretrain_steps
-    scheduler = (
-        torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.pretrain_lr, total_steps=steps, pct_start=0.1
-        )
-        if steps >= MIN_ONE_CYCLE_STEPS
-        else None
-    )
+    optimizer, scheduler = pretraining_optimizer(model, config.pretrain_lr, steps)
     rng = random.Random(seed)
     model.train()
     losses: list[float] = []
