@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from splitft.bench.fewshot.config import FewshotBenchConfig
 from splitft.bench.fewshot.data import BACKBONE_PACKAGES, MAX_BYTE_ID, PAD_ID, FewshotData, encode
-from splitft.bench.vit.backbone import pretraining_optimizer
+from splitft.bench.vit.backbone import pretraining_optimizer, pretraining_step
 
 EVAL_BATCH = 64
 
@@ -61,12 +61,7 @@ def pretrain(
     for _ in range(steps):
         chunk = rng.sample(data.backbone_train, min(config.pretrain_batch, len(data.backbone_train)))
         loss = model(**encode([t for t, _ in chunk], [y for _, y in chunk], config.max_length)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        if scheduler is not None:
-            scheduler.step()
+        pretraining_step(model, loss, optimizer, scheduler)
     report = {
         "classes": list(BACKBONE_PACKAGES),
         "train_examples": len(data.backbone_train),

@@ -115,6 +115,22 @@ def pretraining_optimizer(
     )
 
 
+def pretraining_step(
+    model: torch.nn.Module,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> None:
+    """One update of `pretraining_optimizer`'s recipe: gradients of `loss` clipped to norm 1
+    (pretraining every weight from scratch spikes early), then the optimiser and schedule step."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def _pretrain(config: VitBenchConfig, seed: int) -> tuple[ViTForImageClassification, dict[str, Any]]:
     """Every weight trained to tell `PRETRAIN_CLASSES` apart (AdamW, one-cycle, clipping at 1)."""
     started = time.perf_counter()
@@ -129,12 +145,7 @@ def _pretrain(config: VitBenchConfig, seed: int) -> tuple[ViTForImageClassificat
     for _ in range(steps):
         index = torch.tensor(rng.sample(range(len(train)), min(config.pretrain_batch, len(train))))
         loss = model(pixel_values=train.images[index], labels=train.labels[index]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        if scheduler is not None:
-            scheduler.step()
+        pretraining_step(model, loss, optimizer, scheduler)
         losses.append(float(loss.detach()))
     report = {
         "classes": list(PRETRAIN_CLASSES),
