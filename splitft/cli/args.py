@@ -89,3 +89,37 @@ def codec_direction(direction: str) -> Callable[[str], list[str]]:
             raise argparse.ArgumentTypeError(err.message) from None
 
     return parse
+
+
+def add_model_shape(
+    parser: argparse.ArgumentParser,
+    *,
+    layers: int,
+    hidden: int,
+    batch: int,
+    tokens: int,
+    families: list[str] | None = None,
+    tokens_help: str | None = None,
+) -> None:
+    """A bench's synthetic model and batch: `--family` (first of `families` the default; none when
+    the bench has one family), `--layers`, `--hidden`, `--batch`, `--tokens`, in that order."""
+    if families is not None:
+        parser.add_argument("--family", default=families[0], choices=families)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--hidden", type=int, default=hidden)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--tokens", type=int, default=tokens, help=tokens_help)
+
+
+def add_split_layers(parser: argparse.ArgumentParser, *, head_layers: int) -> None:
+    """Where a bench splits its model: `--device-layers` (1) on the device, `--head-layers` after the edge."""
+    parser.add_argument("--device-layers", type=int, default=1)
+    parser.add_argument("--head-layers", type=int, default=head_layers)
+
+
+def add_report_options(parser: argparse.ArgumentParser, *, tables: bool = False) -> None:
+    """`--json PATH` (the report also written there) and `--markdown` (the report's table, or
+    `tables`, printed instead of the JSON): last among a bench's options."""
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    shown = "tables" if tables else "table"
+    parser.add_argument("--markdown", action="store_true", help=f"print the {shown} instead of JSON")

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from splitft.cli.args import CODEC_HELP, codec, handled_by, name_list, session_counts
+from splitft.cli.args import (
+    CODEC_HELP,
+    add_model_shape,
+    add_report_options,
+    add_split_layers,
+    codec,
+    handled_by,
+    name_list,
+    session_counts,
+)
 from splitft.cli.bench_regimes import register_fewshot, register_vit
 from splitft.model.choices import DTYPE_NAMES
 from splitft.model.schemes import QUANTIZE_SCHEMES
@@ -48,11 +57,7 @@ def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
     )
     wire = bench.add_parser("wire", help="bytes per step up and down per codec, relative to raw (JSON)")
     for sub in (step, wire):
-        sub.add_argument("--family", default="llama", choices=FAMILIES)
-        sub.add_argument("--layers", type=int, default=8)
-        sub.add_argument("--hidden", type=int, default=512)
-        sub.add_argument("--batch", type=int, default=8)
-        sub.add_argument("--tokens", type=int, default=128)
+        add_model_shape(sub, layers=8, hidden=512, batch=8, tokens=128, families=FAMILIES)
         sub.add_argument(
             "--threads",
             type=int,
@@ -60,8 +65,7 @@ def _register_step_and_wire(bench: argparse._SubParsersAction) -> None:
             help="torch threads for each process (step: the one-process "
             "baseline also runs with twice as many, the split's total)",
         )
-        sub.add_argument("--device-layers", type=int, default=1)
-        sub.add_argument("--head-layers", type=int, default=1)
+        add_split_layers(sub, head_layers=1)
     step.add_argument("--repeats", type=int, default=10)
     step.add_argument(
         "--device", default="cpu", help="cpu, cuda, cuda:N: the model, both sides (default: cpu)"
@@ -89,13 +93,8 @@ def _register_memory_and_sessions(bench: argparse._SubParsersAction) -> None:
     )
     sessions = bench.add_parser("sessions", help="aggregate edge throughput with N concurrent sessions")
     for sub, n_hidden, n_tokens, n_head in ((memory, 512, 128, 0), (sessions, 256, 64, 1)):
-        sub.add_argument("--family", default="llama", choices=FAMILIES)
-        sub.add_argument("--layers", type=int, default=8)
-        sub.add_argument("--hidden", type=int, default=n_hidden)
-        sub.add_argument("--batch", type=int, default=8)
-        sub.add_argument("--tokens", type=int, default=n_tokens)
-        sub.add_argument("--device-layers", type=int, default=1)
-        sub.add_argument("--head-layers", type=int, default=n_head)
+        add_model_shape(sub, layers=8, hidden=n_hidden, batch=8, tokens=n_tokens, families=FAMILIES)
+        add_split_layers(sub, head_layers=n_head)
         sub.add_argument(
             "--codec", type=codec, default="raw", help="wire codec of the split sessions (default raw)"
         )
@@ -133,8 +132,7 @@ def _register_edge(bench: argparse._SubParsersAction) -> None:
     edge.add_argument("--threads", type=int, default=1, help="torch threads of each edge (default 1)")
     edge.add_argument("--batch-window-ms", type=float, default=None, help="the edges' (default: theirs)")
     edge.add_argument("--quick", action="store_true", help="1,2,8,32 sessions at 1x64, 2 rounds of 2 s")
-    edge.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    edge.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    add_report_options(edge, tables=True)
     handled_by(edge, "bench:edge")
 
 
@@ -153,8 +151,7 @@ def _register_methods(bench: argparse._SubParsersAction) -> None:
     )
     methods.add_argument("--threads", type=int, default=None, help="torch threads per process (default 2)")
     methods.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps (smoke runs)")
-    methods.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    methods.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    add_report_options(methods)
     handled_by(methods, "bench:methods")
 
 
@@ -177,10 +174,7 @@ def _register_quantize(bench: argparse._SubParsersAction) -> None:
     )
     variants = ["none", "bf16", *(s for s in QUANTIZE_SCHEMES if s != "none")]  # none: fp32; bf16: --dtype
     quantize.add_argument("--schemes", nargs="+", default=variants, choices=variants)
-    quantize.add_argument("--layers", type=int, default=8)
-    quantize.add_argument("--hidden", type=int, default=512)
-    quantize.add_argument("--batch", type=int, default=8)
-    quantize.add_argument("--tokens", type=int, default=128)
+    add_model_shape(quantize, layers=8, hidden=512, batch=8, tokens=128)
     quantize.add_argument("--threads", type=int, default=1, help="torch threads in each process")
     quantize.add_argument("--rounds", type=int, default=3, help="of step time and memory, order alternating")
     quantize.add_argument("--steps-per-round", type=int, default=3)
@@ -198,8 +192,7 @@ def _register_quantize(bench: argparse._SubParsersAction) -> None:
         choices=["rss", "rss_fixed_threshold", "alloc"],
         help="bench memory's measures (rss_fixed_threshold: rss, glibc's mmap threshold fixed at 128 KiB)",
     )  # fmt: skip
-    quantize.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    quantize.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    add_report_options(quantize)
     handled_by(quantize, "bench:quantize")
 
 
@@ -248,8 +241,7 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
         help="leave out the fedavg_shared row (trunk_adapter shared), e.g. for a long run",
     )
     fed.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, 1 seed, 20 dB")
-    fed.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    fed.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    add_report_options(fed, tables=True)
     handled_by(fed, "bench:federated")
 
 
@@ -258,10 +250,7 @@ def _register_sparse(bench: argparse._SubParsersAction) -> None:
         "sparse",
         help="a TaskEdge session's edge memory and step time: sparse delta vs the old dense one (JSON)",
     )
-    sparse.add_argument("--layers", type=int, default=4)
-    sparse.add_argument("--hidden", type=int, default=512)
-    sparse.add_argument("--batch", type=int, default=4)
-    sparse.add_argument("--tokens", type=int, default=128)
+    add_model_shape(sparse, layers=4, hidden=512, batch=4, tokens=128)
     sparse.add_argument("--budget-fraction", type=float, default=0.001, help="TaskEdge's (default 0.001)")
     sparse.add_argument("--rounds", type=int, default=5, help="order alternating; the spread is over rounds")
     sparse.add_argument("--steps", type=int, default=3, help="timed steps per implementation and round")
@@ -276,10 +265,7 @@ def _register_resume(bench: argparse._SubParsersAction) -> None:
         help="cost of resilience: step time with checkpoints every N steps vs none, checkpoint size and "
         "time, time from an edge kill (SIGKILL) to the first resumed step on another edge (JSON)",
     )
-    resume.add_argument("--layers", type=int, default=6)
-    resume.add_argument("--hidden", type=int, default=256)
-    resume.add_argument("--batch", type=int, default=4)
-    resume.add_argument("--tokens", type=int, default=64)
+    add_model_shape(resume, layers=6, hidden=256, batch=4, tokens=64)
     resume.add_argument("--threads", type=int, default=1, help="torch threads for each process")
     resume.add_argument(
         "--every", type=int, nargs="+", default=[1, 10, 100], help="checkpoint intervals compared with none"
@@ -299,11 +285,15 @@ def _register_generate(bench: argparse._SubParsersAction) -> None:
         help="SplitModel.generate tokens per second and bytes per generated token, with key/value "
         "caches on both sides vs without (JSON)",
     )
-    generate.add_argument("--family", default="llama", choices=["llama", "gpt2"])
-    generate.add_argument("--layers", type=int, default=8)
-    generate.add_argument("--hidden", type=int, default=256)
-    generate.add_argument("--batch", type=int, default=4)
-    generate.add_argument("--tokens", type=int, default=32, help="prompt tokens per row")
+    add_model_shape(
+        generate,
+        layers=8,
+        hidden=256,
+        batch=4,
+        tokens=32,
+        families=["llama", "gpt2"],
+        tokens_help="prompt tokens per row",
+    )
     generate.add_argument("--new-tokens", type=int, default=32)
     generate.add_argument("--threads", type=int, default=1, help="torch threads for each process")
     generate.add_argument("--rounds", type=int, default=5, help="of each mode, order alternating")
@@ -337,6 +327,5 @@ def _register_offsite(bench: argparse._SubParsersAction) -> None:
         action="store_true",
         help="smoke run: 3 steps, 1 seed, 3 distillation steps, small data, 1 thread",
     )
-    offsite.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    offsite.add_argument("--markdown", action="store_true", help="print the tables instead of JSON")
+    add_report_options(offsite, tables=True)
     handled_by(offsite, "bench:offsite")

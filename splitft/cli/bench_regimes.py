@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitft.cli.args import handled_by
+from splitft.cli.args import add_report_options, handled_by
 
 VIT_TASKS = ["digits", "rotation"]
 VIT_METHODS = ["taskedge", "lora", "random", "magnitude", "head_only", "full"]
@@ -52,8 +52,7 @@ def register_fewshot(bench: argparse._SubParsersAction) -> None:
     fewshot.add_argument(
         "--cache-dir", default=None, help="vit-digits' backbones (default: bench vit's cache)"
     )
-    fewshot.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    fewshot.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    add_report_options(fewshot)
     handled_by(fewshot, "bench:fewshot")
 
 
@@ -87,6 +86,5 @@ def register_vit(bench: argparse._SubParsersAction) -> None:
     vit.add_argument(
         "--cache-dir", default=None, help="pretrained backbones (default $XDG_CACHE_HOME/splitft/bench-vit)"
     )
-    vit.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    vit.add_argument("--markdown", action="store_true", help="print the table instead of JSON")
+    add_report_options(vit)
     handled_by(vit, "bench:vit")

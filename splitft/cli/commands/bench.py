@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from splitft.bench.control import ControlBenchConfig, run_control_bench
@@ -58,6 +59,20 @@ def _print(report: str) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, report: str, table: Callable[[str], str]) -> int:
+    """The JSON `report` written to `--json` when given, and printed, or its `table` with `--markdown`
+    (the options of `splitft.cli.args.add_report_options`)."""
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(report + "\n")
+    return _print(table(report) if args.markdown else report)
+
+
+def _parsed(table: Callable[[dict[str, Any]], str]) -> Callable[[str], str]:
+    """A table of the parsed report, for `_report`, from one that takes the parsed report."""
+    return lambda report: table(json.loads(report))
+
+
 def step(args: argparse.Namespace) -> int:
     """`bench step`: step time in one process vs split over loopback."""
     return _print(run_step_bench(config_from_args(StepBenchConfig, args)))
@@ -85,38 +100,29 @@ def sessions(args: argparse.Namespace) -> int:
     return _print(run_sessions_bench(config_from_args(SessionsBenchConfig, args)))
 
 
-def edge_config(args: argparse.Namespace) -> EdgeBenchConfig:
-    """`bench edge`'s config: the options given, else `--quick`'s preset, else the full grid."""
+def _preset_config(cls: type[T], args: argparse.Namespace, quick: dict[str, Any]) -> T:
+    """A config from the options given (None: not given), else `quick`'s value with `--quick`,
+    else the field's default."""
     given = {k: v for k, v in vars(args).items() if v is not None}
-    preset = QUICK if args.quick else {}
-    fields = dataclasses.fields(EdgeBenchConfig)
-    return EdgeBenchConfig(**{f.name: given.get(f.name, preset.get(f.name, f.default)) for f in fields})
-
-
-def _preset_config(cls: type[T], args: argparse.Namespace, preset: dict[str, Any]) -> T:
-    """A config from the options given, else `preset`'s value (a `--quick`), else the default."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    preset = quick if args.quick else {}
     fields = [f for f in dataclasses.fields(cls) if f.name in given or f.name in preset]
     return cls(**{f.name: given.get(f.name, preset.get(f.name)) for f in fields})
 
 
+def edge_config(args: argparse.Namespace) -> EdgeBenchConfig:
+    """`bench edge`'s config: the options given, else `--quick`'s preset, else the full grid."""
+    return _preset_config(EdgeBenchConfig, args, QUICK)
+
+
 def edge(args: argparse.Namespace) -> int:
     """`bench edge`: the edge's capacity with N synthetic devices, batching on vs off."""
-    report = run_edge_bench(edge_config(args))
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(edge_markdown_table(report) if args.markdown else report)
+    return _report(args, run_edge_bench(edge_config(args)), edge_markdown_table)
 
 
 def methods(args: argparse.Namespace) -> int:
     """`bench methods`: LoRA vs TaskEdge vs TinyTrain and baselines; --markdown prints the table."""
-    config = _preset_config(MethodsBenchConfig, args, METHODS_QUICK if args.quick else {})
-    report = run_methods_bench(config)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(markdown_table(report) if args.markdown else report)
+    report = run_methods_bench(_preset_config(MethodsBenchConfig, args, METHODS_QUICK))
+    return _report(args, report, markdown_table)
 
 
 def sparse(args: argparse.Namespace) -> int:
@@ -126,22 +132,14 @@ def sparse(args: argparse.Namespace) -> int:
 
 def fewshot(args: argparse.Namespace) -> int:
     """`bench fewshot`: TinyTrain on few-shot episodes vs last-layer and full fine-tuning."""
-    config = _preset_config(FewshotBenchConfig, args, FEWSHOT_QUICK if args.quick else {})
-    report = run_fewshot_bench(config)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(fewshot_markdown_table(report) if args.markdown else report)
+    report = run_fewshot_bench(_preset_config(FewshotBenchConfig, args, FEWSHOT_QUICK))
+    return _report(args, report, fewshot_markdown_table)
 
 
 def vit(args: argparse.Namespace) -> int:
     """`bench vit`: TaskEdge vs LoRA at 0.05-0.5% of a pretrained ViT, on held-out digit tasks."""
-    config = _preset_config(VitBenchConfig, args, VIT_QUICK if args.quick else {})
-    report = run_vit_bench(config)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(vit_markdown_table(report) if args.markdown else report)
+    report = run_vit_bench(_preset_config(VitBenchConfig, args, VIT_QUICK))
+    return _report(args, report, vit_markdown_table)
 
 
 def control(args: argparse.Namespace) -> int:
@@ -154,11 +152,7 @@ def quantize(args: argparse.Namespace) -> int:
     config = config_from_args(
         QuantizeBenchConfig, args, schemes=tuple(args.schemes), memory_shapes=tuple(args.memory_shapes)
     )
-    report = run_quantize_bench(config)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(quantize_markdown_table(json.loads(report)) if args.markdown else report)
+    return _report(args, run_quantize_bench(config), _parsed(quantize_markdown_table))
 
 
 def federated(args: argparse.Namespace) -> int:
@@ -166,12 +160,8 @@ def federated(args: argparse.Namespace) -> int:
     if args.merge:
         report = merge_federated_reports([_read_report(path) for path in args.merge])
     else:
-        config = _preset_config(FederatedBenchConfig, args, FEDERATED_QUICK if args.quick else {})
-        report = run_federated_bench(config)
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(federated_markdown_table(report) if args.markdown else report)
+        report = run_federated_bench(_preset_config(FederatedBenchConfig, args, FEDERATED_QUICK))
+    return _report(args, report, federated_markdown_table)
 
 
 def _read_report(path: str) -> str:
@@ -187,10 +177,7 @@ def _read_report(path: str) -> str:
 def resume(args: argparse.Namespace) -> int:
     """`bench resume`: step time with checkpoints every N steps vs none, size, kill to resumed step."""
     report = run_resume_bench(config_from_args(ResumeBenchConfig, args, every=tuple(args.every)))
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(resume_markdown_table(json.loads(report)) if args.markdown else report)
+    return _report(args, report, _parsed(resume_markdown_table))
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -202,8 +189,5 @@ def generate(args: argparse.Namespace) -> int:
 
 def offsite(args: argparse.Namespace) -> int:
     """`bench offsite`: zero-shot vs offsite-tuned plug-in vs split (trunk frozen, trunk LoRA)."""
-    report = run_offsite_bench(_preset_config(OffsiteBenchConfig, args, OFFSITE_QUICK if args.quick else {}))
-    if args.json:
-        with open(args.json, "w") as out:
-            out.write(report + "\n")
-    return _print(offsite_markdown_table(report) if args.markdown else report)
+    report = run_offsite_bench(_preset_config(OffsiteBenchConfig, args, OFFSITE_QUICK))
+    return _report(args, report, offsite_markdown_table)
