@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from splitft.data.byte_rows import pad_rows
 from splitft.emulator.distill import Batch
 from splitft.errors import InvalidArgument, NotFound
 
@@ -60,12 +59,7 @@ def _tokenizer(model_dir: Path, max_length: int):  # type: ignore[no-untyped-def
 
     def with_bytes(batch: list[str]) -> Batch:
         rows = [[min(b, top) for b in text.encode()[:max_length]] or [0] for text in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = pad_rows(rows)
         return {"input_ids": ids, "attention_mask": mask}
 
     return with_bytes

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from splitft.data.byte_rows import pad_rows
 from splitft.data.stdlib_task import build_stdlib_task
 
 # The backbone is pretrained to tell these apart (each yields 110-180 docstrings in CPython 3.11).
@@ -54,12 +55,7 @@ def load_data(heldout_fraction: float = 0.2) -> FewshotData:
 def encode(texts: list[str], labels: list[int], max_length: int) -> Batch:
     """A BERT batch: CLS_ID then one token per byte (at most `max_length` in all), padded."""
     rows = [[CLS_ID] + [min(b, MAX_BYTE_ID) for b in text.encode()[: max_length - 1]] for text in texts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+    ids, mask = pad_rows(rows, PAD_ID)
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(labels, dtype=torch.long)}
 
 

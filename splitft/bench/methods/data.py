@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from splitft.bench.methods.config import MAX_BYTE_ID, PAD_ID, Batch
+from splitft.data.byte_rows import pad_rows
 from splitft.data.stdlib_task import Example, batches
 
 
@@ -26,12 +27,7 @@ class Data:
 def encode_bytes(texts: list[str], max_length: int) -> Batch:
     """Causal-LM batch of `texts`, one token per byte (at most `max_length`), padded with `PAD_ID`."""
     rows = [[min(b, MAX_BYTE_ID) for b in text.encode()[:max_length]] for text in texts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+    ids, mask = pad_rows(rows, PAD_ID)
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
