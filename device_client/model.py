@@ -212,7 +212,10 @@ class SplitModel(HuggingFaceFacade, nn.Module):
             split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
         split.opened_with = opened
         first_blocks = list(span.family.blocks(span.root)[: spec.trunk_start])
-        split.privacy = guard.watching(first_blocks) if guard else PrivacyConfig()
+        trunk_range = (spec.trunk_start, spec.trunk_stop)
+        split.privacy = (
+            guard.watching(first_blocks, opened.model_dir, trunk_range) if guard else PrivacyConfig()
+        )
         if adapter is not None:  # a peft adapter to continue (from_pretrained(adapter=...))
             split.load_adapter(adapter)
         return split

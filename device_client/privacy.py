@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.modeling_outputs import ModelOutput
 
+from splitft.model.loading import edge_view, load_span
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.transforms import canonical_leak, clip_and_noise, distance_correlation, sample_tokens
 
@@ -60,6 +61,20 @@ def _public_copy(blocks: list[nn.Module]) -> list[nn.Module]:
     return copies
 
 
+def _public_trunk(model_dir: str, start: int, stop: int) -> list[nn.Module]:
+    """The trunk's blocks with the public weights, loaded on the device (the warm-up's consistency)."""
+    span = load_span(model_dir, lambda root, family: edge_view(root, family, start, stop), init_missing=False)
+    return list(span.family.blocks(span.root)[start:stop])
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Each example's [CLS] vector and its mean over real tokens, side by side."""
+    weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+    weights = weights.to(hidden.device).unsqueeze(-1)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return torch.cat([hidden[:, 0], mean], dim=-1)
+
+
 class _AddPenalty(torch.autograd.Function):
     """Identity on `out` in forward; in backward also differentiates `penalty` (with gradient 1), so
     the penalty joins whatever loss the caller backpropagates through the trunk's output, without
@@ -86,6 +101,8 @@ class PrivacyGuard:
         self.last_leak: float | None = None  # the last canonical leak computed (for logs and tests)
         self.warmed = 0  # private warm-up forwards taken (nothing sent)
         self._public: list[nn.Module] = []
+        self._trunk: list[nn.Module] = []  # a public trunk, for the warm-up's consistency only
+        self.last_consistency: float | None = None
         self.penalized = 0  # training forwards that carried the penalty (for the warm-up)
         self.last_weight = 0.0  # the penalty's weight in the last of them
 
@@ -95,14 +112,21 @@ class PrivacyGuard:
         config = PrivacyConfig.from_dict(fields)
         return cls(config) if config.active else None
 
-    def watching(self, blocks: list[nn.Module]) -> PrivacyConfig:
+    def watching(
+        self, blocks: list[nn.Module], model_dir: str | None = None, trunk: tuple[int, int] | None = None
+    ) -> PrivacyConfig:
         """NoPeek and CCA: remember the input of the first device block (the embeddings) of every
         forward, and the arguments it was called with (CCA runs a public copy of `blocks`, the device's
-        blocks before the trunk, on them). Returns the config, for the model to show."""
+        blocks before the trunk, on them; the warm-up's consistency runs the trunk's blocks, `trunk` =
+        (start, stop) of `model_dir`, after them). Returns the config, for the model to show."""
         config = self.config
-        if config.cca_weight > 0 and not self._public:  # copied before the hook, which it must not carry
+        if config.warmup_consistency > 0 and model_dir is not None and trunk is not None:
+            self._trunk = _public_trunk(model_dir, *trunk)
+        if (
+            config.cca_weight > 0 or self._trunk
+        ) and not self._public:  # copied before the hook, which it must not carry
             self._public = _public_copy(blocks)
-        if (config.nopeek_weight > 0 or config.cca_weight > 0) and self._hook is None:
+        if (config.nopeek_weight > 0 or config.cca_weight > 0 or self._trunk) and self._hook is None:
             self._hook = blocks[0].register_forward_pre_hook(self._remember, with_kwargs=True)
         return config
 
@@ -114,12 +138,27 @@ class PrivacyGuard:
     @torch.no_grad()
     def _public_hidden(self, embeddings: torch.Tensor) -> torch.Tensor:
         """h_k of this forward's embeddings through the public blocks, called as the device's were."""
+        return self._through(self._public, embeddings)
+
+    def _through(self, blocks: list[nn.Module], hidden: torch.Tensor) -> torch.Tensor:
         args, kwargs = self._local.call
-        hidden = embeddings
-        for block in self._public:
+        for block in blocks:
             out = block(hidden, *args, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
+
+    def _consistency(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """How far the public trunk's pooled output on `hidden` is from its output on the public h_k:
+        the squared distance over the batch, relative to the spread of the latter."""
+        with torch.no_grad():
+            target = _pooled(
+                self._through(self._trunk, self._public_hidden(self._local.embeddings)), attention_mask
+            )
+        ours = _pooled(self._through(self._trunk, hidden), attention_mask)
+        spread = ((target - target.mean(0)) ** 2).sum().clamp(min=1e-12)
+        consistency = ((ours - target) ** 2).sum() / spread
+        self.last_consistency = float(consistency.detach())
+        return consistency
 
     def warming_up(self, training: bool) -> bool:
         """Whether this forward is one of the private warm-up's (then nothing may be sent)."""
@@ -128,10 +167,11 @@ class PrivacyGuard:
     def warmup_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> PrivateWarmupStep:
         """The private warm-up's stop for this forward: the penalties at full weight, as its loss."""
         self.warmed += 1
+        loss = hidden.sum() * 0.0  # a forward the penalties cannot use (one token): no gradient
+        if self._trunk and getattr(self._local, "embeddings", None) is not None:
+            loss = loss + self.config.warmup_consistency * self._consistency(hidden, attention_mask)
         penalty = self._penalty(hidden, attention_mask, ramp=False)
-        if penalty is None:  # a forward the penalties cannot use (one token): a zero loss, no gradient
-            penalty = hidden.sum() * 0.0
-        return PrivateWarmupStep(penalty)
+        return PrivateWarmupStep(loss if penalty is None else loss + penalty)
 
     def outgoing_activations(self, hidden: torch.Tensor) -> torch.Tensor:
         """h_k as it will cross the wire: clipped and noised when the config says so."""

@@ -24,7 +24,11 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   affine moves an aligning edge undoes (docs/privacy.md, "Third pass").
 - Private warm-up: the first `private_warmup` training forwards send nothing: each stops where h_k
   would leave, and its loss is the penalties alone (NoPeek and CCA at full weight), so the device's
-  first blocks move away from the public ones before the edge sees a single activation.
+  first blocks move away from the public ones before the edge sees a single activation. With
+  `warmup_consistency` = w, the warm-up's loss also has w times the relative squared distance between
+  what a public copy of the trunk (loaded on the device for the warm-up) gives at [CLS] and averaged
+  over the tokens for the moved h_k and for the public h_k: the blocks move, and the sentence the trunk
+  sees stays.
 - Withheld gradients: the device never sends the gradient of the trunk output, the one tensor that
   carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
   on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
@@ -63,6 +67,7 @@ class PrivacyConfig:
     withhold_gradients: bool = False  # send no gradient: the labels' signal never leaves the device
     cca_weight: float = 0.0  # weight of the canonical-correlation penalty against the public h_k
     private_warmup: int = 0  # first training forwards that send nothing and train on the penalties
+    warmup_consistency: float = 0.0  # weight of the public trunk's agreement during the warm-up
 
     def __post_init__(self) -> None:
         _bound("activation_clip", self.activation_clip, optional=True, positive=True)
@@ -71,6 +76,7 @@ class PrivacyConfig:
         _bound("gradient_noise", self.gradient_noise)
         _bound("nopeek_weight", self.nopeek_weight)
         _bound("cca_weight", self.cca_weight)
+        _bound("warmup_consistency", self.warmup_consistency)
         if self.clip_scope not in CLIP_SCOPES:
             raise InvalidArgument(
                 f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
@@ -85,6 +91,10 @@ class PrivacyConfig:
             raise InvalidArgument(
                 "privacy.private_warmup trains on the penalties alone: set privacy.cca_weight or "
                 "privacy.nopeek_weight"
+            )
+        if self.warmup_consistency > 0 and self.private_warmup == 0:
+            raise InvalidArgument(
+                "privacy.warmup_consistency acts during the private warm-up: set privacy.private_warmup"
             )
         if self.activation_noise > 0 and self.activation_clip is None:
             raise InvalidArgument(
@@ -161,6 +171,8 @@ class PrivacyConfig:
             parts.append(f"cca {self.cca_weight:g}")
         if self.private_warmup:
             parts.append(f"private warm-up {self.private_warmup}")
+            if self.warmup_consistency:
+                parts[-1] += f" (trunk consistency {self.warmup_consistency:g})"
         if self.withhold_gradients:
             parts.append("gradients withheld")
         return ", ".join(parts)

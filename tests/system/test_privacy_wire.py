@@ -208,3 +208,16 @@ def test_private_warmup_sends_nothing_and_moves_only_the_first_blocks(bert, edge
     assert not torch.allclose(tap.sent_hidden[0], _h_k(bert, 2), atol=1e-4)  # the first h_k sent moved
     after, _, _ = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 1}, steps=2)
     assert len(after.sent_hidden) == 2 and len(after.sent_grads) == 1  # past the warm-up: training sends
+
+
+def test_warmup_consistency_runs_a_public_trunk_on_the_device(bert, edge) -> None:
+    plain_tap, _, plain = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2}, steps=2)
+    privacy = {"cca_weight": 1.0, "private_warmup": 2, "warmup_consistency": 5.0}
+    tap, model, losses = _run(bert, edge, privacy, steps=2)
+    assert len(tap.sent_hidden) == 1 and tap.sent_grads == []  # still nothing sent in the warm-up
+    # Before the first step the blocks are the public ones, so the public trunk agrees with itself.
+    assert losses[0] == pytest.approx(plain[0], abs=1e-6)
+    consistency = _guard(model).last_consistency  # after one step the blocks moved, and the trunk's view
+    assert consistency is not None and consistency > 0
+    assert losses[1] != pytest.approx(plain[1], abs=1e-6)
+    assert not torch.equal(tap.sent_hidden[0], plain_tap.sent_hidden[0])  # the term changed the step

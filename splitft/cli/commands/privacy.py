@@ -30,6 +30,7 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         withhold_gradients=args.withhold_gradients,
         cca_weight=args.cca_weight,
         private_warmup=args.private_warmup,
+        warmup_consistency=args.warmup_consistency,
     )
 
 

@@ -47,6 +47,8 @@ from splitft.privacy.transforms import (
         ({"private_warmup": -1, "cca_weight": 1.0}, "privacy.private_warmup must lie in [0, 10000000]"),
         ({"private_warmup": 2.0, "cca_weight": 1.0}, "privacy.private_warmup must be an integer"),
         ({"private_warmup": 3}, "privacy.private_warmup trains on the penalties alone"),
+        ({"warmup_consistency": 1.0, "cca_weight": 1.0}, "privacy.warmup_consistency acts during"),
+        ({"warmup_consistency": -1.0}, "privacy.warmup_consistency must be a finite number >= 0"),
         ({"nopeek_warmup": -1}, "privacy.nopeek_warmup must lie in [0, 10000000]"),
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
         ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
@@ -68,7 +70,8 @@ def test_defaults_are_off_and_a_mapping_round_trips() -> None:
     assert config.active and PrivacyConfig.from_dict(config.to_dict()) == config
     assert "act clip 2/token noise 0.5" in config.describe() and "nopeek 0.1" in config.describe()
     warmed = PrivacyConfig(cca_weight=0.5, private_warmup=40)
-    assert warmed.describe() == "cca 0.5, private warm-up 40" and PrivacyConfig.from_dict(warmed.to_dict()) == warmed
+    assert warmed.describe() == "cca 0.5, private warm-up 40"
+    assert PrivacyConfig.from_dict(warmed.to_dict()) == warmed
 
 
 def test_canonical_leak_is_blind_to_affine_moves_and_sees_unrelated_vectors() -> None:
