@@ -165,6 +165,8 @@ class TrunkEntry(nn.Module):
         if isinstance(positions, torch.Tensor):
             extras["position_ids"] = positions
         computed, guard = hidden_states, self.guard
+        if guard is not None and guard.warming_up(self.training):  # private warm-up: nothing leaves
+            raise guard.warmup_step(computed, self.context.attention_mask)
         if guard is not None:  # clip and noise h_k before it leaves; the device trains through it
             hidden_states = guard.outgoing_activations(hidden_states)
         need_input_grad = hidden_states.requires_grad

@@ -39,7 +39,7 @@ from device_client.opening import (
 )
 from device_client.optim import SplitOptimizer, make_split_optimizer
 from device_client.pipeline import forward_backward
-from device_client.privacy import PrivacyGuard
+from device_client.privacy import PrivacyGuard, forward_or_warmup
 from device_client.resume import resume
 from device_client.retry import RetryPolicy
 from device_client.selection import split_view
@@ -211,7 +211,11 @@ class SplitModel(HuggingFaceFacade, nn.Module):
                 raise InvalidArgument(f"LoRA config does not fit the device blocks: {exc}") from exc
             split = cls(span, peft_model, spec, edge, trunk, context, opened.model)
         split.opened_with = opened
-        split.privacy = guard.watching(span.family.blocks(span.root)[0]) if guard else PrivacyConfig()
+        first_blocks = list(span.family.blocks(span.root)[: spec.trunk_start])
+        trunk_range = (spec.trunk_start, spec.trunk_stop)
+        split.privacy = (
+            guard.watching(first_blocks, opened.model_dir, trunk_range) if guard else PrivacyConfig()
+        )
         if adapter is not None:  # a peft adapter to continue (from_pretrained(adapter=...))
             split.load_adapter(adapter)
         return split
@@ -227,7 +231,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         if "input_ids" in inputs or "inputs_embeds" in inputs:
             inputs.setdefault("use_cache", False)
         with self._context.forward(inputs.get("attention_mask")):
-            return self._net(**inputs)
+            return forward_or_warmup(self._net, inputs)  # a private warm-up forward stops early
 
     @property
     def forward_context(self) -> ForwardContext:

@@ -1,5 +1,6 @@
 """Where `PrivacyConfig` acts on the device: on h_k as it leaves for the edge, on the gradient returned
-for the trunk output, and as the NoPeek penalty on the device's blocks (docs/privacy.md).
+for the trunk output, as the NoPeek and CCA penalties on the device's blocks, and as the private
+warm-up, whose forwards stop before h_k leaves (docs/privacy.md).
 
 `PrivacyGuard` is owned by one split model. Its embeddings slot is thread-local, like the forward
 context: micro-batches of one pipelined step run their forwards in threads of their own.
@@ -7,15 +8,71 @@ context: micro-batches of one pipelined step run their forwards in threads of th
 
 from __future__ import annotations
 
+import copy
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers.modeling_outputs import ModelOutput
 
+from splitft.model.loading import edge_view, load_span
 from splitft.privacy.config import PrivacyConfig
-from splitft.privacy.transforms import clip_and_noise, distance_correlation, sample_tokens
+from splitft.privacy.transforms import canonical_leak, clip_and_noise, distance_correlation, sample_tokens
+
+CCA_TOKENS = 2048  # token vectors per batch for the CCA penalty (it needs more rows than dimensions)
+
+
+class PrivateWarmupStep(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised where h_k would leave during the private warm-up; carries the penalty, the forward's loss."""
+
+    def __init__(self, penalty: torch.Tensor) -> None:
+        super().__init__("private warm-up: nothing is sent")
+        self.penalty = penalty
+
+
+@dataclass
+class PrivateWarmupOutput(ModelOutput):
+    """A private warm-up forward's output: the penalties as the loss; no logits (the trunk never ran)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def forward_or_warmup(net: nn.Module, inputs: dict[str, Any]) -> Any:
+    """`net(**inputs)`, or the penalty-only output of a private warm-up forward."""
+    try:
+        return net(**inputs)
+    except PrivateWarmupStep as step:
+        return PrivateWarmupOutput(loss=step.penalty)
+
+
+def _public_copy(blocks: list[nn.Module]) -> list[nn.Module]:
+    """Frozen copies of the device's first blocks with every adapter off: the public blocks."""
+    copies = [copy.deepcopy(block) for block in blocks]
+    for block in copies:
+        for module in block.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.enable_adapters(False)
+        block.requires_grad_(False)
+    return copies
+
+
+def _public_trunk(model_dir: str, start: int, stop: int) -> list[nn.Module]:
+    """The trunk's blocks with the public weights, loaded on the device (the warm-up's consistency)."""
+    span = load_span(model_dir, lambda root, family: edge_view(root, family, start, stop), init_missing=False)
+    return list(span.family.blocks(span.root)[start:stop])
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Each example's [CLS] vector and its mean over real tokens, side by side."""
+    weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+    weights = weights.to(hidden.device).unsqueeze(-1)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return torch.cat([hidden[:, 0], mean], dim=-1)
 
 
 class _AddPenalty(torch.autograd.Function):
@@ -41,6 +98,11 @@ class PrivacyGuard:
         self._local = threading.local()
         self._hook: RemovableHandle | None = None
         self.last_penalty: float | None = None  # the last dCor computed (for logs and tests)
+        self.last_leak: float | None = None  # the last canonical leak computed (for logs and tests)
+        self.warmed = 0  # private warm-up forwards taken (nothing sent)
+        self._public: list[nn.Module] = []
+        self._trunk: list[nn.Module] = []  # a public trunk, for the warm-up's consistency only
+        self.last_consistency: float | None = None
         self.penalized = 0  # training forwards that carried the penalty (for the warm-up)
         self.last_weight = 0.0  # the penalty's weight in the last of them
 
@@ -50,16 +112,66 @@ class PrivacyGuard:
         config = PrivacyConfig.from_dict(fields)
         return cls(config) if config.active else None
 
-    def watching(self, first_block: nn.Module) -> PrivacyConfig:
-        """NoPeek: remember the input of the first device block (the embeddings) of every forward.
-        Returns the config, for the model to show."""
-        if self.config.nopeek_weight > 0 and self._hook is None:
-            self._hook = first_block.register_forward_pre_hook(self._remember, with_kwargs=True)
-        return self.config
+    def watching(
+        self, blocks: list[nn.Module], model_dir: str | None = None, trunk: tuple[int, int] | None = None
+    ) -> PrivacyConfig:
+        """NoPeek and CCA: remember the input of the first device block (the embeddings) of every
+        forward, and the arguments it was called with (CCA runs a public copy of `blocks`, the device's
+        blocks before the trunk, on them; the warm-up's consistency runs the trunk's blocks, `trunk` =
+        (start, stop) of `model_dir`, after them). Returns the config, for the model to show."""
+        config = self.config
+        if config.warmup_consistency > 0 and model_dir is not None and trunk is not None:
+            self._trunk = _public_trunk(model_dir, *trunk)
+        if (
+            config.cca_weight > 0 or self._trunk
+        ) and not self._public:  # copied before the hook, which it must not carry
+            self._public = _public_copy(blocks)
+        if (config.nopeek_weight > 0 or config.cca_weight > 0 or self._trunk) and self._hook is None:
+            self._hook = blocks[0].register_forward_pre_hook(self._remember, with_kwargs=True)
+        return config
 
     def _remember(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden = args[0] if args else kwargs.get("hidden_states")
         self._local.embeddings = hidden if isinstance(hidden, torch.Tensor) else None
+        self._local.call = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+    @torch.no_grad()
+    def _public_hidden(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """h_k of this forward's embeddings through the public blocks, called as the device's were."""
+        return self._through(self._public, embeddings)
+
+    def _through(self, blocks: list[nn.Module], hidden: torch.Tensor) -> torch.Tensor:
+        args, kwargs = self._local.call
+        for block in blocks:
+            out = block(hidden, *args, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def _consistency(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """How far the public trunk's pooled output on `hidden` is from its output on the public h_k:
+        the squared distance over the batch, relative to the spread of the latter."""
+        with torch.no_grad():
+            target = _pooled(
+                self._through(self._trunk, self._public_hidden(self._local.embeddings)), attention_mask
+            )
+        ours = _pooled(self._through(self._trunk, hidden), attention_mask)
+        spread = ((target - target.mean(0)) ** 2).sum().clamp(min=1e-12)
+        consistency = ((ours - target) ** 2).sum() / spread
+        self.last_consistency = float(consistency.detach())
+        return consistency
+
+    def warming_up(self, training: bool) -> bool:
+        """Whether this forward is one of the private warm-up's (then nothing may be sent)."""
+        return training and torch.is_grad_enabled() and self.warmed < self.config.private_warmup
+
+    def warmup_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> PrivateWarmupStep:
+        """The private warm-up's stop for this forward: the penalties at full weight, as its loss."""
+        self.warmed += 1
+        loss = hidden.sum() * 0.0  # a forward the penalties cannot use (one token): no gradient
+        if self._trunk and getattr(self._local, "embeddings", None) is not None:
+            loss = loss + self.config.warmup_consistency * self._consistency(hidden, attention_mask)
+        penalty = self._penalty(hidden, attention_mask, ramp=False)
+        return PrivateWarmupStep(loss if penalty is None else loss + penalty)
 
     def outgoing_activations(self, hidden: torch.Tensor) -> torch.Tensor:
         """h_k as it will cross the wire: clipped and noised when the config says so."""
@@ -78,24 +190,39 @@ class PrivacyGuard:
     def with_penalty(
         self, out: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """`out` carrying the NoPeek penalty between this forward's embeddings and `hidden` (h_k
-        before clip and noise), when the penalty is on and a backward will run."""
+        """`out` carrying the NoPeek and CCA penalties on `hidden` (h_k before clip and noise), when
+        a penalty is on and a backward will run."""
+        penalty = self._penalty(hidden, attention_mask, ramp=True)
+        return out if penalty is None else _AddPenalty.apply(out, penalty)
+
+    def _penalty(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, *, ramp: bool
+    ) -> torch.Tensor | None:
+        """The weighted sum of the penalties that are on for this forward; None when none applies."""
         embeddings = getattr(self._local, "embeddings", None)
         self._local.embeddings = None
-        weight = self.config.nopeek_weight
-        if weight <= 0 or embeddings is None or not torch.is_grad_enabled() or not hidden.requires_grad:
-            return out
-        a, b = sample_tokens(embeddings, hidden, attention_mask, self.config.nopeek_tokens)
-        if a.shape[0] < 2:
-            return out
-        dcor = distance_correlation(a, b)
-        self.last_penalty = float(dcor.detach())
-        self.penalized += 1
-        warmup = self.config.nopeek_warmup
-        if warmup > 0:  # the task trains first; the penalty ramps up linearly
-            weight *= min(1.0, self.penalized / warmup)
-        self.last_weight = weight
-        return _AddPenalty.apply(out, weight * dcor)
+        config = self.config
+        if embeddings is None or not torch.is_grad_enabled() or not hidden.requires_grad:
+            return None
+        terms = []
+        if config.nopeek_weight > 0:
+            a, b = sample_tokens(embeddings, hidden, attention_mask, config.nopeek_tokens)
+            if a.shape[0] >= 2:
+                dcor = distance_correlation(a, b)
+                self.last_penalty = float(dcor.detach())
+                self.penalized += 1
+                weight = config.nopeek_weight
+                if ramp and config.nopeek_warmup > 0:  # the task trains first; the weight ramps up
+                    weight *= min(1.0, self.penalized / config.nopeek_warmup)
+                self.last_weight = weight
+                terms.append(weight * dcor)
+        if config.cca_weight > 0:
+            a, b = sample_tokens(self._public_hidden(embeddings), hidden, attention_mask, CCA_TOKENS)
+            if a.shape[0] >= 2:
+                leak = canonical_leak(a, b)
+                self.last_leak = float(leak.detach())
+                terms.append(config.cca_weight * leak)
+        return sum(terms[1:], terms[0]) if terms else None
 
     def close(self) -> None:
         if self._hook is not None:

@@ -27,6 +27,14 @@ SWEEP: list[tuple[PrivacyConfig, int | None]] = [
     (PrivacyConfig(nopeek_weight=1.0), 32),
     (PrivacyConfig(withhold_gradients=True), None),
     (PrivacyConfig(withhold_gradients=True, nopeek_weight=1.0), None),
+    # The third pass: the CCA penalty after a private warm-up (nothing sent), with and without the
+    # public trunk's consistency during the warm-up.
+    (PrivacyConfig(cca_weight=0.3, private_warmup=20), None),
+    (PrivacyConfig(cca_weight=1.0, private_warmup=40), None),
+    *(
+        (PrivacyConfig(cca_weight=1.0, private_warmup=40, warmup_consistency=w), None)
+        for w in (0.1, 0.3, 1.0)
+    ),
 ]
 
 

@@ -91,12 +91,38 @@ def train_tapped(config: AuditConfig, model_dir: Path, task: TextTask) -> Record
     return Recording(tap, epochs, accuracy, set(tokenizer.all_special_ids))
 
 
+def _private_warmup(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> None:
+    """The private warm-up's forwards, before the training proper: the device's blocks train on the
+    penalties alone, with an optimizer of their own at a constant learning rate (the training's
+    schedule is the same as without a warm-up), and nothing crosses the wire."""
+    steps, sent = config.privacy.private_warmup, (len(tap.sent_hidden), len(tap.sent_grads))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    model.train()
+    train, taken, cycle = task.train[:: config.train_stride], 0, 0
+    while taken < steps:
+        for texts, _ in batches(train, config.batch_size, shuffle_seed=config.seed + 1000 + cycle):
+            out = model(**_encode(tokenizer, texts, config.max_length))
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            taken += 1
+            if taken >= steps:
+                break
+        cycle += 1
+    if (len(tap.sent_hidden), len(tap.sent_grads)) != sent:
+        raise RuntimeError("the private warm-up sent tensors to the edge")
+    logger.info("audit: private warm-up of %d forwards, last penalty %.3f", steps, out.loss.item())
+
+
 def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> list[Epoch]:
     optimizer = model.configure_optimizer(torch.optim.AdamW, lr=config.lr, weight_decay=0.01)
     steps_per_epoch = -(-len(task.train[:: config.train_stride]) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.1
     )
+    if config.privacy.private_warmup:
+        _private_warmup(model, tokenizer, task, config, tap)
     epochs = []
     for epoch in range(config.epochs):
         record = Epoch()

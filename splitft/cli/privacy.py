@@ -22,6 +22,21 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         "--nopeek-warmup", type=int, default=0, help="training forwards over which the penalty ramps up"
     )
     group.add_argument(
+        "--cca-weight", type=float, default=0.0, help="canonical-correlation penalty weight (public h_k)"
+    )
+    group.add_argument(
+        "--private-warmup",
+        type=int,
+        default=0,
+        help="first training forwards that send nothing (the device's blocks train on the penalties)",
+    )
+    group.add_argument(
+        "--warmup-consistency",
+        type=float,
+        default=0.0,
+        help="in the warm-up, keep a public trunk's [CLS] and mean outputs (run on the device) as they were",
+    )
+    group.add_argument(
         "--withhold-gradients",
         action="store_true",
         help="send the edge no gradient (the trunk is frozen; only the device's head trains on the task)",

@@ -46,6 +46,21 @@ class PrivacySpec(Strict):
         False, description="send the edge no gradient (the labels' signal); needs trunk_lora false"
     )
 
+    cca_weight: StrictFloat = Field(
+        0.0, ge=0, le=1e6, allow_inf_nan=False, description="weight of the CCA(public h_k, h_k) penalty"
+    )
+    private_warmup: StrictInt = Field(
+        0, ge=0, le=10**7, description="first training forwards that send nothing (penalties only)"
+    )
+
+    warmup_consistency: StrictFloat = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="weight of the public trunk's agreement in the warm-up",
+    )
+
     def config(self) -> PrivacyConfig:
         """The SDK's `PrivacyConfig` (what `SplitModel.from_pretrained(privacy=...)` takes)."""
         return PrivacyConfig(**self.model_dump())

@@ -17,6 +17,18 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   token vectors of the batch; the device's blocks learn to decorrelate what they send from the input.
   With `nopeek_warmup` = n, the weight ramps linearly from 0 over the first n training forwards (the
   task trains first).
+- CCA penalty: `cca_weight * leak(public h_k, h_k)` joins the loss like NoPeek's, where leak is the
+  mean squared canonical correlation (ridge-regularised) between the h_k the device sends and the h_k
+  the public blocks give for the same tokens (a frozen copy of the device's first blocks, adapters
+  off). It is invariant to every invertible affine map of h_k, so the device cannot lower it by the
+  affine moves an aligning edge undoes (docs/privacy.md, "Third pass").
+- Private warm-up: the first `private_warmup` training forwards send nothing: each stops where h_k
+  would leave, and its loss is the penalties alone (NoPeek and CCA at full weight), so the device's
+  first blocks move away from the public ones before the edge sees a single activation. With
+  `warmup_consistency` = w, the warm-up's loss also has w times the relative squared distance between
+  what a public copy of the trunk (loaded on the device for the warm-up) gives at [CLS] and averaged
+  over the tokens for the moved h_k and for the public h_k: the blocks move, and the sentence the trunk
+  sees stays.
 - Withheld gradients: the device never sends the gradient of the trunk output, the one tensor that
   carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
   on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
@@ -53,6 +65,9 @@ class PrivacyConfig:
     nopeek_tokens: int = 256  # token vectors sampled per batch for the penalty (O(n^2) memory)
     nopeek_warmup: int = 0  # training forwards over which the penalty's weight ramps up from 0
     withhold_gradients: bool = False  # send no gradient: the labels' signal never leaves the device
+    cca_weight: float = 0.0  # weight of the canonical-correlation penalty against the public h_k
+    private_warmup: int = 0  # first training forwards that send nothing and train on the penalties
+    warmup_consistency: float = 0.0  # weight of the public trunk's agreement during the warm-up
 
     def __post_init__(self) -> None:
         _bound("activation_clip", self.activation_clip, optional=True, positive=True)
@@ -60,6 +75,8 @@ class PrivacyConfig:
         _bound("gradient_clip", self.gradient_clip, optional=True, positive=True)
         _bound("gradient_noise", self.gradient_noise)
         _bound("nopeek_weight", self.nopeek_weight)
+        _bound("cca_weight", self.cca_weight)
+        _bound("warmup_consistency", self.warmup_consistency)
         if self.clip_scope not in CLIP_SCOPES:
             raise InvalidArgument(
                 f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
@@ -68,11 +85,16 @@ class PrivacyConfig:
             raise InvalidArgument(f"privacy.nopeek_tokens must be an integer, got {self.nopeek_tokens!r}")
         if not 4 <= self.nopeek_tokens <= 4096:
             raise InvalidArgument(f"privacy.nopeek_tokens must lie in [4, 4096], got {self.nopeek_tokens}")
-        if isinstance(self.nopeek_warmup, bool) or not isinstance(self.nopeek_warmup, int):
-            raise InvalidArgument(f"privacy.nopeek_warmup must be an integer, got {self.nopeek_warmup!r}")
-        if not 0 <= self.nopeek_warmup <= 10**7:
+        _count("nopeek_warmup", self.nopeek_warmup)
+        _count("private_warmup", self.private_warmup)
+        if self.private_warmup > 0 and self.nopeek_weight == 0 and self.cca_weight == 0:
             raise InvalidArgument(
-                f"privacy.nopeek_warmup must lie in [0, 10000000], got {self.nopeek_warmup}"
+                "privacy.private_warmup trains on the penalties alone: set privacy.cca_weight or "
+                "privacy.nopeek_weight"
+            )
+        if self.warmup_consistency > 0 and self.private_warmup == 0:
+            raise InvalidArgument(
+                "privacy.warmup_consistency acts during the private warm-up: set privacy.private_warmup"
             )
         if self.activation_noise > 0 and self.activation_clip is None:
             raise InvalidArgument(
@@ -145,6 +167,12 @@ class PrivacyConfig:
             parts.append(f"nopeek {self.nopeek_weight:g}")
             if self.nopeek_warmup:
                 parts[-1] += f" (warm-up {self.nopeek_warmup})"
+        if self.cca_weight > 0:
+            parts.append(f"cca {self.cca_weight:g}")
+        if self.private_warmup:
+            parts.append(f"private warm-up {self.private_warmup}")
+            if self.warmup_consistency:
+                parts[-1] += f" (trunk consistency {self.warmup_consistency:g})"
         if self.withhold_gradients:
             parts.append("gradients withheld")
         return ", ".join(parts)
@@ -159,3 +187,11 @@ def _bound(name: str, value: object, *, optional: bool = False, positive: bool =
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         sign = "> 0" if positive else ">= 0"
         raise InvalidArgument(f"privacy.{name} must be a finite number {sign}, got {value!r}")
+
+
+def _count(name: str, value: object) -> None:
+    """`value` must be an integer in [0, 10^7] (a number of training forwards)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"privacy.{name} must be an integer, got {value!r}")
+    if not 0 <= value <= 10**7:
+        raise InvalidArgument(f"privacy.{name} must lie in [0, 10000000], got {value}")

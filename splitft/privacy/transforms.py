@@ -61,3 +61,33 @@ def sample_tokens(
         index = torch.randperm(flat_e.shape[0], device=flat_e.device)[:count]
         flat_e, flat_h = flat_e[index], flat_h[index]
     return flat_e, flat_h
+
+
+def _inverse_sqrt(covariance: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(covariance)
+    return (vectors * values.clamp(min=1e-12).rsqrt()) @ vectors.T
+
+
+def canonical_leak(reference: torch.Tensor, hidden: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """Mean squared canonical correlation between the rows of `reference` [n, p] (a constant: the
+    public blocks' h_k) and `hidden` [n, q] (what is sent; differentiable): in [0, 1], the share of the
+    whitened reference that the best affine function of `hidden` predicts. Invariant to every
+    invertible affine map of `hidden` (up to the ridge, `ridge` times each covariance's mean variance,
+    which keeps it defined for fewer rows than dimensions), so it measures what an edge that aligns
+    h_k affinely (CORAL) can still read, and lowering it takes a move that is not affine."""
+    if reference.shape[0] != hidden.shape[0] or reference.shape[0] < 2:
+        raise ValueError(
+            f"canonical leak needs the same number (>= 2) of rows, got {reference.shape}, {hidden.shape}"
+        )
+    a = reference.detach().double()
+    b = hidden.double()
+    a, b = a - a.mean(0), b - b.mean(0)
+    rows = a.shape[0]
+    cov_a = a.T @ a / rows
+    cov_a = cov_a + ridge * cov_a.diagonal().mean() * torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
+    white_a = a @ _inverse_sqrt(cov_a)
+    cov_b = b.T @ b / rows
+    cov_b = cov_b + ridge * cov_b.diagonal().mean() * torch.eye(b.shape[1], dtype=b.dtype, device=b.device)
+    cross = white_a.T @ b / rows  # [p, q]
+    leak = torch.trace(cross @ torch.linalg.solve(cov_b, cross.T)) / a.shape[1]
+    return leak.to(hidden.dtype)

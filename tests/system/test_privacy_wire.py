@@ -187,3 +187,37 @@ def test_withheld_gradients_with_nopeek_train_the_blocks_locally(bert, edge) -> 
     assert tap.sent_grads == []
     assert _guard_penalty(model) is not None
     assert not torch.allclose(tap.sent_hidden[-1], _h_k(bert, 2), atol=1e-4)  # the penalty moved h_k
+
+
+def test_cca_penalty_trains_the_device_blocks_away_without_changing_the_loss(bert, edge, undefended) -> None:
+    plain, _, plain_losses = undefended
+    tap, model, losses = _run(bert, edge, {"cca_weight": 1.0})
+    assert losses == plain_losses  # the reported loss is the task's; the penalty only joins backward
+    torch.testing.assert_close(tap.sent_hidden[0], plain.sent_hidden[0], atol=0, rtol=0)
+    leak = _guard(model).last_leak  # against the public blocks' h_k: all but 1 before any step
+    assert leak is not None and 0.9 < leak <= 1.0 + 1e-6
+    assert not torch.allclose(tap.sent_hidden[-1], plain.sent_hidden[-1], atol=1e-6)  # the step differed
+
+
+def test_private_warmup_sends_nothing_and_moves_only_the_first_blocks(bert, edge) -> None:
+    tap, model, losses = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2}, steps=2)
+    assert _guard(model).warmed == 2
+    assert len(tap.sent_hidden) == 1 and tap.sent_grads == []  # only the inference forward after it
+    assert all(0 < loss <= 1.0 + 1e-6 for loss in losses)  # the warm-up's loss is the penalty
+    assert _lora_b_moved(model, first_blocks=True) and not _lora_b_moved(model, first_blocks=False)
+    assert not torch.allclose(tap.sent_hidden[0], _h_k(bert, 2), atol=1e-4)  # the first h_k sent moved
+    after, _, _ = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 1}, steps=2)
+    assert len(after.sent_hidden) == 2 and len(after.sent_grads) == 1  # past the warm-up: training sends
+
+
+def test_warmup_consistency_runs_a_public_trunk_on_the_device(bert, edge) -> None:
+    plain_tap, _, plain = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2}, steps=2)
+    privacy = {"cca_weight": 1.0, "private_warmup": 2, "warmup_consistency": 5.0}
+    tap, model, losses = _run(bert, edge, privacy, steps=2)
+    assert len(tap.sent_hidden) == 1 and tap.sent_grads == []  # still nothing sent in the warm-up
+    # Before the first step the blocks are the public ones, so the public trunk agrees with itself.
+    assert losses[0] == pytest.approx(plain[0], abs=1e-6)
+    consistency = _guard(model).last_consistency  # after one step the blocks moved, and the trunk's view
+    assert consistency is not None and consistency > 0
+    assert losses[1] != pytest.approx(plain[1], abs=1e-6)
+    assert not torch.equal(tap.sent_hidden[0], plain_tap.sent_hidden[0])  # the term changed the step

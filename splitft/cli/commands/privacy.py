@@ -28,6 +28,9 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         nopeek_weight=args.nopeek_weight,
         nopeek_warmup=args.nopeek_warmup,
         withhold_gradients=args.withhold_gradients,
+        cca_weight=args.cca_weight,
+        private_warmup=args.private_warmup,
+        warmup_consistency=args.warmup_consistency,
     )
 
 

@@ -33,6 +33,9 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
     # the device reads what a newer control plane adds without refusing it
     newer = JobCreate.model_validate({**BASE, "privacy": {**privacy, "future": 1}}, context=IGNORE_UNKNOWN)
     assert newer.privacy == spec.privacy
+    warmed = {"cca_weight": 1.0, "private_warmup": 40, "warmup_consistency": 1.0}
+    spec = JobCreate.model_validate({**BASE, "privacy": warmed})
+    assert spec.privacy is not None and spec.privacy.config() == PrivacyConfig(**warmed)
     privacy = {"withhold_gradients": True}
     withheld = JobCreate.model_validate({**BASE, "trunk_lora": False, "privacy": privacy})
     assert withheld.privacy is not None and withheld.privacy.config().withhold_gradients
@@ -50,6 +53,10 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
         ({"nopeek_weight": "0.1"}, "nopeek_weight"),
         ({"activation_nois": 1.0}, "activation_nois"),
         ({"withhold_gradients": "yes"}, "withhold_gradients"),
+        ({"cca_weight": -1.0}, "cca_weight"),
+        ({"private_warmup": 1.5, "cca_weight": 1.0}, "private_warmup"),
+        ({"private_warmup": 4}, "privacy.private_warmup trains on the penalties alone"),
+        ({"warmup_consistency": 1.0, "cca_weight": 1.0}, "privacy.warmup_consistency acts during"),
         ({"withhold_gradients": True, "gradient_clip": 1.0}, "privacy.withhold_gradients sends no gradient"),
         ({"withhold_gradients": True}, "privacy.withhold_gradients: the trunk's adapter"),
     ],

@@ -14,7 +14,13 @@ from splitft.privacy.adaptive import coral_align
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.inversion import TokenSet, fit_linear, fit_mlp, token_set
 from splitft.privacy.labels import infer_labels
-from splitft.privacy.transforms import clip_and_noise, clip_rows, distance_correlation, sample_tokens
+from splitft.privacy.transforms import (
+    canonical_leak,
+    clip_and_noise,
+    clip_rows,
+    distance_correlation,
+    sample_tokens,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +42,14 @@ from splitft.privacy.transforms import clip_and_noise, clip_rows, distance_corre
         ({"nopeek_tokens": 2}, "privacy.nopeek_tokens must lie in [4, 4096]"),
         ({"nopeek_tokens": 8.0}, "privacy.nopeek_tokens must be an integer"),
         ({"clip_scope": "batch"}, "privacy.clip_scope must be one of ['token', 'example']"),
+        ({"cca_weight": -0.5}, "privacy.cca_weight must be a finite number >= 0"),
+        ({"cca_weight": math.nan}, "privacy.cca_weight"),
+        ({"private_warmup": -1, "cca_weight": 1.0}, "privacy.private_warmup must lie in [0, 10000000]"),
+        ({"private_warmup": 2.0, "cca_weight": 1.0}, "privacy.private_warmup must be an integer"),
+        ({"private_warmup": 3}, "privacy.private_warmup trains on the penalties alone"),
+        ({"warmup_consistency": 1.0, "cca_weight": 1.0}, "privacy.warmup_consistency acts during"),
+        ({"warmup_consistency": -1.0}, "privacy.warmup_consistency must be a finite number >= 0"),
+        ({"nopeek_warmup": -1}, "privacy.nopeek_warmup must lie in [0, 10000000]"),
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
         ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
         (
@@ -55,6 +69,28 @@ def test_defaults_are_off_and_a_mapping_round_trips() -> None:
     config = PrivacyConfig(activation_clip=2.0, activation_noise=0.5, gradient_clip=1.0, nopeek_weight=0.1)
     assert config.active and PrivacyConfig.from_dict(config.to_dict()) == config
     assert "act clip 2/token noise 0.5" in config.describe() and "nopeek 0.1" in config.describe()
+    warmed = PrivacyConfig(cca_weight=0.5, private_warmup=40)
+    assert warmed.describe() == "cca 0.5, private warm-up 40"
+    assert PrivacyConfig.from_dict(warmed.to_dict()) == warmed
+
+
+def test_canonical_leak_is_blind_to_affine_moves_and_sees_unrelated_vectors() -> None:
+    generator = torch.Generator().manual_seed(0)
+    public = torch.randn(600, 12, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12, generator=generator))
+    mixing = rotation * torch.linspace(0.5, 2.0, 12)  # a rotation and a stretch (condition number 4)
+    moved = public @ mixing * 7.0 + 2.0
+    assert float(canonical_leak(public, public)) > 0.97
+    assert float(canonical_leak(public, moved)) > 0.96  # an aligning edge undoes this move: so does the leak
+    unrelated = torch.randn(600, 12, generator=generator)
+    assert float(canonical_leak(public, unrelated)) < 0.05
+    squared = public**2  # dependent, but on no affine image of the public vectors
+    assert float(canonical_leak(public, squared)) < 0.05
+    hidden = moved.clone().requires_grad_(True)
+    canonical_leak(public, hidden).backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    with pytest.raises(ValueError, match="same number"):
+        canonical_leak(public, public[:10])
 
 
 def test_clip_bounds_each_token_or_each_example() -> None:
