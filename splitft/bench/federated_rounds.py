@@ -25,7 +25,7 @@ from splitft.bench.federated_train import (
     write_state,
 )
 from splitft.errors import FailedPrecondition
-from splitft.federated import Channel, fedavg
+from splitft.federated import DEFAULT_TRUNCATION, Channel, fedavg
 from splitft.federated.adapters import aggregate_states
 from splitft.federated.shared_trunk import read_trunk_marks, split_shared
 
@@ -47,6 +47,7 @@ class Rounds:
     snr_db: float | None  # None: FedAvg; else AirComp at this SNR (Rayleigh fading)
     seed: int
     shared_trunk: bool = False  # one trunk adapter per round on the edge, stepped by every device
+    truncation: float = DEFAULT_TRUNCATION  # AirComp: the channel power gain below which a device sits out
 
 
 def run_rounds(
@@ -105,7 +106,7 @@ def _aggregate(
             states,
             weights,
             "aircomp",
-            Channel(snr_db=plan.snr_db),
+            Channel(snr_db=plan.snr_db, truncation=plan.truncation),
             plan.seed * 1000 + number,
             read_state(start),
         )

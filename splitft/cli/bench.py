@@ -220,6 +220,14 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
         metavar="REPORT",
         help="run nothing: merge JSON reports of one config over disjoint seeds (--first-seed) into one",
     )
+    fed.add_argument(
+        "--select",
+        nargs="+",
+        default=None,
+        metavar="REPORT",
+        help="run nothing: from merged reports of one config at several --lr, choose each variant's lr "
+        "on validation and report its test accuracy and the targets",
+    )
     fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
     fed.add_argument(
         "--validation-fraction",

@@ -17,6 +17,8 @@ from splitft.bench.federated import QUICK as FEDERATED_QUICK
 from splitft.bench.federated import FederatedBenchConfig, run_federated_bench
 from splitft.bench.federated_report import markdown_table as federated_markdown_table
 from splitft.bench.federated_report import merge_reports as merge_federated_reports
+from splitft.bench.federated_select import markdown_table as selection_markdown_table
+from splitft.bench.federated_select import select_by_validation
 from splitft.bench.fewshot import QUICK as FEWSHOT_QUICK
 from splitft.bench.fewshot import FewshotBenchConfig, run_fewshot_bench
 from splitft.bench.fewshot import markdown_table as fewshot_markdown_table
@@ -157,6 +159,12 @@ def quantize(args: argparse.Namespace) -> int:
 
 def federated(args: argparse.Namespace) -> int:
     """`bench federated`: independent vs FedAvg vs AirComp vs centralized on non-IID shards."""
+    if args.select:
+        selection = select_by_validation([_read_report(path, "--select") for path in args.select])
+        if args.json:
+            with open(args.json, "w") as out:
+                out.write(selection + "\n")
+        return _print(selection_markdown_table(selection) if args.markdown else selection)
     if args.merge:
         report = merge_federated_reports([_read_report(path) for path in args.merge])
     else:
@@ -164,13 +172,13 @@ def federated(args: argparse.Namespace) -> int:
     return _report(args, report, federated_markdown_table)
 
 
-def _read_report(path: str) -> str:
-    """A JSON report's text, or InvalidArgument naming the file."""
+def _read_report(path: str, option: str = "--merge") -> str:
+    """A JSON report's text, or InvalidArgument naming the option and the file."""
     try:
         text = open(path).read()
         json.loads(text)
     except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"--merge: cannot read the report {path}: {exc}") from None
+        raise InvalidArgument(f"{option}: cannot read the report {path}: {exc}") from None
     return text
 
 
