@@ -2,23 +2,26 @@
 
 `SessionRandomness` is a `TorchFunctionMode`: while it is active, every torch call of the thread
 (each matmul, view, add and norm) passes through its Python `__torch_function__`, holding the GIL.
-Over a whole forward of the bench BERT trunk that is 432 calls, for the 18 that draw random numbers.
-`RoutedRandomness` has the same mode active only while the model is inside a module that draws:
+Over a whole forward of `bench edge`'s BERT trunk that is 432 calls, for the 18 that draw random
+numbers. `route_randomness` prepares a tree so that `RoutedRandomness` routes only those draws:
 
-- a dropout module with p > 0;
-- an attention module with an attention dropout rate (passed to the attention function, where
-  `F.dropout` or `scaled_dot_product_attention(dropout_p=)` draws), except while it runs one of its
-  own child modules that does not draw (its query, key, value and output projections).
+- dropout modules become `SessionDropout`s, which draw from the active `RoutedRandomness`'s
+  streams directly (no mode, no hooks);
+- attention modules with an attention dropout rate (passed to the attention function, where
+  `F.dropout` or `scaled_dot_product_attention(dropout_p=)` draws) get forward hooks that have the
+  mode active inside them, except while they run one of their child modules (the query, key, value
+  and output projections, with their LoRA paths). The mode then sees 102 calls of that forward.
 
-Forward pre-hooks say "draws" or "does not draw" and forward hooks (`always_call`, so an exception
-unwinds them too) undo it; the mode is entered or left only where that changes. The masks are the
-very ones the whole-forward mode draws, from the same streams in the same order, because those
-modules make every draw of a training forward in the supported families
-(tests/unit/core/test_routing.py checks that each family draws nothing from the global RNG and
-matches the whole-forward mode bit for bit).
+Forward hooks are registered with `always_call`, so an exception unwinds the mode too. The masks
+are the very ones the whole-forward mode draws, from the same streams in the same order, because
+those modules make every draw of a training forward in the supported families
+(tests/unit/core/test_routing.py checks that each family, with sdpa and eager attention, draws
+nothing from the global RNG and matches the whole-forward mode bit for bit).
 
-The hooks do nothing in a thread with no `RoutedRandomness` active, so a routed tree behaves as
-before everywhere else.
+With no `RoutedRandomness` active in a thread, a routed tree draws exactly as before. Route a tree
+after building it and before its forwards (the edge routes each session tree and pooled batched
+tree once); `RoutedRandomness(streams, root)` routes a root it has not seen routed, a deep copy
+included.
 """
 
 from __future__ import annotations
@@ -27,11 +30,18 @@ import threading
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import _pop_torch_function_stack, _push_on_torch_function_stack
 
 from splitft.model.randomness import RowStreams, SessionRandomness, dropout_from
 
-_LOCAL = threading.local()  # .scope: the thread's active RoutedRandomness, or None
+
+class _Local(threading.local):
+    scope: RoutedRandomness | None = None  # the thread's active RoutedRandomness
+
+
+_LOCAL = _Local()
 _MARK = "_splitft_routed"  # on a routed root: its id (a deep copy keeps the id of its source)
 
 
@@ -42,40 +52,36 @@ class RoutedRandomness:
     `route_randomness` already did (build a tree, then route it, then run it)."""
 
     def __init__(self, streams: RowStreams, root: nn.Module | None = None) -> None:
+        self.streams = streams
         self.mode = SessionRandomness(streams)
         self._root = root
-        self._draws: list[bool] = []  # per routed module entered and not left: does it draw?
-        self._entered = False
+        self.draws: list[bool] = []  # per routed attention module or child entered: is the mode on?
         self._outer: RoutedRandomness | None = None
 
     def __enter__(self) -> RoutedRandomness:
         if self._root is not None and self._root.__dict__.get(_MARK) != id(self._root):
             route_randomness(self._root)
-        self._outer = getattr(_LOCAL, "scope", None)
+        self._outer = _LOCAL.scope
         _LOCAL.scope = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._entered:  # only if a hook was skipped; the forward hooks always run
-            self._draws.clear()
-            self._sync(False)
+        if self.draws and self.draws[-1]:  # only if a hook was skipped; the forward hooks always run
+            _pop_torch_function_stack()
+        self.draws.clear()
         _LOCAL.scope = self._outer
         self._outer = None
 
-    def push(self, draws: bool) -> None:
-        self._draws.append(draws)
-        self._sync(draws)
 
-    def pop(self) -> None:
-        self._draws.pop()
-        self._sync(bool(self._draws) and self._draws[-1])
+class SessionDropout(nn.Dropout):
+    """`nn.Dropout` whose mask comes from the thread's `RoutedRandomness` when one is active (no mode,
+    no hooks: the cheapest route), and from wherever `F.dropout` draws otherwise."""
 
-    def _sync(self, want: bool) -> None:
-        if want and not self._entered:
-            self.mode.__enter__()
-        elif self._entered and not want:
-            self.mode.__exit__(None, None, None)
-        self._entered = want
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        scope = _LOCAL.scope
+        if scope is None or not self.training or self.p == 0:
+            return F.dropout(input, self.p, self.training, self.inplace)
+        return dropout_from(scope.streams, input, self.p)
 
 
 def session_dropout(dropout: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -86,13 +92,10 @@ def session_dropout(dropout: nn.Module, x: torch.Tensor, generator: torch.Genera
     return dropout(x)
 
 
-def draws_randomly(module: nn.Module) -> bool:
-    """Whether a training forward of `module` itself draws random numbers: a dropout module with
-    p > 0, or an attention module with an attention dropout rate (Llama, Mistral, Qwen2 and ViT
-    keep it as `attention_dropout`; BERT and GPT-2 pass the p of their own dropout child; all mark
-    their attention modules with `is_causal`)."""
-    if isinstance(module, nn.Dropout):
-        return module.p > 0
+def draws_in_attention(module: nn.Module) -> bool:
+    """Whether `module` is an attention module that passes a dropout rate > 0 to its attention
+    function (Llama, Mistral, Qwen2 and ViT keep it as `attention_dropout`; BERT and GPT-2 pass the
+    p of their own dropout child; all mark their attention modules with `is_causal`)."""
     if not hasattr(module, "is_causal"):
         return False
     rate = getattr(module, "attention_dropout", 0.0)
@@ -102,39 +105,66 @@ def draws_randomly(module: nn.Module) -> bool:
 
 
 def route_randomness(root: nn.Module) -> int:
-    """Hook the modules of `root` that draw, and the other children of those that draw around
-    them (idempotent: a module hooked before is left as it is). Returns how many modules draw."""
-    drawing = [module for module in root.modules() if draws_randomly(module)]
-    for module in drawing:
-        _hook(module, _enter_drawing)
-        for child in module.children():
-            if not draws_randomly(child):
-                _hook(child, _enter_quiet)
+    """Route every draw of `root`'s training forward (idempotent): its dropout modules become
+    `SessionDropout`s, its attention modules with dropout get the mode hooks, and their other
+    children hooks that leave the mode around them. Returns how many modules draw."""
+    drawing = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is nn.Dropout and child.p > 0:
+                replacement = SessionDropout(child.p, child.inplace)
+                replacement.train(child.training)
+                parent._modules[name] = replacement
+        if isinstance(parent, SessionDropout) and parent.p > 0:
+            drawing += 1
+        elif draws_in_attention(parent):
+            drawing += 1
+            _hook(parent, _enter_drawing, _leave_drawing)
+            for child in parent.children():
+                if not isinstance(child, nn.Dropout):
+                    _hook(child, _enter_quiet, _leave_quiet)
     root.__dict__[_MARK] = id(root)
-    return len(drawing)
+    return drawing
 
 
-def _hook(module: nn.Module, enter: Any) -> None:
+def _hook(module: nn.Module, enter: Any, leave: Any) -> None:
     hooks = module._forward_pre_hooks.values()
     if _enter_drawing in hooks or _enter_quiet in hooks:
         return
     module.register_forward_pre_hook(enter)
-    module.register_forward_hook(_leave, always_call=True)
+    module.register_forward_hook(leave, always_call=True)
 
 
+# The hooks push and pop the mode on torch's function-mode stack directly (what the mode's
+# `__enter__` and `__exit__` do): they run around every attention call and its projections, so each
+# Python frame saved is saved per module call.
 def _enter_drawing(module: nn.Module, args: Any) -> None:
-    scope: RoutedRandomness | None = getattr(_LOCAL, "scope", None)
+    scope = _LOCAL.scope
     if scope is not None:
-        scope.push(True)
+        if not (scope.draws and scope.draws[-1]):
+            _push_on_torch_function_stack(scope.mode)
+        scope.draws.append(True)
+
+
+def _leave_drawing(module: nn.Module, args: Any, output: Any) -> None:
+    scope = _LOCAL.scope
+    if scope is not None:
+        scope.draws.pop()
+        if not (scope.draws and scope.draws[-1]):
+            _pop_torch_function_stack()
 
 
 def _enter_quiet(module: nn.Module, args: Any) -> None:
-    scope: RoutedRandomness | None = getattr(_LOCAL, "scope", None)
+    scope = _LOCAL.scope
     if scope is not None:
-        scope.push(False)
+        if scope.draws and scope.draws[-1]:
+            _pop_torch_function_stack()
+        scope.draws.append(False)
 
 
-def _leave(module: nn.Module, args: Any, output: Any) -> None:
-    scope: RoutedRandomness | None = getattr(_LOCAL, "scope", None)
+def _leave_quiet(module: nn.Module, args: Any, output: Any) -> None:
+    scope = _LOCAL.scope
     if scope is not None:
-        scope.pop()
+        scope.draws.pop()
+        if scope.draws and scope.draws[-1]:
+            _push_on_torch_function_stack(scope.mode)

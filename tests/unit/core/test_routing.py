@@ -7,12 +7,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.overrides import _get_current_function_mode_stack
 
 from splitft.model.randomness import RowStream, RowStreams, SessionRandomness, seeded
-from splitft.model.routing import RoutedRandomness, route_randomness, session_dropout
+from splitft.model.routing import RoutedRandomness, SessionDropout, route_randomness, session_dropout
 from splitft.testing.tiny import FAMILY_NAMES, _build, lora_config_for, make_batch
 
 
@@ -96,30 +97,49 @@ def test_without_a_scope_a_routed_tree_draws_as_before():
     assert torch.equal(routed, _logits(plain, batch))
 
 
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
 def test_routing_is_idempotent_and_a_copy_routes_its_new_modules():
     model = _tiny("llama")
-    hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
+    before = _hooks(model)
+    assert route_randomness(model) == 2  # the attention of each of the 2 blocks (LoRA dropouts: 8)
+    once = _hooks(model)
+    assert once > before
+    assert sum(isinstance(m, SessionDropout) for m in model.modules()) == 8
     route_randomness(model)
-    route_randomness(model)
-    once = sum(len(m._forward_pre_hooks) for m in model.modules())
-    assert once > hooks
-    route_randomness(model)
-    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == once
+    assert _hooks(model) == once
     twin = copy.deepcopy(model)  # keeps the hooks, but not the mark: its own modules are checked
-    extra = nn.Dropout(0.5)
-    twin.get_submodule("base_model.model.model.layers.0").add_module("extra", extra)
+    layer = twin.get_submodule("base_model.model.model.layers.0")
+    layer.add_module("extra", nn.Dropout(0.5))
     with RoutedRandomness(RowStreams.single(seeded(1)), twin):
         pass
-    assert len(extra._forward_pre_hooks) == 1
+    assert isinstance(layer.extra, SessionDropout)
 
 
-def test_an_error_inside_a_drawing_module_leaves_the_mode():
-    class Failing(nn.Dropout):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            super().forward(x)
+class _Attention(nn.Module):
+    """Marked like Hugging Face attention modules; its projection fails after the mode is left."""
+
+    def __init__(self, fail_in: str) -> None:
+        super().__init__()
+        self.is_causal = False
+        self.attention_dropout = 0.5
+        self.proj = nn.Linear(4, 4)
+        self.fail_in = fail_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail_in == "projection":
+            self.proj.register_forward_hook(lambda *_: (_ for _ in ()).throw(ValueError("boom")))
+        x = F.dropout(self.proj(x), self.attention_dropout, self.training)
+        if self.fail_in == "attention":
             raise ValueError("boom")
+        return x
 
-    model = nn.Sequential(nn.Linear(4, 4), Failing(0.5))
+
+@pytest.mark.parametrize("fail_in", ["attention", "projection"])
+def test_an_error_inside_a_routed_module_leaves_the_mode(fail_in):
+    model = _Attention(fail_in)
     with pytest.raises(ValueError, match="boom"), RoutedRandomness(RowStreams.single(seeded(1)), model):
         model(torch.ones(2, 4))
     assert _get_current_function_mode_stack() == []
