@@ -58,6 +58,11 @@ class RoutedRandomness:
         self.draws: list[bool] = []  # per routed attention module or child entered: is the mode on?
         self._outer: RoutedRandomness | None = None
 
+    @classmethod
+    def single(cls, generator: torch.Generator, root: nn.Module | None = None) -> RoutedRandomness:
+        """Every row draws from `generator` (one session's forward)."""
+        return cls(RowStreams.single(generator), root)
+
     def __enter__(self) -> RoutedRandomness:
         if self._root is not None and self._root.__dict__.get(_MARK) != id(self._root):
             route_randomness(self._root)
