@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from edge_server.stacked_lora import stacked_delta
 from splitft.model.loading import LoadedSpan
-from splitft.model.randomness import SessionRandomness
+from splitft.model.routing import RoutedRandomness, route_randomness, session_dropout
 from splitft.model.spans import Skipped
 
 _BASE_KINDS = (nn.Linear, Conv1D)  # bitsandbytes' Linear4bit is an nn.Linear too
@@ -51,7 +51,7 @@ class PassPlan:
 
     segments: list[Segment] = field(default_factory=list)
     targeted: frozenset[str] = frozenset()  # module names any segment adapts
-    randomness: SessionRandomness | None = None  # set when a session's dropout is active
+    randomness: RoutedRandomness | None = None  # set when a session's dropout is active
     stacked_calls: int = 0  # layer calls whose LoRA paths ran stacked (edge_server.stacked_lora)
 
 
@@ -106,11 +106,8 @@ def _with_lora(
             continue
         lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
         xa = x.to(cast(torch.Tensor, lora_a.weight).dtype)
-        if plan.randomness is not None:
-            with plan.randomness.only(segment.generator):
-                dropped = layer.lora_dropout[name](xa)
-        else:
-            dropped = layer.lora_dropout[name](xa)
+        dropout = layer.lora_dropout[name]
+        dropped = dropout(xa) if plan.randomness is None else session_dropout(dropout, xa, segment.generator)
         result = result + _frozen_linear(lora_b, _frozen_linear(lora_a, dropped)) * layer.scaling[name]
     return result.to(dtype)
 
@@ -163,6 +160,7 @@ class BatchedTrunk:
             for name, module in list(blocks[i].named_modules()):
                 if isinstance(module, _BASE_KINDS):
                     _replace(blocks[i], name, SegmentedLinear(module, f"{prefix}.{i}.{name}", self.plan))
+        route_randomness(self.root)  # a shared pass with dropout draws inside the routed modules only
 
     def run(
         self,

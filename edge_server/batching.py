@@ -32,7 +32,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from edge_server.batched_trunk import BatchedTrunks, Segment
 from edge_server.gather import Gather, RecentPeers, Slots
 from splitft.model.loading import LoadedSpan
-from splitft.model.randomness import RowStream, RowStreams, SessionRandomness
+from splitft.model.randomness import RowStream, RowStreams
+from splitft.model.routing import RoutedRandomness
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _run_shared(trees: BatchedTrunks, items: list[ForwardItem]) -> int:
         stochastic = first.training and any(item.stochastic for item in items)
         if stochastic:
             streams = RowStreams([RowStream(s.start, s.stop, s.generator) for s in plan_segments])
-            tree.plan.randomness = SessionRandomness(streams)
+            tree.plan.randomness = RoutedRandomness(streams, tree.root)
         with torch.set_grad_enabled(first.keep), tree.plan.randomness or nullcontext():
             out = tree.run(
                 torch.cat(hiddens),

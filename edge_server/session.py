@@ -35,7 +35,8 @@ from splitft.methods.sparse import sparse_state_dict
 from splitft.methods.wire import TrunkMethod
 from splitft.model.adapter_state import load_adapter_state
 from splitft.model.loading import LoadedSpan
-from splitft.model.randomness import RowStreams, SessionRandomness, has_dropout, seeded
+from splitft.model.randomness import has_dropout, seeded
+from splitft.model.routing import RoutedRandomness
 from splitft.model.spans import SplitSpec
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class TrunkSession:
         if self.selection is not None:  # what it selects is the session's adapter: the same bound
             self.selection.max_entries = self.limits.max_adapter_parameters
             self.selection.before_apply = lambda masks: self.memory.admit_selection(masks)
-        self.stochastic = has_dropout(self.root)
+        self.stochastic = has_dropout(self.root)  # the tree's draws are routed (own_tree, snapshot_tree)
         self.rng = seeded(seed ^ 0x5EED)  # this session's dropout masks, whatever its neighbours do
         # Plain LoRA (or no adapter) can share trunk passes; selection methods and LoRA variants run alone.
         self.lora_layers = batchable_layers(self.root) if self.selection is None else None
@@ -286,12 +287,11 @@ class TrunkSession:
             self.selection.on_forward(mask)  # e.g. TaskEdge keeps padding out of its norms
         if not seeded:
             return run(self.root, hidden, mask, positions, start, stop)
-        with SessionRandomness(RowStreams.single(self.rng)):  # thread-local: no lock across sessions
+        with RoutedRandomness.single(self.rng, self.root):  # thread-local: no lock across sessions
             return run(self.root, hidden, mask, positions, start, stop)
 
     def backward(self, forward_id: int, grad: torch.Tensor, *, zero_grad_first: bool) -> torch.Tensor | None:
-        """Back-propagate `grad` through kept forward `forward_id` (used up); returns the input
-        gradient when that forward asked for it."""
+        """Back-propagate `grad` through kept forward `forward_id` (used up); the input gradient if asked."""
         pending = self._pending.get(forward_id)
         if pending is None:
             raise NotFound(

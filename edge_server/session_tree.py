@@ -12,6 +12,7 @@ from edge_server.limits import DataPlaneLimits, check_adapter_size, lora_paramet
 from splitft.errors import InvalidArgument
 from splitft.model.loading import MODEL_CONSTRUCTION_LOCK, LoadedSpan
 from splitft.model.randomness import RowStreams, SessionRandomness, seeded
+from splitft.model.routing import route_randomness
 from splitft.model.spans import Skipped, SplitSpec
 
 
@@ -26,9 +27,12 @@ def own_tree(
         if i not in spec.trunk_range:
             blocks[i] = Skipped(f"block {i}")
     if lora_config is None:
+        route_randomness(root)
         return None, root
     check_adapter_size(lora_parameter_estimate(root, lora_config), limits)  # before adapter memory
     peft_model = attach_lora(root, lora_config, seed)
+    # Its dropouts (peft's included) draw from the session's streams, before any forward runs on it.
+    route_randomness(peft_model.get_base_model())
     return peft_model, peft_model.get_base_model()
 
 

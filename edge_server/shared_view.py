@@ -21,6 +21,7 @@ from torch import nn
 from edge_server.batched_trunk import share_modules
 from edge_server.trunk_optim import TrunkOptimizer
 from splitft.errors import FailedPrecondition
+from splitft.model.routing import route_randomness
 
 if TYPE_CHECKING:
     from edge_server.shared_adapters import SharedTrunkAdapter
@@ -52,6 +53,7 @@ def snapshot_tree(root: nn.Module) -> nn.Module:
                     # The same state, a forward that copies first: a class swap keeps the module's
                     # parameters (the adapter's) and every attribute peft reads.
                     factor.__class__ = SnapshotLinear
+    route_randomness(view)  # this session's dropout draws come from its own streams
     return view
 
 

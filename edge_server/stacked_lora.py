@@ -22,6 +22,8 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
+from splitft.model.routing import session_dropout
+
 if TYPE_CHECKING:
     from edge_server.batched_trunk import PassPlan, Segment
 
@@ -129,8 +131,7 @@ def _dropped(
     for (segment, _, _), dropout in zip(adapting, dropouts, strict=True):
         rows = x[segment.start : segment.stop]
         if _active(dropout) and plan.randomness is not None:
-            with plan.randomness.only(segment.generator):
-                rows = dropout(rows)
+            rows = session_dropout(dropout, rows, segment.generator)
         elif _active(dropout):
             rows = dropout(rows)
         pieces.append(rows)

@@ -143,7 +143,7 @@ class SessionRandomness(TorchFunctionMode):
         kwargs = kwargs or {}
         streams = self._stack[-1]
         if func in _DROPOUTS:
-            return _dropout(streams, *args, **kwargs)
+            return dropout_from(streams, *args, **kwargs)
         if func is F.scaled_dot_product_attention and _sdpa_dropout(args, kwargs) > 0:
             return _attention_with_dropout(streams, *args, **kwargs)
         if func in _SEEDABLE and kwargs.get("generator") is None:
@@ -153,9 +153,10 @@ class SessionRandomness(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _dropout(
+def dropout_from(
     streams: RowStreams, input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
-):
+) -> torch.Tensor:
+    """`F.dropout` with its mask drawn from `streams` (`inplace` is ignored: the result is new)."""
     if not training or p == 0.0:
         return input
     if not 0.0 <= p <= 1.0:
@@ -198,7 +199,7 @@ def _attention_with_dropout(
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask
-    weights = _dropout(streams, torch.softmax(scores, dim=-1), dropout_p, True)
+    weights = dropout_from(streams, torch.softmax(scores, dim=-1), dropout_p, True)
     return weights @ value
 
 
