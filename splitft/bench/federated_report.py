@@ -72,7 +72,8 @@ def _curves(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     return curves
 
 
-def _targets(accuracy: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def federated_targets(accuracy: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The issue's three targets judged on `accuracy` (per variant, mean over seeds); `--select` too."""
     fedavg = accuracy["fedavg"]["mean"]
     rows = [
         ("fedavg - independent_mean >= 5 points", fedavg - accuracy["independent_mean"]["mean"], 5.0, True),
@@ -141,7 +142,7 @@ def summarize(runs: list[dict[str, Any]], config: Any) -> dict[str, Any]:
         "validation_points": validation,
         "per_seed_points": {name: [round(100 * v, 2) for v in vs] for name, vs in _accuracies(runs).items()},
         "validation_curves": _curves(runs),
-        "targets": _targets(accuracy),
+        "targets": federated_targets(accuracy),
         "bytes_per_round": {**_bytes(runs), "devices": config.devices},
         "trunk_adapter": _trunk_adapter(accuracy),
         "aircomp_errors": _aircomp_errors(runs, config.devices),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from splitft.bench.federated_report import _targets
+from splitft.bench.federated_report import federated_targets
 from splitft.errors import InvalidArgument
 
 FOLLOWS = {"independent_worst": "independent_mean", "centralized_one_device_steps": "centralized"}
@@ -51,7 +51,7 @@ def select_by_validation(report_jsons: list[str]) -> str:
             "seeds": sorted(run["seed"] for run in reports[0]["seeds"]),
             "config": {k: v for k, v in reports[0]["config"].items() if k not in _VARYING},
             "variants": variants,
-            "targets": _targets(accuracy),
+            "targets": federated_targets(accuracy),
             "load_average": {str(reports[i]["config"]["lr"]): reports[i]["load_average"] for i in order},
         },
         indent=2,
