@@ -1,9 +1,8 @@
 """What every wire-level benchmark shares: the model and batch config, a torch thread budget, one
-training step, a split model on a local edge, a process's CPU time and the spread of a sample."""
+training step, a split model on a local edge and the spread of a sample."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -53,17 +52,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def process_cpu_seconds(pid: int | None = None) -> float | None:
-    """User + system CPU seconds of process `pid` (default: this one) so far, all its threads
-    (Linux /proc); None where it cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spread(values: list[float], digits: int = 4) -> dict[str, float]:

@@ -31,7 +31,7 @@ from typing import Any
 from splitft.bench.edge_device import DevicePool, DeviceSpec
 from splitft.bench.edge_models import BENCH_MODELS, DEVICE_LAYERS, HEAD_LAYERS, model_info, save_bench_model
 from splitft.bench.edge_report import MODES, build_report, window_summary
-from splitft.bench.procfs import cpu_seconds, reset_peak, status_kib
+from splitft.bench.procfs import cpu_seconds, reset_peak, status_kib, total_cpu_seconds
 from splitft.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _window(
 
     def started() -> None:
         reset_peak(pid)
-        at_start.append((time.monotonic(), cpu_seconds(pid), _total_cpu(device_pids)))
+        at_start.append((time.monotonic(), cpu_seconds(pid), total_cpu_seconds(device_pids)))
 
     start = time.monotonic() + START_DELAY_S
     results = pool.run(n, mode, start, start + config.seconds, started)
@@ -239,7 +239,7 @@ def _window(
         "mode": mode,
         **window_summary(results, start, tokens_per_step),
         "edge_cpu_cores": _cores(edge_cpu, cpu_seconds(pid), now - began),
-        "devices_cpu_cores": _cores(devices_cpu, _total_cpu(device_pids), now - began),
+        "devices_cpu_cores": _cores(devices_cpu, total_cpu_seconds(device_pids), now - began),
         "edge_peak_kib": status_kib(pid, "VmHWM"),
         # Forwards (warm-up and window) that ran in a pass shared with other sessions.
         "shared_forward_fraction": round(shared / (shared + alone), 3) if shared + alone else None,
@@ -253,11 +253,6 @@ def shared_forwards(port: int) -> tuple[float, float]:
     for found in re.finditer(r'^splitft_edge_trunk_forwards_total\{shared="(yes|no)"\} (\S+)$', text, re.M):
         counts[found.group(1)] = float(found.group(2))
     return counts["yes"], counts["no"]
-
-
-def _total_cpu(pids: list[int]) -> float | None:
-    seconds = [cpu_seconds(pid) for pid in pids]
-    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
 
 
 def _cores(before: float | None, after: float | None, wall: float) -> float | None:

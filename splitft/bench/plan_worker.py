@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from splitft.bench.common import process_cpu_seconds
 from splitft.bench.peak_rss import peak_kib, release_freed_memory, reset_peak
-from splitft.bench.procfs import cpu_seconds
+from splitft.bench.procfs import cpu_seconds, own_cpu_seconds
 from splitft.bench.worker import serve_worker
 from splitft.plan.candidates import PRECISION_SDK, Candidate
 
@@ -122,16 +121,16 @@ def _train(spec: dict[str, Any], model: Any, train: list[dict[str, torch.Tensor]
     steps = int(spec["train_steps"])
     _step(model, optimizer, train[0])
     before = model.stats
-    cpu0, edge0, wall0 = process_cpu_seconds(), cpu_seconds(spec.get("edge_pid")), time.perf_counter()
+    cpu0, edge0, wall0 = own_cpu_seconds(), cpu_seconds(spec.get("edge_pid")), time.perf_counter()
     for i in range(1, steps):
         _step(model, optimizer, train[i % len(train)])
     wall = time.perf_counter() - wall0
-    cpu1, edge1, after = process_cpu_seconds(), cpu_seconds(spec.get("edge_pid")), model.stats
+    cpu1, edge1, after = own_cpu_seconds(), cpu_seconds(spec.get("edge_pid")), model.stats
     n = steps - 1
     return {
         "bytes_up": (after.bytes_sent - before.bytes_sent) // n,
         "bytes_down": (after.bytes_received - before.bytes_received) // n,
-        "device_compute_s": round(((cpu1 or 0.0) - (cpu0 or 0.0)) / n, 6),
+        "device_compute_s": round((cpu1 - cpu0) / n, 6),
         "edge_compute_s": round(((edge1 or 0.0) - (edge0 or 0.0)) / n, 6),
         "loopback_step_s": round(wall / n, 6),
         "train_steps": steps,

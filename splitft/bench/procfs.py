@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -19,6 +21,18 @@ def cpu_seconds(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads, from the kernel's per-process
+    clock (nanoseconds): /proc counts in clock ticks (10 ms), which rounds a short step to zero."""
+    return time.process_time()
+
+
+def total_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """The CPU seconds of all `pids` together; None if any cannot be read."""
+    seconds = [cpu_seconds(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
 
 
 def status_kib(pid: int | None, field_name: str) -> int | None:

@@ -33,7 +33,8 @@ from typing import IO, Any
 
 import torch
 
-from splitft.bench.common import BenchModelConfig, process_cpu_seconds, split_model, train_step
+from splitft.bench.common import BenchModelConfig, split_model, train_step
+from splitft.bench.procfs import cpu_seconds
 from splitft.compress import parse_codecs
 from splitft.errors import InvalidArgument
 
@@ -214,9 +215,9 @@ def _window(
     start = time.monotonic() + START_DELAY_S
     workers.start(n, start, start + config.seconds)
     time.sleep(max(0.0, start - time.monotonic()))
-    cpu_before = process_cpu_seconds(edge_pid) if edge_pid is not None else None
+    cpu_before = cpu_seconds(edge_pid)
     steps = workers.results(n)
-    cpu_after = process_cpu_seconds(edge_pid) if edge_pid is not None else None
+    cpu_after = cpu_seconds(edge_pid)
     wall = time.monotonic() - start
     summary = summarize(steps, start, config.batch * config.tokens)
     if cpu_before is not None and cpu_after is not None:

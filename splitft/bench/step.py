@@ -38,14 +38,8 @@ import torch
 from peft import get_peft_model
 
 from device_client import EdgeConnection
-from splitft.bench.common import (
-    BenchModelConfig,
-    process_cpu_seconds,
-    split_model,
-    spread,
-    torch_threads,
-    train_step,
-)
+from splitft.bench.common import BenchModelConfig, split_model, spread, torch_threads, train_step
+from splitft.bench.procfs import own_cpu_seconds, total_cpu_seconds
 from splitft.errors import InvalidArgument
 from splitft.local.launch import EdgeProcess, LocalPki
 from splitft.model.placement import Placement
@@ -185,20 +179,15 @@ def _runs(
     return runs
 
 
-def _timed(run: Run, edge_pids: Sequence[int]) -> tuple[float, float | None, float | None]:
+def _timed(run: Run, edge_pids: Sequence[int]) -> tuple[float, float, float | None]:
     """(wall seconds, CPU seconds of this process, CPU seconds of all edge processes) of one step."""
     with torch_threads(run.threads):
-        device_before, edges_before = process_cpu_seconds(), _sum_cpu(edge_pids)
+        device_before, edges_before = own_cpu_seconds(), total_cpu_seconds(edge_pids)
         wall = run.step()
-        device_after, edges_after = process_cpu_seconds(), _sum_cpu(edge_pids)
-    device = None if device_before is None or device_after is None else device_after - device_before
+        device_after, edges_after = own_cpu_seconds(), total_cpu_seconds(edge_pids)
+    device = device_after - device_before
     edges = None if edges_before is None or edges_after is None else edges_after - edges_before
     return wall, device, edges
-
-
-def _sum_cpu(pids: Sequence[int]) -> float | None:
-    seconds = [process_cpu_seconds(pid) for pid in pids]
-    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
 
 
 def interleaved(
