@@ -13,7 +13,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from safetensors.numpy import load_file, save_file
+
 from splitft.federated import Channel, aggregate_adapter_files
+from splitft.federated.server import ServerOptimizer, server_step
 from splitft.jobs.spec import FederatedSpec
 from splitft.targz import pack_files
 
@@ -21,18 +24,25 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def aggregate_archives(
-    archives: list[bytes], weights: list[int], spec: FederatedSpec, seed: int, reference: bytes | None = None
+    archives: list[bytes],
+    weights: list[int],
+    spec: FederatedSpec,
+    seed: int,
+    reference: bytes | None = None,
+    before: bytes | None = None,
 ) -> tuple[bytes, float | None]:
     """The global adapter archive of a round and, for AirComp, its relative error against FedAvg.
 
     ``reference``: the archive the round started from (the previous round's global adapter, or the
     `initial_adapter` job's); with AirComp the devices' UPDATES (upload - reference) go over the air,
     so the noise scales with the updates, not the weights. None (round 0 from a fresh adapter, which
-    the control plane never sees): the whole adapters go over the air."""
+    the control plane never sees): the whole adapters go over the air, and the server takes no step.
+    ``before``: the archive the round before started from (FedAvgM's momentum; None: none carried)."""
     with tempfile.TemporaryDirectory(prefix="splitft-round-") as tmp:
         root = Path(tmp)
         paths = [_unpack(archive, root / f"upload-{i}") for i, archive in enumerate(archives)]
         start = _unpack(reference, root / "reference") if reference is not None else None
+        earlier = _unpack(before, root / "before") if before is not None else None
         channel = Channel(snr_db=spec.snr_db, fading=spec.fading) if spec.aggregation == "aircomp" else None
         result = aggregate_adapter_files(
             paths,
@@ -42,10 +52,34 @@ def aggregate_archives(
             channel=channel,
             seed=seed,
             trunk=spec.trunk_adapter,  # shared: the device parts averaged, the edge's latest trunk export
-            reference=start if spec.aggregation == "aircomp" else None,
+            reference=start,
+            server=ServerOptimizer(spec.server_lr, spec.server_momentum),
+            before_reference=earlier,
         )
         error = result.relative_error if spec.aggregation == "aircomp" else None
         return pack_adapter_files(result.out_path), error
+
+
+def server_stepped(
+    archive: bytes, spec: FederatedSpec, reference: bytes | None, before: bytes | None
+) -> bytes:
+    """A round's aggregate archive after the server's step (FedAvgM, `splitft.federated.server`), for
+    the aggregates made elsewhere (a secure round's unmasked sum); unchanged for plain FedAvg."""
+    optimizer = ServerOptimizer(spec.server_lr, spec.server_momentum)
+    if optimizer.is_plain_fedavg or reference is None:
+        return archive
+    with tempfile.TemporaryDirectory(prefix="splitft-server-step-") as tmp:
+        root = Path(tmp)
+        states = [
+            None if data is None else load_file(str(_unpack(data, root / name) / ADAPTER_FILES[1]))
+            for name, data in (("aggregate", archive), ("reference", reference), ("before", before))
+        ]
+        aggregate, start, earlier = states
+        assert aggregate is not None
+        stepped = server_step(aggregate, start, optimizer, before_previous=earlier)
+        out = root / "aggregate"
+        save_file(dict(stepped), str(out / ADAPTER_FILES[1]), metadata={"format": "pt"})  # as peft writes
+        return pack_adapter_files(out)
 
 
 def _unpack(archive: bytes, directory: Path) -> Path:

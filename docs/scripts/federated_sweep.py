@@ -1,17 +1,20 @@
 """Choose `bench federated`'s round structure and learning rate on the VALIDATION split only.
 
-For each rounds x local_steps (same total steps per device) and learning rate, run FedAvg exactly as
+For each rounds x local_steps (same total steps per device), learning rate and server momentum
+(FedAvgM, `splitft.federated.server`; 0 is plain FedAvg), run FedAvg exactly as
 `splitft bench federated` does (same task, shards, initial adapter, data streams per seed) and print
 the global adapter's validation accuracy per round; the test split is never evaluated here.
 
     .venv/bin/python docs/scripts/federated_sweep.py --plans 10x4 20x2 40x1 --lrs 2e-3 --seeds 0 1
+    .venv/bin/python docs/scripts/federated_sweep.py --plans 20x2 --lrs 2e-3 4e-3 --server-momentum 0 0.5 0.9
 
-One JSON line per (seed, plan, lr) on stdout as each finishes.
+One JSON line per (seed, plan, lr, momentum) on stdout as each finishes.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -25,6 +28,7 @@ from splitft.bench.federated_train import EDGE_MODEL, Encoder, Evaluator, Split,
 from splitft.data.shards import dirichlet_shards
 from splitft.data.stdlib_task import Example, build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
+from splitft.federated.server import ServerOptimizer
 from splitft.local.launch import EdgeProcess
 
 
@@ -33,6 +37,8 @@ def main() -> None:
     parser.add_argument("--plans", nargs="+", default=["10x4", "20x2", "40x1"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[2e-3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--server-momentum", nargs="+", type=float, default=[0.0])
+    parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.5)
     args = parser.parse_args()
@@ -55,12 +61,13 @@ def main() -> None:
                         )
                         for k, ix in enumerate(indices)
                     ]
-                    for lr in args.lrs:
+                    for lr, momentum in itertools.product(args.lrs, args.server_momentum):
                         split = Split(model_dir, edge.address, full.num_labels, lr)
-                        row = _one(
-                            split, shards, validation, encode, Rounds(rounds, local, None, seed), Path(tmp)
-                        )
-                        sys.stdout.write(json.dumps({"seed": seed, "plan": plan, "lr": lr, **row}) + "\n")
+                        server = ServerOptimizer(args.server_lr, momentum)
+                        rounds_plan = Rounds(rounds, local, None, seed, server=server)
+                        row = _one(split, shards, validation, encode, rounds_plan, Path(tmp))
+                        labels_ = {"seed": seed, "plan": plan, "lr": lr, "server_momentum": momentum}
+                        sys.stdout.write(json.dumps({**labels_, "server_lr": args.server_lr, **row}) + "\n")
                         sys.stdout.flush()
 
 
@@ -73,7 +80,7 @@ def _one(
     tmp: Path,
 ) -> dict[str, object]:
     """FedAvg of `plan` from the seed's initial adapter: the validation curve, never the test split."""
-    out = tmp / f"s{plan.seed}-{plan.rounds}x{plan.local_steps}-{split.lr}"
+    out = tmp / f"s{plan.seed}-{plan.rounds}x{plan.local_steps}-{split.lr}-m{plan.server.momentum}"
     start = initial_adapter(split, out / "initial", plan.seed)
     evaluator = Evaluator(split, start, (), validation, encode)  # no test set: NaN if ever asked
     began = time.perf_counter()

@@ -31,7 +31,11 @@ from splitft_control.store.base import (
 
 # (archives, example counts, the job's federated spec, a seed, the round's starting adapter or None)
 # -> (global archive, aggregation error)
-Aggregate = Callable[[list[bytes], list[int], FederatedSpec, int, bytes | None], tuple[bytes, float | None]]
+# (uploads, example counts, spec, AirComp seed, the round's starting adapter, the previous round's) ->
+# (the global adapter archive, AirComp's error)
+Aggregate = Callable[
+    [list[bytes], list[int], FederatedSpec, int, bytes | None, bytes | None], tuple[bytes, float | None]
+]
 
 
 def federated_spec(job: Job) -> FederatedSpec | None:
@@ -104,8 +108,9 @@ def _aggregate_round(
     archives = [sess.adapter for sess, _ in done if sess.adapter is not None]
     weights = [max(1, sess.examples or 1) for sess, _ in done]
     seed = aircomp_seed(job, current.number)
-    start = _starting_adapter(s, job, current.number, spec) if spec.aggregation == "aircomp" else None
-    current.adapter, current.aggregation_error = aggregate(archives, weights, spec, seed, start)
+    current.adapter, current.aggregation_error = aggregate(
+        archives, weights, spec, seed, *round_references(s, job, current.number, spec)
+    )
     current.participants = sorted(name for _, name in done)
     current.bytes_up = sum(len(a) for a in archives)
     losses = [_last_loss(s, sess.id) for sess, _ in done]
@@ -119,6 +124,15 @@ def aircomp_seed(job: Job, number: int) -> int:
     else one derived from the job id, `splitft.jobs.seeds`), so a rerun of a seeded spec draws the
     same channels."""
     return derive_seed("aircomp", job_seed(job.spec.get("seed"), job.id), number)
+
+
+def round_references(
+    s: Session, job: Job, number: int, spec: FederatedSpec
+) -> tuple[bytes | None, bytes | None]:
+    """The global adapters round `number` and the round before it started from (either None where
+    the control plane never saw it): AirComp's reference and FedAvgM's momentum."""
+    before = _starting_adapter(s, job, number - 1, spec) if number > 0 else None
+    return _starting_adapter(s, job, number, spec), before
 
 
 def _starting_adapter(s: Session, job: Job, number: int, spec: FederatedSpec) -> bytes | None:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from splitft.federated.secagg import MIN_MEMBERS
 from splitft.jobs.spec import FederatedSpec
+from splitft_control.aggregation import server_stepped
 from splitft_control.models import (
     Job,
     JobSession,
@@ -37,7 +38,7 @@ from splitft_control.models import (
 )
 from splitft_control.secure_aggregation import global_adapter_from_masked
 from splitft_control.store.base import ACTIVE_SESSION_STATES, aware, new_id, sessions_of
-from splitft_control.store.rounds import open_round  # rounds reach this module lazily: no cycle
+from splitft_control.store.rounds import open_round, round_references  # rounds reach this lazily: no cycle
 
 UPLOAD_GRACE_S = 120.0  # at least this long to mask and upload once the members are fixed
 OPEN_STATES = (*ACTIVE_SESSION_STATES, "waiting")
@@ -164,9 +165,10 @@ def _sum(
 ) -> None:
     """Every member's masked vector is in: decode their sum into the round's global adapter."""
     masked = [m.masked for m in members if m.masked is not None]
-    current.adapter = global_adapter_from_masked(
+    total = global_adapter_from_masked(
         masked, [m.examples for m in members], members[0].layout, members[0].adapter_config
     )
+    current.adapter = server_stepped(total, spec, *round_references(s, job, current.number, spec))
     for member in members:
         member.masked = None  # summed: nothing to keep
     current.participants = [m.device for m in members]

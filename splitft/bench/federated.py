@@ -50,6 +50,7 @@ from splitft.data.shards import dirichlet_shards, shard_histogram
 from splitft.data.stdlib_task import Example, build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
 from splitft.errors import InvalidArgument
+from splitft.federated.server import ServerOptimizer, check_server_optimizer
 from splitft.local.launch import EdgeProcess
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class FederatedBenchConfig:
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
     validation_fraction: float = 0.15  # of each class's training data: the validation split
     lr: float = 2e-3  # AdamW, constant, fresh each round (as a device agent starts each round)
+    server_lr: float = 1.0  # the server's step after aggregation (`splitft.federated.server`); 1 and
+    server_momentum: float = 0.0  # 0: plain FedAvg; every federated row (fedavg, shared, AirComp)
     seeds: int = 3  # seeds first_seed .. first_seed + seeds - 1
     first_seed: int = 0  # > 0: the rest of a run split over processes (merge with `--merge`)
     snr_db: tuple[float, ...] = (0.0, 10.0, 20.0)
@@ -89,6 +92,7 @@ class FederatedBenchConfig:
             raise InvalidArgument("alpha and lr must be > 0")
         if self.first_seed < 0:
             raise InvalidArgument("first_seed must be >= 0")
+        check_server_optimizer(self.server_lr, self.server_momentum)
         if not 0 < self.validation_fraction < 1:
             raise InvalidArgument("validation_fraction must lie strictly between 0 and 1")
 
@@ -176,7 +180,10 @@ def _run_seed(
             results[name] = _centralized(config, split, start, task, encode, evaluator, tmp / name, seed)
         else:
             snr = None if name.startswith("fedavg") else float(name.split("_")[1][:-2])
-            plan = Rounds(config.rounds, config.local_steps, snr, seed, shared_trunk=name == "fedavg_shared")
+            server = ServerOptimizer(config.server_lr, config.server_momentum)
+            plan = Rounds(
+                config.rounds, config.local_steps, snr, seed, name == "fedavg_shared", server=server
+            )
             results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
         results[name]["seconds"] = round(time.perf_counter() - began, 1)
         # each variant's figures as soon as they exist: a long run cut short still tells what it got

@@ -27,6 +27,7 @@ from splitft.bench.federated_train import (
 from splitft.errors import FailedPrecondition
 from splitft.federated import DEFAULT_TRUNCATION, Channel, fedavg
 from splitft.federated.adapters import aggregate_states
+from splitft.federated.server import ServerOptimizer, server_step
 from splitft.federated.shared_trunk import read_trunk_marks, split_shared
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Rounds:
     seed: int
     shared_trunk: bool = False  # one trunk adapter per round on the edge, stepped by every device
     truncation: float = DEFAULT_TRUNCATION  # AirComp: the channel power gain below which a device sits out
+    server: ServerOptimizer = ServerOptimizer()  # the server's step after aggregation (default: none)
 
 
 def run_rounds(
@@ -56,6 +58,7 @@ def run_rounds(
     """`plan.rounds` rounds from `start`; the final global adapter's accuracy and each round's figures."""
     weights = [float(shard.examples) for shard in shards]
     current, per_round = start, []
+    stepped_from: Path | None = None  # the global the last server step started from (its momentum)
     for number in range(plan.rounds):
         steps = slice(number * plan.local_steps, (number + 1) * plan.local_steps)
         key = f"bench-s{plan.seed}/r{number}" if plan.shared_trunk else ""
@@ -83,7 +86,14 @@ def run_rounds(
             row["redundant_trunk_bytes_up"] = (len(runs) - 1) * row["trunk_part_bytes"]
         state = _aggregate(plan, number, states, weights, row, current)
         if state is not None:
+            # as the control plane: round 0 started from a fresh adapter it never saw, so no step
+            previous = read_state(current) if number else None
+            before = read_state(stepped_from) if stepped_from is not None else None
+            state = server_step(state, previous, plan.server, before_previous=before)
+            stepped_from = current if number else None
             current = write_state({**state, **trunk}, runs[0].adapter, out / f"round-{number}" / "global")
+        else:
+            stepped_from = None  # a lost round: the momentum restarts, as the control plane's does
         row["validation_accuracy"] = round(evaluator.accuracy(current, "validation"), 4)
         per_round.append(row)
     return {

@@ -1,10 +1,13 @@
-"""`bench federated --select`: a fair learning-rate choice on the VALIDATION split, then test.
+"""`bench federated --select`: a fair choice of settings on the VALIDATION split, then test.
 
-Input: merged `bench federated` reports over the same seeds and config, one per learning rate (the
-grid). For every variant separately, the learning rate whose report has the best mean validation
-accuracy over the seeds is chosen (ties: the lower rate), and that report's test accuracy is the
-variant's figure; the issue's targets are judged on those. Every alternative gets the same grid and
-the same budget (one run per rate); no choice ever looks at the test split. A variant only some
+Input: merged `bench federated` reports over the same seeds and config, one per setting of the grid:
+a learning rate, and the server's step (`--server-lr`, `--server-momentum`: FedAvgM) where the grid
+varies it. For every variant separately, the setting whose report has the best mean validation
+accuracy over the seeds is chosen (ties: the lower rate, then plain FedAvg's server step), and that
+report's test accuracy is the variant's figure; the issue's targets are judged on those. Every
+alternative gets the same grid and the same budget (one run per setting); no choice ever looks at
+the test split. The rows the server's step does not touch (independent, centralized) are the same
+in every report of one rate, so a grid over momentum leaves their choice to the rate. A variant only some
 reports carry (the AirComp SNRs and `fedavg_shared` a run left out) is chosen among those, and its
 `candidates` say how many rates it had. `independent_worst` and `centralized_one_device_steps` have
 no choice of their own: they follow `independent_mean` and `centralized` (the same trained runs).
@@ -20,7 +23,23 @@ from splitft.errors import InvalidArgument
 
 FOLLOWS = {"independent_worst": "independent_mean", "centralized_one_device_steps": "centralized"}
 # What may differ between the reports of one grid: the rate, and which optional rows a run carried.
-_VARYING = ("lr", "snr_db", "shared_trunk", "threads")
+_VARYING = ("lr", "server_lr", "server_momentum", "snr_db", "shared_trunk", "threads")
+_SETTING = ("lr", "server_lr", "server_momentum")  # what a choice is over (the defaults: plain FedAvg)
+_DEFAULTS = {"server_lr": 1.0, "server_momentum": 0.0}
+
+
+def _setting(report: dict[str, Any]) -> tuple[float, float, float]:
+    config = report["config"]
+    lr, server_lr, momentum = (float(config.get(k, _DEFAULTS.get(k))) for k in _SETTING)
+    return lr, server_lr, momentum
+
+
+def _label(setting: tuple[float, float, float]) -> str:
+    """`0.002`, or `0.002 m0.5` / `0.002 m0.5 s2` with the server's step."""
+    lr, server_lr, momentum = setting
+    return (
+        f"{lr:g}" + (f" m{momentum:g}" if momentum else "") + (f" s{server_lr:g}" if server_lr != 1 else "")
+    )
 
 
 def select_by_validation(report_jsons: list[str]) -> str:
@@ -28,31 +47,34 @@ def select_by_validation(report_jsons: list[str]) -> str:
     validation mean, and the chosen run's test accuracy over seeds; the targets on those."""
     reports = [json.loads(text) for text in report_jsons]
     _check_grid(reports)
-    order = sorted(range(len(reports)), key=lambda i: reports[i]["config"]["lr"])
+    # the lower rate first, then the smaller server step: ties go to the simpler setting
+    order = sorted(range(len(reports)), key=lambda i: (_setting(reports[i])[0], _setting(reports[i])[2],
+                                                        abs(_setting(reports[i])[1] - 1)))  # fmt: skip
     variants: dict[str, dict[str, Any]] = {}
     for name in _names(reports):
         if name in FOLLOWS or name == "initial":
             continue
         candidates = {i: reports[i]["validation_points"][name]["mean"] for i in order
                       if name in reports[i]["validation_points"]}  # fmt: skip
-        best = max(candidates, key=lambda i: (candidates[i], -reports[i]["config"]["lr"]))
+        best = max(candidates, key=lambda i: (candidates[i], -order.index(i)))
         variants[name] = _row(reports, best, name, candidates)
     for name, leader in FOLLOWS.items():
         if leader in variants:
-            best = next(i for i in order if reports[i]["config"]["lr"] == variants[leader]["lr"])
+            best = next(i for i in order if _label(_setting(reports[i])) == variants[leader]["setting"])
             variants[name] = _row(reports, best, name, {})
     variants["initial"] = _row(reports, order[0], "initial", {})  # untrained: the same for every lr
     accuracy = {name: row["test"] for name, row in variants.items()}
     return json.dumps(
         {
-            "selection": "per variant, the lr of the best mean validation accuracy over seeds "
-            "(ties: the lower lr); test reported for that lr only",
-            "grid": [reports[i]["config"]["lr"] for i in order],
+            "selection": "per variant, the setting (lr; server momentum m, server lr s) of the best mean "
+            "validation accuracy over seeds (ties: the lower lr, then the smaller server step); test "
+            "reported for that setting only",
+            "grid": [_label(_setting(reports[i])) for i in order],
             "seeds": sorted(run["seed"] for run in reports[0]["seeds"]),
             "config": {k: v for k, v in reports[0]["config"].items() if k not in _VARYING},
             "variants": variants,
             "targets": federated_targets(accuracy),
-            "load_average": {str(reports[i]["config"]["lr"]): reports[i]["load_average"] for i in order},
+            "load_average": {_label(_setting(reports[i])): reports[i]["load_average"] for i in order},
         },
         indent=2,
     )
@@ -70,9 +92,11 @@ def _check_grid(reports: list[dict[str, Any]]) -> None:
     fixed = [{k: v for k, v in r["config"].items() if k not in _VARYING} for r in reports]
     if any(f != fixed[0] for f in fixed):
         raise InvalidArgument("the reports to select from differ in their config (other than lr and rows)")
-    rates = [r["config"]["lr"] for r in reports]
-    if len(set(rates)) != len(rates):
-        raise InvalidArgument(f"the reports to select from share a learning rate: {sorted(rates)}")
+    settings = [_label(_setting(r)) for r in reports]
+    if len(set(settings)) != len(settings):
+        raise InvalidArgument(
+            f"the reports to select from share a setting (lr, server step): {sorted(settings)}"
+        )
     seeds = [sorted(run["seed"] for run in r["seeds"]) for r in reports]
     if any(s != seeds[0] for s in seeds):
         raise InvalidArgument(f"the reports to select from cover different seeds: {seeds}")
@@ -92,10 +116,14 @@ def _names(reports: list[dict[str, Any]]) -> list[str]:
 def _row(reports: list[dict[str, Any]], best: int, name: str, candidates: dict[int, float]) -> dict[str, Any]:
     chosen = reports[best]
     valid = chosen["validation_points"].get(name)
+    lr, server_lr, momentum = _setting(chosen)
     return {
-        "lr": chosen["config"]["lr"],
+        "setting": _label((lr, server_lr, momentum)),
+        "lr": lr,
+        "server_lr": server_lr,
+        "server_momentum": momentum,
         "validation_mean": valid["mean"] if valid else None,
-        "validation_by_lr": {str(reports[i]["config"]["lr"]): v for i, v in candidates.items()},
+        "validation_by_setting": {_label(_setting(reports[i])): v for i, v in candidates.items()},
         "candidates": len(candidates),
         "test": chosen["accuracy_points"][name],
         "test_per_seed": chosen["per_seed_points"][name],
@@ -105,22 +133,22 @@ def _row(reports: list[dict[str, Any]], best: int, name: str, candidates: dict[i
 def markdown_table(selection_json: str) -> str:
     """The selection as Markdown: chosen rate, validation per rate, test of the chosen run, targets."""
     report = json.loads(selection_json)
-    grid = [str(lr) for lr in report["grid"]]
+    grid = list(report["grid"])
     lines = [
-        f"lr grid {', '.join(grid)}; seeds {report['seeds']}; chosen per variant on validation, test of "
-        "the chosen lr only",
+        f"grid (lr; m: server momentum, s: server lr) {', '.join(grid)}; seeds {report['seeds']}; chosen "
+        "per variant on validation, test of the chosen setting only",
         "",
-        "| variant | lr (chosen on validation) | validation mean per lr | test, mean over seeds | min | max "
-        "| per seed |",
+        "| variant | setting (chosen on validation) | validation mean per setting | test, mean over seeds "
+        "| min | max | per seed |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in report["variants"].items():
-        by_lr = " / ".join(f"{row['validation_by_lr'][g]:.1f}" if g in row["validation_by_lr"] else "-"
-                           for g in grid) if row["validation_by_lr"] else "(follows)"  # fmt: skip
+        by = row["validation_by_setting"]
+        by_setting = " / ".join(f"{by[g]:.1f}" if g in by else "-" for g in grid) if by else "(follows)"
         test = row["test"]
         seeds = " / ".join(f"{v:.1f}" for v in row["test_per_seed"])
         lines.append(
-            f"| {name} | {row['lr']:g} | {by_lr} | {test['mean']:.1f}% | {test['min']:.1f}% | "
+            f"| {name} | {row['setting']} | {by_setting} | {test['mean']:.1f}% | {test['min']:.1f}% | "
             f"{test['max']:.1f}% | {seeds} |"
         )
     lines += ["", "| target | measured (points) | met |", "|---|---|---|"]

@@ -229,6 +229,7 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
         "on validation and report its test accuracy and the targets",
     )
     fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
+    _add_server_step(fed)
     fed.add_argument(
         "--validation-fraction",
         type=float,
@@ -251,6 +252,19 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
     fed.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, 1 seed, 20 dB")
     add_report_options(fed, tables=True)
     handled_by(fed, "bench:federated")
+
+
+def _add_server_step(fed: argparse.ArgumentParser) -> None:
+    """FedAvgM's options (`splitft.federated.server`), for every federated row."""
+    fed.add_argument(
+        "--server-momentum",
+        type=float,
+        default=None,
+        help="FedAvgM: the server's momentum over rounds for every federated row, in [0, 1) (default 0)",
+    )
+    fed.add_argument(
+        "--server-lr", type=float, default=None, help="FedAvgM: the server's step size, (0, 10] (default 1)"
+    )
 
 
 def _register_sparse(bench: argparse._SubParsersAction) -> None:

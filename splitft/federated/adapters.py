@@ -25,6 +25,7 @@ from safetensors.numpy import load_file, save_file
 from splitft.errors import InvalidArgument
 from splitft.federated.aggregate import Channel, aircomp_round, fedavg
 from splitft.federated.checks import StateDict
+from splitft.federated.server import ServerOptimizer, server_step
 from splitft.federated.shared_trunk import latest_trunk, read_trunk_marks, split_shared
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class AdapterAggregate:
     out_path: Path
     participants: tuple[int, ...]  # indices into ``paths`` of the adapters in the aggregate
     # ||aggregate - FedAvg of all adapters|| / ||FedAvg of all adapters||: 0 for FedAvg, AirComp's
-    # error otherwise (of the written adapter, with or without a reference)
+    # error otherwise (of the aggregate, with or without a reference, before any server step)
     relative_error: float
 
 
@@ -70,6 +71,8 @@ def aggregate_adapter_files(
     seed: int | None = None,
     trunk: str = "averaged",
     reference: str | Path | None = None,
+    server: ServerOptimizer | None = None,
+    before_reference: str | Path | None = None,
 ) -> AdapterAggregate:
     """Aggregate the peft adapters in ``paths`` into one written to ``out_path``.
 
@@ -85,33 +88,35 @@ def aggregate_adapter_files(
     logged).
 
     ``reference``: the adapter directory the round started from (the previous round's global
-    adapter, or round 0's initial one). With AirComp the devices then transmit their UPDATES,
-    adapter - reference, as AirComp FL does, so the channel noise scales with the updates rather
-    than with the whole weights (LoRA A's random initialisation would dominate); the result is
-    reference + the AirComp estimate of the weighted mean update. It must hold the aggregated keys
-    with the same shapes. FedAvg does not need it: the mean of reference + d_k is reference + the
-    mean of d_k.
+    adapter, or round 0's initial one), holding the aggregated keys with their shapes. With AirComp
+    the devices then transmit their UPDATES, adapter - reference (the noise scales with the updates,
+    not with LoRA A's random initialisation), and the result is reference + their estimated mean.
+
+    ``server``: the server's step after aggregation (FedAvgM, ``splitft.federated.server``) from
+    ``reference`` (no step without one); ``before_reference`` is the adapter the round before started
+    from, which carries the momentum (None: none carried). With a shared trunk only the device parts
+    are stepped: the trunk part is the edge's own, already stepped there.
     """
-    if method not in METHODS:
-        raise InvalidArgument(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if trunk not in TRUNK_MODES:
-        raise InvalidArgument(f"trunk must be one of {', '.join(TRUNK_MODES)}, got {trunk!r}")
+    for name, value, allowed in (("method", method, METHODS), ("trunk", trunk, TRUNK_MODES)):
+        if value not in allowed:
+            raise InvalidArgument(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     directories = _check_paths(paths, out_path)
     configs = [_read_config(path) for path in directories]
     _check_configs_agree(configs, directories)
     states = [_read_weights(path) for path in directories]
-    start = _read_weights(_check_paths([reference], out_path)[0]) if reference is not None else None
+    start, before = (
+        _read_weights(_check_paths([path], out_path)[0]) if path is not None else None
+        for path in (reference, before_reference)
+    )
     marks = [read_trunk_marks(path / WEIGHTS_FILE) for path in directories] if trunk == "shared" else []
+    trunk_state: StateDict = {}
     if trunk == "shared" and latest_trunk(marks) is not None:
-        devices, trunk_state = split_shared(states, marks)
-        result = aggregate_states(devices, list(weights), method, channel, seed, start)
-        state = {**result.state, **trunk_state}
-    else:
-        if trunk == "shared":
-            logger.warning("no upload carries a shared trunk adapter's marks: averaging whole adapters")
-        result = aggregate_states(states, list(weights), method, channel, seed, start)
-        state = result.state
-    out = _write(state, directories[0], Path(out_path))
+        states, trunk_state = split_shared(states, marks)
+    elif trunk == "shared":
+        logger.warning("no upload carries a shared trunk adapter's marks: averaging whole adapters")
+    result = aggregate_states(states, list(weights), method, channel, seed, start)
+    stepped = server_step(result.state, start, server or ServerOptimizer(), before_previous=before)
+    out = _write({**stepped, **trunk_state}, directories[0], Path(out_path))
     logger.info("aggregated %d adapters (%s) into %s", len(directories), method, out)
     return AdapterAggregate(
         out_path=out, participants=result.participants, relative_error=result.relative_error

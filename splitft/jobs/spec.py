@@ -95,6 +95,12 @@ class FederatedSpec(Strict):
     initial_adapter: str | None = Field(
         None, max_length=64, description="a succeeded federated job whose global adapter starts round 0"
     )
+    server_lr: StrictFloat = Field(
+        1.0, gt=0, le=10, allow_inf_nan=False, description="FedAvgM: the server's step after aggregation"
+    )
+    server_momentum: StrictFloat = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False, description="FedAvgM: momentum over rounds; 0 and lr 1: FedAvg"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FederatedSpec:

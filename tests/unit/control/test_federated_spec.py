@@ -69,6 +69,9 @@ def test_a_federated_job_has_defaults_for_everything_but_rounds_and_local_work()
             'AirComp.*use "fedavg"',
         ),
         ({"mode": "independent"}, 'a federated spec needs mode "federated"'),
+        ({"federated": {"rounds": 2, "local_steps": 1, "server_momentum": 1.0}}, "server_momentum"),
+        ({"federated": {"rounds": 2, "local_steps": 1, "server_lr": 0}}, "server_lr"),
+        ({"federated": {"rounds": 2, "local_steps": 1, "server_lr": 11.0}}, "server_lr"),
         ({"method": "taskedge", "lora": None}, "a federated job averages LoRA adapters"),
     ],
 )

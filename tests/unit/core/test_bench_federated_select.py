@@ -68,10 +68,10 @@ def test_each_variant_gets_the_rate_of_its_best_validation_and_that_rate_s_test(
     }  # fmt: skip
     variants = selection["variants"]
     assert variants["fedavg"]["test"]["mean"] == 80.0 and variants["fedavg"]["validation_mean"] == 80.0
-    assert variants["fedavg"]["validation_by_lr"] == {"0.001": 70.0, "0.004": 80.0}
+    assert variants["fedavg"]["validation_by_setting"] == {"0.001": 70.0, "0.004": 80.0}
     assert variants["aircomp_20db"]["test"]["mean"] == 90.0
     assert variants["independent_worst"]["test"]["mean"] == 30.0  # independent's run at 1e-3
-    assert selection["grid"] == [1e-3, 4e-3] and selection["seeds"] == [0, 1]
+    assert selection["grid"] == ["0.001", "0.004"] and selection["seeds"] == [0, 1]
     targets = {t["target"]: (t["value"], t["met"]) for t in selection["targets"]}
     assert targets == {
         "fedavg - independent_mean >= 5 points": (40.0, True),
@@ -94,9 +94,27 @@ def test_a_tie_on_validation_takes_the_lower_rate_and_a_row_some_runs_lack_is_ch
     assert selection["variants"]["aircomp_20db"]["candidates"] == 1
 
 
+def test_a_server_momentum_grid_is_chosen_over_on_validation_like_the_rate() -> None:
+    """FedAvgM's momentum is part of the setting: fedavg takes m0.5 (better on validation, worse on
+    test), centralized, which momentum does not touch, ties and keeps plain FedAvg's report."""
+    plain_test = {"fedavg": 0.9, "aircomp_20db": 0.9, "centralized": 0.9, "independent": 0.5}
+    plain_valid = {"fedavg": 0.7, "aircomp_20db": 0.9, "centralized": 0.8, "independent": 0.5}
+    momentum_test = {**plain_test, "fedavg": 0.6, "aircomp_20db": 0.5}
+    momentum_valid = {**plain_valid, "fedavg": 0.95, "aircomp_20db": 0.5}
+    plain = _report(2e-3, [_run(0, plain_test, plain_valid)])
+    momentum = _report(2e-3, [_run(0, momentum_test, momentum_valid)], server_momentum=0.5)
+    selection = json.loads(select_by_validation([momentum, plain]))
+    chosen = {name: row["setting"] for name, row in selection["variants"].items()}
+    assert chosen["fedavg"] == "0.002 m0.5" and selection["variants"]["fedavg"]["test"]["mean"] == 60.0
+    assert chosen["aircomp_20db"] == "0.002" and chosen["centralized"] == "0.002"
+    assert selection["variants"]["fedavg"]["server_momentum"] == 0.5
+    assert selection["grid"] == ["0.002", "0.002 m0.5"]
+    assert "| fedavg | 0.002 m0.5 | 70.0 / 95.0 | 60.0% |" in markdown_table(json.dumps(selection))
+
+
 def test_reports_that_are_not_one_grid_are_refused(tmp_path, capsys) -> None:
     one, other = _grid()
-    with pytest.raises(InvalidArgument, match="share a learning rate"):
+    with pytest.raises(InvalidArgument, match=r"share a setting \(lr, server step\): \['0.004', '0.004'\]"):
         select_by_validation([one, one])
     changed = json.loads(other)
     changed["config"]["rounds"] = 7
