@@ -181,6 +181,17 @@ def merge_reports(report_jsons: list[str]) -> str:
     return json.dumps(merged, indent=2)
 
 
+def _server(config: dict[str, Any]) -> str:
+    """The server's step of the federated rows, when not plain FedAvg (reports before it had none)."""
+    momentum, server_lr = config.get("server_momentum", 0.0), config.get("server_lr", 1.0)
+    lr = f", lr {config['lr']:g}" if "lr" in config else ""
+    if momentum == 0 and server_lr == 1:
+        return lr
+    return (
+        f"{lr}, server step FedAvgM (momentum {momentum:g}, server lr {server_lr:g}) in every federated row"
+    )
+
+
 def markdown_table(report_json: str) -> str:
     """The report as Markdown: accuracy per variant, targets, bytes per round."""
     report = json.loads(report_json)
@@ -188,7 +199,8 @@ def markdown_table(report_json: str) -> str:
     lines = [
         f"{config['devices']} devices, Dirichlet alpha {config['alpha']}, {config['rounds']} rounds x "
         f"{config['local_steps']} local steps ({report['steps_per_device']} steps per device), batch "
-        f"{config['batch_size']}, max length {config['max_length']}, seeds {config['seeds']}; load average "
+        f"{config['batch_size']}, max length {config['max_length']}{_server(config)}, "
+        f"seeds {config['seeds']}; load average "
         f"{load['before']} before, {load['after']} after, {load['cpus']} CPUs; {report['seconds']} s",
         "",
         "| variant | test accuracy, mean over seeds | min | max | per seed | validation, mean |",

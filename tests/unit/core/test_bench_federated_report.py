@@ -83,13 +83,20 @@ def test_the_summary_spreads_over_seeds_and_judges_the_targets_on_the_means() ->
     assert "| centralized - fedavg <= 3 points | 7.00 | no |" in table
     assert "| \\|fedavg - aircomp_20db\\| <= 1 point | 0.50 | yes |" in table
     assert "trunk_adapter averaged (fedavg) 73.0% vs shared (fedavg_shared) 75.0%: +2.00 points." in table
+    assert "max length 64, seeds 2;" in table  # a report from before the server step: nothing claimed
+    report["config"].update(lr=0.002, server_momentum=0.5, server_lr=1.0)
+    assert (
+        "max length 64, lr 0.002, server step FedAvgM (momentum 0.5, server lr 1) in every federated row, "
+        "seeds 2;" in markdown_table(json.dumps(report))
+    )
 
 
 def test_the_config_refuses_nonsense_and_quick_is_a_valid_config() -> None:
     assert FederatedBenchConfig(**QUICK).steps == 4
     assert FederatedBenchConfig().steps == 40
     bad_configs = ({"devices": 0}, {"alpha": 0.0}, {"max_length": 4}, {"seeds": 0}, {"lr": -1.0},
-                   {"first_seed": -1}, {"validation_fraction": 0.0}, {"validation_fraction": 1})  # fmt: skip
+                   {"first_seed": -1}, {"validation_fraction": 0.0}, {"validation_fraction": 1},
+                   {"server_momentum": 1.0}, {"server_lr": 0.0})  # fmt: skip
     for bad in bad_configs:
         with pytest.raises(InvalidArgument):
             FederatedBenchConfig(**bad)
