@@ -8,6 +8,7 @@ is drawn from seed * 1000 + r whatever the threshold: a lower threshold keeps in
 the default left out, with the same gains).
 
     .venv/bin/python docs/scripts/federated_aircomp_truncation.py --truncation 0.01 --snr-db 20 --seeds 0
+    .venv/bin/python docs/scripts/federated_aircomp_truncation.py --truncation 0.01 --server-momentum 0.5
 
 One JSON line per seed on stdout.
 """
@@ -29,6 +30,7 @@ from splitft.bench.federated_train import EDGE_MODEL, Encoder, Evaluator, Split,
 from splitft.data.shards import dirichlet_shards
 from splitft.data.stdlib_task import build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
+from splitft.federated.server import ServerOptimizer
 from splitft.local.launch import EdgeProcess
 
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--snr-db", type=float, default=20.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM, as the bench's option")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = FederatedBenchConfig(lr=args.lr)  # the bench's defaults: 4 devices, 20 x 2, batch 8, ...
@@ -62,13 +65,20 @@ def main() -> None:
                 out = Path(tmp) / f"seed-{seed}"
                 start = initial_adapter(split, out / "initial", seed)
                 evaluator = Evaluator(split, start, full.heldout, validation, encode)
+                server = ServerOptimizer(momentum=args.server_momentum)
                 plan = Rounds(
-                    config.rounds, config.local_steps, args.snr_db, seed, truncation=args.truncation
+                    config.rounds,
+                    config.local_steps,
+                    args.snr_db,
+                    seed,
+                    truncation=args.truncation,
+                    server=server,
                 )
                 result = run_rounds(plan, split, start, shards, evaluator, out)
                 rows = result["rounds"]
                 summary = {
                     "seed": seed, "truncation": args.truncation, "snr_db": args.snr_db, "lr": config.lr,
+                    "server_momentum": args.server_momentum,
                     "accuracy": result["accuracy"], "validation_accuracy": result["validation_accuracy"],
                     "device_rounds_left_out": sum(config.devices - r["participants"] for r in rows),
                     "relative_error": round(sum(r["relative_error"] or 0 for r in rows) / len(rows), 4),
