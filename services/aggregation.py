@@ -43,7 +43,11 @@ def aggregate_archives(
         paths = [_unpack(archive, root / f"upload-{i}") for i, archive in enumerate(archives)]
         start = _unpack(reference, root / "reference") if reference is not None else None
         earlier = _unpack(before, root / "before") if before is not None else None
-        channel = Channel(snr_db=spec.snr_db, fading=spec.fading) if spec.aggregation == "aircomp" else None
+        channel = (
+            Channel(snr_db=spec.snr_db, fading=spec.fading, truncation=spec.truncation)
+            if spec.aggregation == "aircomp"
+            else None
+        )
         result = aggregate_adapter_files(
             paths,
             [float(w) for w in weights],

@@ -29,8 +29,6 @@ from splitft_control.store.base import (
     state_from_sessions,
 )
 
-# (archives, example counts, the job's federated spec, a seed, the round's starting adapter or None)
-# -> (global archive, aggregation error)
 # (uploads, example counts, spec, AirComp seed, the round's starting adapter, the previous round's) ->
 # (the global adapter archive, AirComp's error)
 Aggregate = Callable[
@@ -93,7 +91,7 @@ def advance_round(s: Session, job: Job, aggregate: Aggregate) -> None:
         )
         return
     _aggregate_round(s, job, current, done, spec, aggregate)
-    if current.number + 1 < spec.rounds:
+    if current.state == "aggregated" and current.number + 1 < spec.rounds:
         open_round(s, job, current.number + 1, sorted({sess.device_id for sess, _ in rows}), spec)
 
 
@@ -108,15 +106,34 @@ def _aggregate_round(
     archives = [sess.adapter for sess, _ in done if sess.adapter is not None]
     weights = [max(1, sess.examples or 1) for sess, _ in done]
     seed = aircomp_seed(job, current.number)
-    current.adapter, current.aggregation_error = aggregate(
-        archives, weights, spec, seed, *round_references(s, job, current.number, spec)
-    )
-    current.participants = sorted(name for _, name in done)
+    start, before = round_references(s, job, current.number, spec)
     current.bytes_up = sum(len(a) for a in archives)
     losses = [_last_loss(s, sess.id) for sess, _ in done]
     known = [x for x in losses if x is not None]
     current.mean_loss = sum(known) / len(known) if known else None
+    try:
+        current.adapter, current.aggregation_error = aggregate(archives, weights, spec, seed, start, before)
+    except FailedPrecondition as exc:  # AirComp: every device in deep fade, the round is lost
+        _lose_round(current, start, exc.message)
+        return
+    current.participants = sorted(name for _, name in done)
     current.state = "aggregated"
+
+
+def _lose_round(current: Round, start: bytes | None, why: str) -> None:
+    """A round AirComp could not aggregate (no device above the truncation threshold): the global
+    adapter stays the one it started from and the job goes on; a round 0 that started from a fresh
+    adapter (never seen here) has none to keep, so the job fails with the reason."""
+    current.participants, current.aggregation_error = [], None
+    if start is None:
+        current.state = "failed"
+        current.reason = (
+            f"round {current.number} lost to deep fade and it started from a fresh adapter the control "
+            f"plane never sees, so there is no global adapter to keep: {why}"
+        )
+        return
+    current.adapter, current.state = start, "aggregated"
+    current.reason = f"round {current.number} lost to deep fade, the global adapter unchanged: {why}"
 
 
 def aircomp_seed(job: Job, number: int) -> int:

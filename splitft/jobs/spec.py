@@ -89,6 +89,16 @@ class FederatedSpec(Strict):
         20.0, ge=-30, le=100, allow_inf_nan=False, description="aircomp: receive SNR; null: noiseless"
     )
     fading: Literal["rayleigh", "none"] = "rayleigh"
+    truncation: StrictFloat = (
+        Field(  # the library's DEFAULT_TRUNCATION (-10 dB); this module stays numpy-free
+            0.1,
+            ge=0,
+            le=100,
+            allow_inf_nan=False,
+            description="aircomp: the channel power gain below which a "
+            "device sits the round out (a round with every device under it is lost)",
+        )
+    )
     secure_aggregation: bool = Field(
         False, description="the control plane sees only the sum of a round's updates (pairwise masks)"
     )
