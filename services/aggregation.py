@@ -12,6 +12,7 @@ import io
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from safetensors.numpy import load_file, save_file
 
@@ -74,16 +75,17 @@ def server_stepped(
         return archive
     with tempfile.TemporaryDirectory(prefix="splitft-server-step-") as tmp:
         root = Path(tmp)
-        states = [
-            None if data is None else load_file(str(_unpack(data, root / name) / ADAPTER_FILES[1]))
-            for name, data in (("aggregate", archive), ("reference", reference), ("before", before))
-        ]
-        aggregate, start, earlier = states
-        assert aggregate is not None
+        aggregate, start = _weights(archive, root / "aggregate"), _weights(reference, root / "reference")
+        earlier = _weights(before, root / "before") if before is not None else None
         stepped = server_step(aggregate, start, optimizer, before_previous=earlier)
         out = root / "aggregate"
         save_file(dict(stepped), str(out / ADAPTER_FILES[1]), metadata={"format": "pt"})  # as peft writes
         return pack_adapter_files(out)
+
+
+def _weights(archive: bytes, directory: Path) -> dict[str, Any]:
+    """An adapter archive's tensors (NumPy), unpacked into `directory`."""
+    return load_file(str(_unpack(archive, directory) / ADAPTER_FILES[1]))
 
 
 def _unpack(archive: bytes, directory: Path) -> Path:
