@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from splitft.errors import FailedPrecondition, NotFound
+from splitft.federated.server import ServerOptimizer
 from splitft.jobs.seeds import derive_seed, job_seed
 from splitft.jobs.spec import FederatedSpec, JobCreate
 from splitft_control.models import Job, JobSession, Metric, Round, SessionClosure, utcnow
@@ -146,10 +147,14 @@ def aircomp_seed(job: Job, number: int) -> int:
 def round_references(
     s: Session, job: Job, number: int, spec: FederatedSpec
 ) -> tuple[bytes | None, bytes | None]:
-    """The global adapters round `number` and the round before it started from (either None where
-    the control plane never saw it): AirComp's reference and FedAvgM's momentum."""
-    before = _starting_adapter(s, job, number - 1, spec) if number > 0 else None
-    return _starting_adapter(s, job, number, spec), before
+    """The global adapters round `number` and the round before it started from, read only where the
+    round's aggregation uses them (two blobs a round otherwise): the start for AirComp (its
+    reference, and the adapter a lost round keeps) and for a server step, the one before for the
+    server step's momentum. None where not needed or where the control plane never saw it."""
+    stepping = not ServerOptimizer(spec.server_lr, spec.server_momentum).is_plain_fedavg
+    start = _starting_adapter(s, job, number, spec) if stepping or spec.aggregation == "aircomp" else None
+    before = _starting_adapter(s, job, number - 1, spec) if stepping and number > 0 else None
+    return start, before
 
 
 def _starting_adapter(s: Session, job: Job, number: int, spec: FederatedSpec) -> bytes | None:

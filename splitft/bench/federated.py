@@ -6,7 +6,7 @@ process, with the training data split across `devices` by Dirichlet(alpha) class
 * FedAvg: `rounds` rounds; each round every device builds a split model, loads the global adapter
   (`SplitModel.load_adapter`), trains `local_steps` steps, saves its adapter (`save_adapter`), and
   the bench averages the state dicts by example count (`splitft.federated.fedavg`);
-* AirComp at each `snr_db` (Rayleigh fading, default truncation): the same rounds aggregated over
+* AirComp at each `snr_db` (Rayleigh fading, truncation "auto"): the same rounds aggregated over
   the simulated air, each device transmitting its update (its adapter minus the round's global
   adapter: `splitft.federated.adapters.aggregate_states` with that reference), each SNR its own
   trajectory; per round the error against FedAvg, split into the devices left out and the noise;

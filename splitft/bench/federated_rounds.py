@@ -29,6 +29,7 @@ from splitft.federated import DEFAULT_TRUNCATION, Channel, fedavg
 from splitft.federated.adapters import aggregate_states
 from splitft.federated.server import ServerOptimizer, server_step
 from splitft.federated.shared_trunk import read_trunk_marks, split_shared
+from splitft.federated.truncation import Truncation, resolve_truncation
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Rounds:
     snr_db: float | None  # None: FedAvg; else AirComp at this SNR (Rayleigh fading)
     seed: int
     shared_trunk: bool = False  # one trunk adapter per round on the edge, stepped by every device
-    truncation: float = DEFAULT_TRUNCATION  # AirComp: the channel power gain below which a device sits out
+    truncation: Truncation = DEFAULT_TRUNCATION  # AirComp: the gain below which a device sits out, or "auto"
     server: ServerOptimizer = ServerOptimizer()  # the server's step after aggregation (default: none)
 
 
@@ -111,6 +112,7 @@ def _aggregate(
     the round's starting global adapter `start` (`aggregate_states`' reference)."""
     if plan.snr_db is None:
         return fedavg(states, weights)
+    row["truncation"] = resolve_truncation(plan.truncation, plan.snr_db, len(states), "rayleigh", 1.0)
     try:
         result = aggregate_states(
             states,

@@ -47,9 +47,11 @@ def select_by_validation(report_jsons: list[str]) -> str:
     validation mean, and the chosen run's test accuracy over seeds; the targets on those."""
     reports = [json.loads(text) for text in report_jsons]
     _check_grid(reports)
+    settings = [_setting(report) for report in reports]  # (lr, server lr, momentum) per report
     # the lower rate first, then the smaller server step: ties go to the simpler setting
-    order = sorted(range(len(reports)), key=lambda i: (_setting(reports[i])[0], _setting(reports[i])[2],
-                                                        abs(_setting(reports[i])[1] - 1)))  # fmt: skip
+    order = sorted(
+        range(len(reports)), key=lambda i: (settings[i][0], settings[i][2], abs(settings[i][1] - 1))
+    )
     variants: dict[str, dict[str, Any]] = {}
     for name in _names(reports):
         if name in FOLLOWS or name == "initial":
@@ -60,7 +62,7 @@ def select_by_validation(report_jsons: list[str]) -> str:
         variants[name] = _row(reports, best, name, candidates)
     for name, leader in FOLLOWS.items():
         if leader in variants:
-            best = next(i for i in order if _label(_setting(reports[i])) == variants[leader]["setting"])
+            best = next(i for i in order if _label(settings[i]) == variants[leader]["setting"])
             variants[name] = _row(reports, best, name, {})
     variants["initial"] = _row(reports, order[0], "initial", {})  # untrained: the same for every lr
     accuracy = {name: row["test"] for name, row in variants.items()}
@@ -69,12 +71,12 @@ def select_by_validation(report_jsons: list[str]) -> str:
             "selection": "per variant, the setting (lr; server momentum m, server lr s) of the best mean "
             "validation accuracy over seeds (ties: the lower lr, then the smaller server step); test "
             "reported for that setting only",
-            "grid": [_label(_setting(reports[i])) for i in order],
+            "grid": [_label(settings[i]) for i in order],
             "seeds": sorted(run["seed"] for run in reports[0]["seeds"]),
             "config": {k: v for k, v in reports[0]["config"].items() if k not in _VARYING},
             "variants": variants,
             "targets": federated_targets(accuracy),
-            "load_average": {_label(_setting(reports[i])): reports[i]["load_average"] for i in order},
+            "load_average": {_label(settings[i]): reports[i]["load_average"] for i in order},
         },
         indent=2,
     )

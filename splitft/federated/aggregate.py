@@ -36,10 +36,13 @@ import numpy as np
 
 from splitft.errors import FailedPrecondition
 from splitft.federated.checks import StateDict, Updates, check_channel, check_updates
+from splitft.federated.truncation import AUTO, Truncation, resolve_truncation
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRUNCATION = 0.1  # -10 dB: drops about 9.5% of Rayleigh-faded devices (1 - e^-0.1)
+# "auto": the threshold with the least expected error at the round's SNR and device count
+# (`splitft.federated.truncation`); a number is a fixed channel power gain (0.1 is -10 dB).
+DEFAULT_TRUNCATION: Truncation = AUTO
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Channel:
 
     snr_db: float | None  # dB of a unit transmit power over the noise; None or math.inf: no noise
     fading: str = "rayleigh"  # "rayleigh": gains |h_k|^2 ~ Exp(1); "none": every gain 1
-    truncation: float = DEFAULT_TRUNCATION  # channel power gain below which a device sits out
+    truncation: Truncation = DEFAULT_TRUNCATION  # gain below which a device sits out, or "auto"
     power_limit: float = 1.0  # transmit power per entry each device may spend
 
     def __post_init__(self) -> None:
@@ -67,6 +70,7 @@ class AirCompRound:
     noise_variance: float  # sigma^2 per entry, 0 at infinite SNR
     mse: float  # mean over all entries of (estimate - FedAvg of all devices)^2
     relative_error: float  # ||estimate - FedAvg of all devices|| / ||FedAvg of all devices||
+    truncation: float = 0.0  # the threshold applied (the radio's choice when "auto" was asked)
 
     @property
     def dropped(self) -> tuple[int, ...]:
@@ -92,7 +96,7 @@ def aircomp(
     *,
     snr_db: float | None,
     fading: str = "rayleigh",
-    truncation: float = DEFAULT_TRUNCATION,
+    truncation: Truncation = DEFAULT_TRUNCATION,
     power_limit: float = 1.0,
     seed: int | None = None,
 ) -> StateDict:
@@ -114,7 +118,7 @@ def aircomp_round(
     *,
     snr_db: float | None,
     fading: str = "rayleigh",
-    truncation: float = DEFAULT_TRUNCATION,
+    truncation: Truncation = DEFAULT_TRUNCATION,
     power_limit: float = 1.0,
     seed: int | None = None,
 ) -> AirCompRound:
@@ -122,7 +126,9 @@ def aircomp_round(
 
     ``snr_db``: dB of a unit transmit power over the noise, None or ``math.inf`` for no noise.
     ``fading``: "rayleigh" (gains Exp(1), drawn from ``seed``) or "none" (every gain 1).
-    ``truncation``: the channel power gain below which a device sits the round out (0: never).
+    ``truncation``: the channel power gain below which a device sits the round out (0: never), or
+    "auto": the candidate with the least expected error at this SNR and device count
+    (`splitft.federated.truncation.auto_truncation`; 0.01 at 20 dB, 0.3 at 0 dB for 4 devices).
     ``power_limit``: each device's transmit power per entry. ``seed``: the channel and noise draws;
     the same seed gives the same round. Raises InvalidArgument for bad inputs and FailedPrecondition
     when no device with a positive weight is above the truncation threshold.
@@ -131,11 +137,12 @@ def aircomp_round(
     check_channel(snr_db, fading, truncation, power_limit)
     rng = np.random.default_rng(seed)
     count = len(checked.states)
+    threshold = resolve_truncation(truncation, snr_db, count, fading, power_limit)
     gains = _gains(rng, count, fading)
-    participants = [k for k in range(count) if gains[k] >= truncation]
+    participants = [k for k in range(count) if gains[k] >= threshold]
     if not participants or checked.weights[participants].sum() <= 0:
         raise FailedPrecondition(
-            f"no device with a positive weight has a channel gain >= truncation {truncation} "
+            f"no device with a positive weight has a channel gain >= truncation {threshold:g} "
             f"(gains {np.round(gains, 4).tolist()}); redo the round or lower the truncation"
         )
     scales = _prescale(checked, participants)
@@ -156,6 +163,7 @@ def aircomp_round(
         noise_variance=noise_variance,
         mse=mse,
         relative_error=relative,
+        truncation=threshold,
     )
 
 

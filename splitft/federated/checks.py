@@ -66,7 +66,7 @@ def check_weights(weights: Sequence[float], count: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def check_channel(snr_db: float | None, fading: str, truncation: float, power_limit: float) -> None:
+def check_channel(snr_db: float | None, fading: str, truncation: float | str, power_limit: float) -> None:
     """Refuse channel parameters out of range, naming the parameter."""
     if snr_db is not None:
         if isinstance(snr_db, bool) or not isinstance(snr_db, (int, float)):
@@ -75,6 +75,12 @@ def check_channel(snr_db: float | None, fading: str, truncation: float, power_li
             raise InvalidArgument(f"snr_db must be a finite number of dB or +inf, got {snr_db!r}")
     if fading not in FADINGS:
         raise InvalidArgument(f"fading must be one of {', '.join(FADINGS)}, got {fading!r}")
+    if isinstance(truncation, str):
+        if truncation != "auto":
+            raise InvalidArgument(
+                f"truncation must be a channel power gain >= 0 or 'auto', got {truncation!r}"
+            )
+        truncation = 0.0
     for name, value in (("truncation", truncation), ("power_limit", power_limit)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidArgument(f"{name} must be a finite number, got {value!r}")

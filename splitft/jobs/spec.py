@@ -9,7 +9,7 @@ without breaking older devices, while types, bounds and defaults are checked on 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -89,15 +89,12 @@ class FederatedSpec(Strict):
         20.0, ge=-30, le=100, allow_inf_nan=False, description="aircomp: receive SNR; null: noiseless"
     )
     fading: Literal["rayleigh", "none"] = "rayleigh"
-    truncation: StrictFloat = (
-        Field(  # the library's DEFAULT_TRUNCATION (-10 dB); this module stays numpy-free
-            0.1,
-            ge=0,
-            le=100,
-            allow_inf_nan=False,
-            description="aircomp: the channel power gain below which a "
-            "device sits the round out (a round with every device under it is lost)",
-        )
+    # "auto": the library's choice from the round's SNR and device count (0.01 at 20 dB, 0.3 at 0 dB
+    # for 4 devices; `splitft.federated.truncation`); a number: a fixed channel power gain
+    truncation: Annotated[StrictFloat, Field(ge=0, le=100, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto",
+        description="aircomp: the channel power gain below which a device sits the round out (a round "
+        "with every device under it is lost), or 'auto': the least expected error at the round's SNR",
     )
     secure_aggregation: bool = Field(
         False, description="the control plane sees only the sum of a round's updates (pairwise masks)"

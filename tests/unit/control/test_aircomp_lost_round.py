@@ -68,8 +68,17 @@ def test_a_lost_first_round_from_a_fresh_adapter_fails_the_job_with_the_reason(s
     assert job.state == "failed" and "deep fade" in job.reason
 
 
-@pytest.mark.parametrize("truncation", [-0.1, 1e9])
-def test_a_truncation_out_of_range_is_refused_by_name(truncation: float) -> None:
+@pytest.mark.parametrize("truncation", [-0.1, 1e9, "automatic", True])
+def test_a_truncation_out_of_range_is_refused_by_name(truncation: object) -> None:
     federated = {"rounds": 1, "local_steps": 1, "aggregation": "aircomp", "truncation": truncation}
     with pytest.raises(ValidationError, match="federated.truncation"):
         JobCreate.model_validate(job_body(["phone"], steps=None, mode="federated", federated=federated))
+
+
+def test_truncation_defaults_to_auto_and_takes_a_number() -> None:
+    body = {"rounds": 1, "local_steps": 1, "aggregation": "aircomp"}
+    job = JobCreate.model_validate(job_body(["phone"], steps=None, mode="federated", federated=body))
+    assert job.federated is not None and job.federated.truncation == "auto"
+    fixed = {**body, "truncation": 0.05}
+    job = JobCreate.model_validate(job_body(["phone"], steps=None, mode="federated", federated=fixed))
+    assert job.federated is not None and job.federated.truncation == 0.05

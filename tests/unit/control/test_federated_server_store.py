@@ -4,9 +4,11 @@ adapter is the server's step from the stored globals before it, plain and secure
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from splitft.federated import fedavg
 from splitft.federated.server import ServerOptimizer, server_step
+from splitft_control.aggregation import aggregate_archives
 from splitft_control.store import Store
 from tests.unit.control.test_federated_store import federated_job, take, tensors_of, upload_of
 from tests.unit.control.test_secagg_store import Device, state_of
@@ -76,3 +78,33 @@ def test_a_secure_round_steps_its_unmasked_sum(store: Store) -> None:
         np.testing.assert_allclose(got0[key], means[0][key], rtol=0, atol=1e-6)  # round 0: fresh start
         np.testing.assert_allclose(got1[key], wanted1[key], rtol=0, atol=1e-5)
     assert store.get_job(job_id=job_id)[0].state == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("federated", "wanted"),
+    [
+        ({}, [(False, False)] * 3),  # plain FedAvg reads neither stored global
+        ({"aggregation": "aircomp"}, [(False, False), (True, False), (True, False)]),  # its reference
+        ({"server_momentum": 0.5}, [(False, False), (True, False), (True, True)]),  # the step's two
+    ],
+)
+def test_a_round_reads_only_the_stored_globals_its_aggregation_uses(
+    store: Store, federated: dict, wanted: list[tuple[bool, bool]]
+) -> None:
+    """Each stored global is a blob read from the database: plain FedAvg needs none of them."""
+    seen: list[tuple[bool, bool]] = []
+
+    def recording(archives, weights, spec, seed, reference=None, before=None):  # type: ignore[no-untyped-def]
+        seen.append((reference is not None, before is not None))
+        return aggregate_archives(archives, weights, spec, seed, reference, before)
+
+    store = Store(store.engine, aggregate=recording)  # the emptied database, a recording aggregate
+    phone = enrolled(store, "phone")
+    edge(store, "edge-a")
+    federated_job(store, ["phone"], rounds=3, snr_db=None, **federated)
+    for number in range(3):
+        session = take(store, phone)
+        store.complete_session(
+            session_id=session, device_id=phone.id, adapter=upload_of(_uploads(number)[0]), examples=3
+        )
+    assert seen == wanted
