@@ -166,7 +166,7 @@ class TrunkEntry(nn.Module):
             extras["position_ids"] = positions
         computed, guard = hidden_states, self.guard
         if guard is not None and guard.warming_up(self.training):  # private warm-up: nothing leaves
-            raise guard.warmup_step(computed, self.context.attention_mask)
+            return guard.warmup_step(computed, self.context.attention_mask)  # raises, or a local trunk
         if guard is not None:  # clip and noise h_k before it leaves; the device trains through it
             hidden_states = guard.outgoing_activations(hidden_states)
         need_input_grad = hidden_states.requires_grad

@@ -74,6 +74,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
     """A Hugging Face model cut between this device and an edge server."""
 
     privacy: PrivacyConfig = PrivacyConfig()  # the defenses in force (docs/privacy.md)
+    _guard: PrivacyGuard | None = None  # where they act (None: every defense is off)
 
     def __init__(
         self,
@@ -213,6 +214,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         split.opened_with = opened
         first_blocks = list(span.family.blocks(span.root)[: spec.trunk_start])
         trunk_range = (spec.trunk_start, spec.trunk_stop)
+        split._guard = guard
         split.privacy = (
             guard.watching(first_blocks, opened.model_dir, trunk_range) if guard else PrivacyConfig()
         )
@@ -231,7 +233,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         if "input_ids" in inputs or "inputs_embeds" in inputs:
             inputs.setdefault("use_cache", False)
         with self._context.forward(inputs.get("attention_mask")):
-            return forward_or_warmup(self._net, inputs)  # a private warm-up forward stops early
+            return forward_or_warmup(self._net, inputs, self._guard)  # a private warm-up stops early
 
     @property
     def forward_context(self) -> ForwardContext:

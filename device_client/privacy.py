@@ -1,6 +1,7 @@
 """Where `PrivacyConfig` acts on the device: on h_k as it leaves for the edge, on the gradient returned
 for the trunk output, as the NoPeek and CCA penalties on the device's blocks, and as the private
-warm-up, whose forwards stop before h_k leaves (docs/privacy.md).
+warm-up, whose forwards stop before h_k leaves, or with `warmup_task` go on through a public trunk
+loaded on the device instead of the edge's (docs/privacy.md).
 
 `PrivacyGuard` is owned by one split model. Its embeddings slot is thread-local, like the forward
 context: micro-batches of one pipelined step run their forwards in threads of their own.
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.modeling_outputs import ModelOutput
 
+from splitft.errors import InvalidArgument
 from splitft.model.loading import edge_view, load_span
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.transforms import canonical_leak, clip_and_noise, distance_correlation, sample_tokens
@@ -42,12 +44,16 @@ class PrivateWarmupOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
-def forward_or_warmup(net: nn.Module, inputs: dict[str, Any]) -> Any:
-    """`net(**inputs)`, or the penalty-only output of a private warm-up forward."""
+def forward_or_warmup(net: nn.Module, inputs: dict[str, Any], guard: PrivacyGuard | None = None) -> Any:
+    """`net(**inputs)`, or the output of a private warm-up forward: the penalties alone as its loss, or
+    with `warmup_task` the task's loss (through the public trunk on the device) weighted and added."""
+    if guard is not None:
+        guard.start_forward(net.training, has_labels=inputs.get("labels") is not None)
     try:
-        return net(**inputs)
+        out = net(**inputs)
     except PrivateWarmupStep as step:
         return PrivateWarmupOutput(loss=step.penalty)
+    return out if guard is None else guard.finish_warmup(out)
 
 
 def _public_copy(blocks: list[nn.Module]) -> list[nn.Module]:
@@ -64,7 +70,10 @@ def _public_copy(blocks: list[nn.Module]) -> list[nn.Module]:
 def _public_trunk(model_dir: str, start: int, stop: int) -> list[nn.Module]:
     """The trunk's blocks with the public weights, loaded on the device (the warm-up's consistency)."""
     span = load_span(model_dir, lambda root, family: edge_view(root, family, start, stop), init_missing=False)
-    return list(span.family.blocks(span.root)[start:stop])
+    blocks = list(span.family.blocks(span.root)[start:stop])
+    for block in blocks:
+        block.requires_grad_(False)  # public and frozen: only the device's own blocks train through it
+    return blocks
 
 
 def _pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -103,6 +112,7 @@ class PrivacyGuard:
         self._public: list[nn.Module] = []
         self._trunk: list[nn.Module] = []  # a public trunk, for the warm-up's consistency only
         self.last_consistency: float | None = None
+        self.last_task: float | None = None  # the task's loss in the last warm-up forward (warmup_task)
         self.penalized = 0  # training forwards that carried the penalty (for the warm-up)
         self.last_weight = 0.0  # the penalty's weight in the last of them
 
@@ -120,7 +130,8 @@ class PrivacyGuard:
         blocks before the trunk, on them; the warm-up's consistency runs the trunk's blocks, `trunk` =
         (start, stop) of `model_dir`, after them). Returns the config, for the model to show."""
         config = self.config
-        if config.warmup_consistency > 0 and model_dir is not None and trunk is not None:
+        wants_trunk = config.warmup_consistency > 0 or config.warmup_task > 0
+        if wants_trunk and model_dir is not None and trunk is not None:
             self._trunk = _public_trunk(model_dir, *trunk)
         if (
             config.cca_weight > 0 or self._trunk
@@ -164,14 +175,49 @@ class PrivacyGuard:
         """Whether this forward is one of the private warm-up's (then nothing may be sent)."""
         return training and torch.is_grad_enabled() and self.warmed < self.config.private_warmup
 
-    def warmup_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> PrivateWarmupStep:
-        """The private warm-up's stop for this forward: the penalties at full weight, as its loss."""
+    def start_forward(self, training: bool, *, has_labels: bool) -> None:
+        """Before a forward of the model: refuses a `warmup_task` warm-up forward without labels (its
+        loss is the task's, computed here), and drops what an interrupted forward left behind."""
+        self._local.warmup_loss = None
+        if self.config.warmup_task > 0 and self.warming_up(training) and not has_labels:
+            raise InvalidArgument(
+                "privacy.warmup_task: a private warm-up forward computes the task's loss on the device "
+                "and needs labels: pass labels= (or set privacy.warmup_task to 0)"
+            )
+
+    def warmup_step(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """A private warm-up forward where h_k would leave: nothing is sent. Without `warmup_task`, raises
+        its stop (the penalties at full weight as its loss); with it, keeps that loss for
+        `finish_warmup` and returns the public trunk's output on `hidden`, computed here, for the
+        device's blocks after the trunk and its head."""
+        loss = self._warmup_penalties(hidden, attention_mask)
+        if self.config.warmup_task == 0:
+            raise PrivateWarmupStep(loss)
+        if not self._trunk:
+            raise RuntimeError("privacy.warmup_task: the public trunk was not loaded on the device")
+        self._local.warmup_loss = loss
+        return self._through(self._trunk, hidden)
+
+    def finish_warmup(self, out: Any) -> Any:
+        """`out` unchanged, or for a `warmup_task` warm-up forward its output with the loss
+        warmup_task * (task's loss) + the warm-up's penalties."""
+        penalties = getattr(self._local, "warmup_loss", None)
+        if penalties is None:
+            return out
+        self._local.warmup_loss = None
+        self.last_task = float(out.loss.detach())
+        loss = self.config.warmup_task * out.loss + penalties
+        return PrivateWarmupOutput(loss=loss, logits=getattr(out, "logits", None))
+
+    def _warmup_penalties(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The private warm-up's penalties for this forward (and the trunk's consistency), at full weight."""
         self.warmed += 1
         loss = hidden.sum() * 0.0  # a forward the penalties cannot use (one token): no gradient
-        if self._trunk and getattr(self._local, "embeddings", None) is not None:
-            loss = loss + self.config.warmup_consistency * self._consistency(hidden, attention_mask)
+        consistency = self.config.warmup_consistency
+        if consistency > 0 and self._trunk and getattr(self._local, "embeddings", None) is not None:
+            loss = loss + consistency * self._consistency(hidden, attention_mask)
         penalty = self._penalty(hidden, attention_mask, ramp=False)
-        return PrivateWarmupStep(loss if penalty is None else loss + penalty)
+        return loss if penalty is None else loss + penalty
 
     def outgoing_activations(self, hidden: torch.Tensor) -> torch.Tensor:
         """h_k as it will cross the wire: clipped and noised when the config says so."""

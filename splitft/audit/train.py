@@ -93,16 +93,17 @@ def train_tapped(config: AuditConfig, model_dir: Path, task: TextTask) -> Record
 
 def _private_warmup(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> None:
     """The private warm-up's forwards, before the training proper: the device's blocks train on the
-    penalties alone, with an optimizer of their own at a constant learning rate (the training's
-    schedule is the same as without a warm-up), and nothing crosses the wire."""
+    penalties (and with `warmup_task` the task through the public trunk on the device: the labels are
+    passed), with an optimizer of their own at a constant learning rate (the training's schedule is the
+    same as without a warm-up), and nothing crosses the wire."""
     steps, sent = config.privacy.private_warmup, (len(tap.sent_hidden), len(tap.sent_grads))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     model.train()
     train, taken, cycle = task.train[:: config.train_stride], 0, 0
     while taken < steps:
-        for texts, _ in batches(train, config.batch_size, shuffle_seed=config.seed + 1000 + cycle):
-            out = model(**_encode(tokenizer, texts, config.max_length))
+        for texts, labels in batches(train, config.batch_size, shuffle_seed=config.seed + 1000 + cycle):
+            out = model(**_encode(tokenizer, texts, config.max_length), labels=torch.tensor(labels))
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -112,7 +113,7 @@ def _private_warmup(model: SplitModel, tokenizer, task: TextTask, config: AuditC
         cycle += 1
     if (len(tap.sent_hidden), len(tap.sent_grads)) != sent:
         raise RuntimeError("the private warm-up sent tensors to the edge")
-    logger.info("audit: private warm-up of %d forwards, last penalty %.3f", steps, out.loss.item())
+    logger.info("audit: private warm-up of %d forwards, last loss %.3f", steps, out.loss.item())
 
 
 def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> list[Epoch]:

@@ -37,6 +37,12 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         help="in the warm-up, keep a public trunk's [CLS] and mean outputs (run on the device) as they were",
     )
     group.add_argument(
+        "--warmup-task",
+        type=float,
+        default=0.0,
+        help="in the warm-up, add this weight times the task's loss through a public trunk on the device",
+    )
+    group.add_argument(
         "--withhold-gradients",
         action="store_true",
         help="send the edge no gradient (the trunk is frozen; only the device's head trains on the task)",

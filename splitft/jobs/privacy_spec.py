@@ -60,6 +60,13 @@ class PrivacySpec(Strict):
         allow_inf_nan=False,
         description="weight of the public trunk's agreement in the warm-up",
     )
+    warmup_task: StrictFloat = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="weight of the task's loss through a public trunk on the device in the warm-up",
+    )
 
     def config(self) -> PrivacyConfig:
         """The SDK's `PrivacyConfig` (what `SplitModel.from_pretrained(privacy=...)` takes)."""

@@ -28,7 +28,10 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   `warmup_consistency` = w, the warm-up's loss also has w times the relative squared distance between
   what a public copy of the trunk (loaded on the device for the warm-up) gives at [CLS] and averaged
   over the tokens for the moved h_k and for the public h_k: the blocks move, and the sentence the trunk
-  sees stays.
+  sees stays. With `warmup_task` = t, it also has t times the task's loss computed on the device alone:
+  the moved h_k through that public trunk, then the device's own blocks after the trunk and its head,
+  against the device's labels (so the warm-up's forwards need labels). The blocks move where the public
+  trunk can still classify, and the head trains before the edge sees anything.
 - Withheld gradients: the device never sends the gradient of the trunk output, the one tensor that
   carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
   on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
@@ -68,6 +71,7 @@ class PrivacyConfig:
     cca_weight: float = 0.0  # weight of the canonical-correlation penalty against the public h_k
     private_warmup: int = 0  # first training forwards that send nothing and train on the penalties
     warmup_consistency: float = 0.0  # weight of the public trunk's agreement during the warm-up
+    warmup_task: float = 0.0  # weight of the task loss through a public trunk on the device (warm-up)
 
     def __post_init__(self) -> None:
         _bound("activation_clip", self.activation_clip, optional=True, positive=True)
@@ -77,6 +81,7 @@ class PrivacyConfig:
         _bound("nopeek_weight", self.nopeek_weight)
         _bound("cca_weight", self.cca_weight)
         _bound("warmup_consistency", self.warmup_consistency)
+        _bound("warmup_task", self.warmup_task)
         if self.clip_scope not in CLIP_SCOPES:
             raise InvalidArgument(
                 f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
@@ -95,6 +100,11 @@ class PrivacyConfig:
         if self.warmup_consistency > 0 and self.private_warmup == 0:
             raise InvalidArgument(
                 "privacy.warmup_consistency acts during the private warm-up: set privacy.private_warmup"
+            )
+        if self.warmup_task > 0 and self.private_warmup == 0:
+            raise InvalidArgument(
+                "privacy.warmup_task needs privacy.private_warmup > 0 (the task term acts during the "
+                "private warm-up)"
             )
         if self.activation_noise > 0 and self.activation_clip is None:
             raise InvalidArgument(
@@ -171,8 +181,10 @@ class PrivacyConfig:
             parts.append(f"cca {self.cca_weight:g}")
         if self.private_warmup:
             parts.append(f"private warm-up {self.private_warmup}")
-            if self.warmup_consistency:
-                parts[-1] += f" (trunk consistency {self.warmup_consistency:g})"
+            extras = [f"trunk consistency {self.warmup_consistency:g}"] if self.warmup_consistency else []
+            extras += [f"task {self.warmup_task:g}"] if self.warmup_task else []
+            if extras:
+                parts[-1] += f" ({', '.join(extras)})"
         if self.withhold_gradients:
             parts.append("gradients withheld")
         return ", ".join(parts)

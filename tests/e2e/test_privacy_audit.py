@@ -58,6 +58,7 @@ def test_withheld_gradients_leave_the_gradient_attack_nothing(tmp_path) -> None:
     [
         (["--activation-noise", "1.0"], "privacy.activation_noise needs privacy.activation_clip"),
         (["--withhold-gradients", "--gradient-clip", "1"], "privacy.withhold_gradients sends no gradient"),
+        (["--cca-weight", "1", "--warmup-task", "1"], "privacy.warmup_task needs privacy.private_warmup > 0"),
     ],
 )
 def test_a_bad_defense_is_a_usage_error_naming_the_field(options: list[str], named: str, tmp_path) -> None:

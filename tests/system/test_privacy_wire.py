@@ -32,18 +32,7 @@ def _run(
     batches = [make_batch("bert", generator, batch=8) for _ in range(steps + 1)]
     losses = []
     with EdgeConnection(edge.address, insecure=True, interceptors=[tap]) as conn:
-        torch.manual_seed(0)
-        model = SplitModel.from_pretrained(
-            tiny.path,
-            edge=conn,
-            model="bert",
-            device_layers=DEVICE_LAYERS,
-            head_layers=1,
-            lora_config=lora_config_for("bert"),
-            trunk_lora=trunk_lora,
-            seed=5,
-            privacy=privacy,
-        )
+        model = _open(tiny, conn, privacy, trunk_lora)
         optimizer = model.configure_optimizer(torch.optim.AdamW, lr=5e-2)
         model.train()
         for batch in batches[:steps]:
@@ -56,6 +45,22 @@ def _run(
             model(**batches[steps])
         model.close()
     return tap, model, losses
+
+
+def _open(tiny: TinyModel, conn: EdgeConnection, privacy: Any, trunk_lora: bool = True) -> SplitModel:
+    """The tiny BERT split at DEVICE_LAYERS with one head block, from a fixed seed."""
+    torch.manual_seed(0)
+    return SplitModel.from_pretrained(
+        tiny.path,
+        edge=conn,
+        model="bert",
+        device_layers=DEVICE_LAYERS,
+        head_layers=1,
+        lora_config=lora_config_for("bert"),
+        trunk_lora=trunk_lora,
+        seed=5,
+        privacy=privacy,
+    )
 
 
 @torch.no_grad()
@@ -221,3 +226,41 @@ def test_warmup_consistency_runs_a_public_trunk_on_the_device(bert, edge) -> Non
     assert consistency is not None and consistency > 0
     assert losses[1] != pytest.approx(plain[1], abs=1e-6)
     assert not torch.equal(tap.sent_hidden[0], plain_tap.sent_hidden[0])  # the term changed the step
+
+
+WARMED = {"cca_weight": 1.0, "private_warmup": 2}
+
+
+def test_warmup_task_trains_the_head_through_a_public_trunk_and_sends_nothing(bert, edge) -> None:
+    _, plain_model, plain = _run(bert, edge, WARMED, steps=2)
+    tap, model, losses = _run(bert, edge, {**WARMED, "warmup_task": 0.5}, steps=2)
+    assert len(tap.sent_hidden) == 1 and tap.sent_grads == []  # only the inference forward after it
+    assert _guard(model).warmed == 2 and _guard(model).last_task is not None
+    # The head trains on the task during the warm-up only with the term; the first blocks in both.
+    assert _lora_b_moved(model, first_blocks=False) and not _lora_b_moved(plain_model, first_blocks=False)
+    assert _lora_b_moved(model, first_blocks=True)
+    assert losses[1] != pytest.approx(plain[1], abs=1e-6)  # the term changed the step
+    # The first forward's loss is the same penalty plus 0.5 x the task's loss (the first of the run).
+    _, first, first_losses = _run(bert, edge, {**WARMED, "warmup_task": 0.5}, steps=1)
+    task = _guard(first).last_task
+    assert task is not None and task > 0.1  # a cross-entropy over NUM_LABELS classes from an untrained head
+    assert first_losses[0] == pytest.approx(plain[0] + 0.5 * task, abs=1e-5)
+
+
+def test_warmup_task_refuses_a_forward_without_labels(bert, edge) -> None:
+    tap = WireTap()
+    batch = make_batch("bert", torch.Generator().manual_seed(1), batch=8)
+    unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+    with EdgeConnection(edge.address, insecure=True, interceptors=[tap]) as conn:
+        with pytest.raises(InvalidArgument, match=r"privacy\.warmup_task needs privacy\.private_warmup > 0"):
+            _open(bert, conn, {"cca_weight": 1.0, "warmup_task": 1.0})
+        model = _open(bert, conn, {**WARMED, "warmup_task": 1.0})
+        model.train()
+        with pytest.raises(InvalidArgument, match=r"privacy\.warmup_task: .* needs labels"):
+            model(**unlabelled)
+        assert _guard(model).warmed == 0 and tap.sent_hidden == []
+        assert model(**batch).loss is not None  # with labels, the warm-up forward runs
+        with torch.no_grad():
+            model(**unlabelled)  # inference needs no labels (and is sent: no warm-up there)
+        model.close()
+    assert len(tap.sent_hidden) == 1 and tap.sent_grads == []

@@ -31,6 +31,7 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         cca_weight=args.cca_weight,
         private_warmup=args.private_warmup,
         warmup_consistency=args.warmup_consistency,
+        warmup_task=args.warmup_task,
     )
 
 

@@ -33,7 +33,7 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
     # the device reads what a newer control plane adds without refusing it
     newer = JobCreate.model_validate({**BASE, "privacy": {**privacy, "future": 1}}, context=IGNORE_UNKNOWN)
     assert newer.privacy == spec.privacy
-    warmed = {"cca_weight": 1.0, "private_warmup": 40, "warmup_consistency": 1.0}
+    warmed = {"cca_weight": 1.0, "private_warmup": 40, "warmup_consistency": 1.0, "warmup_task": 0.3}
     spec = JobCreate.model_validate({**BASE, "privacy": warmed})
     assert spec.privacy is not None and spec.privacy.config() == PrivacyConfig(**warmed)
     privacy = {"withhold_gradients": True}
@@ -57,6 +57,9 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
         ({"private_warmup": 1.5, "cca_weight": 1.0}, "private_warmup"),
         ({"private_warmup": 4}, "privacy.private_warmup trains on the penalties alone"),
         ({"warmup_consistency": 1.0, "cca_weight": 1.0}, "privacy.warmup_consistency acts during"),
+        ({"warmup_task": 1.0, "cca_weight": 1.0}, "privacy.warmup_task needs privacy.private_warmup > 0"),
+        ({"warmup_task": -1.0, "cca_weight": 1.0, "private_warmup": 4}, "warmup_task"),
+        ({"warmup_task": "1", "cca_weight": 1.0, "private_warmup": 4}, "warmup_task"),
         ({"withhold_gradients": True, "gradient_clip": 1.0}, "privacy.withhold_gradients sends no gradient"),
         ({"withhold_gradients": True}, "privacy.withhold_gradients: the trunk's adapter"),
     ],

@@ -49,6 +49,13 @@ from splitft.privacy.transforms import (
         ({"private_warmup": 3}, "privacy.private_warmup trains on the penalties alone"),
         ({"warmup_consistency": 1.0, "cca_weight": 1.0}, "privacy.warmup_consistency acts during"),
         ({"warmup_consistency": -1.0}, "privacy.warmup_consistency must be a finite number >= 0"),
+        ({"warmup_task": 1.0, "cca_weight": 1.0}, "privacy.warmup_task needs privacy.private_warmup > 0"),
+        (
+            {"warmup_task": -0.3, "cca_weight": 1.0, "private_warmup": 4},
+            "privacy.warmup_task must be a finite number >= 0",
+        ),
+        ({"warmup_task": math.inf}, "privacy.warmup_task must be a finite number >= 0"),
+        ({"warmup_task": "1"}, "privacy.warmup_task must be a number"),
         ({"nopeek_warmup": -1}, "privacy.nopeek_warmup must lie in [0, 10000000]"),
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
         ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
@@ -72,6 +79,9 @@ def test_defaults_are_off_and_a_mapping_round_trips() -> None:
     warmed = PrivacyConfig(cca_weight=0.5, private_warmup=40)
     assert warmed.describe() == "cca 0.5, private warm-up 40"
     assert PrivacyConfig.from_dict(warmed.to_dict()) == warmed
+    tasked = PrivacyConfig(cca_weight=1.0, private_warmup=40, warmup_consistency=0.1, warmup_task=0.3)
+    assert tasked.describe() == "cca 1, private warm-up 40 (trunk consistency 0.1, task 0.3)"
+    assert PrivacyConfig.from_dict(tasked.to_dict()) == tasked
 
 
 def test_canonical_leak_is_blind_to_affine_moves_and_sees_unrelated_vectors() -> None:
