@@ -35,6 +35,8 @@ SWEEP: list[tuple[PrivacyConfig, int | None]] = [
         (PrivacyConfig(cca_weight=1.0, private_warmup=40, warmup_consistency=w), None)
         for w in (0.1, 0.3, 1.0)
     ),
+    # The fifth pass: the task's loss through a public trunk on the device joins the warm-up.
+    (PrivacyConfig(cca_weight=1.0, private_warmup=80, warmup_task=0.3), None),
 ]
 
 
