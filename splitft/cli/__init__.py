@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +30,10 @@ GROUPS = (edge, control, operate, device, pki, demo, bench, emulator, plan, priv
 # The commands that load models; the others (control, certs, tokens) never import transformers,
 # not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
 MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench", "emulator", "privacy"})
+# The commands that start child processes (an edge, workers) and stop them when their `with` block
+# exits: SIGTERM must unwind those blocks, or the children outlive a killed run. The servers (edge
+# serve, control serve, device agent) keep their own SIGTERM handling.
+CHILD_SPAWNING_COMMANDS = frozenset({"bench", "demo", "plan", "emulator", "privacy"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     probe = args.command == "edge" and getattr(args, "edge_command", None) == "health"
     _configure_logging(args.log_level, model_stack=args.command in MODEL_STACK_COMMANDS and not probe)
+    if args.command in CHILD_SPAWNING_COMMANDS:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(load_handler(args.handler)(args))
     except SplitftError as exc:
@@ -87,6 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        logger.error("terminated (SIGTERM): child processes stopped")
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that every `with` block (and its children) unwinds;
+    a BaseException like KeyboardInterrupt, so `except Exception` handlers let it through."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":
