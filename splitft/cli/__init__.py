@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from rich.logging import RichHandler
 
 from splitft.cli import bench, control, demo, device, edge, emulator, operate, pki, plan, privacy
 from splitft.errors import SplitftError
+from splitft.local.signals import Terminated, unwind_on_sigterm
 
 logger = logging.getLogger("splitft")
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = args.command == "edge" and getattr(args, "edge_command", None) == "health"
     _configure_logging(args.log_level, model_stack=args.command in MODEL_STACK_COMMANDS and not probe)
     if args.command in CHILD_SPAWNING_COMMANDS:
-        signal.signal(signal.SIGTERM, _terminated)
+        unwind_on_sigterm()
     try:
         return int(load_handler(args.handler)(args))
     except SplitftError as exc:
@@ -97,15 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         logger.error("terminated (SIGTERM): child processes stopped")
         return 143
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that every `with` block (and its children) unwinds;
-    a BaseException like KeyboardInterrupt, so `except Exception` handlers let it through."""
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 if __name__ == "__main__":
