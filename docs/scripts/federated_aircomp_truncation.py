@@ -34,6 +34,7 @@ from splitft.data.stdlib_task import build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
 from splitft.federated.server import ServerOptimizer
 from splitft.local.launch import EdgeProcess
+from splitft.local.signals import unwind_on_sigterm
 
 
 def _threshold(text: str) -> float | str:
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    unwind_on_sigterm()  # a killed run stops its edge process too
     main()

@@ -30,6 +30,7 @@ from splitft.data.stdlib_task import Example, build_stdlib_task, validation_spli
 from splitft.demo.sdk import default_model_dir
 from splitft.federated.server import ServerOptimizer
 from splitft.local.launch import EdgeProcess
+from splitft.local.signals import unwind_on_sigterm
 
 
 def main() -> None:
@@ -97,4 +98,5 @@ def _one(
 
 
 if __name__ == "__main__":
+    unwind_on_sigterm()  # a killed run stops its edge process too
     main()

@@ -33,6 +33,7 @@ from splitft.bench.edge_models import BENCH_MODELS, DEVICE_LAYERS, HEAD_LAYERS, 
 from splitft.bench.edge_report import MODES, build_report, window_summary
 from splitft.bench.procfs import cpu_seconds, reset_peak, status_kib, total_cpu_seconds
 from splitft.errors import InvalidArgument
+from splitft.model.choices import DTYPE_NAMES as EDGE_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class EdgeBenchConfig:
     warmup_steps: int = 2  # per session and edge, before any window
     threads: int = 1  # torch threads of each edge (both edges the same)
     batch_window_ms: float | None = None  # the edges' --batch-window-ms; None: the edge's default
+    dtype: str = "float32"  # the edges' --dtype: the trunk's weights and activations (both edges)
 
     def __post_init__(self) -> None:
         self.models = tuple(self.models)
@@ -78,6 +80,8 @@ class EdgeBenchConfig:
             raise InvalidArgument("sessions must be counts >= 1 and shapes non-empty")
         if self.rounds < 1 or self.seconds <= 0 or self.warmup_steps < 0 or self.threads < 1:
             raise InvalidArgument("need rounds >= 1, seconds > 0, warmup_steps >= 0 and threads >= 1")
+        if self.dtype not in EDGE_DTYPES:
+            raise InvalidArgument(f"dtype must be one of {', '.join(EDGE_DTYPES)}, got {self.dtype!r}")
         if self.batch_window_ms is not None and not 0 <= self.batch_window_ms <= 1000:
             raise InvalidArgument(f"batch_window_ms must be in [0, 1000], got {self.batch_window_ms:g}")
 
@@ -114,7 +118,7 @@ def _edge_args(config: EdgeBenchConfig, mode: str) -> list[str]:
     args += ["--max-sessions", str(max(64, 2 * max(config.sessions)))]
     if config.batch_window_ms is not None:
         args += ["--batch-window-ms", f"{config.batch_window_ms:g}"]
-    return args
+    return args + ["--dtype", config.dtype]
 
 
 @contextmanager

@@ -192,6 +192,8 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
     """The report as Markdown: throughput and latency per cell, memory per group, the targets."""
     report = json.loads(report_json) if isinstance(report_json, str) else report_json
     fewest = report["baseline_sessions"]
+    dtype = report["config"].get("dtype", "float32")
+    trunk = "" if dtype == "float32" else f" ({dtype} trunk)"
     rows = [
         f"| model | batch x tokens | N | tokens/s on | tokens/s off | on / off | p50 / p90 ms on "
         f"| p50 / p90 ms off | on, off vs N={fewest} | edge peak MiB on / off "
@@ -202,7 +204,7 @@ def markdown_table(report_json: str | dict[str, Any]) -> str:
         on, off = c["on"], c["off"]
         scaling = "{} / {}".format(*(_median(c[m]["vs_fewest_sessions"], "{:.2f}x") for m in MODES))
         rows.append(
-            f"| {c['model']} | {c['shape']} | {c['sessions']} | {_tps(on)} | {_tps(off)} "
+            f"| {c['model']}{trunk} | {c['shape']} | {c['sessions']} | {_tps(on)} | {_tps(off)} "
             f"| {_spread_text(c['on_vs_off'])} | {on['step_ms_p50']} / {on['step_ms_p90']} "
             f"| {off['step_ms_p50']} / {off['step_ms_p90']} | {scaling} "
             f"| {on['edge_peak_mib']} / {off['edge_peak_mib']} "

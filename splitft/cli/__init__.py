@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 
 from splitft.cli import bench, control, demo, device, edge, emulator, operate, pki, plan, privacy
 from splitft.errors import SplitftError
+from splitft.local.signals import Terminated, unwind_on_sigterm
 
 logger = logging.getLogger("splitft")
 
@@ -29,6 +30,10 @@ GROUPS = (edge, control, operate, device, pki, demo, bench, emulator, plan, priv
 # The commands that load models; the others (control, certs, tokens) never import transformers,
 # not even to quiet its logging (it costs seconds, and the control-plane image does not have it).
 MODEL_STACK_COMMANDS = frozenset({"edge", "device", "demo", "bench", "emulator", "privacy"})
+# The commands that start child processes (an edge, workers) and stop them when their `with` block
+# exits: SIGTERM must unwind those blocks, or the children outlive a killed run. The servers (edge
+# serve, control serve, device agent) keep their own SIGTERM handling.
+CHILD_SPAWNING_COMMANDS = frozenset({"bench", "demo", "plan", "emulator", "privacy"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     probe = args.command == "edge" and getattr(args, "edge_command", None) == "health"
     _configure_logging(args.log_level, model_stack=args.command in MODEL_STACK_COMMANDS and not probe)
+    if args.command in CHILD_SPAWNING_COMMANDS:
+        unwind_on_sigterm()
     try:
         return int(load_handler(args.handler)(args))
     except SplitftError as exc:
@@ -87,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        logger.error("terminated (SIGTERM): child processes stopped")
+        return 143
 
 
 if __name__ == "__main__":

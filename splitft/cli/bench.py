@@ -131,6 +131,7 @@ def _register_edge(bench: argparse._SubParsersAction) -> None:
     edge.add_argument("--warmup-steps", type=int, default=None, help="per session and edge (default 2)")
     edge.add_argument("--threads", type=int, default=1, help="torch threads of each edge (default 1)")
     edge.add_argument("--batch-window-ms", type=float, default=None, help="the edges' (default: theirs)")
+    edge.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="the edges' trunk (default float32)")
     edge.add_argument("--quick", action="store_true", help="1,2,8,32 sessions at 1x64, 2 rounds of 2 s")
     add_report_options(edge, tables=True)
     handled_by(edge, "bench:edge")

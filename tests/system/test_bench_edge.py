@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_server import EdgeServer
-from splitft.bench.edge import EdgeBenchConfig, parse_shape
+from splitft.bench.edge import EdgeBenchConfig, _edge_args, parse_shape
 from splitft.bench.edge_device import DeviceSpec, SyntheticDevice, WindowResult
 from splitft.bench.edge_report import build_report, markdown_table, percentile, window_summary
 from splitft.cli import build_parser
@@ -172,6 +172,12 @@ def test_cli_options_override_the_quick_preset() -> None:
             parse_shape(bad)
     with pytest.raises(InvalidArgument):
         EdgeBenchConfig(models=("gpt9",))
+    # --dtype reaches both edges' command lines (float32 unless given); an unknown one is refused
+    bf16 = edge_config(build_parser().parse_args(["bench", "edge", "--quick", "--dtype", "bfloat16"]))
+    assert bf16.dtype == "bfloat16" and full.dtype == "float32"
+    assert all(_edge_args(bf16, mode)[-2:] == ["--dtype", "bfloat16"] for mode in ("on", "off"))
+    with pytest.raises(InvalidArgument, match="dtype must be one of float32, bfloat16, float16"):
+        EdgeBenchConfig(dtype="int4")
 
 
 @pytest.mark.slow
