@@ -3,8 +3,13 @@
 Token recovery: a linear and an MLP decoder trained on public docstrings through the public device
 blocks (transformed by the job's privacy config, which the edge knows), applied to the h_k the edge
 received in the first epoch (adapters near their initialisation) and in the last (adapters trained).
+The trunk decoder: the edge also computes the trunk's output for every h_k it receives, so it trains a
+linear decoder from the public trunk's output (public text through the public device blocks and the
+public trunk) to the token and applies it to those outputs (plain and aligned, first and last epoch).
 Label inference: per epoch, on the gradient the edge received for the trunk output at position 0
-([CLS]) and on the trunk output it computed there.
+([CLS]) and on the trunk output it computed there; beside it the oracle probe, a linear probe trained
+on those trunk outputs with every true label (cross-validated): what a reader that knew the labels
+would get from them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from splitft.audit.config import AuditConfig
 from splitft.audit.train import Epoch, Recording, train_tapped
@@ -30,7 +36,7 @@ from splitft.privacy.inversion import (
     public_token_set,
     token_set,
 )
-from splitft.privacy.labels import infer_labels
+from splitft.privacy.labels import infer_labels, oracle_probe
 from splitft.privacy.public_text import public_texts
 
 logger = logging.getLogger(__name__)
@@ -64,6 +70,14 @@ class AuditReport:
         return max((row["best"] for key, row in self.labels.items() if key.startswith("output")), default=0.0)
 
     @property
+    def output_label_oracle(self) -> float:
+        """The oracle probe on the trunk output (all labels known, cross-validated), best epoch."""
+        return max(
+            (row.get("oracle", 0.0) for key, row in self.labels.items() if key.startswith("output")),
+            default=0.0,
+        )
+
+    @property
     def label_chance(self) -> float:
         return max((row["chance"] for row in self.labels.values()), default=0.0)
 
@@ -73,30 +87,43 @@ class AuditReport:
             "token_recovery": self.token_recovery,
             "gradient_label_inference": self.gradient_label_inference,
             "output_label_inference": self.output_label_inference,
+            "output_label_oracle": self.output_label_oracle,
             "label_chance": self.label_chance,
         }
 
 
 class PublicCache:
-    """Public h_k per (layer, clip): the expensive part, shared by the configurations of a sweep."""
+    """Public token vectors per (layer, clip, trunk): the expensive part, shared by the configurations
+    of a sweep. h_k (`trunk=False`), or the public trunk's output on h_k as the device sends it."""
 
     def __init__(self, model_dir: Path, texts: list[str], max_length: int) -> None:
         self.model_dir, self.texts, self.max_length = model_dir, texts, max_length
+        self.layers = int(AutoConfig.from_pretrained(str(model_dir), local_files_only=True).num_hidden_layers)
         self._sets: dict[tuple[object, ...], TokenSet] = {}
 
-    def get(self, config: AuditConfig) -> TokenSet:
+    def get(self, config: AuditConfig, *, trunk: bool = False) -> TokenSet:
         p = config.privacy
-        key = (config.device_layers, p.activation_clip, p.clip_scope)
+        blocks = self.layers - config.device_layers - config.head_layers if trunk else 0
+        noise = (p.activation_noise, config.seed) if trunk else None  # the trunk's input is noised
+        key = (config.device_layers, p.activation_clip, p.clip_scope, blocks, noise)
         if key not in self._sets:
             self._sets[key] = public_token_set(
-                self.model_dir, self.texts, config.device_layers, privacy=p, max_length=self.max_length
+                self.model_dir,
+                self.texts,
+                config.device_layers,
+                privacy=p,
+                max_length=self.max_length,
+                trunk_blocks=blocks,
+                seed=config.seed,
             )
         return self._sets[key]
 
 
-def _private_tokens(recording: Recording, epoch: Epoch) -> TokenSet:
+def _private_tokens(recording: Recording, epoch: Epoch, *, trunk: bool = False) -> TokenSet:
+    """The epoch's token vectors the edge had: the h_k received, or (`trunk`) the trunk output computed."""
+    tensors = recording.tap.returned_hidden if trunk else recording.tap.sent_hidden
     sets = [
-        token_set(recording.tap.sent_hidden[i], ids, mask, recording.special_ids)
+        token_set(tensors[i], ids, mask, recording.special_ids)
         for i, ids, mask in zip(epoch.forwards, epoch.input_ids, epoch.masks, strict=True)
     ]
     return concat(sets)
@@ -112,27 +139,44 @@ def _label_rows(recording: Recording, epoch: Epoch, known: int, seed: int) -> di
     for name, features in signals.items():
         attack = infer_labels(features, labels, known_per_class=known, seed=seed)
         rows[name] = {**asdict(attack), "best": attack.best}
+    rows["output"]["oracle"] = oracle_probe(outputs, labels, seed=seed)
     return rows
 
 
-def attack(config: AuditConfig, recording: Recording, public: TokenSet) -> AuditReport:
-    """Every attack on one recording."""
+def _decode(
+    report: AuditReport,
+    rows: tuple[str, str],
+    decoders: dict[str, Decoder],
+    sets: tuple[TokenSet, TokenSet],
+    noise: float,
+) -> None:
+    """Each decoder's row for one phase, `rows` = (prefix of the row names, phase), on `sets` =
+    (private, public), and the adaptive edge's: the private distribution aligned with the public one,
+    then decoded linearly."""
+    (prefix, phase), (private, public) = rows, sets
+    for name, decoder in decoders.items():
+        top1, top5 = decoder.recovery(private)
+        report.tokens[f"{prefix}{name}@{phase}"] = {"top1": top1, "top5": top5}
+    top1, top5 = decoders["linear"].recovery(coral_align(private, public, noise_std=noise))
+    report.tokens[f"{prefix}linear_aligned@{phase}"] = {"top1": top1, "top5": top5}
+
+
+def attack(config: AuditConfig, recording: Recording, public: TokenSet, trunk: TokenSet) -> AuditReport:
+    """Every attack on one recording; `public` / `trunk`: public h_k / the public trunk's output."""
     p = config.privacy
     noise = p.activation_noise * p.activation_clip if p.activation_clip is not None else 0.0
     decoders: dict[str, Decoder] = {"linear": fit_linear(public, noise_std=noise)}
     if config.mlp_epochs > 0:
         decoders["mlp"] = fit_mlp(public, noise_std=noise, epochs=config.mlp_epochs, seed=config.seed)
+    trunk_decoders = {"linear": fit_linear(trunk)}  # the noise went through the trunk with the text
     report = AuditReport(privacy=p.to_dict(), accuracy=recording.accuracy, public_tokens=len(public))
     phases = {"first_epoch": recording.epochs[0], "last_epoch": recording.epochs[-1]}
     for phase, epoch in phases.items():
         private = _private_tokens(recording, epoch)
         report.scored_tokens = len(private)
-        for name, decoder in decoders.items():
-            top1, top5 = decoder.recovery(private)
-            report.tokens[f"{name}@{phase}"] = {"top1": top1, "top5": top5}
-        # The adaptive edge: the received distribution aligned with the public one, then decoded.
-        top1, top5 = decoders["linear"].recovery(coral_align(private, public, noise_std=noise))
-        report.tokens[f"linear_aligned@{phase}"] = {"top1": top1, "top5": top5}
+        _decode(report, ("", phase), decoders, (private, public), noise)
+        outputs = _private_tokens(recording, epoch, trunk=True)
+        _decode(report, ("trunk_", phase), trunk_decoders, (outputs, trunk), 0.0)
     for number, epoch in enumerate(recording.epochs, start=1):
         for signal, row in _label_rows(recording, epoch, config.known_per_class, config.seed).items():
             report.labels[f"{signal}@epoch{number}"] = row
@@ -154,14 +198,17 @@ def run_audits(
     for config in configs:
         started = time.perf_counter()
         recording = train_tapped(config, model_dir, task)
-        report = attack(config, recording, cache.get(config))
+        report = attack(config, recording, cache.get(config), cache.get(config, trunk=True))
         report.seconds = round(time.perf_counter() - started, 1)
         logger.info(
-            "audit %s: accuracy %.3f, token recovery %.3f, labels from the gradient %s (chance %.3f)",
+            "audit %s: accuracy %.3f, token recovery %.3f, labels from the gradient %s, from the trunk "
+            "output %.3f (oracle probe %.3f, chance %.3f)",
             config.privacy.describe(),
             report.accuracy,
             report.token_recovery,
             "none sent" if config.privacy.withhold_gradients else f"{report.gradient_label_inference:.3f}",
+            report.output_label_inference,
+            report.output_label_oracle,
             report.label_chance,
         )
         reports.append(report)

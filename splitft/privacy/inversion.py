@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from splitft.privacy.config import PrivacyConfig
-from splitft.privacy.transforms import clip_rows
+from splitft.privacy.transforms import clip_and_noise, clip_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,23 @@ def public_token_set(
     privacy: PrivacyConfig = PrivacyConfig(),
     max_length: int = 64,
     batch_size: int = 64,
+    trunk_blocks: int = 0,
+    seed: int = 0,
 ) -> TokenSet:
     """h_`layer` (the input of block `layer`) of `texts` through the public weights, clipped as the
-    device would clip it (noise is the decoders' business)."""
+    device would clip it (noise is the decoders' business). With `trunk_blocks` > 0, the trunk's
+    output instead: that h_`layer`, clipped and noised as the device sends it (the noise drawn from
+    `seed`), through the next `trunk_blocks` public blocks, as the edge runs them."""
+    if trunk_blocks < 0 or layer < 1:
+        raise ValueError(
+            f"public_token_set: layer must be >= 1 and trunk_blocks >= 0, got {layer}, {trunk_blocks}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     base = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-    _keep_blocks(base, layer)
+    blocks = _keep_blocks(base, layer + trunk_blocks)
+    if trunk_blocks > 0:
+        generator = torch.Generator().manual_seed(seed)
+        blocks[layer].register_forward_pre_hook(partial(_as_sent, privacy, generator), with_kwargs=True)
     special = set(tokenizer.all_special_ids)
     sets = []
     for start in range(0, len(texts), batch_size):
@@ -75,20 +87,34 @@ def public_token_set(
         out = base(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
         )
-        hidden = out.hidden_states[layer]
-        if privacy.activation_clip is not None:
+        hidden = out.hidden_states[layer + trunk_blocks]
+        if privacy.activation_clip is not None and trunk_blocks == 0:
             hidden = clip_rows(hidden, privacy.activation_clip, privacy.clip_scope)
         sets.append(token_set(hidden, enc["input_ids"], enc["attention_mask"], special))
     return concat(sets)
 
 
-def _keep_blocks(base: nn.Module, layer: int) -> None:
-    """Drop the blocks from `layer` on: h_`layer` is all the edge sees, so nothing later is run."""
+def _as_sent(
+    privacy: PrivacyConfig, generator: torch.Generator, _module: nn.Module, args: tuple, kwargs: dict
+) -> tuple[tuple, dict]:
+    """A pre-hook on the trunk's first block: its input h_k clipped and noised as the device sends it."""
+    if privacy.activation_clip is None:
+        return args, kwargs
+    clip, noise, scope = privacy.activation_clip, privacy.activation_noise, privacy.clip_scope
+    if args:
+        return (clip_and_noise(args[0], clip, noise, scope, generator), *args[1:]), kwargs
+    hidden = clip_and_noise(kwargs["hidden_states"], clip, noise, scope, generator)
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _keep_blocks(base: nn.Module, stop: int) -> nn.ModuleList:
+    """Drop the blocks from `stop` on (nothing later is run) and return the blocks kept."""
     total = getattr(base.config, "num_hidden_layers", None)
     for module in base.modules():
         if isinstance(module, nn.ModuleList) and len(module) == total:
-            del module[layer:]
-            return
+            del module[stop:]
+            return module
+    raise ValueError(f"{type(base).__name__}: no list of {total} blocks found")
 
 
 class Decoder(nn.Module):

@@ -9,6 +9,9 @@ Two attacks, the better one counts:
   known examples' mean direction is closest in cosine.
 Both are scored on the examples whose label the attacker did not know, against chance (the share of
 the most frequent class among them).
+
+`oracle_probe` is not an attack: a linear probe trained with every label (cross-validated), the
+reference for how much of the label the vectors carry for a reader that knows the labels.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
+
+from splitft.privacy.inversion import TokenSet, fit_linear
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,54 @@ def infer_labels(
         chance=chance,
         examples=int(unknown.sum()),
     )
+
+
+def _folds(n: int, folds: int, generator: torch.Generator) -> torch.Tensor:
+    """Each of `n` examples' fold, 0..folds-1, in a seeded random order (sizes differ by at most one)."""
+    fold = torch.empty(n, dtype=torch.long)
+    fold[torch.randperm(n, generator=generator)] = torch.arange(n) % folds
+    return fold
+
+
+def _probe_correct(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, shrinkage: float) -> float:
+    """How many of the rows outside `train` a linear probe fitted on the rows in it labels right."""
+    decoder = fit_linear(TokenSet(x[train], y[train]), shrinkage=shrinkage)
+    return decoder.recovery(TokenSet(x[~train], y[~train]))[0] * int((~train).sum())
+
+
+def _best_shrinkage(
+    x: torch.Tensor, y: torch.Tensor, folds: int, shrinkages: tuple[float, ...], generator: torch.Generator
+) -> float:
+    """The shrinkage of `shrinkages` with the most correct predictions over `folds` folds of (x, y)."""
+    fold = _folds(len(y), folds, generator)
+
+    def score(shrinkage: float) -> float:
+        return sum(_probe_correct(x, y, fold != f, shrinkage) for f in range(folds))
+
+    return max(shrinkages, key=score)
+
+
+def oracle_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    shrinkages: tuple[float, ...] = (0.01, 0.1, 1.0),
+) -> float:
+    """Cross-validated accuracy of a linear probe (`fit_linear`, LDA) trained on `features` [N, D] WITH
+    the true labels: what an edge that had learned the labels (the device's head, say) reads from the
+    same vectors; an upper reference for the attacks, which know 8 labels per class. `folds` seeded
+    folds; in each, the shrinkage is the one of `shrinkages` with the best inner cross-validation on
+    the training part alone (the held-out fold never chooses anything)."""
+    if folds < 2 or len(labels) < 2 * folds:
+        raise ValueError(f"oracle_probe: folds must be >= 2 and at most half the {len(labels)} examples")
+    generator = torch.Generator().manual_seed(seed)
+    x, y = features.reshape(len(features), -1).float(), labels.long()
+    outer = _folds(len(y), folds, generator)
+    correct = 0.0
+    for fold in range(folds):
+        train = outer != fold
+        chosen = _best_shrinkage(x[train], y[train], folds - 1, shrinkages, generator)
+        correct += _probe_correct(x, y, train, chosen)
+    return correct / len(y)

@@ -34,11 +34,20 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
         "mlp@last_epoch",
         "linear_aligned@first_epoch",
         "linear_aligned@last_epoch",
+        "trunk_linear@first_epoch",
+        "trunk_linear@last_epoch",
+        "trunk_linear_aligned@first_epoch",
+        "trunk_linear_aligned@last_epoch",
     }
     for row in report["tokens"].values():
         assert 0 <= row["top1"] <= row["top5"] <= 1
-    # Undefended, a linear decoder trained on a few hundred public docstrings already reads most tokens.
+    # Undefended, a linear decoder trained on a few hundred public docstrings already reads most tokens,
+    # from h_k and from the trunk's output alike.
     assert report["tokens"]["linear@first_epoch"]["top1"] > 0.5
+    assert report["tokens"]["trunk_linear@first_epoch"]["top1"] > 0.5
+    assert report["token_recovery"] == max(row["top1"] for row in report["tokens"].values())
+    assert 0 <= report["output_label_oracle"] <= 1
+    assert all("oracle" in row for key, row in report["labels"].items() if key.startswith("output@"))
     assert 0 < report["label_chance"] < 1 and 0 <= report["gradient_label_inference"] <= 1
     assert 0 <= report["accuracy"] <= 1 and report["scored_tokens"] > 100
 

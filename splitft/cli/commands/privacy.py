@@ -85,8 +85,11 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
         "tokens linear",
         "tokens MLP",
         "tokens aligned",
+        "tokens trunk",
+        "trunk aligned",
         "labels (grad)",
         "labels (output)",
+        "oracle (output)",
     ):
         table.add_column(column)
     for report, rank in zip(reports, ranks, strict=True):
@@ -99,13 +102,18 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
             _tokens(report, "linear"),
             _tokens(report, "mlp"),
             _tokens(report, "linear_aligned"),
+            _tokens(report, "trunk_linear"),
+            _tokens(report, "trunk_linear_aligned"),
             _grad_labels(report),
             f"{report.output_label_inference:.1%} vs {report.label_chance:.1%}",
+            f"{report.output_label_oracle:.1%}",
         )
     console.print(table)
     console.print(
         "tokens: first epoch -> last epoch (adapters near init -> trained); aligned: the linear decoder "
         "on the received h_k moved to the public mean and covariance (an edge adapting to the defense); "
+        "trunk: a linear decoder on the trunk output the edge computed, trained on the public trunk's; "
+        "oracle: a linear probe trained with every label on the trunk output at [CLS] (5-fold CV); "
         f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on "
         f"{reports[0].public_tokens:,} public ones"
     )
