@@ -7,9 +7,9 @@ The trunk decoder: the edge also computes the trunk's output for every h_k it re
 linear decoder from the public trunk's output (public text through the public device blocks and the
 public trunk) to the token and applies it to those outputs (plain and aligned, first and last epoch).
 Label inference: per epoch, on the gradient the edge received for the trunk output at position 0
-([CLS]) and on the trunk output it computed there; beside it the oracle probe, a linear probe trained
-on those trunk outputs with every true label (cross-validated): what a reader that knew the labels
-would get from them.
+([CLS]) and on the trunk output it computed there; beside it the oracle probes, linear probes trained
+on those trunk outputs (at [CLS], and at [CLS] with the mean over the tokens) with every true label
+(cross-validated): what a linear reader that knew the labels would get from them.
 """
 
 from __future__ import annotations
@@ -71,9 +71,14 @@ class AuditReport:
 
     @property
     def output_label_oracle(self) -> float:
-        """The oracle probe on the trunk output (all labels known, cross-validated), best epoch."""
+        """The oracle probes on the trunk output (all labels known, cross-validated): the better of
+        [CLS] alone and [CLS] with the mean over tokens, best epoch."""
         return max(
-            (row.get("oracle", 0.0) for key, row in self.labels.items() if key.startswith("output")),
+            (
+                max(row.get("oracle", 0.0), row.get("oracle_pooled", 0.0))
+                for key, row in self.labels.items()
+                if key.startswith("output")
+            ),
             default=0.0,
         )
 
@@ -140,7 +145,19 @@ def _label_rows(recording: Recording, epoch: Epoch, known: int, seed: int) -> di
         attack = infer_labels(features, labels, known_per_class=known, seed=seed)
         rows[name] = {**asdict(attack), "best": attack.best}
     rows["output"]["oracle"] = oracle_probe(outputs, labels, seed=seed)
+    rows["output"]["oracle_pooled"] = oracle_probe(_pooled_outputs(recording, epoch), labels, seed=seed)
     return rows
+
+
+def _pooled_outputs(recording: Recording, epoch: Epoch) -> torch.Tensor:
+    """Each example's trunk output at [CLS] beside its mean over the real tokens (the device's head
+    reads every position, so the class need not sit at [CLS] alone)."""
+    pooled = []
+    for i, mask in zip(epoch.forwards, epoch.masks, strict=True):
+        hidden, weights = recording.tap.returned_hidden[i], mask.to(torch.float32).unsqueeze(-1)
+        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        pooled.append(torch.cat([hidden[:, 0], mean], dim=-1))
+    return torch.cat(pooled)
 
 
 def _decode(

@@ -47,7 +47,8 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
     assert report["tokens"]["trunk_linear@first_epoch"]["top1"] > 0.5
     assert report["token_recovery"] == max(row["top1"] for row in report["tokens"].values())
     assert 0 <= report["output_label_oracle"] <= 1
-    assert all("oracle" in row for key, row in report["labels"].items() if key.startswith("output@"))
+    outputs = [row for key, row in report["labels"].items() if key.startswith("output@")]
+    assert outputs and all(0 <= row["oracle"] <= 1 and 0 <= row["oracle_pooled"] <= 1 for row in outputs)
     assert 0 < report["label_chance"] < 1 and 0 <= report["gradient_label_inference"] <= 1
     assert 0 <= report["accuracy"] <= 1 and report["scored_tokens"] > 100
 

@@ -113,7 +113,8 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
         "tokens: first epoch -> last epoch (adapters near init -> trained); aligned: the linear decoder "
         "on the received h_k moved to the public mean and covariance (an edge adapting to the defense); "
         "trunk: a linear decoder on the trunk output the edge computed, trained on the public trunk's; "
-        "oracle: a linear probe trained with every label on the trunk output at [CLS] (5-fold CV); "
+        "oracle: the better linear probe trained with every label on the trunk output ([CLS]; [CLS] and "
+        "the mean over tokens; 5-fold CV); "
         f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on "
         f"{reports[0].public_tokens:,} public ones"
     )

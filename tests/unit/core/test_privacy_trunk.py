@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitft.audit.run import AuditReport, _decode
+from splitft.audit.run import AuditReport, _decode, _pooled_outputs
+from splitft.audit.train import Epoch, Recording
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.inversion import TokenSet, fit_linear, public_token_set
 from splitft.privacy.labels import oracle_probe
+from splitft.privacy.wire_tap import WireTap
 
 VOCAB, DIMS = 20, 16
 
@@ -54,6 +56,14 @@ def test_the_oracle_probe_finds_separable_labels_and_not_random_ones() -> None:
     assert oracle_probe(separable, labels, seed=1) > 0.95
     random = oracle_probe(torch.randn(400, 32, generator=generator), labels)
     assert 0.1 < random < 0.4  # chance is 0.25
+
+
+def test_the_pooled_oracle_input_is_cls_beside_the_mean_over_real_tokens() -> None:
+    tap = WireTap()
+    tap.returned_hidden = [torch.zeros(1, 3, 2), torch.tensor([[[1.0, 2.0], [3.0, 4.0], [50.0, 60.0]]])]
+    epoch = Epoch(forwards=[1], masks=[torch.tensor([[1, 1, 0]])])  # the third position is padding
+    pooled = _pooled_outputs(Recording(tap, [epoch], 0.0, set()), epoch)
+    assert pooled.tolist() == [[1.0, 2.0, 2.0, 3.0]]
 
 
 @pytest.mark.parametrize(("folds", "n"), [(1, 100), (5, 9)])
