@@ -110,6 +110,7 @@ def main() -> None:
                             "lr": lr,
                             "server_momentum": momentum,
                             "local_optimizer": args.local_optimizer,
+                            "lr_schedule": schedule,
                         }
                         sys.stdout.write(json.dumps({**labels_, "server_lr": args.server_lr, **row}) + "\n")
                         sys.stdout.flush()

@@ -187,6 +187,8 @@ def _server(config: dict[str, Any]) -> str:
     """The server's step of the federated rows, when not plain FedAvg (reports before it had none)."""
     momentum, server_lr = config.get("server_momentum", 0.0), config.get("server_lr", 1.0)
     lr = f", lr {config['lr']:g}" if "lr" in config else ""
+    if config.get("lr_schedule", "constant") != "constant":
+        lr += f" ({config['lr_schedule']} over each device's steps)"
     if momentum == 0 and server_lr == 1:
         return lr
     return (

@@ -230,6 +230,13 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
         "on validation and report its test accuracy and the targets",
     )
     fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
+    fed.add_argument(
+        "--lr-schedule",
+        choices=("constant", "linear", "cosine"),
+        default=None,
+        help="the lr over each device's steps, every variant alike (a federated device's over its rounds); "
+        "default constant",
+    )
     _add_server_step(fed)
     fed.add_argument(
         "--validation-fraction",

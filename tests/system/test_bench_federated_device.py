@@ -1,4 +1,4 @@
-"""A federated device that keeps its own optimizer across rounds, through a real in-process edge.
+"""`bench federated`'s device training through a real in-process edge: a kept optimizer, an lr schedule.
 
 `SplitModel.from_checkpoint(path, adapter=...)` opens a new session with the checkpoint's whole
 state (both sides' optimizer moments and step counts) but the given adapter's weights; with it,
@@ -22,7 +22,14 @@ from device_client.checkpoint import TRUNK_TENSORS
 from device_client.checkpoint_files import checkpoint_dirs
 from edge_server import EdgeConfig, EdgeServer
 from splitft.bench.federated_rounds import Rounds, Shard, run_rounds
-from splitft.bench.federated_train import EDGE_MODEL, Split, initial_adapter, read_state, train_local
+from splitft.bench.federated_train import (
+    EDGE_MODEL,
+    Split,
+    initial_adapter,
+    read_state,
+    schedule_factors,
+    train_local,
+)
 from splitft.errors import InvalidArgument
 from splitft.testing.tiny import make_batch, save_tiny_model
 
@@ -96,3 +103,26 @@ def test_resuming_onto_an_adapter_takes_its_weights_and_keeps_both_optimizers(be
 def test_a_kept_optimizer_with_a_shared_trunk_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="kept local optimizer needs an averaged trunk adapter"):
         Rounds(2, 2, None, seed=0, shared_trunk=True, kept_optimizer=True)
+
+
+def test_the_lr_schedule_reaches_both_sides_of_the_split(bench_edge, tmp_path) -> None:
+    """A zero factor must freeze the trunk's adapter (on the edge) as well as the device's: the
+    schedule's lr travels with the SplitOptimizer's synced hyper-parameters."""
+    split, batches = bench_edge, _batches(3)
+    start = initial_adapter(split, tmp_path / "initial", seed=3)
+    frozen = train_local(split, start, batches, tmp_path / "frozen", seed=3, lr_factors=[0.0, 0.0, 0.0])
+    _assert_states(read_state(frozen.adapter), read_state(start), equal=True)
+    moved = train_local(split, start, batches, tmp_path / "moved", seed=3, lr_factors=[0.0, 0.0, 1.0])
+    before, after = read_state(start), read_state(moved.adapter)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert any(".layer.2." in k for k in changed)  # the trunk block (on the edge: layers 0-1 device, 3 head)
+    assert any(".layer.0." in k for k in changed)  # a device block
+
+
+def test_schedule_factors_cut_one_schedule_over_a_device_s_steps() -> None:
+    assert schedule_factors("constant", 4) == [1.0] * 4
+    assert schedule_factors("linear", 4) == [1.0, 0.75, 0.5, 0.25]
+    cosine = schedule_factors("cosine", 40)
+    assert cosine[0] == 1.0 and cosine[20] == pytest.approx(0.5) and 0 < cosine[-1] < 0.01
+    with pytest.raises(InvalidArgument, match="unknown LR schedule 'step'"):
+        Rounds(2, 2, None, seed=0, lr_schedule="step")
