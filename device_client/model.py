@@ -337,8 +337,8 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         """Open a new session on `edge` from the newest checkpoint under `path` that verifies and
         restore everything `checkpoint` saved; `model.optimizer` is ready, `model.resumed` says
         where to continue. `options`: `model_dir`, `model_name` (the edge's name for the model),
-        `optimizer_cls` (not in torch.optim), `restore_rng` (False: fresh randomness), `retry` (the
-        new session's `RetryPolicy`, as in `from_pretrained`)."""
+        `optimizer_cls` (not in torch.optim), `restore_rng` (False: fresh randomness), `retry` (a
+        `RetryPolicy`), `adapter` (these weights, not the saved ones; the rest of the state kept)."""
         return resume(cls, path, edge=edge, **options)
 
     def load_adapter(self, source: str | Path | Mapping[str, torch.Tensor]) -> None:

@@ -128,8 +128,11 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, warmup: int, total: int
+    optimizer: torch.optim.Optimizer, schedule: str, warmup: int, total: int, start: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """`schedule` over `total` optimizer steps after `warmup` steps of linear warmup."""
+    """`schedule` over `total` optimizer steps after `warmup` steps of linear warmup; `start`: this
+    optimizer's first step is the schedule's step `start` (a federated round in a job-long schedule)."""
     lr_factor(schedule, total, 0, total)  # refuse an unknown name now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, warmup, total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, start + step, warmup, total)
+    )

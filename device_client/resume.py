@@ -64,8 +64,12 @@ def resume(
     optimizer_cls: type[torch.optim.Optimizer] | None = None,
     restore_rng: bool = True,
     retry: RetryPolicy | None = None,
+    adapter: str | Path | None = None,
 ) -> SplitModel:
-    """`SplitModel.from_checkpoint` (see there)."""
+    """`SplitModel.from_checkpoint` (see there). `adapter`: start from these weights (a whole-model
+    adapter directory, as `load_adapter` takes) instead of the checkpoint's, keeping every other part
+    of its state: both sides' optimizer state, step counts, scheduler, encoders and generators. A
+    federated device uses it to continue its own optimizer from the round's global adapter."""
     directory, files = latest_checkpoint(path)
     meta, device, state, trunk_tensors = _read(files, directory)
     opened = dict(meta["open"])
@@ -83,7 +87,12 @@ def resume(
     )
     try:
         trunk = model._trunk
-        _restore_parameters(model, meta, device)
+        _check_parameters(model, meta)
+        if adapter is None:
+            _restore_parameters(model, device)
+        else:  # the new weights, both sides; the edge's part then travels in the imported state
+            model.load_adapter(adapter)
+            trunk_tensors.update({f"adapter/{k}": v for k, v in trunk.export_adapter().items()})
         optimizer = _restore_optimizer(model, meta, device, optimizer_cls)
         if not restore_rng:
             state.generators.clear()  # the fresh session's generators stay (to show they matter)
@@ -101,16 +110,18 @@ def resume(
     return model
 
 
-def _restore_parameters(model: SplitModel, meta: dict, device: dict[str, torch.Tensor]) -> None:
-    named = trainable_named(model)
-    mine = [[n, list(p.shape)] for n, p in named]
+def _check_parameters(model: SplitModel, meta: dict) -> None:
+    mine = [[n, list(p.shape)] for n, p in trainable_named(model)]
     if mine != meta["parameters"]:
         raise FailedPrecondition(
             "the checkpoint's device parameters are not this model's (another model or LoRA config?): "
             f"{len(meta['parameters'])} saved, {len(mine)} here"
         )
+
+
+def _restore_parameters(model: SplitModel, device: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        for name, param in named:
+        for name, param in trainable_named(model):
             param.copy_(device[f"param/{name}"].to(param.device, param.dtype))
 
 

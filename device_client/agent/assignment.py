@@ -52,6 +52,15 @@ def total_steps(spec: JobCreate, num_examples: int) -> int:
     return epochs * batches_per_epoch(num_examples, spec.batch_size)
 
 
+def schedule_span(spec: JobCreate, round_number: int | None, steps: int) -> tuple[int, int]:
+    """(the schedule's step at this session's first step, the schedule's length) for a session of
+    `steps` steps in round `round_number`: the session alone, or with a federated job's `span: "job"`
+    its place in one schedule over every round (each device runs the same steps per round)."""
+    if spec.federated is None or spec.schedule.span == "round":
+        return 0, steps
+    return (round_number or 0) * steps, spec.federated.rounds * steps
+
+
 def epochs_of(spec: JobCreate) -> int | None:
     """The epochs the session's batches cycle through (None: as many as its steps need)."""
     return spec.federated.local_epochs if spec.federated is not None else spec.epochs

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from device_client.agent.archive import pack_adapter, unpack_adapter
-from device_client.agent.assignment import method_config, total_steps
+from device_client.agent.assignment import method_config, schedule_span, total_steps
 from device_client.agent.control_client import ControlPlaneClient
 from device_client.agent.credentials import DeviceCredential
 from device_client.agent.datasets import TextExample, training_batches
@@ -334,7 +334,8 @@ class SessionTrainer:
         optimizer = model.optimizer if model.resumed is not None else make_optimizer(model, spec.optimizer)
         assert optimizer is not None  # restored by from_checkpoint
         total = total_steps(spec, len(self.examples))
-        scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, total)
+        first, length = schedule_span(spec, assignment.round, total)
+        scheduler = make_scheduler(optimizer, spec.schedule.name, spec.schedule.warmup_steps, length, first)
         start, batches = resume_and_checkpoint(model, scheduler, spec, self.examples, seed, checkpoints)
         window, log = MetricsWindow(), ProgressLog(sid, start, total)
         model.train()

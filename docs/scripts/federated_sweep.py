@@ -24,7 +24,17 @@ from pathlib import Path
 
 from splitft.bench.common import torch_threads
 from splitft.bench.federated_rounds import Rounds, Shard, run_rounds
-from splitft.bench.federated_train import EDGE_MODEL, Encoder, Evaluator, Split, initial_adapter, stream
+from splitft.bench.federated_train import (
+    EDGE_MODEL,
+    Batch,
+    Encoder,
+    Evaluator,
+    Split,
+    initial_adapter,
+    schedule_factors,
+    stream,
+    train_local,
+)
 from splitft.data.shards import dirichlet_shards
 from splitft.data.stdlib_task import Example, build_stdlib_task, validation_split
 from splitft.demo.sdk import default_model_dir
@@ -42,6 +52,13 @@ def main() -> None:
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--local-optimizer", choices=("fresh", "kept"), default="fresh")
+    parser.add_argument("--lr-schedules", nargs="+", default=["constant"], help="constant, linear, cosine")
+    parser.add_argument(
+        "--centralized",
+        action="store_true",
+        help="instead of FedAvg: one device with all the data, devices x rounds x local steps steps",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model_dir = Path(default_model_dir())
@@ -62,12 +79,39 @@ def main() -> None:
                         )
                         for k, ix in enumerate(indices)
                     ]
-                    for lr, momentum in itertools.product(args.lrs, args.server_momentum):
+                    settings = itertools.product(args.lrs, args.server_momentum, args.lr_schedules)
+                    for lr, momentum, schedule in settings:
                         split = Split(model_dir, edge.address, full.num_labels, lr)
+                        if args.centralized:
+                            steps = args.devices * rounds * local
+                            everything = stream(list(train), 8, seed * 100 + 99, encode, steps)
+                            row = _centralized(
+                                split, everything, validation, encode, seed, schedule, Path(tmp)
+                            )
+                            labels_ = {"seed": seed, "plan": plan, "lr": lr, "lr_schedule": schedule}
+                            sys.stdout.write(json.dumps({**labels_, "centralized": True, **row}) + "\n")
+                            sys.stdout.flush()
+                            continue
                         server = ServerOptimizer(args.server_lr, momentum)
-                        rounds_plan = Rounds(rounds, local, None, seed, server=server)
+                        kept = args.local_optimizer == "kept"
+                        rounds_plan = Rounds(
+                            rounds,
+                            local,
+                            None,
+                            seed,
+                            server=server,
+                            kept_optimizer=kept,
+                            lr_schedule=schedule,
+                        )
                         row = _one(split, shards, validation, encode, rounds_plan, Path(tmp))
-                        labels_ = {"seed": seed, "plan": plan, "lr": lr, "server_momentum": momentum}
+                        labels_ = {
+                            "seed": seed,
+                            "plan": plan,
+                            "lr": lr,
+                            "server_momentum": momentum,
+                            "local_optimizer": args.local_optimizer,
+                            "lr_schedule": schedule,
+                        }
                         sys.stdout.write(json.dumps({**labels_, "server_lr": args.server_lr, **row}) + "\n")
                         sys.stdout.flush()
 
@@ -81,7 +125,8 @@ def _one(
     tmp: Path,
 ) -> dict[str, object]:
     """FedAvg of `plan` from the seed's initial adapter: the validation curve, never the test split."""
-    out = tmp / f"s{plan.seed}-{plan.rounds}x{plan.local_steps}-{split.lr}-m{plan.server.momentum}"
+    name = f"s{plan.seed}-{plan.rounds}x{plan.local_steps}-{split.lr}-m{plan.server.momentum}"
+    out = tmp / f"{name}-{'kept' if plan.kept_optimizer else 'fresh'}-{plan.lr_schedule}"
     start = initial_adapter(split, out / "initial", plan.seed)
     evaluator = Evaluator(split, start, (), validation, encode)  # no test set: NaN if ever asked
     began = time.perf_counter()
@@ -93,6 +138,28 @@ def _one(
         "validation_final": curve[-1],
         "validation_last_quarter_mean": round(sum(tail) / len(tail), 4),
         "curve": curve,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _centralized(
+    split: Split,
+    everything: list[Batch],
+    validation: tuple[Example, ...],
+    encode: Encoder,
+    seed: int,
+    schedule: str,
+    tmp: Path,
+) -> dict[str, object]:
+    """The bench's centralized variant (its data stream and device seed), validation only."""
+    out = tmp / f"s{seed}-centralized-{split.lr}-{schedule}"
+    start = initial_adapter(split, out / "initial", seed)
+    evaluator = Evaluator(split, start, (), validation, encode)
+    began = time.perf_counter()
+    factors = schedule_factors(schedule, len(everything))
+    run = train_local(split, start, everything, out / "all-steps", seed * 100 + 99, lr_factors=factors)
+    return {
+        "validation_final": round(evaluator.accuracy(run.adapter, "validation"), 4),
         "seconds": round(time.perf_counter() - began, 1),
     }
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from device_client.optim import lr_factor
 from splitft.bench.common import torch_threads
 from splitft.bench.federated_report import summarize
 from splitft.bench.federated_rounds import Rounds, Shard, run_rounds
@@ -43,6 +44,7 @@ from splitft.bench.federated_train import (
     Evaluator,
     Split,
     initial_adapter,
+    schedule_factors,
     stream,
     train_local,
 )
@@ -72,7 +74,8 @@ class FederatedBenchConfig:
     max_length: int = 48
     max_per_class: int = 160  # stdlib docstrings per package (4 packages, as the demo), 20% held out
     validation_fraction: float = 0.15  # of each class's training data: the validation split
-    lr: float = 2e-3  # AdamW, constant, fresh each round (as a device agent starts each round)
+    lr: float = 2e-3  # AdamW, fresh each round (as a device agent starts each round)
+    lr_schedule: str = "constant"  # over each device's `steps` (a federated device's: across its rounds)
     server_lr: float = 1.0  # the server's step after aggregation (`splitft.federated.server`); 1 and
     server_momentum: float = 0.0  # 0: plain FedAvg; every federated row (fedavg, shared, AirComp)
     seeds: int = 3  # seeds first_seed .. first_seed + seeds - 1
@@ -93,6 +96,7 @@ class FederatedBenchConfig:
         if self.first_seed < 0:
             raise InvalidArgument("first_seed must be >= 0")
         check_server_optimizer(self.server_lr, self.server_momentum)
+        lr_factor(self.lr_schedule, 0, 0, 1)  # an unknown schedule refused, naming the choices
         if not 0 < self.validation_fraction < 1:
             raise InvalidArgument("validation_fraction must lie strictly between 0 and 1")
 
@@ -175,14 +179,22 @@ def _run_seed(
     for name in _variants(config, seed):
         began = time.perf_counter()
         if name == "independent":
-            results[name] = _independent(split, start, shards, evaluator, tmp / name, seed)
+            results[name] = _independent(
+                split, start, shards, evaluator, tmp / name, seed, config.lr_schedule
+            )
         elif name == "centralized":
             results[name] = _centralized(config, split, start, task, encode, evaluator, tmp / name, seed)
         else:
             snr = None if name.startswith("fedavg") else float(name.split("_")[1][:-2])
             server = ServerOptimizer(config.server_lr, config.server_momentum)
             plan = Rounds(
-                config.rounds, config.local_steps, snr, seed, name == "fedavg_shared", server=server
+                config.rounds,
+                config.local_steps,
+                snr,
+                seed,
+                name == "fedavg_shared",
+                server=server,
+                lr_schedule=config.lr_schedule,
             )
             results[name] = run_rounds(plan, split, start, shards, evaluator, tmp / name)
         results[name]["seconds"] = round(time.perf_counter() - began, 1)
@@ -199,12 +211,15 @@ def _run_seed(
 
 
 def _independent(
-    split: Split, start: Path, shards: list[Shard], evaluator: Evaluator, out: Path, seed: int
+    split: Split, start: Path, shards: list[Shard], evaluator: Evaluator, out: Path, seed: int, schedule: str
 ) -> dict[str, Any]:
     """Each device alone: all its steps on its own data, from the common initial adapter."""
     accuracies, validation = [], []
     for k, shard in enumerate(shards):
-        run = train_local(split, start, shard.batches, out / f"device-{k}", seed * 100 + k)
+        factors = schedule_factors(schedule, len(shard.batches))
+        run = train_local(
+            split, start, shard.batches, out / f"device-{k}", seed * 100 + k, lr_factors=factors
+        )
         accuracies.append(round(evaluator.accuracy(run.adapter), 4))
         validation.append(round(evaluator.accuracy(run.adapter, "validation"), 4))
     return {
@@ -228,8 +243,13 @@ def _centralized(
 ) -> dict[str, Any]:
     """One device with all the training data: as many steps as all devices together, and as one."""
     everything = stream(task.train, config.batch_size, seed * 100 + 99, encode, config.devices * config.steps)
-    total = train_local(split, start, everything, out / "all-steps", seed * 100 + 99)
-    one = train_local(split, start, everything[: config.steps], out / "one-device-steps", seed * 100 + 99)
+    seed = seed * 100 + 99
+    factors = schedule_factors(config.lr_schedule, len(everything))
+    total = train_local(split, start, everything, out / "all-steps", seed, lr_factors=factors)
+    factors = schedule_factors(config.lr_schedule, config.steps)  # the same schedule over its own steps
+    one = train_local(
+        split, start, everything[: config.steps], out / "one-device-steps", seed, lr_factors=factors
+    )
     return {
         "accuracy": round(evaluator.accuracy(total.adapter), 4),
         "validation_accuracy": round(evaluator.accuracy(total.adapter, "validation"), 4),

@@ -152,15 +152,41 @@ def summarize(runs: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     }
 
 
+def _optional_rows(run: dict[str, Any]) -> set[str]:
+    """The rows of `run` a bench run may leave out: AirComp at each SNR, the shared trunk."""
+    return {name for name in run["results"] if name.startswith("aircomp_") or name == "fedavg_shared"}
+
+
+def _rows_of(run: dict[str, Any], carried: set[str]) -> dict[str, Any]:
+    """`run` without its optional rows that are not in `carried`."""
+    results = {k: v for k, v in run["results"].items() if k not in _optional_rows(run) - carried}
+    kept = {**run, "results": results}
+    if "order" in run:
+        kept["order"] = [name for name in run["order"] if name in results]
+    return kept
+
+
 def merge_reports(report_jsons: list[str]) -> str:
     """One report from runs of the same config over disjoint seeds (`--first-seed`, e.g. one process
-    per seed on a loaded machine): their seeds together, summarized again. Each part keeps its own
-    seconds and load average; the merged `seconds` is the longest part's."""
+    per seed on a loaded machine): their seeds together, summarized again. Parts that ran different
+    optional rows (`--snr-db`, `--no-shared-trunk`) merge into the rows they all carry. Each part
+    keeps its own seconds and load average; the merged `seconds` is the longest part's."""
     reports = [json.loads(text) for text in report_jsons]
-    keys = [{k: v for k, v in r["config"].items() if k not in ("seeds", "first_seed")} for r in reports]
+    rows = ("seeds", "first_seed", "snr_db", "shared_trunk")  # the seeds, and which optional rows ran
+    keys = [
+        {"lr_schedule": "constant", **{k: v for k, v in r["config"].items() if k not in rows}}
+        for r in reports
+    ]
     if any(key != keys[0] for key in keys):
-        raise InvalidArgument("the reports to merge differ in their config (other than their seeds)")
-    runs = sorted((run for r in reports for run in r["seeds"]), key=lambda run: run["seed"])
+        raise InvalidArgument("the reports to merge differ in their config (other than their seeds and rows)")
+    everything = [run for r in reports for run in r["seeds"]]
+    carried = set.intersection(*(_optional_rows(run) for run in everything))  # rows every part has
+    runs = sorted((_rows_of(run, carried) for run in everything), key=lambda run: run["seed"])
+    first = reports[0]["config"]
+    if "snr_db" in first:
+        keys[0]["snr_db"] = [s for s in first["snr_db"] if f"aircomp_{s:g}db" in carried]
+    if "shared_trunk" in first:
+        keys[0]["shared_trunk"] = "fedavg_shared" in carried
     seeds = [run["seed"] for run in runs]
     if len(set(seeds)) != len(seeds):
         raise InvalidArgument(f"the reports to merge share seeds: {seeds}")
@@ -187,6 +213,8 @@ def _server(config: dict[str, Any]) -> str:
     """The server's step of the federated rows, when not plain FedAvg (reports before it had none)."""
     momentum, server_lr = config.get("server_momentum", 0.0), config.get("server_lr", 1.0)
     lr = f", lr {config['lr']:g}" if "lr" in config else ""
+    if config.get("lr_schedule", "constant") != "constant":
+        lr += f" ({config['lr_schedule']} over each device's steps)"
     if momentum == 0 and server_lr == 1:
         return lr
     return (

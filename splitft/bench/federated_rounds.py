@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device_client.optim import lr_factor
 from splitft.bench.federated_train import (
     WEIGHTS,
     Batch,
@@ -21,10 +22,11 @@ from splitft.bench.federated_train import (
     LocalRun,
     Split,
     read_state,
+    schedule_factors,
     train_local,
     write_state,
 )
-from splitft.errors import FailedPrecondition
+from splitft.errors import FailedPrecondition, InvalidArgument
 from splitft.federated import DEFAULT_TRUNCATION, Channel, fedavg
 from splitft.federated.adapters import aggregate_states
 from splitft.federated.server import ServerOptimizer, server_step
@@ -51,6 +53,16 @@ class Rounds:
     shared_trunk: bool = False  # one trunk adapter per round on the edge, stepped by every device
     truncation: Truncation = DEFAULT_TRUNCATION  # AirComp: the gain below which a device sits out, or "auto"
     server: ServerOptimizer = ServerOptimizer()  # the server's step after aggregation (default: none)
+    kept_optimizer: bool = False  # each device continues its own optimizer state across rounds
+    lr_schedule: str = "constant"  # over each device's rounds x local_steps steps (lr_factor's names)
+
+    def __post_init__(self) -> None:
+        lr_factor(self.lr_schedule, 0, 0, 1)  # an unknown name refused here, naming the choices
+        if self.kept_optimizer and self.shared_trunk:
+            raise InvalidArgument(
+                "a kept local optimizer needs an averaged trunk adapter: a shared one is the job's "
+                "(its optimizer state is the edge's, stepped by every device)"
+            )
 
 
 def run_rounds(
@@ -63,9 +75,11 @@ def run_rounds(
     for number in range(plan.rounds):
         steps = slice(number * plan.local_steps, (number + 1) * plan.local_steps)
         key = f"bench-s{plan.seed}/r{number}" if plan.shared_trunk else ""
+        factors = schedule_factors(plan.lr_schedule, plan.rounds * plan.local_steps)[steps]
         runs: list[LocalRun] = [
             train_local(split, current, shard.batches[steps], out / f"round-{number}" / f"device-{k}",
-                        plan.seed * 100 + k, key)
+                        plan.seed * 100 + k, key, out / f"optimizer-{k}" if plan.kept_optimizer else None,
+                        factors)
             for k, shard in enumerate(shards)
         ]  # fmt: skip
         states = [read_state(run.adapter) for run in runs]

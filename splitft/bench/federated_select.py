@@ -23,22 +23,29 @@ from splitft.errors import InvalidArgument
 
 FOLLOWS = {"independent_worst": "independent_mean", "centralized_one_device_steps": "centralized"}
 # What may differ between the reports of one grid: the rate, and which optional rows a run carried.
-_VARYING = ("lr", "server_lr", "server_momentum", "snr_db", "shared_trunk", "threads")
-_SETTING = ("lr", "server_lr", "server_momentum")  # what a choice is over (the defaults: plain FedAvg)
-_DEFAULTS = {"server_lr": 1.0, "server_momentum": 0.0}
+_VARYING = ("lr", "lr_schedule", "server_lr", "server_momentum", "snr_db", "shared_trunk", "threads")
+Setting = tuple[float, float, float, str]  # lr, server lr, server momentum, lr schedule
 
 
-def _setting(report: dict[str, Any]) -> tuple[float, float, float]:
+def _setting(report: dict[str, Any]) -> Setting:
+    """A report's setting; the defaults (plain FedAvg, a constant lr) where an older report has none."""
     config = report["config"]
-    lr, server_lr, momentum = (float(config.get(k, _DEFAULTS.get(k))) for k in _SETTING)
-    return lr, server_lr, momentum
-
-
-def _label(setting: tuple[float, float, float]) -> str:
-    """`0.002`, or `0.002 m0.5` / `0.002 m0.5 s2` with the server's step."""
-    lr, server_lr, momentum = setting
     return (
-        f"{lr:g}" + (f" m{momentum:g}" if momentum else "") + (f" s{server_lr:g}" if server_lr != 1 else "")
+        float(config["lr"]),
+        float(config.get("server_lr", 1.0)),
+        float(config.get("server_momentum", 0.0)),
+        str(config.get("lr_schedule", "constant")),
+    )
+
+
+def _label(setting: Setting) -> str:
+    """`0.002`, or `0.002 m0.5` / `0.002 m0.5 s2` with the server's step, `0.002 cosine` with a schedule."""
+    lr, server_lr, momentum, schedule = setting
+    return (
+        f"{lr:g}"
+        + (f" m{momentum:g}" if momentum else "")
+        + (f" s{server_lr:g}" if server_lr != 1 else "")
+        + (f" {schedule}" if schedule != "constant" else "")
     )
 
 
@@ -47,10 +54,11 @@ def select_by_validation(report_jsons: list[str]) -> str:
     validation mean, and the chosen run's test accuracy over seeds; the targets on those."""
     reports = [json.loads(text) for text in report_jsons]
     _check_grid(reports)
-    settings = [_setting(report) for report in reports]  # (lr, server lr, momentum) per report
-    # the lower rate first, then the smaller server step: ties go to the simpler setting
+    settings = [_setting(report) for report in reports]
+    # the lower rate first, then the smaller server step, then a constant rate: ties go to the simpler
     order = sorted(
-        range(len(reports)), key=lambda i: (settings[i][0], settings[i][2], abs(settings[i][1] - 1))
+        range(len(reports)),
+        key=lambda i: (settings[i][0], settings[i][2], abs(settings[i][1] - 1), settings[i][3] != "constant"),
     )
     variants: dict[str, dict[str, Any]] = {}
     for name in _names(reports):
@@ -68,9 +76,9 @@ def select_by_validation(report_jsons: list[str]) -> str:
     accuracy = {name: row["test"] for name, row in variants.items()}
     return json.dumps(
         {
-            "selection": "per variant, the setting (lr; server momentum m, server lr s) of the best mean "
-            "validation accuracy over seeds (ties: the lower lr, then the smaller server step); test "
-            "reported for that setting only",
+            "selection": "per variant, the setting (lr; server momentum m, server lr s; lr schedule) of "
+            "the best mean validation accuracy over seeds (ties: the lower lr, then the smaller server "
+            "step, then a constant lr); test reported for that setting only",
             "grid": [_label(settings[i]) for i in order],
             "seeds": sorted(run["seed"] for run in reports[0]["seeds"]),
             "config": {k: v for k, v in reports[0]["config"].items() if k not in _VARYING},
@@ -97,7 +105,7 @@ def _check_grid(reports: list[dict[str, Any]]) -> None:
     settings = [_label(_setting(r)) for r in reports]
     if len(set(settings)) != len(settings):
         raise InvalidArgument(
-            f"the reports to select from share a setting (lr, server step): {sorted(settings)}"
+            f"the reports to select from share a setting (lr, server step, schedule): {sorted(settings)}"
         )
     seeds = [sorted(run["seed"] for run in r["seeds"]) for r in reports]
     if any(s != seeds[0] for s in seeds):
@@ -118,10 +126,11 @@ def _names(reports: list[dict[str, Any]]) -> list[str]:
 def _row(reports: list[dict[str, Any]], best: int, name: str, candidates: dict[int, float]) -> dict[str, Any]:
     chosen = reports[best]
     valid = chosen["validation_points"].get(name)
-    lr, server_lr, momentum = _setting(chosen)
+    lr, server_lr, momentum, schedule = _setting(chosen)
     return {
-        "setting": _label((lr, server_lr, momentum)),
+        "setting": _label((lr, server_lr, momentum, schedule)),
         "lr": lr,
+        "lr_schedule": schedule,
         "server_lr": server_lr,
         "server_momentum": momentum,
         "validation_mean": valid["mean"] if valid else None,
@@ -137,8 +146,8 @@ def markdown_table(selection_json: str) -> str:
     report = json.loads(selection_json)
     grid = list(report["grid"])
     lines = [
-        f"grid (lr; m: server momentum, s: server lr) {', '.join(grid)}; seeds {report['seeds']}; chosen "
-        "per variant on validation, test of the chosen setting only",
+        f"grid (lr; m: server momentum, s: server lr; schedule) {', '.join(grid)}; seeds {report['seeds']}; "
+        "chosen per variant on validation, test of the chosen setting only",
         "",
         "| variant | setting (chosen on validation) | validation mean per setting | test, mean over seeds "
         "| min | max | per seed |",

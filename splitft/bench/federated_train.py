@@ -19,6 +19,7 @@ from safetensors.torch import load_file as load_torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from device_client import EdgeConnection, SplitModel
+from device_client.optim import lr_factor
 from splitft.data.stdlib_task import Example, batches
 
 EDGE_MODEL = "minilm"
@@ -105,25 +106,45 @@ class Split:
 
 
 def train_local(
-    split: Split, start: Path, data: list[Batch], out: Path, seed: int, shared_trunk: str = ""
+    split: Split,
+    start: Path,
+    data: list[Batch],
+    out: Path,
+    seed: int,
+    shared_trunk: str = "",
+    kept: Path | None = None,
+    lr_factors: Sequence[float] | None = None,
 ) -> LocalRun:
-    """Build a split model, load `start`, train one step per batch of `data` (fresh AdamW, constant
-    lr, clipping at 1.0, as a device does each round), save the adapter to `out`. `shared_trunk`:
-    train the edge's shared trunk adapter of that key (its saved trunk part is marked with its steps)."""
+    """Build a split model, load `start`, train one step per batch of `data` (AdamW, constant lr,
+    clipping at 1.0), save the adapter to `out`. `shared_trunk`: train the edge's shared trunk
+    adapter of that key (its saved trunk part is marked with its steps). The optimizer is fresh (as
+    a device agent starts each round by default) unless `kept` names the device's own state
+    directory: resumed from its checkpoint there, if any, with `start`'s weights (both sides'
+    optimizer state carried from the device's last round), and checkpointed there after the steps.
+    `lr_factors`: the lr of each step as a multiple of `split.lr` (a schedule over the device's
+    steps, `device_client.optim.lr_factor`); None: constant."""
     started = time.perf_counter()
-    with EdgeConnection(split.address, insecure=True) as conn, split.build(conn, seed, shared_trunk) as model:
-        model.load_adapter(start)
+    with (
+        EdgeConnection(split.address, insecure=True) as conn,
+        _open(split, conn, start, seed, shared_trunk, kept) as model,
+    ):
         torch.manual_seed(seed)  # the device side's dropout masks
-        optimizer = model.configure_optimizer(torch.optim.AdamW, lr=split.lr, weight_decay=0.01)
+        optimizer = model.optimizer
+        if optimizer is None:
+            optimizer = model.configure_optimizer(torch.optim.AdamW, lr=split.lr, weight_decay=0.01)
         model.train()
         losses = [float("nan")]
-        for batch in data:
+        for index, batch in enumerate(data):
+            if lr_factors is not None:  # reaches the trunk's optimizer too (SplitOptimizer syncs lr)
+                optimizer.param_groups[0]["lr"] = split.lr * lr_factors[index]
             output = model(**batch)
             output.loss.backward()
-            optimizer.clip_grad_norm_(1.0)
+            optimizer.clip_grad_norm_(1.0)  # type: ignore[attr-defined]  # SplitOptimizer
             optimizer.step()
             optimizer.zero_grad()
             losses.append(output.loss.item())
+        if kept is not None:
+            model.checkpoint(kept)
         stats = model.stats
         model.save_adapter(out)
     return LocalRun(
@@ -134,6 +155,27 @@ def train_local(
         mean_loss=sum(losses[1:]) / max(1, len(losses) - 1),
         seconds=time.perf_counter() - started,
     )
+
+
+def schedule_factors(schedule: str, steps: int) -> list[float]:
+    """The lr multiplier of each of a device's `steps` optimizer steps under `schedule` (no warm-up),
+    the same for every variant over its own steps: a federated device's rounds cut this list."""
+    return [lr_factor(schedule, step, 0, steps) for step in range(steps)]
+
+
+def _open(
+    split: Split, conn: EdgeConnection, start: Path, seed: int, shared_trunk: str, kept: Path | None
+) -> SplitModel:
+    """The round's split model, its weights `start`'s: resumed from `kept`'s checkpoint when there is one."""
+    if kept is not None and kept.is_dir() and any(kept.iterdir()):
+        return SplitModel.from_checkpoint(kept, edge=conn, adapter=start, restore_rng=False)
+    model = split.build(conn, seed, shared_trunk)
+    try:
+        model.load_adapter(start)
+    except BaseException:
+        model.close()
+        raise
+    return model
 
 
 def initial_adapter(split: Split, out: Path, seed: int) -> Path:

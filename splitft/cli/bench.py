@@ -229,7 +229,6 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
         help="run nothing: from merged reports of one config at several --lr, choose each variant's lr "
         "on validation and report its test accuracy and the targets",
     )
-    fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
     _add_server_step(fed)
     fed.add_argument(
         "--validation-fraction",
@@ -256,7 +255,16 @@ def _register_federated(bench: argparse._SubParsersAction) -> None:
 
 
 def _add_server_step(fed: argparse.ArgumentParser) -> None:
-    """FedAvgM's options (`splitft.federated.server`), for every federated row."""
+    """The rates: the devices' lr and its schedule, every variant; FedAvgM's options
+    (`splitft.federated.server`), every federated row."""
+    fed.add_argument("--lr", type=float, default=None, help="AdamW lr, every variant (default 2e-3)")
+    fed.add_argument(
+        "--lr-schedule",
+        choices=("constant", "linear", "cosine"),
+        default=None,
+        help="the lr over each device's steps, every variant alike (a federated device's over its rounds); "
+        "default constant",
+    )
     fed.add_argument(
         "--server-momentum",
         type=float,

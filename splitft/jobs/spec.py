@@ -67,6 +67,12 @@ class ScheduleSpec(Strict):
 
     name: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: StrictInt = Field(0, ge=0, le=1_000_000)
+    span: Literal["round", "job"] = Field(
+        "round",
+        description='a federated job\'s: "round" restarts the schedule every round (over its local '
+        'steps); "job" runs one schedule over all rounds, each round continuing where the one before '
+        "left off (warm-up included); an independent job's session is its whole job either way",
+    )
 
 
 class FederatedSpec(Strict):

@@ -123,6 +123,26 @@ def test_merging_parts_over_disjoint_seeds_gives_the_summary_of_all_the_seeds() 
     assert "| fedavg | 70.0% | 64.0% | 76.0% | 70.0 / 76.0 / 64.0 |" in markdown_table(json.dumps(merged))
 
 
+def test_parts_that_ran_different_optional_rows_merge_into_the_rows_they_all_carry() -> None:
+    """A part run with `--no-shared-trunk --snr-db 20` and one with every row: the merge keeps
+    fedavg, aircomp_20db and the rest, and drops fedavg_shared (one part lacks it)."""
+    full = json.loads(_part([_run(0, 0.70, 0.69)], 0, 1.0, 1.0))
+    full["config"].update(snr_db=[0.0, 20.0], shared_trunk=True)
+    full["seeds"][0]["results"]["aircomp_0db"] = full["seeds"][0]["results"]["aircomp_20db"]
+    lean_run = _run(1, 0.76, 0.75)
+    del lean_run["results"]["fedavg_shared"]
+    lean = json.loads(_part([lean_run], 1, 1.0, 1.0))
+    lean["config"].update(snr_db=[20.0], shared_trunk=False, lr_schedule="constant")
+    merged = json.loads(merge_reports([json.dumps(full), json.dumps(lean)]))
+    assert merged["config"]["snr_db"] == [20.0] and merged["config"]["shared_trunk"] is False
+    assert set(merged["accuracy_points"]) >= {"fedavg", "aircomp_20db", "centralized"}
+    assert "fedavg_shared" not in merged["accuracy_points"] and "aircomp_0db" not in merged["accuracy_points"]
+    assert merged["accuracy_points"]["aircomp_20db"]["mean"] == 72.0  # (69 + 75) / 2
+    lean["config"]["lr_schedule"] = "cosine"  # a different setting is not a row: refused
+    with pytest.raises(InvalidArgument, match="differ in their config"):
+        merge_reports([json.dumps(full), json.dumps(lean)])
+
+
 def test_merging_refuses_shared_seeds_and_different_configs(tmp_path, capsys) -> None:
     one = _part([_run(0, 0.7, 0.7)], 0, 1.0, 1.0)
     with pytest.raises(InvalidArgument, match="share seeds"):

@@ -112,9 +112,28 @@ def test_a_server_momentum_grid_is_chosen_over_on_validation_like_the_rate() -> 
     assert "| fedavg | 0.002 m0.5 | 70.0 / 95.0 | 60.0% |" in markdown_table(json.dumps(selection))
 
 
+def test_an_lr_schedule_is_part_of_the_setting_and_a_tie_keeps_the_constant_rate() -> None:
+    """Each variant chooses its schedule on validation like its rate: fedavg takes cosine (better on
+    validation), centralized ties and keeps the constant rate (the simpler setting)."""
+    constant = {"fedavg": 0.8, "aircomp_20db": 0.8, "centralized": 0.9, "independent": 0.5}
+    cosine_valid = {**constant, "fedavg": 0.9}
+    plain = _report(2e-3, [_run(0, constant, constant)])
+    cosine = _report(2e-3, [_run(0, {**constant, "fedavg": 0.7}, cosine_valid)], lr_schedule="cosine")
+    selection = json.loads(select_by_validation([cosine, plain]))
+    chosen = {name: row["setting"] for name, row in selection["variants"].items()}
+    assert chosen["fedavg"] == "0.002 cosine" and selection["variants"]["fedavg"]["test"]["mean"] == 70.0
+    assert selection["variants"]["fedavg"]["lr_schedule"] == "cosine"
+    assert (
+        chosen["centralized"] == "0.002" and selection["variants"]["centralized"]["lr_schedule"] == "constant"
+    )
+    assert selection["grid"] == ["0.002", "0.002 cosine"]
+
+
 def test_reports_that_are_not_one_grid_are_refused(tmp_path, capsys) -> None:
     one, other = _grid()
-    with pytest.raises(InvalidArgument, match=r"share a setting \(lr, server step\): \['0.004', '0.004'\]"):
+    with pytest.raises(
+        InvalidArgument, match=r"share a setting \(lr, server step, schedule\): \['0.004', '0.004'\]"
+    ):
         select_by_validation([one, one])
     changed = json.loads(other)
     changed["config"]["rounds"] = 7
