@@ -30,6 +30,7 @@ from splitft.bench.federated_train import (
     Encoder,
     Evaluator,
     Split,
+    centralized_stream,
     initial_adapter,
     schedule_factors,
     stream,
@@ -84,9 +85,9 @@ def main() -> None:
                         split = Split(model_dir, edge.address, full.num_labels, lr)
                         if args.centralized:
                             steps = args.devices * rounds * local
-                            everything = stream(list(train), 8, seed * 100 + 99, encode, steps)
+                            everything, device = centralized_stream(train, 8, seed, encode, steps)
                             row = _centralized(
-                                split, everything, validation, encode, seed, schedule, Path(tmp)
+                                split, everything, validation, encode, (seed, device), schedule, Path(tmp)
                             )
                             labels_ = {"seed": seed, "plan": plan, "lr": lr, "lr_schedule": schedule}
                             sys.stdout.write(json.dumps({**labels_, "centralized": True, **row}) + "\n")
@@ -147,17 +148,19 @@ def _centralized(
     everything: list[Batch],
     validation: tuple[Example, ...],
     encode: Encoder,
-    seed: int,
+    seeds: tuple[int, int],
     schedule: str,
     tmp: Path,
 ) -> dict[str, object]:
-    """The bench's centralized variant (its data stream and device seed), validation only."""
+    """The bench's centralized variant (`seeds`: the run's seed and the centralized device's), on
+    validation only."""
+    seed, device = seeds
     out = tmp / f"s{seed}-centralized-{split.lr}-{schedule}"
     start = initial_adapter(split, out / "initial", seed)
     evaluator = Evaluator(split, start, (), validation, encode)
     began = time.perf_counter()
     factors = schedule_factors(schedule, len(everything))
-    run = train_local(split, start, everything, out / "all-steps", seed * 100 + 99, lr_factors=factors)
+    run = train_local(split, start, everything, out / "all-steps", device, lr_factors=factors)
     return {
         "validation_final": round(evaluator.accuracy(run.adapter, "validation"), 4),
         "seconds": round(time.perf_counter() - began, 1),

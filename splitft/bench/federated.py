@@ -43,6 +43,7 @@ from splitft.bench.federated_train import (
     Encoder,
     Evaluator,
     Split,
+    centralized_stream,
     initial_adapter,
     schedule_factors,
     stream,
@@ -242,8 +243,9 @@ def _centralized(
     seed: int,
 ) -> dict[str, Any]:
     """One device with all the training data: as many steps as all devices together, and as one."""
-    everything = stream(task.train, config.batch_size, seed * 100 + 99, encode, config.devices * config.steps)
-    seed = seed * 100 + 99
+    everything, seed = centralized_stream(
+        task.train, config.batch_size, seed, encode, config.devices * config.steps
+    )
     factors = schedule_factors(config.lr_schedule, len(everything))
     total = train_local(split, start, everything, out / "all-steps", seed, lr_factors=factors)
     factors = schedule_factors(config.lr_schedule, config.steps)  # the same schedule over its own steps

@@ -79,6 +79,15 @@ def stream(examples: Sequence[Example], batch_size: int, seed: int, encode: Enco
     return [batch for _, batch in zip(range(n), epochs(), strict=False)]
 
 
+def centralized_stream(
+    examples: Sequence[Example], batch_size: int, seed: int, encode: Encoder, n: int
+) -> tuple[list[Batch], int]:
+    """The centralized variant's one device (index 99 in the seeds; the others are 0..K-1): its `n`
+    batches over all of `examples`, and its device seed (data order, dropout)."""
+    device_seed = seed * 100 + 99
+    return stream(examples, batch_size, device_seed, encode, n), device_seed
+
+
 @dataclass(frozen=True)
 class Split:
     """Where and how every device's split model is built: the demo's split (k=2 device blocks, j=1
