@@ -70,12 +70,13 @@ def run_rounds(
 ) -> dict[str, Any]:
     """`plan.rounds` rounds from `start`; the final global adapter's accuracy and each round's figures."""
     weights = [float(shard.examples) for shard in shards]
+    schedule = schedule_factors(plan.lr_schedule, plan.rounds * plan.local_steps)  # each round cuts it
     current, per_round = start, []
     stepped_from: Path | None = None  # the global the last server step started from (its momentum)
     for number in range(plan.rounds):
         steps = slice(number * plan.local_steps, (number + 1) * plan.local_steps)
         key = f"bench-s{plan.seed}/r{number}" if plan.shared_trunk else ""
-        factors = schedule_factors(plan.lr_schedule, plan.rounds * plan.local_steps)[steps]
+        factors = schedule[steps]
         runs: list[LocalRun] = [
             train_local(split, current, shard.batches[steps], out / f"round-{number}" / f"device-{k}",
                         plan.seed * 100 + k, key, out / f"optimizer-{k}" if plan.kept_optimizer else None,
