@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from device_client.head_skip import HeadSkip
 from device_client.privacy import PrivacyGuard
 from device_client.trunk import RemoteTrunk
 
@@ -153,8 +154,16 @@ class TrunkEntry(nn.Module):
         self.trunk = trunk
         self.context = context
         self.guard = guard  # the privacy defenses (docs/privacy.md); None: what is computed is sent
+        # privacy.head_skip: a private map of h_k (before clip and noise) added to the trunk's output,
+        # so the blocks after the trunk also read what only the device holds; set by the split model.
+        self.skip: HeadSkip | None = None
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The trunk's output for `hidden_states`, plus the head skip's map of them when it is on."""
+        out = self._trunk_output(hidden_states, **kwargs)
+        return out if self.skip is None else out + self.skip(hidden_states)
+
+    def _trunk_output(self, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Run the trunk on the edge: differentiable when a backward will need it, else detached."""
         if self.trunk is None:
             raise RuntimeError("the split model is closed")

@@ -7,9 +7,10 @@ The trunk decoder: the edge also computes the trunk's output for every h_k it re
 linear decoder from the public trunk's output (public text through the public device blocks and the
 public trunk) to the token and applies it to those outputs (plain and aligned, first and last epoch).
 Label inference: per epoch, on the gradient the edge received for the trunk output at position 0
-([CLS]) and on the trunk output it computed there; beside it the oracle probes, linear probes trained
-on those trunk outputs (at [CLS], and at [CLS] with the mean over the tokens) with every true label
-(cross-validated): what a linear reader that knew the labels would get from them.
+([CLS]), on the trunk output it computed there, and on the h_k it received there; beside them the
+oracle probes, linear probes trained on those trunk outputs and h_k (at [CLS], and at [CLS] with the
+mean over the tokens) with every true label (cross-validated): what a linear reader that knew the
+labels would get from them.
 """
 
 from __future__ import annotations
@@ -61,26 +62,34 @@ class AuditReport:
 
     @property
     def gradient_label_inference(self) -> float:
-        return max(
-            (row["best"] for key, row in self.labels.items() if key.startswith("gradient")), default=0.0
-        )
+        return self._best_attack("gradient")
 
     @property
     def output_label_inference(self) -> float:
-        return max((row["best"] for key, row in self.labels.items() if key.startswith("output")), default=0.0)
+        return self._best_attack("output")
+
+    @property
+    def input_label_inference(self) -> float:
+        """The attacks on the h_k the edge received (at [CLS])."""
+        return self._best_attack("input")
 
     @property
     def output_label_oracle(self) -> float:
         """The oracle probes on the trunk output (all labels known, cross-validated): the better of
         [CLS] alone and [CLS] with the mean over tokens, best epoch."""
-        return max(
-            (
-                max(row.get("oracle", 0.0), row.get("oracle_pooled", 0.0))
-                for key, row in self.labels.items()
-                if key.startswith("output")
-            ),
-            default=0.0,
-        )
+        return self._best_oracle("output")
+
+    @property
+    def input_label_oracle(self) -> float:
+        """The same probes on the h_k the edge received."""
+        return self._best_oracle("input")
+
+    def _best_attack(self, signal: str) -> float:
+        return max((row["best"] for key, row in self.labels.items() if key.startswith(signal)), default=0.0)
+
+    def _best_oracle(self, signal: str) -> float:
+        rows = [row for key, row in self.labels.items() if key.startswith(signal)]
+        return max((max(row.get("oracle", 0.0), row.get("oracle_pooled", 0.0)) for row in rows), default=0.0)
 
     @property
     def label_chance(self) -> float:
@@ -93,6 +102,8 @@ class AuditReport:
             "gradient_label_inference": self.gradient_label_inference,
             "output_label_inference": self.output_label_inference,
             "output_label_oracle": self.output_label_oracle,
+            "input_label_inference": self.input_label_inference,
+            "input_label_oracle": self.input_label_oracle,
             "label_chance": self.label_chance,
         }
 
@@ -137,24 +148,26 @@ def _private_tokens(recording: Recording, epoch: Epoch, *, trunk: bool = False) 
 def _label_rows(recording: Recording, epoch: Epoch, known: int, seed: int) -> dict[str, dict[str, float]]:
     labels = torch.cat(epoch.labels)
     outputs = torch.cat([recording.tap.returned_hidden[i][:, 0, :] for i in epoch.forwards])
-    signals = {"output": outputs}
+    inputs = torch.cat([recording.tap.sent_hidden[i][:, 0, :] for i in epoch.forwards])
+    signals = {"output": outputs, "input": inputs}
     if len(recording.tap.sent_grads) > 0:  # none when the device withholds them
         signals["gradient"] = torch.cat([recording.tap.sent_grads[i][:, 0, :] for i in epoch.backwards])
     rows = {}
     for name, features in signals.items():
         attack = infer_labels(features, labels, known_per_class=known, seed=seed)
         rows[name] = {**asdict(attack), "best": attack.best}
-    rows["output"]["oracle"] = oracle_probe(outputs, labels, seed=seed)
-    rows["output"]["oracle_pooled"] = oracle_probe(_pooled_outputs(recording, epoch), labels, seed=seed)
+    for name, tensors in (("output", recording.tap.returned_hidden), ("input", recording.tap.sent_hidden)):
+        rows[name]["oracle"] = oracle_probe(signals[name], labels, seed=seed)
+        rows[name]["oracle_pooled"] = oracle_probe(_pooled(tensors, epoch), labels, seed=seed)
     return rows
 
 
-def _pooled_outputs(recording: Recording, epoch: Epoch) -> torch.Tensor:
-    """Each example's trunk output at [CLS] beside its mean over the real tokens (the device's head
-    reads every position, so the class need not sit at [CLS] alone)."""
+def _pooled(tensors: list[torch.Tensor], epoch: Epoch) -> torch.Tensor:
+    """Each example's vector (the trunk output, or h_k) at [CLS] beside its mean over the real tokens
+    (the device's head reads every position, so the class need not sit at [CLS] alone)."""
     pooled = []
     for i, mask in zip(epoch.forwards, epoch.masks, strict=True):
-        hidden, weights = recording.tap.returned_hidden[i], mask.to(torch.float32).unsqueeze(-1)
+        hidden, weights = tensors[i], mask.to(torch.float32).unsqueeze(-1)
         mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         pooled.append(torch.cat([hidden[:, 0], mean], dim=-1))
     return torch.cat(pooled)
@@ -219,13 +232,15 @@ def run_audits(
         report.seconds = round(time.perf_counter() - started, 1)
         logger.info(
             "audit %s: accuracy %.3f, token recovery %.3f, labels from the gradient %s, from the trunk "
-            "output %.3f (oracle probe %.3f, chance %.3f)",
+            "output %.3f (oracle probe %.3f), from h_k %.3f (oracle probe %.3f), chance %.3f",
             config.privacy.describe(),
             report.accuracy,
             report.token_recovery,
             "none sent" if config.privacy.withhold_gradients else f"{report.gradient_label_inference:.3f}",
             report.output_label_inference,
             report.output_label_oracle,
+            report.input_label_inference,
+            report.input_label_oracle,
             report.label_chance,
         )
         reports.append(report)

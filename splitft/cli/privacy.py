@@ -47,6 +47,12 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send the edge no gradient (the trunk is frozen; only the device's head trains on the task)",
     )
+    group.add_argument(
+        "--head-skip",
+        action="store_true",
+        help="the head also reads a private map of h_k that never leaves the device (with withheld "
+        "gradients: the task's path back to the device's first blocks)",
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:

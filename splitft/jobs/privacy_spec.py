@@ -51,6 +51,10 @@ class PrivacySpec(Strict):
         "weight of the task's loss through a public trunk on the device in the warm-up"
     )
 
+    head_skip: StrictBool = Field(
+        False, description="the head also reads a private map of h_k that never leaves the device"
+    )
+
     def config(self) -> PrivacyConfig:
         """The SDK's `PrivacyConfig` (what `SplitModel.from_pretrained(privacy=...)` takes)."""
         return PrivacyConfig(**self.model_dump())

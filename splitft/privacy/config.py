@@ -36,6 +36,11 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
   on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
   NoPeek penalty alone (when it is on) or not at all.
+- Head skip: the blocks after the trunk read the trunk's output plus a private linear map of h_k (as
+  computed, before clip and noise), zero at the start (the model starts as it would without it). The
+  map never leaves the device (saved beside the peft adapter, in checkpoints, never aggregated). With
+  withheld gradients it is the task's path back to the device's first blocks, which otherwise train
+  on the penalties alone.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class PrivacyConfig:
     private_warmup: int = 0  # first training forwards that send nothing and train on the penalties
     warmup_consistency: float = 0.0  # weight of the public trunk's agreement during the warm-up
     warmup_task: float = 0.0  # weight of the task loss through a public trunk on the device (warm-up)
+    head_skip: bool = False  # the head also reads a private map of h_k (not sent; zero at the start)
 
     def __post_init__(self) -> None:
         _bound("activation_clip", self.activation_clip, optional=True, positive=True)
@@ -116,6 +122,8 @@ class PrivacyConfig:
             raise InvalidArgument(
                 f"privacy.withhold_gradients must be a boolean, got {self.withhold_gradients!r}"
             )
+        if not isinstance(self.head_skip, bool):
+            raise InvalidArgument(f"privacy.head_skip must be a boolean, got {self.head_skip!r}")
         if self.withhold_gradients and self.gradient_clip is not None:
             raise InvalidArgument(
                 "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip"
@@ -187,6 +195,8 @@ class PrivacyConfig:
                 parts[-1] += f" ({', '.join(extras)})"
         if self.withhold_gradients:
             parts.append("gradients withheld")
+        if self.head_skip:
+            parts.append("head skip")
         return ", ".join(parts)
 
 

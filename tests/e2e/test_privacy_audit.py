@@ -47,20 +47,23 @@ def test_quick_audit_reports_token_recovery_and_label_inference(tmp_path) -> Non
     assert report["tokens"]["trunk_linear@first_epoch"]["top1"] > 0.5
     assert report["token_recovery"] == max(row["top1"] for row in report["tokens"].values())
     assert 0 <= report["output_label_oracle"] <= 1
-    outputs = [row for key, row in report["labels"].items() if key.startswith("output@")]
-    assert outputs and all(0 <= row["oracle"] <= 1 and 0 <= row["oracle_pooled"] <= 1 for row in outputs)
+    for signal in ("output", "input"):  # the trunk output the edge computed, the h_k it received
+        rows = [row for key, row in report["labels"].items() if key.startswith(f"{signal}@")]
+        assert rows and all(0 <= row["oracle"] <= 1 and 0 <= row["oracle_pooled"] <= 1 for row in rows)
+    assert 0 <= report["input_label_inference"] <= 1 and 0 <= report["input_label_oracle"] <= 1
     assert 0 < report["label_chance"] < 1 and 0 <= report["gradient_label_inference"] <= 1
     assert 0 <= report["accuracy"] <= 1 and report["scored_tokens"] > 100
 
 
 @pytest.mark.slow
 def test_withheld_gradients_leave_the_gradient_attack_nothing(tmp_path) -> None:
-    done = _audit("--withhold-gradients", "--json", "report.json", tmp_path=tmp_path)
+    done = _audit("--withhold-gradients", "--head-skip", "--json", "report.json", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "what the edge recovers" in done.stdout
     (report,) = json.loads((tmp_path / "report.json").read_text())
-    assert report["labels"] and all(key.startswith("output@") for key in report["labels"])  # no gradient
-    assert report["privacy"]["withhold_gradients"] is True
+    signals = {key.split("@")[0] for key in report["labels"]}
+    assert signals == {"output", "input"}  # no gradient row: none was sent
+    assert report["privacy"]["withhold_gradients"] is True and report["privacy"]["head_skip"] is True
 
 
 @pytest.mark.parametrize(

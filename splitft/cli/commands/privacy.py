@@ -32,6 +32,7 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         private_warmup=args.private_warmup,
         warmup_consistency=args.warmup_consistency,
         warmup_task=args.warmup_task,
+        head_skip=args.head_skip,
     )
 
 
@@ -90,6 +91,8 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
         "labels (grad)",
         "labels (output)",
         "oracle (output)",
+        "labels (h_k)",
+        "oracle (h_k)",
     ):
         table.add_column(column)
     for report, rank in zip(reports, ranks, strict=True):
@@ -107,14 +110,16 @@ def print_reports(console: Console, reports: list[AuditReport], ranks: list[int]
             _grad_labels(report),
             f"{report.output_label_inference:.1%} vs {report.label_chance:.1%}",
             f"{report.output_label_oracle:.1%}",
+            f"{report.input_label_inference:.1%} vs {report.label_chance:.1%}",
+            f"{report.input_label_oracle:.1%}",
         )
     console.print(table)
     console.print(
         "tokens: first epoch -> last epoch (adapters near init -> trained); aligned: the linear decoder "
         "on the received h_k moved to the public mean and covariance (an edge adapting to the defense); "
         "trunk: a linear decoder on the trunk output the edge computed, trained on the public trunk's; "
-        "oracle: the better linear probe trained with every label on the trunk output ([CLS]; [CLS] and "
-        "the mean over tokens; 5-fold CV); "
+        "oracle: the better linear probe trained with every label on the trunk output or on h_k ([CLS]; "
+        "[CLS] and the mean over tokens; 5-fold CV); "
         f"{reports[0].scored_tokens:,} private tokens scored, decoders trained on "
         f"{reports[0].public_tokens:,} public ones"
     )

@@ -53,6 +53,7 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
         ({"nopeek_weight": "0.1"}, "nopeek_weight"),
         ({"activation_nois": 1.0}, "activation_nois"),
         ({"withhold_gradients": "yes"}, "withhold_gradients"),
+        ({"head_skip": "yes"}, "head_skip"),
         ({"cca_weight": -1.0}, "cca_weight"),
         ({"private_warmup": 1.5, "cca_weight": 1.0}, "private_warmup"),
         ({"private_warmup": 4}, "privacy.private_warmup trains on the penalties alone"),

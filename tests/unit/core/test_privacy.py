@@ -59,6 +59,7 @@ from splitft.privacy.transforms import (
         ({"nopeek_warmup": -1}, "privacy.nopeek_warmup must lie in [0, 10000000]"),
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
         ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
+        ({"head_skip": 1}, "privacy.head_skip must be a boolean"),
         (
             {"withhold_gradients": True, "gradient_clip": 1.0},
             "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitft.audit.run import AuditReport, _decode, _pooled_outputs
-from splitft.audit.train import Epoch, Recording
+from splitft.audit.run import AuditReport, _decode, _pooled
+from splitft.audit.train import Epoch
 from splitft.privacy.config import PrivacyConfig
 from splitft.privacy.inversion import TokenSet, fit_linear, public_token_set
 from splitft.privacy.labels import oracle_probe
@@ -62,7 +62,7 @@ def test_the_pooled_oracle_input_is_cls_beside_the_mean_over_real_tokens() -> No
     tap = WireTap()
     tap.returned_hidden = [torch.zeros(1, 3, 2), torch.tensor([[[1.0, 2.0], [3.0, 4.0], [50.0, 60.0]]])]
     epoch = Epoch(forwards=[1], masks=[torch.tensor([[1, 1, 0]])])  # the third position is padding
-    pooled = _pooled_outputs(Recording(tap, [epoch], 0.0, set()), epoch)
+    pooled = _pooled(tap.returned_hidden, epoch)
     assert pooled.tolist() == [[1.0, 2.0, 2.0, 3.0]]
 
 
