@@ -37,6 +37,13 @@ SWEEP: list[tuple[PrivacyConfig, int | None]] = [
     ),
     # The fifth pass: the task's loss through a public trunk on the device joins the warm-up.
     (PrivacyConfig(cca_weight=1.0, private_warmup=80, warmup_task=0.3), None),
+    # The seventh pass: that defense with no gradient sent, the head reading a private map of h_2.
+    (
+        PrivacyConfig(
+            cca_weight=1.0, private_warmup=80, warmup_task=0.3, withhold_gradients=True, head_skip=True
+        ),
+        None,
+    ),
 ]
 
 

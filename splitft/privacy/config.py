@@ -35,7 +35,7 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
 - Withheld gradients: the device never sends the gradient of the trunk output, the one tensor that
   carries the labels' signal to the edge. Only what runs on the device after the trunk (the head) trains
   on the task; the trunk must be frozen (`trunk_lora=False`), and the device's first blocks train on the
-  NoPeek penalty alone (when it is on) or not at all.
+  penalties alone (when they are on) or not at all, unless the head skip gives the task a path to them.
 - Head skip: the blocks after the trunk read the trunk's output plus a private linear map of h_k (as
   computed, before clip and noise), zero at the start (the model starts as it would without it). The
   map never leaves the device (saved beside the peft adapter, in checkpoints, never aggregated). With

@@ -15,7 +15,7 @@ from device_client import EdgeConnection, SplitModel
 from device_client.head_skip import HEAD_SKIP_FILE
 from edge_server import EdgeServer
 from splitft.errors import InvalidArgument
-from splitft.testing.tiny import TinyModel, make_batch
+from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
 from tests.system.test_privacy_wire import DEVICE_LAYERS, _h_k, _lora_b_moved, _open, _run
 
 WITHHELD = {"withhold_gradients": True, "head_skip": True}
@@ -121,3 +121,30 @@ def test_a_head_skip_of_the_wrong_shape_is_refused(
     save_file({"weight": torch.zeros(3, 3)}, str(tmp_path / "skip" / HEAD_SKIP_FILE))
     with pytest.raises(InvalidArgument, match=r"the head skip's weight must be \[32, 32\], got \[3, 3\]"):
         _reopened_logits(bert, conn, WITHHELD, tmp_path / "skip")
+
+
+def test_generate_with_a_trained_head_skip_is_the_same_with_and_without_caches(
+    tiny_models: dict[str, TinyModel], conn: EdgeConnection
+) -> None:
+    """With key/value caches only the new token's h_k reaches the trunk entry, and the map must apply
+    to it as to the whole sequence: cached and uncached greedy decoding agree."""
+    llama = tiny_models["llama"]
+    torch.manual_seed(0)
+    split = SplitModel.from_pretrained(
+        llama.path, edge=conn, model="llama", device_layers=1, head_layers=1,
+        lora_config=lora_config_for("llama"), privacy={"head_skip": True},
+    )  # fmt: skip
+    with split:
+        optimizer = split.configure_optimizer(torch.optim.AdamW, lr=2e-2)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            split(**make_batch("llama", generator)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        assert float(_skip_weight(split).abs().max()) > 0
+        prompts = {"input_ids": torch.randint(1, 128, (2, 5), generator=torch.Generator().manual_seed(2))}
+        cached = split.generate(**prompts, do_sample=False, max_new_tokens=6, pad_token_id=0)
+        uncached = split.generate(
+            **prompts, do_sample=False, use_cache=False, max_new_tokens=6, pad_token_id=0
+        )
+        assert cached.shape == (2, 11) and torch.equal(cached, uncached)
