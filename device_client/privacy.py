@@ -267,7 +267,7 @@ class PrivacyGuard:
             if a.shape[0] >= 2:
                 leak = canonical_leak(a, b)
                 self.last_leak = float(leak.detach())
-                terms.append(config.cca_weight * leak)
+                terms.append(config.cca_weight * torch.clamp(leak - config.cca_target, min=0.0))
         return sum(terms[1:], terms[0]) if terms else None
 
     def close(self) -> None:

@@ -113,7 +113,9 @@ def _private_warmup(model: SplitModel, tokenizer, task: TextTask, config: AuditC
         cycle += 1
     if (len(tap.sent_hidden), len(tap.sent_grads)) != sent:
         raise RuntimeError("the private warm-up sent tensors to the edge")
-    logger.info("audit: private warm-up of %d forwards, last loss %.3f", steps, out.loss.item())
+    logger.info(
+        "audit: private warm-up of %d forwards, last loss %.3f%s", steps, out.loss.item(), _leak(model)
+    )
 
 
 def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, tap: WireTap) -> list[Epoch]:
@@ -142,6 +144,13 @@ def _train(model: SplitModel, tokenizer, task: TextTask, config: AuditConfig, ta
             record.input_ids.append(batch["input_ids"])
             record.masks.append(batch["attention_mask"])
             record.labels.append(torch.tensor(labels))
-        logger.info("audit: epoch %d trained, last loss %.3f", epoch + 1, out.loss.item())
+        logger.info("audit: epoch %d trained, last loss %.3f%s", epoch + 1, out.loss.item(), _leak(model))
         epochs.append(record)
     return epochs
+
+
+def _leak(model: SplitModel) -> str:
+    """The CCA penalty's last leak, for the log (empty without the penalty)."""
+    guard = model._guard
+    leak = None if guard is None else guard.last_leak
+    return "" if leak is None else f", CCA leak {leak:.3f}"

@@ -25,6 +25,9 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         "--cca-weight", type=float, default=0.0, help="canonical-correlation penalty weight (public h_k)"
     )
     group.add_argument(
+        "--cca-target", type=float, default=0.0, help="the leak the CCA penalty stops pushing below"
+    )
+    group.add_argument(
         "--private-warmup",
         type=int,
         default=0,

@@ -42,6 +42,9 @@ class PrivacySpec(Strict):
     )
 
     cca_weight: StrictFloat = _weight("weight of the CCA(public h_k, h_k) penalty")
+    cca_target: StrictFloat = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False, description="the leak the CCA penalty stops pushing below"
+    )
     private_warmup: StrictInt = Field(
         0, ge=0, le=10**7, description="first training forwards that send nothing (penalties only)"
     )

@@ -21,7 +21,9 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   mean squared canonical correlation (ridge-regularised) between the h_k the device sends and the h_k
   the public blocks give for the same tokens (a frozen copy of the device's first blocks, adapters
   off). It is invariant to every invertible affine map of h_k, so the device cannot lower it by the
-  affine moves an aligning edge undoes (docs/privacy.md, "Third pass").
+  affine moves an aligning edge undoes (docs/privacy.md, "Third pass"). With `cca_target` = t the
+  penalty is `cca_weight * max(leak - t, 0)`: it stops pushing once the leak is down to t, so it
+  cannot move h_k on past what hiding the tokens needs while the task holds it back.
 - Private warm-up: the first `private_warmup` training forwards send nothing: each stops where h_k
   would leave, and its loss is the penalties alone (NoPeek and CCA at full weight), so the device's
   first blocks move away from the public ones before the edge sees a single activation. With
@@ -74,6 +76,7 @@ class PrivacyConfig:
     nopeek_warmup: int = 0  # training forwards over which the penalty's weight ramps up from 0
     withhold_gradients: bool = False  # send no gradient: the labels' signal never leaves the device
     cca_weight: float = 0.0  # weight of the canonical-correlation penalty against the public h_k
+    cca_target: float = 0.0  # the leak the CCA penalty stops pushing below (0: it always pushes)
     private_warmup: int = 0  # first training forwards that send nothing and train on the penalties
     warmup_consistency: float = 0.0  # weight of the public trunk's agreement during the warm-up
     warmup_task: float = 0.0  # weight of the task loss through a public trunk on the device (warm-up)
@@ -88,6 +91,11 @@ class PrivacyConfig:
         _bound("cca_weight", self.cca_weight)
         _bound("warmup_consistency", self.warmup_consistency)
         _bound("warmup_task", self.warmup_task)
+        _bound("cca_target", self.cca_target)
+        if self.cca_target >= 1:
+            raise InvalidArgument(f"privacy.cca_target must lie in [0, 1), got {self.cca_target!r}")
+        if self.cca_target > 0 and self.cca_weight == 0:
+            raise InvalidArgument("privacy.cca_target bounds the CCA penalty: set privacy.cca_weight")
         if self.clip_scope not in CLIP_SCOPES:
             raise InvalidArgument(
                 f"privacy.clip_scope must be one of {list(CLIP_SCOPES)}, got {self.clip_scope!r}"
@@ -186,7 +194,9 @@ class PrivacyConfig:
             if self.nopeek_warmup:
                 parts[-1] += f" (warm-up {self.nopeek_warmup})"
         if self.cca_weight > 0:
-            parts.append(f"cca {self.cca_weight:g}")
+            parts.append(
+                f"cca {self.cca_weight:g}" + (f" (target {self.cca_target:g})" if self.cca_target else "")
+            )
         if self.private_warmup:
             parts.append(f"private warm-up {self.private_warmup}")
             extras = [f"trunk consistency {self.warmup_consistency:g}"] if self.warmup_consistency else []

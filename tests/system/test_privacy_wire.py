@@ -215,6 +215,20 @@ def test_private_warmup_sends_nothing_and_moves_only_the_first_blocks(bert, edge
     assert len(after.sent_hidden) == 2 and len(after.sent_grads) == 1  # past the warm-up: training sends
 
 
+def test_cca_target_stops_the_penalty_at_the_target(bert, edge) -> None:
+    _, _, losses = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2}, steps=2)
+    leak = losses[0]  # the warm-up's first loss is the penalty at weight 1: the leak of the public blocks
+    assert 0.9 < leak < 0.99
+    below = leak - 0.05  # the penalty is what lies above the target
+    _, _, partial = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2, "cca_target": below}, steps=2)
+    assert partial[0] == pytest.approx(leak - below, abs=1e-6)
+    held = {"cca_weight": 1.0, "private_warmup": 2, "cca_target": leak + 0.005}  # already below it
+    tap, model, held_losses = _run(bert, edge, held, steps=2)
+    assert held_losses == [0.0, 0.0]
+    assert not _lora_b_moved(model, first_blocks=True)  # nothing pushed the blocks: still the public h_k
+    torch.testing.assert_close(tap.sent_hidden[0], _h_k(bert, 2), atol=1e-5, rtol=0)
+
+
 def test_warmup_consistency_runs_a_public_trunk_on_the_device(bert, edge) -> None:
     plain_tap, _, plain = _run(bert, edge, {"cca_weight": 1.0, "private_warmup": 2}, steps=2)
     privacy = {"cca_weight": 1.0, "private_warmup": 2, "warmup_consistency": 5.0}

@@ -29,6 +29,7 @@ def privacy_from(args: argparse.Namespace) -> PrivacyConfig:
         nopeek_warmup=args.nopeek_warmup,
         withhold_gradients=args.withhold_gradients,
         cca_weight=args.cca_weight,
+        cca_target=args.cca_target,
         private_warmup=args.private_warmup,
         warmup_consistency=args.warmup_consistency,
         warmup_task=args.warmup_task,

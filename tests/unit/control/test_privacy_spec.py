@@ -54,6 +54,8 @@ def test_a_valid_privacy_member_becomes_the_sdks_config() -> None:
         ({"activation_nois": 1.0}, "activation_nois"),
         ({"withhold_gradients": "yes"}, "withhold_gradients"),
         ({"head_skip": "yes"}, "head_skip"),
+        ({"cca_target": 1.0, "cca_weight": 1.0}, "cca_target"),
+        ({"cca_target": 0.5}, "privacy.cca_target bounds the CCA penalty"),
         ({"cca_weight": -1.0}, "cca_weight"),
         ({"private_warmup": 1.5, "cca_weight": 1.0}, "private_warmup"),
         ({"private_warmup": 4}, "privacy.private_warmup trains on the penalties alone"),

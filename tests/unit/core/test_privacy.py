@@ -60,6 +60,9 @@ from splitft.privacy.transforms import (
         ({"activation_nois": 1.0}, "privacy: unknown field(s) ['activation_nois']"),
         ({"withhold_gradients": 1}, "privacy.withhold_gradients must be a boolean"),
         ({"head_skip": 1}, "privacy.head_skip must be a boolean"),
+        ({"cca_target": 0.5}, "privacy.cca_target bounds the CCA penalty: set privacy.cca_weight"),
+        ({"cca_target": 1.0, "cca_weight": 1.0}, "privacy.cca_target must lie in [0, 1), got 1.0"),
+        ({"cca_target": -0.1, "cca_weight": 1.0}, "privacy.cca_target must be a finite number >= 0"),
         (
             {"withhold_gradients": True, "gradient_clip": 1.0},
             "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip",
