@@ -40,13 +40,16 @@ class HeadSkip(nn.Linear):
 
 def attach_head_skip(
     entry: nn.Module, config: PrivacyConfig, model_config: Any, device: torch.device
-) -> HeadSkip | None:
+) -> None:
     """With `config.head_skip`, a zero map of h_k set as `entry.skip` (the trunk entry adds it to the
     trunk's output), after peft has wrapped the model (peft freezes what it finds: this map trains)."""
-    if not config.head_skip:
-        return None
-    entry.skip = HeadSkip(int(model_config.hidden_size), device)
-    return entry.skip
+    if config.head_skip:
+        entry.skip = HeadSkip(int(model_config.hidden_size), device)
+
+
+def head_skip_of(model: nn.Module) -> HeadSkip | None:
+    """The head skip's map inside `model` (None without one)."""
+    return next((module for module in model.modules() if isinstance(module, HeadSkip)), None)
 
 
 def save_head_skip(skip: HeadSkip | None, folder: Path) -> None:

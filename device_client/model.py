@@ -25,7 +25,7 @@ from device_client.adapter_load import (
 from device_client.autograd import ForwardContext, TrunkEntry
 from device_client.checkpoint import Checkpointer, ResumeInfo, Scheduler, write_model_checkpoint
 from device_client.connection import EdgeConnection
-from device_client.head_skip import HeadSkip, attach_head_skip, load_head_skip, save_head_skip
+from device_client.head_skip import attach_head_skip, head_skip_of, load_head_skip, save_head_skip
 from device_client.hf_compat import HuggingFaceFacade, refuse_plain_trainer, signed_forward
 from device_client.opening import (
     OpenedWith,
@@ -72,7 +72,6 @@ class SplitModel(HuggingFaceFacade, nn.Module):
 
     privacy: PrivacyConfig = PrivacyConfig()  # the defenses in force (docs/privacy.md)
     _guard: PrivacyGuard | None = None  # where they act (None: every defense is off)
-    _head_skip: HeadSkip | None = None  # privacy.head_skip's map, registered under the trunk entry
 
     def __init__(
         self,
@@ -214,8 +213,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
         split.privacy = (
             guard.watching(first_blocks, opened.model_dir, trunk_range) if guard else PrivacyConfig()
         )
-        skip = attach_head_skip(entry, split.privacy, span.config, placement.device)  # None: no skip
-        object.__setattr__(split, "_head_skip", skip)  # a reference: nn.Module would register it twice
+        attach_head_skip(entry, split.privacy, span.config, placement.device)  # privacy.head_skip
         if adapter is not None:  # a peft adapter to continue (from_pretrained(adapter=...))
             split.load_adapter(adapter)
         return split
@@ -346,7 +344,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
             raise FailedPrecondition("load_adapter is for LoRA split models (selection methods calibrate)")
         load_whole_adapter(self.peft_model, self._trunk, source, self.family.blocks_path, self.spec)
         if not isinstance(source, Mapping):  # a state dict is peft's alone: the head skip stays as it is
-            load_head_skip(self._head_skip, Path(source))
+            load_head_skip(head_skip_of(self), Path(source))
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's adapter weights: device modules and the trunk's, under peft's names
@@ -371,7 +369,7 @@ class SplitModel(HuggingFaceFacade, nn.Module):
             meta = {"base_model": str(self.model_dir), "method": self.split_method.name}
             return save_selected(out, state, head, meta)
         marks = shared_marks(state, self.family.blocks_path, self.spec, self._trunk)  # {} unless shared
-        save_head_skip(self._head_skip, out)  # the private map beside the adapter (privacy.head_skip)
+        save_head_skip(head_skip_of(self), out)  # the private map beside the adapter (privacy.head_skip)
         return save_peft_adapter(self.peft_model, state, self.model_dir, out, marks)
 
     @property

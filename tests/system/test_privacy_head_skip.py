@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from device_client import EdgeConnection, SplitModel
-from device_client.head_skip import HEAD_SKIP_FILE
+from device_client.head_skip import HEAD_SKIP_FILE, head_skip_of
 from edge_server import EdgeServer
 from splitft.errors import InvalidArgument
 from splitft.testing.tiny import TinyModel, lora_config_for, make_batch
@@ -27,8 +27,9 @@ def bert(tiny_models: dict[str, TinyModel]) -> TinyModel:
 
 
 def _skip_weight(model: SplitModel) -> torch.Tensor:
-    assert model._head_skip is not None, "the model has no head skip"
-    return model._head_skip.weight.detach().clone()
+    skip = head_skip_of(model)
+    assert skip is not None, "the model has no head skip"
+    return skip.weight.detach().clone()
 
 
 def test_head_skip_starts_as_the_model_without_it(bert: TinyModel, edge: EdgeServer) -> None:
