@@ -3,8 +3,9 @@ device computed it, before clip and noise), added to the trunk's output by the t
 
 The map starts at zero, so the split model starts exactly as without it. It never crosses the wire:
 `save_adapter` writes it beside the peft adapter (`head_skip.safetensors`), checkpoints carry it as
-one of the device's trainable parameters, and a federated round never aggregates it. With withheld
-gradients it is the task's only path back to the device's first blocks (docs/privacy.md).
+one of the device's trainable parameters, and a federated round never aggregates it (each round's
+session starts its map at zero). With withheld gradients it is the task's only path back to the
+device's first blocks (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def load_head_skip(skip: HeadSkip | None, folder: Path) -> None:
     """Load the head skip's map saved in the adapter directory `folder`. An adapter trained with a
     skip needs a model that has one (else its predictions would silently change). A model with a skip
     keeps its map when `folder` has none: a federated round's global adapter is peft's alone, and
-    each device's map is its own."""
+    the device's map is not aggregated."""
     path = folder / HEAD_SKIP_FILE
     if skip is None:
         if path.is_file():
