@@ -20,8 +20,8 @@ SWEEP: list[tuple[PrivacyConfig, int | None]] = [
     (PrivacyConfig(nopeek_weight=0.5), None),
     (PrivacyConfig(nopeek_weight=1.0), None),
     (PrivacyConfig(nopeek_weight=2.0), 32),
-    # The second pass (docs/privacy.md): NoPeek at intermediate weights, a warm-up of one reduced-scale
-    # epoch (11 steps), a larger rank; gradients withheld, alone and with NoPeek.
+    # The second pass (docs/privacy-history.md): NoPeek at intermediate weights, a warm-up of one
+    # reduced-scale epoch (11 steps), a larger rank; gradients withheld, alone and with NoPeek.
     (PrivacyConfig(nopeek_weight=1.0, nopeek_warmup=11), None),
     (PrivacyConfig(nopeek_weight=1.5), None),
     (PrivacyConfig(nopeek_weight=1.0), 32),

@@ -21,7 +21,7 @@ never imports torch. The transforms themselves live in `splitft.privacy.transfor
   mean squared canonical correlation (ridge-regularised) between the h_k the device sends and the h_k
   the public blocks give for the same tokens (a frozen copy of the device's first blocks, adapters
   off). It is invariant to every invertible affine map of h_k, so the device cannot lower it by the
-  affine moves an aligning edge undoes (docs/privacy.md, "Third pass"). With `cca_target` = t the
+  affine moves an aligning edge undoes (docs/privacy-history.md, "Third pass"). With `cca_target` = t the
   penalty is `cca_weight * max(leak - t, 0)`: it stops pushing once the leak is down to t, so it
   cannot move h_k on past what hiding the tokens needs while the task holds it back.
 - Private warm-up: the first `private_warmup` training forwards send nothing: each stops where h_k
