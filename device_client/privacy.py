@@ -23,7 +23,13 @@ from transformers.modeling_outputs import ModelOutput
 from splitft.errors import InvalidArgument
 from splitft.model.loading import edge_view, load_span
 from splitft.privacy.config import PrivacyConfig
-from splitft.privacy.transforms import canonical_leak, clip_and_noise, distance_correlation, sample_tokens
+from splitft.privacy.transforms import (
+    canonical_leak,
+    clip_and_noise,
+    cls_and_mean,
+    distance_correlation,
+    sample_tokens,
+)
 
 CCA_TOKENS = 2048  # token vectors per batch for the CCA penalty (it needs more rows than dimensions)
 
@@ -74,14 +80,6 @@ def _public_trunk(model_dir: str, start: int, stop: int) -> list[nn.Module]:
     for block in blocks:
         block.requires_grad_(False)  # public and frozen: only the device's own blocks train through it
     return blocks
-
-
-def _pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Each example's [CLS] vector and its mean over real tokens, side by side."""
-    weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
-    weights = weights.to(hidden.device).unsqueeze(-1)
-    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    return torch.cat([hidden[:, 0], mean], dim=-1)
 
 
 class _AddPenalty(torch.autograd.Function):
@@ -162,10 +160,10 @@ class PrivacyGuard:
         """How far the public trunk's pooled output on `hidden` is from its output on the public h_k:
         the squared distance over the batch, relative to the spread of the latter."""
         with torch.no_grad():
-            target = _pooled(
+            target = cls_and_mean(
                 self._through(self._trunk, self._public_hidden(self._local.embeddings)), attention_mask
             )
-        ours = _pooled(self._through(self._trunk, hidden), attention_mask)
+        ours = cls_and_mean(self._through(self._trunk, hidden), attention_mask)
         spread = ((target - target.mean(0)) ** 2).sum().clamp(min=1e-12)
         consistency = ((ours - target) ** 2).sum() / spread
         self.last_consistency = float(consistency.detach())

@@ -39,6 +39,7 @@ from splitft.privacy.inversion import (
 )
 from splitft.privacy.labels import infer_labels, oracle_probe
 from splitft.privacy.public_text import public_texts
+from splitft.privacy.transforms import cls_and_mean
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +166,9 @@ def _label_rows(recording: Recording, epoch: Epoch, known: int, seed: int) -> di
 def _pooled(tensors: list[torch.Tensor], epoch: Epoch) -> torch.Tensor:
     """Each example's vector (the trunk output, or h_k) at [CLS] beside its mean over the real tokens
     (the device's head reads every position, so the class need not sit at [CLS] alone)."""
-    pooled = []
-    for i, mask in zip(epoch.forwards, epoch.masks, strict=True):
-        hidden, weights = tensors[i], mask.to(torch.float32).unsqueeze(-1)
-        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        pooled.append(torch.cat([hidden[:, 0], mean], dim=-1))
-    return torch.cat(pooled)
+    return torch.cat(
+        [cls_and_mean(tensors[i], mask) for i, mask in zip(epoch.forwards, epoch.masks, strict=True)]
+    )
 
 
 def _decode(

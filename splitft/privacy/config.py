@@ -126,12 +126,8 @@ class PrivacyConfig:
             )
         if self.gradient_noise > 0 and self.gradient_clip is None:
             raise InvalidArgument("privacy.gradient_noise needs privacy.gradient_clip (the noise's scale)")
-        if not isinstance(self.withhold_gradients, bool):
-            raise InvalidArgument(
-                f"privacy.withhold_gradients must be a boolean, got {self.withhold_gradients!r}"
-            )
-        if not isinstance(self.head_skip, bool):
-            raise InvalidArgument(f"privacy.head_skip must be a boolean, got {self.head_skip!r}")
+        _flag("withhold_gradients", self.withhold_gradients)
+        _flag("head_skip", self.head_skip)
         if self.withhold_gradients and self.gradient_clip is not None:
             raise InvalidArgument(
                 "privacy.withhold_gradients sends no gradient: privacy.gradient_clip has nothing to clip"
@@ -219,6 +215,12 @@ def _bound(name: str, value: object, *, optional: bool = False, positive: bool =
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         sign = "> 0" if positive else ">= 0"
         raise InvalidArgument(f"privacy.{name} must be a finite number {sign}, got {value!r}")
+
+
+def _flag(name: str, value: object) -> None:
+    """`value` must be a boolean (not 1, not "yes")."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"privacy.{name} must be a boolean, got {value!r}")
 
 
 def _count(name: str, value: object) -> None:

@@ -6,6 +6,15 @@ from __future__ import annotations
 import torch
 
 
+def cls_and_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Each example's [CLS] vector (position 0) beside its mean over the real tokens of `mask` (all
+    tokens without one): what a reader of every position sees of a sequence, in one vector."""
+    weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+    weights = weights.to(hidden.device).unsqueeze(-1)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return torch.cat([hidden[:, 0], mean], dim=-1)
+
+
 def clip_rows(x: torch.Tensor, bound: float, scope: str) -> torch.Tensor:
     """Scale every token vector (last dim; `scope="token"`) or every example (all but dim 0;
     `scope="example"`) of `x` down to an L2 norm of at most `bound`. Differentiable."""
